@@ -1,0 +1,368 @@
+//! [`LayerCacheBuilder`]: every cache-wide option, validated by `build()`.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    cache::{Inner, LayerCache, Settings},
+    error::{Error, Result},
+    key::validate_name,
+    l1::{Capacity, L1},
+    l2::{redact_url, L2Settings, L2},
+    options::{EntryOptions, L2ErrorPolicy},
+};
+
+/// The largest value Redis accepts as a string (512 MiB).
+const REDIS_MAX_STRING: usize = 512 << 20;
+
+/// Builds a [`LayerCache`]. Created by [`LayerCache::builder`].
+///
+/// Options that concern the in-process tier reuse moka's names (`max_capacity`,
+/// `time_to_live`, `time_to_idle`); options that concern Redis start with `l2_`. Every
+/// option's documentation ends with its default. [`build`](Self::build) checks every option
+/// and names the one that is wrong.
+#[must_use = "a builder does nothing until build() is awaited"]
+#[derive(Clone)]
+pub struct LayerCacheBuilder {
+    name: String,
+    redis_url: Option<String>,
+    max_capacity: Option<u64>,
+    max_capacity_bytes: Option<u64>,
+    time_to_live: Duration,
+    time_to_idle: Option<Duration>,
+    entry_options: EntryOptions,
+    compression_threshold: usize,
+    max_value_bytes: usize,
+    l2_command_timeout: Duration,
+    l2_connect_timeout: Duration,
+    l2_max_command_buffer: usize,
+    l2_reconnect_min: Duration,
+    l2_reconnect_max: Duration,
+    l2_error_policy: L2ErrorPolicy,
+}
+
+impl std::fmt::Debug for LayerCacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerCacheBuilder")
+            .field("name", &self.name)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("max_capacity", &self.max_capacity)
+            .field("max_capacity_bytes", &self.max_capacity_bytes)
+            .field("time_to_live", &self.time_to_live)
+            .field("time_to_idle", &self.time_to_idle)
+            .field("entry_options", &self.entry_options)
+            .field("compression_threshold", &self.compression_threshold)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("l2_command_timeout", &self.l2_command_timeout)
+            .field("l2_connect_timeout", &self.l2_connect_timeout)
+            .field("l2_max_command_buffer", &self.l2_max_command_buffer)
+            .field("l2_reconnect_min", &self.l2_reconnect_min)
+            .field("l2_reconnect_max", &self.l2_reconnect_max)
+            .field("l2_error_policy", &self.l2_error_policy)
+            .finish()
+    }
+}
+
+impl LayerCacheBuilder {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            redis_url: None,
+            max_capacity: None,
+            max_capacity_bytes: None,
+            time_to_live: Duration::from_secs(60),
+            time_to_idle: None,
+            entry_options: EntryOptions::new(),
+            compression_threshold: 1024,
+            max_value_bytes: 16 << 20,
+            l2_command_timeout: Duration::from_millis(500),
+            l2_connect_timeout: Duration::from_secs(5),
+            l2_max_command_buffer: 10_000,
+            l2_reconnect_min: Duration::from_millis(100),
+            l2_reconnect_max: Duration::from_secs(5),
+            l2_error_policy: L2ErrorPolicy::Fallback,
+        }
+    }
+
+    /// The Redis server to use as the shared tier, as a URL
+    /// (`redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS needs a TLS
+    /// feature of fred, not enabled by this crate yet). Without it the cache runs L1-only
+    /// with the same API.
+    ///
+    /// Default: none (L1-only).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// The most entries the in-process tier holds. Excludes
+    /// [`max_capacity_bytes`](Self::max_capacity_bytes).
+    ///
+    /// Default: 10,000 entries.
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = Some(entries);
+        self
+    }
+
+    /// Bounds the in-process tier by bytes instead of entries: each entry weighs its key, its
+    /// encoded value (before compression) and 64 bytes of overhead. In L1-only mode this costs
+    /// one encode per insert, to measure the value. Excludes
+    /// [`max_capacity`](Self::max_capacity).
+    ///
+    /// Default: unset (capacity counted in entries).
+    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.max_capacity_bytes = Some(bytes);
+        self
+    }
+
+    /// The longest any entry stays in the in-process tier, whatever its own options say. This
+    /// bounds how long an instance can serve a value after another instance changed it, should
+    /// every other mechanism fail.
+    ///
+    /// Default: 60 seconds.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = ttl;
+        self
+    }
+
+    /// Drops an in-process entry that has not been read for this long.
+    ///
+    /// Default: none.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Entry options for regions that do not set their own.
+    ///
+    /// Default: [`EntryOptions::new()`] (5 minutes in Redis; L1 follows, capped by
+    /// `time_to_live`).
+    pub fn default_entry_options(mut self, options: EntryOptions) -> Self {
+        self.entry_options = options;
+        self
+    }
+
+    /// Values whose encoding is at least this many bytes are LZ4-compressed before they go to
+    /// Redis; the compressed form is kept only when it is smaller. `usize::MAX` turns
+    /// compression off.
+    ///
+    /// Default: 1024 bytes.
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression_threshold = bytes;
+        self
+    }
+
+    /// The largest encoded value (before compression) the cache writes to or accepts from
+    /// Redis. `insert` of a larger value fails with
+    /// [`ErrorKind::ValueTooLarge`](crate::ErrorKind::ValueTooLarge); a larger loaded value is
+    /// returned and kept in L1 but not written to Redis; a Redis entry claiming a larger size is
+    /// a miss, rejected before anything is allocated. At most 512 MiB (Redis's limit).
+    ///
+    /// Default: 16 MiB.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The longest one Redis command may take, queueing while reconnecting included. On expiry
+    /// the call fails with a timeout, handled by the
+    /// [`l2_error_policy`](Self::l2_error_policy).
+    ///
+    /// Default: 500 ms.
+    pub fn l2_command_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_command_timeout = timeout;
+        self
+    }
+
+    /// The longest `build()` waits for the first connection to Redis.
+    ///
+    /// Default: 5 seconds.
+    pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_connect_timeout = timeout;
+        self
+    }
+
+    /// The most commands queued while the connection is down; further commands fail at once
+    /// instead of piling up.
+    ///
+    /// Default: 10,000.
+    pub fn l2_max_command_buffer(mut self, commands: usize) -> Self {
+        self.l2_max_command_buffer = commands;
+        self
+    }
+
+    /// The reconnect back-off: the first retry waits `min`, each further one twice as long,
+    /// up to `max`, with no limit on attempts.
+    ///
+    /// Default: 100 ms to 5 seconds.
+    pub fn l2_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.l2_reconnect_min = min;
+        self.l2_reconnect_max = max;
+        self
+    }
+
+    /// What reads and writes do when Redis fails.
+    ///
+    /// Default: [`L2ErrorPolicy::Fallback`] (log, count, carry on without Redis).
+    pub fn l2_error_policy(mut self, policy: L2ErrorPolicy) -> Self {
+        self.l2_error_policy = policy;
+        self
+    }
+
+    fn capacity(&self) -> Capacity {
+        match self.max_capacity_bytes {
+            Some(bytes) => Capacity::Bytes(bytes),
+            None => Capacity::Entries(self.max_capacity.unwrap_or(10_000)),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_name("cache name", &self.name)?;
+        if self.max_capacity.is_some() && self.max_capacity_bytes.is_some() {
+            return Err(Error::config(
+                "max_capacity and max_capacity_bytes exclude each other: set one",
+            ));
+        }
+        if self.max_capacity == Some(0) {
+            return Err(Error::config("max_capacity must be at least 1"));
+        }
+        if self.max_capacity_bytes == Some(0) {
+            return Err(Error::config("max_capacity_bytes must be at least 1"));
+        }
+        if self.time_to_live.is_zero() {
+            return Err(Error::config("time_to_live must be greater than zero"));
+        }
+        if self.time_to_idle.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config("time_to_idle must be greater than zero"));
+        }
+        self.entry_options
+            .validate()
+            .map_err(|e| Error::config(format!("default_entry_options: {}", e.context())))?;
+        if self.max_value_bytes == 0 || self.max_value_bytes > REDIS_MAX_STRING {
+            return Err(Error::config(
+                "max_value_bytes must be between 1 and 536870912 (512 MiB)",
+            ));
+        }
+        if self.l2_command_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_command_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_connect_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_connect_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_max_command_buffer == 0 {
+            return Err(Error::config("l2_max_command_buffer must be at least 1"));
+        }
+        if self.l2_reconnect_min.is_zero() || self.l2_reconnect_min > self.l2_reconnect_max {
+            return Err(Error::config("l2_reconnect_backoff needs 0 < min <= max"));
+        }
+        Ok(())
+    }
+
+    /// Checks every option, connects to Redis if one is configured, and returns the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the first invalid option;
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) or
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when Redis is configured but the first
+    /// connection fails within `l2_connect_timeout`.
+    pub async fn build(self) -> Result<LayerCache> {
+        self.validate()?;
+        let l2 = match &self.redis_url {
+            Some(url) => Some(
+                L2::connect(&L2Settings {
+                    url: url.clone(),
+                    command_timeout: self.l2_command_timeout,
+                    connect_timeout: self.l2_connect_timeout,
+                    max_command_buffer: self.l2_max_command_buffer,
+                    reconnect_min: self.l2_reconnect_min,
+                    reconnect_max: self.l2_reconnect_max,
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let settings = Settings {
+            time_to_live: self.time_to_live,
+            entry_options: self.entry_options,
+            compression_threshold: self.compression_threshold,
+            max_value_bytes: self.max_value_bytes,
+            error_policy: self.l2_error_policy,
+        };
+        let l1 = L1::new(self.capacity(), self.time_to_idle);
+        let inner = Inner::new(self.name, l1, l2, settings);
+        tracing::info!(
+            cache.name = %inner.name,
+            l2 = inner.l2.is_some(),
+            "layercache started"
+        );
+        Ok(LayerCache {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    async fn config_error(b: LayerCacheBuilder) -> String {
+        let e = b.build().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        e.to_string()
+    }
+
+    #[tokio::test]
+    async fn invalid_options_are_named() {
+        let b = || LayerCache::builder("t");
+        assert!(config_error(LayerCache::builder("a:b"))
+            .await
+            .contains("cache name"));
+        assert!(config_error(b().max_capacity(0))
+            .await
+            .contains("max_capacity"));
+        assert!(config_error(b().max_capacity(5).max_capacity_bytes(9))
+            .await
+            .contains("exclude"));
+        assert!(config_error(b().time_to_live(Duration::ZERO))
+            .await
+            .contains("time_to_live"));
+        assert!(config_error(b().time_to_idle(Duration::ZERO))
+            .await
+            .contains("time_to_idle"));
+        assert!(config_error(b().max_value_bytes(0))
+            .await
+            .contains("max_value_bytes"));
+        assert!(config_error(b().max_value_bytes(600 << 20))
+            .await
+            .contains("max_value_bytes"));
+        assert!(config_error(b().l2_command_timeout(Duration::ZERO))
+            .await
+            .contains("l2_command_timeout"));
+        assert!(
+            config_error(b().default_entry_options(EntryOptions::new().ttl(Duration::ZERO)))
+                .await
+                .contains("default_entry_options")
+        );
+        assert!(config_error(
+            b().l2_reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+        )
+        .await
+        .contains("l2_reconnect_backoff"));
+        assert!(config_error(b().redis_url("not a url"))
+            .await
+            .contains("redis_url"));
+    }
+
+    #[tokio::test]
+    async fn debug_output_hides_the_password() {
+        let b = LayerCache::builder("t").redis_url("redis://u:hunter2@localhost:1");
+        let s = format!("{b:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("u:***@localhost"), "{s}");
+    }
+}

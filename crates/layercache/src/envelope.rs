@@ -1,0 +1,382 @@
+//! The envelope: the bytes layercache stores in Redis for one value.
+//!
+//! Format version 1, all integers little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `LCAC` |
+//! | 4 | 1 | format version (`1`) |
+//! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
+//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); other bits must be 0 |
+//! | 7 | 1 | reserved, 0 |
+//! | 8 | 8 | created at, Unix milliseconds |
+//! | 16 | 8 | expires at, Unix milliseconds |
+//! | 24 | 4 | raw length: the codec's bytes, before compression |
+//! | 28 | 4 | stored length: the payload bytes that follow the header |
+//! | 32 | 4 | CRC-32 (IEEE) of bytes 0..32 followed by the payload |
+//! | 36 | … | payload |
+//!
+//! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
+//! are checked against the actual input and against the configured cap before anything is
+//! allocated, the checksum is verified before decompressing, and a decompressed length must
+//! match the header exactly. Every failure is a [`Corruption`] reason, which the cache counts
+//! and treats as a miss.
+
+use std::fmt;
+
+/// The four bytes every envelope starts with.
+pub const MAGIC: [u8; 4] = *b"LCAC";
+/// The envelope format this build writes (and the only one it reads). It is also part of every
+/// Redis key (`f1`), so a format change reads as a miss.
+pub const FORMAT_VERSION: u8 = 1;
+/// Length of the header in bytes.
+pub const HEADER_LEN: usize = 36;
+/// Flag bit: the payload is LZ4-compressed (block format, no size prefix).
+pub const FLAG_LZ4: u8 = 0b0000_0001;
+
+/// Why bytes read from Redis were not accepted as a value.
+///
+/// Each reason has its own counter in [`Stats`](crate::Stats).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Corruption {
+    /// Shorter than a header, or the magic is wrong: not written by layercache.
+    NotAnEnvelope,
+    /// Written by another envelope format version (for example a newer release).
+    UnknownVersion,
+    /// Written by a different codec than the region's.
+    CodecMismatch,
+    /// Flag bits this build does not know.
+    UnknownFlags,
+    /// A length field disagrees with the bytes, or the raw length is above the cap.
+    BadLength,
+    /// The checksum does not match.
+    Checksum,
+    /// The LZ4 payload is invalid or does not decompress to the stated length.
+    Decompress,
+    /// The codec rejected the payload (for example a schema change the version missed).
+    Deserialize,
+}
+
+impl Corruption {
+    /// Every reason, in counter order.
+    pub const ALL: [Corruption; 8] = [
+        Self::NotAnEnvelope,
+        Self::UnknownVersion,
+        Self::CodecMismatch,
+        Self::UnknownFlags,
+        Self::BadLength,
+        Self::Checksum,
+        Self::Decompress,
+        Self::Deserialize,
+    ];
+
+    /// A stable lowercase name, used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAnEnvelope => "not_an_envelope",
+            Self::UnknownVersion => "unknown_version",
+            Self::CodecMismatch => "codec_mismatch",
+            Self::UnknownFlags => "unknown_flags",
+            Self::BadLength => "bad_length",
+            Self::Checksum => "checksum",
+            Self::Decompress => "decompress",
+            Self::Deserialize => "deserialize",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the cache may overwrite such an entry with a freshly loaded value. Entries of an
+    /// unknown format version may belong to a newer release running beside this one, so they
+    /// are left alone.
+    pub(crate) fn may_overwrite(self) -> bool {
+        !matches!(self, Self::UnknownVersion)
+    }
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The header fields of a decoded envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) created_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
+}
+
+/// The result of [`encode`].
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    /// Length of the codec's output.
+    pub(crate) raw_len: usize,
+    pub(crate) compressed: bool,
+}
+
+/// Builds an envelope around a codec's `raw` bytes, compressing when `raw` is at least
+/// `compression_threshold` bytes long and compression saves space.
+///
+/// `raw` must already hold `HEADER_LEN` placeholder bytes followed by the codec output; this
+/// lets the codec write straight into the final buffer when no compression happens.
+pub(crate) fn seal(
+    mut buf: Vec<u8>,
+    codec_id: u8,
+    meta: Meta,
+    compression_threshold: usize,
+) -> Encoded {
+    let raw_len = buf.len().saturating_sub(HEADER_LEN);
+    let mut flags = 0;
+    if raw_len >= compression_threshold {
+        let raw = &buf[HEADER_LEN..];
+        let mut out = vec![0u8; HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw_len)];
+        if let Ok(n) = lz4_flex::block::compress_into(raw, &mut out[HEADER_LEN..]) {
+            if n < raw_len {
+                out.truncate(HEADER_LEN + n);
+                buf = out;
+                flags |= FLAG_LZ4;
+            }
+        }
+    }
+    let stored_len = buf.len() - HEADER_LEN;
+    let header = &mut buf[..HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4] = FORMAT_VERSION;
+    header[5] = codec_id;
+    header[6] = flags;
+    header[7] = 0;
+    header[8..16].copy_from_slice(&meta.created_at_ms.to_le_bytes());
+    header[16..24].copy_from_slice(&meta.expires_at_ms.to_le_bytes());
+    header[24..28].copy_from_slice(&len_u32(raw_len).to_le_bytes());
+    header[28..32].copy_from_slice(&len_u32(stored_len).to_le_bytes());
+    let crc = checksum(&buf[..32], &buf[HEADER_LEN..]);
+    buf[32..36].copy_from_slice(&crc.to_le_bytes());
+    Encoded {
+        bytes: buf,
+        raw_len,
+        compressed: flags & FLAG_LZ4 != 0,
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    // Callers cap values far below 4 GiB (`max_value_bytes`); saturate rather than wrap.
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// CRC-32 of the first 32 header bytes followed by the payload.
+pub(crate) fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    h.update(payload);
+    h.finalize()
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// An opened envelope: header fields and the codec's bytes (decompressed if needed).
+#[derive(Debug)]
+pub(crate) struct Opened<'a> {
+    pub(crate) meta: Meta,
+    pub(crate) raw: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Checks and opens an envelope. `max_raw` caps the raw (decompressed) length.
+pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<'_>, Corruption> {
+    if bytes.len() < HEADER_LEN || bytes[0..4] != MAGIC {
+        return Err(Corruption::NotAnEnvelope);
+    }
+    if bytes[4] != FORMAT_VERSION {
+        return Err(Corruption::UnknownVersion);
+    }
+    if bytes[5] != codec_id {
+        return Err(Corruption::CodecMismatch);
+    }
+    let flags = bytes[6];
+    if flags & !FLAG_LZ4 != 0 || bytes[7] != 0 {
+        return Err(Corruption::UnknownFlags);
+    }
+    let raw_len = usize::try_from(u32_at(bytes, 24)).map_err(|_| Corruption::BadLength)?;
+    let stored_len = usize::try_from(u32_at(bytes, 28)).map_err(|_| Corruption::BadLength)?;
+    let payload = &bytes[HEADER_LEN..];
+    let compressed = flags & FLAG_LZ4 != 0;
+    if stored_len != payload.len()
+        || raw_len > max_raw
+        || (!compressed && raw_len != stored_len)
+        || (compressed && (stored_len >= raw_len || stored_len == 0))
+    {
+        return Err(Corruption::BadLength);
+    }
+    if checksum(&bytes[..32], payload) != u32_at(bytes, 32) {
+        return Err(Corruption::Checksum);
+    }
+    let meta = Meta {
+        created_at_ms: u64_at(bytes, 8),
+        expires_at_ms: u64_at(bytes, 16),
+    };
+    if !compressed {
+        return Ok(Opened {
+            meta,
+            raw: std::borrow::Cow::Borrowed(payload),
+        });
+    }
+    // raw_len is checked against the cap above, so this allocation is bounded.
+    let mut out = vec![0u8; raw_len];
+    match lz4_flex::block::decompress_into(payload, &mut out) {
+        Ok(n) if n == raw_len => Ok(Opened {
+            meta,
+            raw: std::borrow::Cow::Owned(out),
+        }),
+        _ => Err(Corruption::Decompress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: Meta = Meta {
+        created_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_060_000,
+    };
+
+    fn envelope(raw: &[u8], threshold: usize) -> Encoded {
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf.extend_from_slice(raw);
+        seal(buf, 1, META, threshold)
+    }
+
+    #[test]
+    fn small_values_are_stored_plain() {
+        let e = envelope(b"hello", 1024);
+        assert!(!e.compressed);
+        assert_eq!(e.bytes.len(), HEADER_LEN + 5);
+        let o = open(&e.bytes, 1, 1 << 20).unwrap();
+        assert_eq!(&*o.raw, b"hello");
+        assert_eq!(o.meta, META);
+    }
+
+    #[test]
+    fn large_compressible_values_are_compressed_and_round_trip() {
+        let raw = vec![b'a'; 10_000];
+        let e = envelope(&raw, 1024);
+        assert!(e.compressed);
+        assert!(e.bytes.len() < 1000);
+        assert_eq!(e.raw_len, 10_000);
+        assert_eq!(&*open(&e.bytes, 1, 1 << 20).unwrap().raw, &raw[..]);
+    }
+
+    #[test]
+    fn incompressible_values_stay_plain() {
+        // A simple xorshift stream: no repeats for LZ4 to find.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let raw: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let e = envelope(&raw, 1024);
+        assert!(!e.compressed);
+        assert_eq!(&*open(&e.bytes, 1, 1 << 20).unwrap().raw, &raw[..]);
+    }
+
+    #[test]
+    fn every_check_has_its_reason() {
+        let good = envelope(&[b'z'; 2000], 1024).bytes;
+        assert!(open(&good, 1, 1 << 20).is_ok());
+
+        assert_eq!(
+            open(b"", 1, 1 << 20).unwrap_err(),
+            Corruption::NotAnEnvelope
+        );
+        assert_eq!(
+            open(&good[..10], 1, 1 << 20).unwrap_err(),
+            Corruption::NotAnEnvelope
+        );
+
+        let mut v = good.clone();
+        v[4] = 2;
+        assert_eq!(
+            open(&v, 1, 1 << 20).unwrap_err(),
+            Corruption::UnknownVersion
+        );
+        assert_eq!(
+            open(&good, 2, 1 << 20).unwrap_err(),
+            Corruption::CodecMismatch
+        );
+        let mut f = good.clone();
+        f[6] |= 0x80;
+        assert_eq!(open(&f, 1, 1 << 20).unwrap_err(), Corruption::UnknownFlags);
+        assert_eq!(
+            open(&good[..good.len() - 1], 1, 1 << 20).unwrap_err(),
+            Corruption::BadLength
+        );
+        assert_eq!(open(&good, 1, 100).unwrap_err(), Corruption::BadLength);
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert_eq!(
+            open(&flipped, 1, 1 << 20).unwrap_err(),
+            Corruption::Checksum
+        );
+    }
+
+    /// Re-seals a header after editing it, so only the later checks can catch the edit.
+    fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+        let crc = checksum(&b[..32], &b[HEADER_LEN..]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn forged_raw_length_with_valid_checksum_is_rejected_before_allocating() {
+        let mut b = envelope(&[b'q'; 5000], 1024).bytes;
+        b[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let b = reseal(b);
+        assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::BadLength);
+    }
+
+    #[test]
+    fn wrong_raw_length_within_cap_fails_decompression() {
+        let mut b = envelope(&[b'q'; 5000], 1024).bytes;
+        b[24..28].copy_from_slice(&6000u32.to_le_bytes());
+        let b = reseal(b);
+        assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::Decompress);
+    }
+
+    #[test]
+    fn garbage_lz4_payload_with_valid_checksum_is_a_decompress_error() {
+        let mut b = envelope(&[b'q'; 5000], 1024).bytes;
+        for x in &mut b[HEADER_LEN..] {
+            *x = 0xff;
+        }
+        let b = reseal(b);
+        assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::Decompress);
+    }
+
+    #[test]
+    fn no_prefix_of_an_envelope_opens() {
+        let good = envelope(&[b'k'; 3000], 1024).bytes;
+        for cut in 0..good.len() {
+            assert!(open(&good[..cut], 1, 1 << 20).is_err(), "cut at {cut}");
+        }
+    }
+}

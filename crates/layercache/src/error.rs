@@ -1,0 +1,161 @@
+//! The crate's error type.
+
+use std::{borrow::Cow, fmt, sync::Arc};
+
+/// A boxed error from user code (a loader) or a lower layer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in a form a caller can match on.
+///
+/// New kinds may be added in minor releases.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// An option given to a builder is invalid; the message names the option.
+    Config,
+    /// Redis answered with an error, or the connection failed.
+    Redis,
+    /// A Redis call did not finish within its timeout.
+    Timeout,
+    /// A value could not be serialized or deserialized by the codec.
+    Codec,
+    /// A value is larger than `max_value_bytes`.
+    ValueTooLarge,
+    /// The user's loader returned an error or panicked.
+    Loader,
+    /// The cache (or the runtime that drives it) has shut down.
+    Closed,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "invalid configuration",
+            Self::Redis => "redis error",
+            Self::Timeout => "redis timeout",
+            Self::Codec => "codec error",
+            Self::ValueTooLarge => "value too large",
+            Self::Loader => "loader error",
+            Self::Closed => "cache closed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error returned by layercache operations.
+///
+/// It carries an [`ErrorKind`], a human-readable context and, where there is one, the
+/// underlying error (reachable through [`std::error::Error::source`]). It is cheap to clone,
+/// so a single failed load can be handed to every caller that waited on it.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    context: Cow<'static, str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// An error of `kind` with a context message and no source.
+    pub fn new(kind: ErrorKind, context: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The context message (without the source).
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// `true` when a Redis call ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+
+    /// `true` for errors that came from Redis (an error reply, a lost connection or a timeout).
+    pub fn is_redis(&self) -> bool {
+        matches!(self.kind, ErrorKind::Redis | ErrorKind::Timeout)
+    }
+
+    /// `true` when the user's loader failed.
+    pub fn is_loader(&self) -> bool {
+        self.kind == ErrorKind::Loader
+    }
+
+    pub(crate) fn config(context: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Config, context)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("context", &self.context);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.context)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_traits<T: Send + Sync + Clone + 'static + std::error::Error>() {}
+
+    #[test]
+    fn error_is_send_sync_static_clone() {
+        assert_traits::<Error>();
+    }
+
+    #[test]
+    fn display_includes_kind_context_and_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "boom");
+        let e = Error::new(ErrorKind::Redis, "GET failed").with_source(io);
+        assert_eq!(e.to_string(), "redis error: GET failed: boom");
+        assert!(e.is_redis());
+        assert!(!e.is_timeout());
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

@@ -1,0 +1,264 @@
+//! Single flight: one fetch (L2 read and, if asked, load) per key at a time in this process.
+//!
+//! The first caller for a key becomes the leader: it registers a slot and spawns the work as
+//! its own task, so a caller that gives up (its future dropped) cancels nothing for the others.
+//! Later callers wait on the slot's channel. Writes and invalidations *poison* the slot: the
+//! flight may still answer its own waiters (their reads began before the write), but it must not
+//! fill L1 or L2 afterwards, and new callers start a new flight that sees the write.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    error::{Error, ErrorKind},
+    l1::L1Key,
+};
+
+/// What a flight hands to its waiters: the value, or `None` when nothing was found and there
+/// was no loader.
+pub(crate) type Outcome<V> = Result<Option<Arc<V>>, Error>;
+
+type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
+
+struct Registered {
+    id: u64,
+    poisoned: Arc<AtomicBool>,
+    /// A `Slot<V>` for the region's value type.
+    rx: Box<dyn Any + Send + Sync>,
+}
+
+/// The flights of one cache, keyed like L1.
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMap<L1Key, Registered>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flights")
+            .field("in_flight", &self.lock().len())
+            .finish()
+    }
+}
+
+/// Result of [`Flights::join`].
+pub(crate) enum Join<V> {
+    /// Another caller's flight is running: wait for it.
+    Wait(Slot<V>),
+    /// This caller leads a new flight.
+    Lead(Leader<V>),
+}
+
+impl Flights {
+    fn lock(&self) -> MutexGuard<'_, HashMap<L1Key, Registered>> {
+        // The map holds no invariant a panic could break mid-way; keep going.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins the running flight for `key`, or registers a new one led by the caller.
+    ///
+    /// A flight without a loader (a plain `get`) answers `Ok(None)` when nothing is cached; a
+    /// waiter that has a loader then joins again, and leads a load once that flight has ended.
+    pub(crate) fn join<V: Send + Sync + 'static>(self: &Arc<Self>, key: &[u8]) -> Join<V> {
+        let mut map = self.lock();
+        if let Some(reg) = map.get(key) {
+            if let Some(rx) = reg.rx.downcast_ref::<Slot<V>>() {
+                return Join::Wait(rx.clone());
+            }
+            // Same key under another value type: cannot share; lead an unregistered flight.
+            return Join::Lead(Leader::detached(self.clone(), key));
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        map.insert(
+            key.into(),
+            Registered {
+                id,
+                poisoned: poisoned.clone(),
+                rx: Box::new(rx),
+            },
+        );
+        Join::Lead(Leader {
+            flights: self.clone(),
+            key: key.into(),
+            id: Some(id),
+            poisoned,
+            tx: Some(tx),
+        })
+    }
+
+    /// A flight that is not registered, so nobody joins it and writes cannot poison it: it
+    /// starts poisoned, answers its caller and fills neither tier.
+    pub(crate) fn lead_detached<V>(self: &Arc<Self>, key: &[u8]) -> Leader<V> {
+        Leader::detached(self.clone(), key)
+    }
+
+    /// Poisons and unregisters the flight for `key`, if any: it will not fill the cache, and
+    /// the next caller starts afresh.
+    pub(crate) fn poison(&self, key: &[u8]) {
+        if let Some(reg) = self.lock().remove(key) {
+            reg.poisoned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Poisons every flight (a clear of the whole cache).
+    pub(crate) fn poison_all(&self) {
+        for (_, reg) in self.lock().drain() {
+            reg.poisoned.store(true, Ordering::Release);
+        }
+    }
+
+    fn unregister(&self, key: &[u8], id: u64) {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|r| r.id == id) {
+            map.remove(key);
+        }
+    }
+}
+
+/// Waits for a flight's outcome.
+pub(crate) async fn wait<V>(mut rx: Slot<V>) -> Outcome<V> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or(Ok(None)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Closed,
+            "the fetch for this key was dropped",
+        )),
+    }
+}
+
+/// The leader's side of a flight. Dropping it without [`finish`](Leader::finish) (the task
+/// panicked or was cancelled) answers every waiter with an error.
+pub(crate) struct Leader<V> {
+    flights: Arc<Flights>,
+    key: L1Key,
+    id: Option<u64>,
+    poisoned: Arc<AtomicBool>,
+    tx: Option<watch::Sender<Option<Outcome<V>>>>,
+}
+
+impl<V> std::fmt::Debug for Leader<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> Leader<V> {
+    fn detached(flights: Arc<Flights>, key: &[u8]) -> Self {
+        Self {
+            flights,
+            key: key.into(),
+            id: None,
+            poisoned: Arc::new(AtomicBool::new(true)),
+            tx: None,
+        }
+    }
+
+    /// The key this flight fetches.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Whether a write or invalidation has happened since the flight began.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Hands the outcome to every waiter and unregisters the flight.
+    pub(crate) fn finish(mut self, outcome: Outcome<V>) -> Outcome<V> {
+        self.publish(outcome.clone());
+        outcome
+    }
+
+    fn publish(&mut self, outcome: Outcome<V>) {
+        if let Some(id) = self.id.take() {
+            self.flights.unregister(&self.key, id);
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Some(outcome));
+        }
+    }
+}
+
+impl<V> Drop for Leader<V> {
+    fn drop(&mut self) {
+        if self.tx.is_some() || self.id.is_some() {
+            self.publish(Err(Error::new(
+                ErrorKind::Loader,
+                "the fetch ended without a result (it panicked or its runtime shut down)",
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_caller_waits_and_gets_the_leaders_value() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(leader) = f.join::<u32>(b"k") else {
+            panic!("first caller must lead")
+        };
+        let Join::Wait(rx) = f.join::<u32>(b"k") else {
+            panic!("second caller must wait")
+        };
+        let _ = leader.finish(Ok(Some(Arc::new(7))));
+        assert_eq!(*wait(rx).await.unwrap().unwrap(), 7);
+        // Unregistered after finishing: the next caller leads.
+        assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_answers_waiters_with_an_error() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(leader) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        let Join::Wait(rx) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        drop(leader);
+        assert_eq!(wait(rx).await.unwrap_err().kind(), ErrorKind::Loader);
+        assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn poison_marks_the_leader_and_frees_the_key() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(old) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        f.poison(b"k");
+        assert!(old.is_poisoned());
+        let Join::Lead(new) = f.join::<u32>(b"k") else {
+            panic!("a poisoned flight must not be joined")
+        };
+        // The old flight finishing must not unregister the new one.
+        let _ = old.finish(Ok(None));
+        assert!(matches!(f.join::<u32>(b"k"), Join::Wait(_)));
+        assert!(!new.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn another_value_type_under_the_same_key_is_not_shared() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(_a) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        assert!(matches!(f.join::<String>(b"k"), Join::Lead(_)));
+    }
+}

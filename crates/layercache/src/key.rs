@@ -1,0 +1,253 @@
+//! Keys: how a user's key becomes an L1 key and a Redis key.
+//!
+//! A Redis key has the shape
+//!
+//! ```text
+//! {cache name}:f{envelope format}:{region}:s{schema version}:{escaped user key}
+//! ```
+//!
+//! for example `shop:f1:user:s3:42`. Cache and region names are restricted to
+//! `[A-Za-z0-9_.-]`, so the fixed part never contains a `:` of its own and the user key, which
+//! comes last, is always unambiguous. The user key is percent-escaped: every byte outside
+//! `[A-Za-z0-9]` and `-_.:/@+=,!~#$&()'` becomes `%XX`. The escaping is injective, so distinct
+//! user keys (empty, binary, Unicode, or holding `*?[]{}`) always give distinct Redis keys;
+//! and since `{`, `}`, `*`, `?`, `[` and `]` are always escaped, a user key can neither form a
+//! Redis Cluster hash tag nor widen a pattern.
+
+use std::borrow::Cow;
+
+use crate::error::{Error, Result};
+
+/// A type usable as a cache key.
+///
+/// The bytes written by [`write_key`](CacheKey::write_key) identify the entry: two keys are the
+/// same entry exactly when they write the same bytes. Implementations are provided for strings,
+/// byte strings, integers, `char` and `bool`; implement it for your own key types (for
+/// example by writing the fields separated by a byte that cannot occur in them).
+///
+/// Like `Hash` and `Borrow` for `HashMap`, a type and the types it borrows as must write the
+/// same bytes (`String` and `str` both write their UTF-8 bytes).
+///
+/// # Examples
+///
+/// ```
+/// use layercache::CacheKey;
+///
+/// struct OrderKey { tenant: u32, order: u64 }
+///
+/// impl CacheKey for OrderKey {
+///     fn write_key(&self, out: &mut Vec<u8>) {
+///         self.tenant.write_key(out);
+///         out.push(b'/');
+///         self.order.write_key(out);
+///     }
+/// }
+///
+/// let mut bytes = Vec::new();
+/// OrderKey { tenant: 7, order: 42 }.write_key(&mut bytes);
+/// assert_eq!(bytes, b"7/42");
+/// ```
+pub trait CacheKey {
+    /// Appends the key's identifying bytes to `out`.
+    fn write_key(&self, out: &mut Vec<u8>);
+}
+
+impl CacheKey for str {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl CacheKey for String {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl CacheKey for [u8] {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl CacheKey for Vec<u8> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl<const N: usize> CacheKey for [u8; N] {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl CacheKey for Cow<'_, str> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl<T: CacheKey + ?Sized> CacheKey for &T {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        (**self).write_key(out);
+    }
+}
+
+impl<T: CacheKey + ?Sized> CacheKey for Box<T> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        (**self).write_key(out);
+    }
+}
+
+impl<T: CacheKey + ?Sized> CacheKey for std::sync::Arc<T> {
+    fn write_key(&self, out: &mut Vec<u8>) {
+        (**self).write_key(out);
+    }
+}
+
+macro_rules! display_keys {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn write_key(&self, out: &mut Vec<u8>) {
+                use std::io::Write as _;
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{self}");
+            }
+        }
+    )*};
+}
+
+display_keys!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, char, bool);
+
+/// Checks a cache or region name: 1 to 64 bytes of `[A-Za-z0-9_.-]`.
+pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{what} {name:?} is invalid: use 1 to 64 characters of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+/// Bytes a user key may keep unescaped in a Redis key.
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_'
+                | b'.'
+                | b':'
+                | b'/'
+                | b'@'
+                | b'+'
+                | b'='
+                | b','
+                | b'!'
+                | b'~'
+                | b'#'
+                | b'$'
+                | b'&'
+                | b'('
+                | b')'
+                | b'\''
+        )
+}
+
+/// Appends the percent-escaped form of `key` to `out`.
+pub(crate) fn escape_into(key: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(key.len());
+    for &b in key {
+        if is_plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+}
+
+/// The fixed part of a region's Redis keys, up to and including the last `:`.
+pub(crate) fn region_prefix(cache: &str, format: u8, region: &str, schema: u32) -> String {
+    format!("{cache}:f{format}:{region}:s{schema}:")
+}
+
+/// The full Redis key for a user key (given as its [`CacheKey`] bytes).
+pub(crate) fn redis_key(prefix: &str, key: &[u8]) -> String {
+    let mut out = String::with_capacity(prefix.len() + key.len() + 8);
+    out.push_str(prefix);
+    escape_into(key, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn bytes_of<K: CacheKey + ?Sized>(k: &K) -> Vec<u8> {
+        let mut v = Vec::new();
+        k.write_key(&mut v);
+        v
+    }
+
+    #[test]
+    fn string_and_str_write_the_same_bytes() {
+        assert_eq!(bytes_of("héllo"), bytes_of(&String::from("héllo")));
+        assert_eq!(bytes_of(&42u64), b"42");
+        assert_eq!(bytes_of(&-7i32), b"-7");
+    }
+
+    #[test]
+    fn escaping_is_injective_on_tricky_keys() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"*",
+            b"%2A",
+            b"%",
+            b"a:b",
+            b"a%3Ab",
+            b"{tag}",
+            b"{tag}1",
+            b"[abc]",
+            b"?",
+            b"\x00",
+            b"\xff\xfe",
+            "ключ".as_bytes(),
+            b" ",
+            b"a b",
+            b"a%20b",
+        ];
+        let escaped: HashSet<String> = keys.iter().map(|k| redis_key("c:f1:r:s1:", k)).collect();
+        assert_eq!(escaped.len(), keys.len());
+        for e in &escaped {
+            let user = &e["c:f1:r:s1:".len()..];
+            assert!(!user.contains(['{', '}', '*', '?', '[', ']', ' ']), "{e}");
+            assert!(e.is_ascii());
+        }
+    }
+
+    #[test]
+    fn escape_examples() {
+        assert_eq!(redis_key("p:", b"user:42"), "p:user:42");
+        assert_eq!(redis_key("p:", b"{x}*"), "p:%7Bx%7D%2A");
+        assert_eq!(redis_key("p:", b""), "p:");
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("region", "user.v2-x_y").is_ok());
+        for bad in ["", "a:b", "a b", "{x}", &"x".repeat(65)] {
+            let err = validate_name("region", bad).unwrap_err();
+            assert!(err.to_string().contains("region"), "{err}");
+        }
+    }
+}

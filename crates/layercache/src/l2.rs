@@ -1,0 +1,232 @@
+//! The shared tier: Redis through a fred client.
+//!
+//! Every call is bounded by the command timeout (fred's default has none), the client has a
+//! reconnect policy (fred's default has none) and a bounded command buffer. This module knows
+//! nothing of values or codecs: it moves bytes under string keys.
+
+use std::time::Duration;
+
+use fred::{
+    prelude::{ClientLike, Config, KeysInterface, ReconnectPolicy},
+    types::{Builder, Expiration, SetOptions, Value},
+};
+use tracing::Instrument;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Connection settings for the Redis tier, filled by the builder.
+#[derive(Clone)]
+pub(crate) struct L2Settings {
+    pub(crate) url: String,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_command_buffer: usize,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for L2Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2Settings")
+            .field("url", &redact_url(&self.url))
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_command_buffer", &self.max_command_buffer)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// A connected Redis client.
+#[derive(Clone)]
+pub(crate) struct L2 {
+    client: fred::prelude::Client,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2")
+            .field("connected", &self.client.is_connected())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn map_err(what: &'static str, e: fred::error::Error) -> Error {
+    let kind = match e.kind() {
+        fred::error::ErrorKind::Timeout => ErrorKind::Timeout,
+        fred::error::ErrorKind::Canceled => ErrorKind::Closed,
+        _ => ErrorKind::Redis,
+    };
+    Error::new(kind, what).with_source(e)
+}
+
+impl L2 {
+    /// Connects, failing if the first connection cannot be made within `connect_timeout`.
+    pub(crate) async fn connect(s: &L2Settings) -> Result<Self> {
+        let config = Config::from_url(&s.url).map_err(|e| {
+            Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
+        })?;
+        let mut b = Builder::from_config(config);
+        b.with_connection_config(|c| {
+            c.connection_timeout = s.connect_timeout;
+            c.internal_command_timeout = s.command_timeout.max(Duration::from_secs(1));
+            c.max_command_buffer_len = s.max_command_buffer;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = s.command_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            millis_u32(s.reconnect_min),
+            millis_u32(s.reconnect_max),
+            2,
+        ));
+        let client = b
+            .build()
+            .map_err(|e| Error::config("redis client configuration").with_source(e))?;
+        let connect = async {
+            client
+                .init()
+                .await
+                .map_err(|e| map_err("connecting to redis", e))
+        };
+        match tokio::time::timeout(s.connect_timeout, connect).await {
+            Ok(Ok(_handle)) => Ok(Self {
+                client,
+                timeout: s.command_timeout,
+            }),
+            Ok(Err(e)) => {
+                let _ = client.quit().await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ = client.quit().await;
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "connecting to redis took longer than {:?}",
+                        s.connect_timeout
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(|e| map_err(what, e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{what} took longer than {:?}", self.timeout),
+            )),
+        }
+    }
+
+    /// `GET key`.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let span = tracing::debug_span!(
+            "layercache.l2.get",
+            hit = tracing::field::Empty,
+            bytes = tracing::field::Empty
+        );
+        async {
+            let r: Option<Vec<u8>> = self.bounded("redis GET", self.client.get(key)).await?;
+            let span = tracing::Span::current();
+            span.record("hit", r.is_some());
+            if let Some(b) = &r {
+                span.record("bytes", b.len());
+            }
+            Ok(r)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `SET key value PX ttl [NX]`; returns whether the value was written.
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        nx: bool,
+    ) -> Result<bool> {
+        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), nx);
+        let reply: Value = self
+            .bounded(
+                "redis SET",
+                self.client.set(
+                    key,
+                    value,
+                    Some(Expiration::PX(px)),
+                    nx.then_some(SetOptions::NX),
+                    false,
+                ),
+            )
+            .instrument(span)
+            .await?;
+        Ok(!reply.is_null())
+    }
+
+    /// `UNLINK key`.
+    pub(crate) async fn unlink(&self, key: &str) -> Result<()> {
+        let span = tracing::debug_span!("layercache.l2.unlink");
+        let _: i64 = self
+            .bounded("redis UNLINK", self.client.unlink(key))
+            .instrument(span)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub(crate) async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:s3cret@host"), "redis://:***@host");
+        assert!(!redact_url("rediss://a:b@c/d@e").contains(":b@"));
+    }
+}

@@ -1,0 +1,686 @@
+//! [`Region`]: a typed view of the cache, and the read and write paths.
+
+use std::{
+    any::TypeId,
+    borrow::Borrow,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
+
+use crate::{
+    cache::{Inner, LayerCache},
+    codec::{Bincode, Codec},
+    envelope::{self, Corruption, Encoded, Meta, FORMAT_VERSION, HEADER_LEN},
+    error::{BoxError, Error, ErrorKind, Result},
+    flight::{self, Join, Leader, Outcome},
+    key::{redis_key, region_prefix, validate_name, CacheKey},
+    l1::L1Entry,
+    options::{EntryOptions, L2ErrorPolicy},
+};
+
+type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
+type LoadFn<V> = Box<dyn FnOnce() -> LoadFuture<V> + Send>;
+
+/// How many times a caller with a loader re-joins after waiting on plain reads that found
+/// nothing, before it loads on its own.
+const MAX_REJOINS: usize = 16;
+
+/// Builds a [`Region`]. Created by [`LayerCache::region`].
+#[must_use = "a region builder does nothing until build() is called"]
+pub struct RegionBuilder<K: ?Sized, V, C = Bincode> {
+    cache: LayerCache,
+    name: String,
+    codec: C,
+    schema_version: u32,
+    entry_options: Option<EntryOptions>,
+    _types: PhantomData<fn(&K) -> V>,
+}
+
+impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for RegionBuilder<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionBuilder")
+            .field("name", &self.name)
+            .field("codec", &self.codec)
+            .field("schema_version", &self.schema_version)
+            .field("entry_options", &self.entry_options)
+            .finish()
+    }
+}
+
+impl<K, V, C> RegionBuilder<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    pub(crate) fn new(cache: LayerCache, name: String, codec: C) -> Self {
+        Self {
+            cache,
+            name,
+            codec,
+            schema_version: 1,
+            entry_options: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// The version of `V`'s serialized layout. It is part of every Redis key of the region:
+    /// bump it whenever `V` changes shape, and entries written by the old layout become misses
+    /// instead of being decoded wrongly (bincode is not self-describing).
+    ///
+    /// Default: 1.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// Entry options for this region's calls that do not pass their own.
+    ///
+    /// Default: the cache's
+    /// [`default_entry_options`](crate::LayerCacheBuilder::default_entry_options).
+    pub fn entry_options(mut self, options: EntryOptions) -> Self {
+        self.entry_options = Some(options);
+        self
+    }
+
+    /// Checks the options and registers the region.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when the name is not 1 to 64 characters of `[A-Za-z0-9_.-]`, when
+    /// the entry options are invalid, or when this cache already has a region of this name
+    /// with another key type, value type, codec or schema version.
+    pub fn build(self) -> Result<Region<K, V, C>> {
+        validate_name("region name", &self.name)?;
+        let inner = self.cache.inner;
+        let entry_options = self.entry_options.unwrap_or(inner.settings.entry_options);
+        entry_options
+            .validate()
+            .map_err(|e| Error::config(format!("region entry_options: {}", e.context())))?;
+        let id = inner.register_region(
+            &self.name,
+            TypeId::of::<fn(&K) -> (V, C)>(),
+            self.schema_version,
+            C::ID,
+        )?;
+        let prefix = region_prefix(&inner.name, FORMAT_VERSION, &self.name, self.schema_version);
+        Ok(Region {
+            shared: Arc::new(Shared {
+                id,
+                name: self.name,
+                schema_version: self.schema_version,
+                prefix,
+                entry_options,
+                codec: self.codec,
+            }),
+            cache: inner,
+            _types: PhantomData,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Shared<C> {
+    id: u32,
+    name: String,
+    schema_version: u32,
+    prefix: String,
+    entry_options: EntryOptions,
+    codec: C,
+}
+
+/// A typed view of a [`LayerCache`]: entries of one kind, with key type `K`, value type `V`
+/// and codec `C`.
+///
+/// Values come back as `Arc<V>`: the in-process tier holds them decoded, so a hit costs a hash
+/// lookup and a reference-count increment, never a decode or a copy. A region is cheap to
+/// clone and can be used from many tasks.
+///
+/// # Consistency within one instance
+///
+/// - After `insert` returns, this instance's reads return the new value (read your own
+///   writes); after `invalidate` returns, they do not return the old one.
+/// - A fetch or load that began before a write or invalidation of its key never fills either
+///   tier after it: concurrent callers that joined it still get its answer (their reads began
+///   before the write), later callers start afresh.
+///
+/// Keeping *other* instances' in-process tiers coherent needs the invalidation bus, which is
+/// not part of this release: until then they keep a value for at most its L1 lifetime
+/// ([`time_to_live`](crate::LayerCacheBuilder::time_to_live) bounds it).
+pub struct Region<K: ?Sized, V, C = Bincode> {
+    shared: Arc<Shared<C>>,
+    cache: Arc<Inner>,
+    _types: PhantomData<fn(&K) -> V>,
+}
+
+impl<K: ?Sized, V, C> Clone for Region<K, V, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            cache: self.cache.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for Region<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("cache", &self.cache.name)
+            .field("name", &self.shared.name)
+            .field("schema_version", &self.shared.schema_version)
+            .field("codec", &self.shared.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the Redis read of a fetch found, when it found no usable value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L2Found {
+    /// No Redis tier.
+    Off,
+    /// No entry: a load may fill it with `SET … NX`.
+    Nothing,
+    /// An entry that is not a usable value; `overwrite` says whether a load may replace it.
+    Unusable { overwrite: bool },
+    /// Redis failed; do not pay another timeout writing to it.
+    Down,
+}
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The region's schema version.
+    pub fn schema_version(&self) -> u32 {
+        self.shared.schema_version
+    }
+
+    /// The Redis key under which `key` is stored (whether or not a Redis tier is configured).
+    pub fn redis_key<Q>(&self, key: &Q) -> String
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        let mut bytes = Vec::new();
+        key.write_key(&mut bytes);
+        redis_key(&self.shared.prefix, &bytes)
+    }
+
+    fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24);
+        k.extend_from_slice(&self.shared.id.to_le_bytes());
+        key.write_key(&mut k);
+        k
+    }
+
+    async fn l1_get(&self, k: &[u8]) -> Option<Arc<V>> {
+        let entry = self.cache.l1.get(k).await?;
+        let v = entry.value.downcast::<V>().ok()?;
+        self.cache.counters.l1_hits.incr();
+        Some(v)
+    }
+
+    /// Reads `key`: from the in-process tier, else from Redis (filling the in-process tier).
+    /// `Ok(None)` when neither has it. Concurrent reads of one key share one Redis read.
+    ///
+    /// # Errors
+    ///
+    /// Only with [`L2ErrorPolicy::Propagate`], when Redis fails. By default a Redis failure
+    /// is logged and counted and the read answers `Ok(None)`. A corrupt or foreign entry in
+    /// Redis is always a miss, counted in [`Stats::decode_errors`](crate::Stats).
+    pub async fn get<Q>(&self, key: &Q) -> Result<Option<Arc<V>>>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        let k = self.l1_key(key);
+        if let Some(v) = self.l1_get(&k).await {
+            return Ok(Some(v));
+        }
+        self.fetch(k, self.shared.entry_options, None).await
+    }
+
+    /// Reads `key`, or runs `loader` to produce it, stores it in both tiers and returns it
+    /// (read-through).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// Concurrent callers in this process share one Redis read and at most one loader run; the
+    /// other callers' loaders are dropped unused. The shared work runs as its own task, so a
+    /// caller that is cancelled (its future dropped) does not cancel it for the others — this
+    /// is why the loader must be `Send + 'static`. A loader that fails or panics gives every
+    /// waiting caller an [`ErrorKind::Loader`] error and caches nothing; the next call runs a
+    /// loader again.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Loader`] when the loader fails or panics; a Redis error only with
+    /// [`L2ErrorPolicy::Propagate`].
+    pub async fn get_or_load<Q, F, Fut, E>(&self, key: &Q, loader: F) -> Result<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.get_or_load_with(key, &self.shared.entry_options, loader)
+            .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with entry options for this call.
+    ///
+    /// # Errors
+    ///
+    /// As `get_or_load`, and [`ErrorKind::Config`] for invalid options.
+    pub async fn get_or_load_with<Q, F, Fut, E>(
+        &self,
+        key: &Q,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        options.validate()?;
+        let k = self.l1_key(key);
+        if let Some(v) = self.l1_get(&k).await {
+            return Ok(v);
+        }
+        let load: LoadFn<V> = Box::new(move || {
+            Box::pin(async move { loader().await.map_err(Into::into) }) as LoadFuture<V>
+        });
+        match self.fetch(k, *options, Some(load)).await? {
+            Some(v) => Ok(v),
+            None => Err(Error::new(ErrorKind::Loader, "the load produced no value")),
+        }
+    }
+
+    /// The miss path: join or lead the single flight for `k`.
+    async fn fetch(
+        &self,
+        k: Vec<u8>,
+        options: EntryOptions,
+        mut loader: Option<LoadFn<V>>,
+    ) -> Result<Option<Arc<V>>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::Closed,
+                "layercache must be used inside a tokio runtime",
+            )
+        })?;
+        for attempt in 0..=MAX_REJOINS {
+            let leader = match self.cache.flights.join::<V>(&k) {
+                Join::Wait(rx) if attempt < MAX_REJOINS => {
+                    self.cache.counters.coalesced.incr();
+                    match flight::wait(rx).await {
+                        Ok(None) if loader.is_some() => continue,
+                        other => return other,
+                    }
+                }
+                Join::Wait(_) => self.cache.flights.lead_detached::<V>(&k),
+                Join::Lead(leader) => leader,
+            };
+            let task = Fetch {
+                region: self.clone(),
+                options,
+                loader: loader.take(),
+            };
+            let span = tracing::debug_span!(
+                "layercache.get",
+                cache.name = %self.cache.name,
+                region = %self.shared.name,
+                level = tracing::field::Empty,
+            );
+            let handle = runtime.spawn(task.run(leader).instrument(span));
+            return match handle.await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Error::new(
+                    ErrorKind::Loader,
+                    if e.is_panic() {
+                        "the fetch task panicked"
+                    } else {
+                        "the fetch task was cancelled"
+                    },
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Stores `value` under `key` in both tiers with the region's entry options.
+    ///
+    /// The value is encoded once, written to Redis with its TTL (`SET … PX`), then put in the
+    /// in-process tier. Fetches of `key` already running will not overwrite it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Codec`] or [`ErrorKind::ValueTooLarge`] before anything is written; a
+    /// Redis error (after the in-process tier was updated) only with
+    /// [`L2ErrorPolicy::Propagate`].
+    pub async fn insert<Q>(&self, key: &Q, value: V) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        self.insert_with(key, value, &self.shared.entry_options)
+            .await
+    }
+
+    /// [`insert`](Self::insert) with entry options for this call.
+    ///
+    /// # Errors
+    ///
+    /// As `insert`, and [`ErrorKind::Config`] for invalid options.
+    pub async fn insert_with<Q>(&self, key: &Q, value: V, options: &EntryOptions) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        options.validate()?;
+        let k = self.l1_key(key);
+        let cache = &self.cache;
+        let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
+            Some(self.encode(&value, options)?)
+        } else {
+            None
+        };
+        let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
+        let value = Arc::new(value);
+        cache.flights.poison(&k);
+        let mut result = Ok(());
+        if let (Some(l2), Some(enc)) = (&cache.l2, encoded) {
+            let rk = redis_key(&self.shared.prefix, &k[4..]);
+            self.count_write(&enc);
+            if let Err(e) = l2.set(&rk, enc.bytes, options.ttl_millis(), false).await {
+                result = self.l2_failed("insert", e);
+            }
+            // A fetch that began while the SET was in flight may have read the old value.
+            cache.flights.poison(&k);
+        }
+        let entry = L1Entry {
+            value,
+            ttl: options.l1_lifetime(cache.settings.time_to_live),
+            weight: cache.l1.weight(k.len(), raw_len),
+        };
+        cache.l1.insert(k.into_boxed_slice(), entry).await;
+        result
+    }
+
+    /// Removes `key` from Redis (`UNLINK`) and from this instance's in-process tier.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error (after the in-process tier was updated) only with
+    /// [`L2ErrorPolicy::Propagate`].
+    pub async fn invalidate<Q>(&self, key: &Q) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        let k = self.l1_key(key);
+        let cache = &self.cache;
+        cache.flights.poison(&k);
+        let mut result = Ok(());
+        if let Some(l2) = &cache.l2 {
+            let rk = redis_key(&self.shared.prefix, &k[4..]);
+            if let Err(e) = l2.unlink(&rk).await {
+                result = self.l2_failed("invalidate", e);
+            }
+            cache.flights.poison(&k);
+        }
+        cache.l1.remove(&k).await;
+        result
+    }
+
+    fn encode(&self, value: &V, options: &EntryOptions) -> Result<Encoded> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        if let Err(e) = self.shared.codec.encode(value, &mut buf) {
+            self.cache.counters.codec_errors.incr();
+            return Err(Error::new(
+                ErrorKind::Codec,
+                format!("{} could not encode the value", C::NAME),
+            )
+            .with_source(e));
+        }
+        let raw_len = buf.len() - HEADER_LEN;
+        let max = self.cache.settings.max_value_bytes;
+        if raw_len > max {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!("the encoded value has {raw_len} bytes; max_value_bytes is {max}"),
+            ));
+        }
+        let now = unix_millis();
+        let meta = Meta {
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(options.ttl_millis()),
+        };
+        Ok(envelope::seal(
+            buf,
+            C::ID,
+            meta,
+            self.cache.settings.compression_threshold,
+        ))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<(V, Meta), Corruption> {
+        let opened = envelope::open(bytes, C::ID, self.cache.settings.max_value_bytes)?;
+        let value = self
+            .shared
+            .codec
+            .decode(&opened.raw)
+            .map_err(|_| Corruption::Deserialize)?;
+        Ok((value, opened.meta))
+    }
+
+    fn count_write(&self, enc: &Encoded) {
+        let c = &self.cache.counters;
+        c.l2_writes.incr();
+        c.bytes_raw.add(enc.raw_len as u64);
+        c.bytes_stored.add((enc.bytes.len() - HEADER_LEN) as u64);
+        if enc.compressed {
+            c.compressed_writes.incr();
+        }
+    }
+
+    /// Counts and logs a Redis failure, and applies the error policy.
+    fn l2_failed(&self, op: &'static str, e: Error) -> Result<()> {
+        let c = &self.cache.counters;
+        c.l2_errors.incr();
+        if e.is_timeout() {
+            c.l2_timeouts.incr();
+        }
+        tracing::warn!(
+            cache.name = %self.cache.name,
+            region = %self.shared.name,
+            op,
+            error = %e,
+            "redis call failed"
+        );
+        match self.cache.settings.error_policy {
+            L2ErrorPolicy::Propagate => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts a fetched or loaded value in L1 unless the flight was poisoned; if it was poisoned
+    /// while the value went in, takes it out again (the invalidation may have run its own L1
+    /// removal before this insert).
+    async fn fill_l1(&self, leader: &Leader<V>, value: Arc<V>, ttl: Duration, raw_len: usize) {
+        if ttl.is_zero() || leader.is_poisoned() {
+            return;
+        }
+        let key = leader.key();
+        let entry = L1Entry {
+            value,
+            ttl,
+            weight: self.cache.l1.weight(key.len(), raw_len),
+        };
+        self.cache.l1.insert(key.into(), entry).await;
+        if leader.is_poisoned() {
+            self.cache.l1.remove(key).await;
+        }
+    }
+}
+
+/// One flight's work, run as its own task.
+struct Fetch<K: ?Sized, V, C> {
+    region: Region<K, V, C>,
+    options: EntryOptions,
+    loader: Option<LoadFn<V>>,
+}
+
+impl<K, V, C> Fetch<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    async fn run(self, leader: Leader<V>) -> Outcome<V> {
+        let outcome = self.work(&leader).await;
+        leader.finish(outcome)
+    }
+
+    async fn work(self, leader: &Leader<V>) -> Outcome<V> {
+        let Fetch {
+            region,
+            options,
+            loader,
+        } = self;
+        let r = &region;
+        let cache = &r.cache;
+        let max_l1 = options.l1_lifetime(cache.settings.time_to_live);
+        let span = tracing::Span::current();
+        let mut found = L2Found::Off;
+        let mut rkey = String::new();
+        if let Some(l2) = &cache.l2 {
+            rkey = redis_key(&r.shared.prefix, &leader.key()[4..]);
+            found = match l2.get(&rkey).await {
+                Ok(Some(bytes)) => match r.decode(&bytes) {
+                    Ok((value, meta)) => {
+                        cache.counters.l2_hits.incr();
+                        span.record("level", "l2");
+                        let left = meta.expires_at_ms.saturating_sub(unix_millis());
+                        let ttl = max_l1.min(Duration::from_millis(left));
+                        let value = Arc::new(value);
+                        let raw_len = bytes.len().saturating_sub(HEADER_LEN);
+                        r.fill_l1(leader, value.clone(), ttl, raw_len).await;
+                        return Ok(Some(value));
+                    }
+                    Err(reason) => {
+                        cache.counters.decode_errors[reason.index()].incr();
+                        tracing::warn!(
+                            cache.name = %cache.name,
+                            region = %r.shared.name,
+                            reason = %reason,
+                            bytes = bytes.len(),
+                            "unusable entry in redis, treated as a miss"
+                        );
+                        L2Found::Unusable {
+                            overwrite: reason.may_overwrite(),
+                        }
+                    }
+                },
+                Ok(None) => L2Found::Nothing,
+                Err(e) => {
+                    r.l2_failed("get", e)?;
+                    L2Found::Down
+                }
+            };
+        }
+        cache.counters.misses.incr();
+        let Some(loader) = loader else {
+            span.record("level", "none");
+            return Ok(None);
+        };
+        span.record("level", "loader");
+        let value = Arc::new(load(r, loader).await?);
+
+        let write_l2 = matches!(
+            found,
+            L2Found::Nothing | L2Found::Unusable { overwrite: true }
+        );
+        let mut raw_len = 0;
+        if write_l2 || cache.l1.by_bytes() {
+            match r.encode(&value, &options) {
+                Ok(enc) => {
+                    raw_len = enc.raw_len;
+                    if write_l2 && !leader.is_poisoned() {
+                        if let Some(l2) = &cache.l2 {
+                            r.count_write(&enc);
+                            let nx = found == L2Found::Nothing;
+                            if let Err(e) = l2.set(&rkey, enc.bytes, options.ttl_millis(), nx).await
+                            {
+                                // The value was loaded; a failed fill is not the caller's error.
+                                let _ = r.l2_failed("set", e);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
+                    cache.counters.l2_oversize_skips.incr();
+                    tracing::warn!(cache.name = %cache.name, region = %r.shared.name, error = %e, "loaded value not written to redis");
+                }
+                Err(e) => {
+                    tracing::warn!(cache.name = %cache.name, region = %r.shared.name, error = %e, "loaded value could not be encoded; kept in L1 only");
+                }
+            }
+        }
+        r.fill_l1(leader, value.clone(), max_l1, raw_len).await;
+        Ok(Some(value))
+    }
+}
+
+/// Runs a loader as its own task, so a panic is caught and reported as an error.
+async fn load<K, V, C>(region: &Region<K, V, C>, loader: LoadFn<V>) -> Result<V>
+where
+    K: ?Sized,
+    V: Send + 'static,
+{
+    let cache = &region.cache;
+    cache.counters.loads.incr();
+    let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %region.shared.name);
+    match tokio::spawn(loader().instrument(span)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            cache.counters.load_errors.incr();
+            Err(Error::new(ErrorKind::Loader, "the loader failed").with_source(e))
+        }
+        Err(e) => {
+            cache.counters.load_errors.incr();
+            let what = if e.is_panic() {
+                "the loader panicked"
+            } else {
+                "the loader was cancelled"
+            };
+            tracing::error!(cache.name = %cache.name, region = %region.shared.name, "{what}");
+            Err(Error::new(ErrorKind::Loader, what))
+        }
+    }
+}

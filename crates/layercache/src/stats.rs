@@ -1,0 +1,167 @@
+//! Counters and their snapshot.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::envelope::Corruption;
+
+const STRIPES: usize = 8;
+
+/// One cache line per stripe, so threads counting at once do not share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A counter striped over cache lines: increments from many threads do not contend.
+#[derive(Debug, Default)]
+pub(crate) struct Counter([Padded; STRIPES]);
+
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+impl Counter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn incr(&self) {
+        self.add(1);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |acc, p| acc.wrapping_add(p.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// The live counters of one cache.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) l1_hits: Counter,
+    pub(crate) l2_hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) loads: Counter,
+    pub(crate) load_errors: Counter,
+    pub(crate) l2_errors: Counter,
+    pub(crate) l2_timeouts: Counter,
+    pub(crate) l2_writes: Counter,
+    pub(crate) l2_oversize_skips: Counter,
+    pub(crate) decode_errors: [Counter; Corruption::ALL.len()],
+    pub(crate) codec_errors: Counter,
+    pub(crate) bytes_raw: Counter,
+    pub(crate) bytes_stored: Counter,
+    pub(crate) compressed_writes: Counter,
+    pub(crate) coalesced: Counter,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let mut decode = [0u64; Corruption::ALL.len()];
+        for (slot, c) in decode.iter_mut().zip(&self.decode_errors) {
+            *slot = c.get();
+        }
+        Stats {
+            l1_hits: self.l1_hits.get(),
+            l2_hits: self.l2_hits.get(),
+            misses: self.misses.get(),
+            loads: self.loads.get(),
+            load_errors: self.load_errors.get(),
+            l2_errors: self.l2_errors.get(),
+            l2_timeouts: self.l2_timeouts.get(),
+            l2_writes: self.l2_writes.get(),
+            l2_oversize_skips: self.l2_oversize_skips.get(),
+            decode_errors: decode.iter().sum(),
+            codec_errors: self.codec_errors.get(),
+            bytes_raw: self.bytes_raw.get(),
+            bytes_stored: self.bytes_stored.get(),
+            compressed_writes: self.compressed_writes.get(),
+            coalesced: self.coalesced.get(),
+            decode_by_reason: decode,
+        }
+    }
+}
+
+/// A point-in-time copy of a cache's counters (all regions together), from
+/// [`LayerCache::stats`](crate::LayerCache::stats). Counters only grow.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Reads answered by the in-process tier.
+    pub l1_hits: u64,
+    /// Reads answered by Redis (after an L1 miss).
+    pub l2_hits: u64,
+    /// Reads that found nothing usable in either tier (before any load).
+    pub misses: u64,
+    /// Loader runs (each shared by every caller that waited on it).
+    pub loads: u64,
+    /// Loader runs that returned an error or panicked.
+    pub load_errors: u64,
+    /// Redis calls that failed (timeouts included).
+    pub l2_errors: u64,
+    /// Redis calls that ran out of time (also counted in `l2_errors`).
+    pub l2_timeouts: u64,
+    /// Values written to Redis.
+    pub l2_writes: u64,
+    /// Loaded values above `max_value_bytes`: returned and kept in L1, not written to Redis.
+    pub l2_oversize_skips: u64,
+    /// Entries in Redis that were rejected as corrupt or foreign (sum of every reason).
+    pub decode_errors: u64,
+    /// Values the codec failed to encode.
+    pub codec_errors: u64,
+    /// Bytes written to Redis before compression (codec output).
+    pub bytes_raw: u64,
+    /// Bytes written to Redis after compression (payload, without the envelope header).
+    pub bytes_stored: u64,
+    /// Values written to Redis compressed.
+    pub compressed_writes: u64,
+    /// Reads that joined a fetch or load already running for the same key.
+    pub coalesced: u64,
+    decode_by_reason: [u64; Corruption::ALL.len()],
+}
+
+impl Stats {
+    /// Decode errors counted for one reason.
+    pub fn decode_errors_for(&self, reason: Corruption) -> u64 {
+        self.decode_by_reason[reason.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counter_sums_across_threads() {
+        let c = std::sync::Arc::new(Counter::default());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.incr();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(c.get(), 4000);
+    }
+
+    #[test]
+    fn snapshot_reports_reasons() {
+        let c = Counters::default();
+        c.decode_errors[Corruption::Checksum.index()].add(2);
+        c.decode_errors[Corruption::BadLength.index()].incr();
+        let s = c.snapshot();
+        assert_eq!(s.decode_errors, 3);
+        assert_eq!(s.decode_errors_for(Corruption::Checksum), 2);
+        assert_eq!(s.decode_errors_for(Corruption::Deserialize), 0);
+    }
+}

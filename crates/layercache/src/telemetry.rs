@@ -1,0 +1,20 @@
+//! Tracing: the spans and events layercache emits.
+//!
+//! layercache logs through [`tracing`](https://docs.rs/tracing); install any subscriber to see
+//! them. Nothing is emitted on an L1 hit, so the hot path stays free of telemetry cost beyond
+//! a counter increment. User keys are never logged above `trace`.
+//!
+//! | name | kind | level | fields | when |
+//! |---|---|---|---|---|
+//! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
+//! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
+//! | `layercache.l2.set` | span | debug | `bytes`, `nx` | one `SET … PX` |
+//! | `layercache.l2.unlink` | span | debug | | one `UNLINK` |
+//! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
+//! | `redis call failed` | event | warn | `cache.name`, `region`, `op`, `error` | a Redis error or timeout |
+//! | `unusable entry in redis, treated as a miss` | event | warn | `cache.name`, `region`, `reason`, `bytes` | a corrupt or foreign entry ([`Corruption`](crate::Corruption)) |
+//! | `loaded value not written to redis` | event | warn | `cache.name`, `region`, `error` | a loaded value above `max_value_bytes` |
+//! | `the loader panicked` | event | error | `cache.name`, `region` | a loader panic (callers get an error) |
+//! | `layercache started` | event | info | `cache.name`, `l2` | `build()` succeeded |
+//!
+//! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
