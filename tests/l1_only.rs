@@ -1,1 +1,133 @@
-//! wip
+//! L1-only mode: the same API with no Redis at all.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use layercache::{EntryOptions, ErrorKind, LayerCache};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    id: u32,
+    tags: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_work_without_redis() {
+    let cache = LayerCache::builder("local").build().await.unwrap();
+    assert!(!cache.has_l2());
+    let items = cache.region::<u32, Item>("item").build().unwrap();
+    let names = cache.region::<str, String>("name").build().unwrap();
+
+    assert!(items.get(&1).await.unwrap().is_none());
+    let item = Item {
+        id: 1,
+        tags: vec!["a".into()],
+    };
+    items.insert(&1, item.clone()).await.unwrap();
+    names.insert("", "empty key".into()).await.unwrap();
+    names.insert("*", "star".into()).await.unwrap();
+    assert_eq!(*items.get(&1).await.unwrap().unwrap(), item);
+    assert_eq!(&*names.get("").await.unwrap().unwrap(), "empty key");
+    assert_eq!(&*names.get("*").await.unwrap().unwrap(), "star");
+
+    // Regions do not see each other's entries even with equal key bytes.
+    let other = cache.region::<str, String>("other").build().unwrap();
+    assert!(other.get("*").await.unwrap().is_none());
+
+    items.invalidate(&1).await.unwrap();
+    assert!(items.get(&1).await.unwrap().is_none());
+
+    let s = cache.stats();
+    assert_eq!(s.l1_hits, 3);
+    assert_eq!(s.l2_hits + s.l2_writes + s.l2_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_load_coalesces_and_retries_after_errors() {
+    let cache = LayerCache::builder("local").build().await.unwrap();
+    let region = cache.region::<str, u64>("r").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (region, calls, gate) = (region.clone(), calls.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            region
+                .get_or_load("k", move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    Ok::<_, std::io::Error>(9)
+                })
+                .await
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().coalesced < 99 {
+        assert!(std::time::Instant::now() < deadline, "callers never joined");
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    for t in tasks {
+        assert_eq!(*t.await.unwrap().unwrap(), 9);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let err = region
+        .get_or_load("bad", || async { Err::<u64, _>(std::io::Error::other("nope")) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    assert!(region.get("bad").await.unwrap().is_none());
+    let v = region
+        .get_or_load("bad", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1);
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_l1_lifetime() {
+    let cache = LayerCache::builder("local")
+        .time_to_live(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u8>("r").build().unwrap();
+    region
+        .insert_with("short", 1, &EntryOptions::new().ttl(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    region.insert("long", 2).await.unwrap();
+    assert!(region.get("short").await.unwrap().is_some());
+    // moka keeps its own (real) clock: wait, with a deadline, for the short entry to lapse.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while region.get("short").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "expired entry still served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(region.get("long").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_capacity_weighs_encoded_size() {
+    let cache = LayerCache::builder("local")
+        .max_capacity_bytes(100_000)
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<u32, Vec<u8>>("blob").build().unwrap();
+    for i in 0..50 {
+        region.insert(&i, vec![7; 10_000]).await.unwrap();
+    }
+    cache.run_pending_tasks().await;
+    assert!(cache.l1_weighted_size() <= 100_000, "{}", cache.l1_weighted_size());
+    assert!(cache.l1_entry_count() <= 10, "{}", cache.l1_entry_count());
+    assert!(cache.l1_entry_count() >= 1);
+}

@@ -1,1 +1,490 @@
-//! wip
+//! The two tiers end to end against a real redis-server.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use fred::prelude::KeysInterface;
+use layercache::{envelope, EntryOptions, ErrorKind, L2ErrorPolicy, LayerCache, Postcard};
+use serde::{Deserialize, Serialize};
+use support::{all_keys, builder, command_calls, raw_client, redis, wait_until};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    roles: Vec<String>,
+    manager: Option<Box<User>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Shape {
+    Circle { r: f64 },
+    Square(u32),
+    Empty,
+}
+
+fn ada() -> User {
+    User {
+        id: 1,
+        name: "Ada".into(),
+        roles: vec!["admin".into(), "dev".into()],
+        manager: Some(Box::new(User {
+            id: 0,
+            name: "Grace".into(),
+            roles: vec![],
+            manager: None,
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_through_both_tiers_and_a_second_instance() {
+    let server = redis();
+    let a = builder(&server, "rt").build().await.unwrap();
+    let b = builder(&server, "rt").build().await.unwrap();
+
+    let users_a = a.region::<u64, User>("user").build().unwrap();
+    let shapes_a = a.region::<str, Shape>("shape").build().unwrap();
+    let maps_a = a.region::<String, BTreeMap<String, Vec<u64>>>("map").build().unwrap();
+    let texts_a = a
+        .region_with_codec::<str, String, Postcard>("text", Postcard)
+        .build()
+        .unwrap();
+
+    let mut map = BTreeMap::new();
+    map.insert("primes".to_owned(), vec![2, 3, 5, 7]);
+    map.insert("empty".to_owned(), vec![]);
+
+    users_a.insert(&1, ada()).await.unwrap();
+    shapes_a.insert("c", Shape::Circle { r: 1.5 }).await.unwrap();
+    shapes_a.insert("s", Shape::Square(4)).await.unwrap();
+    shapes_a.insert("e", Shape::Empty).await.unwrap();
+    maps_a.insert("m", map.clone()).await.unwrap();
+    texts_a.insert("t", "ünïcødé ✓".to_owned()).await.unwrap();
+
+    // Instance A reads its own writes from L1.
+    assert_eq!(*users_a.get(&1).await.unwrap().unwrap(), ada());
+    assert_eq!(a.stats().l1_hits, 1);
+    assert_eq!(a.stats().l2_hits, 0);
+
+    // Instance B has an empty L1: the first reads come from Redis, the second from L1.
+    let users_b = b.region::<u64, User>("user").build().unwrap();
+    let shapes_b = b.region::<str, Shape>("shape").build().unwrap();
+    let maps_b = b.region::<String, BTreeMap<String, Vec<u64>>>("map").build().unwrap();
+    let texts_b = b
+        .region_with_codec::<str, String, Postcard>("text", Postcard)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(*users_b.get(&1).await.unwrap().unwrap(), ada());
+        assert_eq!(*shapes_b.get("c").await.unwrap().unwrap(), Shape::Circle { r: 1.5 });
+        assert_eq!(*shapes_b.get("s").await.unwrap().unwrap(), Shape::Square(4));
+        assert_eq!(*shapes_b.get("e").await.unwrap().unwrap(), Shape::Empty);
+        assert_eq!(*maps_b.get("m").await.unwrap().unwrap(), map);
+        assert_eq!(&*texts_b.get("t").await.unwrap().unwrap(), "ünïcødé ✓");
+    }
+    let s = b.stats();
+    assert_eq!((s.l2_hits, s.l1_hits, s.misses), (6, 6, 0), "{s:?}");
+    assert_eq!(s.decode_errors, 0);
+
+    // A missing key is a miss in both tiers.
+    assert!(users_b.get(&404).await.unwrap().is_none());
+    assert_eq!(b.stats().misses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l1_hit_sends_no_command_to_redis() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "hot").build().await.unwrap();
+    let region = cache.region::<str, String>("r").build().unwrap();
+    region.insert("k", "v".to_owned()).await.unwrap();
+
+    let gets = command_calls(&raw, "get").await;
+    let total_before = command_calls_total(&raw).await;
+    for _ in 0..1000 {
+        assert_eq!(&*region.get("k").await.unwrap().unwrap(), "v");
+    }
+    assert_eq!(command_calls(&raw, "get").await, gets);
+    // Only this test's own INFO calls were served in between.
+    let info_calls = 2;
+    assert_eq!(command_calls_total(&raw).await, total_before + info_calls);
+    assert_eq!(cache.stats().l1_hits, 1000);
+}
+
+async fn command_calls_total(raw: &fred::prelude::Client) -> u64 {
+    let info = support::cmd(raw, "INFO", &["commandstats"])
+        .await
+        .as_string()
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.split("calls=").nth(1))
+        .map(|rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_stored_compressed_small_ones_plain() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "lz").build().await.unwrap();
+    let region = cache.region::<str, String>("doc").build().unwrap();
+
+    let big = "all work and no play makes jack a dull boy. ".repeat(200); // ~9 KB
+    let small = "short".to_owned();
+    region.insert("big", big.clone()).await.unwrap();
+    region.insert("small", small.clone()).await.unwrap();
+
+    let big_bytes: Vec<u8> = raw.get(region.redis_key("big")).await.unwrap();
+    let small_bytes: Vec<u8> = raw.get(region.redis_key("small")).await.unwrap();
+    assert_eq!(&big_bytes[..4], &envelope::MAGIC);
+    assert_eq!(big_bytes[6] & envelope::FLAG_LZ4, envelope::FLAG_LZ4, "big value not compressed");
+    assert!(
+        big_bytes.len() < big.len() / 4,
+        "compressed {} bytes from {}",
+        big_bytes.len(),
+        big.len()
+    );
+    assert_eq!(small_bytes[6] & envelope::FLAG_LZ4, 0, "small value compressed");
+    // bincode: 1 length byte + the text.
+    assert_eq!(small_bytes.len(), envelope::HEADER_LEN + 1 + small.len());
+
+    let s = cache.stats();
+    assert_eq!(s.compressed_writes, 1);
+    assert!(s.bytes_stored < s.bytes_raw / 4, "{s:?}");
+
+    // Both read back intact through a fresh instance.
+    let other = builder(&server, "lz").build().await.unwrap();
+    let r2 = other.region::<str, String>("doc").build().unwrap();
+    assert_eq!(*r2.get("big").await.unwrap().unwrap(), big);
+    assert_eq!(*r2.get("small").await.unwrap().unwrap(), small);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_bump_turns_old_entries_into_misses() {
+    let server = redis();
+    let v1 = builder(&server, "app").build().await.unwrap();
+    let old = v1
+        .region::<str, (u32, String)>("item")
+        .schema_version(1)
+        .build()
+        .unwrap();
+    old.insert("x", (1, "one".into())).await.unwrap();
+
+    // The next deploy changes the value type and bumps the schema version.
+    let v2 = builder(&server, "app").build().await.unwrap();
+    let new = v2
+        .region::<str, (String, u64, bool)>("item")
+        .schema_version(2)
+        .build()
+        .unwrap();
+    assert!(new.get("x").await.unwrap().is_none());
+    assert_eq!(v2.stats().decode_errors, 0, "an old layout must never be decoded");
+    let loaded = new
+        .get_or_load("x", || async { Ok::<_, std::io::Error>(("one".into(), 1, true)) })
+        .await
+        .unwrap();
+    assert_eq!(*loaded, ("one".to_owned(), 1, true));
+    assert_ne!(old.redis_key("x"), new.redis_key("x"));
+
+    // The old deploy still reads its own layout.
+    let v1b = builder(&server, "app").build().await.unwrap();
+    let old_b = v1b
+        .region::<str, (u32, String)>("item")
+        .schema_version(1)
+        .build()
+        .unwrap();
+    assert_eq!(*old_b.get("x").await.unwrap().unwrap(), (1, "one".to_owned()));
+
+    // One process cannot register one region name with two layouts.
+    let clash = v2.region::<str, (u32, String)>("item").schema_version(2).build();
+    assert_eq!(clash.unwrap_err().kind(), ErrorKind::Config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "keys").build().await.unwrap();
+    let region = cache.region::<[u8], usize>("k").build().unwrap();
+    let keys: Vec<&[u8]> = vec![
+        b"", b"*", b"?", b"[a]", b":", b"::", b"{}", b"{a}1", b"{a}2", b"%", b"%25", b"a b",
+        b"\x00", b"\xff\xfe", "ключ".as_bytes(), b"user:1", b"user%3A1",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        region.insert(*k, i).await.unwrap();
+    }
+    let stored = all_keys(&raw).await;
+    assert_eq!(stored.len(), keys.len(), "{stored:?}");
+    for key in &stored {
+        let user_part = key.strip_prefix("keys:f1:k:s1:").unwrap();
+        assert!(!user_part.contains(['{', '}', '*', '?', '[', ']']), "{key}");
+        let pttl: i64 = raw.pttl(key.as_str()).await.unwrap();
+        assert!(pttl > 0, "{key} has no TTL ({pttl})");
+    }
+
+    // A fresh instance (empty L1) reads each key's own value from Redis.
+    let other = builder(&server, "keys").build().await.unwrap();
+    let r2 = other.region::<[u8], usize>("k").build().unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(*r2.get(*k).await.unwrap().unwrap(), i, "key {k:?}");
+    }
+    assert_eq!(other.stats().l2_hits, keys.len() as u64);
+
+    // Keys written by get_or_load have a TTL too, and it follows the entry options.
+    let opts = EntryOptions::new().ttl(Duration::from_secs(30));
+    region
+        .get_or_load_with(b"loaded".as_slice(), &opts, || async { Ok::<_, std::io::Error>(7) })
+        .await
+        .unwrap();
+    let pttl: i64 = raw.pttl(region.redis_key(b"loaded".as_slice())).await.unwrap();
+    assert!(pttl > 0 && pttl <= 30_000, "{pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
+    let server = redis();
+    let cache = builder(&server, "flight").build().await.unwrap();
+    let region = cache.region::<str, String>("r").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let region = region.clone();
+        let calls = calls.clone();
+        let release = release.clone();
+        tasks.push(tokio::spawn(async move {
+            region
+                .get_or_load("cold", move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    Ok::<_, std::io::Error>("loaded".to_owned())
+                })
+                .await
+        }));
+    }
+    // Hold the loader until every other caller has joined the flight.
+    wait_until("99 callers to join the flight", Duration::from_secs(10), || {
+        let c = cache.clone();
+        async move { c.stats().coalesced >= 99 }
+    })
+    .await;
+    release.notify_one();
+    for t in tasks {
+        assert_eq!(&*t.await.unwrap().unwrap(), "loaded");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let s = cache.stats();
+    assert_eq!((s.loads, s.misses, s.l2_writes), (1, 1, 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others() {
+    let server = redis();
+    let cache = builder(&server, "cancel").build().await.unwrap();
+    let region = cache.region::<str, u64>("r").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+
+    let leader = {
+        let (region, calls, release) = (region.clone(), calls.clone(), release.clone());
+        tokio::spawn(async move {
+            region
+                .get_or_load("k", move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(42)
+                })
+                .await
+        })
+    };
+    wait_until("the loader to start", Duration::from_secs(10), || {
+        let c = calls.clone();
+        async move { c.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let waiter = {
+        let region = region.clone();
+        tokio::spawn(async move {
+            region
+                .get_or_load("k", || async { Ok::<_, std::io::Error>(0) })
+                .await
+        })
+    };
+    wait_until("the second caller to join", Duration::from_secs(10), || {
+        let c = cache.clone();
+        async move { c.stats().coalesced == 1 }
+    })
+    .await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    release.notify_one();
+    assert_eq!(*waiter.await.unwrap().unwrap(), 42);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The load completed and filled the cache.
+    assert_eq!(*region.get("k").await.unwrap().unwrap(), 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "fail").build().await.unwrap();
+    let region = cache.region::<str, u64>("r").build().unwrap();
+
+    let err = region
+        .get_or_load("k", || async { Err::<u64, _>(std::io::Error::other("db down")) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    assert!(err.to_string().contains("db down"), "{err}");
+
+    let err = region
+        .get_or_load("k", || async {
+            if true {
+                panic!("loader bug");
+            }
+            Ok::<u64, std::io::Error>(1)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(all_keys(&raw).await.is_empty(), "a failed load wrote to redis");
+    assert!(region.get("k").await.unwrap().is_none());
+
+    let v = region
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(5) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 5);
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_errors), (3, 2), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_during_a_slow_load_wins() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "race").build().await.unwrap();
+    let region = cache.region::<str, String>("r").build().unwrap();
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+
+    let slow = {
+        let (region, started, release) = (region.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            region
+                .get_or_load("k", move || async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>("old".to_owned())
+                })
+                .await
+        })
+    };
+    started.notified().await;
+    region.insert("k", "new".to_owned()).await.unwrap();
+    release.notify_one();
+    // The slow caller's read began before the insert; it may see "old" itself...
+    assert_eq!(&*slow.await.unwrap().unwrap(), "old");
+    // ...but "old" must not land in either tier afterwards.
+    assert_eq!(&*region.get("k").await.unwrap().unwrap(), "new");
+    let other = builder(&server, "race").build().await.unwrap();
+    let r2 = other.region::<str, String>("r").build().unwrap();
+    assert_eq!(&*r2.get("k").await.unwrap().unwrap(), "new");
+    let bytes: Vec<u8> = raw.get(region.redis_key("k")).await.unwrap();
+    assert!(bytes.ends_with(b"new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_removes_from_both_tiers() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "inv").build().await.unwrap();
+    let region = cache.region::<u32, u32>("r").build().unwrap();
+    region.insert(&1, 10).await.unwrap();
+    region.invalidate(&1).await.unwrap();
+    assert!(all_keys(&raw).await.is_empty());
+    assert!(region.get(&1).await.unwrap().is_none());
+    assert_eq!(cache.stats().l1_hits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
+    let mut server = redis();
+    let cache = builder(&server, "down").build().await.unwrap();
+    let strict = builder(&server, "down")
+        .l2_error_policy(L2ErrorPolicy::Propagate)
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u64>("r").build().unwrap();
+    let strict_region = strict.region::<str, u64>("r").build().unwrap();
+    region.insert("cached", 1).await.unwrap();
+    server.kill();
+
+    // L1 still serves; a cold key is loaded; the failure is counted, not returned.
+    assert_eq!(*region.get("cached").await.unwrap().unwrap(), 1);
+    let v = region
+        .get_or_load("cold", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2);
+    region.insert("w", 3).await.unwrap();
+    assert_eq!(*region.get("w").await.unwrap().unwrap(), 3, "insert still updates L1");
+    assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
+
+    let err = strict_region.get("cold").await.unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    let err = strict_region.insert("w", 4).await.unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    assert_eq!(*strict_region.get("w").await.unwrap().unwrap(), 4, "L1 updated before the error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_fails_clearly_when_redis_is_unreachable() {
+    let mut server = redis();
+    let url = server.url();
+    server.kill();
+    let err = LayerCache::builder("x")
+        .redis_url(url)
+        .l2_connect_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_redis(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "big")
+        .max_value_bytes(1000)
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, Vec<u8>>("r").build().unwrap();
+    let err = region.insert("k", vec![1; 5000]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
+    let v = region
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(vec![2u8; 5000]) })
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 5000);
+    assert!(all_keys(&raw).await.is_empty());
+    assert_eq!(cache.stats().l2_oversize_skips, 1);
+    // Kept in L1 all the same.
+    assert_eq!(region.get("k").await.unwrap().unwrap().len(), 5000);
+}

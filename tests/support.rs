@@ -1,0 +1,80 @@
+//! Helpers shared by the integration tests: a real redis-server per test, a plain fred client
+//! for looking at what the cache wrote, and waiting on conditions with a deadline.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use fred::{
+    prelude::{Builder, Client, ClientLike, Config},
+    types::{ClusterHash, CustomCommand, Value},
+};
+use layercache::{LayerCache, LayerCacheBuilder};
+use layercache_testkit::RedisServer;
+
+/// Starts a private redis-server for one test.
+pub(crate) fn redis() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A plain fred client on the server: what the tests use to look at (or plant) raw bytes.
+pub(crate) async fn raw_client(server: &RedisServer) -> Client {
+    let client = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+/// A cache builder pointed at the server, with short timeouts so fault tests stay quick.
+pub(crate) fn builder(server: &RedisServer, name: &str) -> LayerCacheBuilder {
+    LayerCache::builder(name)
+        .redis_url(server.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_connect_timeout(Duration::from_secs(2))
+}
+
+/// Runs a raw command with string arguments.
+pub(crate) async fn cmd(client: &Client, name: &'static str, args: &[&str]) -> Value {
+    let args: Vec<Value> = args.iter().map(|a| Value::from(*a)).collect();
+    client
+        .custom(CustomCommand::new_static(name, ClusterHash::Random, false), args)
+        .await
+        .unwrap()
+}
+
+/// Every key in the server (tests hold few keys; the library itself never uses KEYS).
+pub(crate) async fn all_keys(client: &Client) -> Vec<String> {
+    match cmd(client, "KEYS", &["*"]).await {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| v.as_string().unwrap())
+            .collect(),
+        other => panic!("unexpected KEYS reply {other:?}"),
+    }
+}
+
+/// The number of calls Redis has served for one command (`INFO commandstats`).
+pub(crate) async fn command_calls(client: &Client, command: &str) -> u64 {
+    let info = cmd(client, "INFO", &["commandstats"]).await.as_string().unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Polls `cond` until it holds, failing the test after `within`.
+pub(crate) async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
