@@ -1,1 +1,140 @@
-fn main() {}
+//! L1 and L2 hits, each beside its raw baseline measured in the same run.
+//!
+//! - `l1_hit/layercache`: `Region::get` answered by the in-process tier.
+//! - `l1_hit/moka`: a moka `future::Cache<String, Arc<V>>` `get` of the same value.
+//! - `l2_hit/layercache`: `Region::get` answered by Redis (L1 cleared before each iteration,
+//!   outside the timing): GET, envelope check, decode, L1 fill.
+//! - `l2_hit/fred_get_decode`: a plain fred `GET` plus bincode decode of the same value.
+//!
+//! Run: `cargo bench --bench tiers` (a redis-server is started on a free port by the testkit).
+
+#![expect(missing_docs, reason = "criterion_group! generates undocumented items")]
+
+use std::{sync::Arc, time::Duration};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
+use layercache::LayerCache;
+use layercache_testkit::RedisServer;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    email: String,
+    roles: Vec<String>,
+    score: f64,
+}
+
+fn profile() -> Profile {
+    Profile {
+        id: 42,
+        name: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+        roles: vec!["admin".into(), "analyst".into(), "engineer".into()],
+        score: 99.5,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn l1_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let (region, moka_cache) = rt.block_on(async {
+        let cache = LayerCache::builder("bench").build().await.expect("cache");
+        let region = cache.region::<str, Profile>("p").build().expect("region");
+        region.insert("user:42", profile()).await.expect("insert");
+        let moka_cache: moka::future::Cache<String, Arc<Profile>> =
+            moka::future::Cache::new(10_000);
+        moka_cache
+            .insert("user:42".to_owned(), Arc::new(profile()))
+            .await;
+        (region, moka_cache)
+    });
+
+    let mut g = c.benchmark_group("l1_hit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("layercache", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v = region.get("user:42").await.expect("get");
+            std::hint::black_box(v)
+        })
+    });
+    g.bench_function("moka", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v = moka_cache.get("user:42").await;
+            std::hint::black_box(v)
+        })
+    });
+    g.finish();
+}
+
+fn l2_hit(c: &mut Criterion) {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rt = runtime();
+    let (cache, region, raw, raw_key) = rt.block_on(async {
+        let cache = LayerCache::builder("bench")
+            .redis_url(server.url())
+            .build()
+            .await
+            .expect("cache");
+        let region = cache.region::<str, Profile>("p").build().expect("region");
+        region.insert("user:42", profile()).await.expect("insert");
+        let raw = Builder::from_config(Config::from_url(&server.url()).expect("url"))
+            .build()
+            .expect("client");
+        raw.init().await.expect("connect");
+        // The baseline's key holds the plain bincode bytes of the same value.
+        let bytes =
+            bincode::serde::encode_to_vec(profile(), bincode::config::standard()).expect("encode");
+        let _: () = raw
+            .set("raw:user:42", bytes, None, None, false)
+            .await
+            .expect("set");
+        (cache, region, raw, "raw:user:42")
+    });
+
+    let mut g = c.benchmark_group("l2_hit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("layercache", |b| {
+        b.to_async(&rt).iter_batched(
+            || cache.clear_l1(),
+            |()| async {
+                let v = region.get("user:42").await.expect("get");
+                std::hint::black_box(v)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("fred_get_decode", |b| {
+        b.to_async(&rt).iter(|| async {
+            let bytes: Vec<u8> = raw.get(raw_key).await.expect("get");
+            let (v, _): (Profile, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                    .expect("decode");
+            std::hint::black_box(Arc::new(v))
+        })
+    });
+    g.finish();
+    let stats = cache.stats();
+    assert_eq!(stats.decode_errors, 0);
+    assert!(stats.l2_hits > 0, "the L2 bench never hit Redis: {stats:?}");
+    drop(server);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = l1_hit, l2_hit
+}
+criterion_main!(benches);

@@ -5,7 +5,10 @@
 //! allocator refuses (and so aborts the process on) any allocation that would take the heap
 //! 64 MiB above where it stood, so a decoder that trusted a forged 4 GiB length could not pass.
 
-#[expect(dead_code, reason = "helpers shared by all test binaries; this one uses some")]
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
 mod support;
 
 use std::alloc::System;
@@ -40,8 +43,12 @@ fn forged(flags: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
     b
 }
 
+#[expect(clippy::unwrap_used, reason = "a test helper")]
 async fn plant(raw: &Client, region: &Region<str, String>, key: &str, bytes: Vec<u8>) {
-    let _: () = raw.set(region.redis_key(key), bytes, None, None, false).await.unwrap();
+    let _: () = raw
+        .set(region.redis_key(key), bytes, None, None, false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +62,11 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     let good_value = "a perfectly fine value ".repeat(100);
     region.insert("good", good_value.clone()).await.unwrap();
     let good: Vec<u8> = raw.get(region.redis_key("good")).await.unwrap();
-    assert_ne!(good[6] & envelope::FLAG_LZ4, 0, "the sample must be compressed");
+    assert_ne!(
+        good[6] & envelope::FLAG_LZ4,
+        0,
+        "the sample must be compressed"
+    );
 
     let mut rng_state = 0x2545_F491_4F6C_DD1Du64;
     let mut random = |n: usize| -> Vec<u8> {
@@ -80,8 +91,16 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     let cases: Vec<(&str, Vec<u8>, Corruption)> = vec![
         ("empty", Vec::new(), Corruption::NotAnEnvelope),
         ("random", random(300), Corruption::NotAnEnvelope),
-        ("truncated", good[..good.len() - 7].to_vec(), Corruption::BadLength),
-        ("header_only", good[..envelope::HEADER_LEN].to_vec(), Corruption::BadLength),
+        (
+            "truncated",
+            good[..good.len() - 7].to_vec(),
+            Corruption::BadLength,
+        ),
+        (
+            "header_only",
+            good[..envelope::HEADER_LEN].to_vec(),
+            Corruption::BadLength,
+        ),
         ("bit_flipped", flipped, Corruption::Checksum),
         ("newer_format", newer, Corruption::UnknownVersion),
         ("other_codec", other_codec, Corruption::CodecMismatch),
@@ -95,7 +114,11 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
             forged(envelope::FLAG_LZ4, 10_000, &[0xff; 64]),
             Corruption::Decompress,
         ),
-        ("huge_bincode_claim", forged(0, 9, &huge_string_claim), Corruption::Deserialize),
+        (
+            "huge_bincode_claim",
+            forged(0, 9, &huge_string_claim),
+            Corruption::Deserialize,
+        ),
     ];
 
     let base = ALLOC.allocated();
@@ -104,7 +127,10 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     for (key, bytes, reason) in &cases {
         plant(&raw, &region, key, bytes.clone()).await;
         let before = cache.stats();
-        assert!(region.get(*key).await.unwrap().is_none(), "{key} read as a value");
+        assert!(
+            region.get(*key).await.unwrap().is_none(),
+            "{key} read as a value"
+        );
         let after = cache.stats();
         assert_eq!(
             after.decode_errors_for(*reason),
@@ -123,7 +149,10 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
         assert_eq!(*v, fresh);
         let stored: Vec<u8> = raw.get(region.redis_key(*key)).await.unwrap();
         if *reason == Corruption::UnknownVersion {
-            assert_eq!(&stored, bytes, "{key}: an entry of a newer format was overwritten");
+            assert_eq!(
+                &stored, bytes,
+                "{key}: an entry of a newer format was overwritten"
+            );
         } else {
             assert!(stored.ends_with(fresh.as_bytes()), "{key}: not replaced");
         }

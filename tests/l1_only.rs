@@ -80,7 +80,9 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let err = region
-        .get_or_load("bad", || async { Err::<u64, _>(std::io::Error::other("nope")) })
+        .get_or_load("bad", || async {
+            Err::<u64, _>(std::io::Error::other("nope"))
+        })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Loader);
@@ -101,7 +103,11 @@ async fn entries_expire_after_their_l1_lifetime() {
         .unwrap();
     let region = cache.region::<str, u8>("r").build().unwrap();
     region
-        .insert_with("short", 1, &EntryOptions::new().ttl(Duration::from_millis(50)))
+        .insert_with(
+            "short",
+            1,
+            &EntryOptions::new().ttl(Duration::from_millis(50)),
+        )
         .await
         .unwrap();
     region.insert("long", 2).await.unwrap();
@@ -109,7 +115,10 @@ async fn entries_expire_after_their_l1_lifetime() {
     // moka keeps its own (real) clock: wait, with a deadline, for the short entry to lapse.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while region.get("short").await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "expired entry still served");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired entry still served"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(region.get("long").await.unwrap().is_some());
@@ -127,7 +136,11 @@ async fn byte_capacity_weighs_encoded_size() {
         region.insert(&i, vec![7; 10_000]).await.unwrap();
     }
     cache.run_pending_tasks().await;
-    assert!(cache.l1_weighted_size() <= 100_000, "{}", cache.l1_weighted_size());
+    assert!(
+        cache.l1_weighted_size() <= 100_000,
+        "{}",
+        cache.l1_weighted_size()
+    );
     assert!(cache.l1_entry_count() <= 10, "{}", cache.l1_entry_count());
     assert!(cache.l1_entry_count() >= 1);
 }

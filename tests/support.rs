@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a real redis-server per test, a plain fred client
 //! for looking at what the cache wrote, and waiting on conditions with a deadline.
 
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
+
 use std::{
     future::Future,
     time::{Duration, Instant},
@@ -39,7 +41,10 @@ pub(crate) fn builder(server: &RedisServer, name: &str) -> LayerCacheBuilder {
 pub(crate) async fn cmd(client: &Client, name: &'static str, args: &[&str]) -> Value {
     let args: Vec<Value> = args.iter().map(|a| Value::from(*a)).collect();
     client
-        .custom(CustomCommand::new_static(name, ClusterHash::Random, false), args)
+        .custom(
+            CustomCommand::new_static(name, ClusterHash::Random, false),
+            args,
+        )
         .await
         .unwrap()
 }
@@ -47,17 +52,17 @@ pub(crate) async fn cmd(client: &Client, name: &'static str, args: &[&str]) -> V
 /// Every key in the server (tests hold few keys; the library itself never uses KEYS).
 pub(crate) async fn all_keys(client: &Client) -> Vec<String> {
     match cmd(client, "KEYS", &["*"]).await {
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| v.as_string().unwrap())
-            .collect(),
+        Value::Array(items) => items.into_iter().map(|v| v.as_string().unwrap()).collect(),
         other => panic!("unexpected KEYS reply {other:?}"),
     }
 }
 
 /// The number of calls Redis has served for one command (`INFO commandstats`).
 pub(crate) async fn command_calls(client: &Client, command: &str) -> u64 {
-    let info = cmd(client, "INFO", &["commandstats"]).await.as_string().unwrap();
+    let info = cmd(client, "INFO", &["commandstats"])
+        .await
+        .as_string()
+        .unwrap();
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -54,7 +54,10 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance() {
 
     let users_a = a.region::<u64, User>("user").build().unwrap();
     let shapes_a = a.region::<str, Shape>("shape").build().unwrap();
-    let maps_a = a.region::<String, BTreeMap<String, Vec<u64>>>("map").build().unwrap();
+    let maps_a = a
+        .region::<String, BTreeMap<String, Vec<u64>>>("map")
+        .build()
+        .unwrap();
     let texts_a = a
         .region_with_codec::<str, String, Postcard>("text", Postcard)
         .build()
@@ -65,7 +68,10 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance() {
     map.insert("empty".to_owned(), vec![]);
 
     users_a.insert(&1, ada()).await.unwrap();
-    shapes_a.insert("c", Shape::Circle { r: 1.5 }).await.unwrap();
+    shapes_a
+        .insert("c", Shape::Circle { r: 1.5 })
+        .await
+        .unwrap();
     shapes_a.insert("s", Shape::Square(4)).await.unwrap();
     shapes_a.insert("e", Shape::Empty).await.unwrap();
     maps_a.insert("m", map.clone()).await.unwrap();
@@ -79,14 +85,20 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance() {
     // Instance B has an empty L1: the first reads come from Redis, the second from L1.
     let users_b = b.region::<u64, User>("user").build().unwrap();
     let shapes_b = b.region::<str, Shape>("shape").build().unwrap();
-    let maps_b = b.region::<String, BTreeMap<String, Vec<u64>>>("map").build().unwrap();
+    let maps_b = b
+        .region::<String, BTreeMap<String, Vec<u64>>>("map")
+        .build()
+        .unwrap();
     let texts_b = b
         .region_with_codec::<str, String, Postcard>("text", Postcard)
         .build()
         .unwrap();
     for _ in 0..2 {
         assert_eq!(*users_b.get(&1).await.unwrap().unwrap(), ada());
-        assert_eq!(*shapes_b.get("c").await.unwrap().unwrap(), Shape::Circle { r: 1.5 });
+        assert_eq!(
+            *shapes_b.get("c").await.unwrap().unwrap(),
+            Shape::Circle { r: 1.5 }
+        );
         assert_eq!(*shapes_b.get("s").await.unwrap().unwrap(), Shape::Square(4));
         assert_eq!(*shapes_b.get("e").await.unwrap().unwrap(), Shape::Empty);
         assert_eq!(*maps_b.get("m").await.unwrap().unwrap(), map);
@@ -121,6 +133,7 @@ async fn an_l1_hit_sends_no_command_to_redis() {
     assert_eq!(cache.stats().l1_hits, 1000);
 }
 
+#[expect(clippy::unwrap_used, reason = "a test helper")]
 async fn command_calls_total(raw: &fred::prelude::Client) -> u64 {
     let info = support::cmd(raw, "INFO", &["commandstats"])
         .await
@@ -147,14 +160,22 @@ async fn large_values_are_stored_compressed_small_ones_plain() {
     let big_bytes: Vec<u8> = raw.get(region.redis_key("big")).await.unwrap();
     let small_bytes: Vec<u8> = raw.get(region.redis_key("small")).await.unwrap();
     assert_eq!(&big_bytes[..4], &envelope::MAGIC);
-    assert_eq!(big_bytes[6] & envelope::FLAG_LZ4, envelope::FLAG_LZ4, "big value not compressed");
+    assert_eq!(
+        big_bytes[6] & envelope::FLAG_LZ4,
+        envelope::FLAG_LZ4,
+        "big value not compressed"
+    );
     assert!(
         big_bytes.len() < big.len() / 4,
         "compressed {} bytes from {}",
         big_bytes.len(),
         big.len()
     );
-    assert_eq!(small_bytes[6] & envelope::FLAG_LZ4, 0, "small value compressed");
+    assert_eq!(
+        small_bytes[6] & envelope::FLAG_LZ4,
+        0,
+        "small value compressed"
+    );
     // bincode: 1 length byte + the text.
     assert_eq!(small_bytes.len(), envelope::HEADER_LEN + 1 + small.len());
 
@@ -188,9 +209,15 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .build()
         .unwrap();
     assert!(new.get("x").await.unwrap().is_none());
-    assert_eq!(v2.stats().decode_errors, 0, "an old layout must never be decoded");
+    assert_eq!(
+        v2.stats().decode_errors,
+        0,
+        "an old layout must never be decoded"
+    );
     let loaded = new
-        .get_or_load("x", || async { Ok::<_, std::io::Error>(("one".into(), 1, true)) })
+        .get_or_load("x", || async {
+            Ok::<_, std::io::Error>(("one".into(), 1, true))
+        })
         .await
         .unwrap();
     assert_eq!(*loaded, ("one".to_owned(), 1, true));
@@ -203,10 +230,16 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .schema_version(1)
         .build()
         .unwrap();
-    assert_eq!(*old_b.get("x").await.unwrap().unwrap(), (1, "one".to_owned()));
+    assert_eq!(
+        *old_b.get("x").await.unwrap().unwrap(),
+        (1, "one".to_owned())
+    );
 
     // One process cannot register one region name with two layouts.
-    let clash = v2.region::<str, (u32, String)>("item").schema_version(2).build();
+    let clash = v2
+        .region::<str, (u32, String)>("item")
+        .schema_version(2)
+        .build();
     assert_eq!(clash.unwrap_err().kind(), ErrorKind::Config);
 }
 
@@ -217,8 +250,23 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     let cache = builder(&server, "keys").build().await.unwrap();
     let region = cache.region::<[u8], usize>("k").build().unwrap();
     let keys: Vec<&[u8]> = vec![
-        b"", b"*", b"?", b"[a]", b":", b"::", b"{}", b"{a}1", b"{a}2", b"%", b"%25", b"a b",
-        b"\x00", b"\xff\xfe", "ключ".as_bytes(), b"user:1", b"user%3A1",
+        b"",
+        b"*",
+        b"?",
+        b"[a]",
+        b":",
+        b"::",
+        b"{}",
+        b"{a}1",
+        b"{a}2",
+        b"%",
+        b"%25",
+        b"a b",
+        b"\x00",
+        b"\xff\xfe",
+        "ключ".as_bytes(),
+        b"user:1",
+        b"user%3A1",
     ];
     for (i, k) in keys.iter().enumerate() {
         region.insert(*k, i).await.unwrap();
@@ -243,10 +291,15 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     // Keys written by get_or_load have a TTL too, and it follows the entry options.
     let opts = EntryOptions::new().ttl(Duration::from_secs(30));
     region
-        .get_or_load_with(b"loaded".as_slice(), &opts, || async { Ok::<_, std::io::Error>(7) })
+        .get_or_load_with(b"loaded".as_slice(), &opts, || async {
+            Ok::<_, std::io::Error>(7)
+        })
         .await
         .unwrap();
-    let pttl: i64 = raw.pttl(region.redis_key(b"loaded".as_slice())).await.unwrap();
+    let pttl: i64 = raw
+        .pttl(region.redis_key(b"loaded".as_slice()))
+        .await
+        .unwrap();
     assert!(pttl > 0 && pttl <= 30_000, "{pttl}");
 }
 
@@ -274,10 +327,14 @@ async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
         }));
     }
     // Hold the loader until every other caller has joined the flight.
-    wait_until("99 callers to join the flight", Duration::from_secs(10), || {
-        let c = cache.clone();
-        async move { c.stats().coalesced >= 99 }
-    })
+    wait_until(
+        "99 callers to join the flight",
+        Duration::from_secs(10),
+        || {
+            let c = cache.clone();
+            async move { c.stats().coalesced >= 99 }
+        },
+    )
     .await;
     release.notify_one();
     for t in tasks {
@@ -343,7 +400,9 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     let region = cache.region::<str, u64>("r").build().unwrap();
 
     let err = region
-        .get_or_load("k", || async { Err::<u64, _>(std::io::Error::other("db down")) })
+        .get_or_load("k", || async {
+            Err::<u64, _>(std::io::Error::other("db down"))
+        })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Loader);
@@ -360,7 +419,10 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Loader);
     assert!(err.to_string().contains("panicked"), "{err}");
-    assert!(all_keys(&raw).await.is_empty(), "a failed load wrote to redis");
+    assert!(
+        all_keys(&raw).await.is_empty(),
+        "a failed load wrote to redis"
+    );
     assert!(region.get("k").await.unwrap().is_none());
 
     let v = region
@@ -442,14 +504,22 @@ async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
         .unwrap();
     assert_eq!(*v, 2);
     region.insert("w", 3).await.unwrap();
-    assert_eq!(*region.get("w").await.unwrap().unwrap(), 3, "insert still updates L1");
+    assert_eq!(
+        *region.get("w").await.unwrap().unwrap(),
+        3,
+        "insert still updates L1"
+    );
     assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
 
     let err = strict_region.get("cold").await.unwrap_err();
     assert!(err.is_redis(), "{err}");
     let err = strict_region.insert("w", 4).await.unwrap_err();
     assert!(err.is_redis(), "{err}");
-    assert_eq!(*strict_region.get("w").await.unwrap().unwrap(), 4, "L1 updated before the error");
+    assert_eq!(
+        *strict_region.get("w").await.unwrap().unwrap(),
+        4,
+        "L1 updated before the error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

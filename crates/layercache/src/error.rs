@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn display_includes_kind_context_and_source() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "boom");
+        let io = std::io::Error::other("boom");
         let e = Error::new(ErrorKind::Redis, "GET failed").with_source(io);
         assert_eq!(e.to_string(), "redis error: GET failed: boom");
         assert!(e.is_redis());
