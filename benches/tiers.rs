@@ -49,7 +49,11 @@ fn l1_hit(c: &mut Criterion) {
     let rt = runtime();
     let (region, moka_cache) = rt.block_on(async {
         let cache = LayerCache::builder("bench").build().await.expect("cache");
-        let region = cache.region::<str, Profile>("p").build().expect("region");
+        let region = cache
+            .region::<str, Profile>("p")
+            .build()
+            .await
+            .expect("region");
         region.insert("user:42", profile()).await.expect("insert");
         let moka_cache: moka::future::Cache<String, Arc<Profile>> =
             moka::future::Cache::new(10_000);
@@ -85,7 +89,11 @@ fn l2_hit(c: &mut Criterion) {
             .build()
             .await
             .expect("cache");
-        let region = cache.region::<str, Profile>("p").build().expect("region");
+        let region = cache
+            .region::<str, Profile>("p")
+            .build()
+            .await
+            .expect("region");
         region.insert("user:42", profile()).await.expect("insert");
         let raw = Builder::from_config(Config::from_url(&server.url()).expect("url"))
             .build()

@@ -59,7 +59,7 @@ async fn main() -> layercache::Result<()> {
         None => println!("L1 only (set REDIS_URL=redis://127.0.0.1:6379 to add Redis)"),
     }
     let cache = build_cache(redis_url.as_deref()).await?;
-    let users = cache.region::<u64, User>("user").build()?;
+    let users = cache.region::<u64, User>("user").build().await?;
     users.invalidate(&42).await?; // start cold, whatever an earlier run left in Redis
 
     for round in 1..=3 {
@@ -74,7 +74,7 @@ async fn main() -> layercache::Result<()> {
     if redis_url.is_some() {
         // Another instance (another replica of the service) shares the L2 tier.
         let replica = build_cache(redis_url.as_deref()).await?;
-        let replica_users = replica.region::<u64, User>("user").build()?;
+        let replica_users = replica.region::<u64, User>("user").build().await?;
         for round in 1..=2 {
             let before = replica.stats();
             let user = replica_users.get_or_load(&42, || load_user(42)).await?;

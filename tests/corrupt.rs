@@ -46,7 +46,7 @@ fn forged(flags: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
 #[expect(clippy::unwrap_used, reason = "a test helper")]
 async fn plant(raw: &Client, region: &Region<str, String>, key: &str, bytes: Vec<u8>) {
     let _: () = raw
-        .set(region.redis_key(key), bytes, None, None, false)
+        .set(region.redis_key(key).unwrap(), bytes, None, None, false)
         .await
         .unwrap();
 }
@@ -56,12 +56,12 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache: LayerCache = builder(&server, "bad").build().await.unwrap();
-    let region = cache.region::<str, String>("r").build().unwrap();
+    let region = cache.region::<str, String>("r").build().await.unwrap();
 
     // A genuine entry to mutate.
     let good_value = "a perfectly fine value ".repeat(100);
     region.insert("good", good_value.clone()).await.unwrap();
-    let good: Vec<u8> = raw.get(region.redis_key("good")).await.unwrap();
+    let good: Vec<u8> = raw.get(region.redis_key("good").unwrap()).await.unwrap();
     assert_ne!(
         good[6] & envelope::FLAG_LZ4,
         0,
@@ -147,7 +147,7 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
             .await
             .unwrap();
         assert_eq!(*v, fresh);
-        let stored: Vec<u8> = raw.get(region.redis_key(*key)).await.unwrap();
+        let stored: Vec<u8> = raw.get(region.redis_key(*key).unwrap()).await.unwrap();
         if *reason == Corruption::UnknownVersion {
             assert_eq!(
                 &stored, bytes,
@@ -159,7 +159,7 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     }
 
     // Other Redis types at our key: an error reply, handled as a Redis failure, not a panic.
-    support::cmd(&raw, "RPUSH", &[&region.redis_key("list"), "x"]).await;
+    support::cmd(&raw, "RPUSH", &[&region.redis_key("list").unwrap(), "x"]).await;
     assert!(region.get("list").await.unwrap().is_none());
     assert!(cache.stats().l2_errors >= 1);
 

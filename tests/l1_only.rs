@@ -21,8 +21,8 @@ struct Item {
 async fn reads_and_writes_work_without_redis() {
     let cache = LayerCache::builder("local").build().await.unwrap();
     assert!(!cache.has_l2());
-    let items = cache.region::<u32, Item>("item").build().unwrap();
-    let names = cache.region::<str, String>("name").build().unwrap();
+    let items = cache.region::<u32, Item>("item").build().await.unwrap();
+    let names = cache.region::<str, String>("name").build().await.unwrap();
 
     assert!(items.get(&1).await.unwrap().is_none());
     let item = Item {
@@ -37,7 +37,7 @@ async fn reads_and_writes_work_without_redis() {
     assert_eq!(&*names.get("*").await.unwrap().unwrap(), "star");
 
     // Regions do not see each other's entries even with equal key bytes.
-    let other = cache.region::<str, String>("other").build().unwrap();
+    let other = cache.region::<str, String>("other").build().await.unwrap();
     assert!(other.get("*").await.unwrap().is_none());
 
     items.invalidate(&1).await.unwrap();
@@ -51,7 +51,7 @@ async fn reads_and_writes_work_without_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_or_load_coalesces_and_retries_after_errors() {
     let cache = LayerCache::builder("local").build().await.unwrap();
-    let region = cache.region::<str, u64>("r").build().unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Notify::new());
 
@@ -101,7 +101,7 @@ async fn entries_expire_after_their_l1_lifetime() {
         .build()
         .await
         .unwrap();
-    let region = cache.region::<str, u8>("r").build().unwrap();
+    let region = cache.region::<str, u8>("r").build().await.unwrap();
     region
         .insert_with(
             "short",
@@ -131,7 +131,7 @@ async fn byte_capacity_weighs_encoded_size() {
         .build()
         .await
         .unwrap();
-    let region = cache.region::<u32, Vec<u8>>("blob").build().unwrap();
+    let region = cache.region::<u32, Vec<u8>>("blob").build().await.unwrap();
     for i in 0..50 {
         region.insert(&i, vec![7; 10_000]).await.unwrap();
     }

@@ -57,6 +57,15 @@ pub(crate) async fn all_keys(client: &Client) -> Vec<String> {
     }
 }
 
+/// The cache's data keys (leaving out region generations and other bookkeeping).
+pub(crate) async fn data_keys(client: &Client) -> Vec<String> {
+    all_keys(client)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":f1:"))
+        .collect()
+}
+
 /// The number of calls Redis has served for one command (`INFO commandstats`).
 pub(crate) async fn command_calls(client: &Client, command: &str) -> u64 {
     let info = cmd(client, "INFO", &["commandstats"])

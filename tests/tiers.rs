@@ -12,9 +12,12 @@ use std::{
 };
 
 use fred::prelude::KeysInterface;
-use layercache::{envelope, EntryOptions, ErrorKind, L2ErrorPolicy, LayerCache, Postcard};
+use layercache::{
+    envelope, CoherenceLossPolicy, EntryOptions, ErrorKind, FlushReason, L2ErrorPolicy, LayerCache,
+    Postcard,
+};
 use serde::{Deserialize, Serialize};
-use support::{all_keys, builder, command_calls, raw_client, redis, wait_until};
+use support::{builder, command_calls, data_keys, raw_client, redis, wait_until};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,15 +55,17 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance() {
     let a = builder(&server, "rt").build().await.unwrap();
     let b = builder(&server, "rt").build().await.unwrap();
 
-    let users_a = a.region::<u64, User>("user").build().unwrap();
-    let shapes_a = a.region::<str, Shape>("shape").build().unwrap();
+    let users_a = a.region::<u64, User>("user").build().await.unwrap();
+    let shapes_a = a.region::<str, Shape>("shape").build().await.unwrap();
     let maps_a = a
         .region::<String, BTreeMap<String, Vec<u64>>>("map")
         .build()
+        .await
         .unwrap();
     let texts_a = a
         .region_with_codec::<str, String, Postcard>("text", Postcard)
         .build()
+        .await
         .unwrap();
 
     let mut map = BTreeMap::new();
@@ -83,15 +88,17 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance() {
     assert_eq!(a.stats().l2_hits, 0);
 
     // Instance B has an empty L1: the first reads come from Redis, the second from L1.
-    let users_b = b.region::<u64, User>("user").build().unwrap();
-    let shapes_b = b.region::<str, Shape>("shape").build().unwrap();
+    let users_b = b.region::<u64, User>("user").build().await.unwrap();
+    let shapes_b = b.region::<str, Shape>("shape").build().await.unwrap();
     let maps_b = b
         .region::<String, BTreeMap<String, Vec<u64>>>("map")
         .build()
+        .await
         .unwrap();
     let texts_b = b
         .region_with_codec::<str, String, Postcard>("text", Postcard)
         .build()
+        .await
         .unwrap();
     for _ in 0..2 {
         assert_eq!(*users_b.get(&1).await.unwrap().unwrap(), ada());
@@ -118,7 +125,7 @@ async fn an_l1_hit_sends_no_command_to_redis() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "hot").build().await.unwrap();
-    let region = cache.region::<str, String>("r").build().unwrap();
+    let region = cache.region::<str, String>("r").build().await.unwrap();
     region.insert("k", "v".to_owned()).await.unwrap();
 
     let gets = command_calls(&raw, "get").await;
@@ -150,15 +157,15 @@ async fn large_values_are_stored_compressed_small_ones_plain() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "lz").build().await.unwrap();
-    let region = cache.region::<str, String>("doc").build().unwrap();
+    let region = cache.region::<str, String>("doc").build().await.unwrap();
 
     let big = "all work and no play makes jack a dull boy. ".repeat(200); // ~9 KB
     let small = "short".to_owned();
     region.insert("big", big.clone()).await.unwrap();
     region.insert("small", small.clone()).await.unwrap();
 
-    let big_bytes: Vec<u8> = raw.get(region.redis_key("big")).await.unwrap();
-    let small_bytes: Vec<u8> = raw.get(region.redis_key("small")).await.unwrap();
+    let big_bytes: Vec<u8> = raw.get(region.redis_key("big").unwrap()).await.unwrap();
+    let small_bytes: Vec<u8> = raw.get(region.redis_key("small").unwrap()).await.unwrap();
     assert_eq!(&big_bytes[..4], &envelope::MAGIC);
     assert_eq!(
         big_bytes[6] & envelope::FLAG_LZ4,
@@ -185,7 +192,7 @@ async fn large_values_are_stored_compressed_small_ones_plain() {
 
     // Both read back intact through a fresh instance.
     let other = builder(&server, "lz").build().await.unwrap();
-    let r2 = other.region::<str, String>("doc").build().unwrap();
+    let r2 = other.region::<str, String>("doc").build().await.unwrap();
     assert_eq!(*r2.get("big").await.unwrap().unwrap(), big);
     assert_eq!(*r2.get("small").await.unwrap().unwrap(), small);
 }
@@ -198,6 +205,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .region::<str, (u32, String)>("item")
         .schema_version(1)
         .build()
+        .await
         .unwrap();
     old.insert("x", (1, "one".into())).await.unwrap();
 
@@ -207,6 +215,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .region::<str, (String, u64, bool)>("item")
         .schema_version(2)
         .build()
+        .await
         .unwrap();
     assert!(new.get("x").await.unwrap().is_none());
     assert_eq!(
@@ -221,7 +230,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .await
         .unwrap();
     assert_eq!(*loaded, ("one".to_owned(), 1, true));
-    assert_ne!(old.redis_key("x"), new.redis_key("x"));
+    assert_ne!(old.redis_key("x").unwrap(), new.redis_key("x").unwrap());
 
     // The old deploy still reads its own layout.
     let v1b = builder(&server, "app").build().await.unwrap();
@@ -229,6 +238,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         .region::<str, (u32, String)>("item")
         .schema_version(1)
         .build()
+        .await
         .unwrap();
     assert_eq!(
         *old_b.get("x").await.unwrap().unwrap(),
@@ -239,7 +249,8 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
     let clash = v2
         .region::<str, (u32, String)>("item")
         .schema_version(2)
-        .build();
+        .build()
+        .await;
     assert_eq!(clash.unwrap_err().kind(), ErrorKind::Config);
 }
 
@@ -248,7 +259,7 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "keys").build().await.unwrap();
-    let region = cache.region::<[u8], usize>("k").build().unwrap();
+    let region = cache.region::<[u8], usize>("k").build().await.unwrap();
     let keys: Vec<&[u8]> = vec![
         b"",
         b"*",
@@ -271,10 +282,11 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     for (i, k) in keys.iter().enumerate() {
         region.insert(*k, i).await.unwrap();
     }
-    let stored = all_keys(&raw).await;
+    let stored = data_keys(&raw).await;
     assert_eq!(stored.len(), keys.len(), "{stored:?}");
+    let data_prefix = format!("keys:f1:k:s1:g{}:", region.generation().unwrap());
     for key in &stored {
-        let user_part = key.strip_prefix("keys:f1:k:s1:").unwrap();
+        let user_part = key.strip_prefix(&data_prefix).unwrap();
         assert!(!user_part.contains(['{', '}', '*', '?', '[', ']']), "{key}");
         let pttl: i64 = raw.pttl(key.as_str()).await.unwrap();
         assert!(pttl > 0, "{key} has no TTL ({pttl})");
@@ -282,7 +294,7 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
 
     // A fresh instance (empty L1) reads each key's own value from Redis.
     let other = builder(&server, "keys").build().await.unwrap();
-    let r2 = other.region::<[u8], usize>("k").build().unwrap();
+    let r2 = other.region::<[u8], usize>("k").build().await.unwrap();
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(*r2.get(*k).await.unwrap().unwrap(), i, "key {k:?}");
     }
@@ -297,7 +309,7 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
         .await
         .unwrap();
     let pttl: i64 = raw
-        .pttl(region.redis_key(b"loaded".as_slice()))
+        .pttl(region.redis_key(b"loaded".as_slice()).unwrap())
         .await
         .unwrap();
     assert!(pttl > 0 && pttl <= 30_000, "{pttl}");
@@ -307,7 +319,7 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
 async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
     let server = redis();
     let cache = builder(&server, "flight").build().await.unwrap();
-    let region = cache.region::<str, String>("r").build().unwrap();
+    let region = cache.region::<str, String>("r").build().await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
 
@@ -349,7 +361,7 @@ async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
 async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others() {
     let server = redis();
     let cache = builder(&server, "cancel").build().await.unwrap();
-    let region = cache.region::<str, u64>("r").build().unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
 
@@ -397,7 +409,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "fail").build().await.unwrap();
-    let region = cache.region::<str, u64>("r").build().unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
 
     let err = region
         .get_or_load("k", || async {
@@ -420,7 +432,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     assert_eq!(err.kind(), ErrorKind::Loader);
     assert!(err.to_string().contains("panicked"), "{err}");
     assert!(
-        all_keys(&raw).await.is_empty(),
+        data_keys(&raw).await.is_empty(),
         "a failed load wrote to redis"
     );
     assert!(region.get("k").await.unwrap().is_none());
@@ -439,7 +451,7 @@ async fn an_insert_during_a_slow_load_wins() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "race").build().await.unwrap();
-    let region = cache.region::<str, String>("r").build().unwrap();
+    let region = cache.region::<str, String>("r").build().await.unwrap();
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
 
@@ -463,9 +475,9 @@ async fn an_insert_during_a_slow_load_wins() {
     // ...but "old" must not land in either tier afterwards.
     assert_eq!(&*region.get("k").await.unwrap().unwrap(), "new");
     let other = builder(&server, "race").build().await.unwrap();
-    let r2 = other.region::<str, String>("r").build().unwrap();
+    let r2 = other.region::<str, String>("r").build().await.unwrap();
     assert_eq!(&*r2.get("k").await.unwrap().unwrap(), "new");
-    let bytes: Vec<u8> = raw.get(region.redis_key("k")).await.unwrap();
+    let bytes: Vec<u8> = raw.get(region.redis_key("k").unwrap()).await.unwrap();
     assert!(bytes.ends_with(b"new"));
 }
 
@@ -474,10 +486,10 @@ async fn invalidate_removes_from_both_tiers() {
     let server = redis();
     let raw = raw_client(&server).await;
     let cache = builder(&server, "inv").build().await.unwrap();
-    let region = cache.region::<u32, u32>("r").build().unwrap();
+    let region = cache.region::<u32, u32>("r").build().await.unwrap();
     region.insert(&1, 10).await.unwrap();
     region.invalidate(&1).await.unwrap();
-    assert!(all_keys(&raw).await.is_empty());
+    assert!(data_keys(&raw).await.is_empty());
     assert!(region.get(&1).await.unwrap().is_none());
     assert_eq!(cache.stats().l1_hits, 0);
 }
@@ -485,18 +497,44 @@ async fn invalidate_removes_from_both_tiers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
     let mut server = redis();
-    let cache = builder(&server, "down").build().await.unwrap();
+    // Keeps L1 through the coherence loss an outage is: shows L1 serving during it.
+    let cache = builder(&server, "down")
+        .coherence_loss_policy(CoherenceLossPolicy::KeepUntilTtl)
+        .build()
+        .await
+        .unwrap();
     let strict = builder(&server, "down")
         .l2_error_policy(L2ErrorPolicy::Propagate)
         .build()
         .await
         .unwrap();
-    let region = cache.region::<str, u64>("r").build().unwrap();
-    let strict_region = strict.region::<str, u64>("r").build().unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
+    let strict_region = strict.region::<str, u64>("r").build().await.unwrap();
+    // (Each insert also drops the other instance's copy over the bus: insert in turn and wait.)
+    strict_region.insert("cached", 1).await.unwrap();
+    let seen = strict.instance_id().unwrap();
+    let published = strict.bus_status().unwrap().published_seq;
+    wait_until("the insert to reach the other instance", Duration::from_secs(10), || {
+        let c = cache.clone();
+        async move { c.bus_status().unwrap().peer_seq(seen) >= Some(published) }
+    })
+    .await;
     region.insert("cached", 1).await.unwrap();
     server.kill();
+    for c in [&cache, &strict] {
+        wait_until(
+            "the bus to notice the outage",
+            Duration::from_secs(10),
+            || {
+                let c = c.clone();
+                async move { c.flushes(FlushReason::Disconnect) >= 1 }
+            },
+        )
+        .await;
+    }
 
-    // L1 still serves; a cold key is loaded; the failure is counted, not returned.
+    // L1 still serves (kept by policy); a cold key is loaded; failures are counted, not
+    // returned.
     assert_eq!(*region.get("cached").await.unwrap().unwrap(), 1);
     let v = region
         .get_or_load("cold", || async { Ok::<_, std::io::Error>(2) })
@@ -511,7 +549,8 @@ async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
     );
     assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
 
-    let err = strict_region.get("cold").await.unwrap_err();
+    // The default policy flushed L1 when the outage began: nothing possibly stale is served.
+    let err = strict_region.get("cached").await.unwrap_err();
     assert!(err.is_redis(), "{err}");
     let err = strict_region.insert("w", 4).await.unwrap_err();
     assert!(err.is_redis(), "{err}");
@@ -545,7 +584,7 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() 
         .build()
         .await
         .unwrap();
-    let region = cache.region::<str, Vec<u8>>("r").build().unwrap();
+    let region = cache.region::<str, Vec<u8>>("r").build().await.unwrap();
     let err = region.insert("k", vec![1; 5000]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     let v = region
@@ -553,7 +592,7 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() 
         .await
         .unwrap();
     assert_eq!(v.len(), 5000);
-    assert!(all_keys(&raw).await.is_empty());
+    assert!(data_keys(&raw).await.is_empty());
     assert_eq!(cache.stats().l2_oversize_skips, 1);
     // Kept in L1 all the same.
     assert_eq!(region.get("k").await.unwrap().unwrap().len(), 5000);

@@ -1,14 +1,26 @@
 //! [`LayerCacheBuilder`]: every cache-wide option, validated by `build()`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{atomic::AtomicU64, Arc, Mutex},
+    time::Duration,
+};
+
+use fred::prelude::{ClientLike, PubsubInterface};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
+    bus::{
+        self, listener::Listener, publisher::Publisher, BusHandle, BusSettings,
+        CoherenceLossPolicy, InstanceId,
+    },
     cache::{Inner, LayerCache, Settings},
-    error::{Error, Result},
+    envelope::FORMAT_VERSION,
+    error::{Error, ErrorKind, Result},
     key::validate_name,
     l1::{Capacity, L1},
-    l2::{redact_url, L2Settings, L2},
+    l2::{connect_client, redact_url, L2Settings, L2},
     options::{EntryOptions, L2ErrorPolicy},
+    stats::Counters,
 };
 
 /// The largest value Redis accepts as a string (512 MiB).
@@ -38,6 +50,10 @@ pub struct LayerCacheBuilder {
     l2_reconnect_min: Duration,
     l2_reconnect_max: Duration,
     l2_error_policy: L2ErrorPolicy,
+    bus_heartbeat_interval: Duration,
+    bus_heartbeat_timeout: Duration,
+    bus_buffer: usize,
+    coherence_loss_policy: CoherenceLossPolicy,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -58,6 +74,10 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_reconnect_min", &self.l2_reconnect_min)
             .field("l2_reconnect_max", &self.l2_reconnect_max)
             .field("l2_error_policy", &self.l2_error_policy)
+            .field("bus_heartbeat_interval", &self.bus_heartbeat_interval)
+            .field("bus_heartbeat_timeout", &self.bus_heartbeat_timeout)
+            .field("bus_buffer", &self.bus_buffer)
+            .field("coherence_loss_policy", &self.coherence_loss_policy)
             .finish()
     }
 }
@@ -80,6 +100,10 @@ impl LayerCacheBuilder {
             l2_reconnect_min: Duration::from_millis(100),
             l2_reconnect_max: Duration::from_secs(5),
             l2_error_policy: L2ErrorPolicy::Fallback,
+            bus_heartbeat_interval: Duration::from_secs(1),
+            bus_heartbeat_timeout: Duration::from_secs(3),
+            bus_buffer: 4096,
+            coherence_loss_policy: CoherenceLossPolicy::FlushAll,
         }
     }
 
@@ -208,6 +232,43 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// How often each instance publishes a heartbeat on the invalidation bus (and checks that
+    /// its own came back). The bus exists whenever Redis is configured.
+    ///
+    /// Default: 1 second.
+    pub fn bus_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.bus_heartbeat_interval = interval;
+        self
+    }
+
+    /// How long an instance's own heartbeat may take to come back before it presumes its
+    /// subscription broken and flushes L1 (see [`CoherenceLossPolicy`]). At least twice the
+    /// interval.
+    ///
+    /// Default: 3 seconds.
+    pub fn bus_heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.bus_heartbeat_timeout = timeout;
+        self
+    }
+
+    /// How many received bus messages may wait for the listener. A listener that falls
+    /// further behind loses messages, notices (`Lagged`) and flushes L1.
+    ///
+    /// Default: 4096 messages (each carries up to 1024 invalidations).
+    pub fn bus_buffer(mut self, messages: usize) -> Self {
+        self.bus_buffer = messages;
+        self
+    }
+
+    /// What to do with L1 when invalidations may have been missed (disconnect, reconnect,
+    /// lag, sequence gap, missed heartbeat).
+    ///
+    /// Default: [`CoherenceLossPolicy::FlushAll`].
+    pub fn coherence_loss_policy(mut self, policy: CoherenceLossPolicy) -> Self {
+        self.coherence_loss_policy = policy;
+        self
+    }
+
     fn capacity(&self) -> Capacity {
         match self.max_capacity_bytes {
             Some(bytes) => Capacity::Bytes(bytes),
@@ -255,6 +316,19 @@ impl LayerCacheBuilder {
         if self.l2_max_command_buffer == 0 {
             return Err(Error::config("l2_max_command_buffer must be at least 1"));
         }
+        if self.bus_heartbeat_interval.is_zero() {
+            return Err(Error::config(
+                "bus_heartbeat_interval must be greater than zero",
+            ));
+        }
+        if self.bus_heartbeat_timeout < self.bus_heartbeat_interval.saturating_mul(2) {
+            return Err(Error::config(
+                "bus_heartbeat_timeout must be at least twice bus_heartbeat_interval",
+            ));
+        }
+        if self.bus_buffer == 0 {
+            return Err(Error::config("bus_buffer must be at least 1"));
+        }
         if self.l2_reconnect_min.is_zero() || self.l2_reconnect_min > self.l2_reconnect_max {
             return Err(Error::config("l2_reconnect_backoff needs 0 < min <= max"));
         }
@@ -271,37 +345,109 @@ impl LayerCacheBuilder {
     /// connection fails within `l2_connect_timeout`.
     pub async fn build(self) -> Result<LayerCache> {
         self.validate()?;
-        let l2 = match &self.redis_url {
-            Some(url) => Some(
-                L2::connect(&L2Settings {
-                    url: url.clone(),
-                    command_timeout: self.l2_command_timeout,
-                    connect_timeout: self.l2_connect_timeout,
-                    max_command_buffer: self.l2_max_command_buffer,
-                    reconnect_min: self.l2_reconnect_min,
-                    reconnect_max: self.l2_reconnect_max,
-                })
-                .await?,
-            ),
-            None => None,
-        };
+        let counters = Arc::new(Counters::default());
         let settings = Settings {
             time_to_live: self.time_to_live,
             entry_options: self.entry_options,
             compression_threshold: self.compression_threshold,
             max_value_bytes: self.max_value_bytes,
             error_policy: self.l2_error_policy,
+            command_timeout: self.l2_command_timeout,
         };
-        let l1 = L1::new(self.capacity(), self.time_to_idle);
-        let inner = Inner::new(self.name, l1, l2, settings);
-        tracing::info!(
-            cache.name = %inner.name,
-            l2 = inner.l2.is_some(),
-            "layercache started"
-        );
-        Ok(LayerCache {
-            inner: Arc::new(inner),
-        })
+        let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
+        let Some(url) = &self.redis_url else {
+            let inner = Inner::new(self.name, l1, None, settings, counters, None);
+            tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");
+            return Ok(LayerCache {
+                inner: Arc::new(inner),
+            });
+        };
+        let l2_settings = L2Settings {
+            url: url.clone(),
+            command_timeout: self.l2_command_timeout,
+            connect_timeout: self.l2_connect_timeout,
+            max_command_buffer: self.l2_max_command_buffer,
+            reconnect_min: self.l2_reconnect_min,
+            reconnect_max: self.l2_reconnect_max,
+        };
+        let l2 = L2::connect(&l2_settings).await?;
+        let subscriber = match connect_client(&l2_settings, Some(self.bus_buffer)).await {
+            Ok(s) => s,
+            Err(e) => {
+                l2.quit().await;
+                return Err(e);
+            }
+        };
+        let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
+        let subscribed = tokio::time::timeout(
+            self.l2_connect_timeout,
+            subscriber.subscribe(channel.as_str()),
+        )
+        .await;
+        if !matches!(subscribed, Ok(Ok(()))) {
+            let _ = subscriber.quit().await;
+            l2.quit().await;
+            return Err(match subscribed {
+                Ok(Err(e)) => {
+                    Error::new(ErrorKind::Redis, "subscribing to the bus channel").with_source(e)
+                }
+                _ => Error::new(ErrorKind::Timeout, "subscribing to the bus channel"),
+            });
+        }
+
+        let id = InstanceId::random();
+        let (tx, rx) = mpsc::channel(self.bus_buffer.max(1024));
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let published = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Mutex::new(bus::Shared {
+            healthy: true,
+            ..Default::default()
+        }));
+        let bus_settings = BusSettings {
+            loss_policy: self.coherence_loss_policy,
+        };
+        let handle = BusHandle {
+            id,
+            tx,
+            published: published.clone(),
+            shared: shared.clone(),
+            settings: bus_settings,
+            _shutdown: shutdown,
+        };
+        let publisher = Publisher {
+            l2: l2.clone(),
+            channel: channel.clone(),
+            id,
+            rx,
+            counters: counters.clone(),
+            published,
+            heartbeat: self.bus_heartbeat_interval,
+            shutdown: shutdown_rx.clone(),
+            cache_name: self.name.clone(),
+        };
+        let inner = Arc::new(Inner::new(
+            self.name,
+            l1,
+            Some(l2),
+            settings,
+            counters,
+            Some(handle),
+        ));
+        let listener = Listener {
+            inner: Arc::downgrade(&inner),
+            subscriber,
+            channel,
+            id,
+            shared,
+            heartbeat_interval: self.bus_heartbeat_interval,
+            heartbeat_timeout: self.bus_heartbeat_timeout,
+            command_timeout: self.l2_command_timeout,
+            shutdown: shutdown_rx,
+        };
+        tokio::spawn(publisher.run());
+        tokio::spawn(listener.run());
+        tracing::info!(cache.name = %inner.name, l2 = true, instance.id = %id, "layercache started");
+        Ok(LayerCache { inner })
     }
 }
 

@@ -2,7 +2,10 @@
 
 use std::{
     any::TypeId,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::Duration,
 };
 
@@ -10,10 +13,12 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     builder::LayerCacheBuilder,
+    bus::{BusHandle, BusStatus, CoherenceLossPolicy, Entry, FlushReason, InstanceId},
     codec::{Bincode, Codec},
+    envelope::FORMAT_VERSION,
     error::{Error, Result},
     flight::Flights,
-    key::CacheKey,
+    key::{generation_key, redis_key, region_prefix, CacheKey},
     l1::L1,
     l2::L2,
     options::{EntryOptions, L2ErrorPolicy},
@@ -29,15 +34,91 @@ pub(crate) struct Settings {
     pub(crate) compression_threshold: usize,
     pub(crate) max_value_bytes: usize,
     pub(crate) error_policy: L2ErrorPolicy,
+    pub(crate) command_timeout: Duration,
 }
 
-/// A region known to this cache: one name, one value type, one schema, one codec.
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A region known to this cache: one name, one value type, one schema, one codec, and the
+/// region's current generation (part of every Redis key of the region).
 #[derive(Debug)]
-struct RegionRecord {
-    name: String,
+pub(crate) struct RegionState {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    pub(crate) schema: u32,
     types: TypeId,
-    schema: u32,
     codec: u8,
+    /// `{cache}:f{format}:{region}:s{schema}:`; data keys continue with `g{generation}:{key}`.
+    pub(crate) key_base: String,
+    /// Where the generation lives in Redis.
+    pub(crate) generation_key: String,
+    generation: AtomicU64,
+    /// The highest generation ever seen, even after it was forgotten: a floor for the next one.
+    highest: AtomicU64,
+}
+
+/// The generation value meaning "not known yet" (Redis was unreachable when it was read).
+pub(crate) const UNKNOWN_GENERATION: u64 = u64::MAX;
+
+impl RegionState {
+    /// The current generation, `UNKNOWN_GENERATION` when not known.
+    pub(crate) fn generation_raw(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current generation, if known.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        Some(self.generation_raw()).filter(|g| *g != UNKNOWN_GENERATION)
+    }
+
+    /// Marks the generation unknown (after a reconnect: Redis may have restarted empty, and
+    /// bumps may have been missed). The region bypasses Redis until it is read again.
+    pub(crate) fn forget_generation(&self) {
+        self.generation.store(UNKNOWN_GENERATION, Ordering::Release);
+    }
+
+    /// The floor for a generation created afresh: above every generation seen.
+    pub(crate) fn generation_floor(&self) -> u64 {
+        self.highest.load(Ordering::Acquire).saturating_add(1)
+    }
+
+    /// Raises the generation to `g` (generations only move forward); returns whether it
+    /// changed.
+    pub(crate) fn raise_generation(&self, g: u64) -> bool {
+        if g == UNKNOWN_GENERATION {
+            return false;
+        }
+        self.highest.fetch_max(g, Ordering::AcqRel);
+        let mut cur = self.generation.load(Ordering::Acquire);
+        loop {
+            if cur != UNKNOWN_GENERATION && cur >= g {
+                return false;
+            }
+            match self
+                .generation
+                .compare_exchange(cur, g, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The Redis key of a user key (its [`CacheKey`] bytes) at generation `g`.
+    pub(crate) fn data_key(&self, generation: u64, key: &[u8]) -> String {
+        let mut prefix = String::with_capacity(self.key_base.len() + 24 + key.len());
+        prefix.push_str(&self.key_base);
+        prefix.push('g');
+        prefix.push_str(&generation.to_string());
+        prefix.push(':');
+        redis_key(&prefix, key)
+    }
 }
 
 /// The state shared by a cache and all its regions.
@@ -47,52 +128,224 @@ pub(crate) struct Inner {
     pub(crate) l1: L1,
     pub(crate) l2: Option<L2>,
     pub(crate) settings: Settings,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) flights: Arc<Flights>,
-    regions: Mutex<Vec<RegionRecord>>,
+    pub(crate) bus: Option<BusHandle>,
+    regions: Mutex<Vec<Arc<RegionState>>>,
+}
+
+/// How long a region generation lives in Redis without being read or bumped (it is renewed by
+/// every instance's bus every few heartbeats).
+pub(crate) const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let (Some(l2), Ok(rt)) = (self.l2.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { l2.quit().await });
+        }
+    }
 }
 
 impl Inner {
-    pub(crate) fn new(name: String, l1: L1, l2: Option<L2>, settings: Settings) -> Self {
+    pub(crate) fn new(
+        name: String,
+        l1: L1,
+        l2: Option<L2>,
+        settings: Settings,
+        counters: Arc<Counters>,
+        bus: Option<BusHandle>,
+    ) -> Self {
         Self {
             name,
             l1,
             l2,
             settings,
-            counters: Counters::default(),
+            counters,
             flights: Arc::new(Flights::default()),
+            bus,
             regions: Mutex::new(Vec::new()),
         }
     }
 
-    /// Registers a region (or finds it again) and returns its id. One name always has one key
-    /// type, value type, codec and schema version in a process: a second registration that
-    /// differs is a configuration error, not a silent mix-up of two layouts under one name.
+    /// Drops every L1 entry and poisons running fetches, for `reason` (subject to the
+    /// coherence-loss policy unless it is an explicit clear).
+    pub(crate) fn flush_l1(&self, reason: FlushReason) {
+        self.counters.flushes[reason.index()].incr();
+        let keep = reason.is_loss()
+            && self
+                .bus
+                .as_ref()
+                .is_some_and(|b| b.settings.loss_policy == CoherenceLossPolicy::KeepUntilTtl);
+        if keep {
+            tracing::warn!(cache.name = %self.name, reason = %reason, "coherence may be lost; L1 kept by policy");
+            return;
+        }
+        tracing::warn!(cache.name = %self.name, reason = %reason, "L1 flushed");
+        self.flights.poison_all();
+        self.l1.clear();
+    }
+
+    /// Applies invalidations received from another instance: in-memory work only.
+    pub(crate) async fn apply_remote(&self, entries: &[Entry]) {
+        for entry in entries {
+            match entry {
+                Entry::Key { region, key } => {
+                    if let Some(state) = self.region_named(region) {
+                        let mut k = Vec::with_capacity(4 + key.len());
+                        k.extend_from_slice(&state.id.to_le_bytes());
+                        k.extend_from_slice(key);
+                        self.flights.poison(&k);
+                        self.l1.remove(&k).await;
+                    }
+                }
+                Entry::Region {
+                    region,
+                    schema,
+                    generation,
+                } => {
+                    if let Some(state) = self.region_named(region) {
+                        if state.schema == *schema && state.raise_generation(*generation) {
+                            tracing::debug!(cache.name = %self.name, region = %region, generation, "region generation raised by the bus");
+                        }
+                    }
+                }
+                Entry::Tag(tag) => self.tags_invalidated(std::slice::from_ref(tag)),
+                Entry::All => self.flush_l1(FlushReason::Clear),
+            }
+        }
+    }
+
+    /// Marks tags invalidated in this instance's L1.
+    pub(crate) fn tags_invalidated(&self, tags: &[String]) {
+        self.l1.invalidate_tags(tags);
+    }
+
+    /// Announces an invalidation on the bus (if there is one) and waits until it was
+    /// published.
+    pub(crate) async fn announce(&self, entry: Entry) -> Result<()> {
+        match &self.bus {
+            Some(bus) => {
+                let within = self.settings.command_timeout.saturating_mul(2);
+                bus.announce(entry, within).await.map(|_| ())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Reads a region's generation from Redis (creating it if missing) and raises the local one
+    /// to it. Failures are logged and counted; the region keeps bypassing Redis meanwhile.
+    pub(crate) async fn refresh_generation(&self, state: &RegionState) {
+        let Some(l2) = &self.l2 else { return };
+        let initial = unix_millis().max(state.generation_floor());
+        match l2
+            .load_generation(&state.generation_key, initial, GENERATION_TTL)
+            .await
+        {
+            Ok(g) => {
+                state.raise_generation(g);
+            }
+            Err(e) => {
+                self.counters.l2_errors.incr();
+                if e.is_timeout() {
+                    self.counters.l2_timeouts.incr();
+                }
+                tracing::warn!(cache.name = %self.name, region = %state.name, error = %e, "could not read the region generation");
+            }
+        }
+    }
+
+    /// Registers a region (or finds it again). One name always has one key type, value type,
+    /// codec and schema version in a process: a second registration that differs is a
+    /// configuration error, not a silent mix-up of two layouts under one name.
     pub(crate) fn register_region(
         &self,
         name: &str,
         types: TypeId,
         schema: u32,
         codec: u8,
-    ) -> Result<u32> {
+    ) -> Result<Arc<RegionState>> {
         let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((i, r)) = regions.iter().enumerate().find(|(_, r)| r.name == name) {
+        if let Some(r) = regions.iter().find(|r| r.name == name) {
             if r.types != types || r.schema != schema || r.codec != codec {
                 return Err(Error::config(format!(
                     "region {name:?} is already registered with another key type, value type, \
                      codec or schema version"
                 )));
             }
-            return u32::try_from(i).map_err(|_| Error::config("too many regions"));
+            return Ok(r.clone());
         }
         let id = u32::try_from(regions.len()).map_err(|_| Error::config("too many regions"))?;
-        regions.push(RegionRecord {
+        let state = Arc::new(RegionState {
+            id,
             name: name.to_owned(),
-            types,
             schema,
+            types,
             codec,
+            key_base: region_prefix(&self.name, FORMAT_VERSION, name, schema),
+            generation_key: generation_key(&self.name, name, schema),
+            // Without Redis the generation is local and starts at 0.
+            generation: AtomicU64::new(if self.l2.is_some() {
+                UNKNOWN_GENERATION
+            } else {
+                0
+            }),
+            highest: AtomicU64::new(0),
         });
-        Ok(id)
+        regions.push(state.clone());
+        Ok(state)
+    }
+
+    /// Counts and logs a Redis failure, and applies the error policy.
+    pub(crate) fn l2_failed(&self, op: &'static str, region: Option<&str>, e: Error) -> Result<()> {
+        let c = &self.counters;
+        c.l2_errors.incr();
+        if e.is_timeout() {
+            c.l2_timeouts.incr();
+        }
+        tracing::warn!(
+            cache.name = %self.name,
+            region = region.unwrap_or(""),
+            op,
+            error = %e,
+            "redis call failed"
+        );
+        match self.settings.error_policy {
+            L2ErrorPolicy::Propagate => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Announces that a key changed, applying the error policy to a failed publish.
+    pub(crate) async fn announce_key(&self, state: &RegionState, key: Vec<u8>) -> Result<()> {
+        if self.bus.is_none() {
+            return Ok(());
+        }
+        let entry = Entry::Key {
+            region: state.name.clone(),
+            key,
+        };
+        match self.announce(entry).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.l2_failed("publish", Some(&state.name), e),
+        }
+    }
+
+    /// The registered region of this name, if any.
+    pub(crate) fn region_named(&self, name: &str) -> Option<Arc<RegionState>> {
+        self.regions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+    }
+
+    /// Every registered region.
+    pub(crate) fn all_regions(&self) -> Vec<Arc<RegionState>> {
+        self.regions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -111,7 +364,7 @@ impl Inner {
 /// use layercache::LayerCache;
 ///
 /// let cache = LayerCache::builder("shop").build().await?; // L1-only: no Redis configured
-/// let users = cache.region::<u64, String>("user").build()?;
+/// let users = cache.region::<u64, String>("user").build().await?;
 /// users.insert(&7, "Ada".to_owned()).await?;
 /// assert_eq!(users.get(&7).await?.as_deref().map(String::as_str), Some("Ada"));
 /// # Ok(())
@@ -191,6 +444,64 @@ impl LayerCache {
     pub fn clear_l1(&self) {
         self.inner.flights.poison_all();
         self.inner.l1.clear();
+    }
+
+    /// Counters of L1 flushes by reason (see [`FlushReason`]).
+    pub fn flushes(&self, reason: FlushReason) -> u64 {
+        self.inner.counters.flushes[reason.index()].get()
+    }
+
+    /// This instance's id on the invalidation bus (`None` without Redis).
+    pub fn instance_id(&self) -> Option<InstanceId> {
+        self.inner.bus.as_ref().map(|b| b.id)
+    }
+
+    /// What this instance knows of the invalidation bus (`None` without Redis).
+    pub fn bus_status(&self) -> Option<BusStatus> {
+        self.inner.bus.as_ref().map(BusHandle::status)
+    }
+
+    /// Removes every entry of this cache, in every region and on every instance: the data
+    /// keys in Redis are deleted in batches (`SCAN … COUNT 1000` then `UNLINK`, never `KEYS`),
+    /// then every instance is told to flush its in-process tier.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error (after this instance's L1 was flushed) only with
+    /// [`L2ErrorPolicy::Propagate`].
+    pub async fn clear(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut result = Ok(());
+        if let Some(l2) = &inner.l2 {
+            let pattern = format!("{}:f{}:*", inner.name, FORMAT_VERSION);
+            let mut cursor = "0".to_owned();
+            loop {
+                match l2.scan_page(&cursor, &pattern, 1000).await {
+                    Ok((next, keys)) => {
+                        if let Err(e) = l2.unlink_many(keys).await {
+                            result = Err(e);
+                            break;
+                        }
+                        if next == "0" {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        inner.flush_l1(FlushReason::Clear);
+        if result.is_ok() {
+            result = inner.announce(Entry::All).await;
+        }
+        match result {
+            Err(e) => inner.l2_failed("clear", None, e),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Closes the Redis connection. Reads and writes made afterwards fall back as when Redis

@@ -3,10 +3,13 @@
 //! A Redis key has the shape
 //!
 //! ```text
-//! {cache name}:f{envelope format}:{region}:s{schema version}:{escaped user key}
+//! {cache name}:f{envelope format}:{region}:s{schema version}:g{generation}:{escaped user key}
 //! ```
 //!
-//! for example `shop:f1:user:s3:42`. Cache and region names are restricted to
+//! for example `shop:f1:user:s3:g1700000000000:42`. The generation is the region's: bumping it
+//! ([`Region::invalidate_all`](crate::Region::invalidate_all)) moves the whole region to a new
+//! key space in O(1), and old keys die by their TTL. It lives at
+//! `{cache}:m{format}:{region}:s{schema}:gen`. Cache and region names are restricted to
 //! `[A-Za-z0-9_.-]`, so the fixed part never contains a `:` of its own and the user key, which
 //! comes last, is always unambiguous. The user key is percent-escaped: every byte outside
 //! `[A-Za-z0-9]` and `-_.:/@+=,!~#$&()'` becomes `%XX`. The escaping is injective, so distinct
@@ -178,6 +181,16 @@ pub(crate) fn escape_into(key: &[u8], out: &mut String) {
 /// The fixed part of a region's Redis keys, up to and including the last `:`.
 pub(crate) fn region_prefix(cache: &str, format: u8, region: &str, schema: u32) -> String {
     format!("{cache}:f{format}:{region}:s{schema}:")
+}
+
+/// Where a region's generation counter lives: `{cache}:m{format}:{region}:s{schema}:gen`. The
+/// `m` keeps it out of the data keys' `{cache}:f…` space, so a pattern over data keys never
+/// matches it.
+pub(crate) fn generation_key(cache: &str, region: &str, schema: u32) -> String {
+    format!(
+        "{cache}:m{}:{region}:s{schema}:gen",
+        crate::envelope::FORMAT_VERSION
+    )
 }
 
 /// The full Redis key for a user key (given as its [`CacheKey`] bytes).

@@ -7,7 +7,11 @@
 
 use std::{
     any::Any,
-    sync::Arc,
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -22,6 +26,13 @@ pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) ttl: Duration,
     pub(crate) weight: u32,
+    /// The region generation the value was read or written under.
+    pub(crate) generation: u64,
+    /// The entry's tags, if any.
+    pub(crate) tags: Option<Arc<[String]>>,
+    /// The tag epoch when the read or write that produced the value began: a tag invalidated
+    /// after that makes the entry invalid.
+    pub(crate) born: u64,
 }
 
 impl std::fmt::Debug for L1Entry {
@@ -58,11 +69,24 @@ pub(crate) enum Capacity {
     Bytes(u64),
 }
 
+/// When each tag was last invalidated, as a tag epoch.
+#[derive(Debug, Default)]
+struct TagTable {
+    epoch: AtomicU64,
+    invalidated: RwLock<HashMap<String, (u64, Instant)>>,
+}
+
+/// Past this many remembered tag invalidations, the ones older than the L1 lifetime bound
+/// (which no live entry can predate) are forgotten.
+const TAG_TABLE_PRUNE_AT: usize = 4096;
+
 /// The in-process tier.
 #[derive(Clone)]
 pub(crate) struct L1 {
     cache: Cache<L1Key, L1Entry>,
     by_bytes: bool,
+    tags: Arc<TagTable>,
+    max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for L1 {
@@ -75,7 +99,11 @@ impl std::fmt::Debug for L1 {
 }
 
 impl L1 {
-    pub(crate) fn new(capacity: Capacity, time_to_idle: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        capacity: Capacity,
+        time_to_idle: Option<Duration>,
+        max_lifetime: Duration,
+    ) -> Self {
         let (max, by_bytes) = match capacity {
             Capacity::Entries(n) => (n, false),
             Capacity::Bytes(n) => (n, true),
@@ -90,7 +118,47 @@ impl L1 {
         Self {
             cache: b.build(),
             by_bytes,
+            tags: Arc::new(TagTable::default()),
+            max_lifetime,
         }
+    }
+
+    /// The current tag epoch: record it when a read or write begins, as the entry's `born`.
+    pub(crate) fn tag_epoch(&self) -> u64 {
+        self.tags.epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks tags invalidated now: entries carrying one of them that were born before this
+    /// call are no longer served.
+    pub(crate) fn invalidate_tags(&self, tags: &[String]) {
+        let mut table = self
+            .tags
+            .invalidated
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let epoch = self.tags.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = Instant::now();
+        for tag in tags {
+            table.insert(tag.clone(), (epoch, now));
+        }
+        if table.len() > TAG_TABLE_PRUNE_AT {
+            let bound = self.max_lifetime;
+            table.retain(|_, (_, at)| at.elapsed() <= bound);
+        }
+    }
+
+    /// Whether a tag of the entry was invalidated after the entry was born.
+    fn tag_invalidated(&self, entry: &L1Entry) -> bool {
+        let Some(tags) = &entry.tags else {
+            return false;
+        };
+        let table = self
+            .tags
+            .invalidated
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        tags.iter()
+            .any(|t| table.get(t).is_some_and(|(epoch, _)| *epoch > entry.born))
     }
 
     /// Whether entries are weighed by their encoded size (so callers must provide it).
@@ -109,7 +177,12 @@ impl L1 {
     }
 
     pub(crate) async fn get(&self, key: &[u8]) -> Option<L1Entry> {
-        self.cache.get(key).await
+        let entry = self.cache.get(key).await?;
+        if self.tag_invalidated(&entry) {
+            self.cache.invalidate(key).await;
+            return None;
+        }
+        Some(entry)
     }
 
     pub(crate) async fn insert(&self, key: L1Key, entry: L1Entry) {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fred::{
-    prelude::{ClientLike, Config, KeysInterface, ReconnectPolicy},
+    prelude::{ClientLike, Config, KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy},
     types::{Builder, Expiration, SetOptions, Value},
 };
 use tracing::Instrument;
@@ -59,6 +59,75 @@ fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 
+/// Builds and connects a fred client with our settings. `broadcast_capacity` sizes the
+/// client's pub/sub message buffer (for the bus's subscriber).
+pub(crate) async fn connect_client(
+    s: &L2Settings,
+    broadcast_capacity: Option<usize>,
+) -> Result<fred::prelude::Client> {
+    let config = Config::from_url(&s.url).map_err(|e| {
+        Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
+    })?;
+    let mut b = Builder::from_config(config);
+    b.with_connection_config(|c| {
+        c.connection_timeout = s.connect_timeout;
+        c.internal_command_timeout = s.command_timeout.max(Duration::from_secs(1));
+        c.max_command_buffer_len = s.max_command_buffer;
+    })
+    .with_performance_config(|p| {
+        p.default_command_timeout = s.command_timeout;
+        if let Some(capacity) = broadcast_capacity {
+            p.broadcast_channel_capacity = capacity;
+        }
+    })
+    .set_policy(ReconnectPolicy::new_exponential(
+        0,
+        millis_u32(s.reconnect_min),
+        millis_u32(s.reconnect_max),
+        2,
+    ));
+    let client = b
+        .build()
+        .map_err(|e| Error::config("redis client configuration").with_source(e))?;
+    let connect = async {
+        client
+            .init()
+            .await
+            .map_err(|e| map_err("connecting to redis", e))
+    };
+    match tokio::time::timeout(s.connect_timeout, connect).await {
+        Ok(Ok(_handle)) => Ok(client),
+        Ok(Err(e)) => {
+            let _ = client.quit().await;
+            Err(e)
+        }
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "connecting to redis took longer than {:?}",
+                    s.connect_timeout
+                ),
+            ))
+        }
+    }
+}
+
+/// Reads a region's generation, creating it (as the current Unix time in milliseconds, so a
+/// counter that was lost never restarts below an older value) when missing, and refreshes its
+/// TTL. ARGV: the initial value, the TTL in ms.
+const LOAD_GENERATION: &str = "local g = redis.call('GET', KEYS[1]) \
+if not g then g = ARGV[1] redis.call('SET', KEYS[1], g) end \
+redis.call('PEXPIRE', KEYS[1], ARGV[2]) return g";
+
+/// Moves a region's generation to at least ARGV[1] and past its current value, atomically.
+/// ARGV: the floor, the TTL in ms.
+const BUMP_GENERATION: &str = "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0 \
+local nxt = math.max(cur + 1, tonumber(ARGV[1])) \
+local s = string.format('%d', nxt) \
+redis.call('SET', KEYS[1], s, 'PX', ARGV[2]) return s";
+
 /// A connected Redis client.
 #[derive(Clone)]
 pub(crate) struct L2 {
@@ -87,53 +156,11 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 impl L2 {
     /// Connects, failing if the first connection cannot be made within `connect_timeout`.
     pub(crate) async fn connect(s: &L2Settings) -> Result<Self> {
-        let config = Config::from_url(&s.url).map_err(|e| {
-            Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
-        })?;
-        let mut b = Builder::from_config(config);
-        b.with_connection_config(|c| {
-            c.connection_timeout = s.connect_timeout;
-            c.internal_command_timeout = s.command_timeout.max(Duration::from_secs(1));
-            c.max_command_buffer_len = s.max_command_buffer;
+        let client = connect_client(s, None).await?;
+        Ok(Self {
+            client,
+            timeout: s.command_timeout,
         })
-        .with_performance_config(|p| {
-            p.default_command_timeout = s.command_timeout;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            millis_u32(s.reconnect_min),
-            millis_u32(s.reconnect_max),
-            2,
-        ));
-        let client = b
-            .build()
-            .map_err(|e| Error::config("redis client configuration").with_source(e))?;
-        let connect = async {
-            client
-                .init()
-                .await
-                .map_err(|e| map_err("connecting to redis", e))
-        };
-        match tokio::time::timeout(s.connect_timeout, connect).await {
-            Ok(Ok(_handle)) => Ok(Self {
-                client,
-                timeout: s.command_timeout,
-            }),
-            Ok(Err(e)) => {
-                let _ = client.quit().await;
-                Err(e)
-            }
-            Err(_) => {
-                let _ = client.quit().await;
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "connecting to redis took longer than {:?}",
-                        s.connect_timeout
-                    ),
-                ))
-            }
-        }
     }
 
     async fn bounded<T>(
@@ -202,6 +229,107 @@ impl L2 {
         let _: i64 = self
             .bounded("redis UNLINK", self.client.unlink(key))
             .instrument(span)
+            .await?;
+        Ok(())
+    }
+
+    /// `PUBLISH channel message`.
+    pub(crate) async fn publish(&self, channel: &str, message: Vec<u8>) -> Result<()> {
+        let span = tracing::debug_span!("layercache.invalidation.publish", bytes = message.len());
+        let _: i64 = self
+            .bounded("redis PUBLISH", self.client.publish(channel, message))
+            .instrument(span)
+            .await?;
+        Ok(())
+    }
+
+    async fn eval_u64(
+        &self,
+        what: &'static str,
+        script: &str,
+        key: &str,
+        args: Vec<String>,
+    ) -> Result<u64> {
+        let reply: String = self
+            .bounded(what, self.client.eval(script, key, args))
+            .await?;
+        reply.parse::<u64>().map_err(|e| {
+            Error::new(
+                ErrorKind::Redis,
+                format!("{what}: not a generation: {reply:?}"),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// Reads (or creates) a region's generation and refreshes its TTL.
+    pub(crate) async fn load_generation(
+        &self,
+        key: &str,
+        initial: u64,
+        ttl: Duration,
+    ) -> Result<u64> {
+        self.eval_u64(
+            "loading a region generation",
+            LOAD_GENERATION,
+            key,
+            vec![initial.to_string(), ttl.as_millis().to_string()],
+        )
+        .await
+    }
+
+    /// Moves a region's generation past its current value and to at least `floor`.
+    pub(crate) async fn bump_generation(
+        &self,
+        key: &str,
+        floor: u64,
+        ttl: Duration,
+    ) -> Result<u64> {
+        self.eval_u64(
+            "bumping a region generation",
+            BUMP_GENERATION,
+            key,
+            vec![floor.to_string(), ttl.as_millis().to_string()],
+        )
+        .await
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor and the keys.
+    pub(crate) async fn scan_page(
+        &self,
+        cursor: &str,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>)> {
+        let reply: Value = self
+            .bounded(
+                "redis SCAN",
+                self.client
+                    .scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None),
+            )
+            .await?;
+        let bad = || Error::new(ErrorKind::Redis, "unexpected SCAN reply");
+        let Value::Array(mut parts) = reply else {
+            return Err(bad());
+        };
+        if parts.len() != 2 {
+            return Err(bad());
+        }
+        let keys = match parts.pop() {
+            Some(Value::Array(keys)) => keys.into_iter().filter_map(|k| k.into_string()).collect(),
+            _ => return Err(bad()),
+        };
+        let next = parts.pop().and_then(|c| c.into_string()).ok_or_else(bad)?;
+        Ok((next, keys))
+    }
+
+    /// `UNLINK` of several keys in one command.
+    pub(crate) async fn unlink_many(&self, keys: Vec<String>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .bounded("redis UNLINK", self.client.unlink(keys))
             .await?;
         Ok(())
     }

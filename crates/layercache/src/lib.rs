@@ -46,6 +46,7 @@
 //! - `postcard`: the [`Postcard`] codec.
 
 mod builder;
+pub mod bus;
 mod cache;
 pub mod codec;
 pub mod envelope;
@@ -60,6 +61,7 @@ mod stats;
 pub mod telemetry;
 
 pub use builder::LayerCacheBuilder;
+pub use bus::{BusStatus, CoherenceLossPolicy, FlushReason, InstanceId};
 pub use cache::LayerCache;
 #[cfg(feature = "postcard")]
 pub use codec::Postcard;

@@ -1,27 +1,22 @@
 //! [`Region`]: a typed view of the cache, and the read and write paths.
 
 use std::{
-    any::TypeId,
-    borrow::Borrow,
-    future::Future,
-    marker::PhantomData,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    any::TypeId, borrow::Borrow, future::Future, marker::PhantomData, pin::Pin, sync::Arc,
+    time::Duration,
 };
 
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
 use crate::{
-    cache::{Inner, LayerCache},
+    cache::{unix_millis, Inner, LayerCache, RegionState},
     codec::{Bincode, Codec},
-    envelope::{self, Corruption, Encoded, Meta, FORMAT_VERSION, HEADER_LEN},
+    envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
     error::{BoxError, Error, ErrorKind, Result},
     flight::{self, Join, Leader, Outcome},
-    key::{redis_key, region_prefix, validate_name, CacheKey},
+    key::{validate_name, CacheKey},
     l1::L1Entry,
-    options::{EntryOptions, L2ErrorPolicy},
+    options::EntryOptions,
 };
 
 type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
@@ -89,33 +84,34 @@ where
         self
     }
 
-    /// Checks the options and registers the region.
+    /// Checks the options, registers the region and, with Redis, reads the region's
+    /// generation (see [`Region::invalidate_all`]). If Redis cannot be reached then, the region
+    /// still builds: it bypasses Redis until the generation is known (the bus retries).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`] when the name is not 1 to 64 characters of `[A-Za-z0-9_.-]`, when
     /// the entry options are invalid, or when this cache already has a region of this name
     /// with another key type, value type, codec or schema version.
-    pub fn build(self) -> Result<Region<K, V, C>> {
+    pub async fn build(self) -> Result<Region<K, V, C>> {
         validate_name("region name", &self.name)?;
         let inner = self.cache.inner;
         let entry_options = self.entry_options.unwrap_or(inner.settings.entry_options);
         entry_options
             .validate()
             .map_err(|e| Error::config(format!("region entry_options: {}", e.context())))?;
-        let id = inner.register_region(
+        let state = inner.register_region(
             &self.name,
             TypeId::of::<fn(&K) -> (V, C)>(),
             self.schema_version,
             C::ID,
         )?;
-        let prefix = region_prefix(&inner.name, FORMAT_VERSION, &self.name, self.schema_version);
+        if state.generation().is_none() {
+            inner.refresh_generation(&state).await;
+        }
         Ok(Region {
             shared: Arc::new(Shared {
-                id,
-                name: self.name,
-                schema_version: self.schema_version,
-                prefix,
+                state,
                 entry_options,
                 codec: self.codec,
             }),
@@ -127,10 +123,7 @@ where
 
 #[derive(Debug)]
 struct Shared<C> {
-    id: u32,
-    name: String,
-    schema_version: u32,
-    prefix: String,
+    state: Arc<RegionState>,
     entry_options: EntryOptions,
     codec: C,
 }
@@ -173,18 +166,11 @@ impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for Region<K, V, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Region")
             .field("cache", &self.cache.name)
-            .field("name", &self.shared.name)
-            .field("schema_version", &self.shared.schema_version)
+            .field("name", &self.shared.state.name)
+            .field("schema_version", &self.shared.state.schema)
             .field("codec", &self.shared.codec)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// What the Redis read of a fetch found, when it found no usable value.
@@ -208,37 +194,61 @@ where
 {
     /// The region's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.shared.state.name
     }
 
     /// The region's schema version.
     pub fn schema_version(&self) -> u32 {
-        self.shared.schema_version
+        self.shared.state.schema
     }
 
-    /// The Redis key under which `key` is stored (whether or not a Redis tier is configured).
-    pub fn redis_key<Q>(&self, key: &Q) -> String
+    /// The region's current generation: part of every Redis key of the region, moved forward
+    /// by [`invalidate_all`](Self::invalidate_all) on any instance. `None` while it is not
+    /// known (Redis was unreachable when it was to be read). Without Redis it is local and
+    /// starts at 0.
+    pub fn generation(&self) -> Option<u64> {
+        self.shared.state.generation()
+    }
+
+    /// The Redis key under which `key` is stored at the current generation (`None` while the
+    /// generation is not known).
+    pub fn redis_key<Q>(&self, key: &Q) -> Option<String>
     where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
         let mut bytes = Vec::new();
         key.write_key(&mut bytes);
-        redis_key(&self.shared.prefix, &bytes)
+        let generation = self.shared.state.generation()?;
+        Some(self.shared.state.data_key(generation, &bytes))
     }
 
     fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> Vec<u8> {
         let mut k = Vec::with_capacity(24);
-        k.extend_from_slice(&self.shared.id.to_le_bytes());
+        k.extend_from_slice(&self.shared.state.id.to_le_bytes());
         key.write_key(&mut k);
         k
     }
 
     async fn l1_get(&self, k: &[u8]) -> Option<Arc<V>> {
         let entry = self.cache.l1.get(k).await?;
+        // An entry filled under an older generation belongs to an invalidated key space.
+        if entry.generation != self.shared.state.generation_raw() {
+            return None;
+        }
         let v = entry.value.downcast::<V>().ok()?;
         self.cache.counters.l1_hits.incr();
         Some(v)
+    }
+
+    /// The generation to use for a Redis operation, or the error that stands for "skip Redis".
+    fn l2_generation(&self) -> Result<u64> {
+        self.shared.state.generation().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Redis,
+                "the region's generation is not known yet (redis was unreachable)",
+            )
+        })
     }
 
     /// Reads `key`: from the in-process tier, else from Redis (filling the in-process tier).
@@ -246,7 +256,8 @@ where
     ///
     /// # Errors
     ///
-    /// Only with [`L2ErrorPolicy::Propagate`], when Redis fails. By default a Redis failure
+    /// Only with [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate), when Redis
+    /// fails. By default a Redis failure
     /// is logged and counted and the read answers `Ok(None)`. A corrupt or foreign entry in
     /// Redis is always a miss, counted in [`Stats::decode_errors`](crate::Stats).
     pub async fn get<Q>(&self, key: &Q) -> Result<Option<Arc<V>>>
@@ -276,7 +287,7 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::Loader`] when the loader fails or panics; a Redis error only with
-    /// [`L2ErrorPolicy::Propagate`].
+    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn get_or_load<Q, F, Fut, E>(&self, key: &Q, loader: F) -> Result<Arc<V>>
     where
         K: Borrow<Q>,
@@ -354,7 +365,7 @@ where
             let span = tracing::debug_span!(
                 "layercache.get",
                 cache.name = %self.cache.name,
-                region = %self.shared.name,
+                region = %self.shared.state.name,
                 level = tracing::field::Empty,
             );
             let handle = runtime.spawn(task.run(leader).instrument(span));
@@ -382,7 +393,7 @@ where
     ///
     /// [`ErrorKind::Codec`] or [`ErrorKind::ValueTooLarge`] before anything is written; a
     /// Redis error (after the in-process tier was updated) only with
-    /// [`L2ErrorPolicy::Propagate`].
+    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn insert<Q>(&self, key: &Q, value: V) -> Result<()>
     where
         K: Borrow<Q>,
@@ -412,12 +423,20 @@ where
         };
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
         let value = Arc::new(value);
+        let generation = self.shared.state.generation_raw();
+        let born = cache.l1.tag_epoch();
         cache.flights.poison(&k);
         let mut result = Ok(());
         if let (Some(l2), Some(enc)) = (&cache.l2, encoded) {
-            let rk = redis_key(&self.shared.prefix, &k[4..]);
-            self.count_write(&enc);
-            if let Err(e) = l2.set(&rk, enc.bytes, options.ttl_millis(), false).await {
+            let written = match self.l2_generation() {
+                Ok(g) => {
+                    let rk = self.shared.state.data_key(g, &k[4..]);
+                    self.count_write(&enc);
+                    l2.set(&rk, enc.bytes, options.ttl_millis(), false).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 result = self.l2_failed("insert", e);
             }
             // A fetch that began while the SET was in flight may have read the old value.
@@ -427,9 +446,14 @@ where
             value,
             ttl: options.l1_lifetime(cache.settings.time_to_live),
             weight: cache.l1.weight(k.len(), raw_len),
+            generation,
+            tags: None,
+            born,
         };
+        let user_key = k[4..].to_vec();
         cache.l1.insert(k.into_boxed_slice(), entry).await;
-        result
+        let announced = cache.announce_key(&self.shared.state, user_key).await;
+        result.and(announced)
     }
 
     /// Removes `key` from Redis (`UNLINK`) and from this instance's in-process tier.
@@ -437,7 +461,7 @@ where
     /// # Errors
     ///
     /// A Redis error (after the in-process tier was updated) only with
-    /// [`L2ErrorPolicy::Propagate`].
+    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn invalidate<Q>(&self, key: &Q) -> Result<()>
     where
         K: Borrow<Q>,
@@ -448,14 +472,65 @@ where
         cache.flights.poison(&k);
         let mut result = Ok(());
         if let Some(l2) = &cache.l2 {
-            let rk = redis_key(&self.shared.prefix, &k[4..]);
-            if let Err(e) = l2.unlink(&rk).await {
+            let removed = match self.l2_generation() {
+                Ok(g) => l2.unlink(&self.shared.state.data_key(g, &k[4..])).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
                 result = self.l2_failed("invalidate", e);
             }
             cache.flights.poison(&k);
         }
         cache.l1.remove(&k).await;
-        result
+        let announced = cache
+            .announce_key(&self.shared.state, k[4..].to_vec())
+            .await;
+        result.and(announced)
+    }
+
+    /// Invalidates every entry of the region, on every instance, in O(1): the region's
+    /// generation (part of every Redis key of the region) is moved forward with one atomic
+    /// script, and the new generation is announced on the bus. Entries under the old
+    /// generation are never read again and expire by their TTL. Without Redis the generation
+    /// is local.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error only with [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate);
+    /// by default the failure is logged and counted, and this instance bypasses Redis for the
+    /// region until it can read the generation again (it no longer knows which one is
+    /// current), which the bus retries every heartbeat.
+    pub async fn invalidate_all(&self) -> Result<()> {
+        let state = &self.shared.state;
+        let cache = &self.cache;
+        let Some(l2) = &cache.l2 else {
+            state.raise_generation(state.generation_floor());
+            return Ok(());
+        };
+        let floor = unix_millis().max(state.generation_floor());
+        let bumped = l2
+            .bump_generation(&state.generation_key, floor, crate::cache::GENERATION_TTL)
+            .await;
+        let generation = match bumped {
+            Ok(g) => g,
+            Err(e) => {
+                // We do not know whether the bump happened: stop using the old key space.
+                state.forget_generation();
+                return self.l2_failed("invalidate_all", e);
+            }
+        };
+        state.raise_generation(generation);
+        let announced = cache
+            .announce(crate::bus::Entry::Region {
+                region: state.name.clone(),
+                schema: state.schema,
+                generation,
+            })
+            .await;
+        match announced {
+            Ok(()) => Ok(()),
+            Err(e) => self.l2_failed("publish", e),
+        }
     }
 
     fn encode(&self, value: &V, options: &EntryOptions) -> Result<Encoded> {
@@ -511,28 +586,21 @@ where
 
     /// Counts and logs a Redis failure, and applies the error policy.
     fn l2_failed(&self, op: &'static str, e: Error) -> Result<()> {
-        let c = &self.cache.counters;
-        c.l2_errors.incr();
-        if e.is_timeout() {
-            c.l2_timeouts.incr();
-        }
-        tracing::warn!(
-            cache.name = %self.cache.name,
-            region = %self.shared.name,
-            op,
-            error = %e,
-            "redis call failed"
-        );
-        match self.cache.settings.error_policy {
-            L2ErrorPolicy::Propagate => Err(e),
-            _ => Ok(()),
-        }
+        self.cache.l2_failed(op, Some(&self.shared.state.name), e)
     }
 
     /// Puts a fetched or loaded value in L1 unless the flight was poisoned; if it was poisoned
     /// while the value went in, takes it out again (the invalidation may have run its own L1
     /// removal before this insert).
-    async fn fill_l1(&self, leader: &Leader<V>, value: Arc<V>, ttl: Duration, raw_len: usize) {
+    async fn fill_l1(
+        &self,
+        leader: &Leader<V>,
+        value: Arc<V>,
+        ttl: Duration,
+        raw_len: usize,
+        generation: u64,
+        born: u64,
+    ) {
         if ttl.is_zero() || leader.is_poisoned() {
             return;
         }
@@ -541,6 +609,9 @@ where
             value,
             ttl,
             weight: self.cache.l1.weight(key.len(), raw_len),
+            generation,
+            tags: None,
+            born,
         };
         self.cache.l1.insert(key.into(), entry).await;
         if leader.is_poisoned() {
@@ -577,11 +648,21 @@ where
         let cache = &r.cache;
         let max_l1 = options.l1_lifetime(cache.settings.time_to_live);
         let span = tracing::Span::current();
+        // Captured before the read: a value read under this generation is only ever filled
+        // into L1 as belonging to it.
+        let generation = r.shared.state.generation_raw();
+        let born = cache.l1.tag_epoch();
         let mut found = L2Found::Off;
         let mut rkey = String::new();
         if let Some(l2) = &cache.l2 {
-            rkey = redis_key(&r.shared.prefix, &leader.key()[4..]);
-            found = match l2.get(&rkey).await {
+            let read = match r.l2_generation() {
+                Ok(g) => {
+                    rkey = r.shared.state.data_key(g, &leader.key()[4..]);
+                    l2.get(&rkey).await
+                }
+                Err(e) => Err(e),
+            };
+            found = match read {
                 Ok(Some(bytes)) => match r.decode(&bytes) {
                     Ok((value, meta)) => {
                         cache.counters.l2_hits.incr();
@@ -590,14 +671,15 @@ where
                         let ttl = max_l1.min(Duration::from_millis(left));
                         let value = Arc::new(value);
                         let raw_len = bytes.len().saturating_sub(HEADER_LEN);
-                        r.fill_l1(leader, value.clone(), ttl, raw_len).await;
+                        r.fill_l1(leader, value.clone(), ttl, raw_len, generation, born)
+                            .await;
                         return Ok(Some(value));
                     }
                     Err(reason) => {
                         cache.counters.decode_errors[reason.index()].incr();
                         tracing::warn!(
                             cache.name = %cache.name,
-                            region = %r.shared.name,
+                            region = %r.shared.state.name,
                             reason = %reason,
                             bytes = bytes.len(),
                             "unusable entry in redis, treated as a miss"
@@ -645,14 +727,15 @@ where
                 }
                 Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
                     cache.counters.l2_oversize_skips.incr();
-                    tracing::warn!(cache.name = %cache.name, region = %r.shared.name, error = %e, "loaded value not written to redis");
+                    tracing::warn!(cache.name = %cache.name, region = %r.shared.state.name, error = %e, "loaded value not written to redis");
                 }
                 Err(e) => {
-                    tracing::warn!(cache.name = %cache.name, region = %r.shared.name, error = %e, "loaded value could not be encoded; kept in L1 only");
+                    tracing::warn!(cache.name = %cache.name, region = %r.shared.state.name, error = %e, "loaded value could not be encoded; kept in L1 only");
                 }
             }
         }
-        r.fill_l1(leader, value.clone(), max_l1, raw_len).await;
+        r.fill_l1(leader, value.clone(), max_l1, raw_len, generation, born)
+            .await;
         Ok(Some(value))
     }
 }
@@ -665,7 +748,7 @@ where
 {
     let cache = &region.cache;
     cache.counters.loads.incr();
-    let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %region.shared.name);
+    let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %region.shared.state.name);
     match tokio::spawn(loader().instrument(span)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -679,7 +762,7 @@ where
             } else {
                 "the loader was cancelled"
             };
-            tracing::error!(cache.name = %cache.name, region = %region.shared.name, "{what}");
+            tracing::error!(cache.name = %cache.name, region = %region.shared.state.name, "{what}");
             Err(Error::new(ErrorKind::Loader, what))
         }
     }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::envelope::Corruption;
+use crate::{bus::FlushReason, envelope::Corruption};
 
 const STRIPES: usize = 8;
 
@@ -57,6 +57,11 @@ pub(crate) struct Counters {
     pub(crate) bytes_stored: Counter,
     pub(crate) compressed_writes: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) bus_sent: Counter,
+    pub(crate) bus_received: Counter,
+    pub(crate) bus_dropped: Counter,
+    pub(crate) bus_publish_errors: Counter,
+    pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
 impl Counters {
@@ -81,6 +86,11 @@ impl Counters {
             bytes_stored: self.bytes_stored.get(),
             compressed_writes: self.compressed_writes.get(),
             coalesced: self.coalesced.get(),
+            bus_sent: self.bus_sent.get(),
+            bus_received: self.bus_received.get(),
+            bus_dropped: self.bus_dropped.get(),
+            bus_publish_errors: self.bus_publish_errors.get(),
+            l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: decode,
         }
     }
@@ -121,6 +131,16 @@ pub struct Stats {
     pub compressed_writes: u64,
     /// Reads that joined a fetch or load already running for the same key.
     pub coalesced: u64,
+    /// Messages this instance published on the invalidation bus (heartbeats included).
+    pub bus_sent: u64,
+    /// Messages this instance received on the bus (its own echoes included).
+    pub bus_received: u64,
+    /// Messages on the bus channel that were not valid bus messages: dropped.
+    pub bus_dropped: u64,
+    /// Bus publishes that failed.
+    pub bus_publish_errors: u64,
+    /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
+    pub l1_flushes: u64,
     decode_by_reason: [u64; Corruption::ALL.len()],
 }
 

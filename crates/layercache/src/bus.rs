@@ -1,0 +1,264 @@
+//! The invalidation bus: keeps the in-process tiers of every instance coherent through Redis
+//! pub/sub.
+//!
+//! Every write or invalidation is announced on one channel per cache (`{cache}:m1:bus`) as a
+//! small message — sender id, per-sender sequence number, and what changed (a key, a region's
+//! new generation, a tag, or everything), never a value. Each instance drops its own copy on
+//! receipt and ignores its own messages.
+//!
+//! Pub/sub is at-most-once, so the bus treats every sign of loss as lost coherence and flushes
+//! the in-process tier (policy: [`CoherenceLossPolicy`]):
+//!
+//! | event | how it is seen | reason counted |
+//! |---|---|---|
+//! | the subscriber connection failed | fred's error stream | [`FlushReason::Disconnect`] |
+//! | it reconnected (after re-subscribing) | fred's reconnect stream | [`FlushReason::Reconnect`] |
+//! | the listener fell behind the message buffer | the buffer reports `Lagged` | [`FlushReason::Lag`] |
+//! | a sender's sequence number skipped | per-sender sequence tracking | [`FlushReason::Gap`] |
+//! | our own heartbeat did not come back in time | self-echo watchdog | [`FlushReason::HeartbeatMissed`] |
+//! | it came back after being missed | self-echo watchdog | [`FlushReason::Recovered`] |
+//! | someone called `clear()` | an `all` message | [`FlushReason::Clear`] |
+//!
+//! Every instance publishes a heartbeat (an empty message) each
+//! [`bus_heartbeat_interval`](crate::LayerCacheBuilder::bus_heartbeat_interval). Publishing
+//! goes through one task that batches whatever is queued into one message, so the sequence
+//! numbers of one sender reach Redis in order and a burst of writes costs few `PUBLISH`es.
+//! The listener applies a message with in-memory work only (it never waits on Redis per
+//! message).
+
+pub(crate) mod listener;
+pub(crate) mod message;
+pub(crate) mod publisher;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub(crate) use message::Entry;
+
+/// Why an instance flushed its in-process tier.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlushReason {
+    /// The subscriber connection reported an error.
+    Disconnect,
+    /// The subscriber reconnected and re-subscribed: messages sent meanwhile may be lost.
+    Reconnect,
+    /// The listener fell behind its buffer and messages were dropped.
+    Lag,
+    /// A sender's sequence numbers skipped: a message from it was lost.
+    Gap,
+    /// This instance's own heartbeat did not come back within the timeout.
+    HeartbeatMissed,
+    /// This instance's heartbeat came back after it had been missed.
+    Recovered,
+    /// `clear()` was called on some instance.
+    Clear,
+}
+
+impl FlushReason {
+    /// Every reason, in counter order.
+    pub const ALL: [FlushReason; 7] = [
+        Self::Disconnect,
+        Self::Reconnect,
+        Self::Lag,
+        Self::Gap,
+        Self::HeartbeatMissed,
+        Self::Recovered,
+        Self::Clear,
+    ];
+
+    /// A stable lowercase name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disconnect => "disconnect",
+            Self::Reconnect => "reconnect",
+            Self::Lag => "lag",
+            Self::Gap => "gap",
+            Self::HeartbeatMissed => "heartbeat_missed",
+            Self::Recovered => "recovered",
+            Self::Clear => "clear",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the flush follows a loss of coherence (and so obeys the loss policy).
+    pub(crate) fn is_loss(self) -> bool {
+        !matches!(self, Self::Clear)
+    }
+}
+
+impl fmt::Display for FlushReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an instance does with its in-process tier when coherence may have been lost.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CoherenceLossPolicy {
+    /// Drop every L1 entry (and keep running fetches from filling it): nothing that might have
+    /// been invalidated meanwhile is served. The default.
+    #[default]
+    FlushAll,
+    /// Keep the entries: each one still expires within its L1 lifetime (at most
+    /// [`time_to_live`](crate::LayerCacheBuilder::time_to_live)). Only the count is kept.
+    KeepUntilTtl,
+}
+
+/// An instance's id on the bus: 16 random bytes, shown as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub(crate) [u8; 16]);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceId({self})")
+    }
+}
+
+impl InstanceId {
+    pub(crate) fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // Two independently seeded SipHash states, mixed with the time and the process id: no
+        // extra dependency, and collisions between instances are as unlikely as 128 random
+        // bits make them.
+        let mut out = [0u8; 16];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u32(std::process::id());
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        Self(out)
+    }
+}
+
+/// A snapshot of the bus as one instance sees it, from
+/// [`LayerCache::bus_status`](crate::LayerCache::bus_status).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusStatus {
+    /// This instance's id.
+    pub instance_id: InstanceId,
+    /// Whether this instance's own heartbeats are coming back (its subscription works).
+    pub healthy: bool,
+    /// The sequence number of the last message this instance published (heartbeats
+    /// included).
+    pub published_seq: u64,
+    /// For every other instance heard from recently: the sequence number of its last message
+    /// whose invalidations this instance has applied.
+    pub peers: Vec<(InstanceId, u64)>,
+}
+
+impl BusStatus {
+    /// The last applied sequence number from `peer`, if it has been heard from.
+    pub fn peer_seq(&self, peer: InstanceId) -> Option<u64> {
+        self.peers
+            .iter()
+            .find(|(id, _)| *id == peer)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// Bus settings from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct BusSettings {
+    pub(crate) loss_policy: CoherenceLossPolicy,
+}
+
+/// State the listener updates and `bus_status` reads.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) healthy: bool,
+    pub(crate) peers: HashMap<[u8; 16], (u64, std::time::Instant)>,
+}
+
+/// One queued announcement.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) entry: Entry,
+    pub(crate) ack: oneshot::Sender<Result<u64>>,
+}
+
+/// The cache's side of the bus: the queue to the publisher and the shared status.
+#[derive(Debug)]
+pub(crate) struct BusHandle {
+    pub(crate) id: InstanceId,
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+    pub(crate) published: Arc<AtomicU64>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) settings: BusSettings,
+    /// Dropped with the cache: the bus tasks see it and stop.
+    pub(crate) _shutdown: watch::Sender<()>,
+}
+
+impl BusHandle {
+    /// Queues an announcement and waits until it was published (or failed), at most `within`.
+    pub(crate) async fn announce(&self, entry: Entry, within: Duration) -> Result<u64> {
+        let (ack, done) = oneshot::channel();
+        let queued = tokio::time::timeout(within, self.tx.send(Outgoing { entry, ack })).await;
+        match queued {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Error::new(ErrorKind::Closed, "the bus publisher stopped")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the bus publish queue stayed full",
+                ))
+            }
+        }
+        match tokio::time::timeout(within, done).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::new(ErrorKind::Closed, "the bus publisher stopped")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                "publishing the invalidation took too long",
+            )),
+        }
+    }
+
+    pub(crate) fn status(&self) -> BusStatus {
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers: Vec<(InstanceId, u64)> = shared
+            .peers
+            .iter()
+            .map(|(id, (seq, _))| (InstanceId(*id), *seq))
+            .collect();
+        peers.sort();
+        BusStatus {
+            instance_id: self.id,
+            healthy: shared.healthy,
+            published_seq: self.published.load(Ordering::Acquire),
+            peers,
+        }
+    }
+}

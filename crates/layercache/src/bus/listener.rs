@@ -1,0 +1,229 @@
+//! The listener task: reads the subscriber's message stream in our own loop, applies
+//! invalidations with in-memory work only, and turns every sign of lost messages into a flush.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::{Duration, Instant},
+};
+
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::{broadcast::error::RecvError, watch};
+
+use super::{
+    message::{self, Rejected},
+    FlushReason, InstanceId, Shared,
+};
+use crate::cache::Inner;
+
+/// Peers not heard from for this many heartbeat timeouts are forgotten.
+const PEER_EXPIRY_FACTOR: u32 = 10;
+/// Every this many heartbeat ticks, every region's generation is re-read (which also renews
+/// its TTL in Redis).
+const GENERATION_REFRESH_TICKS: u64 = 30;
+
+pub(crate) struct Listener {
+    pub(crate) inner: Weak<Inner>,
+    pub(crate) subscriber: fred::prelude::Client,
+    pub(crate) channel: String,
+    pub(crate) id: InstanceId,
+    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) shutdown: watch::Receiver<()>,
+}
+
+impl Listener {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let mut errors = self.subscriber.error_rx();
+        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_echo = Instant::now();
+        let mut ticks = 0u64;
+        // Errors repeat while the server is down (every reconnect attempt): flush on the
+        // first one only, and again once reconnected.
+        let mut connected = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                m = messages.recv() => match m {
+                    Ok(msg) => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        self.handle(&inner, &msg.value, &mut last_echo).await;
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracing::warn!(cache.name = %inner.name, missed, "bus listener lagged; messages lost");
+                        self.lost(&inner, FlushReason::Lag);
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                r = reconnects.recv() => {
+                    if matches!(r, Err(RecvError::Closed)) { break }
+                    let Some(inner) = self.inner.upgrade() else { break };
+                    self.resubscribe(&inner).await;
+                    // Messages published while we were away are lost: forget the generations we
+                    // knew (Redis may even have restarted empty), re-read them, and flush.
+                    for region in inner.all_regions() {
+                        region.forget_generation();
+                    }
+                    self.lost(&inner, FlushReason::Reconnect);
+                    self.shared().healthy = true;
+                    last_echo = Instant::now();
+                    connected = true;
+                }
+                e = errors.recv() => {
+                    match e {
+                        Err(RecvError::Closed) => break,
+                        Err(RecvError::Lagged(_)) => {}
+                        Ok((error, _server)) => {
+                            let Some(inner) = self.inner.upgrade() else { break };
+                            tracing::warn!(cache.name = %inner.name, error = %error, "bus subscriber connection error");
+                            if connected {
+                                connected = false;
+                                inner.flush_l1(FlushReason::Disconnect);
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let Some(inner) = self.inner.upgrade() else { break };
+                    self.on_tick(&inner, last_echo, ticks);
+                }
+            }
+        }
+        let _ = self.subscriber.quit().await;
+    }
+
+    /// Flushes for a loss of coherence and re-reads every region's generation in the
+    /// background (a lost message may have been a generation bump).
+    fn lost(&self, inner: &Arc<Inner>, reason: FlushReason) {
+        inner.flush_l1(reason);
+        spawn_generation_refresh(inner, true);
+    }
+
+    async fn resubscribe(&self, inner: &Inner) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let attempt = tokio::time::timeout(
+                self.command_timeout,
+                self.subscriber.subscribe(self.channel.as_str()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(cache.name = %inner.name, error = %e, "bus re-subscribe failed; retrying");
+                }
+                Err(_) => {
+                    tracing::warn!(cache.name = %inner.name, "bus re-subscribe timed out; retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn on_tick(&self, inner: &Arc<Inner>, last_echo: Instant, ticks: u64) {
+        let missed = {
+            let mut shared = self.shared();
+            let expiry = self.heartbeat_timeout * PEER_EXPIRY_FACTOR;
+            shared.peers.retain(|_, (_, seen)| seen.elapsed() < expiry);
+            if shared.healthy && last_echo.elapsed() > self.heartbeat_timeout {
+                shared.healthy = false;
+                true
+            } else {
+                false
+            }
+        };
+        if missed {
+            tracing::warn!(cache.name = %inner.name, "own bus heartbeat missed; subscription presumed broken");
+            inner.flush_l1(FlushReason::HeartbeatMissed);
+        }
+        let all = ticks % GENERATION_REFRESH_TICKS == 0;
+        spawn_generation_refresh(inner, all);
+    }
+
+    async fn handle(
+        &self,
+        inner: &Arc<Inner>,
+        value: &fred::types::Value,
+        last_echo: &mut Instant,
+    ) {
+        let counters = &inner.counters;
+        counters.bus_received.incr();
+        let decoded = match value.as_bytes() {
+            Some(bytes) => message::decode(bytes),
+            None => Err(Rejected::Foreign),
+        };
+        let msg = match decoded {
+            Ok(m) => m,
+            Err(reason) => {
+                counters.bus_dropped.incr();
+                tracing::debug!(cache.name = %inner.name, ?reason, "dropped a message that is not ours on the bus channel");
+                return;
+            }
+        };
+        if msg.sender == self.id.0 {
+            *last_echo = Instant::now();
+            let recovered = {
+                let mut shared = self.shared();
+                let was = shared.healthy;
+                shared.healthy = true;
+                !was
+            };
+            if recovered {
+                tracing::info!(cache.name = %inner.name, "own bus heartbeat is back");
+                self.lost(inner, FlushReason::Recovered);
+            }
+            return;
+        }
+        let gap = {
+            let shared = self.shared();
+            match shared.peers.get(&msg.sender) {
+                Some((last, _)) => msg.seq > last.saturating_add(1),
+                None => false,
+            }
+        };
+        if gap {
+            tracing::warn!(cache.name = %inner.name, sender = %InstanceId(msg.sender), seq = msg.seq, "bus sequence gap; messages lost");
+            self.lost(inner, FlushReason::Gap);
+        }
+        inner.apply_remote(&msg.entries).await;
+        let mut shared = self.shared();
+        let entry = shared
+            .peers
+            .entry(msg.sender)
+            .or_insert((0, Instant::now()));
+        entry.0 = entry.0.max(msg.seq);
+        entry.1 = Instant::now();
+    }
+}
+
+/// Re-reads region generations in a task of its own, so the listener never waits on Redis.
+/// With `all == false` only the regions whose generation is unknown are read.
+fn spawn_generation_refresh(inner: &Arc<Inner>, all: bool) {
+    let regions: Vec<_> = inner
+        .all_regions()
+        .into_iter()
+        .filter(|r| all || r.generation().is_none())
+        .collect();
+    if regions.is_empty() {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        for region in regions {
+            let Some(inner) = weak.upgrade() else { return };
+            inner.refresh_generation(&region).await;
+        }
+    });
+}

@@ -1,0 +1,102 @@
+//! The publisher task: batches queued announcements into one message per `PUBLISH`, numbers
+//! the messages, and sends a heartbeat every interval.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use super::{
+    message::{self, Entry},
+    InstanceId, Outgoing,
+};
+use crate::{error::Result, l2::L2, stats::Counters};
+
+/// At most this many entries or encoded bytes go into one message.
+const MAX_ENTRIES: usize = 1024;
+const MAX_BYTES: usize = 64 << 10;
+
+pub(crate) struct Publisher {
+    pub(crate) l2: L2,
+    pub(crate) channel: String,
+    pub(crate) id: InstanceId,
+    pub(crate) rx: mpsc::Receiver<Outgoing>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) published: Arc<AtomicU64>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) shutdown: watch::Receiver<()>,
+    pub(crate) cache_name: String,
+}
+
+impl Publisher {
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            let first = tokio::select! {
+                _ = self.shutdown.changed() => break,
+                m = self.rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                _ = tick.tick() => None,
+            };
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut acks: Vec<oneshot::Sender<Result<u64>>> = Vec::new();
+            if let Some(first) = first {
+                let mut bytes = message::entry_len(&first.entry);
+                entries.push(first.entry);
+                acks.push(first.ack);
+                while entries.len() < MAX_ENTRIES && bytes < MAX_BYTES {
+                    match self.rx.try_recv() {
+                        Ok(m) => {
+                            bytes += message::entry_len(&m.entry);
+                            entries.push(m.entry);
+                            acks.push(m.ack);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            seq += 1;
+            let payload = message::encode(&self.id.0, seq, &entries);
+            let span = tracing::debug_span!(
+                "layercache.invalidation.publish",
+                cache.name = %self.cache_name,
+                instance.id = %self.id,
+                seq,
+                entries = entries.len(),
+            );
+            let result = self
+                .l2
+                .publish(&self.channel, payload)
+                .instrument(span)
+                .await
+                .map(|()| seq);
+            self.published.store(seq, Ordering::Release);
+            match &result {
+                Ok(_) => self.counters.bus_sent.incr(),
+                Err(e) => {
+                    self.counters.bus_publish_errors.incr();
+                    tracing::warn!(
+                        cache.name = %self.cache_name,
+                        seq,
+                        entries = entries.len(),
+                        error = %e,
+                        "bus publish failed; receivers will see a sequence gap"
+                    );
+                }
+            }
+            for ack in acks {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+}
