@@ -1,0 +1,482 @@
+//! Coherent L1s across instances: the invalidation bus against a real redis-server.
+
+#[expect(dead_code, reason = "helpers shared by all test binaries; this one uses some")]
+mod support;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use fred::{
+    prelude::{Client, LuaInterface, PubsubInterface},
+    types::Value,
+};
+use layercache::{FlushReason, InstanceId, LayerCache, Region};
+use support::{builder, cmd, data_keys, raw_client, redis, wait_until};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn instance(server: &layercache_testkit::RedisServer, name: &str) -> LayerCache {
+    builder(server, name)
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until `reader` has applied every bus message `writer` had published when this was
+/// called.
+async fn caught_up(reader: &LayerCache, writer: &LayerCache) -> Duration {
+    let start = Instant::now();
+    let id = writer.instance_id().unwrap();
+    let target = writer.bus_status().unwrap().published_seq;
+    wait_until("the reader to apply the writer's messages", WAIT, || {
+        let r = reader.clone();
+        async move { r.bus_status().unwrap().peer_seq(id) >= Some(target) }
+    })
+    .await;
+    start.elapsed()
+}
+
+async fn region(c: &LayerCache) -> Region<str, u64> {
+    c.region::<str, u64>("item").build().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_invalidations_reach_every_instance() {
+    let server = redis();
+    let caches = [
+        instance(&server, "co").await,
+        instance(&server, "co").await,
+        instance(&server, "co").await,
+    ];
+    let mut regions = Vec::new();
+    for c in &caches {
+        regions.push(region(c).await);
+    }
+    let mut delays = Vec::new();
+    for round in 1..=20u64 {
+        // Everyone holds the current value in L1.
+        regions[0].insert("k", round).await.unwrap();
+        for (i, r) in regions.iter().enumerate().skip(1) {
+            delays.push(caught_up(&caches[i], &caches[0]).await);
+            assert_eq!(*r.get("k").await.unwrap().unwrap(), round);
+            assert_eq!(*r.get("k").await.unwrap().unwrap(), round, "second read from L1");
+        }
+        // A write on another instance replaces it everywhere.
+        let writer = (round as usize % 2) + 1;
+        regions[writer].insert("k", round * 100).await.unwrap();
+        for (i, r) in regions.iter().enumerate() {
+            if i != writer {
+                delays.push(caught_up(&caches[i], &caches[writer]).await);
+            }
+            assert_eq!(*r.get("k").await.unwrap().unwrap(), round * 100, "instance {i}");
+            assert_eq!(*r.get("k").await.unwrap().unwrap(), round * 100, "instance {i}");
+        }
+    }
+    // An invalidation removes it everywhere.
+    regions[2].invalidate("k").await.unwrap();
+    for (i, r) in regions.iter().enumerate() {
+        if i != 2 {
+            caught_up(&caches[i], &caches[2]).await;
+        }
+        assert!(r.get("k").await.unwrap().is_none(), "instance {i}");
+    }
+    delays.sort();
+    eprintln!(
+        "invalidation delay after insert returned: p50 {:?}, max {:?} over {} deliveries",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1],
+        delays.len()
+    );
+    for c in &caches {
+        let s = c.stats();
+        assert!(s.l1_hits > 0 && s.bus_received > 0, "{s:?}");
+        assert_eq!(s.l1_flushes, 0, "no coherence loss expected: {s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
+    let server = redis();
+    let a = instance(&server, "slow").await;
+    let b = instance(&server, "slow").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let slow = {
+        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            ra.get_or_load("k", move || async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(1) // what the database said before B's write
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    rb.insert("k", 2).await.unwrap();
+    caught_up(&a, &b).await;
+    release.notify_one();
+    // A's caller read before the write and may see 1; A must hold 2 or nothing from now on.
+    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
+    let server = redis();
+    const INSTANCES: usize = 3;
+    const KEYS: usize = 4;
+    const WRITES_PER_WRITER: usize = 60;
+    let mut caches = Vec::new();
+    let mut regions = Vec::new();
+    for _ in 0..INSTANCES {
+        let c = instance(&server, "check").await;
+        regions.push(region(&c).await);
+        caches.push(c);
+    }
+    let ids: Vec<InstanceId> = caches.iter().map(|c| c.instance_id().unwrap()).collect();
+    // The source of truth: one version counter per key, written under a per-key lock.
+    let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let row_locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+        Arc::new((0..KEYS).map(|_| tokio::sync::Mutex::new(())).collect());
+    // Completed writes per key: (writer instance, its published seq after the insert, version).
+    let writes: Arc<Vec<Mutex<Vec<(usize, u64, u64)>>>> =
+        Arc::new((0..KEYS).map(|_| Mutex::new(Vec::new())).collect());
+    let done = Arc::new(AtomicU64::new(0));
+
+    let mut tasks = Vec::new();
+    for w in 0..2usize {
+        let (caches, regions, truth, row_locks, writes, done) = (
+            caches.clone(),
+            regions.clone(),
+            truth.clone(),
+            row_locks.clone(),
+            writes.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9u64 + w as u64;
+            for _ in 0..WRITES_PER_WRITER {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = (x % KEYS as u64) as usize;
+                let inst = ((x >> 8) % INSTANCES as u64) as usize;
+                let _row = row_locks[key].lock().await;
+                let v = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
+                if (x >> 16) % 5 == 0 {
+                    regions[inst].invalidate(&key.to_string()).await.unwrap();
+                } else {
+                    regions[inst].insert(&key.to_string(), v).await.unwrap();
+                }
+                let seq = caches[inst].bus_status().unwrap().published_seq;
+                writes[key].lock().unwrap().push((inst, seq, v));
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    let stale = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    for r in 0..4usize {
+        let (caches, regions, truth, writes, done, stale, reads, ids) = (
+            caches.clone(),
+            regions.clone(),
+            truth.clone(),
+            writes.clone(),
+            done.clone(),
+            stale.clone(),
+            reads.clone(),
+            ids.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = r as u64;
+            while done.load(Ordering::SeqCst) < 2 {
+                n += 1;
+                let key = (n as usize * 7 + r) % KEYS;
+                let inst = (n as usize + r) % INSTANCES;
+                // What this instance had applied when the read began.
+                let status = caches[inst].bus_status().unwrap();
+                let applied: HashMap<usize, u64> = (0..INSTANCES)
+                    .map(|i| {
+                        let seq = if i == inst {
+                            status.published_seq
+                        } else {
+                            status.peer_seq(ids[i]).unwrap_or(0)
+                        };
+                        (i, seq)
+                    })
+                    .collect();
+                let must_see = writes[key]
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(w, seq, _)| applied[w] >= *seq)
+                    .map(|(_, _, v)| *v)
+                    .max()
+                    .unwrap_or(0);
+                let truth = truth.clone();
+                let got = *regions[inst]
+                    .get_or_load(&key.to_string(), move || async move {
+                        Ok::<_, std::io::Error>(truth[key].load(Ordering::SeqCst))
+                    })
+                    .await
+                    .unwrap();
+                reads.fetch_add(1, Ordering::Relaxed);
+                if got < must_see {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("STALE: instance {inst} key {key} read {got}, must see {must_see}");
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hits: u64 = caches.iter().map(|c| c.stats().l1_hits).sum();
+    eprintln!(
+        "checker: {} reads ({hits} L1 hits), {} writes, stale {}",
+        reads.load(Ordering::Relaxed),
+        2 * WRITES_PER_WRITER,
+        stale.load(Ordering::Relaxed)
+    );
+    assert!(reads.load(Ordering::Relaxed) > 100);
+    assert!(hits > 0, "the checker never exercised L1");
+    assert_eq!(stale.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_pubsub_resubscribes_flushes_and_recovers() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "kill").await;
+    let b = instance(&server, "kill").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    rb.insert("k", 1).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 1); // now in A's L1
+
+    cmd(&raw, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
+    // Published while the subscribers are gone: lost for them.
+    rb.insert("k", 2).await.unwrap();
+    wait_until("A to re-subscribe and flush", WAIT, || {
+        let a = a.clone();
+        async move { a.flushes(FlushReason::Reconnect) >= 1 }
+    })
+    .await;
+    wait_until("A's generation to be read again", WAIT, || {
+        let ra = ra.clone();
+        async move { ra.generation().is_some() }
+    })
+    .await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2, "served stale after the gap");
+
+    // And the bus works again.
+    rb.insert("k", 3).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers_without_user_action() {
+    let mut server = redis();
+    let a = instance(&server, "restart").await;
+    let b = instance(&server, "restart").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    rb.insert("k", 1).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 1);
+    let gen_before = ra.generation().unwrap();
+
+    server.restart().unwrap(); // same port, empty: persistence is off
+    for (c, r) in [(&a, &ra), (&b, &rb)] {
+        wait_until("a reconnect flush", WAIT, || {
+            let c = c.clone();
+            async move { c.flushes(FlushReason::Reconnect) >= 1 }
+        })
+        .await;
+        wait_until("the generation to be known again", WAIT, || {
+            let r = r.clone();
+            async move { r.generation().is_some() }
+        })
+        .await;
+    }
+    // A's L1 was flushed: the value Redis lost is not served from it.
+    assert!(ra.get("k").await.unwrap().is_none());
+    assert!(ra.generation().unwrap() > gen_before);
+    assert_eq!(ra.generation(), rb.generation());
+
+    rb.insert("k", 2).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
+    rb.insert("k", 3).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = builder(&server, "flood")
+        .bus_buffer(16)
+        .build()
+        .await
+        .unwrap();
+    let b = instance(&server, "flood").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    rb.insert("k", 1).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 1);
+
+    // 20,000 messages in one server-side burst: far more than A's 16-message buffer.
+    let flood = "for i = 1, 20000 do redis.call('PUBLISH', KEYS[1], ARGV[1]) end return 1";
+    let _: Value = raw
+        .eval(flood, "flood:m1:bus", "not a bus message")
+        .await
+        .unwrap();
+    wait_until("A to notice the lag", WAIT, || {
+        let a = a.clone();
+        async move { a.flushes(FlushReason::Lag) >= 1 }
+    })
+    .await;
+    assert!(a.stats().bus_dropped > 0);
+
+    // The listener keeps working for later messages.
+    rb.insert("k", 2).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_channel_is_counted_and_ignored() {
+    let server = redis();
+    let raw: Client = raw_client(&server).await;
+    let a = instance(&server, "junk").await;
+    let b = instance(&server, "junk").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let garbage: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"hello".to_vec(),
+        b"LCBM".to_vec(),
+        b"LCBM\x09rest".to_vec(),
+        [b"LCBM\x01".as_slice(), &[0u8; 16], &1u64.to_le_bytes(), &u32::MAX.to_le_bytes()].concat(),
+        vec![0xff; 4096],
+    ];
+    let before = a.stats().bus_dropped;
+    for g in &garbage {
+        let _: i64 = raw.publish("junk:m1:bus", g.clone()).await.unwrap();
+    }
+    wait_until("the garbage to be counted", WAIT, || {
+        let a = a.clone();
+        let want = before + garbage.len() as u64;
+        async move { a.stats().bus_dropped >= want }
+    })
+    .await;
+    assert_eq!(a.stats().l1_flushes, 0, "garbage must not look like lost messages");
+    rb.insert("k", 5).await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "gen").await;
+    let b = instance(&server, "gen").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let other_a = a.region::<str, u64>("other").build().await.unwrap();
+    fill(&ra, 10_000).await;
+    other_a.insert("keep", 7).await.unwrap();
+    for i in 0..100u64 {
+        assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
+    }
+    assert_eq!(data_keys(&raw).await.len(), 10_001);
+
+    cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+    cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    let gen_before = rb.generation().unwrap();
+    ra.invalidate_all().await.unwrap();
+    let longest = longest_command(&raw).await;
+    eprintln!("invalidate_all over 10,000 keys: longest command {longest:?}");
+    caught_up(&b, &a).await;
+    assert!(rb.generation().unwrap() > gen_before);
+    assert_eq!(ra.generation(), rb.generation());
+    for i in 0..100u64 {
+        assert!(rb.get(&i.to_string()).await.unwrap().is_none(), "B still serves {i}");
+        assert!(ra.get(&i.to_string()).await.unwrap().is_none(), "A still serves {i}");
+    }
+    assert_eq!(*other_a.get("keep").await.unwrap().unwrap(), 7, "other regions untouched");
+    // Old keys stay until their TTL: nothing was scanned or deleted.
+    assert_eq!(data_keys(&raw).await.len(), 10_001);
+    // New writes land in the new key space and are read back.
+    ra.insert("0", 42).await.unwrap();
+    caught_up(&b, &a).await;
+    assert_eq!(*rb.get("0").await.unwrap().unwrap(), 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_removes_every_entry_on_every_instance() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "clr").await;
+    let b = instance(&server, "clr").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    fill(&ra, 3000).await;
+    for i in 0..50u64 {
+        assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
+    }
+    a.clear().await.unwrap();
+    caught_up(&b, &a).await;
+    assert!(data_keys(&raw).await.is_empty());
+    for i in 0..50u64 {
+        assert!(rb.get(&i.to_string()).await.unwrap().is_none());
+    }
+    assert!(b.flushes(FlushReason::Clear) >= 1);
+}
+
+/// Inserts keys "0".."n" with value = index, 16 at a time.
+async fn fill(r: &Region<str, u64>, n: u64) {
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while i < n {
+                r.insert(&i.to_string(), i).await.unwrap();
+                i += 16;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The longest command in the slow log (which logs every command at threshold 0).
+async fn longest_command(raw: &Client) -> Duration {
+    let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
+        panic!("unexpected SLOWLOG reply")
+    };
+    let micros = entries
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(fields) => fields.get(2).and_then(|d| d.as_i64()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    Duration::from_micros(micros as u64)
+}
