@@ -1,6 +1,9 @@
 //! Coherent L1s across instances: the invalidation bus against a real redis-server.
 
-#[expect(dead_code, reason = "helpers shared by all test binaries; this one uses some")]
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
 mod support;
 
 use std::{
@@ -21,6 +24,9 @@ use support::{builder, cmd, data_keys, raw_client, redis, wait_until};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A completed write: (writer instance, its published sequence number after the write, version).
+type Write = (usize, u64, u64);
 
 async fn instance(server: &layercache_testkit::RedisServer, name: &str) -> LayerCache {
     builder(server, name)
@@ -68,7 +74,11 @@ async fn writes_and_invalidations_reach_every_instance() {
         for (i, r) in regions.iter().enumerate().skip(1) {
             delays.push(caught_up(&caches[i], &caches[0]).await);
             assert_eq!(*r.get("k").await.unwrap().unwrap(), round);
-            assert_eq!(*r.get("k").await.unwrap().unwrap(), round, "second read from L1");
+            assert_eq!(
+                *r.get("k").await.unwrap().unwrap(),
+                round,
+                "second read from L1"
+            );
         }
         // A write on another instance replaces it everywhere.
         let writer = (round as usize % 2) + 1;
@@ -77,8 +87,16 @@ async fn writes_and_invalidations_reach_every_instance() {
             if i != writer {
                 delays.push(caught_up(&caches[i], &caches[writer]).await);
             }
-            assert_eq!(*r.get("k").await.unwrap().unwrap(), round * 100, "instance {i}");
-            assert_eq!(*r.get("k").await.unwrap().unwrap(), round * 100, "instance {i}");
+            assert_eq!(
+                *r.get("k").await.unwrap().unwrap(),
+                round * 100,
+                "instance {i}"
+            );
+            assert_eq!(
+                *r.get("k").await.unwrap().unwrap(),
+                round * 100,
+                "instance {i}"
+            );
         }
     }
     // An invalidation removes it everywhere.
@@ -151,7 +169,7 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
     let row_locks: Arc<Vec<tokio::sync::Mutex<()>>> =
         Arc::new((0..KEYS).map(|_| tokio::sync::Mutex::new(())).collect());
     // Completed writes per key: (writer instance, its published seq after the insert, version).
-    let writes: Arc<Vec<Mutex<Vec<(usize, u64, u64)>>>> =
+    let writes: Arc<Vec<Mutex<Vec<Write>>>> =
         Arc::new((0..KEYS).map(|_| Mutex::new(Vec::new())).collect());
     let done = Arc::new(AtomicU64::new(0));
 
@@ -175,7 +193,7 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                 let inst = ((x >> 8) % INSTANCES as u64) as usize;
                 let _row = row_locks[key].lock().await;
                 let v = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
-                if (x >> 16) % 5 == 0 {
+                if (x >> 16).is_multiple_of(5) {
                     regions[inst].invalidate(&key.to_string()).await.unwrap();
                 } else {
                     regions[inst].insert(&key.to_string(), v).await.unwrap();
@@ -280,7 +298,11 @@ async fn client_kill_pubsub_resubscribes_flushes_and_recovers() {
         async move { ra.generation().is_some() }
     })
     .await;
-    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2, "served stale after the gap");
+    assert_eq!(
+        *ra.get("k").await.unwrap().unwrap(),
+        2,
+        "served stale after the gap"
+    );
 
     // And the bus works again.
     rb.insert("k", 3).await.unwrap();
@@ -371,7 +393,13 @@ async fn garbage_on_the_channel_is_counted_and_ignored() {
         b"hello".to_vec(),
         b"LCBM".to_vec(),
         b"LCBM\x09rest".to_vec(),
-        [b"LCBM\x01".as_slice(), &[0u8; 16], &1u64.to_le_bytes(), &u32::MAX.to_le_bytes()].concat(),
+        [
+            b"LCBM\x01".as_slice(),
+            &[0u8; 16],
+            &1u64.to_le_bytes(),
+            &u32::MAX.to_le_bytes(),
+        ]
+        .concat(),
         vec![0xff; 4096],
     ];
     let before = a.stats().bus_dropped;
@@ -384,7 +412,11 @@ async fn garbage_on_the_channel_is_counted_and_ignored() {
         async move { a.stats().bus_dropped >= want }
     })
     .await;
-    assert_eq!(a.stats().l1_flushes, 0, "garbage must not look like lost messages");
+    assert_eq!(
+        a.stats().l1_flushes,
+        0,
+        "garbage must not look like lost messages"
+    );
     rb.insert("k", 5).await.unwrap();
     caught_up(&a, &b).await;
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 5);
@@ -415,10 +447,20 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
     assert!(rb.generation().unwrap() > gen_before);
     assert_eq!(ra.generation(), rb.generation());
     for i in 0..100u64 {
-        assert!(rb.get(&i.to_string()).await.unwrap().is_none(), "B still serves {i}");
-        assert!(ra.get(&i.to_string()).await.unwrap().is_none(), "A still serves {i}");
+        assert!(
+            rb.get(&i.to_string()).await.unwrap().is_none(),
+            "B still serves {i}"
+        );
+        assert!(
+            ra.get(&i.to_string()).await.unwrap().is_none(),
+            "A still serves {i}"
+        );
     }
-    assert_eq!(*other_a.get("keep").await.unwrap().unwrap(), 7, "other regions untouched");
+    assert_eq!(
+        *other_a.get("keep").await.unwrap().unwrap(),
+        7,
+        "other regions untouched"
+    );
     // Old keys stay until their TTL: nothing was scanned or deleted.
     assert_eq!(data_keys(&raw).await.len(), 10_001);
     // New writes land in the new key space and are read back.
@@ -465,18 +507,186 @@ async fn fill(r: &Region<str, u64>, n: u64) {
     }
 }
 
-/// The longest command in the slow log (which logs every command at threshold 0).
-async fn longest_command(raw: &Client) -> Duration {
+/// The longest command in the slow log (which logs every command at threshold 0), with its
+/// name.
+async fn longest_command(raw: &Client) -> (Duration, String) {
     let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
         panic!("unexpected SLOWLOG reply")
     };
-    let micros = entries
+    entries
         .iter()
         .filter_map(|e| match e {
-            Value::Array(fields) => fields.get(2).and_then(|d| d.as_i64()),
+            Value::Array(fields) => {
+                let micros = fields.get(2).and_then(|d| d.as_i64())?;
+                let name = match fields.get(3) {
+                    Some(Value::Array(args)) => args.first().and_then(|a| a.as_string()),
+                    _ => None,
+                }
+                .unwrap_or_default();
+                Some((Duration::from_micros(micros as u64), name))
+            }
             _ => None,
         })
         .max()
-        .unwrap_or(0);
-    Duration::from_micros(micros as u64)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "tag").await;
+    let b = instance(&server, "tag").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let opts = layercache::EntryOptions::new();
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let ra = ra.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while i < 10_000 {
+                ra.insert_tagged(&i.to_string(), i, &opts, &["team:7", "all-items"])
+                    .await
+                    .unwrap();
+                i += 16;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    ra.insert_tagged("other", 1, &opts, &["team:8"])
+        .await
+        .unwrap();
+    ra.insert("untagged", 2).await.unwrap();
+    caught_up(&b, &a).await;
+    // B reads some tagged values through Redis: its L1 copies carry the tags from the envelope.
+    for i in 0..100u64 {
+        assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
+    }
+    assert_eq!(*rb.get("other").await.unwrap().unwrap(), 1);
+    let tag_set = "tag:t1:team:7";
+    let Value::Integer(members) = cmd(&raw, "SCARD", &[tag_set]).await else {
+        panic!("SCARD")
+    };
+    assert_eq!(members, 10_000);
+    let pttl: i64 = cmd(&raw, "PTTL", &[tag_set]).await.as_i64().unwrap();
+    assert!(pttl > 0, "tag bookkeeping must expire ({pttl})");
+
+    cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+    cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    a.invalidate_tag("team:7").await.unwrap();
+    let longest = longest_command(&raw).await;
+    let most_args = most_arguments(&raw).await;
+    eprintln!(
+        "invalidate_tag over 10,000 members: longest command {longest:?}, most arguments {most_args}"
+    );
+    // SSCAN's COUNT is a hint: a page can run a little over it, never near the set's size.
+    assert!(most_args <= 1001, "one command touched {most_args} keys");
+    caught_up(&b, &a).await;
+
+    for i in (0..10_000u64).step_by(97).chain(0..100) {
+        assert!(
+            ra.get(&i.to_string()).await.unwrap().is_none(),
+            "A still serves {i}"
+        );
+        assert!(
+            rb.get(&i.to_string()).await.unwrap().is_none(),
+            "B still serves {i}"
+        );
+    }
+    assert_eq!(
+        *rb.get("other").await.unwrap().unwrap(),
+        1,
+        "another tag was hit"
+    );
+    assert_eq!(*rb.get("untagged").await.unwrap().unwrap(), 2);
+    assert_eq!(data_keys(&raw).await.len(), 2, "tagged keys left in redis");
+    assert!(matches!(
+        cmd(&raw, "EXISTS", &[tag_set]).await,
+        Value::Integer(0)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidated_during_a_load_is_never_filled_afterwards() {
+    let server = redis();
+    let a = instance(&server, "tagrace").await;
+    let b = instance(&server, "tagrace").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let opts = layercache::EntryOptions::new();
+    let slow = {
+        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            ra.get_or_load_tagged("k", &opts, &["t"], move || async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(1) // read from the source before the invalidation
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    b.invalidate_tag("t").await.unwrap();
+    caught_up(&a, &b).await;
+    release.notify_one();
+    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    // Neither tier holds the pre-invalidation value.
+    assert!(
+        ra.get("k").await.unwrap().is_none(),
+        "A filled its L1 after the tag went"
+    );
+    assert!(
+        rb.get("k").await.unwrap().is_none(),
+        "the load filled Redis after the tag went"
+    );
+}
+
+#[tokio::test]
+async fn tags_work_without_redis() {
+    let cache = LayerCache::builder("local").build().await.unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let opts = layercache::EntryOptions::new();
+    r.insert_tagged("a", 1, &opts, &["x"]).await.unwrap();
+    r.insert_tagged("b", 2, &opts, &["y"]).await.unwrap();
+    cache.invalidate_tag("x").await.unwrap();
+    assert!(r.get("a").await.unwrap().is_none());
+    assert_eq!(*r.get("b").await.unwrap().unwrap(), 2);
+    // A tagged value written after the invalidation is served.
+    r.insert_tagged("a", 3, &opts, &["x"]).await.unwrap();
+    assert_eq!(*r.get("a").await.unwrap().unwrap(), 3);
+    assert!(cache.invalidate_tag("").await.is_err());
+}
+
+/// The most arguments any command in the slow log had.
+async fn most_arguments(raw: &Client) -> usize {
+    let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
+        panic!("unexpected SLOWLOG reply")
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(fields) => match fields.get(3) {
+                Some(Value::Array(args)) => {
+                    // Redis shortens long argument lists to 32 entries, the last saying
+                    // "... (N more arguments)".
+                    let more = args
+                        .last()
+                        .and_then(|a| a.as_string())
+                        .and_then(|s| {
+                            s.strip_prefix("... (")
+                                .and_then(|r| r.split(' ').next())
+                                .and_then(|n| n.parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    Some(args.len() + more - usize::from(more > 0))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }

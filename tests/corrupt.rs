@@ -43,7 +43,6 @@ fn forged(flags: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-#[expect(clippy::unwrap_used, reason = "a test helper")]
 async fn plant(raw: &Client, region: &Region<str, String>, key: &str, bytes: Vec<u8>) {
     let _: () = raw
         .set(region.redis_key(key).unwrap(), bytes, None, None, false)

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: a real redis-server per test, a plain fred client
 //! for looking at what the cache wrote, and waiting on conditions with a deadline.
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
-
 use std::{
     future::Future,
     time::{Duration, Instant},

@@ -140,7 +140,6 @@ async fn an_l1_hit_sends_no_command_to_redis() {
     assert_eq!(cache.stats().l1_hits, 1000);
 }
 
-#[expect(clippy::unwrap_used, reason = "a test helper")]
 async fn command_calls_total(raw: &fred::prelude::Client) -> u64 {
     let info = support::cmd(raw, "INFO", &["commandstats"])
         .await
@@ -514,10 +513,14 @@ async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
     strict_region.insert("cached", 1).await.unwrap();
     let seen = strict.instance_id().unwrap();
     let published = strict.bus_status().unwrap().published_seq;
-    wait_until("the insert to reach the other instance", Duration::from_secs(10), || {
-        let c = cache.clone();
-        async move { c.bus_status().unwrap().peer_seq(seen) >= Some(published) }
-    })
+    wait_until(
+        "the insert to reach the other instance",
+        Duration::from_secs(10),
+        || {
+            let c = cache.clone();
+            async move { c.bus_status().unwrap().peer_seq(seen) >= Some(published) }
+        },
+    )
     .await;
     region.insert("cached", 1).await.unwrap();
     server.kill();

@@ -18,7 +18,7 @@ use crate::{
     envelope::FORMAT_VERSION,
     error::{Error, Result},
     flight::Flights,
-    key::{generation_key, redis_key, region_prefix, CacheKey},
+    key::{generation_key, redis_key, region_prefix, tag_key, validate_tags, CacheKey},
     l1::L1,
     l2::L2,
     options::{EntryOptions, L2ErrorPolicy},
@@ -215,8 +215,11 @@ impl Inner {
         }
     }
 
-    /// Marks tags invalidated in this instance's L1.
+    /// Marks tags invalidated in this instance's L1, and poisons every running fetch (a
+    /// fetch does not know its value's tags until it has it, so none may fill the cache with
+    /// what it read before the invalidation; they still answer their callers).
     pub(crate) fn tags_invalidated(&self, tags: &[String]) {
+        self.flights.poison_all();
         self.l1.invalidate_tags(tags);
     }
 
@@ -349,6 +352,19 @@ impl Inner {
     }
 }
 
+/// Deletes every key matching `pattern` in batches: `SCAN … COUNT 1000`, one `UNLINK` per page.
+async fn delete_matching(l2: &L2, pattern: &str) -> Result<()> {
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys) = l2.scan_page(&cursor, pattern, 1000).await?;
+        l2.unlink_many(keys).await?;
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 /// A two-level cache: an in-process moka tier in front of an optional shared Redis tier.
 ///
 /// `LayerCache` holds the connection, the in-process tier, the counters and the options. It is
@@ -462,8 +478,8 @@ impl LayerCache {
     }
 
     /// Removes every entry of this cache, in every region and on every instance: the data
-    /// keys in Redis are deleted in batches (`SCAN … COUNT 1000` then `UNLINK`, never `KEYS`),
-    /// then every instance is told to flush its in-process tier.
+    /// keys and tag sets in Redis are deleted in batches (`SCAN … COUNT 1000` then `UNLINK`,
+    /// never `KEYS`), then every instance is told to flush its in-process tier.
     ///
     /// # Errors
     ///
@@ -473,12 +489,49 @@ impl LayerCache {
         let inner = &self.inner;
         let mut result = Ok(());
         if let Some(l2) = &inner.l2 {
-            let pattern = format!("{}:f{}:*", inner.name, FORMAT_VERSION);
+            // Data keys, then tag sets; generations stay (they only ever move forward).
+            for space in ['f', 't'] {
+                let pattern = format!("{}:{space}{}:*", inner.name, FORMAT_VERSION);
+                if let Err(e) = delete_matching(l2, &pattern).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        inner.flush_l1(FlushReason::Clear);
+        if result.is_ok() {
+            result = inner.announce(Entry::All).await;
+        }
+        match result {
+            Err(e) => inner.l2_failed("clear", None, e),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Invalidates every entry carrying `tag` (in any region), on every instance.
+    ///
+    /// In Redis, the tag's set of data keys is walked in bounded batches (`SSCAN … COUNT 500`,
+    /// each batch removed with one `UNLINK`), then the set itself is removed; every instance
+    /// is then told over the bus. In-process tiers check an entry's tags on read against the
+    /// time each tag was last invalidated, so a fetch that began before this call cannot put
+    /// a tagged value back.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an empty tag or one over 128 bytes;
+    /// a Redis error (after this instance's L1 was updated) only with
+    /// [`L2ErrorPolicy::Propagate`].
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        let inner = &self.inner;
+        let tags = validate_tags(&[tag])?.unwrap_or_else(|| Arc::from(Vec::new()));
+        let mut result = Ok(());
+        if let Some(l2) = &inner.l2 {
+            let set = tag_key(&inner.name, tag);
             let mut cursor = "0".to_owned();
             loop {
-                match l2.scan_page(&cursor, &pattern, 1000).await {
-                    Ok((next, keys)) => {
-                        if let Err(e) = l2.unlink_many(keys).await {
+                match l2.sscan_page(&set, &cursor, 500).await {
+                    Ok((next, members)) => {
+                        if let Err(e) = l2.unlink_many(members).await {
                             result = Err(e);
                             break;
                         }
@@ -493,13 +546,16 @@ impl LayerCache {
                     }
                 }
             }
+            if result.is_ok() {
+                result = l2.unlink(&set).await;
+            }
         }
-        inner.flush_l1(FlushReason::Clear);
+        inner.tags_invalidated(&tags);
         if result.is_ok() {
-            result = inner.announce(Entry::All).await;
+            result = inner.announce(Entry::Tag(tag.to_owned())).await;
         }
         match result {
-            Err(e) => inner.l2_failed("clear", None, e),
+            Err(e) => inner.l2_failed("invalidate_tag", None, e),
             Ok(()) => Ok(()),
         }
     }

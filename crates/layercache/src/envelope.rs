@@ -7,14 +7,15 @@
 //! | 0 | 4 | magic `LCAC` |
 //! | 4 | 1 | format version (`1`) |
 //! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
-//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); other bits must be 0 |
+//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; other bits must be 0 |
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | created at, Unix milliseconds |
 //! | 16 | 8 | expires at, Unix milliseconds |
 //! | 24 | 4 | raw length: the codec's bytes, before compression |
-//! | 28 | 4 | stored length: the payload bytes that follow the header |
-//! | 32 | 4 | CRC-32 (IEEE) of bytes 0..32 followed by the payload |
-//! | 36 | … | payload |
+//! | 28 | 4 | stored length: the payload bytes (after the tag block, if any) |
+//! | 32 | 4 | CRC-32 (IEEE) of bytes 0..32 followed by every byte after the header |
+//! | 36 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
+//! | … | … | payload |
 //!
 //! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
 //! are checked against the actual input and against the configured cap before anything is
@@ -33,6 +34,8 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 36;
 /// Flag bit: the payload is LZ4-compressed (block format, no size prefix).
 pub const FLAG_LZ4: u8 = 0b0000_0001;
+/// Flag bit: a tag block follows the header.
+pub const FLAG_TAGS: u8 = 0b0000_0010;
 
 /// Why bytes read from Redis were not accepted as a value.
 ///
@@ -116,6 +119,8 @@ pub(crate) struct Encoded {
     pub(crate) bytes: Vec<u8>,
     /// Length of the codec's output.
     pub(crate) raw_len: usize,
+    /// Length of the (maybe compressed) payload.
+    pub(crate) stored_len: usize,
     pub(crate) compressed: bool,
 }
 
@@ -129,6 +134,7 @@ pub(crate) fn seal(
     codec_id: u8,
     meta: Meta,
     compression_threshold: usize,
+    tags: &[String],
 ) -> Encoded {
     let raw_len = buf.len().saturating_sub(HEADER_LEN);
     let mut flags = 0;
@@ -144,6 +150,20 @@ pub(crate) fn seal(
         }
     }
     let stored_len = buf.len() - HEADER_LEN;
+    if !tags.is_empty() {
+        let mut block = Vec::with_capacity(2 + tags.iter().map(|t| 1 + t.len()).sum::<usize>());
+        block.extend_from_slice(&[0, 0]);
+        for t in tags {
+            // Tags are validated to 1..=128 bytes by the caller.
+            let len = u8::try_from(t.len()).unwrap_or(u8::MAX);
+            block.push(len);
+            block.extend_from_slice(&t.as_bytes()[..usize::from(len)]);
+        }
+        let block_len = u16::try_from(block.len() - 2).unwrap_or(u16::MAX);
+        block[..2].copy_from_slice(&block_len.to_le_bytes());
+        buf.splice(HEADER_LEN..HEADER_LEN, block);
+        flags |= FLAG_TAGS;
+    }
     let header = &mut buf[..HEADER_LEN];
     header[0..4].copy_from_slice(&MAGIC);
     header[4] = FORMAT_VERSION;
@@ -157,6 +177,7 @@ pub(crate) fn seal(
     let crc = checksum(&buf[..32], &buf[HEADER_LEN..]);
     buf[32..36].copy_from_slice(&crc.to_le_bytes());
     Encoded {
+        stored_len,
         bytes: buf,
         raw_len,
         compressed: flags & FLAG_LZ4 != 0,
@@ -193,6 +214,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub(crate) struct Opened<'a> {
     pub(crate) meta: Meta,
     pub(crate) raw: std::borrow::Cow<'a, [u8]>,
+    pub(crate) tags: Vec<String>,
+}
+
+fn parse_tags(block: &[u8]) -> Result<Vec<String>, Corruption> {
+    let mut tags = Vec::new();
+    let mut rest = block;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len);
+        if len == 0 || tail.len() < len {
+            return Err(Corruption::BadLength);
+        }
+        let tag = std::str::from_utf8(&tail[..len]).map_err(|_| Corruption::BadLength)?;
+        tags.push(tag.to_owned());
+        rest = &tail[len..];
+    }
+    Ok(tags)
 }
 
 /// Checks and opens an envelope. `max_raw` caps the raw (decompressed) length.
@@ -207,12 +244,24 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         return Err(Corruption::CodecMismatch);
     }
     let flags = bytes[6];
-    if flags & !FLAG_LZ4 != 0 || bytes[7] != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_TAGS) != 0 || bytes[7] != 0 {
         return Err(Corruption::UnknownFlags);
     }
     let raw_len = usize::try_from(u32_at(bytes, 24)).map_err(|_| Corruption::BadLength)?;
     let stored_len = usize::try_from(u32_at(bytes, 28)).map_err(|_| Corruption::BadLength)?;
-    let payload = &bytes[HEADER_LEN..];
+    let body = &bytes[HEADER_LEN..];
+    let (tag_block, payload) = if flags & FLAG_TAGS != 0 {
+        if body.len() < 2 {
+            return Err(Corruption::BadLength);
+        }
+        let block_len = usize::from(u16::from_le_bytes([body[0], body[1]]));
+        if body.len() < 2 + block_len {
+            return Err(Corruption::BadLength);
+        }
+        (&body[2..2 + block_len], &body[2 + block_len..])
+    } else {
+        (&body[..0], body)
+    };
     let compressed = flags & FLAG_LZ4 != 0;
     if stored_len != payload.len()
         || raw_len > max_raw
@@ -221,9 +270,10 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
     {
         return Err(Corruption::BadLength);
     }
-    if checksum(&bytes[..32], payload) != u32_at(bytes, 32) {
+    if checksum(&bytes[..32], body) != u32_at(bytes, 32) {
         return Err(Corruption::Checksum);
     }
+    let tags = parse_tags(tag_block)?;
     let meta = Meta {
         created_at_ms: u64_at(bytes, 8),
         expires_at_ms: u64_at(bytes, 16),
@@ -232,6 +282,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         return Ok(Opened {
             meta,
             raw: std::borrow::Cow::Borrowed(payload),
+            tags,
         });
     }
     // raw_len is checked against the cap above, so this allocation is bounded.
@@ -240,6 +291,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         Ok(n) if n == raw_len => Ok(Opened {
             meta,
             raw: std::borrow::Cow::Owned(out),
+            tags,
         }),
         _ => Err(Corruption::Decompress),
     }
@@ -257,7 +309,27 @@ mod tests {
     fn envelope(raw: &[u8], threshold: usize) -> Encoded {
         let mut buf = vec![0u8; HEADER_LEN];
         buf.extend_from_slice(raw);
-        seal(buf, 1, META, threshold)
+        seal(buf, 1, META, threshold, &[])
+    }
+
+    #[test]
+    fn tags_round_trip_and_are_checksummed() {
+        let tags = vec!["team:7".to_owned(), "ünï".to_owned()];
+        for raw in [b"small".to_vec(), vec![b'x'; 5000]] {
+            let mut buf = vec![0u8; HEADER_LEN];
+            buf.extend_from_slice(&raw);
+            let e = seal(buf, 1, META, 1024, &tags);
+            assert_ne!(e.bytes[6] & FLAG_TAGS, 0);
+            let o = open(&e.bytes, 1, 1 << 20).unwrap();
+            assert_eq!(o.tags, tags);
+            assert_eq!(&*o.raw, &raw[..]);
+            let mut flipped = e.bytes.clone();
+            flipped[HEADER_LEN + 3] ^= 1; // inside the tag block
+            assert!(open(&flipped, 1, 1 << 20).is_err());
+            for cut in 0..e.bytes.len() {
+                assert!(open(&e.bytes[..cut], 1, 1 << 20).is_err());
+            }
+        }
     }
 
     #[test]

@@ -193,6 +193,31 @@ pub(crate) fn generation_key(cache: &str, region: &str, schema: u32) -> String {
     )
 }
 
+/// The Redis set listing the data keys that carry `tag`: `{cache}:t{format}:{escaped tag}`.
+pub(crate) fn tag_key(cache: &str, tag: &str) -> String {
+    redis_key(
+        &format!("{cache}:t{}:", crate::envelope::FORMAT_VERSION),
+        tag.as_bytes(),
+    )
+}
+
+/// Checks entry tags: at most 32, each 1 to 128 bytes.
+pub(crate) fn validate_tags(tags: &[&str]) -> Result<Option<std::sync::Arc<[String]>>> {
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    if tags.len() > 32 {
+        return Err(Error::config("an entry may carry at most 32 tags"));
+    }
+    if let Some(bad) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
+        return Err(Error::config(format!("tag {bad:?} must be 1 to 128 bytes")));
+    }
+    let mut owned: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+    owned.sort();
+    owned.dedup();
+    Ok(Some(owned.into()))
+}
+
 /// The full Redis key for a user key (given as its [`CacheKey`] bytes).
 pub(crate) fn redis_key(prefix: &str, key: &[u8]) -> String {
     let mut out = String::with_capacity(prefix.len() + key.len() + 8);

@@ -128,6 +128,20 @@ local nxt = math.max(cur + 1, tonumber(ARGV[1])) \
 local s = string.format('%d', nxt) \
 redis.call('SET', KEYS[1], s, 'PX', ARGV[2]) return s";
 
+/// Writes a value and records its key in each of its tags' sets, atomically. A tag set lives
+/// as long as its longest-lived member (its TTL is raised, never lowered). KEYS: the data key,
+/// then the tag keys. ARGV: the value, the TTL in ms, `1` for NX.
+const SET_TAGGED: &str = "local ok \
+if ARGV[3] == '1' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
+else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
+if not ok then return 0 end \
+local ttl = tonumber(ARGV[2]) \
+for i = 2, #KEYS do \
+  redis.call('SADD', KEYS[i], KEYS[1]) \
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end \
+end \
+return 1";
+
 /// A connected Redis client.
 #[derive(Clone)]
 pub(crate) struct L2 {
@@ -221,6 +235,68 @@ impl L2 {
             .instrument(span)
             .await?;
         Ok(!reply.is_null())
+    }
+
+    /// `SET` with tags (see [`SET_TAGGED`]); returns whether the value was written.
+    pub(crate) async fn set_tagged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        nx: bool,
+        tag_keys: Vec<String>,
+    ) -> Result<bool> {
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            bytes = value.len(),
+            nx,
+            tags = tag_keys.len()
+        );
+        let mut keys = Vec::with_capacity(1 + tag_keys.len());
+        keys.push(key.to_owned());
+        keys.extend(tag_keys);
+        let args: Vec<Value> = vec![
+            Value::Bytes(value.into()),
+            Value::from(ttl_ms.to_string()),
+            Value::from(if nx { "1" } else { "0" }),
+        ];
+        let written: i64 = self
+            .bounded(
+                "redis EVAL (tagged SET)",
+                self.client.eval(SET_TAGGED, keys, args),
+            )
+            .instrument(span)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// One page of `SSCAN key cursor COUNT count`: the next cursor and the members.
+    pub(crate) async fn sscan_page(
+        &self,
+        key: &str,
+        cursor: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>)> {
+        let args: Vec<Value> = vec![
+            Value::from(key),
+            Value::from(cursor),
+            Value::from("COUNT"),
+            Value::from(count.to_string()),
+        ];
+        let reply: Value = self
+            .bounded(
+                "redis SSCAN",
+                self.client.custom(
+                    fred::types::CustomCommand::new_static(
+                        "SSCAN",
+                        fred::types::ClusterHash::FirstKey,
+                        false,
+                    ),
+                    args,
+                ),
+            )
+            .await?;
+        parse_scan_reply(reply, "SSCAN")
     }
 
     /// `UNLINK key`.
@@ -338,6 +414,23 @@ impl L2 {
     pub(crate) async fn quit(&self) {
         let _ = self.client.quit().await;
     }
+}
+
+/// Parses a `SCAN`-family reply: `[cursor, [items]]`.
+fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<String>)> {
+    let bad = || Error::new(ErrorKind::Redis, format!("unexpected {what} reply"));
+    let Value::Array(mut parts) = reply else {
+        return Err(bad());
+    };
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let items = match parts.pop() {
+        Some(Value::Array(items)) => items.into_iter().filter_map(|k| k.into_string()).collect(),
+        _ => return Err(bad()),
+    };
+    let next = parts.pop().and_then(|c| c.into_string()).ok_or_else(bad)?;
+    Ok((next, items))
 }
 
 #[cfg(test)]

@@ -14,13 +14,21 @@ use crate::{
     envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
     error::{BoxError, Error, ErrorKind, Result},
     flight::{self, Join, Leader, Outcome},
-    key::{validate_name, CacheKey},
+    key::{tag_key, validate_name, validate_tags, CacheKey},
     l1::L1Entry,
     options::EntryOptions,
 };
 
 type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
 type LoadFn<V> = Box<dyn FnOnce() -> LoadFuture<V> + Send>;
+/// Tags attached to an entry.
+type Tags = Option<Arc<[String]>>;
+
+/// A loader and the tags for what it loads.
+struct Load<V> {
+    run: LoadFn<V>,
+    tags: Tags,
+}
 
 /// How many times a caller with a loader re-joins after waiting on plain reads that found
 /// nothing, before it loads on its own.
@@ -318,7 +326,33 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
+        self.get_or_load_tagged(key, options, &[], loader).await
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) that attaches tags to a loaded value (see
+    /// [`LayerCache::invalidate_tag`]). A value found in Redis keeps the tags it was written
+    /// with.
+    ///
+    /// # Errors
+    ///
+    /// As `get_or_load`, and [`ErrorKind::Config`] for invalid options or tags (at most 32
+    /// tags of 1 to 128 bytes).
+    pub async fn get_or_load_tagged<Q, F, Fut, E>(
+        &self,
+        key: &Q,
+        options: &EntryOptions,
+        tags: &[&str],
+        loader: F,
+    ) -> Result<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
         options.validate()?;
+        let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
         if let Some(v) = self.l1_get(&k).await {
             return Ok(v);
@@ -326,7 +360,10 @@ where
         let load: LoadFn<V> = Box::new(move || {
             Box::pin(async move { loader().await.map_err(Into::into) }) as LoadFuture<V>
         });
-        match self.fetch(k, *options, Some(load)).await? {
+        match self
+            .fetch(k, *options, Some(Load { run: load, tags }))
+            .await?
+        {
             Some(v) => Ok(v),
             None => Err(Error::new(ErrorKind::Loader, "the load produced no value")),
         }
@@ -337,7 +374,7 @@ where
         &self,
         k: Vec<u8>,
         options: EntryOptions,
-        mut loader: Option<LoadFn<V>>,
+        mut loader: Option<Load<V>>,
     ) -> Result<Option<Arc<V>>> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::new(
@@ -413,11 +450,33 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
+        self.insert_tagged(key, value, options, &[]).await
+    }
+
+    /// [`insert_with`](Self::insert_with) that attaches tags to the entry, so that
+    /// [`LayerCache::invalidate_tag`] removes it (on every instance).
+    ///
+    /// # Errors
+    ///
+    /// As `insert`, and [`ErrorKind::Config`] for invalid options or tags (at most 32 tags of
+    /// 1 to 128 bytes).
+    pub async fn insert_tagged<Q>(
+        &self,
+        key: &Q,
+        value: V,
+        options: &EntryOptions,
+        tags: &[&str],
+    ) -> Result<()>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
         options.validate()?;
+        let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
         let cache = &self.cache;
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
-            Some(self.encode(&value, options)?)
+            Some(self.encode(&value, options, tags.as_deref())?)
         } else {
             None
         };
@@ -427,12 +486,12 @@ where
         let born = cache.l1.tag_epoch();
         cache.flights.poison(&k);
         let mut result = Ok(());
-        if let (Some(l2), Some(enc)) = (&cache.l2, encoded) {
+        if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
             let written = match self.l2_generation() {
                 Ok(g) => {
                     let rk = self.shared.state.data_key(g, &k[4..]);
-                    self.count_write(&enc);
-                    l2.set(&rk, enc.bytes, options.ttl_millis(), false).await
+                    self.write_l2(&rk, enc, options, false, tags.as_deref())
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -447,7 +506,7 @@ where
             ttl: options.l1_lifetime(cache.settings.time_to_live),
             weight: cache.l1.weight(k.len(), raw_len),
             generation,
-            tags: None,
+            tags,
             born,
         };
         let user_key = k[4..].to_vec();
@@ -533,7 +592,35 @@ where
         }
     }
 
-    fn encode(&self, value: &V, options: &EntryOptions) -> Result<Encoded> {
+    /// Writes an encoded value (and its tag bookkeeping) to Redis; counts the write.
+    async fn write_l2(
+        &self,
+        rk: &str,
+        enc: Encoded,
+        options: &EntryOptions,
+        nx: bool,
+        tags: Option<&[String]>,
+    ) -> Result<bool> {
+        let Some(l2) = &self.cache.l2 else {
+            return Ok(false);
+        };
+        self.count_write(&enc);
+        match tags {
+            Some(tags) if !tags.is_empty() => {
+                let tag_keys = tags.iter().map(|t| tag_key(&self.cache.name, t)).collect();
+                l2.set_tagged(rk, enc.bytes, options.ttl_millis(), nx, tag_keys)
+                    .await
+            }
+            _ => l2.set(rk, enc.bytes, options.ttl_millis(), nx).await,
+        }
+    }
+
+    fn encode(
+        &self,
+        value: &V,
+        options: &EntryOptions,
+        tags: Option<&[String]>,
+    ) -> Result<Encoded> {
         let mut buf = vec![0u8; HEADER_LEN];
         if let Err(e) = self.shared.codec.encode(value, &mut buf) {
             self.cache.counters.codec_errors.incr();
@@ -561,24 +648,31 @@ where
             C::ID,
             meta,
             self.cache.settings.compression_threshold,
+            tags.unwrap_or(&[]),
         ))
     }
 
-    fn decode(&self, bytes: &[u8]) -> std::result::Result<(V, Meta), Corruption> {
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<Decoded<V>, Corruption> {
         let opened = envelope::open(bytes, C::ID, self.cache.settings.max_value_bytes)?;
         let value = self
             .shared
             .codec
             .decode(&opened.raw)
             .map_err(|_| Corruption::Deserialize)?;
-        Ok((value, opened.meta))
+        let tags = (!opened.tags.is_empty()).then(|| Arc::from(opened.tags));
+        Ok(Decoded {
+            value,
+            meta: opened.meta,
+            raw_len: opened.raw.len(),
+            tags,
+        })
     }
 
     fn count_write(&self, enc: &Encoded) {
         let c = &self.cache.counters;
         c.l2_writes.incr();
         c.bytes_raw.add(enc.raw_len as u64);
-        c.bytes_stored.add((enc.bytes.len() - HEADER_LEN) as u64);
+        c.bytes_stored.add(enc.stored_len as u64);
         if enc.compressed {
             c.compressed_writes.incr();
         }
@@ -592,39 +686,53 @@ where
     /// Puts a fetched or loaded value in L1 unless the flight was poisoned; if it was poisoned
     /// while the value went in, takes it out again (the invalidation may have run its own L1
     /// removal before this insert).
-    async fn fill_l1(
-        &self,
-        leader: &Leader<V>,
-        value: Arc<V>,
-        ttl: Duration,
-        raw_len: usize,
-        generation: u64,
-        born: u64,
-    ) {
-        if ttl.is_zero() || leader.is_poisoned() {
+    async fn fill_l1(&self, leader: &Leader<V>, entry: L1Entry) {
+        if entry.ttl.is_zero() || leader.is_poisoned() {
             return;
         }
         let key = leader.key();
-        let entry = L1Entry {
-            value,
-            ttl,
-            weight: self.cache.l1.weight(key.len(), raw_len),
-            generation,
-            tags: None,
-            born,
-        };
         self.cache.l1.insert(key.into(), entry).await;
         if leader.is_poisoned() {
             self.cache.l1.remove(key).await;
         }
     }
+
+    /// An L1 entry for a value fetched by `leader`.
+    fn entry(&self, leader: &Leader<V>, value: Arc<V>, fill: Fill) -> L1Entry {
+        L1Entry {
+            value,
+            ttl: fill.ttl,
+            weight: self.cache.l1.weight(leader.key().len(), fill.raw_len),
+            generation: fill.generation,
+            tags: fill.tags,
+            born: fill.born,
+        }
+    }
+}
+
+/// What an L1 fill records besides the value.
+struct Fill {
+    ttl: Duration,
+    raw_len: usize,
+    generation: u64,
+    born: u64,
+    tags: Tags,
+}
+
+/// A value read from Redis.
+struct Decoded<V> {
+    value: V,
+    meta: Meta,
+    raw_len: usize,
+    tags: Tags,
 }
 
 /// One flight's work, run as its own task.
 struct Fetch<K: ?Sized, V, C> {
     region: Region<K, V, C>,
     options: EntryOptions,
-    loader: Option<LoadFn<V>>,
+    /// The loader and the tags for what it loads.
+    loader: Option<Load<V>>,
 }
 
 impl<K, V, C> Fetch<K, V, C>
@@ -664,14 +772,20 @@ where
             };
             found = match read {
                 Ok(Some(bytes)) => match r.decode(&bytes) {
-                    Ok((value, meta)) => {
+                    Ok(d) => {
                         cache.counters.l2_hits.incr();
                         span.record("level", "l2");
-                        let left = meta.expires_at_ms.saturating_sub(unix_millis());
+                        let left = d.meta.expires_at_ms.saturating_sub(unix_millis());
                         let ttl = max_l1.min(Duration::from_millis(left));
-                        let value = Arc::new(value);
-                        let raw_len = bytes.len().saturating_sub(HEADER_LEN);
-                        r.fill_l1(leader, value.clone(), ttl, raw_len, generation, born)
+                        let value = Arc::new(d.value);
+                        let fill = Fill {
+                            ttl,
+                            raw_len: d.raw_len,
+                            generation,
+                            born,
+                            tags: d.tags,
+                        };
+                        r.fill_l1(leader, r.entry(leader, value.clone(), fill))
                             .await;
                         return Ok(Some(value));
                     }
@@ -697,7 +811,7 @@ where
             };
         }
         cache.counters.misses.incr();
-        let Some(loader) = loader else {
+        let Some(Load { run: loader, tags }) = loader else {
             span.record("level", "none");
             return Ok(None);
         };
@@ -710,18 +824,15 @@ where
         );
         let mut raw_len = 0;
         if write_l2 || cache.l1.by_bytes() {
-            match r.encode(&value, &options) {
+            match r.encode(&value, &options, tags.as_deref()) {
                 Ok(enc) => {
                     raw_len = enc.raw_len;
                     if write_l2 && !leader.is_poisoned() {
-                        if let Some(l2) = &cache.l2 {
-                            r.count_write(&enc);
-                            let nx = found == L2Found::Nothing;
-                            if let Err(e) = l2.set(&rkey, enc.bytes, options.ttl_millis(), nx).await
-                            {
-                                // The value was loaded; a failed fill is not the caller's error.
-                                let _ = r.l2_failed("set", e);
-                            }
+                        let nx = found == L2Found::Nothing;
+                        let written = r.write_l2(&rkey, enc, &options, nx, tags.as_deref()).await;
+                        if let Err(e) = written {
+                            // The value was loaded; a failed fill is not the caller's error.
+                            let _ = r.l2_failed("set", e);
                         }
                     }
                 }
@@ -734,7 +845,14 @@ where
                 }
             }
         }
-        r.fill_l1(leader, value.clone(), max_l1, raw_len, generation, born)
+        let fill = Fill {
+            ttl: max_l1,
+            raw_len,
+            generation,
+            born,
+            tags,
+        };
+        r.fill_l1(leader, r.entry(leader, value.clone(), fill))
             .await;
         Ok(Some(value))
     }
