@@ -17,25 +17,36 @@
 //!
 //! ## How a write flows
 //!
-//! [`Region::insert`] encodes once, `SET`s the key with its TTL, then puts the value in L1;
-//! [`Region::invalidate`] `UNLINK`s the key and drops it from L1. Either one *poisons* fetches
-//! of that key already running, so they cannot put an older value back.
+//! [`Region::insert`] encodes once, `SET`s the key with its TTL, puts the value in L1, and
+//! announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] `UNLINK`s
+//! the key, drops it from L1 and announces it. Either one *poisons* fetches of that key already
+//! running (here and, on receipt, on every other instance), so they cannot put an older value
+//! back. [`Region::invalidate_all`] moves the region to a new generation (one command);
+//! [`LayerCache::invalidate_tag`] removes every entry carrying a tag; [`LayerCache::clear`]
+//! removes everything.
 //!
 //! ## Keys and format versions
 //!
-//! Redis keys look like `{cache}:f{format}:{region}:s{schema}:{key}`: see [`key`] for the
+//! Redis keys look like `{cache}:f{format}:{region}:s{schema}:g{generation}:{key}`: see
+//! [`key`] for the
 //! escaping that keeps any user key distinct, and [`envelope`] for the stored bytes. Bumping a
 //! region's [`schema_version`](RegionBuilder::schema_version) or the envelope format turns old
 //! entries into misses.
 //!
-//! ## Consistency and its limits (this release)
+//! ## Consistency and its limits
 //!
-//! - Read your own writes on one instance; no stale fill after an `insert` or `invalidate`
-//!   on the same instance.
-//! - Every Redis key has a TTL; every L1 entry lives at most
-//!   [`time_to_live`](LayerCacheBuilder::time_to_live).
-//! - Other instances' L1s are not yet told of changes (the invalidation bus is the next
-//!   step): they may serve a replaced value for up to its L1 lifetime.
+//! - Read your own writes on one instance; a fetch that began before a write or invalidation
+//!   (local or received) never fills either tier afterwards.
+//! - Once an instance has applied an invalidation (see [`LayerCache::bus_status`]), it never
+//!   serves an older value of that key.
+//! - Every way pub/sub can lose a message (disconnect, reconnect, lag, sequence gap, a silent
+//!   subscription) is detected and flushes L1 ([`CoherenceLossPolicy`]); until detection, and
+//!   during a Redis outage, staleness is bounded by the L1 lifetime
+//!   ([`time_to_live`](LayerCacheBuilder::time_to_live)).
+//! - Every Redis key has a TTL; every L1 entry lives at most `time_to_live`.
+//! - Writes made to Redis by other clients are not seen.
+//!
+//! `docs/CONSISTENCY.md` in the repository spells out each bound.
 //!
 //! ## Telemetry
 //!

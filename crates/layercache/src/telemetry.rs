@@ -11,10 +11,18 @@
 //! | `layercache.l2.set` | span | debug | `bytes`, `nx` | one `SET … PX` |
 //! | `layercache.l2.unlink` | span | debug | | one `UNLINK` |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
+//! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message (a batch of invalidations, or a heartbeat) |
+//! | `L1 flushed` | event | warn | `cache.name`, `reason` | a flush after a possible loss of invalidations, or a clear ([`FlushReason`](crate::FlushReason)) |
+//! | `coherence may be lost; L1 kept by policy` | event | warn | `cache.name`, `reason` | as above, with `CoherenceLossPolicy::KeepUntilTtl` |
+//! | `bus listener lagged; messages lost` | event | warn | `cache.name`, `missed` | the listener fell behind its buffer |
+//! | `bus sequence gap; messages lost` | event | warn | `cache.name`, `sender`, `seq` | a sender's message went missing |
+//! | `own bus heartbeat missed; subscription presumed broken` | event | warn | `cache.name` | self-echo watchdog |
+//! | `bus publish failed; receivers will see a sequence gap` | event | warn | `cache.name`, `seq`, `entries`, `error` | a failed `PUBLISH` |
+//! | `dropped a message that is not ours on the bus channel` | event | debug | `cache.name`, `reason` | garbage on the channel |
 //! | `redis call failed` | event | warn | `cache.name`, `region`, `op`, `error` | a Redis error or timeout |
 //! | `unusable entry in redis, treated as a miss` | event | warn | `cache.name`, `region`, `reason`, `bytes` | a corrupt or foreign entry ([`Corruption`](crate::Corruption)) |
 //! | `loaded value not written to redis` | event | warn | `cache.name`, `region`, `error` | a loaded value above `max_value_bytes` |
 //! | `the loader panicked` | event | error | `cache.name`, `region` | a loader panic (callers get an error) |
-//! | `layercache started` | event | info | `cache.name`, `l2` | `build()` succeeded |
+//! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
 //!
 //! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
