@@ -176,13 +176,21 @@ impl L1 {
         }
     }
 
-    pub(crate) async fn get(&self, key: &[u8]) -> Option<L1Entry> {
-        let entry = self.cache.get(key).await?;
-        if self.tag_invalidated(&entry) {
-            self.cache.invalidate(key).await;
-            return None;
-        }
-        Some(entry)
+    /// Looks an entry up. The caller must check it with [`usable`](Self::usable) before
+    /// serving it. This returns moka's own future, with no wrapper of ours around it: on the
+    /// hit path every layer of future is a copy of moka's (large) one.
+    pub(crate) fn get<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> impl std::future::Future<Output = Option<L1Entry>> + 'a {
+        self.cache.get(key)
+    }
+
+    /// Whether a looked-up entry may be served: none of its tags was invalidated after it
+    /// was born. (An unusable entry is left to be overwritten by the fetch that follows, or
+    /// to expire.)
+    pub(crate) fn usable(&self, entry: &L1Entry) -> bool {
+        !self.tag_invalidated(entry)
     }
 
     pub(crate) async fn insert(&self, key: L1Key, entry: L1Entry) {

@@ -238,10 +238,13 @@ where
         k
     }
 
-    async fn l1_get(&self, k: &[u8]) -> Option<Arc<V>> {
-        let entry = self.cache.l1.get(k).await?;
+    /// Serves an L1 entry, if it is still valid: same generation, no tag invalidated since
+    /// it was born, and of the region's value type.
+    fn l1_hit(&self, entry: Option<L1Entry>) -> Option<Arc<V>> {
+        let entry = entry?;
         // An entry filled under an older generation belongs to an invalidated key space.
-        if entry.generation != self.shared.state.generation_raw() {
+        if entry.generation != self.shared.state.generation_raw() || !self.cache.l1.usable(&entry)
+        {
             return None;
         }
         let v = entry.value.downcast::<V>().ok()?;
@@ -274,10 +277,11 @@ where
         Q: CacheKey + ?Sized,
     {
         let k = self.l1_key(key);
-        if let Some(v) = self.l1_get(&k).await {
+        if let Some(v) = self.l1_hit(self.cache.l1.get(&k).await) {
             return Ok(Some(v));
         }
-        self.fetch(k, self.shared.entry_options, None).await
+        // Boxed: the miss path's large future must not be part of every hit's.
+        Box::pin(self.fetch(k, self.shared.entry_options, None)).await
     }
 
     /// Reads `key`, or runs `loader` to produce it, stores it in both tiers and returns it
@@ -354,7 +358,7 @@ where
         options.validate()?;
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
-        if let Some(v) = self.l1_get(&k).await {
+        if let Some(v) = self.l1_hit(self.cache.l1.get(&k).await) {
             return Ok(v);
         }
         let load: LoadFn<V> = Box::new(move || {
