@@ -446,6 +446,9 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
     caught_up(&b, &a).await;
     assert!(rb.generation().unwrap() > gen_before);
     assert_eq!(ra.generation(), rb.generation());
+    assert!(b
+        .generations()
+        .contains(&("item".to_owned(), rb.generation())));
     for i in 0..100u64 {
         assert!(
             rb.get(&i.to_string()).await.unwrap().is_none(),

@@ -462,6 +462,16 @@ impl LayerCache {
         self.inner.l1.clear();
     }
 
+    /// Every region registered in this instance with its current generation (`None` while
+    /// unknown; see [`Region::generation`](crate::Region::generation)).
+    pub fn generations(&self) -> Vec<(String, Option<u64>)> {
+        self.inner
+            .all_regions()
+            .iter()
+            .map(|r| (r.name.clone(), r.generation()))
+            .collect()
+    }
+
     /// Counters of L1 flushes by reason (see [`FlushReason`]).
     pub fn flushes(&self, reason: FlushReason) -> u64 {
         self.inner.counters.flushes[reason.index()].get()

@@ -243,8 +243,7 @@ where
     fn l1_hit(&self, entry: Option<L1Entry>) -> Option<Arc<V>> {
         let entry = entry?;
         // An entry filled under an older generation belongs to an invalidated key space.
-        if entry.generation != self.shared.state.generation_raw() || !self.cache.l1.usable(&entry)
-        {
+        if entry.generation != self.shared.state.generation_raw() || !self.cache.l1.usable(&entry) {
             return None;
         }
         let v = entry.value.downcast::<V>().ok()?;
