@@ -31,12 +31,14 @@ fn forged(flags: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
     b.push(1); // bincode
     b.push(flags);
     b.push(0);
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend_from_slice(&u64::MAX.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // created
+    b.extend_from_slice(&u64::MAX.to_le_bytes()); // expires
+    b.extend_from_slice(&u64::MAX.to_le_bytes()); // refresh at
+    b.extend_from_slice(&0u32.to_le_bytes()); // load time
     b.extend_from_slice(&raw_len.to_le_bytes());
     b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let mut h = crc32fast::Hasher::new();
-    h.update(&b[..32]);
+    h.update(&b[..44]);
     h.update(payload);
     b.extend_from_slice(&h.finalize().to_le_bytes());
     b.extend_from_slice(payload);

@@ -54,6 +54,8 @@ pub struct LayerCacheBuilder {
     bus_heartbeat_timeout: Duration,
     bus_buffer: usize,
     coherence_loss_policy: CoherenceLossPolicy,
+    lock_ttl: Duration,
+    lock_wait: Duration,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -78,6 +80,8 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("bus_heartbeat_timeout", &self.bus_heartbeat_timeout)
             .field("bus_buffer", &self.bus_buffer)
             .field("coherence_loss_policy", &self.coherence_loss_policy)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("lock_wait", &self.lock_wait)
             .finish()
     }
 }
@@ -104,6 +108,8 @@ impl LayerCacheBuilder {
             bus_heartbeat_timeout: Duration::from_secs(3),
             bus_buffer: 4096,
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,
+            lock_ttl: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(5),
         }
     }
 
@@ -269,6 +275,26 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// The lifetime of a distributed load lock
+    /// ([`EntryOptions::distributed_lock`](crate::EntryOptions::distributed_lock)). The holder
+    /// renews it every third of this while its load runs, so it only lapses when the holder
+    /// dies (or its load passes its hard timeout).
+    ///
+    /// Default: 10 seconds.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// How long an instance waits for another instance's locked load (re-reading Redis with
+    /// back-off from 5 ms to 100 ms, and retrying the lock) before it loads itself.
+    ///
+    /// Default: 5 seconds.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
     fn capacity(&self) -> Capacity {
         match self.max_capacity_bytes {
             Some(bytes) => Capacity::Bytes(bytes),
@@ -326,6 +352,12 @@ impl LayerCacheBuilder {
                 "bus_heartbeat_timeout must be at least twice bus_heartbeat_interval",
             ));
         }
+        if self.lock_ttl < Duration::from_millis(3) {
+            return Err(Error::config("lock_ttl must be at least 3 ms"));
+        }
+        if self.lock_wait.is_zero() {
+            return Err(Error::config("lock_wait must be greater than zero"));
+        }
         if self.bus_buffer == 0 {
             return Err(Error::config("bus_buffer must be at least 1"));
         }
@@ -353,6 +385,8 @@ impl LayerCacheBuilder {
             max_value_bytes: self.max_value_bytes,
             error_policy: self.l2_error_policy,
             command_timeout: self.l2_command_timeout,
+            lock_ttl: self.lock_ttl,
+            lock_wait: self.lock_wait,
         };
         let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
         let Some(url) = &self.redis_url else {

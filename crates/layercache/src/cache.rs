@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub(crate) max_value_bytes: usize,
     pub(crate) error_policy: L2ErrorPolicy,
     pub(crate) command_timeout: Duration,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) lock_wait: Duration,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -58,6 +60,8 @@ pub(crate) struct RegionState {
     pub(crate) key_base: String,
     /// Where the generation lives in Redis.
     pub(crate) generation_key: String,
+    /// `{cache}:k{format}:{region}:s{schema}:`: load locks continue with `g{generation}:{key}`.
+    lock_base: String,
     generation: AtomicU64,
     /// The highest generation ever seen, even after it was forgotten: a floor for the next one.
     highest: AtomicU64,
@@ -112,13 +116,22 @@ impl RegionState {
 
     /// The Redis key of a user key (its [`CacheKey`] bytes) at generation `g`.
     pub(crate) fn data_key(&self, generation: u64, key: &[u8]) -> String {
-        let mut prefix = String::with_capacity(self.key_base.len() + 24 + key.len());
-        prefix.push_str(&self.key_base);
-        prefix.push('g');
-        prefix.push_str(&generation.to_string());
-        prefix.push(':');
-        redis_key(&prefix, key)
+        keyed(&self.key_base, generation, key)
     }
+
+    /// The load-lock key of a user key at generation `g`.
+    pub(crate) fn lock_key(&self, generation: u64, key: &[u8]) -> String {
+        keyed(&self.lock_base, generation, key)
+    }
+}
+
+fn keyed(base: &str, generation: u64, key: &[u8]) -> String {
+    let mut prefix = String::with_capacity(base.len() + 24 + key.len());
+    prefix.push_str(base);
+    prefix.push('g');
+    prefix.push_str(&generation.to_string());
+    prefix.push(':');
+    redis_key(&prefix, key)
 }
 
 /// The state shared by a cache and all its regions.
@@ -284,7 +297,8 @@ impl Inner {
             schema,
             types,
             codec,
-            key_base: region_prefix(&self.name, FORMAT_VERSION, name, schema),
+            key_base: region_prefix(&self.name, 'f', FORMAT_VERSION, name, schema),
+            lock_base: region_prefix(&self.name, 'k', FORMAT_VERSION, name, schema),
             generation_key: generation_key(&self.name, name, schema),
             // Without Redis the generation is local and starts at 0.
             generation: AtomicU64::new(if self.l2.is_some() {

@@ -7,14 +7,16 @@
 //! | 0 | 4 | magic `LCAC` |
 //! | 4 | 1 | format version (`1`) |
 //! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
-//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; other bits must be 0 |
+//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); other bits must be 0 |
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | created at, Unix milliseconds |
-//! | 16 | 8 | expires at, Unix milliseconds |
-//! | 24 | 4 | raw length: the codec's bytes, before compression |
-//! | 28 | 4 | stored length: the payload bytes (after the tag block, if any) |
-//! | 32 | 4 | CRC-32 (IEEE) of bytes 0..32 followed by every byte after the header |
-//! | 36 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
+//! | 16 | 8 | expires at (logical: past it the value is stale, kept only as a fail-safe fallback), Unix milliseconds |
+//! | 24 | 8 | refresh at (soft expiry; equals "expires at" when there is none), Unix milliseconds |
+//! | 32 | 4 | load time: how long the loader took, microseconds (0 for inserted values) |
+//! | 36 | 4 | raw length: the codec's bytes, before compression |
+//! | 40 | 4 | stored length: the payload bytes (after the tag block, if any) |
+//! | 44 | 4 | CRC-32 (IEEE) of bytes 0..44 followed by every byte after the header |
+//! | 48 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
 //! | … | … | payload |
 //!
 //! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
@@ -31,11 +33,15 @@ pub const MAGIC: [u8; 4] = *b"LCAC";
 /// Redis key (`f1`), so a format change reads as a miss.
 pub const FORMAT_VERSION: u8 = 1;
 /// Length of the header in bytes.
-pub const HEADER_LEN: usize = 36;
+pub const HEADER_LEN: usize = 48;
+/// Bytes of the header covered by the checksum (all but the checksum itself).
+const CHECKED: usize = 44;
 /// Flag bit: the payload is LZ4-compressed (block format, no size prefix).
 pub const FLAG_LZ4: u8 = 0b0000_0001;
 /// Flag bit: a tag block follows the header.
 pub const FLAG_TAGS: u8 = 0b0000_0010;
+/// Flag bit: a negative entry (the loader found nothing); the payload is empty.
+pub const FLAG_NEGATIVE: u8 = 0b0000_0100;
 
 /// Why bytes read from Redis were not accepted as a value.
 ///
@@ -111,6 +117,9 @@ impl fmt::Display for Corruption {
 pub(crate) struct Meta {
     pub(crate) created_at_ms: u64,
     pub(crate) expires_at_ms: u64,
+    pub(crate) refresh_at_ms: u64,
+    pub(crate) load_us: u32,
+    pub(crate) negative: bool,
 }
 
 /// The result of [`encode`].
@@ -137,7 +146,7 @@ pub(crate) fn seal(
     tags: &[String],
 ) -> Encoded {
     let raw_len = buf.len().saturating_sub(HEADER_LEN);
-    let mut flags = 0;
+    let mut flags = if meta.negative { FLAG_NEGATIVE } else { 0 };
     if raw_len >= compression_threshold {
         let raw = &buf[HEADER_LEN..];
         let mut out = vec![0u8; HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw_len)];
@@ -172,10 +181,12 @@ pub(crate) fn seal(
     header[7] = 0;
     header[8..16].copy_from_slice(&meta.created_at_ms.to_le_bytes());
     header[16..24].copy_from_slice(&meta.expires_at_ms.to_le_bytes());
-    header[24..28].copy_from_slice(&len_u32(raw_len).to_le_bytes());
-    header[28..32].copy_from_slice(&len_u32(stored_len).to_le_bytes());
-    let crc = checksum(&buf[..32], &buf[HEADER_LEN..]);
-    buf[32..36].copy_from_slice(&crc.to_le_bytes());
+    header[24..32].copy_from_slice(&meta.refresh_at_ms.to_le_bytes());
+    header[32..36].copy_from_slice(&meta.load_us.to_le_bytes());
+    header[36..40].copy_from_slice(&len_u32(raw_len).to_le_bytes());
+    header[40..44].copy_from_slice(&len_u32(stored_len).to_le_bytes());
+    let crc = checksum(&buf[..CHECKED], &buf[HEADER_LEN..]);
+    buf[CHECKED..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Encoded {
         stored_len,
         bytes: buf,
@@ -189,7 +200,7 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// CRC-32 of the first 32 header bytes followed by the payload.
+/// CRC-32 of the first 44 header bytes followed by everything after the header.
 pub(crate) fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);
@@ -244,11 +255,11 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         return Err(Corruption::CodecMismatch);
     }
     let flags = bytes[6];
-    if flags & !(FLAG_LZ4 | FLAG_TAGS) != 0 || bytes[7] != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_TAGS | FLAG_NEGATIVE) != 0 || bytes[7] != 0 {
         return Err(Corruption::UnknownFlags);
     }
-    let raw_len = usize::try_from(u32_at(bytes, 24)).map_err(|_| Corruption::BadLength)?;
-    let stored_len = usize::try_from(u32_at(bytes, 28)).map_err(|_| Corruption::BadLength)?;
+    let raw_len = usize::try_from(u32_at(bytes, 36)).map_err(|_| Corruption::BadLength)?;
+    let stored_len = usize::try_from(u32_at(bytes, 40)).map_err(|_| Corruption::BadLength)?;
     let body = &bytes[HEADER_LEN..];
     let (tag_block, payload) = if flags & FLAG_TAGS != 0 {
         if body.len() < 2 {
@@ -263,20 +274,25 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         (&body[..0], body)
     };
     let compressed = flags & FLAG_LZ4 != 0;
+    let negative = flags & FLAG_NEGATIVE != 0;
     if stored_len != payload.len()
         || raw_len > max_raw
         || (!compressed && raw_len != stored_len)
         || (compressed && (stored_len >= raw_len || stored_len == 0))
+        || (negative && (raw_len != 0 || compressed))
     {
         return Err(Corruption::BadLength);
     }
-    if checksum(&bytes[..32], body) != u32_at(bytes, 32) {
+    if checksum(&bytes[..CHECKED], body) != u32_at(bytes, CHECKED) {
         return Err(Corruption::Checksum);
     }
     let tags = parse_tags(tag_block)?;
     let meta = Meta {
         created_at_ms: u64_at(bytes, 8),
         expires_at_ms: u64_at(bytes, 16),
+        refresh_at_ms: u64_at(bytes, 24),
+        load_us: u32_at(bytes, 32),
+        negative,
     };
     if !compressed {
         return Ok(Opened {
@@ -304,6 +320,9 @@ mod tests {
     const META: Meta = Meta {
         created_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_060_000,
+        refresh_at_ms: 1_700_000_030_000,
+        load_us: 1234,
+        negative: false,
     };
 
     fn envelope(raw: &[u8], threshold: usize) -> Encoded {
@@ -413,15 +432,35 @@ mod tests {
 
     /// Re-seals a header after editing it, so only the later checks can catch the edit.
     fn reseal(mut b: Vec<u8>) -> Vec<u8> {
-        let crc = checksum(&b[..32], &b[HEADER_LEN..]);
-        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        let crc = checksum(&b[..CHECKED], &b[HEADER_LEN..]);
+        b[CHECKED..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         b
+    }
+
+    #[test]
+    fn negative_entries_round_trip_and_must_be_empty() {
+        let meta = Meta {
+            negative: true,
+            ..META
+        };
+        let e = seal(vec![0u8; HEADER_LEN], 1, meta, 1024, &[]);
+        let o = open(&e.bytes, 1, 1 << 20).unwrap();
+        assert!(o.meta.negative);
+        assert!(o.raw.is_empty());
+        // A "negative" entry with a payload is corrupt.
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf.extend_from_slice(b"x");
+        let bad = seal(buf, 1, meta, 1024, &[]);
+        assert_eq!(
+            open(&bad.bytes, 1, 1 << 20).unwrap_err(),
+            Corruption::BadLength
+        );
     }
 
     #[test]
     fn forged_raw_length_with_valid_checksum_is_rejected_before_allocating() {
         let mut b = envelope(&[b'q'; 5000], 1024).bytes;
-        b[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+        b[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
         let b = reseal(b);
         assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::BadLength);
     }
@@ -429,7 +468,7 @@ mod tests {
     #[test]
     fn wrong_raw_length_within_cap_fails_decompression() {
         let mut b = envelope(&[b'q'; 5000], 1024).bytes;
-        b[24..28].copy_from_slice(&6000u32.to_le_bytes());
+        b[36..40].copy_from_slice(&6000u32.to_le_bytes());
         let b = reseal(b);
         assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::Decompress);
     }

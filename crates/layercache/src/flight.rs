@@ -85,7 +85,7 @@ impl Flights {
             Registered {
                 id,
                 poisoned: poisoned.clone(),
-                rx: Box::new(rx),
+                rx: Box::new(rx.clone()),
             },
         );
         Join::Lead(Leader {
@@ -94,6 +94,7 @@ impl Flights {
             id: Some(id),
             poisoned,
             tx: Some(tx),
+            rx,
         })
     }
 
@@ -145,6 +146,7 @@ pub(crate) struct Leader<V> {
     id: Option<u64>,
     poisoned: Arc<AtomicBool>,
     tx: Option<watch::Sender<Option<Outcome<V>>>>,
+    rx: Slot<V>,
 }
 
 impl<V> std::fmt::Debug for Leader<V> {
@@ -157,12 +159,28 @@ impl<V> std::fmt::Debug for Leader<V> {
 
 impl<V> Leader<V> {
     fn detached(flights: Arc<Flights>, key: &[u8]) -> Self {
+        let (tx, rx) = watch::channel(None);
         Self {
             flights,
             key: key.into(),
             id: None,
             poisoned: Arc::new(AtomicBool::new(true)),
-            tx: None,
+            tx: Some(tx),
+            rx,
+        }
+    }
+
+    /// A receiver for this flight's outcome (the leader's own caller waits on it too, so an
+    /// early answer reaches it as it reaches everyone).
+    pub(crate) fn subscribe(&self) -> Slot<V> {
+        self.rx.clone()
+    }
+
+    /// Answers every waiter now, but keeps the flight registered: it goes on (a load past its
+    /// soft timeout) and later callers get the same answer until it finishes.
+    pub(crate) fn answer_early(&self, outcome: Outcome<V>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Some(outcome));
         }
     }
 
@@ -187,7 +205,15 @@ impl<V> Leader<V> {
             self.flights.unregister(&self.key, id);
         }
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Some(outcome));
+            // An early answer stands: those who got it were served; later joiners got it too.
+            tx.send_if_modified(|cur| {
+                if cur.is_none() {
+                    *cur = Some(outcome);
+                    true
+                } else {
+                    false
+                }
+            });
         }
     }
 }
@@ -219,6 +245,23 @@ mod tests {
         let _ = leader.finish(Ok(Some(Arc::new(7))));
         assert_eq!(*wait(rx).await.unwrap().unwrap(), 7);
         // Unregistered after finishing: the next caller leads.
+        assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_reaches_waiters_and_later_joiners() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(leader) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        let own = leader.subscribe();
+        leader.answer_early(Ok(Some(Arc::new(1))));
+        assert_eq!(*wait(own).await.unwrap().unwrap(), 1);
+        let Join::Wait(late) = f.join::<u32>(b"k") else {
+            panic!("still registered after an early answer")
+        };
+        assert_eq!(*wait(late).await.unwrap().unwrap(), 1);
+        let _ = leader.finish(Ok(Some(Arc::new(2))));
         assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
     }
 

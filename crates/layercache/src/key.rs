@@ -179,8 +179,14 @@ pub(crate) fn escape_into(key: &[u8], out: &mut String) {
 }
 
 /// The fixed part of a region's Redis keys, up to and including the last `:`.
-pub(crate) fn region_prefix(cache: &str, format: u8, region: &str, schema: u32) -> String {
-    format!("{cache}:f{format}:{region}:s{schema}:")
+pub(crate) fn region_prefix(
+    cache: &str,
+    space: char,
+    format: u8,
+    region: &str,
+    schema: u32,
+) -> String {
+    format!("{cache}:{space}{format}:{region}:s{schema}:")
 }
 
 /// Where a region's generation counter lives: `{cache}:m{format}:{region}:s{schema}:gen`. The

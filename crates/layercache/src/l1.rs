@@ -20,10 +20,50 @@ use moka::{future::Cache, Expiry};
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
 
+/// When an entry stops being fresh and when it should be refreshed, for entries that need
+/// the clock on a hit (fail-safe, early refresh, XFetch). Plain entries have none: moka's
+/// expiry is their whole story and a hit reads no clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Freshness {
+    /// Logical expiry: past it the value is stale, kept only as a fail-safe fallback.
+    pub(crate) expires: Instant,
+    /// Soft expiry: past it a `get_or_load` hit starts a background refresh.
+    pub(crate) refresh_at: Option<Instant>,
+    /// How long the value took to load (XFetch's delta).
+    pub(crate) delta: Duration,
+    /// XFetch's beta (0: off).
+    pub(crate) beta: f64,
+}
+
+/// Sliding-expiration state shared by the copies of one entry.
+#[derive(Debug)]
+pub(crate) struct Slide {
+    /// Redis is told at most once per interval.
+    pub(crate) interval: Duration,
+    /// The lifetime each extension sets, in ms.
+    pub(crate) ttl_ms: u64,
+    /// When Redis was last told.
+    pub(crate) last: std::sync::Mutex<Instant>,
+}
+
+impl Slide {
+    /// Whether Redis is due an extension now (and if so, records that it is being sent).
+    pub(crate) fn due(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.elapsed() >= self.interval {
+            *last = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// An L1 value.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
+    /// Physical lifetime in moka (logical lifetime plus any fail-safe keep).
     pub(crate) ttl: Duration,
     pub(crate) weight: u32,
     /// The region generation the value was read or written under.
@@ -33,6 +73,10 @@ pub(crate) struct L1Entry {
     /// The tag epoch when the read or write that produced the value began: a tag invalidated
     /// after that makes the entry invalid.
     pub(crate) born: u64,
+    pub(crate) fresh: Option<Freshness>,
+    /// A cached "not found".
+    pub(crate) negative: bool,
+    pub(crate) slide: Option<Arc<Slide>>,
 }
 
 impl std::fmt::Debug for L1Entry {
@@ -59,6 +103,22 @@ impl Expiry<L1Key, L1Entry> for PerEntryTtl {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(v.ttl)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &L1Key,
+        v: &L1Entry,
+        _: Instant,
+        left: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        // Sliding entries start their lifetime over on every read.
+        if v.slide.is_some() {
+            Some(v.ttl)
+        } else {
+            left
+        }
     }
 }
 

@@ -142,6 +142,14 @@ for i = 2, #KEYS do \
 end \
 return 1";
 
+/// Releases a lock only if it still holds our token. KEYS: the lock. ARGV: the token.
+const RELEASE_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Extends a lock only if it still holds our token. KEYS: the lock. ARGV: the token, the TTL.
+const RENEW_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
 /// A connected Redis client.
 #[derive(Clone)]
 pub(crate) struct L2 {
@@ -297,6 +305,73 @@ impl L2 {
             )
             .await?;
         parse_scan_reply(reply, "SSCAN")
+    }
+
+    /// `GETEX key PX ttl`: reads and extends in one command (sliding expiration).
+    pub(crate) async fn getex(&self, key: &str, ttl_ms: u64) -> Result<Option<Vec<u8>>> {
+        let span = tracing::debug_span!(
+            "layercache.l2.get",
+            hit = tracing::field::Empty,
+            sliding = true
+        );
+        let args: Vec<Value> = vec![
+            Value::from(key),
+            Value::from("PX"),
+            Value::from(ttl_ms.to_string()),
+        ];
+        let r: Option<Vec<u8>> = self
+            .bounded(
+                "redis GETEX",
+                self.client.custom(
+                    fred::types::CustomCommand::new_static(
+                        "GETEX",
+                        fred::types::ClusterHash::FirstKey,
+                        false,
+                    ),
+                    args,
+                ),
+            )
+            .instrument(span.clone())
+            .await?;
+        span.record("hit", r.is_some());
+        Ok(r)
+    }
+
+    /// `PEXPIRE key ttl`.
+    pub(crate) async fn pexpire(&self, key: &str, ttl_ms: u64) -> Result<()> {
+        let ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let _: i64 = self
+            .bounded("redis PEXPIRE", self.client.pexpire(key, ms, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a lock: `SET key token NX PX ttl`; returns whether it was taken.
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        self.set(key, token.as_bytes().to_vec(), ttl_ms, true).await
+    }
+
+    /// Extends a lock we hold; returns whether we still held it.
+    pub(crate) async fn renew_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let n: i64 = self
+            .bounded(
+                "redis EVAL (renew lock)",
+                self.client
+                    .eval(RENEW_LOCK, key, vec![token.to_owned(), ttl_ms.to_string()]),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases a lock if we still hold it.
+    pub(crate) async fn release_lock(&self, key: &str, token: &str) -> Result<()> {
+        let _: i64 = self
+            .bounded(
+                "redis EVAL (release lock)",
+                self.client.eval(RELEASE_LOCK, key, token.to_owned()),
+            )
+            .await?;
+        Ok(())
     }
 
     /// `UNLINK key`.

@@ -63,6 +63,7 @@ pub mod codec;
 pub mod envelope;
 mod error;
 mod flight;
+mod freshness;
 pub mod key;
 mod l1;
 mod l2;

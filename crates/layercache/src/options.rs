@@ -23,10 +23,20 @@ use crate::error::{Error, Result};
 ///     .l1_ttl(Duration::from_secs(30));
 /// assert_eq!(opts.get_ttl(), Duration::from_secs(600));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EntryOptions {
     ttl: Duration,
     l1_ttl: Option<Duration>,
+    jitter: Duration,
+    soft_ttl: Option<Duration>,
+    xfetch_beta: f64,
+    fail_safe_max_age: Option<Duration>,
+    fail_safe_throttle: Duration,
+    loader_soft_timeout: Option<Duration>,
+    loader_hard_timeout: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    sliding: Option<Duration>,
+    distributed_lock: bool,
 }
 
 impl Default for EntryOptions {
@@ -36,11 +46,21 @@ impl Default for EntryOptions {
 }
 
 impl EntryOptions {
-    /// The defaults: `ttl` 5 minutes, `l1_ttl` unset.
+    /// The defaults: `ttl` 5 minutes; every other option off (see each one).
     pub const fn new() -> Self {
         Self {
             ttl: Duration::from_secs(300),
             l1_ttl: None,
+            jitter: Duration::ZERO,
+            soft_ttl: None,
+            xfetch_beta: 0.0,
+            fail_safe_max_age: None,
+            fail_safe_throttle: Duration::from_secs(30),
+            loader_soft_timeout: None,
+            loader_hard_timeout: None,
+            negative_ttl: None,
+            sliding: None,
+            distributed_lock: false,
         }
     }
 
@@ -66,9 +86,175 @@ impl EntryOptions {
         self
     }
 
+    /// Adds a random part of up to `jitter` to each entry's `ttl` (both tiers), so that
+    /// entries written together do not expire together.
+    ///
+    /// Default: zero (no jitter).
+    #[must_use]
+    pub const fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Early refresh (refresh-ahead): once an entry is older than `soft_ttl` (and younger
+    /// than `ttl`), `get_or_load` still returns it at once but starts one background refresh
+    /// of the key (one per key per instance; with [`distributed_lock`](Self::distributed_lock),
+    /// one across instances). Must be less than `ttl`.
+    ///
+    /// Default: none.
+    #[must_use]
+    pub const fn soft_ttl(mut self, soft_ttl: Duration) -> Self {
+        self.soft_ttl = Some(soft_ttl);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch): a `get_or_load` hit on an entry near its expiry
+    /// starts a background refresh with a probability that rises as expiry approaches and
+    /// with the time the last load took (measured and stored with the value). `beta` scales
+    /// how early: 1.0 is the classic choice, larger is earlier, 0 is off.
+    ///
+    /// Default: 0 (off).
+    #[must_use]
+    pub const fn xfetch_beta(mut self, beta: f64) -> Self {
+        self.xfetch_beta = beta;
+        self
+    }
+
+    /// Fail-safe: keep an entry for up to `max_age` past its `ttl`, and serve it (stale) when
+    /// the loader fails, panics or hits its timeout. After serving a stale value, it is
+    /// treated as fresh for [`fail_safe_throttle`](Self::fail_safe_throttle), so a failing
+    /// source is not retried on every call. Without a stale value the caller gets the error.
+    ///
+    /// Default: none (fail-safe off).
+    #[must_use]
+    pub const fn fail_safe_max_age(mut self, max_age: Duration) -> Self {
+        self.fail_safe_max_age = Some(max_age);
+        self
+    }
+
+    /// How long a stale value served by fail-safe counts as fresh before the source is tried
+    /// again.
+    ///
+    /// Default: 30 seconds.
+    #[must_use]
+    pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// Soft loader timeout: when a stale value is at hand (fail-safe), a load taking longer
+    /// than this returns the stale value to the callers; the load keeps running in the
+    /// background and updates the cache when it finishes. Without a stale value it has no
+    /// effect.
+    ///
+    /// Default: none.
+    #[must_use]
+    pub const fn loader_soft_timeout(mut self, timeout: Duration) -> Self {
+        self.loader_soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Hard loader timeout: a load taking longer is abandoned (its task aborted) and the
+    /// callers get the stale value (fail-safe) or an [`ErrorKind::Loader`] error.
+    ///
+    /// [`ErrorKind::Loader`]: crate::ErrorKind::Loader
+    ///
+    /// Default: none.
+    #[must_use]
+    pub const fn loader_hard_timeout(mut self, timeout: Duration) -> Self {
+        self.loader_hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Negative caching: when a loader given to
+    /// [`Region::get_or_load_optional`](crate::Region::get_or_load_optional) finds nothing,
+    /// remember that for this long (in both tiers), so the source is not asked again.
+    ///
+    /// Default: none (not-found is not cached).
+    #[must_use]
+    pub const fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Sliding expiration: each read extends the entry's lifetime to `ttl` again. In L1 on
+    /// every read; in Redis at most once per `interval` per instance (`PEXPIRE` from an L1 hit,
+    /// `GETEX … PX` from a Redis read), never a write per read.
+    ///
+    /// Default: none (fixed expiry).
+    #[must_use]
+    pub const fn sliding(mut self, interval: Duration) -> Self {
+        self.sliding = Some(interval);
+        self
+    }
+
+    /// Cross-instance stampede protection: a load runs under a Redis lock (`SET … NX PX` with
+    /// a random token, renewed while the load runs, released only by its owner), so one
+    /// instance loads while the others wait, re-reading Redis with back-off until the value
+    /// appears or their wait runs out (then they load themselves: the holder may have died).
+    /// See [`lock_ttl`](crate::LayerCacheBuilder::lock_ttl) and
+    /// [`lock_wait`](crate::LayerCacheBuilder::lock_wait).
+    ///
+    /// Default: off (single flight per instance only).
+    #[must_use]
+    pub const fn distributed_lock(mut self, on: bool) -> Self {
+        self.distributed_lock = on;
+        self
+    }
+
     /// The configured `ttl`.
     pub const fn get_ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The configured jitter.
+    pub const fn get_jitter(&self) -> Duration {
+        self.jitter
+    }
+
+    /// The configured soft TTL, if any.
+    pub const fn get_soft_ttl(&self) -> Option<Duration> {
+        self.soft_ttl
+    }
+
+    /// The configured XFetch beta.
+    pub const fn get_xfetch_beta(&self) -> f64 {
+        self.xfetch_beta
+    }
+
+    /// The configured fail-safe maximum age, if any.
+    pub const fn get_fail_safe_max_age(&self) -> Option<Duration> {
+        self.fail_safe_max_age
+    }
+
+    /// The configured fail-safe throttle.
+    pub const fn get_fail_safe_throttle(&self) -> Duration {
+        self.fail_safe_throttle
+    }
+
+    /// The configured soft loader timeout, if any.
+    pub const fn get_loader_soft_timeout(&self) -> Option<Duration> {
+        self.loader_soft_timeout
+    }
+
+    /// The configured hard loader timeout, if any.
+    pub const fn get_loader_hard_timeout(&self) -> Option<Duration> {
+        self.loader_hard_timeout
+    }
+
+    /// The configured negative TTL, if any.
+    pub const fn get_negative_ttl(&self) -> Option<Duration> {
+        self.negative_ttl
+    }
+
+    /// The configured sliding interval, if any.
+    pub const fn get_sliding(&self) -> Option<Duration> {
+        self.sliding
+    }
+
+    /// Whether loads take a distributed lock.
+    pub const fn get_distributed_lock(&self) -> bool {
+        self.distributed_lock
     }
 
     /// The configured `l1_ttl`, if set.
@@ -85,6 +271,59 @@ impl EntryOptions {
                 "EntryOptions::l1_ttl must be greater than zero",
             ));
         }
+        if self.jitter > self.ttl {
+            return Err(Error::config("EntryOptions::jitter must not exceed ttl"));
+        }
+        if self.soft_ttl.is_some_and(|s| s.is_zero() || s >= self.ttl) {
+            return Err(Error::config(
+                "EntryOptions::soft_ttl must be between 0 and ttl",
+            ));
+        }
+        if !self.xfetch_beta.is_finite() || self.xfetch_beta < 0.0 {
+            return Err(Error::config(
+                "EntryOptions::xfetch_beta must be a finite number >= 0",
+            ));
+        }
+        let positive = |d: Option<Duration>| d.is_none_or(|d| !d.is_zero());
+        if !positive(self.fail_safe_max_age) {
+            return Err(Error::config(
+                "EntryOptions::fail_safe_max_age must be greater than zero",
+            ));
+        }
+        if !positive(self.loader_soft_timeout) || !positive(self.loader_hard_timeout) {
+            return Err(Error::config(
+                "EntryOptions loader timeouts must be greater than zero",
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (self.loader_soft_timeout, self.loader_hard_timeout) {
+            if soft >= hard {
+                return Err(Error::config(
+                    "EntryOptions::loader_soft_timeout must be less than loader_hard_timeout",
+                ));
+            }
+        }
+        if self
+            .negative_ttl
+            .is_some_and(|d| d < Duration::from_millis(1))
+        {
+            return Err(Error::config(
+                "EntryOptions::negative_ttl must be at least 1 ms",
+            ));
+        }
+        if !positive(self.sliding) {
+            return Err(Error::config(
+                "EntryOptions::sliding interval must be greater than zero",
+            ));
+        }
+        if self.sliding.is_some()
+            && (self.soft_ttl.is_some()
+                || self.xfetch_beta > 0.0
+                || self.fail_safe_max_age.is_some())
+        {
+            return Err(Error::config(
+                "EntryOptions::sliding cannot be combined with soft_ttl, xfetch_beta or fail_safe_max_age",
+            ));
+        }
         Ok(())
     }
 
@@ -93,16 +332,16 @@ impl EntryOptions {
         self.l1_ttl.unwrap_or(self.ttl).min(self.ttl).min(max)
     }
 
-    /// `ttl` in whole milliseconds, rounded up.
-    pub(crate) fn ttl_millis(&self) -> u64 {
-        let ms = self.ttl.as_millis();
-        let ms = if self.ttl.subsec_nanos() % 1_000_000 != 0 {
-            ms + 1
-        } else {
-            ms
-        };
-        u64::try_from(ms).unwrap_or(u64::MAX)
+    /// How long past its logical expiry an entry is kept as a fail-safe fallback.
+    pub(crate) fn keep_after_expiry(&self) -> Duration {
+        self.fail_safe_max_age.unwrap_or(Duration::ZERO)
     }
+}
+
+/// `d` in whole milliseconds, rounded up.
+pub(crate) fn millis_ceil(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// What a read does when Redis fails (error reply, lost connection, timeout).
@@ -122,19 +361,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ttl_millis_rounds_up() {
-        assert_eq!(
-            EntryOptions::new()
-                .ttl(Duration::from_micros(1500))
-                .ttl_millis(),
-            2
-        );
-        assert_eq!(
-            EntryOptions::new()
-                .ttl(Duration::from_millis(7))
-                .ttl_millis(),
-            7
-        );
+    fn millis_round_up() {
+        assert_eq!(millis_ceil(Duration::from_micros(1500)), 2);
+        assert_eq!(millis_ceil(Duration::from_millis(7)), 7);
     }
 
     #[test]
@@ -150,6 +379,25 @@ mod tests {
             .ttl(Duration::from_secs(2))
             .l1_ttl(Duration::from_secs(30));
         assert_eq!(o.l1_lifetime(max), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn freshness_options_are_validated() {
+        let base = EntryOptions::new().ttl(Duration::from_secs(10));
+        assert!(base.soft_ttl(Duration::from_secs(10)).validate().is_err());
+        assert!(base.soft_ttl(Duration::from_secs(5)).validate().is_ok());
+        assert!(base.jitter(Duration::from_secs(11)).validate().is_err());
+        assert!(base.xfetch_beta(-1.0).validate().is_err());
+        assert!(base.xfetch_beta(f64::NAN).validate().is_err());
+        assert!(base
+            .loader_soft_timeout(Duration::from_secs(2))
+            .loader_hard_timeout(Duration::from_secs(1))
+            .validate()
+            .is_err());
+        assert!(base.loader_hard_timeout(Duration::ZERO).validate().is_err());
+        assert!(base.sliding(Duration::ZERO).validate().is_err());
+        assert!(base.negative_ttl(Duration::ZERO).validate().is_err());
+        assert!(base.fail_safe_max_age(Duration::ZERO).validate().is_err());
     }
 
     #[test]

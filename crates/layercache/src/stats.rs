@@ -61,6 +61,16 @@ pub(crate) struct Counters {
     pub(crate) bus_received: Counter,
     pub(crate) bus_dropped: Counter,
     pub(crate) bus_publish_errors: Counter,
+    pub(crate) refreshes: Counter,
+    pub(crate) fail_safe_serves: Counter,
+    pub(crate) soft_timeouts: Counter,
+    pub(crate) hard_timeouts: Counter,
+    pub(crate) negative_hits: Counter,
+    pub(crate) negative_stores: Counter,
+    pub(crate) locks_acquired: Counter,
+    pub(crate) lock_waits: Counter,
+    pub(crate) lock_takeovers: Counter,
+    pub(crate) l2_extends: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -90,6 +100,16 @@ impl Counters {
             bus_received: self.bus_received.get(),
             bus_dropped: self.bus_dropped.get(),
             bus_publish_errors: self.bus_publish_errors.get(),
+            refreshes: self.refreshes.get(),
+            fail_safe_serves: self.fail_safe_serves.get(),
+            soft_timeouts: self.soft_timeouts.get(),
+            hard_timeouts: self.hard_timeouts.get(),
+            negative_hits: self.negative_hits.get(),
+            negative_stores: self.negative_stores.get(),
+            locks_acquired: self.locks_acquired.get(),
+            lock_waits: self.lock_waits.get(),
+            lock_takeovers: self.lock_takeovers.get(),
+            l2_extends: self.l2_extends.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: decode,
         }
@@ -107,8 +127,10 @@ pub struct Stats {
     pub l2_hits: u64,
     /// Reads that found nothing usable in either tier (before any load).
     pub misses: u64,
-    /// Loader runs (each shared by every caller that waited on it).
+    /// Loader runs on the callers' path (each shared by every caller that waited on it).
     pub loads: u64,
+    /// Loader runs in the background: early refreshes (soft TTL or XFetch).
+    pub refreshes: u64,
     /// Loader runs that returned an error or panicked.
     pub load_errors: u64,
     /// Redis calls that failed (timeouts included).
@@ -139,6 +161,24 @@ pub struct Stats {
     pub bus_dropped: u64,
     /// Bus publishes that failed.
     pub bus_publish_errors: u64,
+    /// Stale values served because the loader failed or timed out (fail-safe).
+    pub fail_safe_serves: u64,
+    /// Loads that passed their soft timeout (a stale value was returned meanwhile).
+    pub soft_timeouts: u64,
+    /// Loads abandoned at their hard timeout.
+    pub hard_timeouts: u64,
+    /// Reads answered by a cached "not found".
+    pub negative_hits: u64,
+    /// "Not found" results cached.
+    pub negative_stores: u64,
+    /// Distributed load locks taken.
+    pub locks_acquired: u64,
+    /// Loads that found another instance holding the lock and waited for its value.
+    pub lock_waits: u64,
+    /// Waits that ran out (the holder may have died): the waiter loaded itself.
+    pub lock_takeovers: u64,
+    /// Sliding-expiration extensions sent to Redis (`PEXPIRE` or `GETEX`).
+    pub l2_extends: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: [u64; Corruption::ALL.len()],

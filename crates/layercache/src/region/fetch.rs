@@ -1,0 +1,550 @@
+//! One flight's work, run as its own task: read Redis, maybe take the distributed lock, run
+//! the loader within its timeouts, fall back to a stale value, and fill both tiers.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
+
+use super::{store::Life, Load, LoadFn, Plan, Region, Stale};
+use crate::{
+    cache::unix_millis,
+    codec::Codec,
+    error::{Error, ErrorKind, Result},
+    flight::{Leader, Outcome},
+    freshness::token,
+    key::CacheKey,
+    l2::L2,
+    options::{millis_ceil, EntryOptions},
+};
+
+/// Why a fetch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A caller waits for it.
+    Caller,
+    /// An early refresh in the background: nobody waits; the current value stays meanwhile.
+    Refresh,
+}
+
+/// What the Redis read found, when it found no usable value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// No Redis tier.
+    Off,
+    /// No entry: a load may fill it with `SET … NX`.
+    Nothing,
+    /// An entry of ours, stale or due for refresh: a load replaces it.
+    Present,
+    /// An entry that is not a usable value; `overwrite` says whether a load may replace it.
+    Unusable { overwrite: bool },
+    /// Redis failed (or the generation is unknown): do not pay another timeout writing.
+    Down,
+}
+
+impl Found {
+    fn writable(self) -> bool {
+        matches!(
+            self,
+            Self::Nothing | Self::Present | Self::Unusable { overwrite: true }
+        )
+    }
+}
+
+/// The flight's work.
+pub(super) struct Fetch<K: ?Sized, V, C> {
+    pub(super) region: Region<K, V, C>,
+    pub(super) options: EntryOptions,
+    pub(super) load: Option<Load<V>>,
+    pub(super) fallback: Option<Stale<V>>,
+    pub(super) mode: Mode,
+}
+
+/// A held distributed lock: renewed in the background until released or dropped.
+struct LockGuard {
+    l2: L2,
+    key: String,
+    token: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl LockGuard {
+    fn new(l2: &L2, key: String, token: String, ttl: Duration) -> Self {
+        let renewal = {
+            let (l2, key, token) = (l2.clone(), key.clone(), token.clone());
+            tokio::spawn(async move {
+                let ttl_ms = millis_ceil(ttl);
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if matches!(l2.renew_lock(&key, &token, ttl_ms).await, Ok(false)) {
+                        return; // lost it (expired and taken): nothing left to renew
+                    }
+                }
+            })
+        };
+        Self {
+            l2: l2.clone(),
+            key,
+            token,
+            renewal,
+        }
+    }
+
+    async fn release(self) {
+        self.renewal.abort();
+        let _ = self.l2.release_lock(&self.key, &self.token).await;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Dropped without release (the task was cancelled): stop renewing, let it expire.
+        self.renewal.abort();
+    }
+}
+
+/// The outcome of trying to take the lock.
+enum Lock<V> {
+    Held(LockGuard),
+    /// Another instance loaded the value while we waited (`None`: a cached "not found").
+    Found(Option<Arc<V>>),
+    /// No lock: load anyway (the wait ran out, or Redis refused the lock).
+    Without,
+}
+
+impl<K, V, C> Fetch<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    pub(super) async fn run(self, leader: Leader<V>) {
+        let outcome = self.work(&leader).await;
+        let _ = leader.finish(outcome);
+    }
+
+    async fn work(self, leader: &Leader<V>) -> Outcome<V> {
+        let Fetch {
+            region: r,
+            options,
+            load,
+            mut fallback,
+            mode,
+        } = self;
+        let cache = &r.cache;
+        let span = tracing::Span::current();
+        // Captured before the read: what is read now is filled as of now.
+        let generation = r.shared.state.generation_raw();
+        let born = cache.l1.tag_epoch();
+        let mut found = Found::Off;
+        let mut rkey = String::new();
+        if let Some(l2) = &cache.l2 {
+            found = match r.l2_generation() {
+                Err(e) => {
+                    r.l2_failed("get", e)?;
+                    Found::Down
+                }
+                Ok(g) => {
+                    rkey = r.shared.state.data_key(g, &leader.key()[4..]);
+                    let read = match options.get_sliding() {
+                        Some(_) => {
+                            cache.counters.l2_extends.incr();
+                            let ttl = options.get_ttl() + options.keep_after_expiry();
+                            l2.getex(&rkey, millis_ceil(ttl)).await
+                        }
+                        None => l2.get(&rkey).await,
+                    };
+                    match read {
+                        Ok(Some(bytes)) => match r.decode(&bytes) {
+                            Ok(d) => {
+                                let now_ms = unix_millis();
+                                let left = d.left(now_ms);
+                                let due = mode == Mode::Refresh && d.meta.refresh_at_ms <= now_ms;
+                                let value = d.value.map(Arc::new);
+                                if !left.is_zero() && !due {
+                                    cache.counters.l2_hits.incr();
+                                    span.record("level", "l2");
+                                    let (logical, refresh_in) =
+                                        r.life_of_meta(&options, &d.meta, now_ms);
+                                    let life = Life {
+                                        logical,
+                                        refresh_in,
+                                        delta: Duration::from_micros(u64::from(d.meta.load_us)),
+                                        keep: options.keep_after_expiry(),
+                                        generation,
+                                        born,
+                                        tags: d.tags,
+                                        raw_len: d.raw_len,
+                                        negative: value.is_none(),
+                                    };
+                                    fill(&r, leader, erase(&value), &options, life).await;
+                                    if value.is_none() {
+                                        cache.counters.negative_hits.incr();
+                                    }
+                                    return Ok(value);
+                                }
+                                if let (Some(value), None) = (value, &fallback) {
+                                    // Stale in Redis (kept by fail-safe) or due for refresh.
+                                    let stale_for = Duration::from_millis(
+                                        now_ms.saturating_sub(d.meta.expires_at_ms),
+                                    );
+                                    let expired = Instant::now()
+                                        .checked_sub(stale_for)
+                                        .unwrap_or_else(Instant::now)
+                                        + left;
+                                    fallback = Some(Stale { value, expired });
+                                }
+                                Found::Present
+                            }
+                            Err(reason) => {
+                                cache.counters.decode_errors[reason.index()].incr();
+                                tracing::warn!(
+                                    cache.name = %cache.name,
+                                    region = %r.shared.state.name,
+                                    reason = %reason,
+                                    bytes = bytes.len(),
+                                    "unusable entry in redis, treated as a miss"
+                                );
+                                Found::Unusable {
+                                    overwrite: reason.may_overwrite(),
+                                }
+                            }
+                        },
+                        Ok(None) => Found::Nothing,
+                        Err(e) => {
+                            r.l2_failed("get", e)?;
+                            Found::Down
+                        }
+                    }
+                }
+            };
+        }
+        if mode == Mode::Caller {
+            cache.counters.misses.incr();
+        }
+        let Some(Load { run, tags }) = load else {
+            span.record("level", "none");
+            return Ok(None);
+        };
+        span.record("level", "loader");
+
+        let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != Found::Down {
+            match r
+                .lock_or_wait(leader, &rkey, &options, generation, born)
+                .await
+            {
+                Lock::Found(v) => return Ok(v),
+                Lock::Held(guard) => Some(guard),
+                Lock::Without => None,
+            }
+        } else {
+            None
+        };
+
+        let early = fallback.as_ref().map(|s| s.value.clone());
+        let loaded = r.run_loader(run, &options, early, leader, mode).await;
+        let outcome = match loaded {
+            Ok((value, took)) => {
+                r.store_loaded(
+                    leader, &rkey, found, value, took, tags, &options, generation, born,
+                )
+                .await
+            }
+            Err(e) => {
+                r.fail_safe(leader, fallback, &options, generation, born, e)
+                    .await
+            }
+        };
+        if let Some(guard) = lock {
+            guard.release().await;
+        }
+        outcome
+    }
+}
+
+/// A value as L1 stores it: the typed value, or `()` for a cached "not found".
+fn erase<V: Send + Sync + 'static>(value: &Option<Arc<V>>) -> Arc<dyn Any + Send + Sync> {
+    match value {
+        Some(v) => v.clone(),
+        None => Arc::new(()),
+    }
+}
+
+/// Puts an entry in L1 unless the flight was poisoned; if it was poisoned while the entry
+/// went in, takes it out again (the invalidation may have run its own removal first).
+async fn fill<K, V, C>(
+    r: &Region<K, V, C>,
+    leader: &Leader<V>,
+    value: Arc<dyn Any + Send + Sync>,
+    options: &EntryOptions,
+    life: Life,
+) where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    if leader.is_poisoned() {
+        return;
+    }
+    let key = leader.key();
+    let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
+        return;
+    };
+    r.cache.l1.insert(key.into(), entry).await;
+    if leader.is_poisoned() {
+        r.cache.l1.remove(key).await;
+    }
+}
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Takes the load lock, or waits for the holder's value (re-reading Redis with back-off,
+    /// and retrying the lock, which may have expired with a dead holder) until `lock_wait`.
+    async fn lock_or_wait(
+        &self,
+        leader: &Leader<V>,
+        rkey: &str,
+        options: &EntryOptions,
+        generation: u64,
+        born: u64,
+    ) -> Lock<V> {
+        let cache = &self.cache;
+        let (Some(l2), Some(g)) = (&cache.l2, self.shared.state.generation()) else {
+            return Lock::Without;
+        };
+        let lock_key = self.shared.state.lock_key(g, &leader.key()[4..]);
+        let token = token();
+        let ttl = cache.settings.lock_ttl;
+        match l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+            Ok(true) => {
+                cache.counters.locks_acquired.incr();
+                return Lock::Held(LockGuard::new(l2, lock_key, token, ttl));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let _ = self.l2_failed("lock", e);
+                return Lock::Without;
+            }
+        }
+        cache.counters.lock_waits.incr();
+        let deadline = Instant::now() + cache.settings.lock_wait;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            if let Ok(Some(bytes)) = l2.get(rkey).await {
+                if let Ok(d) = self.decode(&bytes) {
+                    let now_ms = unix_millis();
+                    if !d.left(now_ms).is_zero() {
+                        cache.counters.l2_hits.incr();
+                        let value = d.value.map(Arc::new);
+                        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
+                        let life = Life {
+                            logical,
+                            refresh_in,
+                            delta: Duration::from_micros(u64::from(d.meta.load_us)),
+                            keep: options.keep_after_expiry(),
+                            generation,
+                            born,
+                            tags: d.tags,
+                            raw_len: d.raw_len,
+                            negative: value.is_none(),
+                        };
+                        fill(self, leader, erase(&value), options, life).await;
+                        return Lock::Found(value);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                cache.counters.lock_takeovers.incr();
+                tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, "gave up waiting for the load lock; loading without it");
+                return Lock::Without;
+            }
+            if let Ok(true) = l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+                cache.counters.locks_acquired.incr();
+                return Lock::Held(LockGuard::new(l2, lock_key, token, ttl));
+            }
+        }
+    }
+
+    /// Runs the loader as its own task (so a panic is caught), within its timeouts. Past the
+    /// soft timeout, with a stale value at hand, every waiter gets the stale value while the
+    /// load goes on; past the hard timeout the load is aborted.
+    async fn run_loader(
+        &self,
+        run: LoadFn<V>,
+        options: &EntryOptions,
+        early: Option<Arc<V>>,
+        leader: &Leader<V>,
+        mode: Mode,
+    ) -> Result<(Option<V>, Duration)> {
+        let cache = &self.cache;
+        match mode {
+            Mode::Caller => cache.counters.loads.incr(),
+            Mode::Refresh => cache.counters.refreshes.incr(),
+        }
+        let started = Instant::now();
+        let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode == Mode::Refresh);
+        let mut handle = tokio::spawn(run().instrument(span));
+        let deadline = options
+            .get_loader_hard_timeout()
+            .map(|h| tokio::time::Instant::from_std(started + h));
+        let mut joined = None;
+        if let (Some(soft), Some(stale)) = (options.get_loader_soft_timeout(), early) {
+            match tokio::time::timeout(soft, &mut handle).await {
+                Ok(r) => joined = Some(r),
+                Err(_) => {
+                    cache.counters.soft_timeouts.incr();
+                    cache.counters.fail_safe_serves.incr();
+                    leader.answer_early(Ok(Some(stale)));
+                }
+            }
+        }
+        let joined = match joined {
+            Some(r) => r,
+            None => match deadline {
+                Some(d) => match tokio::time::timeout_at(d, &mut handle).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        handle.abort();
+                        cache.counters.hard_timeouts.incr();
+                        cache.counters.load_errors.incr();
+                        return Err(Error::new(
+                            ErrorKind::Loader,
+                            "the loader passed its hard timeout",
+                        ));
+                    }
+                },
+                None => (&mut handle).await,
+            },
+        };
+        match joined {
+            Ok(Ok(v)) => Ok((v, started.elapsed())),
+            Ok(Err(e)) => {
+                cache.counters.load_errors.incr();
+                Err(Error::new(ErrorKind::Loader, "the loader failed").with_source(e))
+            }
+            Err(e) => {
+                cache.counters.load_errors.incr();
+                let what = if e.is_panic() {
+                    "the loader panicked"
+                } else {
+                    "the loader was cancelled"
+                };
+                tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "{what}");
+                Err(Error::new(ErrorKind::Loader, what))
+            }
+        }
+    }
+
+    /// Stores what a loader returned in both tiers (a "not found" only with a negative TTL).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all of it flight state"
+    )]
+    async fn store_loaded(
+        &self,
+        leader: &Leader<V>,
+        rkey: &str,
+        found: Found,
+        value: Option<V>,
+        took: Duration,
+        tags: super::Tags,
+        options: &EntryOptions,
+        generation: u64,
+        born: u64,
+    ) -> Outcome<V> {
+        let cache = &self.cache;
+        let plan = match (&value, options.get_negative_ttl()) {
+            (Some(_), _) => Plan::value(options, took),
+            (None, Some(ttl)) => Plan::negative(ttl),
+            (None, None) => return Ok(None),
+        };
+        let value = value.map(Arc::new);
+        let write = found.writable() && !rkey.is_empty();
+        let mut raw_len = 0;
+        if write || cache.l1.by_bytes() {
+            match self.encode(value.as_deref(), &plan, tags.as_deref()) {
+                Ok(enc) => {
+                    raw_len = enc.raw_len;
+                    if write && !leader.is_poisoned() {
+                        let nx = found == Found::Nothing;
+                        let written = self.write_l2(rkey, enc, &plan, nx, tags.as_deref()).await;
+                        if let Err(e) = written {
+                            // The value was loaded; a failed fill is not the caller's error.
+                            let _ = self.l2_failed("set", e);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
+                    cache.counters.l2_oversize_skips.incr();
+                    tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %e, "loaded value not written to redis");
+                }
+                Err(e) => {
+                    tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %e, "loaded value could not be encoded; kept in L1 only");
+                }
+            }
+        }
+        if plan.negative {
+            cache.counters.negative_stores.incr();
+        }
+        let (logical, refresh_in) = self.life_of_plan(options, &plan);
+        let life = Life {
+            logical,
+            refresh_in,
+            delta: took,
+            keep: plan.keep,
+            generation,
+            born,
+            tags,
+            raw_len,
+            negative: plan.negative,
+        };
+        fill(self, leader, erase(&value), options, life).await;
+        Ok(value)
+    }
+
+    /// The loader failed: serve the stale value if fail-safe allows (and treat it as fresh for
+    /// the throttle), else return the error.
+    async fn fail_safe(
+        &self,
+        leader: &Leader<V>,
+        fallback: Option<Stale<V>>,
+        options: &EntryOptions,
+        generation: u64,
+        born: u64,
+        error: Error,
+    ) -> Outcome<V> {
+        let keep = options.keep_after_expiry();
+        let usable = fallback.filter(|s| !keep.is_zero() && s.expired.elapsed() <= keep);
+        let Some(stale) = usable else {
+            return Err(error);
+        };
+        let cache = &self.cache;
+        cache.counters.fail_safe_serves.incr();
+        tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %error, "serving a stale value (fail-safe)");
+        let life = Life {
+            logical: options.get_fail_safe_throttle(),
+            refresh_in: None,
+            delta: Duration::ZERO,
+            keep,
+            generation,
+            born,
+            tags: None,
+            raw_len: 0,
+            negative: false,
+        };
+        let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
+        fill(self, leader, value, options, life).await;
+        Ok(Some(stale.value))
+    }
+}

@@ -1,0 +1,273 @@
+//! Turning values into stored bytes and L1 entries, with their lifetimes.
+
+use std::{
+    any::Any,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::{Region, Tags};
+use crate::{
+    cache::unix_millis,
+    codec::Codec,
+    envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
+    error::{Error, ErrorKind, Result},
+    freshness::{jittered, rand01},
+    key::{tag_key, CacheKey},
+    l1::{Freshness, L1Entry, Slide},
+    options::{millis_ceil, EntryOptions},
+};
+
+/// The lifetimes of one value being written (inserted or loaded).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// Logical lifetime (jittered `ttl`, or `negative_ttl`).
+    pub(crate) ttl: Duration,
+    /// How long past `ttl` the value is kept as a fail-safe fallback.
+    pub(crate) keep: Duration,
+    /// Soft expiry (early refresh), if any.
+    pub(crate) soft: Option<Duration>,
+    /// How long the load took (zero for inserts).
+    pub(crate) load: Duration,
+    pub(crate) negative: bool,
+}
+
+impl Plan {
+    pub(crate) fn value(options: &EntryOptions, load: Duration) -> Self {
+        Self {
+            ttl: jittered(options.get_ttl(), options.get_jitter(), rand01()),
+            keep: options.keep_after_expiry(),
+            soft: options.get_soft_ttl(),
+            load,
+            negative: false,
+        }
+    }
+
+    pub(crate) fn negative(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            keep: Duration::ZERO,
+            soft: None,
+            load: Duration::ZERO,
+            negative: true,
+        }
+    }
+
+    fn meta(&self, now_ms: u64) -> Meta {
+        let expires_at_ms = now_ms.saturating_add(millis_ceil(self.ttl));
+        Meta {
+            created_at_ms: now_ms,
+            expires_at_ms,
+            refresh_at_ms: self
+                .soft
+                .map_or(expires_at_ms, |s| now_ms.saturating_add(millis_ceil(s))),
+            load_us: u32::try_from(self.load.as_micros()).unwrap_or(u32::MAX),
+            negative: self.negative,
+        }
+    }
+
+    /// The Redis expiry: logical lifetime plus fail-safe keep.
+    pub(crate) fn physical_ms(&self) -> u64 {
+        millis_ceil(self.ttl + self.keep)
+    }
+}
+
+/// A value read from Redis.
+pub(crate) struct Decoded<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) meta: Meta,
+    pub(crate) raw_len: usize,
+    pub(crate) tags: Tags,
+}
+
+impl<V> Decoded<V> {
+    /// Logical lifetime left, zero when stale.
+    pub(crate) fn left(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.meta.expires_at_ms.saturating_sub(now_ms))
+    }
+}
+
+/// What an L1 fill records besides the value.
+#[derive(Debug, Clone)]
+pub(crate) struct Life {
+    /// Logical L1 lifetime from now (zero: already stale).
+    pub(crate) logical: Duration,
+    pub(crate) refresh_in: Option<Duration>,
+    pub(crate) delta: Duration,
+    pub(crate) keep: Duration,
+    pub(crate) generation: u64,
+    pub(crate) born: u64,
+    pub(crate) tags: Tags,
+    pub(crate) raw_len: usize,
+    pub(crate) negative: bool,
+}
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Encodes a value (or a negative entry, for `None`) into an envelope.
+    pub(crate) fn encode(
+        &self,
+        value: Option<&V>,
+        plan: &Plan,
+        tags: Option<&[String]>,
+    ) -> Result<Encoded> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        if let Some(value) = value {
+            if let Err(e) = self.shared.codec.encode(value, &mut buf) {
+                self.cache.counters.codec_errors.incr();
+                return Err(Error::new(
+                    ErrorKind::Codec,
+                    format!("{} could not encode the value", C::NAME),
+                )
+                .with_source(e));
+            }
+        }
+        let raw_len = buf.len() - HEADER_LEN;
+        let max = self.cache.settings.max_value_bytes;
+        if raw_len > max {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!("the encoded value has {raw_len} bytes; max_value_bytes is {max}"),
+            ));
+        }
+        Ok(envelope::seal(
+            buf,
+            C::ID,
+            plan.meta(unix_millis()),
+            self.cache.settings.compression_threshold,
+            tags.unwrap_or(&[]),
+        ))
+    }
+
+    pub(crate) fn decode(&self, bytes: &[u8]) -> std::result::Result<Decoded<V>, Corruption> {
+        let opened = envelope::open(bytes, C::ID, self.cache.settings.max_value_bytes)?;
+        let value = if opened.meta.negative {
+            None
+        } else {
+            Some(
+                self.shared
+                    .codec
+                    .decode(&opened.raw)
+                    .map_err(|_| Corruption::Deserialize)?,
+            )
+        };
+        let tags = (!opened.tags.is_empty()).then(|| Arc::from(opened.tags));
+        Ok(Decoded {
+            value,
+            meta: opened.meta,
+            raw_len: opened.raw.len(),
+            tags,
+        })
+    }
+
+    /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry; counts it.
+    pub(crate) async fn write_l2(
+        &self,
+        rk: &str,
+        enc: Encoded,
+        plan: &Plan,
+        nx: bool,
+        tags: Option<&[String]>,
+    ) -> Result<bool> {
+        let Some(l2) = &self.cache.l2 else {
+            return Ok(false);
+        };
+        self.count_write(&enc);
+        let px = plan.physical_ms();
+        match tags {
+            Some(tags) if !tags.is_empty() => {
+                let tag_keys = tags.iter().map(|t| tag_key(&self.cache.name, t)).collect();
+                l2.set_tagged(rk, enc.bytes, px, nx, tag_keys).await
+            }
+            _ => l2.set(rk, enc.bytes, px, nx).await,
+        }
+    }
+
+    fn count_write(&self, enc: &Encoded) {
+        let c = &self.cache.counters;
+        c.l2_writes.incr();
+        c.bytes_raw.add(enc.raw_len as u64);
+        c.bytes_stored.add(enc.stored_len as u64);
+        if enc.compressed {
+            c.compressed_writes.incr();
+        }
+    }
+
+    /// The L1 lifetime of a value written here with `plan`.
+    pub(crate) fn life_of_plan(
+        &self,
+        options: &EntryOptions,
+        plan: &Plan,
+    ) -> (Duration, Option<Duration>) {
+        let logical = options
+            .l1_lifetime(self.cache.settings.time_to_live)
+            .min(plan.ttl);
+        (logical, plan.soft.filter(|s| *s < logical))
+    }
+
+    /// The L1 lifetime of a value read from Redis.
+    pub(crate) fn life_of_meta(
+        &self,
+        options: &EntryOptions,
+        meta: &Meta,
+        now_ms: u64,
+    ) -> (Duration, Option<Duration>) {
+        let left = Duration::from_millis(meta.expires_at_ms.saturating_sub(now_ms));
+        let logical = options
+            .l1_lifetime(self.cache.settings.time_to_live)
+            .min(left);
+        let refresh_in = (meta.refresh_at_ms < meta.expires_at_ms)
+            .then(|| Duration::from_millis(meta.refresh_at_ms.saturating_sub(now_ms)))
+            .filter(|r| *r < logical);
+        (logical, refresh_in)
+    }
+
+    /// Builds an L1 entry. `None` when there is nothing to keep (stale and no fail-safe).
+    pub(crate) fn l1_entry(
+        &self,
+        key_len: usize,
+        value: Arc<dyn Any + Send + Sync>,
+        options: &EntryOptions,
+        life: Life,
+    ) -> Option<L1Entry> {
+        let physical = life.logical + life.keep;
+        if physical.is_zero() {
+            return None;
+        }
+        let beta = options.get_xfetch_beta();
+        let needs_clock = !life.keep.is_zero()
+            || life.refresh_in.is_some()
+            || (beta > 0.0 && !life.delta.is_zero());
+        let now = Instant::now();
+        let fresh = needs_clock.then(|| Freshness {
+            expires: now + life.logical,
+            refresh_at: life.refresh_in.map(|r| now + r),
+            delta: life.delta,
+            beta,
+        });
+        let slide = options.get_sliding().map(|interval| {
+            Arc::new(Slide {
+                interval,
+                ttl_ms: millis_ceil(options.get_ttl() + options.keep_after_expiry()),
+                last: Mutex::new(now),
+            })
+        });
+        Some(L1Entry {
+            value,
+            ttl: physical,
+            weight: self.cache.l1.weight(key_len, life.raw_len),
+            generation: life.generation,
+            tags: life.tags,
+            born: life.born,
+            fresh,
+            negative: life.negative,
+            slide,
+        })
+    }
+}
