@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use fred::{
@@ -20,7 +20,7 @@ use fred::{
     types::Value,
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
-use support::{builder, cmd, data_keys, raw_client, redis, wait_until};
+use support::{builder, caught_up, cmd, data_keys, raw_client, redis, wait_until};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,20 +35,6 @@ async fn instance(server: &layercache_testkit::RedisServer, name: &str) -> Layer
         .build()
         .await
         .unwrap()
-}
-
-/// Waits until `reader` has applied every bus message `writer` had published when this was
-/// called.
-async fn caught_up(reader: &LayerCache, writer: &LayerCache) -> Duration {
-    let start = Instant::now();
-    let id = writer.instance_id().unwrap();
-    let target = writer.bus_status().unwrap().published_seq;
-    wait_until("the reader to apply the writer's messages", WAIT, || {
-        let r = reader.clone();
-        async move { r.bus_status().unwrap().peer_seq(id) >= Some(target) }
-    })
-    .await;
-    start.elapsed()
 }
 
 async fn region(c: &LayerCache) -> Region<str, u64> {

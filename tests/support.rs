@@ -90,3 +90,20 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Waits until `reader` has applied every bus message `writer` had published when called.
+pub(crate) async fn caught_up(reader: &LayerCache, writer: &LayerCache) -> Duration {
+    let start = Instant::now();
+    let id = writer.instance_id().unwrap();
+    let target = writer.bus_status().unwrap().published_seq;
+    wait_until(
+        "the reader to apply the writer's messages",
+        Duration::from_secs(10),
+        || {
+            let r = reader.clone();
+            async move { r.bus_status().unwrap().peer_seq(id) >= Some(target) }
+        },
+    )
+    .await;
+    start.elapsed()
+}

@@ -17,7 +17,7 @@ use layercache::{
     Postcard,
 };
 use serde::{Deserialize, Serialize};
-use support::{builder, command_calls, data_keys, raw_client, redis, wait_until};
+use support::{builder, caught_up, command_calls, data_keys, raw_client, redis, wait_until};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -511,17 +511,7 @@ async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
     let strict_region = strict.region::<str, u64>("r").build().await.unwrap();
     // (Each insert also drops the other instance's copy over the bus: insert in turn and wait.)
     strict_region.insert("cached", 1).await.unwrap();
-    let seen = strict.instance_id().unwrap();
-    let published = strict.bus_status().unwrap().published_seq;
-    wait_until(
-        "the insert to reach the other instance",
-        Duration::from_secs(10),
-        || {
-            let c = cache.clone();
-            async move { c.bus_status().unwrap().peer_seq(seen) >= Some(published) }
-        },
-    )
-    .await;
+    caught_up(&cache, &strict).await;
     region.insert("cached", 1).await.unwrap();
     server.kill();
     for c in [&cache, &strict] {

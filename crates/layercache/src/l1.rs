@@ -33,6 +33,12 @@ pub(crate) struct Freshness {
     pub(crate) delta: Duration,
     /// XFetch's beta (0: off).
     pub(crate) beta: f64,
+    /// When the value was created (Unix ms): a refresh that finds a newer one in Redis uses
+    /// it instead of loading.
+    pub(crate) created_ms: u64,
+    /// For a stale value re-served by fail-safe: when it first went stale (the fail-safe
+    /// maximum age counts from there, not from the throttle).
+    pub(crate) stale_since: Option<Instant>,
 }
 
 /// Sliding-expiration state shared by the copies of one entry.

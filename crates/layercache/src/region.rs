@@ -101,6 +101,7 @@ impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for Region<K, V, C> {
 #[derive(Debug)]
 struct Stale<V> {
     value: Arc<V>,
+    /// When it first went stale (the fail-safe maximum age counts from here).
     expired: Instant,
 }
 
@@ -108,8 +109,8 @@ struct Stale<V> {
 enum Hit<V> {
     /// A fresh value.
     Fresh(Arc<V>),
-    /// A fresh value due for an early refresh (soft TTL or XFetch).
-    Refresh(Arc<V>),
+    /// A fresh value due for an early refresh (soft TTL or XFetch), and when it was created.
+    Refresh(Arc<V>, u64),
     /// A cached "not found".
     Negative,
     /// Only a stale value (fail-safe fallback).
@@ -189,17 +190,18 @@ where
         let Ok(value) = entry.value.downcast::<V>() else {
             return Hit::Miss;
         };
-        let mut refresh = false;
+        let mut refresh = None;
         if let Some(f) = entry.fresh {
             let now = Instant::now();
             if now >= f.expires {
                 return Hit::Stale(Stale {
                     value,
-                    expired: f.expires,
+                    expired: f.stale_since.unwrap_or(f.expires),
                 });
             }
-            refresh = f.refresh_at.is_some_and(|r| now >= r)
+            let due = f.refresh_at.is_some_and(|r| now >= r)
                 || xfetch(f.expires - now, f.delta, f.beta, rand01());
+            refresh = due.then_some(f.created_ms);
         }
         self.cache.counters.l1_hits.incr();
         if let Some(slide) = &entry.slide {
@@ -207,10 +209,9 @@ where
                 self.extend_l2(k, slide.ttl_ms);
             }
         }
-        if refresh {
-            Hit::Refresh(value)
-        } else {
-            Hit::Fresh(value)
+        match refresh {
+            Some(created_ms) => Hit::Refresh(value, created_ms),
+            None => Hit::Fresh(value),
         }
     }
 
@@ -249,7 +250,7 @@ where
     {
         let k = self.l1_key(key);
         match self.classify(&k, self.cache.l1.get(&k).await) {
-            Hit::Fresh(v) | Hit::Refresh(v) => return Ok(Some(v)),
+            Hit::Fresh(v) | Hit::Refresh(v, _) => return Ok(Some(v)),
             Hit::Negative => return Ok(None),
             Hit::Stale(_) | Hit::Miss => {}
         }
@@ -378,8 +379,8 @@ where
         let k = self.l1_key(key);
         let fallback = match self.classify(&k, self.cache.l1.get(&k).await) {
             Hit::Fresh(v) => return Ok(Some(v)),
-            Hit::Refresh(v) => {
-                self.start_refresh(k, *options, Load { run: load, tags });
+            Hit::Refresh(v, created_ms) => {
+                self.start_refresh(k, *options, Load { run: load, tags }, created_ms);
                 return Ok(Some(v));
             }
             Hit::Negative if negative_ok => return Ok(None),
@@ -390,8 +391,9 @@ where
         Box::pin(self.fetch(k, *options, Some(load), fallback)).await
     }
 
-    /// Starts one background refresh of `k`, unless a fetch of it is already running.
-    fn start_refresh(&self, k: Vec<u8>, options: EntryOptions, load: Load<V>) {
+    /// Starts one background refresh of `k` (whose current value was created at
+    /// `created_ms`), unless a fetch of it is already running.
+    fn start_refresh(&self, k: Vec<u8>, options: EntryOptions, load: Load<V>, created_ms: u64) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -401,7 +403,7 @@ where
                 options,
                 load: Some(load),
                 fallback: None,
-                mode: Mode::Refresh,
+                mode: Mode::Refresh { created_ms },
             };
             rt.spawn(task.run(leader));
         }
@@ -549,6 +551,8 @@ where
             tags,
             raw_len,
             negative: false,
+            created_ms: crate::cache::unix_millis(),
+            stale_since: None,
         };
         let user_key = k[4..].to_vec();
         if let Some(entry) = self.l1_entry(k.len(), value, options, life) {

@@ -27,8 +27,10 @@ use crate::{
 pub(super) enum Mode {
     /// A caller waits for it.
     Caller,
-    /// An early refresh in the background: nobody waits; the current value stays meanwhile.
-    Refresh,
+    /// An early refresh in the background: nobody waits; the current value (created at
+    /// `created_ms`) stays meanwhile. A newer value found in Redis (another instance
+    /// refreshed) is used instead of loading.
+    Refresh { created_ms: u64 },
 }
 
 /// What the Redis read found, when it found no usable value.
@@ -163,7 +165,12 @@ where
                             Ok(d) => {
                                 let now_ms = unix_millis();
                                 let left = d.left(now_ms);
-                                let due = mode == Mode::Refresh && d.meta.refresh_at_ms <= now_ms;
+                                let due = match mode {
+                                    Mode::Refresh { created_ms } => {
+                                        d.meta.created_at_ms <= created_ms
+                                    }
+                                    Mode::Caller => false,
+                                };
                                 let value = d.value.map(Arc::new);
                                 if !left.is_zero() && !due {
                                     cache.counters.l2_hits.incr();
@@ -180,6 +187,8 @@ where
                                         tags: d.tags,
                                         raw_len: d.raw_len,
                                         negative: value.is_none(),
+                                        created_ms: d.meta.created_at_ms,
+                                        stale_since: None,
                                     };
                                     fill(&r, leader, erase(&value), &options, life).await;
                                     if value.is_none() {
@@ -358,6 +367,8 @@ where
                             tags: d.tags,
                             raw_len: d.raw_len,
                             negative: value.is_none(),
+                            created_ms: d.meta.created_at_ms,
+                            stale_since: None,
                         };
                         fill(self, leader, erase(&value), options, life).await;
                         return Lock::Found(value);
@@ -390,10 +401,10 @@ where
         let cache = &self.cache;
         match mode {
             Mode::Caller => cache.counters.loads.incr(),
-            Mode::Refresh => cache.counters.refreshes.incr(),
+            Mode::Refresh { .. } => cache.counters.refreshes.incr(),
         }
         let started = Instant::now();
-        let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode == Mode::Refresh);
+        let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode != Mode::Caller);
         let mut handle = tokio::spawn(run().instrument(span));
         let deadline = options
             .get_loader_hard_timeout()
@@ -508,6 +519,8 @@ where
             tags,
             raw_len,
             negative: plan.negative,
+            created_ms: unix_millis(),
+            stale_since: None,
         };
         fill(self, leader, erase(&value), options, life).await;
         Ok(value)
@@ -542,6 +555,8 @@ where
             tags: None,
             raw_len: 0,
             negative: false,
+            created_ms: unix_millis(),
+            stale_since: Some(stale.expired),
         };
         let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
         fill(self, leader, value, options, life).await;

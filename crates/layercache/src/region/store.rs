@@ -102,6 +102,10 @@ pub(crate) struct Life {
     pub(crate) tags: Tags,
     pub(crate) raw_len: usize,
     pub(crate) negative: bool,
+    /// When the value was created (Unix ms).
+    pub(crate) created_ms: u64,
+    /// For a stale value re-served by fail-safe: when it first went stale.
+    pub(crate) stale_since: Option<Instant>,
 }
 
 impl<K, V, C> Region<K, V, C>
@@ -236,7 +240,12 @@ where
         options: &EntryOptions,
         life: Life,
     ) -> Option<L1Entry> {
-        let physical = life.logical + life.keep;
+        let now = Instant::now();
+        let physical = match life.stale_since {
+            // A re-served stale value lives until its fail-safe age runs out, no longer.
+            Some(since) => (since + life.keep).saturating_duration_since(now),
+            None => life.logical + life.keep,
+        };
         if physical.is_zero() {
             return None;
         }
@@ -244,12 +253,13 @@ where
         let needs_clock = !life.keep.is_zero()
             || life.refresh_in.is_some()
             || (beta > 0.0 && !life.delta.is_zero());
-        let now = Instant::now();
         let fresh = needs_clock.then(|| Freshness {
-            expires: now + life.logical,
+            expires: now + life.logical.min(physical),
             refresh_at: life.refresh_in.map(|r| now + r),
             delta: life.delta,
             beta,
+            created_ms: life.created_ms,
+            stale_since: life.stale_since,
         });
         let slide = options.get_sliding().map(|interval| {
             Arc::new(Slide {

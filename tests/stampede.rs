@@ -1,0 +1,500 @@
+//! Stampede protection and freshness against a real redis-server: the distributed load lock,
+//! early refresh (soft TTL and XFetch), fail-safe, loader timeouts, negative caching, TTL
+//! jitter and sliding expiration.
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use fred::prelude::KeysInterface;
+use layercache::{EntryOptions, ErrorKind, LayerCache, Region};
+use layercache_testkit::RedisServer;
+use support::{builder, caught_up, command_calls, raw_client, redis, wait_until};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn instance(server: &RedisServer, name: &str) -> LayerCache {
+    builder(server, name)
+        .lock_ttl(Duration::from_millis(400))
+        .lock_wait(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn region(c: &LayerCache) -> Region<str, u64> {
+    c.region::<str, u64>("r").build().await.unwrap()
+}
+
+/// 4 instances x 250 callers on one cold key; returns how many times the loader ran.
+async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
+    let server = redis();
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(instance(&server, if lock { "lk" } else { "nolk" }).await);
+    }
+    let opts = EntryOptions::new().distributed_lock(lock);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for c in &caches {
+        let r = region(c).await;
+        for _ in 0..250 {
+            let (r, calls, release) = (r.clone(), calls.clone(), release.clone());
+            tasks.push(tokio::spawn(async move {
+                r.get_or_load_with("hot", &opts, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(42)
+                })
+                .await
+            }));
+        }
+    }
+    // Hold the loader until every caller is in: 249 joined per instance, and either the
+    // three other instances waiting on the lock, or four loaders started.
+    wait_until("all callers to be waiting", WAIT, || {
+        let caches = caches.clone();
+        let calls = calls.clone();
+        async move {
+            let joined: u64 = caches.iter().map(|c| c.stats().coalesced).sum();
+            let waiting: u64 = caches.iter().map(|c| c.stats().lock_waits).sum();
+            let started = calls.load(Ordering::SeqCst);
+            joined >= 4 * 249
+                && if lock {
+                    waiting >= 3 && started >= 1
+                } else {
+                    started >= 4
+                }
+        }
+    })
+    .await;
+    release.notify_waiters();
+    for t in tasks {
+        assert_eq!(*t.await.unwrap().unwrap(), 42);
+    }
+    drop(server);
+    (calls.load(Ordering::SeqCst), caches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lock_one_load_serves_four_instances() {
+    let (calls, caches) = stampede(true).await;
+    assert_eq!(calls, 1, "the loader ran {calls} times");
+    let acquired: u64 = caches.iter().map(|c| c.stats().locks_acquired).sum();
+    let takeovers: u64 = caches.iter().map(|c| c.stats().lock_takeovers).sum();
+    assert_eq!((acquired, takeovers), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_at_most_one_load_per_instance() {
+    let (calls, caches) = stampede(false).await;
+    assert!((1..=4).contains(&calls), "the loader ran {calls} times");
+    for c in &caches {
+        assert!(c.stats().loads <= 1, "{:?}", c.stats());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
+    let server = redis();
+    let url = server.url();
+    // Instance A runs in a runtime of its own, which we then shut down mid-load: its tasks
+    // (the load and the lock renewal) are dropped, as in a crashed process.
+    let holder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = LayerCache::builder("dead")
+                .redis_url(url)
+                .lock_ttl(Duration::from_millis(400))
+                .build()
+                .await
+                .unwrap();
+            let ra = region(&a).await;
+            let opts = EntryOptions::new().distributed_lock(true);
+            let r2 = ra.clone();
+            tokio::spawn(async move {
+                r2.get_or_load_with("k", &opts, || {
+                    std::future::pending::<Result<u64, std::io::Error>>()
+                })
+                .await
+            });
+            let deadline = std::time::Instant::now() + WAIT;
+            while a.stats().locks_acquired < 1 {
+                assert!(std::time::Instant::now() < deadline);
+                tokio::task::yield_now().await;
+            }
+        });
+        rt.shutdown_background();
+    });
+    holder.join().unwrap();
+
+    let b = instance(&server, "dead").await;
+    let rb = region(&b).await;
+    let opts = EntryOptions::new().distributed_lock(true);
+    let v = tokio::time::timeout(
+        WAIT,
+        rb.get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(7) }),
+    )
+    .await
+    .expect("the waiter must not hang")
+    .unwrap();
+    assert_eq!(*v, 7);
+    let s = b.stats();
+    assert_eq!(
+        (s.lock_waits, s.locks_acquired, s.loads),
+        (1, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.lock_takeovers, 0,
+        "the lock should lapse within its TTL, not the wait"
+    );
+}
+
+/// Reads `key` through `get_or_load_with` in a loop until `done` holds (10 s at most), with a
+/// loader returning increasing versions; checks versions never go back. Returns the reads.
+async fn hammer(
+    c: &LayerCache,
+    r: &Region<str, u64>,
+    opts: &EntryOptions,
+    version: &Arc<AtomicU64>,
+    done: impl Fn(&layercache::Stats) -> bool,
+) -> u64 {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut last = 0;
+    let mut reads = 0;
+    while !done(&c.stats()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {:?}",
+            c.stats()
+        );
+        let version = version.clone();
+        let v = *r
+            .get_or_load_with("k", opts, move || async move {
+                tokio::time::sleep(Duration::from_millis(20)).await; // a slow source
+                Ok::<_, std::io::Error>(version.fetch_add(1, Ordering::SeqCst) + 1)
+            })
+            .await
+            .unwrap();
+        assert!(v >= last, "went back from {last} to {v}");
+        last = v;
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await; // pacing, not waiting
+    }
+    reads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refresh_keeps_a_hot_key_off_the_callers_path() {
+    let server = redis();
+    let c = instance(&server, "hot").await;
+    let r = region(&c).await;
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_millis(600))
+        .soft_ttl(Duration::from_millis(100));
+    let version = Arc::new(AtomicU64::new(0));
+    // Read continuously across several soft expiries and well past the first hard expiry.
+    let reads = hammer(&c, &r, &opts, &version, |s| s.refreshes >= 5).await;
+    let s = c.stats();
+    assert_eq!(
+        s.loads, 1,
+        "only the first read may load on the caller's path: {s:?}"
+    );
+    assert!(reads > 10);
+    assert!(version.load(Ordering::SeqCst) >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfetch_refreshes_before_expiry_without_a_soft_ttl() {
+    let server = redis();
+    let c = instance(&server, "xf").await;
+    let r = region(&c).await;
+    // delta (~20 ms) * beta (25) = ~0.5 s of head start on a 1 s TTL.
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_secs(1))
+        .xfetch_beta(25.0);
+    let version = Arc::new(AtomicU64::new(0));
+    hammer(&c, &r, &opts, &version, |s| s.refreshes >= 3).await;
+    let s = c.stats();
+    assert_eq!(
+        s.loads, 1,
+        "XFetch should refresh before every expiry: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
+    let server = redis();
+    let c = instance(&server, "fs").await;
+    let r = region(&c).await;
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_millis(200))
+        .fail_safe_max_age(Duration::from_millis(800))
+        .fail_safe_throttle(Duration::from_millis(50));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = |v: u64| {
+        let (failing, calls) = (failing.clone(), calls.clone());
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if failing.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("source down"))
+            } else {
+                Ok(v)
+            }
+        }
+    };
+    assert_eq!(*r.get_or_load_with("k", &opts, load(1)).await.unwrap(), 1);
+    failing.store(true, Ordering::SeqCst);
+
+    // Stale 1 is served while the source fails, until the max age has passed; then an error.
+    let deadline = std::time::Instant::now() + WAIT;
+    let err = loop {
+        assert!(std::time::Instant::now() < deadline);
+        match r.get_or_load_with("k", &opts, load(99)).await {
+            Ok(v) => assert_eq!(*v, 1, "only the stale value may be served"),
+            Err(e) => break e,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    let s = c.stats();
+    assert!(s.fail_safe_serves >= 2, "{s:?}");
+    // The throttle spared the source: far fewer loader calls than reads.
+    let failing_calls = calls.load(Ordering::SeqCst) - 1;
+    assert!(
+        (failing_calls as u64) < s.l1_hits + s.fail_safe_serves,
+        "throttle did not reduce calls: {failing_calls} calls, {s:?}"
+    );
+
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(*r.get_or_load_with("k", &opts, load(2)).await.unwrap(), 2);
+    assert_eq!(
+        *r.get_or_load_with("k", &opts, load(3)).await.unwrap(),
+        2,
+        "cached again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_returns_stale_and_the_load_lands_later() {
+    let server = redis();
+    let c = instance(&server, "soft").await;
+    let r = region(&c).await;
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_millis(100))
+        .fail_safe_max_age(Duration::from_secs(30))
+        .loader_soft_timeout(Duration::from_millis(50))
+        .loader_hard_timeout(Duration::from_secs(20));
+    assert_eq!(
+        *r.get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(1) })
+            .await
+            .unwrap(),
+        1
+    );
+    // Wait (by reading) for the value to go stale: a plain read then misses.
+    let misses = c.stats().misses;
+    wait_until("the value to expire", WAIT, || {
+        let c = c.clone();
+        let r = r.clone();
+        async move {
+            let _ = r.get("k").await;
+            c.stats().misses > misses
+        }
+    })
+    .await;
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let v = r
+        .get_or_load_with("k", &opts, move || async move {
+            gate.notified().await;
+            Ok::<_, std::io::Error>(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1, "the stale value comes back at the soft timeout");
+    assert_eq!(c.stats().soft_timeouts, 1);
+    release.notify_one();
+    wait_until("the background load to land", WAIT, || {
+        let r = r.clone();
+        async move { r.get("k").await.unwrap().as_deref() == Some(&2) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_is_an_error_and_caches_nothing() {
+    let server = redis();
+    let c = instance(&server, "hard").await;
+    let r = region(&c).await;
+    let opts = EntryOptions::new().loader_hard_timeout(Duration::from_millis(100));
+    let err = r
+        .get_or_load_with("k", &opts, || {
+            std::future::pending::<Result<u64, std::io::Error>>()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    assert!(err.to_string().contains("hard timeout"), "{err}");
+    assert_eq!(c.stats().hard_timeouts, 1);
+    assert!(r.get("k").await.unwrap().is_none());
+    let v = r
+        .get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(5) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 5, "the next call retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers() {
+    let server = redis();
+    let a = instance(&server, "neg").await;
+    let b = instance(&server, "neg").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let opts = EntryOptions::new().negative_ttl(Duration::from_secs(30));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lookup = || {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<u64>, std::io::Error>(None)
+        }
+    };
+    assert!(ra
+        .get_or_load_optional("ghost", &opts, lookup())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ra
+        .get_or_load_optional("ghost", &opts, lookup())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ra.get("ghost").await.unwrap().is_none());
+    // Another instance finds the cached "not found" in Redis.
+    assert!(rb
+        .get_or_load_optional("ghost", &opts, lookup())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().negative_stores, 1);
+    assert!(a.stats().negative_hits >= 2 && b.stats().negative_hits >= 1);
+    // Without a negative TTL nothing is cached.
+    let plain = EntryOptions::new();
+    assert!(ra
+        .get_or_load_optional("other", &plain, lookup())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ra
+        .get_or_load_optional("other", &plain, lookup())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // A real value replaces the negative entry.
+    ra.insert("ghost", 9).await.unwrap();
+    caught_up(&b, &a).await;
+    assert_eq!(*rb.get("ghost").await.unwrap().unwrap(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_jitter_spreads_expiries() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let c = instance(&server, "jit").await;
+    let r = region(&c).await;
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_secs(60))
+        .jitter(Duration::from_secs(30));
+    let mut pttls = Vec::new();
+    for i in 0..100u64 {
+        r.insert_with(&i.to_string(), i, &opts).await.unwrap();
+        let pttl: i64 = raw
+            .pttl(r.redis_key(&i.to_string()).unwrap())
+            .await
+            .unwrap();
+        pttls.push(pttl);
+    }
+    let (min, max) = (*pttls.iter().min().unwrap(), *pttls.iter().max().unwrap());
+    assert!(min > 59_000 && max <= 90_000, "{min}..{max}");
+    assert!(max - min > 15_000, "not spread: {min}..{max}");
+    // Without jitter, all the same (to the millisecond of the write).
+    let fixed = EntryOptions::new().ttl(Duration::from_secs(60));
+    r.insert_with("a", 1, &fixed).await.unwrap();
+    let pttl: i64 = raw.pttl(r.redis_key("a").unwrap()).await.unwrap();
+    assert!((59_000..=60_000).contains(&pttl));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "slide").await;
+    let b = instance(&server, "slide").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_secs(10))
+        .sliding(Duration::from_millis(300));
+    let ra = ra;
+    ra.insert_with("k", 1, &opts).await.unwrap();
+    let key = ra.redis_key("k").unwrap();
+    let before = command_calls(&raw, "pexpire").await;
+    for _ in 0..500 {
+        ra.get("k").await.unwrap();
+    }
+    assert_eq!(
+        command_calls(&raw, "pexpire").await,
+        before,
+        "extended within the interval"
+    );
+    // Let Redis's TTL run down a little, then read past the interval: one extension.
+    wait_until("one extension", WAIT, || {
+        let (a, ra) = (a.clone(), ra.clone());
+        async move {
+            let _ = ra.get("k").await;
+            a.stats().l2_extends >= 1
+        }
+    })
+    .await;
+    wait_until("the PEXPIRE to reach redis", WAIT, || {
+        let raw = raw.clone();
+        async move { command_calls(&raw, "pexpire").await == before + 1 }
+    })
+    .await;
+    for _ in 0..500 {
+        ra.get("k").await.unwrap();
+    }
+    assert!(command_calls(&raw, "pexpire").await <= before + 2);
+    let pttl: i64 = raw.pttl(key.as_str()).await.unwrap();
+    assert!(pttl > 9_000, "{pttl}");
+    // A Redis read of a sliding entry extends it in the same command (GETEX).
+    let getex = command_calls(&raw, "getex").await;
+    let rb_opts = rb.clone();
+    assert_eq!(
+        *rb_opts
+            .get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(0) })
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(command_calls(&raw, "getex").await, getex + 1);
+}
