@@ -61,9 +61,8 @@ async fn db(loads: Arc<AtomicU64>, key: u64) -> Result<u64, std::io::Error> {
 }
 
 async fn naive() -> Report {
-    let cache: moka::future::Cache<u64, Arc<u64>> = moka::future::Cache::builder()
-        .time_to_live(TTL)
-        .build();
+    let cache: moka::future::Cache<u64, Arc<u64>> =
+        moka::future::Cache::builder().time_to_live(TTL).build();
     let loads = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..CALLERS {

@@ -53,61 +53,66 @@ use crate::error::{Error, Result};
 pub trait CacheKey {
     /// Appends the key's identifying bytes to `out`.
     fn write_key(&self, out: &mut Vec<u8>);
-}
 
-impl CacheKey for str {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
+    /// The key's identifying bytes, when the key already holds them contiguously (strings and
+    /// byte strings do). An optional fast path: when it returns `Some`, it must equal what
+    /// [`write_key`](Self::write_key) writes.
+    ///
+    /// Default: `None`.
+    fn key_bytes(&self) -> Option<&[u8]> {
+        None
     }
 }
 
-impl CacheKey for String {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
-    }
+macro_rules! byte_keys {
+    ($($t:ty => |$s:ident| $bytes:expr),* $(,)?) => {$(
+        impl CacheKey for $t {
+            fn write_key(&self, out: &mut Vec<u8>) {
+                let $s = self;
+                out.extend_from_slice($bytes);
+            }
+
+            fn key_bytes(&self) -> Option<&[u8]> {
+                let $s = self;
+                Some($bytes)
+            }
+        }
+    )*};
 }
 
-impl CacheKey for [u8] {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self);
-    }
-}
-
-impl CacheKey for Vec<u8> {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self);
-    }
+byte_keys! {
+    str => |s| s.as_bytes(),
+    String => |s| s.as_bytes(),
+    [u8] => |s| s,
+    Vec<u8> => |s| s.as_slice(),
+    Cow<'_, str> => |s| s.as_bytes(),
 }
 
 impl<const N: usize> CacheKey for [u8; N] {
     fn write_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
     }
-}
 
-impl CacheKey for Cow<'_, str> {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
+    fn key_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
-impl<T: CacheKey + ?Sized> CacheKey for &T {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        (**self).write_key(out);
-    }
+macro_rules! forward_keys {
+    ($($t:ty),*) => {$(
+        impl<T: CacheKey + ?Sized> CacheKey for $t {
+            fn write_key(&self, out: &mut Vec<u8>) {
+                (**self).write_key(out);
+            }
+
+            fn key_bytes(&self) -> Option<&[u8]> {
+                (**self).key_bytes()
+            }
+        }
+    )*};
 }
 
-impl<T: CacheKey + ?Sized> CacheKey for Box<T> {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        (**self).write_key(out);
-    }
-}
-
-impl<T: CacheKey + ?Sized> CacheKey for std::sync::Arc<T> {
-    fn write_key(&self, out: &mut Vec<u8>) {
-        (**self).write_key(out);
-    }
-}
+forward_keys!(&T, Box<T>, std::sync::Arc<T>);
 
 macro_rules! display_keys {
     ($($t:ty),*) => {$(
@@ -241,6 +246,24 @@ mod tests {
         let mut v = Vec::new();
         k.write_key(&mut v);
         v
+    }
+
+    #[test]
+    fn key_bytes_agree_with_write_key() {
+        fn check<K: CacheKey + ?Sized>(k: &K) {
+            if let Some(b) = k.key_bytes() {
+                assert_eq!(b, bytes_of(k).as_slice());
+            }
+        }
+        check("héllo");
+        check(&String::from("x"));
+        check(b"ab".as_slice());
+        check(&vec![1u8, 2]);
+        check(&[9u8; 3]);
+        check(&Cow::Borrowed("c"));
+        check(&&"d");
+        check(&Box::new(String::from("e")));
+        assert!(42u64.key_bytes().is_none());
     }
 
     #[test]

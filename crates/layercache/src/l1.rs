@@ -65,24 +65,32 @@ impl Slide {
     }
 }
 
+/// The parts of an L1 entry that most entries do not have, behind one pointer so the common
+/// entry stays small (moka clones the entry on every hit).
+#[derive(Debug)]
+pub(crate) struct Extra {
+    /// The entry's tags, if any.
+    pub(crate) tags: Option<Arc<[String]>>,
+    pub(crate) fresh: Option<Freshness>,
+    pub(crate) slide: Option<Slide>,
+}
+
 /// An L1 value.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     /// Physical lifetime in moka (logical lifetime plus any fail-safe keep).
     pub(crate) ttl: Duration,
-    pub(crate) weight: u32,
     /// The region generation the value was read or written under.
     pub(crate) generation: u64,
-    /// The entry's tags, if any.
-    pub(crate) tags: Option<Arc<[String]>>,
     /// The tag epoch when the read or write that produced the value began: a tag invalidated
     /// after that makes the entry invalid.
     pub(crate) born: u64,
-    pub(crate) fresh: Option<Freshness>,
+    pub(crate) weight: u32,
     /// A cached "not found".
     pub(crate) negative: bool,
-    pub(crate) slide: Option<Arc<Slide>>,
+    /// Tags, freshness and sliding state, for the entries that have any.
+    pub(crate) extra: Option<Arc<Extra>>,
 }
 
 impl std::fmt::Debug for L1Entry {
@@ -120,7 +128,7 @@ impl Expiry<L1Key, L1Entry> for PerEntryTtl {
         _: Instant,
     ) -> Option<Duration> {
         // Sliding entries start their lifetime over on every read.
-        if v.slide.is_some() {
+        if v.extra.as_ref().is_some_and(|x| x.slide.is_some()) {
             Some(v.ttl)
         } else {
             left
@@ -215,7 +223,7 @@ impl L1 {
 
     /// Whether a tag of the entry was invalidated after the entry was born.
     fn tag_invalidated(&self, entry: &L1Entry) -> bool {
-        let Some(tags) = &entry.tags else {
+        let Some(tags) = entry.extra.as_ref().and_then(|x| x.tags.as_ref()) else {
             return false;
         };
         let table = self

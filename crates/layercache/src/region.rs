@@ -97,6 +97,46 @@ impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for Region<K, V, C> {
     }
 }
 
+/// Key bytes, inline when short.
+enum KeyBuf {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Vec<u8>),
+}
+
+const INLINE_KEY: usize = 62;
+
+impl KeyBuf {
+    /// `head` followed by `tail`.
+    fn joined(head: &[u8], tail: &[u8]) -> Self {
+        let n = head.len() + tail.len();
+        match u8::try_from(n) {
+            Ok(len) if n <= INLINE_KEY => {
+                let mut bytes = [0u8; INLINE_KEY];
+                bytes[..head.len()].copy_from_slice(head);
+                bytes[head.len()..n].copy_from_slice(tail);
+                Self::Inline { len, bytes }
+            }
+            _ => {
+                let mut v = Vec::with_capacity(n);
+                v.extend_from_slice(head);
+                v.extend_from_slice(tail);
+                Self::Heap(v)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for KeyBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(v) => v,
+        }
+    }
+}
+
 /// A value past its logical expiry, kept as a fail-safe fallback.
 #[derive(Debug)]
 struct Stale<V> {
@@ -166,11 +206,23 @@ where
         Some(self.shared.state.data_key(generation, &bytes))
     }
 
-    fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> Vec<u8> {
-        let mut k = Vec::with_capacity(24);
-        k.extend_from_slice(&self.shared.state.id.to_le_bytes());
-        key.write_key(&mut k);
-        k
+    /// The L1 key: region id and key bytes, built without a heap allocation for short keys
+    /// (the hit path's largest cost of ours after moka itself).
+    fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> KeyBuf {
+        let id = self.shared.state.id.to_le_bytes();
+        if let Some(bytes) = key.key_bytes() {
+            return KeyBuf::joined(&id, bytes);
+        }
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            buf.extend_from_slice(&id);
+            key.write_key(&mut buf);
+            KeyBuf::joined(&[], &buf)
+        })
     }
 
     /// Classifies what L1 returned. Plain entries (no fail-safe, no early refresh) read no
@@ -190,8 +242,9 @@ where
         let Ok(value) = entry.value.downcast::<V>() else {
             return Hit::Miss;
         };
+        let extra = entry.extra.as_deref();
         let mut refresh = None;
-        if let Some(f) = entry.fresh {
+        if let Some(f) = extra.and_then(|x| x.fresh) {
             let now = Instant::now();
             if now >= f.expires {
                 return Hit::Stale(Stale {
@@ -204,7 +257,7 @@ where
             refresh = due.then_some(f.created_ms);
         }
         self.cache.counters.l1_hits.incr();
-        if let Some(slide) = &entry.slide {
+        if let Some(slide) = extra.and_then(|x| x.slide.as_ref()) {
             if slide.due() {
                 self.extend_l2(k, slide.ttl_ms);
             }
@@ -255,7 +308,7 @@ where
             Hit::Stale(_) | Hit::Miss => {}
         }
         // Boxed: the miss path's large future must not be part of every hit's.
-        Box::pin(self.fetch(k, self.shared.entry_options, None, None)).await
+        Box::pin(self.fetch(k.to_vec(), self.shared.entry_options, None, None)).await
     }
 
     /// Reads `key`, or runs `loader` to produce it, stores it in both tiers and returns it
@@ -380,7 +433,7 @@ where
         let fallback = match self.classify(&k, self.cache.l1.get(&k).await) {
             Hit::Fresh(v) => return Ok(Some(v)),
             Hit::Refresh(v, created_ms) => {
-                self.start_refresh(k, *options, Load { run: load, tags }, created_ms);
+                self.start_refresh(k.to_vec(), *options, Load { run: load, tags }, created_ms);
                 return Ok(Some(v));
             }
             Hit::Negative if negative_ok => return Ok(None),
@@ -388,7 +441,7 @@ where
             Hit::Stale(s) => Some(s),
         };
         let load = Load { run: load, tags };
-        Box::pin(self.fetch(k, *options, Some(load), fallback)).await
+        Box::pin(self.fetch(k.to_vec(), *options, Some(load), fallback)).await
     }
 
     /// Starts one background refresh of `k` (whose current value was created at
@@ -556,7 +609,7 @@ where
         };
         let user_key = k[4..].to_vec();
         if let Some(entry) = self.l1_entry(k.len(), value, options, life) {
-            cache.l1.insert(k.into_boxed_slice(), entry).await;
+            cache.l1.insert(Box::from(&*k), entry).await;
         }
         let announced = cache.announce_key(&self.shared.state, user_key).await;
         result.and(announced)

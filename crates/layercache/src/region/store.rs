@@ -16,7 +16,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     freshness::{jittered, rand01},
     key::{tag_key, CacheKey},
-    l1::{Freshness, L1Entry, Slide},
+    l1::{Extra, Freshness, L1Entry, Slide},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -261,23 +261,26 @@ where
             created_ms: life.created_ms,
             stale_since: life.stale_since,
         });
-        let slide = options.get_sliding().map(|interval| {
-            Arc::new(Slide {
-                interval,
-                ttl_ms: millis_ceil(options.get_ttl() + options.keep_after_expiry()),
-                last: Mutex::new(now),
+        let slide = options.get_sliding().map(|interval| Slide {
+            interval,
+            ttl_ms: millis_ceil(options.get_ttl() + options.keep_after_expiry()),
+            last: Mutex::new(now),
+        });
+        let extra = (life.tags.is_some() || fresh.is_some() || slide.is_some()).then(|| {
+            Arc::new(Extra {
+                tags: life.tags,
+                fresh,
+                slide,
             })
         });
         Some(L1Entry {
             value,
             ttl: physical,
-            weight: self.cache.l1.weight(key_len, life.raw_len),
             generation: life.generation,
-            tags: life.tags,
             born: life.born,
-            fresh,
+            weight: self.cache.l1.weight(key_len, life.raw_len),
             negative: life.negative,
-            slide,
+            extra,
         })
     }
 }
