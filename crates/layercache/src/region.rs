@@ -27,7 +27,7 @@ use crate::{
     flight::{self, Join},
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
-    l1::L1Entry,
+    l1::{Extra, L1Entry},
     options::EntryOptions,
 };
 
@@ -227,13 +227,17 @@ where
 
     /// Classifies what L1 returned. Plain entries (no fail-safe, no early refresh) read no
     /// clock.
+    #[inline]
     fn classify(&self, k: &[u8], entry: Option<L1Entry>) -> Hit<V> {
         let Some(entry) = entry else {
             return Hit::Miss;
         };
         // An entry filled under an older generation belongs to an invalidated key space.
-        if entry.generation != self.shared.state.generation_raw() || !self.cache.l1.usable(&entry) {
+        if entry.generation != self.shared.state.generation_raw() {
             return Hit::Miss;
+        }
+        if let Some(extra) = entry.extra.as_deref() {
+            return self.classify_extra(k, &entry, extra);
         }
         if entry.negative {
             self.cache.counters.negative_hits.incr();
@@ -242,9 +246,26 @@ where
         let Ok(value) = entry.value.downcast::<V>() else {
             return Hit::Miss;
         };
-        let extra = entry.extra.as_deref();
+        self.cache.counters.l1_hits.incr();
+        Hit::Fresh(value)
+    }
+
+    /// The rest of [`classify`](Self::classify), for entries with tags, freshness or sliding
+    /// state: kept out of line so plain hits stay short.
+    #[cold]
+    fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &Extra) -> Hit<V> {
+        if !self.cache.l1.usable(entry) {
+            return Hit::Miss;
+        }
+        if entry.negative {
+            self.cache.counters.negative_hits.incr();
+            return Hit::Negative;
+        }
+        let Ok(value) = entry.value.clone().downcast::<V>() else {
+            return Hit::Miss;
+        };
         let mut refresh = None;
-        if let Some(f) = extra.and_then(|x| x.fresh) {
+        if let Some(f) = extra.fresh {
             let now = Instant::now();
             if now >= f.expires {
                 return Hit::Stale(Stale {
@@ -257,7 +278,7 @@ where
             refresh = due.then_some(f.created_ms);
         }
         self.cache.counters.l1_hits.incr();
-        if let Some(slide) = extra.and_then(|x| x.slide.as_ref()) {
+        if let Some(slide) = &extra.slide {
             if slide.due() {
                 self.extend_l2(k, slide.ttl_ms);
             }
@@ -458,7 +479,7 @@ where
                 fallback: None,
                 mode: Mode::Refresh { created_ms },
             };
-            rt.spawn(task.run(leader));
+            drop(rt.spawn(task.run(leader)));
         }
     }
 
@@ -489,7 +510,11 @@ where
                 Join::Wait(_) => self.cache.flights.lead_detached::<V>(&k),
                 Join::Lead(leader) => leader,
             };
-            let answer = leader.subscribe();
+            // A load past its soft timeout answers early with the stale value while it goes
+            // on: then the caller waits on the flight's answer, as every joiner does.
+            // Otherwise it awaits the task itself (the cheaper wake-up).
+            let early = fallback.is_some() && options.get_loader_soft_timeout().is_some();
+            let answer = early.then(|| leader.subscribe());
             let task = Fetch {
                 region: self.clone(),
                 options,
@@ -503,10 +528,21 @@ where
                 region = %self.shared.state.name,
                 level = tracing::field::Empty,
             );
-            // The caller waits on the flight's answer, not on the task: an early answer (a
-            // stale value past the soft timeout) reaches it while the load goes on.
-            runtime.spawn(task.run(leader).instrument(span));
-            return flight::wait(answer).await;
+            let handle = runtime.spawn(task.run(leader).instrument(span));
+            if let Some(answer) = answer {
+                return flight::wait(answer).await;
+            }
+            return match handle.await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Error::new(
+                    ErrorKind::Loader,
+                    if e.is_panic() {
+                        "the fetch task panicked"
+                    } else {
+                        "the fetch task was cancelled"
+                    },
+                )),
+            };
         }
         Ok(None)
     }

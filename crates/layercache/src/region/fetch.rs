@@ -124,9 +124,9 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    pub(super) async fn run(self, leader: Leader<V>) {
+    pub(super) async fn run(self, leader: Leader<V>) -> Outcome<V> {
         let outcome = self.work(&leader).await;
-        let _ = leader.finish(outcome);
+        leader.finish(outcome)
     }
 
     async fn work(self, leader: &Leader<V>) -> Outcome<V> {
