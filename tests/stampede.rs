@@ -498,3 +498,45 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
     );
     assert_eq!(command_calls(&raw, "getex").await, getex + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries() {
+    let server = redis();
+    let c = instance(&server, "panic").await;
+    let r = region(&c).await;
+    let release = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (r, release) = (r.clone(), release.clone());
+        tasks.push(tokio::spawn(async move {
+            r.get_or_load("k", move || async move {
+                release.notified().await;
+                if true {
+                    panic!("loader bug");
+                }
+                Ok::<u64, std::io::Error>(1)
+            })
+            .await
+        }));
+    }
+    wait_until("every caller to join", WAIT, || {
+        let c = c.clone();
+        async move { c.stats().coalesced >= 49 }
+    })
+    .await;
+    release.notify_waiters();
+    for t in tasks {
+        let err = t
+            .await
+            .expect("a loader panic must not reach the callers")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Loader);
+    }
+    assert!(r.get("k").await.unwrap().is_none(), "nothing cached");
+    let v = r
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2);
+    assert_eq!(c.stats().load_errors, 1);
+}
