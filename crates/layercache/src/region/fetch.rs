@@ -171,31 +171,19 @@ where
                                     }
                                     Mode::Caller => false,
                                 };
-                                let value = d.value.map(Arc::new);
                                 if !left.is_zero() && !due {
-                                    cache.counters.l2_hits.incr();
                                     span.record("level", "l2");
-                                    let (logical, refresh_in) =
-                                        r.life_of_meta(&options, &d.meta, now_ms);
-                                    let life = Life {
-                                        logical,
-                                        refresh_in,
-                                        delta: Duration::from_micros(u64::from(d.meta.load_us)),
-                                        keep: options.keep_after_expiry(),
-                                        generation,
-                                        born,
-                                        tags: d.tags,
-                                        raw_len: d.raw_len,
-                                        negative: value.is_none(),
-                                        created_ms: d.meta.created_at_ms,
-                                        stale_since: None,
-                                    };
-                                    fill(&r, leader, erase(&value), &options, life).await;
+                                    let value = r
+                                        .serve_decoded(
+                                            leader, &options, d, generation, born, now_ms,
+                                        )
+                                        .await;
                                     if value.is_none() {
                                         cache.counters.negative_hits.incr();
                                     }
                                     return Ok(value);
                                 }
+                                let value = d.value.map(Arc::new);
                                 if let (Some(value), None) = (value, &fallback) {
                                     // Stale in Redis (kept by fail-safe) or due for refresh.
                                     let stale_for = Duration::from_millis(
@@ -315,6 +303,37 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
+    /// Serves a fresh value read from Redis: counts the hit, fills L1, returns it (`None` for a
+    /// cached "not found").
+    async fn serve_decoded(
+        &self,
+        leader: &Leader<V>,
+        options: &EntryOptions,
+        d: super::store::Decoded<V>,
+        generation: u64,
+        born: u64,
+        now_ms: u64,
+    ) -> Option<Arc<V>> {
+        self.cache.counters.l2_hits.incr();
+        let value = d.value.map(Arc::new);
+        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
+        let life = Life {
+            logical,
+            refresh_in,
+            delta: Duration::from_micros(u64::from(d.meta.load_us)),
+            keep: options.keep_after_expiry(),
+            generation,
+            born,
+            tags: d.tags,
+            raw_len: d.raw_len,
+            negative: value.is_none(),
+            created_ms: d.meta.created_at_ms,
+            stale_since: None,
+        };
+        fill(self, leader, erase(&value), options, life).await;
+        value
+    }
+
     /// Takes the load lock, or waits for the holder's value (re-reading Redis with back-off,
     /// and retrying the lock, which may have expired with a dead holder) until `lock_wait`.
     async fn lock_or_wait(
@@ -354,23 +373,9 @@ where
                 if let Ok(d) = self.decode(&bytes) {
                     let now_ms = unix_millis();
                     if !d.left(now_ms).is_zero() {
-                        cache.counters.l2_hits.incr();
-                        let value = d.value.map(Arc::new);
-                        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
-                        let life = Life {
-                            logical,
-                            refresh_in,
-                            delta: Duration::from_micros(u64::from(d.meta.load_us)),
-                            keep: options.keep_after_expiry(),
-                            generation,
-                            born,
-                            tags: d.tags,
-                            raw_len: d.raw_len,
-                            negative: value.is_none(),
-                            created_ms: d.meta.created_at_ms,
-                            stale_since: None,
-                        };
-                        fill(self, leader, erase(&value), options, life).await;
+                        let value = self
+                            .serve_decoded(leader, options, d, generation, born, now_ms)
+                            .await;
                         return Lock::Found(value);
                     }
                 }
