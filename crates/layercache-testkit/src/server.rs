@@ -219,14 +219,14 @@ impl RedisServer {
         }
     }
 
-    /// Sends `PING` and expects `PONG`.
+    /// Sends `PING` and expects `PONG` (or `NOAUTH`: a password-protected server is up too).
     fn ping(&self) -> io::Result<()> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
-        if line.starts_with("+PONG") {
+        if line.starts_with("+PONG") || line.starts_with("-NOAUTH") {
             Ok(())
         } else {
             Err(io::Error::other(format!("unexpected reply {line:?}")))

@@ -1,0 +1,241 @@
+//! Redis faults and security settings against a real redis-server: authentication (password
+//! and ACL user), `CLIENT PAUSE` and `DEBUG SLEEP`. (Part of the resilience work; the circuit
+//! breaker, TLS and the latency proxy are still to come.)
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use layercache::LayerCache;
+use layercache_testkit::RedisServer;
+use support::{cmd, raw_client, wait_until};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn url_with(server: &RedisServer, userinfo: &str) -> String {
+    format!("redis://{userinfo}@127.0.0.1:{}", server.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error() {
+    let server = RedisServer::builder()
+        .arg("requirepass", "s3cret-pw")
+        .start()
+        .unwrap();
+    let cache = LayerCache::builder("auth")
+        .redis_url(url_with(&server, ":s3cret-pw"))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    r.insert("k", 1).await.unwrap();
+    let other = LayerCache::builder("auth")
+        .redis_url(url_with(&server, ":s3cret-pw"))
+        .build()
+        .await
+        .unwrap();
+    let r2 = other.region::<str, u64>("r").build().await.unwrap();
+    assert_eq!(*r2.get("k").await.unwrap().unwrap(), 1);
+    assert_eq!(other.stats().l2_hits, 1);
+    assert!(!format!("{cache:?}").contains("s3cret-pw"));
+
+    let err = LayerCache::builder("auth")
+        .redis_url(url_with(&server, ":wrong"))
+        .l2_connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    assert!(!err.to_string().contains("wrong@"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_the_cache_keys_and_channel_works() {
+    let server = RedisServer::start().unwrap();
+    let admin = raw_client(&server).await;
+    // Only what the cache needs: its keys, its bus channel, the commands it sends.
+    cmd(
+        &admin,
+        "ACL",
+        &[
+            "SETUSER",
+            "cacheuser",
+            "on",
+            ">acl-pw",
+            "~acl:*",
+            "&acl:*",
+            "+@read",
+            "+@write",
+            "+@pubsub",
+            "+@scripting",
+            "+@connection",
+            "+@keyspace",
+        ],
+    )
+    .await;
+    let cache = LayerCache::builder("acl")
+        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    assert!(
+        r.generation().is_some(),
+        "the generation script must be allowed"
+    );
+    r.insert("k", 1).await.unwrap();
+    r.invalidate_all().await.unwrap();
+    r.insert("k", 2).await.unwrap();
+    let other = LayerCache::builder("acl")
+        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .build()
+        .await
+        .unwrap();
+    let r2 = other.region::<str, u64>("r").build().await.unwrap();
+    assert_eq!(*r2.get("k").await.unwrap().unwrap(), 2);
+    let s = cache.stats();
+    assert_eq!((s.l2_errors, s.bus_publish_errors), (0, 0), "{s:?}");
+
+    // A cache name outside the user's key pattern is refused by Redis (NOPERM): the region
+    // never learns its generation, so it bypasses Redis, and reads still work from the loader.
+    if let Ok(outside) = LayerCache::builder("other")
+        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .build()
+        .await
+    {
+        let r = outside.region::<str, u64>("r").build().await.unwrap();
+        assert!(r.generation().is_none());
+        let v = r
+            .get_or_load("k", || async { Ok::<_, std::io::Error>(3) })
+            .await
+            .unwrap();
+        assert_eq!(*v, 3);
+        assert!(outside.stats().l2_errors >= 1, "{:?}", outside.stats());
+    }
+}
+
+/// Runs `get_or_load` on a cold key and returns how long it took; it must succeed (from the
+/// loader) while Redis does not answer.
+async fn timed_read(
+    r: &layercache::Region<str, u64>,
+    key: &str,
+    loads: &Arc<AtomicUsize>,
+) -> Duration {
+    let start = Instant::now();
+    let loads = loads.clone();
+    let v = r
+        .get_or_load(key, move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*v, 7);
+    start.elapsed()
+}
+
+async fn cache_for(server: &RedisServer, name: &str) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(server.url())
+        .l2_command_timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pause_bounds_every_call_by_its_timeout() {
+    let server = RedisServer::start().unwrap();
+    let admin = raw_client(&server).await;
+    let cache = cache_for(&server, "pause").await;
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    cmd(&admin, "CLIENT", &["PAUSE", "3000", "ALL"]).await;
+    for i in 0..3 {
+        let took = timed_read(&r, &format!("k{i}"), &loads).await;
+        // A read pays at most the GET timeout (the SET of the loaded value is bounded too, but
+        // a failed GET skips it). Generous bound for a loaded CI machine: timeout + 1 s.
+        assert!(
+            took < TIMEOUT + Duration::from_secs(1),
+            "read took {took:?}"
+        );
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 3);
+    assert!(cache.stats().l2_timeouts >= 1, "{:?}", cache.stats());
+    // Service resumes after the pause: a write reaches Redis, where a fresh instance reads it.
+    cmd(&admin, "CLIENT", &["UNPAUSE"]).await;
+    resumes(&server, &cache, &r).await;
+}
+
+/// After a fault: writes through `r` reach Redis again (a fresh instance reads them there).
+async fn resumes(server: &RedisServer, cache: &LayerCache, r: &layercache::Region<str, u64>) {
+    let other = cache_for(server, cache.name()).await;
+    let r2 = other.region::<str, u64>("r").build().await.unwrap();
+    let mut n = 100;
+    wait_until(
+        "writes to reach redis again",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            let (r, r2) = (r.clone(), r2.clone());
+            async move {
+                let _ = r.insert("after", n).await;
+                r2.get("after").await.ok().flatten().as_deref() == Some(&n)
+            }
+        },
+    )
+    .await;
+    assert!(other.stats().l2_hits >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_sleep_bounds_every_call_by_its_timeout() {
+    let server = RedisServer::builder()
+        .arg("enable-debug-command", "local")
+        .start()
+        .unwrap();
+    let admin = raw_client(&server).await;
+    let cache = cache_for(&server, "sleep").await;
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    // DEBUG SLEEP blocks the whole server; send it without waiting for its reply.
+    let sleeper = tokio::spawn(async move { cmd(&admin, "DEBUG", &["SLEEP", "2"]).await });
+    wait_until("the server to be asleep", Duration::from_secs(5), || {
+        let port = server.port();
+        async move {
+            // A raw PING that does not answer within 100 ms means the server is blocked.
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    return false;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 16];
+                s.read(&mut buf).is_err()
+            })
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    let took = timed_read(&r, "cold", &loads).await;
+    assert!(
+        took < TIMEOUT + Duration::from_secs(1),
+        "read took {took:?}"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert!(cache.stats().l2_timeouts >= 1, "{:?}", cache.stats());
+    let _ = sleeper.await;
+    resumes(&server, &cache, &r).await;
+}
