@@ -239,3 +239,53 @@ async fn debug_sleep_bounds_every_call_by_its_timeout() {
     let _ = sleeper.await;
     resumes(&server, &cache, &r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after() {
+    let mut server = RedisServer::start().unwrap();
+    let cache = LayerCache::builder("brk")
+        .redis_url(server.url())
+        .l2_command_timeout(TIMEOUT)
+        .l2_breaker_threshold(2)
+        .l2_breaker_cooldown(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    server.kill();
+    let mut i = 0;
+    wait_until("the breaker to open", Duration::from_secs(10), || {
+        i += 1;
+        let (r, cache, loads, key) = (r.clone(), cache.clone(), loads.clone(), format!("a{i}"));
+        async move {
+            timed_read(&r, &key, &loads).await;
+            cache.stats().breaker_opens >= 1
+        }
+    })
+    .await;
+    assert!(cache.l2_breaker_open());
+    // While open, reads go straight to the loader: no more timeouts are paid.
+    let timeouts = cache.stats().l2_timeouts;
+    let rejected = cache.stats().breaker_rejections;
+    for i in 0..20 {
+        timed_read(&r, &format!("b{i}"), &loads).await;
+    }
+    let s = cache.stats();
+    assert!(
+        s.l2_timeouts <= timeouts + 1,
+        "paid timeouts while open: {s:?}"
+    ); // a probe may
+    assert!(s.breaker_rejections >= rejected + 19, "{s:?}");
+
+    server.restart().unwrap();
+    wait_until("the breaker to close", Duration::from_secs(10), || {
+        let (r, cache) = (r.clone(), cache.clone());
+        async move {
+            let _ = r.insert("probe", 1).await;
+            !cache.l2_breaker_open()
+        }
+    })
+    .await;
+    resumes(&server, &cache, &r).await;
+}

@@ -9,6 +9,7 @@ use fred::prelude::{ClientLike, PubsubInterface};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    breaker::{Breaker, BreakerSettings},
     bus::{
         self, listener::Listener, publisher::Publisher, BusHandle, BusSettings,
         CoherenceLossPolicy, InstanceId,
@@ -56,6 +57,8 @@ pub struct LayerCacheBuilder {
     coherence_loss_policy: CoherenceLossPolicy,
     lock_ttl: Duration,
     lock_wait: Duration,
+    l2_breaker_threshold: u32,
+    l2_breaker_cooldown: Duration,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -82,6 +85,8 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("coherence_loss_policy", &self.coherence_loss_policy)
             .field("lock_ttl", &self.lock_ttl)
             .field("lock_wait", &self.lock_wait)
+            .field("l2_breaker_threshold", &self.l2_breaker_threshold)
+            .field("l2_breaker_cooldown", &self.l2_breaker_cooldown)
             .finish()
     }
 }
@@ -110,6 +115,8 @@ impl LayerCacheBuilder {
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
+            l2_breaker_threshold: 5,
+            l2_breaker_cooldown: Duration::from_secs(5),
         }
     }
 
@@ -295,6 +302,25 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// The Redis circuit breaker: after this many consecutive Redis failures (timeouts and
+    /// connection errors; error replies do not count), calls skip Redis for
+    /// [`l2_breaker_cooldown`](Self::l2_breaker_cooldown), as if it had failed, without paying
+    /// the timeout; then one probe call decides whether it closes. 0 turns it off.
+    ///
+    /// Default: 5.
+    pub fn l2_breaker_threshold(mut self, failures: u32) -> Self {
+        self.l2_breaker_threshold = failures;
+        self
+    }
+
+    /// How long the Redis circuit breaker stays open before it lets a probe through.
+    ///
+    /// Default: 5 seconds.
+    pub fn l2_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.l2_breaker_cooldown = cooldown;
+        self
+    }
+
     fn capacity(&self) -> Capacity {
         match self.max_capacity_bytes {
             Some(bytes) => Capacity::Bytes(bytes),
@@ -404,7 +430,15 @@ impl LayerCacheBuilder {
             reconnect_min: self.l2_reconnect_min,
             reconnect_max: self.l2_reconnect_max,
         };
-        let l2 = L2::connect(&l2_settings).await?;
+        let breaker = Breaker::new(
+            BreakerSettings {
+                threshold: self.l2_breaker_threshold,
+                cooldown: self.l2_breaker_cooldown,
+            },
+            counters.clone(),
+            self.name.clone(),
+        );
+        let l2 = L2::connect(&l2_settings, breaker).await?;
         let subscriber = match connect_client(&l2_settings, Some(self.bus_buffer)).await {
             Ok(s) => s,
             Err(e) => {

@@ -491,6 +491,11 @@ impl LayerCache {
         self.inner.counters.flushes[reason.index()].get()
     }
 
+    /// Whether the Redis circuit breaker is open (calls skip Redis); `false` without Redis.
+    pub fn l2_breaker_open(&self) -> bool {
+        self.inner.l2.as_ref().is_some_and(L2::breaker_open)
+    }
+
     /// This instance's id on the invalidation bus (`None` without Redis).
     pub fn instance_id(&self) -> Option<InstanceId> {
         self.inner.bus.as_ref().map(|b| b.id)

@@ -10,9 +10,14 @@ use fred::{
     prelude::{ClientLike, Config, KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy},
     types::{Builder, Expiration, SetOptions, Value},
 };
+use std::sync::Arc;
+
 use tracing::Instrument;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::{
+    breaker::{Breaker, Permit},
+    error::{Error, ErrorKind, Result},
+};
 
 /// Connection settings for the Redis tier, filled by the builder.
 #[derive(Clone)]
@@ -155,6 +160,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 pub(crate) struct L2 {
     client: fred::prelude::Client,
     timeout: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -164,6 +170,16 @@ impl std::fmt::Debug for L2 {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Whether a fred error means Redis is unreachable or overloaded (as opposed to an error
+/// reply, which proves it is there).
+fn is_outage(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::IO | K::Timeout | K::Canceled | K::Routing | K::Unknown | K::Protocol | K::Backpressure
+    )
 }
 
 fn map_err(what: &'static str, e: fred::error::Error) -> Error {
@@ -177,12 +193,18 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 
 impl L2 {
     /// Connects, failing if the first connection cannot be made within `connect_timeout`.
-    pub(crate) async fn connect(s: &L2Settings) -> Result<Self> {
+    pub(crate) async fn connect(s: &L2Settings, breaker: Breaker) -> Result<Self> {
         let client = connect_client(s, None).await?;
         Ok(Self {
             client,
             timeout: s.command_timeout,
+            breaker: Arc::new(breaker),
         })
+    }
+
+    /// Whether the circuit breaker is open.
+    pub(crate) fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     async fn bounded<T>(
@@ -190,13 +212,27 @@ impl L2 {
         what: &'static str,
         fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|e| map_err(what, e)),
+        let permit = self.breaker.permit();
+        if permit == Permit::Reject {
+            return Err(Error::new(
+                ErrorKind::Redis,
+                format!("{what} skipped: the redis circuit breaker is open"),
+            ));
+        }
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let outage = is_outage(&e);
+                self.breaker.record(&permit, outage);
+                return Err(map_err(what, e));
+            }
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!("{what} took longer than {:?}", self.timeout),
             )),
-        }
+        };
+        self.breaker.record(&permit, result.is_err());
+        result
     }
 
     /// `GET key`.

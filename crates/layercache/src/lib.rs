@@ -56,6 +56,7 @@
 //!
 //! - `postcard`: the [`Postcard`] codec.
 
+mod breaker;
 mod builder;
 pub mod bus;
 mod cache;

@@ -71,6 +71,8 @@ pub(crate) struct Counters {
     pub(crate) lock_waits: Counter,
     pub(crate) lock_takeovers: Counter,
     pub(crate) l2_extends: Counter,
+    pub(crate) breaker_opens: Counter,
+    pub(crate) breaker_rejections: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -110,6 +112,8 @@ impl Counters {
             lock_waits: self.lock_waits.get(),
             lock_takeovers: self.lock_takeovers.get(),
             l2_extends: self.l2_extends.get(),
+            breaker_opens: self.breaker_opens.get(),
+            breaker_rejections: self.breaker_rejections.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: decode,
         }
@@ -179,6 +183,10 @@ pub struct Stats {
     pub lock_takeovers: u64,
     /// Sliding-expiration extensions sent to Redis (`PEXPIRE` or `GETEX`).
     pub l2_extends: u64,
+    /// Times the Redis circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Redis calls skipped because the breaker was open (each also counted in `l2_errors`).
+    pub breaker_rejections: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: [u64; Corruption::ALL.len()],
