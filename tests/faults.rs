@@ -289,3 +289,38 @@ async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after()
     .await;
     resumes(&server, &cache, &r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_key_is_a_clear_error_and_nothing_is_written() {
+    let server = RedisServer::start().unwrap();
+    let raw = raw_client(&server).await;
+    let cache = LayerCache::builder("big")
+        .redis_url(server.url())
+        .max_key_bytes(16)
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let long = "k".repeat(17);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    let errs = [
+        r.insert(&long, 1).await.unwrap_err(),
+        r.get(&long).await.unwrap_err(),
+        r.invalidate(&long).await.unwrap_err(),
+        r.get_or_load(&long, move || async move {
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(1)
+        })
+        .await
+        .unwrap_err(),
+    ];
+    for e in errs {
+        assert_eq!(e.kind(), layercache::ErrorKind::KeyTooLarge, "{e}");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 0);
+    assert!(support::data_keys(&raw).await.is_empty());
+    // 16 bytes is fine.
+    r.insert(&"k".repeat(16), 2).await.unwrap();
+    assert_eq!(support::data_keys(&raw).await.len(), 1);
+}

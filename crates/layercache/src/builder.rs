@@ -59,6 +59,7 @@ pub struct LayerCacheBuilder {
     lock_wait: Duration,
     l2_breaker_threshold: u32,
     l2_breaker_cooldown: Duration,
+    max_key_bytes: usize,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -87,6 +88,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("lock_wait", &self.lock_wait)
             .field("l2_breaker_threshold", &self.l2_breaker_threshold)
             .field("l2_breaker_cooldown", &self.l2_breaker_cooldown)
+            .field("max_key_bytes", &self.max_key_bytes)
             .finish()
     }
 }
@@ -117,6 +119,7 @@ impl LayerCacheBuilder {
             lock_wait: Duration::from_secs(5),
             l2_breaker_threshold: 5,
             l2_breaker_cooldown: Duration::from_secs(5),
+            max_key_bytes: 1024,
         }
     }
 
@@ -302,6 +305,16 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// The longest user key (its [`CacheKey`](crate::CacheKey) bytes) the cache accepts; a
+    /// longer one is an [`ErrorKind::KeyTooLarge`](crate::ErrorKind::KeyTooLarge) error on
+    /// every operation, before anything is read or written.
+    ///
+    /// Default: 1024 bytes.
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
     /// The Redis circuit breaker: after this many consecutive Redis failures (timeouts and
     /// connection errors; error replies do not count), calls skip Redis for
     /// [`l2_breaker_cooldown`](Self::l2_breaker_cooldown), as if it had failed, without paying
@@ -378,6 +391,9 @@ impl LayerCacheBuilder {
                 "bus_heartbeat_timeout must be at least twice bus_heartbeat_interval",
             ));
         }
+        if self.max_key_bytes == 0 {
+            return Err(Error::config("max_key_bytes must be at least 1"));
+        }
         if self.lock_ttl < Duration::from_millis(3) {
             return Err(Error::config("lock_ttl must be at least 3 ms"));
         }
@@ -413,6 +429,7 @@ impl LayerCacheBuilder {
             command_timeout: self.l2_command_timeout,
             lock_ttl: self.lock_ttl,
             lock_wait: self.lock_wait,
+            max_key_bytes: self.max_key_bytes,
         };
         let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
         let Some(url) = &self.redis_url else {

@@ -37,6 +37,7 @@ pub(crate) struct Settings {
     pub(crate) command_timeout: Duration,
     pub(crate) lock_ttl: Duration,
     pub(crate) lock_wait: Duration,
+    pub(crate) max_key_bytes: usize,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

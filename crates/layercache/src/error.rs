@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Codec,
     /// A value is larger than `max_value_bytes`.
     ValueTooLarge,
+    /// A key is larger than `max_key_bytes`.
+    KeyTooLarge,
     /// The user's loader returned an error or panicked.
     Loader,
     /// The cache (or the runtime that drives it) has shut down.
@@ -38,6 +40,7 @@ impl ErrorKind {
             Self::Timeout => "redis timeout",
             Self::Codec => "codec error",
             Self::ValueTooLarge => "value too large",
+            Self::KeyTooLarge => "key too large",
             Self::Loader => "loader error",
             Self::Closed => "cache closed",
         }

@@ -206,6 +206,19 @@ where
         Some(self.shared.state.data_key(generation, &bytes))
     }
 
+    /// Rejects keys over `max_key_bytes` (the L1 key holds 4 bytes of region id first).
+    fn check_key(&self, k: &[u8]) -> Result<()> {
+        let len = k.len() - 4;
+        let max = self.cache.settings.max_key_bytes;
+        if len > max {
+            return Err(Error::new(
+                ErrorKind::KeyTooLarge,
+                format!("the key has {len} bytes; max_key_bytes is {max}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The L1 key: region id and key bytes, built without a heap allocation for short keys
     /// (the hit path's largest cost of ours after moka itself).
     fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> KeyBuf {
@@ -323,6 +336,7 @@ where
         Q: CacheKey + ?Sized,
     {
         let k = self.l1_key(key);
+        self.check_key(&k)?;
         match self.classify(&k, self.cache.l1.get(&k).await) {
             Hit::Fresh(v) | Hit::Refresh(v, _) => return Ok(Some(v)),
             Hit::Negative => return Ok(None),
@@ -451,6 +465,7 @@ where
         options.validate()?;
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
+        self.check_key(&k)?;
         let fallback = match self.classify(&k, self.cache.l1.get(&k).await) {
             Hit::Fresh(v) => return Ok(Some(v)),
             Hit::Refresh(v, created_ms) => {
@@ -602,6 +617,7 @@ where
         options.validate()?;
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
+        self.check_key(&k)?;
         let cache = &self.cache;
         let plan = Plan::value(options, Duration::ZERO);
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
@@ -664,6 +680,7 @@ where
         Q: CacheKey + ?Sized,
     {
         let k = self.l1_key(key);
+        self.check_key(&k)?;
         let cache = &self.cache;
         cache.flights.poison(&k);
         let mut result = Ok(());
