@@ -483,6 +483,67 @@ mod tests {
         assert_eq!(open(&b, 1, 64 << 20).unwrap_err(), Corruption::Decompress);
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn meta() -> impl Strategy<Value = Meta> {
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+                |(created_at_ms, expires_at_ms, refresh_at_ms, load_us)| Meta {
+                    created_at_ms,
+                    expires_at_ms,
+                    refresh_at_ms,
+                    load_us,
+                    negative: false,
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn any_value_round_trips(
+                raw in proptest::collection::vec(any::<u8>(), 0..4096),
+                repeat in 1usize..8,
+                meta in meta(),
+                threshold in 0usize..2048,
+                tags in proptest::collection::vec("[a-z:0-9]{1,20}", 0..4),
+            ) {
+                // Repeating makes some inputs compressible.
+                let raw: Vec<u8> = raw.iter().copied().cycle().take(raw.len() * repeat).collect();
+                let mut buf = vec![0u8; HEADER_LEN];
+                buf.extend_from_slice(&raw);
+                let e = seal(buf, 7, meta, threshold, &tags);
+                let o = open(&e.bytes, 7, 1 << 20).unwrap();
+                prop_assert_eq!(&*o.raw, &raw[..]);
+                prop_assert_eq!(o.meta, meta);
+                prop_assert_eq!(o.tags, tags);
+            }
+
+            #[test]
+            fn any_bytes_open_or_are_rejected_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let _ = open(&bytes, 1, 1 << 16);
+            }
+
+            #[test]
+            fn any_mutation_of_a_valid_envelope_is_caught_or_harmless(
+                raw in proptest::collection::vec(any::<u8>(), 1..2048),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..=255,
+            ) {
+                let mut buf = vec![0u8; HEADER_LEN];
+                buf.extend_from_slice(&raw);
+                let mut bytes = seal(buf, 1, META, 64, &[]).bytes;
+                let i = at.index(bytes.len());
+                bytes[i] ^= flip;
+                // The checksum covers everything but itself: any single-byte change is
+                // rejected (a change to the checksum bytes is a checksum mismatch too).
+                prop_assert!(open(&bytes, 1, 1 << 20).is_err());
+            }
+        }
+    }
+
     #[test]
     fn no_prefix_of_an_envelope_opens() {
         let good = envelope(&[b'k'; 3000], 1024).bytes;

@@ -302,6 +302,25 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn distinct_keys_give_distinct_redis_keys(
+                a in proptest::collection::vec(any::<u8>(), 0..40),
+                b in proptest::collection::vec(any::<u8>(), 0..40),
+            ) {
+                let (ka, kb) = (redis_key("c:f1:r:s1:g0:", &a), redis_key("c:f1:r:s1:g0:", &b));
+                prop_assert_eq!(a == b, ka == kb);
+                let user = &ka["c:f1:r:s1:g0:".len()..];
+                prop_assert!(!user.contains(['{', '}', '*', '?', '[', ']']));
+                prop_assert!(ka.is_ascii());
+            }
+        }
+    }
+
     #[test]
     fn escape_examples() {
         assert_eq!(redis_key("p:", b"user:42"), "p:user:42");

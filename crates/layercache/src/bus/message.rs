@@ -288,6 +288,57 @@ mod tests {
         assert_eq!(decode(&unknown), Err(Rejected::Malformed));
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            prop_oneof![
+                ("[a-z]{1,64}", proptest::collection::vec(any::<u8>(), 0..64))
+                    .prop_map(|(region, key)| Entry::Key { region, key }),
+                ("[a-z]{1,64}", any::<u32>(), any::<u64>()).prop_map(
+                    |(region, schema, generation)| Entry::Region {
+                        region,
+                        schema,
+                        generation
+                    }
+                ),
+                "\\PC{1,32}".prop_map(Entry::Tag),
+                Just(Entry::All),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_message_round_trips(
+                sender in any::<[u8; 16]>(),
+                seq in any::<u64>(),
+                entries in proptest::collection::vec(entry(), 0..20),
+            ) {
+                let m = decode(&encode(&sender, seq, &entries)).unwrap();
+                prop_assert_eq!(m.sender, sender);
+                prop_assert_eq!(m.seq, seq);
+                prop_assert_eq!(m.entries, entries);
+            }
+
+            #[test]
+            fn any_bytes_decode_or_are_rejected_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                magic in any::<bool>(),
+            ) {
+                let mut bytes = bytes;
+                if magic {
+                    // Make the deep parser run too.
+                    let mut head = MAGIC.to_vec();
+                    head.push(VERSION);
+                    head.extend_from_slice(&bytes);
+                    bytes = head;
+                }
+                let _ = decode(&bytes);
+            }
+        }
+    }
+
     #[test]
     fn every_byte_flip_decodes_or_is_rejected() {
         let good = encode(&[5; 16], 77, &sample());
