@@ -23,6 +23,10 @@
 //! | `unusable entry in redis, treated as a miss` | event | warn | `cache.name`, `region`, `reason`, `bytes` | a corrupt or foreign entry ([`Corruption`](crate::Corruption)) |
 //! | `loaded value not written to redis` | event | warn | `cache.name`, `region`, `error` | a loaded value above `max_value_bytes` |
 //! | `the loader panicked` | event | error | `cache.name`, `region` | a loader panic (callers get an error) |
+//! | `redis circuit breaker opened: calls skip redis until a probe succeeds` | event | warn | `cache.name`, `failures`, `cooldown` | the breaker opened |
+//! | `redis circuit breaker closed` | event | info | `cache.name` | a probe succeeded |
+//! | `serving a stale value (fail-safe)` | event | warn | `cache.name`, `region`, `error` | fail-safe served a stale value |
+//! | `gave up waiting for the load lock; loading without it` | event | warn | `cache.name`, `region` | a lock wait ran out |
 //! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
 //!
 //! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
