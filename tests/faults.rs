@@ -324,3 +324,88 @@ async fn an_oversized_key_is_a_clear_error_and_nothing_is_written() {
     r.insert(&"k".repeat(16), 2).await.unwrap();
     assert_eq!(support::data_keys(&raw).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang() {
+    let server = RedisServer::start().unwrap();
+    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+    let cache = LayerCache::builder("net")
+        .redis_url(proxy.url())
+        .l2_command_timeout(TIMEOUT)
+        .l2_breaker_threshold(3)
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+
+    // Latency above the command timeout: every call gives up at its timeout.
+    proxy.set_latency(Duration::from_secs(1));
+    for i in 0..3 {
+        let took = tokio::time::timeout(
+            Duration::from_secs(10),
+            timed_read(&r, &format!("l{i}"), &loads),
+        )
+        .await
+        .expect("a read hung");
+        assert!(
+            took < TIMEOUT + Duration::from_secs(1),
+            "read took {took:?}"
+        );
+    }
+    assert!(cache.stats().l2_timeouts >= 1, "{:?}", cache.stats());
+
+    // A blackhole: connections stay open, nothing comes back.
+    proxy.set_latency(Duration::ZERO);
+    proxy.blackhole();
+    let mut i = 0;
+    wait_until("the breaker to open", Duration::from_secs(10), || {
+        i += 1;
+        let (r, cache, loads, key) = (r.clone(), cache.clone(), loads.clone(), format!("b{i}"));
+        async move {
+            let took = timed_read(&r, &key, &loads).await;
+            assert!(
+                took < TIMEOUT + Duration::from_secs(1),
+                "read took {took:?}"
+            );
+            cache.stats().breaker_opens >= 1
+        }
+    })
+    .await;
+    // The bus notices its own heartbeats no longer come back.
+    wait_until("the bus to notice", Duration::from_secs(10), || {
+        let cache = cache.clone();
+        async move { cache.flushes(layercache::FlushReason::HeartbeatMissed) >= 1 }
+    })
+    .await;
+
+    // The network heals: the breaker closes, the bus recovers, writes reach Redis.
+    proxy.pass();
+    wait_until("recovery", Duration::from_secs(15), || {
+        let (r, cache) = (r.clone(), cache.clone());
+        async move {
+            let _ = r.insert("probe", 1).await;
+            !cache.l2_breaker_open() && cache.bus_status().is_some_and(|s| s.healthy)
+        }
+    })
+    .await;
+    let other = cache_for(&server, "net").await;
+    let r2 = other.region::<str, u64>("r").build().await.unwrap();
+    let mut n = 10;
+    wait_until(
+        "a write through the proxy to be read directly",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            let (r, r2) = (r.clone(), r2.clone());
+            async move {
+                let _ = r.insert("after", n).await;
+                r2.get("after").await.ok().flatten().as_deref() == Some(&n)
+            }
+        },
+    )
+    .await;
+}

@@ -3,13 +3,16 @@
 //! [`RedisServer::start`] picks a free port on 127.0.0.1, starts `redis-server` with no
 //! persistence (`--save "" --appendonly no`) and its log in a private temporary directory,
 //! waits until it answers `PING`, and kills it when dropped. Each test starts its own server,
-//! so tests run in parallel with no shared state and no `FLUSHALL`.
+//! so tests run in parallel with no shared state and no `FLUSHALL`. [`Proxy`] sits between a
+//! client and such a server to add latency or blackhole the connection.
 //!
 //! ```no_run
 //! let server = layercache_testkit::RedisServer::start().expect("redis-server");
 //! println!("{}", server.url()); // redis://127.0.0.1:PORT
 //! ```
 
+mod proxy;
 mod server;
 
+pub use proxy::Proxy;
 pub use server::{RedisServer, RedisServerBuilder, StartError};
