@@ -409,3 +409,45 @@ async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang()
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
+    let server = RedisServer::builder().tls().start().unwrap();
+    assert!(server.url().starts_with("rediss://"));
+    let ca = server.ca_pem().unwrap().to_owned();
+    let build = || {
+        LayerCache::builder("tls")
+            .redis_url(server.url())
+            .l2_tls_ca_pem(ca.clone())
+            .build()
+    };
+    let a = build().await.unwrap();
+    let b = build().await.unwrap();
+    let (ra, rb) = (
+        a.region::<str, u64>("r").build().await.unwrap(),
+        b.region::<str, u64>("r").build().await.unwrap(),
+    );
+    ra.insert("k", 1).await.unwrap();
+    assert_eq!(*rb.get("k").await.unwrap().unwrap(), 1); // from Redis, over TLS
+    ra.insert("k", 2).await.unwrap();
+    support::caught_up(&b, &a).await; // the bus runs over TLS too
+    assert_eq!(*rb.get("k").await.unwrap().unwrap(), 2);
+    assert_eq!(b.stats().l2_errors, 0);
+
+    // Trusting only the system's roots, the testkit's certificate is refused.
+    let err = LayerCache::builder("tls")
+        .redis_url(server.url())
+        .l2_connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    // A CA file with no certificate is a configuration error.
+    let err = LayerCache::builder("tls")
+        .redis_url(server.url())
+        .l2_tls_ca_pem("not a pem")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), layercache::ErrorKind::Config, "{err}");
+}

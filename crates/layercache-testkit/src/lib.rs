@@ -13,6 +13,7 @@
 
 mod proxy;
 mod server;
+mod tls;
 
 pub use proxy::Proxy;
 pub use server::{RedisServer, RedisServerBuilder, StartError};

@@ -61,6 +61,7 @@ impl From<io::Error> for StartError {
 pub struct RedisServerBuilder {
     args: Vec<String>,
     binary: Option<String>,
+    tls: bool,
 }
 
 impl RedisServerBuilder {
@@ -69,6 +70,14 @@ impl RedisServerBuilder {
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.args.push(format!("--{name}"));
         self.args.push(value.to_owned());
+        self
+    }
+
+    /// Serves TLS only (no plain port), with a certificate for `127.0.0.1` signed by a CA
+    /// generated for this server ([`RedisServer::ca_pem`]); clients are not asked for
+    /// certificates. [`RedisServer::url`] then starts with `rediss://`.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -90,7 +99,7 @@ impl RedisServerBuilder {
         let mut last = None;
         for _ in 0..5 {
             let binary = self.binary.clone().unwrap_or_else(default_binary);
-            match RedisServer::spawn(binary, &self.args) {
+            match RedisServer::spawn(binary, &self.args, self.tls) {
                 Ok(s) => return Ok(s),
                 Err(StartError::NotReady { reason, log })
                     if log.contains("Address already in use") =>
@@ -112,6 +121,7 @@ pub struct RedisServer {
     dir: PathBuf,
     args: Vec<String>,
     binary: String,
+    ca_pem: Option<String>,
 }
 
 fn default_binary() -> String {
@@ -149,15 +159,34 @@ impl RedisServer {
         RedisServerBuilder::default()
     }
 
-    fn spawn(binary: String, extra: &[String]) -> Result<Self, StartError> {
+    fn spawn(binary: String, extra: &[String], tls: bool) -> Result<Self, StartError> {
         let port = free_port()?;
         let dir = temp_dir()?;
+        let mut args = extra.to_vec();
+        let mut ca_pem = None;
+        if tls {
+            let certs = crate::tls::write_certs(&dir)?;
+            ca_pem = Some(certs.ca_pem);
+            let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+            for (k, v) in [
+                ("tls-port", port.to_string()),
+                ("port", "0".to_owned()),
+                ("tls-cert-file", file("server.crt")),
+                ("tls-key-file", file("server.key")),
+                ("tls-ca-cert-file", file("ca.crt")),
+                ("tls-auth-clients", "no".to_owned()),
+            ] {
+                args.push(format!("--{k}"));
+                args.push(v);
+            }
+        }
         let mut server = Self {
             child: None,
             port,
             dir,
-            args: extra.to_vec(),
+            args,
             binary,
+            ca_pem,
         };
         server.launch()?;
         Ok(server)
@@ -220,7 +249,15 @@ impl RedisServer {
     }
 
     /// Sends `PING` and expects `PONG` (or `NOAUTH`: a password-protected server is up too).
+    /// A TLS-only server cannot be pinged in plain text: its log saying it is ready counts.
     fn ping(&self) -> io::Result<()> {
+        if self.ca_pem.is_some() {
+            return if self.log().contains("Ready to accept connections") {
+                Ok(())
+            } else {
+                Err(io::Error::other("not ready"))
+            };
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
@@ -238,9 +275,19 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca_pem.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM of the CA that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The server's process id, while it runs.

@@ -60,6 +60,7 @@ pub struct LayerCacheBuilder {
     l2_breaker_threshold: u32,
     l2_breaker_cooldown: Duration,
     max_key_bytes: usize,
+    l2_tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -89,6 +90,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_breaker_threshold", &self.l2_breaker_threshold)
             .field("l2_breaker_cooldown", &self.l2_breaker_cooldown)
             .field("max_key_bytes", &self.max_key_bytes)
+            .field("l2_tls_ca_pem", &self.l2_tls_ca_pem.is_some())
             .finish()
     }
 }
@@ -120,6 +122,7 @@ impl LayerCacheBuilder {
             l2_breaker_threshold: 5,
             l2_breaker_cooldown: Duration::from_secs(5),
             max_key_bytes: 1024,
+            l2_tls_ca_pem: None,
         }
     }
 
@@ -305,6 +308,16 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// Trust exactly these CA certificates (PEM) for TLS to Redis, instead of the system's
+    /// roots; use with a `rediss://` URL. Needs the `tls` feature (rustls).
+    ///
+    /// Default: none (a `rediss://` URL uses the system's roots).
+    #[cfg(feature = "tls")]
+    pub fn l2_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.l2_tls_ca_pem = Some(pem.into());
+        self
+    }
+
     /// The longest user key (its [`CacheKey`](crate::CacheKey) bytes) the cache accepts; a
     /// longer one is an [`ErrorKind::KeyTooLarge`](crate::ErrorKind::KeyTooLarge) error on
     /// every operation, before anything is read or written.
@@ -446,6 +459,7 @@ impl LayerCacheBuilder {
             max_command_buffer: self.l2_max_command_buffer,
             reconnect_min: self.l2_reconnect_min,
             reconnect_max: self.l2_reconnect_max,
+            tls_ca_pem: self.l2_tls_ca_pem.clone(),
         };
         let breaker = Breaker::new(
             BreakerSettings {

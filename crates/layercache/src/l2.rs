@@ -28,6 +28,8 @@ pub(crate) struct L2Settings {
     pub(crate) max_command_buffer: usize,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    /// PEM of the CA roots to trust for TLS (instead of the system's).
+    pub(crate) tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -39,6 +41,7 @@ impl std::fmt::Debug for L2Settings {
             .field("max_command_buffer", &self.max_command_buffer)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("tls_ca_pem", &self.tls_ca_pem.is_some())
             .finish()
     }
 }
@@ -70,9 +73,18 @@ pub(crate) async fn connect_client(
     s: &L2Settings,
     broadcast_capacity: Option<usize>,
 ) -> Result<fred::prelude::Client> {
-    let config = Config::from_url(&s.url).map_err(|e| {
+    #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "set only with TLS"))]
+    let mut config = Config::from_url(&s.url).map_err(|e| {
         Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
     })?;
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &s.tls_ca_pem {
+        config.tls = Some(tls_with_roots(pem)?);
+    }
+    #[cfg(not(feature = "tls"))]
+    if s.tls_ca_pem.is_some() {
+        return Err(Error::config("l2_tls_ca_pem needs the `tls` feature"));
+    }
     let mut b = Builder::from_config(config);
     b.with_connection_config(|c| {
         c.connection_timeout = s.connect_timeout;
@@ -117,6 +129,32 @@ pub(crate) async fn connect_client(
             ))
         }
     }
+}
+
+/// A rustls TLS configuration trusting exactly the CA certificates in `pem`.
+#[cfg(feature = "tls")]
+fn tls_with_roots(pem: &[u8]) -> Result<fred::types::config::TlsConfig> {
+    use fred::rustls::{
+        pki_types::{pem::PemObject, CertificateDer},
+        ClientConfig, RootCertStore,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| {
+            Error::config("l2_tls_ca_pem holds an unreadable certificate")
+                .with_source(e.to_string())
+        })?;
+        roots.add(cert).map_err(|e| {
+            Error::config("l2_tls_ca_pem holds an unusable certificate").with_source(e)
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(Error::config("l2_tls_ca_pem holds no certificate"));
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(fred::types::config::TlsConfig::from(config))
 }
 
 /// Reads a region's generation, creating it (as the current Unix time in milliseconds, so a
