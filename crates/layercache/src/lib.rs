@@ -54,7 +54,9 @@
 //!
 //! ## Feature flags
 //!
-//! - `postcard`: the [`Postcard`] codec.
+//! - `postcard`: the `Postcard` codec.
+//! - `tls`: TLS to Redis with rustls (ring): `rediss://` URLs and
+//!   `LayerCacheBuilder::l2_tls_ca_pem`.
 
 mod breaker;
 mod builder;
@@ -72,6 +74,48 @@ mod options;
 mod region;
 mod stats;
 pub mod telemetry;
+
+/// Entry points for the fuzz targets (feature `fuzzing`); not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Opens bytes as an envelope (codec 1, 1 MiB cap); `true` when they are accepted.
+    pub fn open_envelope(bytes: &[u8]) -> bool {
+        crate::envelope::open(bytes, 1, 1 << 20).is_ok()
+    }
+
+    /// Like [`open_envelope`], after forcing a valid magic, version and codec and a correct
+    /// checksum, so the fuzzer explores the length checks and LZ4 decompression behind them.
+    pub fn open_resealed_envelope(bytes: &[u8]) -> bool {
+        use crate::envelope::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+        if bytes.len() < HEADER_LEN {
+            return crate::envelope::open(bytes, 1, 1 << 20).is_ok();
+        }
+        let mut b = bytes.to_vec();
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = FORMAT_VERSION;
+        b[5] = 1;
+        let crc = crate::envelope::checksum(&b[..44], &b[HEADER_LEN..]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        crate::envelope::open(&b, 1, 1 << 20).is_ok()
+    }
+
+    /// Decodes bytes as a bus message; `true` when they are accepted, in which case encoding
+    /// the result again must give the same bytes (panics otherwise, for the fuzzer to report).
+    pub fn decode_bus_message(bytes: &[u8]) -> bool {
+        match crate::bus::message::decode(bytes) {
+            Ok(m) => {
+                let again = crate::bus::message::encode(&m.sender, m.seq, &m.entries);
+                assert_eq!(
+                    again, bytes,
+                    "a decoded message must encode to the same bytes"
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
 
 pub use builder::LayerCacheBuilder;
 pub use bus::{BusStatus, CoherenceLossPolicy, FlushReason, InstanceId};
