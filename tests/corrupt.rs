@@ -159,10 +159,25 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
         }
     }
 
-    // Other Redis types at our key: an error reply, handled as a Redis failure, not a panic.
-    support::cmd(&raw, "RPUSH", &[&region.redis_key("list").unwrap(), "x"]).await;
+    // Another Redis type at our key (a list): a miss counted by its reason, then replaced.
+    let list_key = region.redis_key("list").unwrap();
+    support::cmd(&raw, "RPUSH", &[&list_key, "x"]).await;
     assert!(region.get("list").await.unwrap().is_none());
-    assert!(cache.stats().l2_errors >= 1);
+    assert_eq!(cache.stats().decode_errors_for(Corruption::WrongType), 1);
+    let v = region
+        .get_or_load("list", || async {
+            Ok::<_, std::io::Error>("fresh list".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(&*v, "fresh list");
+    let stored: Vec<u8> = raw.get(list_key.as_str()).await.unwrap();
+    assert!(stored.ends_with(b"fresh list"), "the list was not replaced");
+    assert_eq!(
+        cache.stats().l2_errors,
+        0,
+        "a wrong type is not a Redis failure"
+    );
 
     ALLOC.set_limit(usize::MAX).unwrap();
     assert!(

@@ -65,11 +65,13 @@ pub enum Corruption {
     Decompress,
     /// The codec rejected the payload (for example a schema change the version missed).
     Deserialize,
+    /// Another Redis type (a list, a hash, …) sits at our key.
+    WrongType,
 }
 
 impl Corruption {
     /// Every reason, in counter order.
-    pub const ALL: [Corruption; 8] = [
+    pub const ALL: [Corruption; 9] = [
         Self::NotAnEnvelope,
         Self::UnknownVersion,
         Self::CodecMismatch,
@@ -78,6 +80,7 @@ impl Corruption {
         Self::Checksum,
         Self::Decompress,
         Self::Deserialize,
+        Self::WrongType,
     ];
 
     /// A stable lowercase name, used in logs and metrics.
@@ -91,6 +94,7 @@ impl Corruption {
             Self::Checksum => "checksum",
             Self::Decompress => "decompress",
             Self::Deserialize => "deserialize",
+            Self::WrongType => "wrong_type",
         }
     }
 

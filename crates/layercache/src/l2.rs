@@ -216,8 +216,13 @@ fn is_outage(e: &fred::error::Error) -> bool {
     use fred::error::ErrorKind as K;
     matches!(
         e.kind(),
-        K::IO | K::Timeout | K::Canceled | K::Routing | K::Unknown | K::Protocol | K::Backpressure
+        K::IO | K::Timeout | K::Canceled | K::Routing | K::Protocol | K::Backpressure
     )
+}
+
+/// Whether a Redis error is a `WRONGTYPE` reply: another Redis type sits at the key.
+pub(crate) fn is_wrong_type(e: &Error) -> bool {
+    e.to_string().contains("WRONGTYPE")
 }
 
 fn map_err(what: &'static str, e: fred::error::Error) -> Error {

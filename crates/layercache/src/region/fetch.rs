@@ -212,6 +212,18 @@ where
                             }
                         },
                         Ok(None) => Found::Nothing,
+                        Err(e) if crate::l2::is_wrong_type(&e) => {
+                            // Our key, someone else's type: a miss, and ours to replace.
+                            let reason = crate::envelope::Corruption::WrongType;
+                            cache.counters.decode_errors[reason.index()].incr();
+                            tracing::warn!(
+                                cache.name = %cache.name,
+                                region = %r.shared.state.name,
+                                reason = %reason,
+                                "unusable entry in redis, treated as a miss"
+                            );
+                            Found::Unusable { overwrite: true }
+                        }
                         Err(e) => {
                             r.l2_failed("get", e)?;
                             Found::Down
