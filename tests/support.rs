@@ -27,12 +27,15 @@ pub(crate) async fn raw_client(server: &RedisServer) -> Client {
     client
 }
 
-/// A cache builder pointed at the server, with short timeouts so fault tests stay quick.
+/// A cache builder pointed at the server. Timeouts are generous enough that a test machine
+/// busy with other tests does not trip them, and a breaker opened by a burst of slowness
+/// heals quickly (fault tests set their own).
 pub(crate) fn builder(server: &RedisServer, name: &str) -> LayerCacheBuilder {
     LayerCache::builder(name)
         .redis_url(server.url())
-        .l2_command_timeout(Duration::from_millis(300))
+        .l2_command_timeout(Duration::from_secs(1))
         .l2_connect_timeout(Duration::from_secs(2))
+        .l2_breaker_cooldown(Duration::from_millis(500))
 }
 
 /// Runs a raw command with string arguments.
