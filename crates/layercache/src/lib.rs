@@ -100,6 +100,18 @@ pub mod fuzzing {
         crate::envelope::open(&b, 1, 1 << 20).is_ok()
     }
 
+    /// Decodes bytes with the bincode codec as a value with strings, vectors, options and maps
+    /// (the shapes whose length prefixes could claim huge allocations); `true` when accepted.
+    pub fn decode_bincode(bytes: &[u8]) -> bool {
+        use crate::codec::{Bincode, Codec};
+        type Shape = (
+            String,
+            Vec<u64>,
+            Option<std::collections::BTreeMap<String, Vec<u8>>>,
+        );
+        Bincode.decode::<Shape>(bytes).is_ok()
+    }
+
     /// Decodes bytes as a bus message; `true` when they are accepted, in which case encoding
     /// the result again must give the same bytes (panics otherwise, for the fuzzer to report).
     pub fn decode_bus_message(bytes: &[u8]) -> bool {
