@@ -16,8 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use cap::Cap;
 use layercache::LayerCache;
 use layercache_testkit::RedisServer;
+
+/// Tracks the heap, so the network-fault test can show memory stays bounded.
+#[global_allocator]
+static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);
 use support::{cmd, raw_client, wait_until};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -375,6 +380,20 @@ async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang()
         }
     })
     .await;
+    // Memory stays bounded while the blackhole lasts: 2,000 more reads (and writes, which
+    // queue bus messages) do not grow the heap by more than a few MiB.
+    let heap = ALLOC.allocated();
+    for i in 0..2000 {
+        let key = format!("m{i}");
+        timed_read(&r, &key, &loads).await;
+        let _ = r.insert(&key, 1).await;
+    }
+    cache.run_pending_tasks().await;
+    let grown = ALLOC.allocated().saturating_sub(heap);
+    assert!(
+        grown < 32 << 20,
+        "the heap grew by {grown} bytes during the blackhole"
+    );
     // The bus notices its own heartbeats no longer come back.
     wait_until("the bus to notice", Duration::from_secs(10), || {
         let cache = cache.clone();

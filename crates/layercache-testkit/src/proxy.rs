@@ -1,5 +1,7 @@
 //! A TCP proxy between a client and a server the test owns, for injecting network faults:
-//! added latency, or a blackhole (the connection stays open but nothing gets through).
+//! added latency, or a blackhole (the connection stays open but nothing gets through until the
+//! network heals — then everything queued is delivered, in order, as TCP would after a
+//! partition; no byte is ever dropped, which TCP never does without resetting).
 
 use std::{
     io::{self, Read, Write},
@@ -66,7 +68,8 @@ impl Proxy {
         self.control.latency_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Swallows all data both ways (connections stay open) until [`pass`](Self::pass).
+    /// Stalls all data both ways (connections stay open, data queues) until
+    /// [`pass`](Self::pass).
     pub fn blackhole(&self) {
         self.control.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
@@ -115,6 +118,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = [0u8; 16 * 1024];
     while !control.stop.load(Ordering::SeqCst) {
+        if control.mode.load(Ordering::SeqCst) == BLACKHOLE {
+            // Stall: leave the data in the socket buffers until the network heals.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         let n = match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -128,9 +136,6 @@ fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control) {
             }
             Err(_) => break,
         };
-        if control.mode.load(Ordering::SeqCst) == BLACKHOLE {
-            continue; // swallowed
-        }
         let latency = control.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             std::thread::sleep(Duration::from_millis(latency));
@@ -158,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn passes_delays_and_swallows() {
+    fn passes_delays_and_stalls() {
         let server = RedisServer::start().unwrap();
         let proxy = Proxy::start(server.port()).unwrap();
         assert_eq!(
@@ -167,7 +172,14 @@ mod tests {
         );
         proxy.blackhole();
         assert!(ping(proxy.port(), Duration::from_millis(300)).is_err());
+        // A request sent into the blackhole is answered once the network heals.
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         proxy.pass();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line, "+PONG\r\n");
         proxy.set_latency(Duration::from_millis(200));
         let start = std::time::Instant::now();
         assert_eq!(
