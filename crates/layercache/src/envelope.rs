@@ -15,15 +15,18 @@
 //! | 32 | 4 | load time: how long the loader took, microseconds (0 for inserted values) |
 //! | 36 | 4 | raw length: the codec's bytes, before compression |
 //! | 40 | 4 | stored length: the payload bytes (after the tag block, if any) |
-//! | 44 | 4 | CRC-32 (IEEE) of bytes 0..44 followed by every byte after the header |
-//! | 48 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
+//! | 44 | 8 | key check: FNV-1a (64-bit) of the Redis key the value was written under |
+//! | 52 | 4 | CRC-32 (IEEE) of bytes 0..52 followed by every byte after the header |
+//! | 56 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
 //! | … | … | payload |
 //!
 //! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
 //! are checked against the actual input and against the configured cap before anything is
 //! allocated, the checksum is verified before decompressing, and a decompressed length must
 //! match the header exactly. Every failure is a [`Corruption`] reason, which the cache counts
-//! and treats as a miss.
+//! and treats as a miss. The key check makes bytes found under another key than the one they
+//! were written for (copied, renamed, or delivered for another command) a miss too
+//! ([`Corruption::WrongKey`]), never another key's value.
 
 use std::fmt;
 
@@ -33,9 +36,19 @@ pub const MAGIC: [u8; 4] = *b"LCAC";
 /// Redis key (`f1`), so a format change reads as a miss.
 pub const FORMAT_VERSION: u8 = 1;
 /// Length of the header in bytes.
-pub const HEADER_LEN: usize = 48;
+pub const HEADER_LEN: usize = 56;
 /// Bytes of the header covered by the checksum (all but the checksum itself).
-const CHECKED: usize = 44;
+const CHECKED: usize = 52;
+
+/// The key check stored in every envelope: FNV-1a, 64-bit, over the Redis key's bytes.
+pub fn key_check(redis_key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in redis_key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
 /// Flag bit: the payload is LZ4-compressed (block format, no size prefix).
 pub const FLAG_LZ4: u8 = 0b0000_0001;
 /// Flag bit: a tag block follows the header.
@@ -67,11 +80,13 @@ pub enum Corruption {
     Deserialize,
     /// Another Redis type (a list, a hash, …) sits at our key.
     WrongType,
+    /// The envelope was written for another key.
+    WrongKey,
 }
 
 impl Corruption {
     /// Every reason, in counter order.
-    pub const ALL: [Corruption; 9] = [
+    pub const ALL: [Corruption; 10] = [
         Self::NotAnEnvelope,
         Self::UnknownVersion,
         Self::CodecMismatch,
@@ -81,6 +96,7 @@ impl Corruption {
         Self::Decompress,
         Self::Deserialize,
         Self::WrongType,
+        Self::WrongKey,
     ];
 
     /// A stable lowercase name, used in logs and metrics.
@@ -95,6 +111,7 @@ impl Corruption {
             Self::Decompress => "decompress",
             Self::Deserialize => "deserialize",
             Self::WrongType => "wrong_type",
+            Self::WrongKey => "wrong_key",
         }
     }
 
@@ -124,6 +141,8 @@ pub(crate) struct Meta {
     pub(crate) refresh_at_ms: u64,
     pub(crate) load_us: u32,
     pub(crate) negative: bool,
+    /// [`key_check`] of the Redis key the value was written under.
+    pub(crate) key_check: u64,
 }
 
 /// The result of [`encode`].
@@ -189,6 +208,7 @@ pub(crate) fn seal(
     header[32..36].copy_from_slice(&meta.load_us.to_le_bytes());
     header[36..40].copy_from_slice(&len_u32(raw_len).to_le_bytes());
     header[40..44].copy_from_slice(&len_u32(stored_len).to_le_bytes());
+    header[44..52].copy_from_slice(&meta.key_check.to_le_bytes());
     let crc = checksum(&buf[..CHECKED], &buf[HEADER_LEN..]);
     buf[CHECKED..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Encoded {
@@ -204,7 +224,7 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// CRC-32 of the first 44 header bytes followed by everything after the header.
+/// CRC-32 of the first 52 header bytes followed by everything after the header.
 pub(crate) fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);
@@ -297,6 +317,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         refresh_at_ms: u64_at(bytes, 24),
         load_us: u32_at(bytes, 32),
         negative,
+        key_check: u64_at(bytes, 44),
     };
     if !compressed {
         return Ok(Opened {
@@ -327,6 +348,7 @@ mod tests {
         refresh_at_ms: 1_700_000_030_000,
         load_us: 1234,
         negative: false,
+        key_check: 0x0123_4567_89ab_cdef,
     };
 
     fn envelope(raw: &[u8], threshold: usize) -> Encoded {
@@ -492,15 +514,23 @@ mod tests {
         use proptest::prelude::*;
 
         fn meta() -> impl Strategy<Value = Meta> {
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
-                |(created_at_ms, expires_at_ms, refresh_at_ms, load_us)| Meta {
-                    created_at_ms,
-                    expires_at_ms,
-                    refresh_at_ms,
-                    load_us,
-                    negative: false,
-                },
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
             )
+                .prop_map(
+                    |(created_at_ms, expires_at_ms, refresh_at_ms, load_us, key_check)| Meta {
+                        created_at_ms,
+                        expires_at_ms,
+                        refresh_at_ms,
+                        load_us,
+                        negative: false,
+                        key_check,
+                    },
+                )
         }
 
         proptest! {

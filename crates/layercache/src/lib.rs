@@ -95,8 +95,8 @@ pub mod fuzzing {
         b[..4].copy_from_slice(&MAGIC);
         b[4] = FORMAT_VERSION;
         b[5] = 1;
-        let crc = crate::envelope::checksum(&b[..44], &b[HEADER_LEN..]);
-        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        let crc = crate::envelope::checksum(&b[..52], &b[HEADER_LEN..]);
+        b[52..56].copy_from_slice(&crc.to_le_bytes());
         crate::envelope::open(&b, 1, 1 << 20).is_ok()
     }
 

@@ -620,8 +620,15 @@ where
         self.check_key(&k)?;
         let cache = &self.cache;
         let plan = Plan::value(options, Duration::ZERO);
+        // The Redis key, when there is a Redis tier and the generation is known.
+        let rk = cache
+            .l2
+            .as_ref()
+            .and_then(|_| self.shared.state.generation())
+            .map(|g| self.shared.state.data_key(g, &k[4..]));
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
-            Some(self.encode(Some(&value), &plan, tags.as_deref())?)
+            let key = rk.as_deref().unwrap_or("");
+            Some(self.encode(Some(&value), &plan, tags.as_deref(), key)?)
         } else {
             None
         };
@@ -632,12 +639,9 @@ where
         cache.flights.poison(&k);
         let mut result = Ok(());
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
-            let written = match self.l2_generation() {
-                Ok(g) => {
-                    let rk = self.shared.state.data_key(g, &k[4..]);
-                    self.write_l2(&rk, enc, &plan, false, tags.as_deref()).await
-                }
-                Err(e) => Err(e),
+            let written = match &rk {
+                Some(rk) => self.write_l2(rk, enc, &plan, false, tags.as_deref()).await,
+                None => self.l2_generation().map(|_| false),
             };
             if let Err(e) = written {
                 result = self.l2_failed("insert", e);

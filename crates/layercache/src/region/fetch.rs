@@ -161,7 +161,7 @@ where
                         None => l2.get(&rkey).await,
                     };
                     match read {
-                        Ok(Some(bytes)) => match r.decode(&bytes) {
+                        Ok(Some(bytes)) => match r.decode(&bytes, &rkey) {
                             Ok(d) => {
                                 let now_ms = unix_millis();
                                 let left = d.left(now_ms);
@@ -382,7 +382,7 @@ where
             tokio::time::sleep(backoff.min(left)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
             if let Ok(Some(bytes)) = l2.get(rkey).await {
-                if let Ok(d) = self.decode(&bytes) {
+                if let Ok(d) = self.decode(&bytes, rkey) {
                     let now_ms = unix_millis();
                     if !d.left(now_ms).is_zero() {
                         let value = self
@@ -501,7 +501,7 @@ where
         let write = found.writable() && !rkey.is_empty();
         let mut raw_len = 0;
         if write || cache.l1.by_bytes() {
-            match self.encode(value.as_deref(), &plan, tags.as_deref()) {
+            match self.encode(value.as_deref(), &plan, tags.as_deref(), rkey) {
                 Ok(enc) => {
                     raw_len = enc.raw_len;
                     if write && !leader.is_poisoned() {

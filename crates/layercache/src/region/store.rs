@@ -55,7 +55,7 @@ impl Plan {
         }
     }
 
-    fn meta(&self, now_ms: u64) -> Meta {
+    fn meta(&self, now_ms: u64, key_check: u64) -> Meta {
         let expires_at_ms = now_ms.saturating_add(millis_ceil(self.ttl));
         Meta {
             created_at_ms: now_ms,
@@ -65,6 +65,7 @@ impl Plan {
                 .map_or(expires_at_ms, |s| now_ms.saturating_add(millis_ceil(s))),
             load_us: u32::try_from(self.load.as_micros()).unwrap_or(u32::MAX),
             negative: self.negative,
+            key_check,
         }
     }
 
@@ -120,6 +121,7 @@ where
         value: Option<&V>,
         plan: &Plan,
         tags: Option<&[String]>,
+        rk: &str,
     ) -> Result<Encoded> {
         let mut buf = vec![0u8; HEADER_LEN];
         if let Some(value) = value {
@@ -143,14 +145,22 @@ where
         Ok(envelope::seal(
             buf,
             C::ID,
-            plan.meta(unix_millis()),
+            plan.meta(unix_millis(), envelope::key_check(rk.as_bytes())),
             self.cache.settings.compression_threshold,
             tags.unwrap_or(&[]),
         ))
     }
 
-    pub(crate) fn decode(&self, bytes: &[u8]) -> std::result::Result<Decoded<V>, Corruption> {
+    /// Opens and decodes what Redis held under `rk`.
+    pub(crate) fn decode(
+        &self,
+        bytes: &[u8],
+        rk: &str,
+    ) -> std::result::Result<Decoded<V>, Corruption> {
         let opened = envelope::open(bytes, C::ID, self.cache.settings.max_value_bytes)?;
+        if opened.meta.key_check != envelope::key_check(rk.as_bytes()) {
+            return Err(Corruption::WrongKey);
+        }
         let value = if opened.meta.negative {
             None
         } else {
