@@ -136,10 +136,9 @@ async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
 }
 
-/// Writers `insert` new versions; readers check that once an instance has applied a writer's
-/// invalidation, it never returns an older version. (Deletes are left out: an `invalidate`
-/// racing with another instance's load can leave the old value in Redis until its TTL — the
-/// cache-aside race documented in docs/CONSISTENCY.md, to be closed with tombstones.)
+/// Writers `insert` new versions or `invalidate` (after which the loader supplies the new
+/// version); readers check that once an instance has applied a writer's invalidation, it never
+/// returns an older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
     let server = redis();
@@ -190,8 +189,14 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                 let _row = row_locks[key].lock().await;
                 let v = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
                 // Only acknowledged writes count (Propagate: a failed SET or PUBLISH is an
-                // error here, and such a write may or may not be visible).
-                if regions[inst].insert(&key.to_string(), v).await.is_err() {
+                // error here, and such a write may or may not be visible). One in five is a
+                // delete: after it, the loader supplies the version.
+                let written = if (x >> 16).is_multiple_of(5) {
+                    regions[inst].invalidate(&key.to_string()).await
+                } else {
+                    regions[inst].insert(&key.to_string(), v).await
+                };
+                if written.is_err() {
                     continue;
                 }
                 let seq = caches[inst].bus_status().unwrap().published_seq;
@@ -689,4 +694,41 @@ async fn most_arguments(raw: &Client) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
+    let server = redis();
+    let a = instance(&server, "del").await;
+    let b = instance(&server, "del").await;
+    let c = instance(&server, "del").await;
+    let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    // B starts loading: its source read happens before A's delete.
+    let slow = {
+        let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            rb.get_or_load("k", move || async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(1)
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    ra.invalidate("k").await.unwrap();
+    release.notify_one();
+    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    // B's fill lost to A's tombstone: a third instance does not find the old value in Redis.
+    assert!(
+        rc.get("k").await.unwrap().is_none(),
+        "the old value refilled redis"
+    );
+    let v = rc
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2, "a load after the delete replaces the tombstone");
 }

@@ -7,7 +7,7 @@
 //! | 0 | 4 | magic `LCAC` |
 //! | 4 | 1 | format version (`1`) |
 //! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
-//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); other bits must be 0 |
+//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); bit 3 = tombstone left by `invalidate` (empty payload); other bits must be 0 |
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | created at, Unix milliseconds |
 //! | 16 | 8 | expires at (logical: past it the value is stale, kept only as a fail-safe fallback), Unix milliseconds |
@@ -55,6 +55,10 @@ pub const FLAG_LZ4: u8 = 0b0000_0001;
 pub const FLAG_TAGS: u8 = 0b0000_0010;
 /// Flag bit: a negative entry (the loader found nothing); the payload is empty.
 pub const FLAG_NEGATIVE: u8 = 0b0000_0100;
+/// Flag bit: a tombstone left by `invalidate` (a miss; the payload is empty). Loads replace it
+/// only if it is still the one they saw, so a load that began before the invalidation cannot
+/// put the old value back.
+pub const FLAG_TOMBSTONE: u8 = 0b0000_1000;
 
 /// Why bytes read from Redis were not accepted as a value.
 ///
@@ -141,6 +145,8 @@ pub(crate) struct Meta {
     pub(crate) refresh_at_ms: u64,
     pub(crate) load_us: u32,
     pub(crate) negative: bool,
+    /// A tombstone (see [`FLAG_TOMBSTONE`]).
+    pub(crate) tombstone: bool,
     /// [`key_check`] of the Redis key the value was written under.
     pub(crate) key_check: u64,
 }
@@ -169,7 +175,8 @@ pub(crate) fn seal(
     tags: &[String],
 ) -> Encoded {
     let raw_len = buf.len().saturating_sub(HEADER_LEN);
-    let mut flags = if meta.negative { FLAG_NEGATIVE } else { 0 };
+    let mut flags = if meta.negative { FLAG_NEGATIVE } else { 0 }
+        | if meta.tombstone { FLAG_TOMBSTONE } else { 0 };
     if raw_len >= compression_threshold {
         let raw = &buf[HEADER_LEN..];
         let mut out = vec![0u8; HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw_len)];
@@ -279,7 +286,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         return Err(Corruption::CodecMismatch);
     }
     let flags = bytes[6];
-    if flags & !(FLAG_LZ4 | FLAG_TAGS | FLAG_NEGATIVE) != 0 || bytes[7] != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_TAGS | FLAG_NEGATIVE | FLAG_TOMBSTONE) != 0 || bytes[7] != 0 {
         return Err(Corruption::UnknownFlags);
     }
     let raw_len = usize::try_from(u32_at(bytes, 36)).map_err(|_| Corruption::BadLength)?;
@@ -299,11 +306,12 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
     };
     let compressed = flags & FLAG_LZ4 != 0;
     let negative = flags & FLAG_NEGATIVE != 0;
+    let tombstone = flags & FLAG_TOMBSTONE != 0;
     if stored_len != payload.len()
         || raw_len > max_raw
         || (!compressed && raw_len != stored_len)
         || (compressed && (stored_len >= raw_len || stored_len == 0))
-        || (negative && (raw_len != 0 || compressed))
+        || ((negative || tombstone) && (raw_len != 0 || compressed))
     {
         return Err(Corruption::BadLength);
     }
@@ -317,6 +325,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         refresh_at_ms: u64_at(bytes, 24),
         load_us: u32_at(bytes, 32),
         negative,
+        tombstone,
         key_check: u64_at(bytes, 44),
     };
     if !compressed {
@@ -348,6 +357,7 @@ mod tests {
         refresh_at_ms: 1_700_000_030_000,
         load_us: 1234,
         negative: false,
+        tombstone: false,
         key_check: 0x0123_4567_89ab_cdef,
     };
 
@@ -528,6 +538,7 @@ mod tests {
                         refresh_at_ms,
                         load_us,
                         negative: false,
+                        tombstone: false,
                         key_check,
                     },
                 )

@@ -171,11 +171,25 @@ local nxt = math.max(cur + 1, tonumber(ARGV[1])) \
 local s = string.format('%d', nxt) \
 redis.call('SET', KEYS[1], s, 'PX', ARGV[2]) return s";
 
-/// Writes a value and records its key in each of its tags' sets, atomically. A tag set lives
-/// as long as its longest-lived member (its TTL is raised, never lowered). KEYS: the data key,
-/// then the tag keys. ARGV: the value, the TTL in ms, `1` for NX.
-const SET_TAGGED: &str = "local ok \
-if ARGV[3] == '1' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
+/// Releases a lock only if it still holds our token. KEYS: the lock. ARGV: the token.
+const RELEASE_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Extends a lock only if it still holds our token. KEYS: the lock. ARGV: the token, the TTL.
+const RENEW_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// Fills a key with a loaded value: `nx` only if absent; `cas` only if it still holds exactly
+/// ARGV[4] (what the load saw: a tombstone, a stale or corrupt value), so a load that began
+/// before a concurrent write or invalidation never overwrites it; `set` unconditionally. Then
+/// records the key in each of its tags' sets (raising a set's TTL to its longest member's, never
+/// lowering it). KEYS: the data key, then tag keys.
+/// ARGV: the value, the TTL in ms, the mode, the expected bytes.
+const FILL: &str = "local ok \
+if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
+elseif ARGV[3] == 'cas' then \
+  if redis.call('GET', KEYS[1]) == ARGV[4] then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+  else ok = false end \
 else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
 if not ok then return 0 end \
 local ttl = tonumber(ARGV[2]) \
@@ -185,13 +199,16 @@ for i = 2, #KEYS do \
 end \
 return 1";
 
-/// Releases a lock only if it still holds our token. KEYS: the lock. ARGV: the token.
-const RELEASE_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-return redis.call('DEL', KEYS[1]) else return 0 end";
-
-/// Extends a lock only if it still holds our token. KEYS: the lock. ARGV: the token, the TTL.
-const RENEW_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// How a write treats what is already at the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Overwrite (an explicit `insert`, or a foreign Redis type).
+    Set,
+    /// Only if absent.
+    Nx,
+    /// Only if the key still holds exactly these bytes.
+    Cas(Vec<u8>),
+}
 
 /// A connected Redis client.
 #[derive(Clone)]
@@ -324,34 +341,33 @@ impl L2 {
         Ok(!reply.is_null())
     }
 
-    /// `SET` with tags (see [`SET_TAGGED`]); returns whether the value was written.
-    pub(crate) async fn set_tagged(
+    /// Writes with the `FILL` script: conditional on what the key holds (see [`Fill`]), with
+    /// tag bookkeeping; returns whether the value was written.
+    pub(crate) async fn fill(
         &self,
         key: &str,
         value: Vec<u8>,
         ttl_ms: u64,
-        nx: bool,
+        mode: &Fill,
         tag_keys: Vec<String>,
     ) -> Result<bool> {
-        let span = tracing::debug_span!(
-            "layercache.l2.set",
-            bytes = value.len(),
-            nx,
-            tags = tag_keys.len()
-        );
+        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tag_keys.len());
         let mut keys = Vec::with_capacity(1 + tag_keys.len());
         keys.push(key.to_owned());
         keys.extend(tag_keys);
+        let (name, expected) = match mode {
+            Fill::Set => ("set", Vec::new()),
+            Fill::Nx => ("nx", Vec::new()),
+            Fill::Cas(b) => ("cas", b.clone()),
+        };
         let args: Vec<Value> = vec![
             Value::Bytes(value.into()),
             Value::from(ttl_ms.to_string()),
-            Value::from(if nx { "1" } else { "0" }),
+            Value::from(name),
+            Value::Bytes(expected.into()),
         ];
         let written: i64 = self
-            .bounded(
-                "redis EVAL (tagged SET)",
-                self.client.eval(SET_TAGGED, keys, args),
-            )
+            .bounded("redis EVAL (fill)", self.client.eval(FILL, keys, args))
             .instrument(span)
             .await?;
         Ok(written == 1)

@@ -28,6 +28,7 @@ use crate::{
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
     l1::{Extra, L1Entry},
+    l2::Fill,
     options::EntryOptions,
 };
 
@@ -640,7 +641,10 @@ where
         let mut result = Ok(());
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
             let written = match &rk {
-                Some(rk) => self.write_l2(rk, enc, &plan, false, tags.as_deref()).await,
+                Some(rk) => {
+                    self.write_l2(rk, enc, &plan, &Fill::Set, tags.as_deref())
+                        .await
+                }
                 None => self.l2_generation().map(|_| false),
             };
             if let Err(e) = written {
@@ -671,8 +675,9 @@ where
         result.and(announced)
     }
 
-    /// Removes `key` from Redis (`UNLINK`) and from this instance's in-process tier, and
-    /// announces it so other instances drop their copy.
+    /// Removes `key`: replaces it in Redis with a tombstone (a miss for every reader, with the
+    /// region's TTL, so a load that began before this cannot put the old value back), drops it
+    /// from this instance's in-process tier, and announces it so other instances drop theirs.
     ///
     /// # Errors
     ///
@@ -688,9 +693,21 @@ where
         let cache = &self.cache;
         cache.flights.poison(&k);
         let mut result = Ok(());
-        if let Some(l2) = &cache.l2 {
+        if cache.l2.is_some() {
+            // A tombstone, not UNLINK: a load that began before this cannot fill the key
+            // afterwards (fills are `SET NX`, or replace only the exact bytes they saw).
             let removed = match self.l2_generation() {
-                Ok(g) => l2.unlink(&self.shared.state.data_key(g, &k[4..])).await,
+                Ok(g) => {
+                    let rk = self.shared.state.data_key(g, &k[4..]);
+                    let plan = Plan::tombstone(&self.shared.entry_options);
+                    match self.encode(None, &plan, None, &rk) {
+                        Ok(enc) => self
+                            .write_l2(&rk, enc, &plan, &Fill::Set, None)
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = removed {

@@ -18,7 +18,7 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::token,
     key::CacheKey,
-    l2::L2,
+    l2::{Fill, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -34,26 +34,32 @@ pub(super) enum Mode {
 }
 
 /// What the Redis read found, when it found no usable value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Found {
     /// No Redis tier.
     Off,
-    /// No entry: a load may fill it with `SET … NX`.
+    /// No entry: a load fills it with `SET … NX` (a concurrent write wins).
     Nothing,
-    /// An entry of ours, stale or due for refresh: a load replaces it.
-    Present,
-    /// An entry that is not a usable value; `overwrite` says whether a load may replace it.
-    Unusable { overwrite: bool },
+    /// These bytes (a tombstone, a stale or due value, a corrupt entry): a load replaces them
+    /// only if the key still holds exactly them (a concurrent write or invalidation wins).
+    Seen(Vec<u8>),
+    /// Another Redis type at our key: a load overwrites it.
+    Foreign,
+    /// An entry a load must not replace (a newer format's).
+    Keep,
     /// Redis failed (or the generation is unknown): do not pay another timeout writing.
     Down,
 }
 
 impl Found {
-    fn writable(self) -> bool {
-        matches!(
-            self,
-            Self::Nothing | Self::Present | Self::Unusable { overwrite: true }
-        )
+    /// How a load may write, if at all.
+    fn fill(&self) -> Option<Fill> {
+        match self {
+            Self::Nothing => Some(Fill::Nx),
+            Self::Seen(b) => Some(Fill::Cas(b.clone())),
+            Self::Foreign => Some(Fill::Set),
+            Self::Off | Self::Keep | Self::Down => None,
+        }
     }
 }
 
@@ -162,6 +168,7 @@ where
                     };
                     match read {
                         Ok(Some(bytes)) => match r.decode(&bytes, &rkey) {
+                            Ok(d) if d.meta.tombstone => Found::Seen(bytes),
                             Ok(d) => {
                                 let now_ms = unix_millis();
                                 let left = d.left(now_ms);
@@ -195,7 +202,7 @@ where
                                         + left;
                                     fallback = Some(Stale { value, expired });
                                 }
-                                Found::Present
+                                Found::Seen(bytes)
                             }
                             Err(reason) => {
                                 cache.counters.decode_errors[reason.index()].incr();
@@ -206,8 +213,10 @@ where
                                     bytes = bytes.len(),
                                     "unusable entry in redis, treated as a miss"
                                 );
-                                Found::Unusable {
-                                    overwrite: reason.may_overwrite(),
+                                if reason.may_overwrite() {
+                                    Found::Seen(bytes)
+                                } else {
+                                    Found::Keep
                                 }
                             }
                         },
@@ -222,7 +231,7 @@ where
                                 reason = %reason,
                                 "unusable entry in redis, treated as a miss"
                             );
-                            Found::Unusable { overwrite: true }
+                            Found::Foreign
                         }
                         Err(e) => {
                             r.l2_failed("get", e)?;
@@ -384,7 +393,7 @@ where
             if let Ok(Some(bytes)) = l2.get(rkey).await {
                 if let Ok(d) = self.decode(&bytes, rkey) {
                     let now_ms = unix_millis();
-                    if !d.left(now_ms).is_zero() {
+                    if !d.meta.tombstone && !d.left(now_ms).is_zero() {
                         let value = self
                             .serve_decoded(leader, options, d, generation, born, now_ms)
                             .await;
@@ -498,15 +507,15 @@ where
             (None, None) => return Ok(None),
         };
         let value = value.map(Arc::new);
-        let write = found.writable() && !rkey.is_empty();
+        let fill_mode = found.fill().filter(|_| !rkey.is_empty());
+        let write = fill_mode.is_some();
         let mut raw_len = 0;
         if write || cache.l1.by_bytes() {
             match self.encode(value.as_deref(), &plan, tags.as_deref(), rkey) {
                 Ok(enc) => {
                     raw_len = enc.raw_len;
-                    if write && !leader.is_poisoned() {
-                        let nx = found == Found::Nothing;
-                        let written = self.write_l2(rkey, enc, &plan, nx, tags.as_deref()).await;
+                    if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
+                        let written = self.write_l2(rkey, enc, &plan, mode, tags.as_deref()).await;
                         if let Err(e) = written {
                             // The value was loaded; a failed fill is not the caller's error.
                             let _ = self.l2_failed("set", e);

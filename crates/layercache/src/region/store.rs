@@ -17,6 +17,7 @@ use crate::{
     freshness::{jittered, rand01},
     key::{tag_key, CacheKey},
     l1::{Extra, Freshness, L1Entry, Slide},
+    l2::Fill,
     options::{millis_ceil, EntryOptions},
 };
 
@@ -32,6 +33,7 @@ pub(crate) struct Plan {
     /// How long the load took (zero for inserts).
     pub(crate) load: Duration,
     pub(crate) negative: bool,
+    pub(crate) tombstone: bool,
 }
 
 impl Plan {
@@ -42,6 +44,19 @@ impl Plan {
             soft: options.get_soft_ttl(),
             load,
             negative: false,
+            tombstone: false,
+        }
+    }
+
+    /// What `invalidate` leaves: a tombstone living as long as a value would.
+    pub(crate) fn tombstone(options: &EntryOptions) -> Self {
+        Self {
+            ttl: options.get_ttl(),
+            keep: options.keep_after_expiry(),
+            soft: None,
+            load: Duration::ZERO,
+            negative: false,
+            tombstone: true,
         }
     }
 
@@ -52,6 +67,7 @@ impl Plan {
             soft: None,
             load: Duration::ZERO,
             negative: true,
+            tombstone: false,
         }
     }
 
@@ -65,6 +81,7 @@ impl Plan {
                 .map_or(expires_at_ms, |s| now_ms.saturating_add(millis_ceil(s))),
             load_us: u32::try_from(self.load.as_micros()).unwrap_or(u32::MAX),
             negative: self.negative,
+            tombstone: self.tombstone,
             key_check,
         }
     }
@@ -77,6 +94,7 @@ impl Plan {
 
 /// A value read from Redis.
 pub(crate) struct Decoded<V> {
+    /// `None` for a cached "not found" or a tombstone.
     pub(crate) value: Option<V>,
     pub(crate) meta: Meta,
     pub(crate) raw_len: usize,
@@ -161,7 +179,7 @@ where
         if opened.meta.key_check != envelope::key_check(rk.as_bytes()) {
             return Err(Corruption::WrongKey);
         }
-        let value = if opened.meta.negative {
+        let value = if opened.meta.negative || opened.meta.tombstone {
             None
         } else {
             Some(
@@ -180,13 +198,14 @@ where
         })
     }
 
-    /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry; counts it.
+    /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry, as `mode`
+    /// says to treat what the key holds; counts it.
     pub(crate) async fn write_l2(
         &self,
         rk: &str,
         enc: Encoded,
         plan: &Plan,
-        nx: bool,
+        mode: &Fill,
         tags: Option<&[String]>,
     ) -> Result<bool> {
         let Some(l2) = &self.cache.l2 else {
@@ -194,12 +213,16 @@ where
         };
         self.count_write(&enc);
         let px = plan.physical_ms();
-        match tags {
-            Some(tags) if !tags.is_empty() => {
-                let tag_keys = tags.iter().map(|t| tag_key(&self.cache.name, t)).collect();
-                l2.set_tagged(rk, enc.bytes, px, nx, tag_keys).await
+        let tag_keys: Vec<String> = tags
+            .unwrap_or(&[])
+            .iter()
+            .map(|t| tag_key(&self.cache.name, t))
+            .collect();
+        match mode {
+            Fill::Set | Fill::Nx if tag_keys.is_empty() => {
+                l2.set(rk, enc.bytes, px, *mode == Fill::Nx).await
             }
-            _ => l2.set(rk, enc.bytes, px, nx).await,
+            _ => l2.fill(rk, enc.bytes, px, mode, tag_keys).await,
         }
     }
 
