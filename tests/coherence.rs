@@ -16,8 +16,8 @@ use std::{
 };
 
 use fred::{
-    prelude::{Client, LuaInterface, PubsubInterface},
-    types::Value,
+    prelude::{Client, KeysInterface, LuaInterface, PubsubInterface},
+    types::{Expiration, Value},
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
 use support::{builder, caught_up, cmd, data_keys, raw_client, redis, wait_until};
@@ -696,39 +696,79 @@ async fn most_arguments(raw: &Client) -> usize {
         .unwrap_or(0)
 }
 
+/// The Redis-side race of cache-aside: instance B reads the source, A deletes the key, then
+/// B's fill reaches Redis *before* B has heard of the delete (B's link is slowed by a proxy, so
+/// its poison flag is still clear). The fill must lose to A's tombstone, whether B's read had
+/// found nothing (its fill is `SET NX`) or an unusable entry (its fill replaces only what it
+/// saw), so a third instance never finds the old value in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
     let server = redis();
+    let raw = raw_client(&server).await;
+    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
     let a = instance(&server, "del").await;
-    let b = instance(&server, "del").await;
-    let c = instance(&server, "del").await;
-    let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
-    let started = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    // B starts loading: its source read happens before A's delete.
-    let slow = {
-        let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
-        tokio::spawn(async move {
-            rb.get_or_load("k", move || async move {
-                started.notify_one();
-                release.notified().await;
-                Ok::<_, std::io::Error>(1)
-            })
-            .await
-        })
-    };
-    started.notified().await;
-    ra.invalidate("k").await.unwrap();
-    release.notify_one();
-    assert_eq!(*slow.await.unwrap().unwrap(), 1);
-    // B's fill lost to A's tombstone: a third instance does not find the old value in Redis.
-    assert!(
-        rc.get("k").await.unwrap().is_none(),
-        "the old value refilled redis"
-    );
-    let v = rc
-        .get_or_load("k", || async { Ok::<_, std::io::Error>(2) })
+    let b = LayerCache::builder("del")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(5))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(10))
+        .build()
         .await
         .unwrap();
-    assert_eq!(*v, 2, "a load after the delete replaces the tombstone");
+    let c = instance(&server, "del").await;
+    let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
+    for (key, before) in [("absent", None), ("corrupt", Some(&b"garbage"[..]))] {
+        let rkey = ra.redis_key(key).unwrap();
+        if let Some(bytes) = before {
+            let _: () = raw
+                .set(&rkey, bytes, Some(Expiration::EX(60)), None, false)
+                .await
+                .unwrap();
+        }
+        proxy.set_latency(Duration::from_millis(300));
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let slow = {
+            let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                rb.get_or_load(key, move || async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(1)
+                })
+                .await
+            })
+        };
+        started.notified().await;
+        ra.invalidate(key).await.unwrap();
+        // B has not applied the delete yet (else its poison flag, not the tombstone, would
+        // stop the fill, and this test would prove nothing).
+        let deleted_at = a.bus_status().unwrap().published_seq;
+        let applied = b.bus_status().unwrap().peer_seq(a.instance_id().unwrap());
+        assert!(
+            applied.is_none_or(|s| s < deleted_at),
+            "{key}: B already knew"
+        );
+        release.notify_one();
+        assert_eq!(*slow.await.unwrap().unwrap(), 1, "{key}");
+        proxy.set_latency(Duration::ZERO);
+        let stored: Vec<u8> = raw.get(&rkey).await.unwrap();
+        assert_ne!(
+            stored[6] & layercache::envelope::FLAG_TOMBSTONE,
+            0,
+            "{key}: the old value refilled redis"
+        );
+        assert!(
+            rc.get(key).await.unwrap().is_none(),
+            "{key}: C read the old value"
+        );
+        let v = rc
+            .get_or_load(key, || async { Ok::<_, std::io::Error>(2) })
+            .await
+            .unwrap();
+        assert_eq!(
+            *v, 2,
+            "{key}: a load after the delete replaces the tombstone"
+        );
+    }
 }

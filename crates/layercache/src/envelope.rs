@@ -11,7 +11,7 @@
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | created at, Unix milliseconds |
 //! | 16 | 8 | expires at (logical: past it the value is stale, kept only as a fail-safe fallback), Unix milliseconds |
-//! | 24 | 8 | refresh at (soft expiry; equals "expires at" when there is none), Unix milliseconds |
+//! | 24 | 8 | refresh at (soft expiry; equals "expires at" when there is none), Unix milliseconds; in a tombstone, a random nonce instead |
 //! | 32 | 4 | load time: how long the loader took, microseconds (0 for inserted values) |
 //! | 36 | 4 | raw length: the codec's bytes, before compression |
 //! | 40 | 4 | stored length: the payload bytes (after the tag block, if any) |

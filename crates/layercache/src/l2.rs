@@ -179,16 +179,19 @@ return redis.call('DEL', KEYS[1]) else return 0 end";
 const RENEW_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
-/// Fills a key with a loaded value: `nx` only if absent; `cas` only if it still holds exactly
-/// ARGV[4] (what the load saw: a tombstone, a stale or corrupt value), so a load that began
-/// before a concurrent write or invalidation never overwrites it; `set` unconditionally. Then
-/// records the key in each of its tags' sets (raising a set's TTL to its longest member's, never
-/// lowering it). KEYS: the data key, then tag keys.
-/// ARGV: the value, the TTL in ms, the mode, the expected bytes.
+/// Fills a key with a loaded value: `nx` only if absent; `cas` only if it still holds what the
+/// load saw (a tombstone, a stale or corrupt value: same length, same first bytes — the
+/// envelope header, whose CRC and creation time tell entries apart, and whose nonce tells
+/// tombstones apart), so a load that began before a concurrent write or invalidation never
+/// overwrites it; `set` unconditionally. Then records the key in each of its tags' sets
+/// (raising a set's TTL to its longest member's, never lowering it). KEYS: the data key, then
+/// tag keys. ARGV: the value, the TTL in ms, the mode, the expected prefix, the expected length.
 const FILL: &str = "local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
 elseif ARGV[3] == 'cas' then \
-  if redis.call('GET', KEYS[1]) == ARGV[4] then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+  if redis.call('STRLEN', KEYS[1]) == tonumber(ARGV[5]) \
+    and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4] then \
+    ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
   else ok = false end \
 else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
 if not ok then return 0 end \
@@ -206,8 +209,28 @@ pub(crate) enum Fill {
     Set,
     /// Only if absent.
     Nx,
-    /// Only if the key still holds exactly these bytes.
-    Cas(Vec<u8>),
+    /// Only if the key still holds what was seen.
+    Cas(Seen),
+}
+
+/// What a read saw at a key, enough to tell whether it is still there: its length and its
+/// first [`HEADER_LEN`](crate::envelope::HEADER_LEN) bytes (for an envelope, the header, which
+/// carries a CRC of the whole entry). The whole value need not travel back to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    prefix: Vec<u8>,
+    len: usize,
+}
+
+impl Seen {
+    /// Remembers `bytes`.
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        let n = bytes.len().min(crate::envelope::HEADER_LEN);
+        Self {
+            prefix: bytes[..n].to_vec(),
+            len: bytes.len(),
+        }
+    }
 }
 
 /// A connected Redis client.
@@ -355,16 +378,17 @@ impl L2 {
         let mut keys = Vec::with_capacity(1 + tag_keys.len());
         keys.push(key.to_owned());
         keys.extend(tag_keys);
-        let (name, expected) = match mode {
-            Fill::Set => ("set", Vec::new()),
-            Fill::Nx => ("nx", Vec::new()),
-            Fill::Cas(b) => ("cas", b.clone()),
+        let (name, expected, len) = match mode {
+            Fill::Set => ("set", Vec::new(), 0),
+            Fill::Nx => ("nx", Vec::new(), 0),
+            Fill::Cas(seen) => ("cas", seen.prefix.clone(), seen.len),
         };
         let args: Vec<Value> = vec![
             Value::Bytes(value.into()),
             Value::from(ttl_ms.to_string()),
             Value::from(name),
             Value::Bytes(expected.into()),
+            Value::from(len.to_string()),
         ];
         let written: i64 = self
             .bounded("redis EVAL (fill)", self.client.eval(FILL, keys, args))

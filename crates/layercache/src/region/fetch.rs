@@ -18,7 +18,7 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::token,
     key::CacheKey,
-    l2::{Fill, L2},
+    l2::{Fill, Seen, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -42,7 +42,7 @@ enum Found {
     Nothing,
     /// These bytes (a tombstone, a stale or due value, a corrupt entry): a load replaces them
     /// only if the key still holds exactly them (a concurrent write or invalidation wins).
-    Seen(Vec<u8>),
+    Seen(Seen),
     /// Another Redis type at our key: a load overwrites it.
     Foreign,
     /// An entry a load must not replace (a newer format's).
@@ -56,7 +56,7 @@ impl Found {
     fn fill(&self) -> Option<Fill> {
         match self {
             Self::Nothing => Some(Fill::Nx),
-            Self::Seen(b) => Some(Fill::Cas(b.clone())),
+            Self::Seen(seen) => Some(Fill::Cas(seen.clone())),
             Self::Foreign => Some(Fill::Set),
             Self::Off | Self::Keep | Self::Down => None,
         }
@@ -168,7 +168,7 @@ where
                     };
                     match read {
                         Ok(Some(bytes)) => match r.decode(&bytes, &rkey) {
-                            Ok(d) if d.meta.tombstone => Found::Seen(bytes),
+                            Ok(d) if d.meta.tombstone => Found::Seen(Seen::of(&bytes)),
                             Ok(d) => {
                                 let now_ms = unix_millis();
                                 let left = d.left(now_ms);
@@ -202,7 +202,7 @@ where
                                         + left;
                                     fallback = Some(Stale { value, expired });
                                 }
-                                Found::Seen(bytes)
+                                Found::Seen(Seen::of(&bytes))
                             }
                             Err(reason) => {
                                 cache.counters.decode_errors[reason.index()].incr();
@@ -214,7 +214,7 @@ where
                                     "unusable entry in redis, treated as a miss"
                                 );
                                 if reason.may_overwrite() {
-                                    Found::Seen(bytes)
+                                    Found::Seen(Seen::of(&bytes))
                                 } else {
                                     Found::Keep
                                 }

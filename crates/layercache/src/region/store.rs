@@ -76,9 +76,15 @@ impl Plan {
         Meta {
             created_at_ms: now_ms,
             expires_at_ms,
-            refresh_at_ms: self
-                .soft
-                .map_or(expires_at_ms, |s| now_ms.saturating_add(millis_ceil(s))),
+            // A tombstone has nothing to refresh: the field carries a random nonce instead, so
+            // two tombstones of one key written in the same millisecond still differ (a load
+            // that saw the first must not replace the second).
+            refresh_at_ms: if self.tombstone {
+                (rand01() * (1u64 << 53) as f64) as u64
+            } else {
+                self.soft
+                    .map_or(expires_at_ms, |s| now_ms.saturating_add(millis_ceil(s)))
+            },
             load_us: u32::try_from(self.load.as_micros()).unwrap_or(u32::MAX),
             negative: self.negative,
             tombstone: self.tombstone,
