@@ -696,18 +696,27 @@ async fn most_arguments(raw: &Client) -> usize {
         .unwrap_or(0)
 }
 
-/// The Redis-side race of cache-aside: instance B reads the source, A deletes the key, then
-/// B's fill reaches Redis *before* B has heard of the delete (B's link is slowed by a proxy, so
-/// its poison flag is still clear). The fill must lose to A's tombstone, whether B's read had
-/// found nothing (its fill is `SET NX`) or an unusable entry (its fill replaces only what it
-/// saw), so a third instance never finds the old value in Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
+/// What instance A does while B's load is running.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Delete,
+    Tag,
+    Clear,
+}
+
+/// The Redis-side race of cache-aside: instance B reads the source, A deletes the key
+/// (`invalidate`, `invalidate_tag` of a tag the load carries, or `clear`), then B's fill reaches
+/// Redis *before* B has heard of the change (B's link is slowed by a proxy, so its poison flag
+/// is still clear). The fill must lose, whether B's read had found nothing (its fill is
+/// `SET NX`) or an unusable entry (its fill replaces only what it saw), so a third instance
+/// never finds the old value in Redis.
+async fn a_slow_remote_fill_loses_to(change: Change) {
     let server = redis();
     let raw = raw_client(&server).await;
     let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
-    let a = instance(&server, "del").await;
-    let b = LayerCache::builder("del")
+    let name = format!("{change:?}");
+    let a = instance(&server, &name).await;
+    let b = LayerCache::builder(name.as_str())
         .redis_url(proxy.url())
         .l2_command_timeout(Duration::from_secs(5))
         .bus_heartbeat_interval(Duration::from_millis(100))
@@ -715,7 +724,7 @@ async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
         .build()
         .await
         .unwrap();
-    let c = instance(&server, "del").await;
+    let c = instance(&server, &name).await;
     let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
     for (key, before) in [("absent", None), ("corrupt", Some(&b"garbage"[..]))] {
         let rkey = ra.redis_key(key).unwrap();
@@ -731,7 +740,8 @@ async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
         let slow = {
             let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
             tokio::spawn(async move {
-                rb.get_or_load(key, move || async move {
+                let opts = layercache::EntryOptions::new();
+                rb.get_or_load_tagged(key, &opts, &["t"], move || async move {
                     started.notify_one();
                     release.notified().await;
                     Ok::<_, std::io::Error>(1)
@@ -740,35 +750,56 @@ async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
             })
         };
         started.notified().await;
-        ra.invalidate(key).await.unwrap();
-        // B has not applied the delete yet (else its poison flag, not the tombstone, would
-        // stop the fill, and this test would prove nothing).
-        let deleted_at = a.bus_status().unwrap().published_seq;
+        match change {
+            Change::Delete => ra.invalidate(key).await.unwrap(),
+            Change::Tag => a.invalidate_tag("t").await.unwrap(),
+            Change::Clear => a.clear().await.unwrap(),
+        }
+        // B has not applied the change yet (else its poison flag, not Redis, would stop the
+        // fill, and this test would prove nothing).
+        let changed_at = a.bus_status().unwrap().published_seq;
         let applied = b.bus_status().unwrap().peer_seq(a.instance_id().unwrap());
         assert!(
-            applied.is_none_or(|s| s < deleted_at),
+            applied.is_none_or(|s| s < changed_at),
             "{key}: B already knew"
         );
         release.notify_one();
         assert_eq!(*slow.await.unwrap().unwrap(), 1, "{key}");
         proxy.set_latency(Duration::ZERO);
-        let stored: Vec<u8> = raw.get(&rkey).await.unwrap();
-        assert_ne!(
-            stored[6] & layercache::envelope::FLAG_TOMBSTONE,
-            0,
-            "{key}: the old value refilled redis"
-        );
+        caught_up(&c, &a).await;
+        assert_eq!(rc.generation(), ra.generation(), "{key}");
+        if let Change::Delete = change {
+            let stored: Vec<u8> = raw.get(&rkey).await.unwrap();
+            assert_ne!(
+                stored[6] & layercache::envelope::FLAG_TOMBSTONE,
+                0,
+                "{key}: not a tombstone"
+            );
+        }
         assert!(
             rc.get(key).await.unwrap().is_none(),
-            "{key}: C read the old value"
+            "{key}: the old value refilled redis"
         );
         let v = rc
             .get_or_load(key, || async { Ok::<_, std::io::Error>(2) })
             .await
             .unwrap();
-        assert_eq!(
-            *v, 2,
-            "{key}: a load after the delete replaces the tombstone"
-        );
+        assert_eq!(*v, 2, "{key}: a load after the change fills redis");
+        assert_eq!(*rc.get(key).await.unwrap().unwrap(), 2, "{key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
+    a_slow_remote_fill_loses_to(Change::Delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_began_before_a_remote_tag_invalidation_never_refills_redis() {
+    a_slow_remote_fill_loses_to(Change::Tag).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_began_before_a_remote_clear_never_refills_redis() {
+    a_slow_remote_fill_loses_to(Change::Clear).await;
 }

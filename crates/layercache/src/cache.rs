@@ -18,10 +18,14 @@ use crate::{
     envelope::FORMAT_VERSION,
     error::{Error, Result},
     flight::Flights,
-    key::{generation_key, redis_key, region_prefix, tag_key, validate_tags, CacheKey},
+    freshness::token,
+    key::{
+        generation_key, redis_key, region_prefix, tag_key, tag_mark_key, validate_name,
+        validate_tags, CacheKey,
+    },
     l1::L1,
     l2::L2,
-    options::{EntryOptions, L2ErrorPolicy},
+    options::{millis_ceil, EntryOptions, L2ErrorPolicy},
     region::RegionBuilder,
     stats::{Counters, Stats},
 };
@@ -348,6 +352,66 @@ impl Inner {
         }
     }
 
+    /// Moves the generation of every region forward in Redis: this instance's regions and
+    /// every region with a generation key (`SCAN`). Records each (region, schema, new
+    /// generation) in `moved`. A local region whose bump failed forgets its generation (it is
+    /// unknown whether the bump happened), and the first error is returned after trying all.
+    async fn move_every_generation(
+        &self,
+        l2: &L2,
+        moved: &mut Vec<(String, u32, u64)>,
+    ) -> Result<()> {
+        let mut regions: Vec<(String, u32)> = self
+            .all_regions()
+            .iter()
+            .map(|r| (r.name.clone(), r.schema))
+            .collect();
+        let pattern = format!("{}:m{FORMAT_VERSION}:*:gen", self.name);
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;
+            for key in keys {
+                if let Some(found) = parse_generation_key(&self.name, &key) {
+                    if !regions.contains(&found) {
+                        regions.push(found);
+                    }
+                }
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let mut result = Ok(());
+        for (region, schema) in regions {
+            let local = self
+                .region_named(&region)
+                .filter(|state| state.schema == schema);
+            let floor = local
+                .as_ref()
+                .map_or(0, |state| state.generation_floor())
+                .max(unix_millis());
+            let key = generation_key(&self.name, &region, schema);
+            match l2.bump_generation(&key, floor, GENERATION_TTL).await {
+                Ok(g) => {
+                    if let Some(state) = &local {
+                        state.raise_generation(g);
+                    }
+                    moved.push((region, schema, g));
+                }
+                Err(e) => {
+                    if let Some(state) = &local {
+                        state.forget_generation();
+                    }
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        result
+    }
+
     /// The registered region of this name, if any.
     pub(crate) fn region_named(&self, name: &str) -> Option<Arc<RegionState>> {
         self.regions
@@ -367,12 +431,79 @@ impl Inner {
     }
 }
 
-/// Deletes every key matching `pattern` in batches: `SCAN … COUNT 1000`, one `UNLINK` per page.
-async fn delete_matching(l2: &L2, pattern: &str) -> Result<()> {
+/// How long a tag's mark lives after its last invalidation. A load that runs longer than this
+/// across an invalidation of one of its tags could see the mark vanish and come back as it
+/// was (absent); loads are bounded far below a day in practice.
+pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page.
+async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
+    l2.set_mark(
+        &tag_mark_key(cache, tag),
+        token(),
+        millis_ceil(TAG_MARK_TTL),
+    )
+    .await?;
+    let set = tag_key(cache, tag);
     let mut cursor = "0".to_owned();
     loop {
-        let (next, keys) = l2.scan_page(&cursor, pattern, 1000).await?;
-        l2.unlink_many(keys).await?;
+        let (next, members) = l2.sscan_page(&set, &cursor, 500).await?;
+        l2.drop_tag_page(&set, members).await?;
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The region (name, schema) a generation key belongs to:
+/// `{cache}:m{format}:{region}:s{schema}:gen`.
+fn parse_generation_key(cache: &str, key: &str) -> Option<(String, u32)> {
+    let rest = key
+        .strip_prefix(cache)?
+        .strip_prefix(&format!(":m{FORMAT_VERSION}:"))?
+        .strip_suffix(":gen")?;
+    let (region, schema) = rest.rsplit_once(":s")?;
+    if validate_name("region name", region).is_err() {
+        return None;
+    }
+    Some((region.to_owned(), schema.parse().ok()?))
+}
+
+/// The region (name, schema) and generation of a data key:
+/// `{cache}:f{format}:{region}:s{schema}:g{generation}:{key}`.
+fn parse_data_key<'a>(cache: &str, key: &'a str) -> Option<(&'a str, u32, u64)> {
+    let rest = key
+        .strip_prefix(cache)?
+        .strip_prefix(&format!(":f{FORMAT_VERSION}:"))?;
+    let mut parts = rest.splitn(4, ':');
+    let region = parts.next()?;
+    let schema = parts.next()?.strip_prefix('s')?.parse().ok()?;
+    let generation = parts.next()?.strip_prefix('g')?.parse().ok()?;
+    parts.next()?;
+    Some((region, schema, generation))
+}
+
+/// Deletes, in batches (`SCAN … COUNT 1000`, one `UNLINK` per page), the data keys of every
+/// region in `moved` whose generation is older than the one it was moved to. Newer keys (filled
+/// since) and keys of regions not in `moved` stay: deleting a tombstone there could let a
+/// stale fill in.
+async fn delete_outdated(l2: &L2, cache: &str, moved: &[(String, u32, u64)]) -> Result<()> {
+    let pattern = format!("{cache}:f{FORMAT_VERSION}:*");
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;
+        let old: Vec<String> = keys
+            .into_iter()
+            .filter(|k| {
+                parse_data_key(cache, k).is_some_and(|(region, schema, g)| {
+                    moved
+                        .iter()
+                        .any(|(r, s, to)| r == region && *s == schema && g < *to)
+                })
+            })
+            .collect();
+        l2.unlink_many(old).await?;
         if next == "0" {
             return Ok(());
         }
@@ -507,32 +638,49 @@ impl LayerCache {
         self.inner.bus.as_ref().map(BusHandle::status)
     }
 
-    /// Removes every entry of this cache, in every region and on every instance: the data
-    /// keys and tag sets in Redis are deleted in batches (`SCAN … COUNT 1000` then `UNLINK`,
-    /// never `KEYS`), then every instance is told to flush its in-process tier.
+    /// Removes every entry of this cache, in every region and on every instance.
+    ///
+    /// In Redis, every region's generation (those found with `SCAN` and this instance's own)
+    /// is moved forward, as [`Region::invalidate_all`](crate::Region::invalidate_all) does,
+    /// so every entry — including one that a load which began before this call writes
+    /// afterwards — is under an outdated key. The new generations and a flush are announced to
+    /// every instance; then the outdated data keys are deleted in batches (`SCAN … COUNT 1000`
+    /// then `UNLINK`, never `KEYS`) to give the memory back at once rather than at their TTL.
+    /// Tag sets are left to expire with their members.
     ///
     /// # Errors
     ///
     /// A Redis error (after this instance's L1 was flushed) only with
-    /// [`L2ErrorPolicy::Propagate`].
+    /// [`L2ErrorPolicy::Propagate`]. A region whose generation could not be moved stops using
+    /// Redis until it has read its generation again.
     pub async fn clear(&self) -> Result<()> {
         let inner = &self.inner;
         let mut result = Ok(());
+        let mut moved = Vec::new();
         if let Some(l2) = &inner.l2 {
-            // Data keys, then tag sets; generations stay (they only ever move forward).
-            for space in ['f', 't'] {
-                let pattern = format!("{}:{space}{}:*", inner.name, FORMAT_VERSION);
-                if let Err(e) = delete_matching(l2, &pattern).await {
-                    result = Err(e);
-                    break;
-                }
-            }
+            result = inner.move_every_generation(l2, &mut moved).await;
         }
         inner.flush_l1(FlushReason::Clear);
-        if result.is_ok() {
-            result = inner.announce(Entry::All).await;
+        let mut announced = Ok(());
+        for (region, schema, generation) in &moved {
+            announced = inner
+                .announce(Entry::Region {
+                    region: region.clone(),
+                    schema: *schema,
+                    generation: *generation,
+                })
+                .await;
+            if announced.is_err() {
+                break;
+            }
         }
-        match result {
+        if announced.is_ok() {
+            announced = inner.announce(Entry::All).await;
+        }
+        if let (Some(l2), Ok(())) = (&inner.l2, &result) {
+            result = delete_outdated(l2, &inner.name, &moved).await;
+        }
+        match result.and(announced) {
             Err(e) => inner.l2_failed("clear", None, e),
             Ok(()) => Ok(()),
         }
@@ -540,11 +688,14 @@ impl LayerCache {
 
     /// Invalidates every entry carrying `tag` (in any region), on every instance.
     ///
-    /// In Redis, the tag's set of data keys is walked in bounded batches (`SSCAN … COUNT 500`,
-    /// each batch removed with one `UNLINK`), then the set itself is removed; every instance
-    /// is then told over the bus. In-process tiers check an entry's tags on read against the
-    /// time each tag was last invalidated, so a fetch that began before this call cannot put
-    /// a tagged value back.
+    /// In Redis, the tag's mark is replaced first (a load carrying the tag that began before
+    /// this will not fill Redis: it fills only if the mark it read before running is
+    /// unchanged); then the tag's set of data keys is walked in bounded batches
+    /// (`SSCAN … COUNT 500`), each batch deleted and taken out of the set in one short script
+    /// (a member written again meanwhile keeps its membership); then every instance is told
+    /// over the bus. In-process tiers check an entry's tags on read against the time each tag
+    /// was last invalidated, so a fetch that began before this call cannot put a tagged value
+    /// back in L1 either.
     ///
     /// # Errors
     ///
@@ -556,29 +707,7 @@ impl LayerCache {
         let tags = validate_tags(&[tag])?.unwrap_or_else(|| Arc::from(Vec::new()));
         let mut result = Ok(());
         if let Some(l2) = &inner.l2 {
-            let set = tag_key(&inner.name, tag);
-            let mut cursor = "0".to_owned();
-            loop {
-                match l2.sscan_page(&set, &cursor, 500).await {
-                    Ok((next, members)) => {
-                        if let Err(e) = l2.unlink_many(members).await {
-                            result = Err(e);
-                            break;
-                        }
-                        if next == "0" {
-                            break;
-                        }
-                        cursor = next;
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_ok() {
-                result = l2.unlink(&set).await;
-            }
+            result = drop_tag(l2, &inner.name, tag).await;
         }
         inner.tags_invalidated(&tags);
         if result.is_ok() {
@@ -596,5 +725,41 @@ impl LayerCache {
         if let Some(l2) = &self.inner.l2 {
             l2.quit().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_keys_parse_back_to_their_region() {
+        let key = generation_key("shop", "user.v2", 7);
+        assert_eq!(
+            parse_generation_key("shop", &key),
+            Some(("user.v2".to_owned(), 7))
+        );
+        assert_eq!(parse_generation_key("sho", &key), None, "another cache");
+        assert_eq!(parse_generation_key("shop", "shop:m1:user:sX:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:m1:us%er:s1:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:f1:user:s1:gen"), None);
+    }
+
+    #[test]
+    fn data_keys_parse_back_to_region_schema_and_generation() {
+        let state_base = region_prefix("shop", 'f', FORMAT_VERSION, "user", 3);
+        let key = keyed(&state_base, 1_700_000_000_000, b"a:b:c");
+        assert_eq!(
+            parse_data_key("shop", &key),
+            Some(("user", 3, 1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_data_key("shop", "shop:f1:user:s3:g12"),
+            None,
+            "no key"
+        );
+        assert_eq!(parse_data_key("shop", "shop:f1:user:s3:x12:k"), None);
+        assert_eq!(parse_data_key("shop", "shop:t1:user:s3:g12:k"), None);
+        assert_eq!(parse_data_key("shopx", &key), None);
     }
 }

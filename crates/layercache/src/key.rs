@@ -212,6 +212,16 @@ pub(crate) fn tag_key(cache: &str, tag: &str) -> String {
     )
 }
 
+/// A tag's mark: `{cache}:v{format}:{escaped tag}`, a random token replaced by every
+/// `invalidate_tag`. A load reads the marks of its tags before it runs and fills Redis only if
+/// they are unchanged, so a load that began before a tag invalidation cannot put its value back.
+pub(crate) fn tag_mark_key(cache: &str, tag: &str) -> String {
+    redis_key(
+        &format!("{cache}:v{}:", crate::envelope::FORMAT_VERSION),
+        tag.as_bytes(),
+    )
+}
+
 /// Checks entry tags: at most 32, each 1 to 128 bytes.
 pub(crate) fn validate_tags(tags: &[&str]) -> Result<Option<std::sync::Arc<[String]>>> {
     if tags.is_empty() {

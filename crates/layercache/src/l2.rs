@@ -183,10 +183,22 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// load saw (a tombstone, a stale or corrupt value: same length, same first bytes — the
 /// envelope header, whose CRC and creation time tell entries apart, and whose nonce tells
 /// tombstones apart), so a load that began before a concurrent write or invalidation never
-/// overwrites it; `set` unconditionally. Then records the key in each of its tags' sets
-/// (raising a set's TTL to its longest member's, never lowering it). KEYS: the data key, then
-/// tag keys. ARGV: the value, the TTL in ms, the mode, the expected prefix, the expected length.
-const FILL: &str = "local ok \
+/// overwrites it; `set` unconditionally. A load (`nx`, `cas`) is also refused when one of its
+/// tags was invalidated since it began: each tag's mark must still be what the load read
+/// before it ran. Then records the key in each of its tags' sets (raising a set's TTL to its
+/// longest member's, never lowering it).
+///
+/// KEYS: the data key, then the `n` tag sets, then the `m` tag marks (`m` is `n` or 0).
+/// ARGV: the value, the TTL in ms, the mode, the expected prefix, the expected length, `n`,
+/// `m`, then the `m` expected marks (empty for none).
+const FILL: &str = "local n = tonumber(ARGV[6]) \
+local m = tonumber(ARGV[7]) \
+if ARGV[3] ~= 'set' then \
+  for i = 1, m do \
+    if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[7 + i] then return 0 end \
+  end \
+end \
+local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
 elseif ARGV[3] == 'cas' then \
   if redis.call('STRLEN', KEYS[1]) == tonumber(ARGV[5]) \
@@ -196,11 +208,18 @@ elseif ARGV[3] == 'cas' then \
 else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
 if not ok then return 0 end \
 local ttl = tonumber(ARGV[2]) \
-for i = 2, #KEYS do \
+for i = 2, n + 1 do \
   redis.call('SADD', KEYS[i], KEYS[1]) \
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end \
 end \
 return 1";
+
+/// Removes one page of a tag's members: deletes the data keys and takes them out of the set in
+/// one atomic step, so a member written again meanwhile keeps its membership (deleting the
+/// whole set at the end would lose it). KEYS: the tag set, then the members.
+const DROP_TAG_PAGE: &str = "if #KEYS < 2 then return 0 end \
+redis.call('UNLINK', unpack(KEYS, 2)) \
+return redis.call('SREM', KEYS[1], unpack(KEYS, 2))";
 
 /// How a write treats what is already at the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,37 +383,103 @@ impl L2 {
         Ok(!reply.is_null())
     }
 
-    /// Writes with the `FILL` script: conditional on what the key holds (see [`Fill`]), with
-    /// tag bookkeeping; returns whether the value was written.
+    /// Writes with the `FILL` script: conditional on what the key holds (see [`Fill`]) and,
+    /// for a load, on its tags' marks being what it read before it ran (`marks`: one per tag,
+    /// or none at all); with tag bookkeeping. Returns whether the value was written.
     pub(crate) async fn fill(
         &self,
         key: &str,
         value: Vec<u8>,
         ttl_ms: u64,
         mode: &Fill,
-        tag_keys: Vec<String>,
+        tags: Vec<String>,
+        marks: &[(String, Option<Vec<u8>>)],
     ) -> Result<bool> {
-        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tag_keys.len());
-        let mut keys = Vec::with_capacity(1 + tag_keys.len());
+        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tags.len());
+        let n = tags.len();
+        let mut keys = Vec::with_capacity(1 + n + marks.len());
         keys.push(key.to_owned());
-        keys.extend(tag_keys);
+        keys.extend(tags);
+        keys.extend(marks.iter().map(|(k, _)| k.clone()));
         let (name, expected, len) = match mode {
             Fill::Set => ("set", Vec::new(), 0),
             Fill::Nx => ("nx", Vec::new(), 0),
             Fill::Cas(seen) => ("cas", seen.prefix.clone(), seen.len),
         };
-        let args: Vec<Value> = vec![
+        let mut args: Vec<Value> = vec![
             Value::Bytes(value.into()),
             Value::from(ttl_ms.to_string()),
             Value::from(name),
             Value::Bytes(expected.into()),
             Value::from(len.to_string()),
+            Value::from(n.to_string()),
+            Value::from(marks.len().to_string()),
         ];
+        args.extend(
+            marks
+                .iter()
+                .map(|(_, m)| Value::Bytes(m.clone().unwrap_or_default().into())),
+        );
         let written: i64 = self
             .bounded("redis EVAL (fill)", self.client.eval(FILL, keys, args))
             .instrument(span)
             .await?;
         Ok(written == 1)
+    }
+
+    /// Reads tag marks (`MGET`): for each key, its value, or `None`.
+    pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        let n = keys.len();
+        let reply: Value = self
+            .bounded("redis MGET (tag marks)", self.client.mget(keys))
+            .await?;
+        let values = match reply {
+            Value::Array(values) => values,
+            // One key: fred may hand back the single value itself.
+            other if n == 1 => vec![other],
+            _ => return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply")),
+        };
+        if values.len() != n {
+            return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply length"));
+        }
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => None,
+                v => v.as_bytes().map(<[u8]>::to_vec),
+            })
+            .collect())
+    }
+
+    /// Sets a tag's mark to a new random token (`SET … PX`).
+    pub(crate) async fn set_mark(&self, key: &str, token: String, ttl_ms: u64) -> Result<()> {
+        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let _: Value = self
+            .bounded(
+                "redis SET (tag mark)",
+                self.client
+                    .set(key, token, Some(Expiration::PX(px)), None, false),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a page of a tag's members and removes them from its set, atomically (see
+    /// [`DROP_TAG_PAGE`]).
+    pub(crate) async fn drop_tag_page(&self, set: &str, members: Vec<String>) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(1 + members.len());
+        keys.push(set.to_owned());
+        keys.extend(members);
+        let _: i64 = self
+            .bounded(
+                "redis EVAL (drop tag page)",
+                self.client.eval(DROP_TAG_PAGE, keys, Vec::<Value>::new()),
+            )
+            .await?;
+        Ok(())
     }
 
     /// One page of `SSCAN key cursor COUNT count`: the next cursor and the members.
@@ -489,16 +574,6 @@ impl L2 {
                 "redis EVAL (release lock)",
                 self.client.eval(RELEASE_LOCK, key, token.to_owned()),
             )
-            .await?;
-        Ok(())
-    }
-
-    /// `UNLINK key`.
-    pub(crate) async fn unlink(&self, key: &str) -> Result<()> {
-        let span = tracing::debug_span!("layercache.l2.unlink");
-        let _: i64 = self
-            .bounded("redis UNLINK", self.client.unlink(key))
-            .instrument(span)
             .await?;
         Ok(())
     }

@@ -642,7 +642,7 @@ where
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
             let written = match &rk {
                 Some(rk) => {
-                    self.write_l2(rk, enc, &plan, &Fill::Set, tags.as_deref())
+                    self.write_l2(rk, enc, &plan, &Fill::Set, tags.as_deref(), &[])
                         .await
                 }
                 None => self.l2_generation().map(|_| false),
@@ -702,7 +702,7 @@ where
                     let plan = Plan::tombstone(&self.shared.entry_options);
                     match self.encode(None, &plan, None, &rk) {
                         Ok(enc) => self
-                            .write_l2(&rk, enc, &plan, &Fill::Set, None)
+                            .write_l2(&rk, enc, &plan, &Fill::Set, None, &[])
                             .await
                             .map(|_| ()),
                         Err(e) => Err(e),

@@ -17,7 +17,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     flight::{Leader, Outcome},
     freshness::token,
-    key::CacheKey,
+    key::{tag_mark_key, CacheKey},
     l2::{Fill, Seen, L2},
     options::{millis_ceil, EntryOptions},
 };
@@ -249,6 +249,21 @@ where
             return Ok(None);
         };
         span.record("level", "loader");
+        // Before the load reads its source: the marks of its tags, which its fill must still
+        // find unchanged (a tag invalidated meanwhile replaces its mark).
+        let mut marks = Vec::new();
+        if let (Some(l2), Some(tags), Some(_)) = (&cache.l2, tags.as_deref(), found.fill()) {
+            if !tags.is_empty() && !rkey.is_empty() {
+                let keys: Vec<String> = tags.iter().map(|t| tag_mark_key(&cache.name, t)).collect();
+                match l2.marks(keys.clone()).await {
+                    Ok(values) => marks = keys.into_iter().zip(values).collect(),
+                    Err(e) => {
+                        r.l2_failed("get tag marks", e)?;
+                        found = Found::Down;
+                    }
+                }
+            }
+        }
 
         let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != Found::Down {
             match r
@@ -268,7 +283,7 @@ where
         let outcome = match loaded {
             Ok((value, took)) => {
                 r.store_loaded(
-                    leader, &rkey, found, value, took, tags, &options, generation, born,
+                    leader, &rkey, found, &marks, value, took, tags, &options, generation, born,
                 )
                 .await
             }
@@ -493,6 +508,7 @@ where
         leader: &Leader<V>,
         rkey: &str,
         found: Found,
+        marks: &[(String, Option<Vec<u8>>)],
         value: Option<V>,
         took: Duration,
         tags: super::Tags,
@@ -515,7 +531,9 @@ where
                 Ok(enc) => {
                     raw_len = enc.raw_len;
                     if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
-                        let written = self.write_l2(rkey, enc, &plan, mode, tags.as_deref()).await;
+                        let written = self
+                            .write_l2(rkey, enc, &plan, mode, tags.as_deref(), marks)
+                            .await;
                         if let Err(e) = written {
                             // The value was loaded; a failed fill is not the caller's error.
                             let _ = self.l2_failed("set", e);

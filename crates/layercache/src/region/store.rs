@@ -205,7 +205,8 @@ where
     }
 
     /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry, as `mode`
-    /// says to treat what the key holds; counts it.
+    /// says to treat what the key holds, and, for a load, only if its tags' `marks` (read
+    /// before it ran) are unchanged; counts it.
     pub(crate) async fn write_l2(
         &self,
         rk: &str,
@@ -213,6 +214,7 @@ where
         plan: &Plan,
         mode: &Fill,
         tags: Option<&[String]>,
+        marks: &[(String, Option<Vec<u8>>)],
     ) -> Result<bool> {
         let Some(l2) = &self.cache.l2 else {
             return Ok(false);
@@ -228,7 +230,7 @@ where
             Fill::Set | Fill::Nx if tag_keys.is_empty() => {
                 l2.set(rk, enc.bytes, px, *mode == Fill::Nx).await
             }
-            _ => l2.fill(rk, enc.bytes, px, mode, tag_keys).await,
+            _ => l2.fill(rk, enc.bytes, px, mode, tag_keys, marks).await,
         }
     }
 
