@@ -137,14 +137,15 @@ async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
 }
 
 /// Writers `insert` new versions or `invalidate` (after which the loader supplies the new
-/// version); readers check that once an instance has applied a writer's invalidation, it never
+/// version; loads are slow enough for writes to land between their source read and their
+/// fill); readers check that once an instance has applied a writer's invalidation, it never
 /// returns an older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
     let server = redis();
     const INSTANCES: usize = 3;
     const KEYS: usize = 4;
-    const WRITES_PER_WRITER: usize = 60;
+    const WRITES_PER_WRITER: usize = 500;
     let mut caches = Vec::new();
     let mut regions = Vec::new();
     for _ in 0..INSTANCES {
@@ -245,9 +246,14 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                     .max()
                     .unwrap_or(0);
                 let truth = truth.clone();
+                // The load reads the source, then takes a while (0 to 1 ms) to come back:
+                // writes and deletes land in between.
+                let pause = Duration::from_micros((n % 3) * 500);
                 let read = regions[inst]
                     .get_or_load(&key.to_string(), move || async move {
-                        Ok::<_, std::io::Error>(truth[key].load(Ordering::SeqCst))
+                        let v = truth[key].load(Ordering::SeqCst);
+                        tokio::time::sleep(pause).await;
+                        Ok::<_, std::io::Error>(v)
                     })
                     .await;
                 // A Redis error (Propagate) is not a stale read; a busy machine may cause one.
@@ -763,9 +769,14 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
             applied.is_none_or(|s| s < changed_at),
             "{key}: B already knew"
         );
+        let lost = b.stats().l2_fills_lost;
         release.notify_one();
         assert_eq!(*slow.await.unwrap().unwrap(), 1, "{key}");
         proxy.set_latency(Duration::ZERO);
+        if !matches!(change, Change::Clear) {
+            // (After a clear, the fill lands under the outdated generation instead.)
+            assert_eq!(b.stats().l2_fills_lost, lost + 1, "{key}: fill not refused");
+        }
         caught_up(&c, &a).await;
         assert_eq!(rc.generation(), ra.generation(), "{key}");
         if let Change::Delete = change {

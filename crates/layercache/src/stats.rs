@@ -71,6 +71,7 @@ pub(crate) struct Counters {
     pub(crate) lock_waits: Counter,
     pub(crate) lock_takeovers: Counter,
     pub(crate) l2_extends: Counter,
+    pub(crate) l2_fills_lost: Counter,
     pub(crate) breaker_opens: Counter,
     pub(crate) breaker_rejections: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
@@ -112,6 +113,7 @@ impl Counters {
             lock_waits: self.lock_waits.get(),
             lock_takeovers: self.lock_takeovers.get(),
             l2_extends: self.l2_extends.get(),
+            l2_fills_lost: self.l2_fills_lost.get(),
             breaker_opens: self.breaker_opens.get(),
             breaker_rejections: self.breaker_rejections.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
@@ -183,6 +185,10 @@ pub struct Stats {
     pub lock_takeovers: u64,
     /// Sliding-expiration extensions sent to Redis (`PEXPIRE` or `GETEX`).
     pub l2_extends: u64,
+    /// Loaded values not written to Redis because the key had changed since the load read it
+    /// (a concurrent `insert`, `invalidate` or tag invalidation, or another instance's fill):
+    /// the newer state wins.
+    pub l2_fills_lost: u64,
     /// Times the Redis circuit breaker opened.
     pub breaker_opens: u64,
     /// Redis calls skipped because the breaker was open (each also counted in `l2_errors`).

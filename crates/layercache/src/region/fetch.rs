@@ -534,9 +534,16 @@ where
                         let written = self
                             .write_l2(rkey, enc, &plan, mode, tags.as_deref(), marks)
                             .await;
-                        if let Err(e) = written {
+                        match written {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                cache.counters.l2_fills_lost.incr();
+                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
+                            }
                             // The value was loaded; a failed fill is not the caller's error.
-                            let _ = self.l2_failed("set", e);
+                            Err(e) => {
+                                let _ = self.l2_failed("set", e);
+                            }
                         }
                     }
                 }
