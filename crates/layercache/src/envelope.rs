@@ -494,6 +494,36 @@ mod tests {
     }
 
     #[test]
+    fn tombstones_round_trip_must_be_empty_and_differ_by_nonce() {
+        let meta = Meta {
+            tombstone: true,
+            ..META
+        };
+        let e = seal(vec![0u8; HEADER_LEN], 1, meta, 1024, &[]);
+        assert_eq!(e.bytes.len(), HEADER_LEN);
+        assert_eq!(e.bytes[6], FLAG_TOMBSTONE);
+        let o = open(&e.bytes, 1, 1 << 20).unwrap();
+        assert!(o.meta.tombstone && !o.meta.negative);
+        assert!(o.raw.is_empty());
+        // Another nonce (refresh-at field), another header: a load that saw one tombstone
+        // does not mistake the next for it.
+        let other = Meta {
+            refresh_at_ms: META.refresh_at_ms + 1,
+            ..meta
+        };
+        let e2 = seal(vec![0u8; HEADER_LEN], 1, other, 1024, &[]);
+        assert_ne!(e.bytes[..HEADER_LEN], e2.bytes[..HEADER_LEN]);
+        // A tombstone with a payload is corrupt.
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf.extend_from_slice(b"x");
+        let bad = seal(buf, 1, meta, 1024, &[]);
+        assert_eq!(
+            open(&bad.bytes, 1, 1 << 20).unwrap_err(),
+            Corruption::BadLength
+        );
+    }
+
+    #[test]
     fn forged_raw_length_with_valid_checksum_is_rejected_before_allocating() {
         let mut b = envelope(&[b'q'; 5000], 1024).bytes;
         b[36..40].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -9,8 +9,10 @@
 //!    `GET` from **Redis** with a timeout; the envelope is checked (magic, version, codec,
 //!    lengths, checksum) and the value decoded. A usable value fills L1 and is returned.
 //! 3. On a Redis miss, with [`Region::get_or_load`], the **loader** runs once; its value is
-//!    encoded once, written to Redis with a TTL (`SET … PX … NX`, so a concurrent write wins),
-//!    put in L1 and returned to every caller.
+//!    encoded once, written to Redis with a TTL — only if the key still holds what the read
+//!    found (nothing: `SET … PX … NX`; a tombstone, stale or corrupt entry: a compare-and-set
+//!    script), so a concurrent write or invalidation wins — put in L1 and returned to every
+//!    caller.
 //!
 //! Redis failures along the way are logged, counted and skipped by default
 //! ([`L2ErrorPolicy`]); corrupt entries are misses, counted by [`Corruption`] reason.
@@ -18,12 +20,15 @@
 //! ## How a write flows
 //!
 //! [`Region::insert`] encodes once, `SET`s the key with its TTL, puts the value in L1, and
-//! announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] `UNLINK`s
-//! the key, drops it from L1 and announces it. Either one *poisons* fetches of that key already
-//! running (here and, on receipt, on every other instance), so they cannot put an older value
-//! back. [`Region::invalidate_all`] moves the region to a new generation (one command);
-//! [`LayerCache::invalidate_tag`] removes every entry carrying a tag; [`LayerCache::clear`]
-//! removes everything.
+//! announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] replaces
+//! the key with a *tombstone* (a miss for every reader that no earlier load can overwrite),
+//! drops it from L1 and announces it. Either one *poisons* fetches of that key already running
+//! (here and, on receipt, on every other instance), so they cannot put an older value back in
+//! L1, and the conditional fills above keep a load on another instance that has not heard of it
+//! yet from putting it back in Redis. [`Region::invalidate_all`] moves the region to a new
+//! generation (one command); [`LayerCache::invalidate_tag`] removes every entry carrying a tag
+//! (and changes the tag's mark, which loads check before filling); [`LayerCache::clear`] moves
+//! every region to a new generation and deletes the old entries.
 //!
 //! ## Keys and format versions
 //!
@@ -36,7 +41,7 @@
 //! ## Consistency and its limits
 //!
 //! - Read your own writes on one instance; a fetch that began before a write or invalidation
-//!   (local or received) never fills either tier afterwards.
+//!   (local, received, or not yet received) never fills either tier afterwards.
 //! - Once an instance has applied an invalidation (see [`LayerCache::bus_status`]), it never
 //!   serves an older value of that key.
 //! - Every way pub/sub can lose a message (disconnect, reconnect, lag, sequence gap, a silent
