@@ -455,3 +455,39 @@ async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), layercache::ErrorKind::Config, "{err}");
 }
+
+/// Writes made while Redis is down time out (and say so with `Propagate`). fred queues commands
+/// while it reconnects; a command the cache has given up on must not be sent once the
+/// connection is back, where it would land long after its caller was told it failed (and could
+/// overwrite a newer value written meanwhile by another instance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
+    let mut server = RedisServer::start().unwrap();
+    let cache = LayerCache::builder("replay")
+        .redis_url(server.url())
+        .l2_command_timeout(TIMEOUT)
+        .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+        // Keep the breaker shut: every write below goes to fred and times out there.
+        .l2_breaker_threshold(1_000)
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    server.kill();
+    for i in 0..5 {
+        let written = r.insert(&format!("lost{i}"), i).await;
+        assert!(written.is_err(), "write {i} during the outage succeeded");
+    }
+    server.restart().unwrap();
+    resumes(&server, &cache, &r).await;
+    let raw = raw_client(&server).await;
+    let replayed: Vec<String> = support::data_keys(&raw)
+        .await
+        .into_iter()
+        .filter(|k| k.contains("lost"))
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "replayed after the outage: {replayed:?}"
+    );
+}

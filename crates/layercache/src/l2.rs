@@ -252,6 +252,9 @@ impl Seen {
     }
 }
 
+/// How much later than fred's own command timeout our backstop timeout fires.
+const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
+
 /// A connected Redis client.
 #[derive(Clone)]
 pub(crate) struct L2 {
@@ -321,7 +324,11 @@ impl L2 {
                 format!("{what} skipped: the redis circuit breaker is open"),
             ));
         }
-        let result = match tokio::time::timeout(self.timeout, fut).await {
+        // fred's own timeout (the same duration) must fire first: only then does fred mark the
+        // command timed out and drop it from its reconnect queue. Dropping the future from out
+        // here would leave it queued, to be sent after a reconnect — a write landing long after
+        // its caller was told it failed. Ours is a backstop, a little later.
+        let result = match tokio::time::timeout(self.timeout + BACKSTOP_GRACE, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let outage = is_outage(&e);
