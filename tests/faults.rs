@@ -1,6 +1,7 @@
 //! Redis faults and security settings against a real redis-server: authentication (password
-//! and ACL user), `CLIENT PAUSE` and `DEBUG SLEEP`. (Part of the resilience work; the circuit
-//! breaker, TLS and the latency proxy are still to come.)
+//! and ACL user), TLS, `CLIENT PAUSE`, `DEBUG SLEEP`, the circuit breaker, latency and a
+//! blackhole through the test kit's proxy, writes timed out during an outage, and a start while
+//! Redis is down.
 
 #[expect(
     dead_code,
@@ -490,4 +491,69 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
         replayed.is_empty(),
         "replayed after the outage: {replayed:?}"
     );
+}
+
+/// A service restarting while Redis is down: with the default `L2Startup::FailFast` it cannot
+/// start; with `L2Startup::Degraded` it starts, serves from the loader and L1, and joins Redis
+/// when it answers — generation read, bus subscribed, L1 flushed (what it loaded alone may be
+/// stale), and writes shared with another instance both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
+    let mut server = RedisServer::start().unwrap();
+    server.kill();
+    let refused = LayerCache::builder("deg")
+        .redis_url(server.url())
+        .l2_connect_timeout(TIMEOUT)
+        .build()
+        .await;
+    assert!(refused.is_err(), "fail-fast started without redis");
+    let cache = LayerCache::builder("deg")
+        .redis_url(server.url())
+        .l2_startup(layercache::L2Startup::Degraded)
+        .l2_connect_timeout(TIMEOUT)
+        .l2_command_timeout(TIMEOUT)
+        .l2_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    assert!(!cache.l2_connected());
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    assert_eq!(r.generation(), None, "no generation without redis");
+    let loads = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let took = timed_read(&r, "k", &loads).await;
+        assert!(
+            took < TIMEOUT + Duration::from_secs(1),
+            "read took {took:?}"
+        );
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "L1 serves what was loaded");
+
+    server.restart().unwrap();
+    wait_until("the cache to join redis", Duration::from_secs(10), || {
+        let (cache, r) = (cache.clone(), r.clone());
+        async move {
+            cache.l2_connected()
+                && r.generation().is_some()
+                && cache.bus_status().is_some_and(|s| s.healthy)
+        }
+    })
+    .await;
+    assert!(cache.flushes(layercache::FlushReason::Reconnect) >= 1);
+    assert!(
+        r.get("k").await.unwrap().is_none(),
+        "what was loaded alone was not flushed on joining"
+    );
+    // Writes flow both ways with an instance that started normally.
+    let other = support::builder(&server, "deg").build().await.unwrap();
+    let ro = other.region::<str, u64>("r").build().await.unwrap();
+    r.insert("x", 5).await.unwrap();
+    assert_eq!(ro.get("x").await.unwrap().as_deref(), Some(&5));
+    assert!(other.stats().l2_hits >= 1);
+    ro.insert("x", 6).await.unwrap();
+    support::caught_up(&cache, &other).await;
+    assert_eq!(r.get("x").await.unwrap().as_deref(), Some(&6));
 }

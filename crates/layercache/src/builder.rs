@@ -20,7 +20,7 @@ use crate::{
     key::validate_name,
     l1::{Capacity, L1},
     l2::{connect_client, redact_url, L2Settings, L2},
-    options::{EntryOptions, L2ErrorPolicy},
+    options::{EntryOptions, L2ErrorPolicy, L2Startup},
     stats::Counters,
 };
 
@@ -61,6 +61,7 @@ pub struct LayerCacheBuilder {
     l2_breaker_cooldown: Duration,
     max_key_bytes: usize,
     l2_tls_ca_pem: Option<Vec<u8>>,
+    l2_startup: L2Startup,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -91,6 +92,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_breaker_cooldown", &self.l2_breaker_cooldown)
             .field("max_key_bytes", &self.max_key_bytes)
             .field("l2_tls_ca_pem", &self.l2_tls_ca_pem.is_some())
+            .field("l2_startup", &self.l2_startup)
             .finish()
     }
 }
@@ -123,6 +125,7 @@ impl LayerCacheBuilder {
             l2_breaker_cooldown: Duration::from_secs(5),
             max_key_bytes: 1024,
             l2_tls_ca_pem: None,
+            l2_startup: L2Startup::FailFast,
         }
     }
 
@@ -347,6 +350,16 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// What [`build`](Self::build) does when Redis cannot be reached within
+    /// [`l2_connect_timeout`](Self::l2_connect_timeout): fail, or start degraded and join Redis
+    /// when it answers (see [`L2Startup`]).
+    ///
+    /// Default: [`L2Startup::FailFast`].
+    pub fn l2_startup(mut self, startup: L2Startup) -> Self {
+        self.l2_startup = startup;
+        self
+    }
+
     fn capacity(&self) -> Capacity {
         match self.max_capacity_bytes {
             Some(bytes) => Capacity::Bytes(bytes),
@@ -429,7 +442,8 @@ impl LayerCacheBuilder {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the first invalid option;
     /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) or
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when Redis is configured but the first
-    /// connection fails within `l2_connect_timeout`.
+    /// connection fails within `l2_connect_timeout` (with the default
+    /// [`L2Startup::FailFast`]; with [`L2Startup::Degraded`] the cache starts anyway).
     pub async fn build(self) -> Result<LayerCache> {
         self.validate()?;
         let counters = Arc::new(Counters::default());
@@ -460,6 +474,7 @@ impl LayerCacheBuilder {
             reconnect_min: self.l2_reconnect_min,
             reconnect_max: self.l2_reconnect_max,
             tls_ca_pem: self.l2_tls_ca_pem.clone(),
+            startup: self.l2_startup,
         };
         let breaker = Breaker::new(
             BreakerSettings {
@@ -478,28 +493,38 @@ impl LayerCacheBuilder {
             }
         };
         let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
-        let subscribed = tokio::time::timeout(
-            self.l2_connect_timeout,
-            subscriber.subscribe(channel.as_str()),
-        )
-        .await;
-        if !matches!(subscribed, Ok(Ok(()))) {
-            let _ = subscriber.quit().await;
-            l2.quit().await;
-            return Err(match subscribed {
-                Ok(Err(e)) => {
-                    Error::new(ErrorKind::Redis, "subscribing to the bus channel").with_source(e)
+        // Degraded start without a connection: the listener subscribes once it connects.
+        let subscribed = if subscriber.is_connected() {
+            let attempt = tokio::time::timeout(
+                self.l2_connect_timeout,
+                subscriber.subscribe(channel.as_str()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(())) => true,
+                _ if self.l2_startup == L2Startup::Degraded => false,
+                failed => {
+                    let _ = subscriber.quit().await;
+                    l2.quit().await;
+                    return Err(match failed {
+                        Ok(Err(e)) => {
+                            Error::new(ErrorKind::Redis, "subscribing to the bus channel")
+                                .with_source(e)
+                        }
+                        _ => Error::new(ErrorKind::Timeout, "subscribing to the bus channel"),
+                    });
                 }
-                _ => Error::new(ErrorKind::Timeout, "subscribing to the bus channel"),
-            });
-        }
+            }
+        } else {
+            false
+        };
 
         let id = InstanceId::random();
         let (tx, rx) = mpsc::channel(self.bus_buffer.max(1024));
         let (shutdown, shutdown_rx) = watch::channel(());
         let published = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Mutex::new(bus::Shared {
-            healthy: true,
+            healthy: subscribed,
             ..Default::default()
         }));
         let bus_settings = BusSettings {
@@ -542,10 +567,11 @@ impl LayerCacheBuilder {
             heartbeat_timeout: self.bus_heartbeat_timeout,
             command_timeout: self.l2_command_timeout,
             shutdown: shutdown_rx,
+            subscribed,
         };
         tokio::spawn(publisher.run());
         tokio::spawn(listener.run());
-        tracing::info!(cache.name = %inner.name, l2 = true, instance.id = %id, "layercache started");
+        tracing::info!(cache.name = %inner.name, l2 = true, l2.connected = subscribed, instance.id = %id, "layercache started");
         Ok(LayerCache { inner })
     }
 }

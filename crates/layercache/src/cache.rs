@@ -628,6 +628,13 @@ impl LayerCache {
         self.inner.l2.as_ref().is_some_and(L2::breaker_open)
     }
 
+    /// Whether the Redis connection is up right now; `false` without Redis, and after a
+    /// degraded start ([`L2Startup::Degraded`](crate::L2Startup::Degraded)) until Redis
+    /// answers.
+    pub fn l2_connected(&self) -> bool {
+        self.inner.l2.as_ref().is_some_and(L2::is_connected)
+    }
+
     /// This instance's id on the invalidation bus (`None` without Redis).
     pub fn instance_id(&self) -> Option<InstanceId> {
         self.inner.bus.as_ref().map(|b| b.id)

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::{
     breaker::{Breaker, Permit},
     error::{Error, ErrorKind, Result},
+    options::L2Startup,
 };
 
 /// Connection settings for the Redis tier, filled by the builder.
@@ -30,6 +31,8 @@ pub(crate) struct L2Settings {
     pub(crate) reconnect_max: Duration,
     /// PEM of the CA roots to trust for TLS (instead of the system's).
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
+    /// Whether `build()` may return before the first connection.
+    pub(crate) startup: L2Startup,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -73,7 +76,6 @@ pub(crate) async fn connect_client(
     s: &L2Settings,
     broadcast_capacity: Option<usize>,
 ) -> Result<fred::prelude::Client> {
-    #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "set only with TLS"))]
     let mut config = Config::from_url(&s.url).map_err(|e| {
         Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
     })?;
@@ -85,6 +87,8 @@ pub(crate) async fn connect_client(
     if s.tls_ca_pem.is_some() {
         return Err(Error::config("l2_tls_ca_pem needs the `tls` feature"));
     }
+    // Degraded start: the first connection goes through the reconnect policy too.
+    config.fail_fast = s.startup == L2Startup::FailFast;
     let mut b = Builder::from_config(config);
     b.with_connection_config(|c| {
         c.connection_timeout = s.connect_timeout;
@@ -106,6 +110,21 @@ pub(crate) async fn connect_client(
     let client = b
         .build()
         .map_err(|e| Error::config("redis client configuration").with_source(e))?;
+    if s.startup == L2Startup::Degraded {
+        // The first connection is retried like any reconnect; wait for it up to the connect
+        // timeout, then go on without it.
+        let _handle = client.connect();
+        match tokio::time::timeout(s.connect_timeout, client.wait_for_connect()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis unreachable at start; running degraded until it answers");
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?s.connect_timeout, "redis unreachable at start; running degraded until it answers");
+            }
+        }
+        return Ok(client);
+    }
     let connect = async {
         client
             .init()
@@ -297,7 +316,8 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 }
 
 impl L2 {
-    /// Connects, failing if the first connection cannot be made within `connect_timeout`.
+    /// Connects, failing if the first connection cannot be made within `connect_timeout`
+    /// (unless the start is degraded: then it keeps trying in the background).
     pub(crate) async fn connect(s: &L2Settings, breaker: Breaker) -> Result<Self> {
         let client = connect_client(s, None).await?;
         Ok(Self {
@@ -305,6 +325,11 @@ impl L2 {
             timeout: s.command_timeout,
             breaker: Arc::new(breaker),
         })
+    }
+
+    /// Whether the client is connected right now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.is_connected()
     }
 
     /// Whether the circuit breaker is open.

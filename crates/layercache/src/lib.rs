@@ -143,6 +143,6 @@ pub use codec::{Bincode, Codec};
 pub use envelope::Corruption;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use key::CacheKey;
-pub use options::{EntryOptions, L2ErrorPolicy};
+pub use options::{EntryOptions, L2ErrorPolicy, L2Startup};
 pub use region::{Region, RegionBuilder};
 pub use stats::Stats;

@@ -356,6 +356,24 @@ pub enum L2ErrorPolicy {
     Propagate,
 }
 
+/// What [`build`](crate::LayerCacheBuilder::build) does when Redis cannot be reached.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum L2Startup {
+    /// Fail: `build()` returns the connection error (after `l2_connect_timeout`). A wrong URL,
+    /// password or TLS setting shows up at start.
+    #[default]
+    FailFast,
+    /// Start anyway: `build()` returns after `l2_connect_timeout` with a cache that runs as
+    /// during an outage (L1 and the loader; regions bypass Redis until they know their
+    /// generation), and joins Redis in the background as soon as it answers — the bus
+    /// subscribes, generations are read, and L1 is flushed, as after any reconnect. A service
+    /// restarting while Redis is down comes up instead of crash-looping. The connection error
+    /// is logged (`warn`) on every attempt rather than returned, so a wrong setting shows in
+    /// the logs and in [`LayerCache::l2_connected`](crate::LayerCache::l2_connected) only.
+    Degraded,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@ pub(crate) struct Listener {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) shutdown: watch::Receiver<()>,
+    /// Whether the subscription was made before the listener started (not so after a degraded
+    /// start: then it is made when the subscriber connects).
+    pub(crate) subscribed: bool,
 }
 
 impl Listener {
@@ -48,7 +51,16 @@ impl Listener {
         let mut ticks = 0u64;
         // Errors repeat while the server is down (every reconnect attempt): flush on the
         // first one only, and again once reconnected.
-        let mut connected = true;
+        let mut connected = self.subscribed;
+        if !self.subscribed && self.subscriber.is_connected() {
+            // Connected between the degraded start and the reconnect stream above: join now
+            // (a later connection shows on that stream).
+            if let Some(inner) = self.inner.upgrade() {
+                self.join(&inner).await;
+                last_echo = Instant::now();
+                connected = true;
+            }
+        }
         loop {
             tokio::select! {
                 biased;
@@ -68,14 +80,7 @@ impl Listener {
                 r = reconnects.recv() => {
                     if matches!(r, Err(RecvError::Closed)) { break }
                     let Some(inner) = self.inner.upgrade() else { break };
-                    self.resubscribe(&inner).await;
-                    // Messages published while we were away are lost: forget the generations we
-                    // knew (Redis may even have restarted empty), re-read them, and flush.
-                    for region in inner.all_regions() {
-                        region.forget_generation();
-                    }
-                    self.lost(&inner, FlushReason::Reconnect);
-                    self.shared().healthy = true;
+                    self.join(&inner).await;
                     last_echo = Instant::now();
                     connected = true;
                 }
@@ -101,6 +106,18 @@ impl Listener {
             }
         }
         let _ = self.subscriber.quit().await;
+    }
+
+    /// After a (re)connection: subscribes, then — messages published while we were away are
+    /// lost — forgets the generations we knew (Redis may even have restarted empty), re-reads
+    /// them, and flushes.
+    async fn join(&self, inner: &Arc<Inner>) {
+        self.resubscribe(inner).await;
+        for region in inner.all_regions() {
+            region.forget_generation();
+        }
+        self.lost(inner, FlushReason::Reconnect);
+        self.shared().healthy = true;
     }
 
     /// Flushes for a loss of coherence and re-reads every region's generation in the
