@@ -740,7 +740,9 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
                 .await
                 .unwrap();
         }
-        proxy.set_latency(Duration::from_millis(300));
+        // Far longer than this test takes between the change and the check below, even on
+        // a busy machine.
+        proxy.set_latency(Duration::from_millis(500));
         let started = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let slow = {
