@@ -511,7 +511,8 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
         .redis_url(server.url())
         .l2_startup(layercache::L2Startup::Degraded)
         .l2_connect_timeout(TIMEOUT)
-        .l2_command_timeout(TIMEOUT)
+        // Generous: after joining, calls must not time out on a machine busy with other tests.
+        .l2_command_timeout(Duration::from_secs(1))
         .l2_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
         .l2_breaker_cooldown(Duration::from_millis(200))
         .bus_heartbeat_interval(Duration::from_millis(100))
@@ -525,10 +526,7 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
     let loads = Arc::new(AtomicUsize::new(0));
     for _ in 0..3 {
         let took = timed_read(&r, "k", &loads).await;
-        assert!(
-            took < TIMEOUT + Duration::from_secs(1),
-            "read took {took:?}"
-        );
+        assert!(took < Duration::from_secs(2), "read took {took:?}");
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1, "L1 serves what was loaded");
 
@@ -537,6 +535,7 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
         let (cache, r) = (cache.clone(), r.clone());
         async move {
             cache.l2_connected()
+                && !cache.l2_breaker_open()
                 && r.generation().is_some()
                 && cache.bus_status().is_some_and(|s| s.healthy)
         }
@@ -547,12 +546,15 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
         r.get("k").await.unwrap().is_none(),
         "what was loaded alone was not flushed on joining"
     );
-    // Writes flow both ways with an instance that started normally.
+    // Writes flow both ways with an instance that started normally (announced, so each
+    // side's copy is dropped when the other writes).
     let other = support::builder(&server, "deg").build().await.unwrap();
     let ro = other.region::<str, u64>("r").build().await.unwrap();
+    assert_eq!(ro.get("x").await.unwrap(), None);
     r.insert("x", 5).await.unwrap();
+    support::caught_up(&other, &cache).await;
     assert_eq!(ro.get("x").await.unwrap().as_deref(), Some(&5));
-    assert!(other.stats().l2_hits >= 1);
+    assert!(other.stats().l2_hits >= 1, "{:?}", other.stats());
     ro.insert("x", 6).await.unwrap();
     support::caught_up(&cache, &other).await;
     assert_eq!(r.get("x").await.unwrap().as_deref(), Some(&6));
