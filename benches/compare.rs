@@ -17,34 +17,12 @@
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod support;
 
-use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
-use layercache::LayerCache;
+use std::time::{Duration, Instant};
+
 use layercache_testkit::RedisServer;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    score: f64,
-}
-
-fn profile() -> Profile {
-    Profile {
-        id: 42,
-        name: "Ada Lovelace".into(),
-        email: "ada@example.com".into(),
-        roles: vec!["admin".into(), "analyst".into(), "engineer".into()],
-        score: 99.5,
-    }
-}
+use support::{l1_setup, L2Setup};
 
 /// Per-round mean times (ns per op) of both sides, and their ratios.
 struct Rounds {
@@ -136,18 +114,7 @@ fn l1_hit(rounds: usize) {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let cache = LayerCache::builder("bench").build().await.expect("cache");
-        let region = cache
-            .region::<str, Profile>("p")
-            .build()
-            .await
-            .expect("region");
-        region.insert("user:42", profile()).await.expect("insert");
-        let moka_cache: moka::future::Cache<String, Arc<Profile>> =
-            moka::future::Cache::new(10_000);
-        moka_cache
-            .insert("user:42".to_owned(), Arc::new(profile()))
-            .await;
+        let (cache, region, moka_cache) = l1_setup().await;
         let r = interleave(
             rounds,
             20_000,
@@ -172,8 +139,6 @@ fn l1_hit(rounds: usize) {
     });
 }
 
-const L2_KEYS: usize = 5000;
-
 fn l2_hit(rounds: usize) {
     let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -181,62 +146,26 @@ fn l2_hit(rounds: usize) {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let cache = LayerCache::builder("bench")
-            .redis_url(server.url())
-            .max_capacity(50)
-            .build()
-            .await
-            .expect("cache");
-        let region = cache
-            .region::<str, Profile>("p")
-            .build()
-            .await
-            .expect("region");
-        let raw = Builder::from_config(Config::from_url(&server.url()).expect("url"))
-            .build()
-            .expect("client");
-        raw.init().await.expect("connect");
-        let bytes =
-            bincode::serde::encode_to_vec(profile(), bincode::config::standard()).expect("encode");
-        let keys: Vec<String> = (0..L2_KEYS).map(|i| format!("user:{i}")).collect();
-        let raw_keys: Vec<String> = keys.iter().map(|k| format!("raw:{k}")).collect();
-        for (k, rk) in keys.iter().zip(&raw_keys) {
-            region.insert(k, profile()).await.expect("insert");
-            let _: () = raw
-                .set(rk.as_str(), bytes.clone(), None, None, false)
-                .await
-                .expect("set");
-        }
-        cache.clear_l1();
+        let setup = L2Setup::new(&server).await;
         let r = interleave(
             rounds,
             1_000,
             |i| {
-                let (region, key) = (&region, &keys[i % L2_KEYS]);
+                let setup = &setup;
                 async move {
-                    let v = region.get(key.as_str()).await.expect("get");
-                    std::hint::black_box(v);
+                    std::hint::black_box(setup.read(i).await);
                 }
             },
             |i| {
-                let (raw, key) = (&raw, &raw_keys[i % L2_KEYS]);
+                let setup = &setup;
                 async move {
-                    let bytes: Vec<u8> = raw.get(key.as_str()).await.expect("get");
-                    let (v, _): (Profile, usize) =
-                        bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                            .expect("decode");
-                    std::hint::black_box(Arc::new(v));
+                    std::hint::black_box(setup.raw_read(i).await);
                 }
             },
         )
         .await;
         r.report("l2_hit", 1.2);
-        let stats = cache.stats();
-        assert_eq!(stats.decode_errors, 0, "{stats:?}");
-        assert!(
-            stats.l1_hits * 50 <= stats.l2_hits.max(1),
-            "the L2 comparison was served by L1: {stats:?}"
-        );
+        setup.check();
     });
     drop(server);
 }

@@ -15,32 +15,13 @@
 
 #![expect(missing_docs, reason = "criterion_group! generates undocumented items")]
 
-use std::{sync::Arc, time::Duration};
+mod support;
+
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
-use layercache::LayerCache;
 use layercache_testkit::RedisServer;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    score: f64,
-}
-
-fn profile() -> Profile {
-    Profile {
-        id: 42,
-        name: "Ada Lovelace".into(),
-        email: "ada@example.com".into(),
-        roles: vec!["admin".into(), "analyst".into(), "engineer".into()],
-        score: 99.5,
-    }
-}
+use support::{l1_setup, L2Setup};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -52,22 +33,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn l1_hit(c: &mut Criterion) {
     let rt = runtime();
-    let (region, moka_cache) = rt.block_on(async {
-        let cache = LayerCache::builder("bench").build().await.expect("cache");
-        let region = cache
-            .region::<str, Profile>("p")
-            .build()
-            .await
-            .expect("region");
-        region.insert("user:42", profile()).await.expect("insert");
-        let moka_cache: moka::future::Cache<String, Arc<Profile>> =
-            moka::future::Cache::new(10_000);
-        moka_cache
-            .insert("user:42".to_owned(), Arc::new(profile()))
-            .await;
-        (region, moka_cache)
-    });
-
+    let (_cache, region, moka_cache) = rt.block_on(l1_setup());
     let mut g = c.benchmark_group("l1_hit");
     g.throughput(Throughput::Elements(1));
     g.bench_function("layercache", |b| {
@@ -85,9 +51,6 @@ fn l1_hit(c: &mut Criterion) {
     g.finish();
 }
 
-/// Keys the L2 group cycles through: far more than its L1 holds, so reads miss L1.
-const L2_KEYS: usize = 5000;
-
 fn l2_hit(c: &mut Criterion) {
     let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     // One thread runs everything (caller, fetch task, fred's connection task): the numbers
@@ -96,39 +59,9 @@ fn l2_hit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let keys: Vec<String> = (0..L2_KEYS).map(|i| format!("user:{i}")).collect();
-    let (cache, region, raw) = rt.block_on(async {
-        // L1 holds 50 entries; the benchmark cycles through 5,000 keys, so nearly every read
-        // misses L1 and is served by Redis, with the L1 fill a real L2 hit does.
-        let cache = LayerCache::builder("bench")
-            .redis_url(server.url())
-            .max_capacity(50)
-            .build()
-            .await
-            .expect("cache");
-        let region = cache
-            .region::<str, Profile>("p")
-            .build()
-            .await
-            .expect("region");
-        let raw = Builder::from_config(Config::from_url(&server.url()).expect("url"))
-            .build()
-            .expect("client");
-        raw.init().await.expect("connect");
-        // The baseline's keys hold the plain bincode bytes of the same value.
-        let bytes =
-            bincode::serde::encode_to_vec(profile(), bincode::config::standard()).expect("encode");
-        for k in &keys {
-            region.insert(k, profile()).await.expect("insert");
-            let _: () = raw
-                .set(format!("raw:{k}"), bytes.clone(), None, None, false)
-                .await
-                .expect("set");
-        }
-        cache.clear_l1();
-        (cache, region, raw)
-    });
-
+    // L1 holds 50 entries; the benchmark cycles through 5,000 keys, so nearly every read
+    // misses L1 and is served by Redis, with the L1 fill a real L2 hit does.
+    let setup = rt.block_on(L2Setup::new(&server));
     let mut g = c.benchmark_group("l2_hit");
     g.throughput(Throughput::Elements(1));
     // Loopback round trips vary with scheduling: sample longer than the L1 group.
@@ -136,39 +69,21 @@ fn l2_hit(c: &mut Criterion) {
     let mut i = 0usize;
     g.bench_function("layercache", |b| {
         b.to_async(&rt).iter(|| {
-            i = (i + 1) % L2_KEYS;
-            let key = &keys[i];
-            let region = &region;
-            async move {
-                let v = region.get(key.as_str()).await.expect("get");
-                std::hint::black_box(v)
-            }
+            i += 1;
+            let setup = &setup;
+            async move { std::hint::black_box(setup.read(i).await) }
         })
     });
-    let raw_keys: Vec<String> = keys.iter().map(|k| format!("raw:{k}")).collect();
     let mut j = 0usize;
     g.bench_function("fred_get_decode", |b| {
         b.to_async(&rt).iter(|| {
-            j = (j + 1) % L2_KEYS;
-            let key = &raw_keys[j];
-            let raw = &raw;
-            async move {
-                let bytes: Vec<u8> = raw.get(key.as_str()).await.expect("get");
-                let (v, _): (Profile, usize) =
-                    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                        .expect("decode");
-                std::hint::black_box(Arc::new(v))
-            }
+            j += 1;
+            let setup = &setup;
+            async move { std::hint::black_box(setup.raw_read(j).await) }
         })
     });
     g.finish();
-    let stats = cache.stats();
-    assert_eq!(stats.decode_errors, 0, "{stats:?}");
-    // Fewer than 2% of the reads may have been L1 hits, if any reads ran at all.
-    assert!(
-        stats.l1_hits * 50 <= stats.l2_hits.max(1),
-        "the L2 bench was served by L1: {stats:?}"
-    );
+    setup.check();
     drop(server);
 }
 
