@@ -202,9 +202,9 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// load saw (a tombstone, a stale or corrupt value: same length, same first bytes — the
 /// envelope header, whose CRC and creation time tell entries apart, and whose nonce tells
 /// tombstones apart), so a load that began before a concurrent write or invalidation never
-/// overwrites it; `set` unconditionally. A load (`nx`, `cas`) is also refused when one of its
-/// tags was invalidated since it began: each tag's mark must still be what the load read
-/// before it ran. Then records the key in each of its tags' sets (raising a set's TTL to its
+/// overwrites it; `set` unconditionally. A load (which passes marks; `insert` does not) is
+/// also refused when one of its tags was invalidated since it began: each tag's mark must
+/// still be what the load read before it ran. Then records the key in each of its tags' sets (raising a set's TTL to its
 /// longest member's, never lowering it).
 ///
 /// KEYS: the data key, then the `n` tag sets, then the `m` tag marks (`m` is `n` or 0).
@@ -212,10 +212,8 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// `m`, then the `m` expected marks (empty for none).
 const FILL: &str = "local n = tonumber(ARGV[6]) \
 local m = tonumber(ARGV[7]) \
-if ARGV[3] ~= 'set' then \
-  for i = 1, m do \
-    if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[7 + i] then return 0 end \
-  end \
+for i = 1, m do \
+  if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[7 + i] then return 0 end \
 end \
 local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
