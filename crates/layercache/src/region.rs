@@ -695,7 +695,7 @@ where
         let mut result = Ok(());
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
-            // afterwards (fills are `SET NX`, or replace only the exact bytes they saw).
+            // afterwards (fills are `SET NX`, or replace only the entry they saw).
             let removed = match self.l2_generation() {
                 Ok(g) => {
                     let rk = self.shared.state.data_key(g, &k[4..]);
