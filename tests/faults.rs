@@ -507,6 +507,17 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
         .build()
         .await;
     assert!(refused.is_err(), "fail-fast started without redis");
+    // A degraded cache that never reaches Redis still shuts down promptly.
+    let never = LayerCache::builder("deg-never")
+        .redis_url(server.url())
+        .l2_startup(layercache::L2Startup::Degraded)
+        .l2_connect_timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), never.shutdown()).await;
+    assert!(closed.is_ok(), "shutdown hung while redis was down");
+    drop(never);
     let cache = LayerCache::builder("deg")
         .redis_url(server.url())
         .l2_startup(layercache::L2Startup::Degraded)

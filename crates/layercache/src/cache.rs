@@ -726,8 +726,8 @@ impl LayerCache {
         }
     }
 
-    /// Closes the Redis connection. Reads and writes made afterwards fall back as when Redis
-    /// is down.
+    /// Closes the Redis connection (when Redis does not answer, this takes up to
+    /// `l2_command_timeout`). Reads and writes made afterwards fall back as when Redis is down.
     pub async fn shutdown(&self) {
         if let Some(l2) = &self.inner.l2 {
             l2.quit().await;
