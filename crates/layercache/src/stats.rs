@@ -117,7 +117,7 @@ impl Counters {
             breaker_opens: self.breaker_opens.get(),
             breaker_rejections: self.breaker_rejections.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
-            decode_by_reason: decode,
+            decode_by_reason: ByReason(decode),
         }
     }
 }
@@ -195,13 +195,30 @@ pub struct Stats {
     pub breaker_rejections: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
-    decode_by_reason: [u64; Corruption::ALL.len()],
+    decode_by_reason: ByReason,
 }
 
 impl Stats {
     /// Decode errors counted for one reason.
     pub fn decode_errors_for(&self, reason: Corruption) -> u64 {
-        self.decode_by_reason[reason.index()]
+        self.decode_by_reason.0[reason.index()]
+    }
+}
+
+/// Decode errors per [`Corruption`] reason; `Debug` shows the non-zero ones by name.
+#[derive(Clone, PartialEq, Eq)]
+struct ByReason([u64; Corruption::ALL.len()]);
+
+impl std::fmt::Debug for ByReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                Corruption::ALL
+                    .iter()
+                    .filter(|r| self.0[r.index()] > 0)
+                    .map(|r| (r.as_str(), self.0[r.index()])),
+            )
+            .finish()
     }
 }
 
@@ -237,5 +254,10 @@ mod tests {
         assert_eq!(s.decode_errors, 3);
         assert_eq!(s.decode_errors_for(Corruption::Checksum), 2);
         assert_eq!(s.decode_errors_for(Corruption::Deserialize), 0);
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains(r#"decode_by_reason: {"bad_length": 1, "checksum": 2}"#),
+            "{shown}"
+        );
     }
 }
