@@ -136,16 +136,58 @@ async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
 }
 
-/// Writers `insert` new versions or `invalidate` (after which the loader supplies the new
-/// version; loads are slow enough for writes to land between their source read and their
-/// fill); readers check that once an instance has applied a writer's invalidation, it never
-/// returns an older version.
+/// A's slow load began before B invalidated the whole region. Once A has applied that, a new
+/// read on A must not join the old load (whose value belongs to the old generation): it starts
+/// a fetch of its own, which finds the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load() {
+    let server = redis();
+    let a = instance(&server, "slowgen").await;
+    let b = instance(&server, "slowgen").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let slow = {
+        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            ra.get_or_load("k", move || async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(1) // what the database said before the change
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    rb.invalidate_all().await.unwrap();
+    caught_up(&a, &b).await;
+    assert_eq!(ra.generation(), rb.generation());
+    let fresh = ra.get_or_load("k", || async { Ok::<_, std::io::Error>(2) });
+    let fresh = tokio::time::timeout(WAIT, fresh).await;
+    release.notify_one();
+    assert_eq!(
+        *fresh
+            .expect("the new read waited for the old load")
+            .unwrap(),
+        2,
+        "a read after the invalidation joined the old load"
+    );
+    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
+}
+
+/// Writers `insert` new versions, `invalidate` a key, or invalidate everything at once (the tag
+/// every value carries, the region, or the whole cache); after an invalidation the loader
+/// supplies the new version, and loads are slow enough for writes to land between their source
+/// read and their fill. Readers check that once an instance has applied a writer's
+/// invalidation, it never returns an older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
     let server = redis();
     const INSTANCES: usize = 3;
     const KEYS: usize = 4;
     const WRITES_PER_WRITER: usize = 500;
+    const TAG: &str = "every";
     let mut caches = Vec::new();
     let mut regions = Vec::new();
     for _ in 0..INSTANCES {
@@ -185,17 +227,52 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let key = (x % KEYS as u64) as usize;
                 let inst = ((x >> 8) % INSTANCES as u64) as usize;
+                let op = (x >> 16) % 40;
+                if op < 3 {
+                    // A bulk invalidation (1 in 40 each: the tag every value carries, the
+                    // region, the whole cache): every key gets a new version at the source,
+                    // then the caches are told. Rows are locked in order (no deadlock).
+                    let mut rows = Vec::new();
+                    for lock in row_locks.iter() {
+                        rows.push(lock.lock().await);
+                    }
+                    let versions: Vec<u64> = (0..KEYS)
+                        .map(|k| truth[k].fetch_add(1, Ordering::SeqCst) + 1)
+                        .collect();
+                    // To isolate a failure: CHECK_BULK=tag|region|clear forces one kind.
+                    let op = match std::env::var("CHECK_BULK").as_deref() {
+                        Ok("tag") => 0,
+                        Ok("region") => 1,
+                        Ok("clear") => 2,
+                        _ => op,
+                    };
+                    let done = match op {
+                        0 => caches[inst].invalidate_tag(TAG).await,
+                        1 => regions[inst].invalidate_all().await,
+                        _ => caches[inst].clear().await,
+                    };
+                    if done.is_ok() {
+                        let seq = caches[inst].bus_status().unwrap().published_seq;
+                        for (k, v) in versions.into_iter().enumerate() {
+                            writes[k].lock().unwrap().push((inst, seq, v));
+                        }
+                    }
+                    continue;
+                }
+                let key = (x % KEYS as u64) as usize;
                 let _row = row_locks[key].lock().await;
                 let v = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
                 // Only acknowledged writes count (Propagate: a failed SET or PUBLISH is an
-                // error here, and such a write may or may not be visible). One in five is a
-                // delete: after it, the loader supplies the version.
-                let written = if (x >> 16).is_multiple_of(5) {
+                // error here, and such a write may or may not be visible). About one in five is
+                // a delete: after it, the loader supplies the version.
+                let written = if op < 11 {
                     regions[inst].invalidate(&key.to_string()).await
                 } else {
-                    regions[inst].insert(&key.to_string(), v).await
+                    let opts = layercache::EntryOptions::new();
+                    regions[inst]
+                        .insert_tagged(&key.to_string(), v, &opts, &[TAG])
+                        .await
                 };
                 if written.is_err() {
                     continue;
@@ -249,8 +326,9 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                 // The load reads the source, then takes a while (0 to 1 ms) to come back:
                 // writes and deletes land in between.
                 let pause = Duration::from_micros((n % 3) * 500);
+                let opts = layercache::EntryOptions::new();
                 let read = regions[inst]
-                    .get_or_load(&key.to_string(), move || async move {
+                    .get_or_load_tagged(&key.to_string(), &opts, &[TAG], move || async move {
                         let v = truth[key].load(Ordering::SeqCst);
                         tokio::time::sleep(pause).await;
                         Ok::<_, std::io::Error>(v)

@@ -223,6 +223,7 @@ impl Inner {
                 } => {
                     if let Some(state) = self.region_named(region) {
                         if state.schema == *schema && state.raise_generation(*generation) {
+                            self.generation_moved(&state);
                             tracing::debug!(cache.name = %self.name, region = %region, generation, "region generation raised by the bus");
                         }
                     }
@@ -239,6 +240,14 @@ impl Inner {
     pub(crate) fn tags_invalidated(&self, tags: &[String]) {
         self.flights.poison_all();
         self.l1.invalidate_tags(tags);
+    }
+
+    /// A region's generation moved (or became unknown): poisons the region's running fetches.
+    /// Their values belong to the old key space; they may answer the callers already waiting,
+    /// but no caller arriving from now on may join them (it must see the new generation), and
+    /// they fill neither tier.
+    pub(crate) fn generation_moved(&self, state: &RegionState) {
+        self.flights.poison_prefix(&state.id.to_le_bytes());
     }
 
     /// Announces an invalidation on the bus (if there is one) and waits until it was
@@ -263,7 +272,9 @@ impl Inner {
             .await
         {
             Ok(g) => {
-                state.raise_generation(g);
+                if state.raise_generation(g) {
+                    self.generation_moved(state);
+                }
             }
             Err(e) => {
                 self.counters.l2_errors.incr();
@@ -394,14 +405,17 @@ impl Inner {
             let key = generation_key(&self.name, &region, schema);
             match l2.bump_generation(&key, floor, GENERATION_TTL).await {
                 Ok(g) => {
-                    if let Some(state) = &local {
-                        state.raise_generation(g);
+                    if let Some(state) = local.as_deref() {
+                        if state.raise_generation(g) {
+                            self.generation_moved(state);
+                        }
                     }
                     moved.push((region, schema, g));
                 }
                 Err(e) => {
-                    if let Some(state) = &local {
+                    if let Some(state) = local.as_deref() {
                         state.forget_generation();
+                        self.generation_moved(state);
                     }
                     if result.is_ok() {
                         result = Err(e);

@@ -112,6 +112,17 @@ impl Flights {
         }
     }
 
+    /// Poisons every flight whose key starts with `prefix` (a region's: its generation moved).
+    pub(crate) fn poison_prefix(&self, prefix: &[u8]) {
+        self.lock().retain(|key, reg| {
+            let hit = key.starts_with(prefix);
+            if hit {
+                reg.poisoned.store(true, Ordering::Release);
+            }
+            !hit
+        });
+    }
+
     /// Poisons every flight (a clear of the whole cache).
     pub(crate) fn poison_all(&self) {
         for (_, reg) in self.lock().drain() {

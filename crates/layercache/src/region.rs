@@ -739,6 +739,7 @@ where
         let cache = &self.cache;
         let Some(l2) = &cache.l2 else {
             state.raise_generation(state.generation_floor());
+            cache.generation_moved(state);
             return Ok(());
         };
         let floor = crate::cache::unix_millis().max(state.generation_floor());
@@ -750,10 +751,13 @@ where
             Err(e) => {
                 // We do not know whether the bump happened: stop using the old key space.
                 state.forget_generation();
+                cache.generation_moved(state);
                 return self.l2_failed("invalidate_all", e);
             }
         };
-        state.raise_generation(generation);
+        if state.raise_generation(generation) {
+            cache.generation_moved(state);
+        }
         let announced = cache
             .announce(crate::bus::Entry::Region {
                 region: state.name.clone(),
