@@ -183,6 +183,22 @@ async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load()
 /// invalidation, it never returns an older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
+    randomized_checker("check", layercache::EntryOptions::new()).await;
+}
+
+/// The same checker with short lifetimes, early refresh (soft TTL and XFetch: background
+/// refreshes run all the time and fill both tiers) and the cross-instance load lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_with_early_refresh_and_the_load_lock() {
+    let options = layercache::EntryOptions::new()
+        .ttl(Duration::from_millis(60))
+        .soft_ttl(Duration::from_millis(3))
+        .xfetch_beta(1.0)
+        .distributed_lock(true);
+    randomized_checker("fresh", options).await;
+}
+
+async fn randomized_checker(name: &str, options: layercache::EntryOptions) {
     let server = redis();
     const INSTANCES: usize = 3;
     const KEYS: usize = 4;
@@ -191,14 +207,20 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
     let mut caches = Vec::new();
     let mut regions = Vec::new();
     for _ in 0..INSTANCES {
-        let c = builder(&server, "check")
+        let c = builder(&server, name)
             .bus_heartbeat_interval(Duration::from_millis(100))
             .bus_heartbeat_timeout(Duration::from_millis(1000))
             .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
             .build()
             .await
             .unwrap();
-        regions.push(region(&c).await);
+        let r = c
+            .region::<str, u64>("item")
+            .entry_options(options)
+            .build()
+            .await
+            .unwrap();
+        regions.push(r);
         caches.push(c);
     }
     let ids: Vec<InstanceId> = caches.iter().map(|c| c.instance_id().unwrap()).collect();
@@ -269,9 +291,8 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                 let written = if op < 11 {
                     regions[inst].invalidate(&key.to_string()).await
                 } else {
-                    let opts = layercache::EntryOptions::new();
                     regions[inst]
-                        .insert_tagged(&key.to_string(), v, &opts, &[TAG])
+                        .insert_tagged(&key.to_string(), v, &options, &[TAG])
                         .await
                 };
                 if written.is_err() {
@@ -324,11 +345,15 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
                     .unwrap_or(0);
                 let truth = truth.clone();
                 // The load reads the source, then takes a while (0 to 1 ms) to come back:
-                // writes and deletes land in between.
-                let pause = Duration::from_micros((n % 3) * 500);
-                let opts = layercache::EntryOptions::new();
+                // writes and deletes land in between. One in 50 takes 100 ms: longer than
+                // the short-lived variant's values (and the tombstones of their deletes).
+                let pause = if n.is_multiple_of(50) {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_micros((n % 3) * 500)
+                };
                 let read = regions[inst]
-                    .get_or_load_tagged(&key.to_string(), &opts, &[TAG], move || async move {
+                    .get_or_load_tagged(&key.to_string(), &options, &[TAG], move || async move {
                         let v = truth[key].load(Ordering::SeqCst);
                         tokio::time::sleep(pause).await;
                         Ok::<_, std::io::Error>(v)
@@ -357,6 +382,17 @@ async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_receiv
     );
     assert!(reads.load(Ordering::Relaxed) > 100);
     assert!(hits > 0, "the checker never exercised L1");
+    let total =
+        |f: fn(&layercache::Stats) -> u64| -> u64 { caches.iter().map(|c| f(&c.stats())).sum() };
+    if options.get_soft_ttl().is_some() {
+        assert!(total(|s| s.refreshes) > 0, "no early refresh ran");
+    }
+    if options.get_distributed_lock() {
+        assert!(
+            total(|s| s.locks_acquired) > 0,
+            "the load lock was never taken"
+        );
+    }
     assert_eq!(stale.load(Ordering::Relaxed), 0);
 }
 
@@ -878,6 +914,79 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
         assert_eq!(*v, 2, "{key}: a load after the change fills redis");
         assert_eq!(*rc.get(key).await.unwrap().unwrap(), 2, "{key}");
     }
+}
+
+/// A conditional fill proves that nothing changed since the load's read only while what a
+/// concurrent write left still lives. Here A's newer value expires from Redis before B's slow
+/// load (which read the source before A's write, and has not heard of it) comes back: B must
+/// not fill, or a third instance would read B's older value from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+    let opts = layercache::EntryOptions::new().ttl(Duration::from_millis(300));
+    let a = instance(&server, "slowfill").await;
+    let b = LayerCache::builder("slowfill")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(5))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let c = instance(&server, "slowfill").await;
+    let mut regions = Vec::new();
+    for cache in [&a, &b, &c] {
+        let r = cache
+            .region::<str, u64>("item")
+            .entry_options(opts)
+            .build()
+            .await
+            .unwrap();
+        regions.push(r);
+    }
+    let (ra, rb, rc) = (&regions[0], &regions[1], &regions[2]);
+    let rkey = ra.redis_key("k").unwrap();
+    proxy.set_latency(Duration::from_millis(500));
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let slow = {
+        let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            rb.get_or_load("k", move || async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(1)
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    ra.insert("k", 2).await.unwrap();
+    let written_at = a.bus_status().unwrap().published_seq;
+    wait_until("A's value to expire from redis", WAIT, || {
+        let (raw, rkey) = (raw.clone(), rkey.clone());
+        async move {
+            let v: Option<Vec<u8>> = raw.get(&rkey).await.unwrap();
+            v.is_none()
+        }
+    })
+    .await;
+    let applied = b.bus_status().unwrap().peer_seq(a.instance_id().unwrap());
+    assert!(
+        applied.is_none_or(|s| s < written_at),
+        "B already knew: the test proves nothing"
+    );
+    let lost = b.stats().l2_fills_lost;
+    release.notify_one();
+    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    proxy.set_latency(Duration::ZERO);
+    let stored: Option<Vec<u8>> = raw.get(&rkey).await.unwrap();
+    assert!(stored.is_none(), "B's older value reached redis");
+    assert_eq!(b.stats().l2_fills_lost, lost + 1, "not counted");
+    caught_up(&c, &a).await;
+    assert!(rc.get("k").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::token,
     key::{tag_mark_key, CacheKey},
-    l2::{Fill, Seen, L2},
+    l2::{Fill as L2Fill, Seen, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -53,11 +53,11 @@ enum Found {
 
 impl Found {
     /// How a load may write, if at all.
-    fn fill(&self) -> Option<Fill> {
+    fn fill(&self) -> Option<L2Fill> {
         match self {
-            Self::Nothing => Some(Fill::Nx),
-            Self::Seen(seen) => Some(Fill::Cas(seen.clone())),
-            Self::Foreign => Some(Fill::Set),
+            Self::Nothing => Some(L2Fill::Nx),
+            Self::Seen(seen) => Some(L2Fill::Cas(seen.clone())),
+            Self::Foreign => Some(L2Fill::Set),
             Self::Off | Self::Keep | Self::Down => None,
         }
     }
@@ -115,6 +115,29 @@ impl Drop for LockGuard {
     }
 }
 
+/// What a load's Redis fill depends on.
+struct Fill<'a> {
+    /// What the Redis read found.
+    found: Found,
+    /// The load's tags' marks, read before it ran.
+    marks: &'a [(String, Option<Vec<u8>>)],
+    /// When the Redis read was made.
+    read_at: Instant,
+}
+
+impl Fill<'_> {
+    /// How the load may write, if at all. Conditional writes prove that nothing changed since
+    /// the read only while what a concurrent write left (a value, a tombstone) still lives: a
+    /// fetch that took as long as the shortest lifetime in play does not write.
+    fn mode(&self, rkey: &str, plan: &Plan, region: &EntryOptions) -> Option<L2Fill> {
+        let bound = plan.ttl.min(region.get_ttl());
+        if rkey.is_empty() || self.read_at.elapsed() >= bound {
+            return None;
+        }
+        self.found.fill()
+    }
+}
+
 /// The outcome of trying to take the lock.
 enum Lock<V> {
     Held(LockGuard),
@@ -148,6 +171,7 @@ where
         // Captured before the read: what is read now is filled as of now.
         let generation = r.shared.state.generation_raw();
         let born = cache.l1.tag_epoch();
+        let read_at = Instant::now();
         let mut found = Found::Off;
         let mut rkey = String::new();
         if let Some(l2) = &cache.l2 {
@@ -282,8 +306,13 @@ where
         let loaded = r.run_loader(run, &options, early, leader, mode).await;
         let outcome = match loaded {
             Ok((value, took)) => {
+                let redis = Fill {
+                    found,
+                    marks: &marks,
+                    read_at,
+                };
                 r.store_loaded(
-                    leader, &rkey, found, &marks, value, took, tags, &options, generation, born,
+                    leader, &rkey, redis, value, took, tags, &options, generation, born,
                 )
                 .await
             }
@@ -507,8 +536,7 @@ where
         &self,
         leader: &Leader<V>,
         rkey: &str,
-        found: Found,
-        marks: &[(String, Option<Vec<u8>>)],
+        redis: Fill<'_>,
         value: Option<V>,
         took: Duration,
         tags: super::Tags,
@@ -523,7 +551,11 @@ where
             (None, None) => return Ok(None),
         };
         let value = value.map(Arc::new);
-        let fill_mode = found.fill().filter(|_| !rkey.is_empty());
+        let fill_mode = redis.mode(rkey, &plan, &self.shared.entry_options);
+        if fill_mode.is_none() && redis.found.fill().is_some() && !rkey.is_empty() {
+            cache.counters.l2_fills_lost.incr();
+            tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the fetch outlived the entries it raced with; the loaded value is not written to redis");
+        }
         let write = fill_mode.is_some();
         let mut raw_len = 0;
         if write || cache.l1.by_bytes() {
@@ -532,7 +564,7 @@ where
                     raw_len = enc.raw_len;
                     if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
                         let written = self
-                            .write_l2(rkey, enc, &plan, mode, tags.as_deref(), marks)
+                            .write_l2(rkey, enc, &plan, mode, tags.as_deref(), redis.marks)
                             .await;
                         match written {
                             Ok(true) => {}
