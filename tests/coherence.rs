@@ -916,6 +916,58 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
     }
 }
 
+/// B writes before it has heard that A moved the region to a new generation. Its write must
+/// not land in the abandoned key space (where nobody reads it) while the new one holds an
+/// older value: the write is fenced on the generation, B learns the new one and writes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_generation() {
+    let server = redis();
+    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+    let a = instance(&server, "fence").await;
+    let b = LayerCache::builder("fence")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(5))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let before = rb.generation().unwrap();
+    proxy.set_latency(Duration::from_millis(500));
+    ra.invalidate_all().await.unwrap();
+    // A reads the key under the new generation: the source says 1.
+    let v = ra
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1);
+    // B, which has not heard of the new generation, writes 2 (and for "d", deletes).
+    ra.get_or_load("d", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    assert_eq!(
+        rb.generation(),
+        Some(before),
+        "B already knew: the test proves nothing"
+    );
+    rb.insert("k", 2).await.unwrap();
+    rb.invalidate("d").await.unwrap();
+    proxy.set_latency(Duration::ZERO);
+    assert_eq!(
+        rb.generation(),
+        ra.generation(),
+        "B did not learn the generation"
+    );
+    caught_up(&a, &b).await;
+    assert_eq!(
+        *ra.get("k").await.unwrap().unwrap(),
+        2,
+        "B's write was lost"
+    );
+    assert!(ra.get("d").await.unwrap().is_none(), "B's delete was lost");
+}
+
 /// A conditional fill proves that nothing changed since the load's read only while what a
 /// concurrent write left still lives. Here A's newer value expires from Redis before B's slow
 /// load (which read the source before A's write, and has not heard of it) comes back: B must

@@ -46,16 +46,18 @@ async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
     }
     let opts = EntryOptions::new().distributed_lock(lock);
     let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(Notify::new());
+    // A gate rather than a `Notify`: a load started after the release (which would be a
+    // failure of the lock) must finish and be counted, not wait forever.
+    let (release, gate) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for c in &caches {
         let r = region(c).await;
         for _ in 0..250 {
-            let (r, calls, release) = (r.clone(), calls.clone(), release.clone());
+            let (r, calls, mut gate) = (r.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
                 r.get_or_load_with("hot", &opts, move || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    release.notified().await;
+                    let _ = gate.wait_for(|open| *open).await;
                     Ok::<_, std::io::Error>(42)
                 })
                 .await
@@ -80,7 +82,7 @@ async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
         }
     })
     .await;
-    release.notify_waiters();
+    release.send_replace(true);
     for t in tasks {
         assert_eq!(*t.await.unwrap().unwrap(), 42);
     }

@@ -198,22 +198,28 @@ return redis.call('DEL', KEYS[1]) else return 0 end";
 const RENEW_LOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
-/// Fills a key with a loaded value: `nx` only if absent; `cas` only if it still holds what the
-/// load saw (a tombstone, a stale or corrupt value: same length, same first bytes — the
-/// envelope header, whose CRC and creation time tell entries apart, and whose nonce tells
-/// tombstones apart), so a load that began before a concurrent write or invalidation never
-/// overwrites it; `set` unconditionally. A load (which passes marks; `insert` does not) is
-/// also refused when one of its tags was invalidated since it began: each tag's mark must
-/// still be what the load read before it ran. Then records the key in each of its tags' sets (raising a set's TTL to its
-/// longest member's, never lowering it).
+/// Writes an entry: `nx` only if absent; `cas` only if the key still holds what the load saw
+/// (a tombstone, a stale or corrupt value: same length, same first bytes — the envelope header,
+/// whose CRC and creation time tell entries apart, and whose nonce tells tombstones apart), so
+/// a load that began before a concurrent write or invalidation never overwrites it; `set`
+/// unconditionally. A load (which passes marks; `insert` does not) is also refused when one of
+/// its tags was invalidated since it began: each tag's mark must still be what the load read
+/// before it ran. A write with a *fence* (`insert`, `invalidate`) lands only if the region's
+/// generation is still the one its key was made for: a writer that has not yet heard of an
+/// `invalidate_all` or `clear` must not write into the abandoned key space, where nobody would
+/// see it, while an older value sits in the new one. Then records the key in each of its tags'
+/// sets (raising a set's TTL to its longest member's, never lowering it).
 ///
-/// KEYS: the data key, then the `n` tag sets, then the `m` tag marks (`m` is `n` or 0).
-/// ARGV: the value, the TTL in ms, the mode, the expected prefix, the expected length, `n`,
-/// `m`, then the `m` expected marks (empty for none).
+/// KEYS: the data key, the `n` tag sets, the `m` tag marks (`m` is `n` or 0), then with a
+/// fence the generation key. ARGV: the value, the TTL in ms, the mode, the expected prefix, the
+/// expected length, `n`, `m`, the fence's generation (empty for none), then the `m` expected
+/// marks (empty for none). Returns 1 (written), 0 (refused: the key or a mark changed) or -1
+/// (fenced: the generation moved).
 const FILL: &str = "local n = tonumber(ARGV[6]) \
 local m = tonumber(ARGV[7]) \
+if ARGV[8] ~= '' and redis.call('GET', KEYS[2 + n + m]) ~= ARGV[8] then return -1 end \
 for i = 1, m do \
-  if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[7 + i] then return 0 end \
+  if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[8 + i] then return 0 end \
 end \
 local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
@@ -247,6 +253,28 @@ pub(crate) enum Fill {
     Nx,
     /// Only if the key still holds what was seen.
     Cas(Seen),
+}
+
+/// What a write must find in Redis to land (see [`FILL`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Guard<'a> {
+    /// How it treats what the key holds.
+    pub(crate) mode: &'a Fill,
+    /// A load's tags' marks as read before it ran (none for a write).
+    pub(crate) marks: &'a [(String, Option<Vec<u8>>)],
+    /// The region's generation the key was made for (writes), or none (loads).
+    pub(crate) fence: Option<u64>,
+}
+
+/// What became of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// It landed.
+    Written,
+    /// Its condition failed (the key or one of its tags' marks changed): the newer state wins.
+    Refused,
+    /// The region's generation is no longer the one its key was made for.
+    Fenced,
 }
 
 /// What a read saw at a key, enough to tell whether it is still there: its length and its
@@ -413,24 +441,29 @@ impl L2 {
         Ok(!reply.is_null())
     }
 
-    /// Writes with the `FILL` script: conditional on what the key holds (see [`Fill`]) and,
-    /// for a load, on its tags' marks being what it read before it ran (`marks`: one per tag,
-    /// or none at all); with tag bookkeeping. Returns whether the value was written.
+    /// Writes with the `FILL` script as its [`Guard`] says: conditional on what the key holds,
+    /// for a load on its tags' marks being what it read before it ran, and with a fence on the
+    /// region's generation (read at `generation_key`); with tag bookkeeping.
     pub(crate) async fn fill(
         &self,
         key: &str,
         value: Vec<u8>,
         ttl_ms: u64,
-        mode: &Fill,
         tags: Vec<String>,
-        marks: &[(String, Option<Vec<u8>>)],
-    ) -> Result<bool> {
-        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tags.len());
+        guard: Guard<'_>,
+        generation_key: &str,
+    ) -> Result<Filled> {
+        let Guard { mode, marks, fence } = guard;
+        let fence = fence.map(|g| (generation_key, g));
+        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tags.len(), fenced = fence.is_some());
         let n = tags.len();
-        let mut keys = Vec::with_capacity(1 + n + marks.len());
+        let mut keys = Vec::with_capacity(2 + n + marks.len());
         keys.push(key.to_owned());
         keys.extend(tags);
         keys.extend(marks.iter().map(|(k, _)| k.clone()));
+        if let Some((generation_key, _)) = fence {
+            keys.push(generation_key.to_owned());
+        }
         let (name, expected, len) = match mode {
             Fill::Set => ("set", Vec::new(), 0),
             Fill::Nx => ("nx", Vec::new(), 0),
@@ -444,6 +477,7 @@ impl L2 {
             Value::from(len.to_string()),
             Value::from(n.to_string()),
             Value::from(marks.len().to_string()),
+            Value::from(fence.map_or_else(String::new, |(_, g)| g.to_string())),
         ];
         args.extend(
             marks
@@ -454,7 +488,11 @@ impl L2 {
             .bounded("redis EVAL (fill)", self.client.eval(FILL, keys, args))
             .instrument(span)
             .await?;
-        Ok(written == 1)
+        Ok(match written {
+            1 => Filled::Written,
+            -1 => Filled::Fenced,
+            _ => Filled::Refused,
+        })
     }
 
     /// Reads tag marks (`MGET`): for each key, its value, or `None`.

@@ -28,7 +28,6 @@ use crate::{
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
     l1::{Extra, L1Entry},
-    l2::Fill,
     options::EntryOptions,
 };
 
@@ -622,11 +621,11 @@ where
         let cache = &self.cache;
         let plan = Plan::value(options, Duration::ZERO);
         // The Redis key, when there is a Redis tier and the generation is known.
-        let rk = cache
+        let known = cache
             .l2
             .as_ref()
-            .and_then(|_| self.shared.state.generation())
-            .map(|g| self.shared.state.data_key(g, &k[4..]));
+            .and_then(|_| self.shared.state.generation());
+        let rk = known.map(|g| self.shared.state.data_key(g, &k[4..]));
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
             let key = rk.as_deref().unwrap_or("");
             Some(self.encode(Some(&value), &plan, tags.as_deref(), key)?)
@@ -634,25 +633,27 @@ where
             None
         };
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
-        let value = Arc::new(value);
-        let generation = self.shared.state.generation_raw();
+        let mut generation = self.shared.state.generation_raw();
         let born = cache.l1.tag_epoch();
         cache.flights.poison(&k);
         let mut result = Ok(());
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
-            let written = match &rk {
-                Some(rk) => {
-                    self.write_l2(rk, enc, &plan, &Fill::Set, tags.as_deref(), &[])
+            let written = match (known, rk) {
+                (Some(g), Some(rk)) => {
+                    let encode = |rk: &str| self.encode(Some(&value), &plan, tags.as_deref(), rk);
+                    self.write_fenced(&k, (g, rk, enc), &plan, tags.as_deref(), encode)
                         .await
                 }
-                None => self.l2_generation().map(|_| false),
+                _ => self.l2_generation(),
             };
-            if let Err(e) = written {
-                result = self.l2_failed("insert", e);
+            match written {
+                Ok(g) => generation = g,
+                Err(e) => result = self.l2_failed("insert", e),
             }
             // A fetch that began while the SET was in flight may have read the old value.
             cache.flights.poison(&k);
         }
+        let value = Arc::new(value);
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
         let life = Life {
             logical,
@@ -696,13 +697,14 @@ where
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
             // afterwards (fills are `SET NX`, or replace only the entry they saw).
+            let plan = Plan::tombstone(&self.shared.entry_options);
+            let encode = |rk: &str| self.encode(None, &plan, None, rk);
             let removed = match self.l2_generation() {
                 Ok(g) => {
                     let rk = self.shared.state.data_key(g, &k[4..]);
-                    let plan = Plan::tombstone(&self.shared.entry_options);
-                    match self.encode(None, &plan, None, &rk) {
+                    match encode(&rk) {
                         Ok(enc) => self
-                            .write_l2(&rk, enc, &plan, &Fill::Set, None, &[])
+                            .write_fenced(&k, (g, rk, enc), &plan, None, encode)
                             .await
                             .map(|_| ()),
                         Err(e) => Err(e),

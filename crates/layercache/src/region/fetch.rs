@@ -18,7 +18,7 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::token,
     key::{tag_mark_key, CacheKey},
-    l2::{Fill as L2Fill, Seen, L2},
+    l2::{Fill as L2Fill, Filled, Guard, Seen, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -291,7 +291,7 @@ where
 
         let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != Found::Down {
             match r
-                .lock_or_wait(leader, &rkey, &options, generation, born)
+                .lock_or_wait(leader, &rkey, &options, (generation, born), mode)
                 .await
             {
                 Lock::Found(v) => return Ok(v),
@@ -406,8 +406,8 @@ where
         leader: &Leader<V>,
         rkey: &str,
         options: &EntryOptions,
-        generation: u64,
-        born: u64,
+        (generation, born): (u64, u64),
+        mode: Mode,
     ) -> Lock<V> {
         let cache = &self.cache;
         let (Some(l2), Some(g)) = (&cache.l2, self.shared.state.generation()) else {
@@ -434,16 +434,12 @@ where
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(left)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
-            if let Ok(Some(bytes)) = l2.get(rkey).await {
-                if let Ok(d) = self.decode(&bytes, rkey) {
-                    let now_ms = unix_millis();
-                    if !d.meta.tombstone && !d.left(now_ms).is_zero() {
-                        let value = self
-                            .serve_decoded(leader, options, d, generation, born, now_ms)
-                            .await;
-                        return Lock::Found(value);
-                    }
-                }
+            if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
+                let now_ms = unix_millis();
+                let value = self
+                    .serve_decoded(leader, options, d, generation, born, now_ms)
+                    .await;
+                return Lock::Found(value);
             }
             if Instant::now() >= deadline {
                 cache.counters.lock_takeovers.incr();
@@ -451,10 +447,40 @@ where
                 return Lock::Without;
             }
             if let Ok(true) = l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+                let guard = LockGuard::new(l2, lock_key, token, ttl);
+                // The holder may have filled and released between the read above and this:
+                // look again before loading a second time.
+                if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
+                    guard.release().await;
+                    let now_ms = unix_millis();
+                    let value = self
+                        .serve_decoded(leader, options, d, generation, born, now_ms)
+                        .await;
+                    return Lock::Found(value);
+                }
                 cache.counters.locks_acquired.incr();
-                return Lock::Held(LockGuard::new(l2, lock_key, token, ttl));
+                return Lock::Held(guard);
             }
         }
+    }
+
+    /// A usable value that another instance's load put in Redis while this one waited (for a
+    /// refresh: one newer than the value it replaces).
+    async fn filled_meanwhile(
+        &self,
+        l2: &L2,
+        rkey: &str,
+        mode: Mode,
+    ) -> Option<super::store::Decoded<V>> {
+        let Ok(Some(bytes)) = l2.get(rkey).await else {
+            return None;
+        };
+        let d = self.decode(&bytes, rkey).ok()?;
+        let newer = match mode {
+            Mode::Refresh { created_ms } => d.meta.created_at_ms > created_ms,
+            Mode::Caller => true,
+        };
+        (newer && !d.meta.tombstone && !d.left(unix_millis()).is_zero()).then_some(d)
     }
 
     /// Runs the loader as its own task (so a panic is caught), within its timeouts. Past the
@@ -564,11 +590,21 @@ where
                     raw_len = enc.raw_len;
                     if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
                         let written = self
-                            .write_l2(rkey, enc, &plan, mode, tags.as_deref(), redis.marks)
+                            .write_l2(
+                                rkey,
+                                enc,
+                                &plan,
+                                tags.as_deref(),
+                                Guard {
+                                    mode,
+                                    marks: redis.marks,
+                                    fence: None,
+                                },
+                            )
                             .await;
                         match written {
-                            Ok(true) => {}
-                            Ok(false) => {
+                            Ok(Filled::Written) => {}
+                            Ok(Filled::Refused | Filled::Fenced) => {
                                 cache.counters.l2_fills_lost.incr();
                                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
                             }

@@ -17,7 +17,7 @@ use crate::{
     freshness::{jittered, rand01},
     key::{tag_key, CacheKey},
     l1::{Extra, Freshness, L1Entry, Slide},
-    l2::Fill,
+    l2::{Fill, Filled, Guard},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -204,20 +204,18 @@ where
         })
     }
 
-    /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry, as `mode`
-    /// says to treat what the key holds, and, for a load, only if its tags' `marks` (read
-    /// before it ran) are unchanged; counts it.
+    /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry, if what
+    /// Redis holds passes the [`Guard`]; counts it.
     pub(crate) async fn write_l2(
         &self,
         rk: &str,
         enc: Encoded,
         plan: &Plan,
-        mode: &Fill,
         tags: Option<&[String]>,
-        marks: &[(String, Option<Vec<u8>>)],
-    ) -> Result<bool> {
+        guard: Guard<'_>,
+    ) -> Result<Filled> {
         let Some(l2) = &self.cache.l2 else {
-            return Ok(false);
+            return Ok(Filled::Refused);
         };
         self.count_write(&enc);
         let px = plan.physical_ms();
@@ -226,12 +224,68 @@ where
             .iter()
             .map(|t| tag_key(&self.cache.name, t))
             .collect();
-        match mode {
-            Fill::Set | Fill::Nx if tag_keys.is_empty() => {
-                l2.set(rk, enc.bytes, px, *mode == Fill::Nx).await
+        match (guard.mode, guard.fence) {
+            (Fill::Set | Fill::Nx, None) if tag_keys.is_empty() => {
+                let written = l2.set(rk, enc.bytes, px, *guard.mode == Fill::Nx).await?;
+                Ok(if written {
+                    Filled::Written
+                } else {
+                    Filled::Refused
+                })
             }
-            _ => l2.fill(rk, enc.bytes, px, mode, tag_keys, marks).await,
+            _ => {
+                let generation_key = &self.shared.state.generation_key;
+                l2.fill(rk, enc.bytes, px, tag_keys, guard, generation_key)
+                    .await
+            }
         }
+    }
+
+    /// An `insert` or `invalidate`: writes `first` (encoded for the key at the generation this
+    /// instance knows) with a fence on that generation. If the region has moved on (an
+    /// `invalidate_all` or `clear` this instance has not heard of yet), learns the current
+    /// generation and writes again under it (`encode` makes the entry for a key), a few times
+    /// at most. Returns the generation written under.
+    pub(crate) async fn write_fenced(
+        &self,
+        k: &[u8],
+        first: (u64, String, Encoded),
+        plan: &Plan,
+        tags: Option<&[String]>,
+        encode: impl Fn(&str) -> Result<Encoded>,
+    ) -> Result<u64> {
+        const ATTEMPTS: usize = 3;
+        let (mut generation, mut rk, mut enc) = first;
+        for attempt in 1..=ATTEMPTS {
+            let filled = self
+                .write_l2(
+                    &rk,
+                    enc,
+                    plan,
+                    tags,
+                    Guard {
+                        mode: &Fill::Set,
+                        marks: &[],
+                        fence: Some(generation),
+                    },
+                )
+                .await?;
+            if filled != Filled::Fenced {
+                return Ok(generation);
+            }
+            tracing::debug!(cache.name = %self.cache.name, region = %self.shared.state.name, generation, "the region's generation moved; writing again under the current one");
+            self.cache.refresh_generation(&self.shared.state).await;
+            if attempt == ATTEMPTS {
+                break;
+            }
+            generation = self.l2_generation()?;
+            rk = self.shared.state.data_key(generation, &k[4..]);
+            enc = encode(&rk)?;
+        }
+        Err(Error::new(
+            ErrorKind::Redis,
+            "the region's generation kept moving during the write",
+        ))
     }
 
     fn count_write(&self, enc: &Encoded) {
