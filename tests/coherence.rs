@@ -41,6 +41,68 @@ async fn region(c: &LayerCache) -> Region<str, u64> {
     c.region::<str, u64>("item").build().await.unwrap()
 }
 
+/// An instance whose link to Redis (commands and bus) goes through `proxy`, which a test slows
+/// down so that the instance hears of other instances' changes late.
+async fn behind(proxy: &layercache_testkit::Proxy, name: &str) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(5))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A load held open by the test: its loader has read the source (`value`) and waits.
+struct SlowLoad {
+    task: tokio::task::JoinHandle<layercache::Result<Arc<u64>>>,
+    release: Arc<Notify>,
+}
+
+impl SlowLoad {
+    /// Starts `get_or_load_tagged(key)` on `r` and returns once its loader runs.
+    async fn start(
+        r: &Region<str, u64>,
+        key: &'static str,
+        tags: &'static [&'static str],
+        value: u64,
+    ) -> Self {
+        Self::with(r, key, layercache::EntryOptions::new(), tags, value).await
+    }
+
+    /// [`start`](Self::start) with entry options.
+    async fn with(
+        r: &Region<str, u64>,
+        key: &'static str,
+        options: layercache::EntryOptions,
+        tags: &'static [&'static str],
+        value: u64,
+    ) -> Self {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let task = {
+            let (r, started, release) = (r.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                r.get_or_load_tagged(key, &options, tags, move || async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(value)
+                })
+                .await
+            })
+        };
+        started.notified().await;
+        Self { task, release }
+    }
+
+    /// Lets the loader return; the value the caller got.
+    async fn finish(self) -> u64 {
+        self.release.notify_one();
+        *self.task.await.unwrap().unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_invalidations_reach_every_instance() {
     let server = redis();
@@ -113,25 +175,11 @@ async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
     let a = instance(&server, "slow").await;
     let b = instance(&server, "slow").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
-    let started = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let slow = {
-        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
-        tokio::spawn(async move {
-            ra.get_or_load("k", move || async move {
-                started.notify_one();
-                release.notified().await;
-                Ok::<_, std::io::Error>(1) // what the database said before B's write
-            })
-            .await
-        })
-    };
-    started.notified().await;
+    let slow = SlowLoad::start(&ra, "k", &[], 1).await;
     rb.insert("k", 2).await.unwrap();
     caught_up(&a, &b).await;
-    release.notify_one();
     // A's caller read before the write and may see 1; A must hold 2 or nothing from now on.
-    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(slow.finish().await, 1);
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
 }
@@ -145,26 +193,12 @@ async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load()
     let a = instance(&server, "slowgen").await;
     let b = instance(&server, "slowgen").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
-    let started = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let slow = {
-        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
-        tokio::spawn(async move {
-            ra.get_or_load("k", move || async move {
-                started.notify_one();
-                release.notified().await;
-                Ok::<_, std::io::Error>(1) // what the database said before the change
-            })
-            .await
-        })
-    };
-    started.notified().await;
+    let slow = SlowLoad::start(&ra, "k", &[], 1).await;
     rb.invalidate_all().await.unwrap();
     caught_up(&a, &b).await;
     assert_eq!(ra.generation(), rb.generation());
     let fresh = ra.get_or_load("k", || async { Ok::<_, std::io::Error>(2) });
     let fresh = tokio::time::timeout(WAIT, fresh).await;
-    release.notify_one();
     assert_eq!(
         *fresh
             .expect("the new read waited for the old load")
@@ -172,7 +206,7 @@ async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load()
         2,
         "a read after the invalidation joined the old load"
     );
-    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(slow.finish().await, 1);
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
 }
 
@@ -739,25 +773,10 @@ async fn a_tag_invalidated_during_a_load_is_never_filled_afterwards() {
     let a = instance(&server, "tagrace").await;
     let b = instance(&server, "tagrace").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
-    let started = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let opts = layercache::EntryOptions::new();
-    let slow = {
-        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
-        tokio::spawn(async move {
-            ra.get_or_load_tagged("k", &opts, &["t"], move || async move {
-                started.notify_one();
-                release.notified().await;
-                Ok::<_, std::io::Error>(1) // read from the source before the invalidation
-            })
-            .await
-        })
-    };
-    started.notified().await;
+    let slow = SlowLoad::start(&ra, "k", &["t"], 1).await;
     b.invalidate_tag("t").await.unwrap();
     caught_up(&a, &b).await;
-    release.notify_one();
-    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(slow.finish().await, 1);
     // Neither tier holds the pre-invalidation value.
     assert!(
         ra.get("k").await.unwrap().is_none(),
@@ -836,14 +855,7 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
     let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
     let name = format!("{change:?}");
     let a = instance(&server, &name).await;
-    let b = LayerCache::builder(name.as_str())
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(5))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
+    let b = behind(&proxy, &name).await;
     let c = instance(&server, &name).await;
     let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
     for (key, before) in [("absent", None), ("corrupt", Some(&b"garbage"[..]))] {
@@ -857,21 +869,7 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
         // Far longer than this test takes between the change and the check below, even on
         // a busy machine.
         proxy.set_latency(Duration::from_millis(500));
-        let started = Arc::new(Notify::new());
-        let release = Arc::new(Notify::new());
-        let slow = {
-            let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
-            tokio::spawn(async move {
-                let opts = layercache::EntryOptions::new();
-                rb.get_or_load_tagged(key, &opts, &["t"], move || async move {
-                    started.notify_one();
-                    release.notified().await;
-                    Ok::<_, std::io::Error>(1)
-                })
-                .await
-            })
-        };
-        started.notified().await;
+        let slow = SlowLoad::start(&rb, key, &["t"], 1).await;
         match change {
             Change::Delete => ra.invalidate(key).await.unwrap(),
             Change::Tag => a.invalidate_tag("t").await.unwrap(),
@@ -886,8 +884,7 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
             "{key}: B already knew"
         );
         let lost = b.stats().l2_fills_lost;
-        release.notify_one();
-        assert_eq!(*slow.await.unwrap().unwrap(), 1, "{key}");
+        assert_eq!(slow.finish().await, 1, "{key}");
         proxy.set_latency(Duration::ZERO);
         if !matches!(change, Change::Clear) {
             // (After a clear, the fill lands under the outdated generation instead.)
@@ -924,14 +921,7 @@ async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_
     let server = redis();
     let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
     let a = instance(&server, "fence").await;
-    let b = LayerCache::builder("fence")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(5))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
+    let b = behind(&proxy, "fence").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let before = rb.generation().unwrap();
     proxy.set_latency(Duration::from_millis(500));
@@ -979,14 +969,7 @@ async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
     let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
     let opts = layercache::EntryOptions::new().ttl(Duration::from_millis(300));
     let a = instance(&server, "slowfill").await;
-    let b = LayerCache::builder("slowfill")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(5))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
+    let b = behind(&proxy, "slowfill").await;
     let c = instance(&server, "slowfill").await;
     let mut regions = Vec::new();
     for cache in [&a, &b, &c] {
@@ -1001,20 +984,7 @@ async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
     let (ra, rb, rc) = (&regions[0], &regions[1], &regions[2]);
     let rkey = ra.redis_key("k").unwrap();
     proxy.set_latency(Duration::from_millis(500));
-    let started = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let slow = {
-        let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
-        tokio::spawn(async move {
-            rb.get_or_load("k", move || async move {
-                started.notify_one();
-                release.notified().await;
-                Ok::<_, std::io::Error>(1)
-            })
-            .await
-        })
-    };
-    started.notified().await;
+    let slow = SlowLoad::with(rb, "k", opts, &[], 1).await;
     ra.insert("k", 2).await.unwrap();
     let written_at = a.bus_status().unwrap().published_seq;
     wait_until("A's value to expire from redis", WAIT, || {
@@ -1031,8 +1001,7 @@ async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
         "B already knew: the test proves nothing"
     );
     let lost = b.stats().l2_fills_lost;
-    release.notify_one();
-    assert_eq!(*slow.await.unwrap().unwrap(), 1);
+    assert_eq!(slow.finish().await, 1);
     proxy.set_latency(Duration::ZERO);
     let stored: Option<Vec<u8>> = raw.get(&rkey).await.unwrap();
     assert!(stored.is_none(), "B's older value reached redis");
