@@ -64,9 +64,38 @@ async fn naive() -> Report {
     let cache: moka::future::Cache<u64, Arc<u64>> =
         moka::future::Cache::builder().time_to_live(TTL).build();
     let loads = Arc::new(AtomicU64::new(0));
+    let read = {
+        let loads = loads.clone();
+        move |_: usize, key: u64| {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            async move {
+                if cache.get(&key).await.is_none() {
+                    let v = db(loads, key).await.expect("db");
+                    cache.insert(key, Arc::new(v)).await;
+                }
+            }
+        }
+    };
+    let latencies = callers(read).await;
+    let loads = loads.load(Ordering::Relaxed);
+    Report {
+        loads,
+        caller_loads: loads,
+        latencies,
+    }
+}
+
+/// Runs `CALLERS` tasks for `RUN`; caller `c` reads the hot keys in turn with `read(c, key)`,
+/// yielding after each read as a request handler awaiting I/O would (200 tasks that never
+/// yield starve the runtime). Returns every read's latency.
+async fn callers<F, Fut>(read: F) -> Vec<Duration>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let mut tasks = Vec::new();
     for c in 0..CALLERS {
-        let (cache, loads) = (cache.clone(), loads.clone());
+        let read = read.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let start = Instant::now();
@@ -75,36 +104,18 @@ async fn naive() -> Report {
                 let key = i % KEYS;
                 i += 1;
                 let t = Instant::now();
-                if cache.get(&key).await.is_none() {
-                    let v = db(loads.clone(), key).await.expect("db");
-                    cache.insert(key, Arc::new(v)).await;
-                }
+                read(c, key).await;
                 lat.push(t.elapsed());
-                // A request handler would await I/O between reads; without this, 200 tasks
-                // that never yield starve the runtime.
                 tokio::task::yield_now().await;
             }
             lat
         }));
     }
-    let mut r = collect(tasks, loads).await;
-    r.caller_loads = r.loads;
-    r
-}
-
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
-    loads: Arc<AtomicU64>,
-) -> Report {
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.expect("task"));
     }
-    Report {
-        loads: loads.load(Ordering::Relaxed),
-        caller_loads: 0,
-        latencies,
-    }
+    latencies
 }
 
 async fn layered(
@@ -112,32 +123,25 @@ async fn layered(
     opts: EntryOptions,
 ) -> Report {
     let loads = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for c in 0..CALLERS {
-        let region = regions[c % regions.len()].clone();
+    let read = {
         let loads = loads.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let start = Instant::now();
-            let mut i = c as u64;
-            while start.elapsed() < RUN {
-                let key = i % KEYS;
-                i += 1;
-                let t = Instant::now();
-                let loads = loads.clone();
+        move |c: usize, key: u64| {
+            let region = regions[c % regions.len()].clone();
+            let loads = loads.clone();
+            async move {
                 region
                     .get_or_load_with(&key, &opts, move || db(loads, key))
                     .await
                     .expect("get_or_load");
-                lat.push(t.elapsed());
-                tokio::task::yield_now().await;
             }
-            lat
-        }));
+        }
+    };
+    let latencies = callers(read).await;
+    Report {
+        loads: loads.load(Ordering::Relaxed),
+        caller_loads: caches.iter().map(|c| c.stats().loads).sum(),
+        latencies,
     }
-    let mut r = collect(tasks, loads).await;
-    r.caller_loads = caches.iter().map(|c| c.stats().loads).sum();
-    r
 }
 
 async fn instances(

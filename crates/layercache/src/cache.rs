@@ -222,8 +222,7 @@ impl Inner {
                     generation,
                 } => {
                     if let Some(state) = self.region_named(region) {
-                        if state.schema == *schema && state.raise_generation(*generation) {
-                            self.generation_moved(&state);
+                        if state.schema == *schema && self.raise_generation(&state, *generation) {
                             tracing::debug!(cache.name = %self.name, region = %region, generation, "region generation raised by the bus");
                         }
                     }
@@ -240,6 +239,17 @@ impl Inner {
     pub(crate) fn tags_invalidated(&self, tags: &[String]) {
         self.flights.poison_all();
         self.l1.invalidate_tags(tags);
+    }
+
+    /// Raises a region's generation to `g` (never lowers it); if it moved, poisons the
+    /// region's running fetches (see [`generation_moved`](Self::generation_moved)). Every
+    /// raise goes through here. Returns whether it moved.
+    pub(crate) fn raise_generation(&self, state: &RegionState, g: u64) -> bool {
+        let moved = state.raise_generation(g);
+        if moved {
+            self.generation_moved(state);
+        }
+        moved
     }
 
     /// A region's generation moved (or became unknown): poisons the region's running fetches.
@@ -272,9 +282,7 @@ impl Inner {
             .await
         {
             Ok(g) => {
-                if state.raise_generation(g) {
-                    self.generation_moved(state);
-                }
+                self.raise_generation(state, g);
             }
             Err(e) => {
                 self.counters.l2_errors.incr();
@@ -406,9 +414,7 @@ impl Inner {
             match l2.bump_generation(&key, floor, GENERATION_TTL).await {
                 Ok(g) => {
                     if let Some(state) = local.as_deref() {
-                        if state.raise_generation(g) {
-                            self.generation_moved(state);
-                        }
+                        self.raise_generation(state, g);
                     }
                     moved.push((region, schema, g));
                 }

@@ -740,8 +740,7 @@ where
         let state = &self.shared.state;
         let cache = &self.cache;
         let Some(l2) = &cache.l2 else {
-            state.raise_generation(state.generation_floor());
-            cache.generation_moved(state);
+            cache.raise_generation(state, state.generation_floor());
             return Ok(());
         };
         let floor = crate::cache::unix_millis().max(state.generation_floor());
@@ -757,9 +756,7 @@ where
                 return self.l2_failed("invalidate_all", e);
             }
         };
-        if state.raise_generation(generation) {
-            cache.generation_moved(state);
-        }
+        cache.raise_generation(state, generation);
         let announced = cache
             .announce(crate::bus::Entry::Region {
                 region: state.name.clone(),

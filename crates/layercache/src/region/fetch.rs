@@ -126,15 +126,11 @@ struct Fill<'a> {
 }
 
 impl Fill<'_> {
-    /// How the load may write, if at all. Conditional writes prove that nothing changed since
+    /// Whether the load may still write. Conditional writes prove that nothing changed since
     /// the read only while what a concurrent write left (a value, a tombstone) still lives: a
     /// fetch that took as long as the shortest lifetime in play does not write.
-    fn mode(&self, rkey: &str, plan: &Plan, region: &EntryOptions) -> Option<L2Fill> {
-        let bound = plan.ttl.min(region.get_ttl());
-        if rkey.is_empty() || self.read_at.elapsed() >= bound {
-            return None;
-        }
-        self.found.fill()
+    fn in_time(&self, plan: &Plan, region: &EntryOptions) -> bool {
+        self.read_at.elapsed() < plan.ttl.min(region.get_ttl())
     }
 }
 
@@ -577,11 +573,14 @@ where
             (None, None) => return Ok(None),
         };
         let value = value.map(Arc::new);
-        let fill_mode = redis.mode(rkey, &plan, &self.shared.entry_options);
-        if fill_mode.is_none() && redis.found.fill().is_some() && !rkey.is_empty() {
-            cache.counters.l2_fills_lost.incr();
-            tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the fetch outlived the entries it raced with; the loaded value is not written to redis");
-        }
+        let fill_mode = match redis.found.fill().filter(|_| !rkey.is_empty()) {
+            Some(_) if !redis.in_time(&plan, &self.shared.entry_options) => {
+                cache.counters.l2_fills_lost.incr();
+                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the fetch outlived the entries it raced with; the loaded value is not written to redis");
+                None
+            }
+            mode => mode,
+        };
         let write = fill_mode.is_some();
         let mut raw_len = 0;
         if write || cache.l1.by_bytes() {
