@@ -958,6 +958,29 @@ async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_
     assert!(ra.get("d").await.unwrap().is_none(), "B's delete was lost");
 }
 
+/// What a load saw in Redis (here a corrupt entry; in practice often a value just past its
+/// expiry) can vanish by expiry while the load runs. The load must still fill, as a load that
+/// found nothing would: refusing sends every other instance to its own load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_fills_redis_when_what_it_saw_expired_meanwhile() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "vanish").await;
+    let b = instance(&server, "vanish").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let rkey = ra.redis_key("k").unwrap();
+    let _: () = raw
+        .set(&rkey, "garbage", Some(Expiration::EX(60)), None, false)
+        .await
+        .unwrap();
+    let slow = SlowLoad::start(&ra, "k", &[], 1).await;
+    let _: i64 = raw.del(&rkey).await.unwrap();
+    assert_eq!(slow.finish().await, 1);
+    assert_eq!(a.stats().l2_fills_lost, 0);
+    assert_eq!(*rb.get("k").await.unwrap().unwrap(), 1, "not filled");
+    assert_eq!(b.stats().l2_hits, 1);
+}
+
 /// A conditional fill proves that nothing changed since the load's read only while what a
 /// concurrent write left still lives. Here A's newer value expires from Redis before B's slow
 /// load (which read the source before A's write, and has not heard of it) comes back: B must

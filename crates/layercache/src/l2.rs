@@ -200,8 +200,10 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
 /// Writes an entry: `nx` only if absent; `cas` only if the key still holds what the load saw
 /// (a tombstone, a stale or corrupt value: same length, same first bytes — the envelope header,
-/// whose CRC and creation time tell entries apart, and whose nonce tells tombstones apart), so
-/// a load that began before a concurrent write or invalidation never overwrites it; `set`
+/// whose CRC and creation time tell entries apart, and whose nonce tells tombstones apart) or
+/// nothing at all (what it saw expired meanwhile: as for `nx`, the fetch's time bound keeps a
+/// newer entry from having expired too), so a load that began before a concurrent write or
+/// invalidation never overwrites it; `set`
 /// unconditionally. A load (which passes marks; `insert` does not) is also refused when one of
 /// its tags was invalidated since it began: each tag's mark must still be what the load read
 /// before it ran. A write with a *fence* (`insert`, `invalidate`) lands only if the region's
@@ -224,8 +226,9 @@ end \
 local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
 elseif ARGV[3] == 'cas' then \
-  if redis.call('STRLEN', KEYS[1]) == tonumber(ARGV[5]) \
-    and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4] then \
+  local len = redis.call('STRLEN', KEYS[1]) \
+  if len == 0 or (len == tonumber(ARGV[5]) \
+    and redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) == ARGV[4]) then \
     ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
   else ok = false end \
 else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
