@@ -20,9 +20,14 @@ use crate::{
     key::validate_name,
     l1::{Capacity, L1},
     l2::{connect_client, redact_url, L2Settings, L2},
-    options::{EntryOptions, L2ErrorPolicy, L2Startup},
+    options::{
+        check_max, EntryOptions, L2ErrorPolicy, L2Startup, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
+    },
     stats::Counters,
 };
+
+/// The longest `max_key_bytes` accepted (1 MiB).
+const MAX_KEY_BYTES: usize = 1 << 20;
 
 /// The largest value Redis accepts as a string (512 MiB).
 const REDIS_MAX_STRING: usize = 512 << 20;
@@ -164,6 +169,8 @@ impl LayerCacheBuilder {
     /// bounds how long an instance can serve a value after another instance changed it, should
     /// every other mechanism fail.
     ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
+    ///
     /// Default: 60 seconds.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.time_to_live = ttl;
@@ -171,6 +178,8 @@ impl LayerCacheBuilder {
     }
 
     /// Drops an in-process entry that has not been read for this long.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: none.
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
@@ -213,6 +222,8 @@ impl LayerCacheBuilder {
     /// the call fails with a timeout, handled by the
     /// [`l2_error_policy`](Self::l2_error_policy).
     ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
     /// Default: 500 ms.
     pub fn l2_command_timeout(mut self, timeout: Duration) -> Self {
         self.l2_command_timeout = timeout;
@@ -220,6 +231,8 @@ impl LayerCacheBuilder {
     }
 
     /// The longest `build()` waits for the first connection to Redis.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///
     /// Default: 5 seconds.
     pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
@@ -230,6 +243,8 @@ impl LayerCacheBuilder {
     /// The most commands queued while the connection is down; further commands fail at once
     /// instead of piling up.
     ///
+    /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20).
+    ///
     /// Default: 10,000.
     pub fn l2_max_command_buffer(mut self, commands: usize) -> Self {
         self.l2_max_command_buffer = commands;
@@ -238,6 +253,8 @@ impl LayerCacheBuilder {
 
     /// The reconnect back-off: the first retry waits `min`, each further one twice as long,
     /// up to `max`, with no limit on attempts.
+    ///
+    /// `max` at most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///
     /// Default: 100 ms to 5 seconds.
     pub fn l2_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -257,6 +274,8 @@ impl LayerCacheBuilder {
     /// How often each instance publishes a heartbeat on the invalidation bus (and checks that
     /// its own came back). The bus exists whenever Redis is configured.
     ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
     /// Default: 1 second.
     pub fn bus_heartbeat_interval(mut self, interval: Duration) -> Self {
         self.bus_heartbeat_interval = interval;
@@ -267,6 +286,8 @@ impl LayerCacheBuilder {
     /// subscription broken and flushes L1 (see [`CoherenceLossPolicy`]). At least twice the
     /// interval.
     ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
     /// Default: 3 seconds.
     pub fn bus_heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.bus_heartbeat_timeout = timeout;
@@ -275,6 +296,8 @@ impl LayerCacheBuilder {
 
     /// How many received bus messages may wait for the listener. A listener that falls
     /// further behind loses messages, notices (`Lagged`) and flushes L1.
+    ///
+    /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20).
     ///
     /// Default: 4096 messages (each carries up to 1024 invalidations).
     pub fn bus_buffer(mut self, messages: usize) -> Self {
@@ -296,6 +319,8 @@ impl LayerCacheBuilder {
     /// renews it every third of this while its load runs, so it only lapses when the holder
     /// dies (or its load passes its hard timeout).
     ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
     /// Default: 10 seconds.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
@@ -304,6 +329,8 @@ impl LayerCacheBuilder {
 
     /// How long an instance waits for another instance's locked load (re-reading Redis with
     /// back-off from 5 ms to 100 ms, and retrying the lock) before it loads itself.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///
     /// Default: 5 seconds.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
@@ -325,6 +352,8 @@ impl LayerCacheBuilder {
     /// longer one is an [`ErrorKind::KeyTooLarge`](crate::ErrorKind::KeyTooLarge) error on
     /// every operation, before anything is read or written.
     ///
+    /// At most 1 MiB.
+    ///
     /// Default: 1024 bytes.
     pub fn max_key_bytes(mut self, bytes: usize) -> Self {
         self.max_key_bytes = bytes;
@@ -343,6 +372,8 @@ impl LayerCacheBuilder {
     }
 
     /// How long the Redis circuit breaker stays open before it lets a probe through.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///
     /// Default: 5 seconds.
     pub fn l2_breaker_cooldown(mut self, cooldown: Duration) -> Self {
@@ -431,6 +462,43 @@ impl LayerCacheBuilder {
         }
         if self.l2_reconnect_min.is_zero() || self.l2_reconnect_min > self.l2_reconnect_max {
             return Err(Error::config("l2_reconnect_backoff needs 0 < min <= max"));
+        }
+        self.validate_upper_bounds()
+    }
+
+    /// Every option's upper bound: lifetimes up to [`MAX_LIFETIME`], timeouts, waits and
+    /// intervals up to [`MAX_WAIT`], queues up to [`MAX_QUEUE`]. With these, no sum or
+    /// product of options anywhere in the crate can overflow.
+    fn validate_upper_bounds(&self) -> Result<()> {
+        check_max("time_to_live", Some(self.time_to_live), MAX_LIFETIME)?;
+        check_max("time_to_idle", self.time_to_idle, MAX_LIFETIME)?;
+        for (what, value) in [
+            ("l2_command_timeout", self.l2_command_timeout),
+            ("l2_connect_timeout", self.l2_connect_timeout),
+            ("l2_reconnect_backoff (max)", self.l2_reconnect_max),
+            ("l2_breaker_cooldown", self.l2_breaker_cooldown),
+            ("bus_heartbeat_interval", self.bus_heartbeat_interval),
+            ("bus_heartbeat_timeout", self.bus_heartbeat_timeout),
+            ("lock_ttl", self.lock_ttl),
+            ("lock_wait", self.lock_wait),
+        ] {
+            check_max(what, Some(value), MAX_WAIT)?;
+        }
+        for (what, value) in [
+            ("l2_max_command_buffer", self.l2_max_command_buffer),
+            ("bus_buffer", self.bus_buffer),
+        ] {
+            if value > MAX_QUEUE {
+                return Err(Error::config(format!(
+                    "{what} is {value}; it must be at most {MAX_QUEUE}"
+                )));
+            }
+        }
+        if self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(Error::config(format!(
+                "max_key_bytes is {}; it must be at most {MAX_KEY_BYTES} (1 MiB)",
+                self.max_key_bytes
+            )));
         }
         Ok(())
     }

@@ -143,6 +143,9 @@ pub use codec::{Bincode, Codec};
 pub use envelope::Corruption;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use key::CacheKey;
-pub use options::{EntryOptions, L2ErrorPolicy, L2Startup};
+pub use options::{
+    EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_LOADER_HARD_TIMEOUT, MAX_LIFETIME, MAX_QUEUE,
+    MAX_WAIT,
+};
 pub use region::{Region, RegionBuilder};
 pub use stats::Stats;

@@ -4,6 +4,34 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The longest lifetime any option accepts (`ttl`, `l1_ttl`, `time_to_live`, `time_to_idle`,
+/// `fail_safe_max_age`, …): 10 years. Longer lifetimes mean nothing to a cache, and the bound
+/// keeps every sum of lifetimes (a `ttl` plus its fail-safe keep plus jitter) far from
+/// overflowing a `Duration`, an `Instant` or Redis's millisecond expiry.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The default [`EntryOptions::loader_hard_timeout`]: 30 seconds.
+pub const DEFAULT_LOADER_HARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest timeout, wait or interval any option accepts (`l2_command_timeout`,
+/// `lock_wait`, `loader_hard_timeout`, `bus_heartbeat_timeout`, …): 1 day.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The most messages or commands a queue option accepts (`bus_buffer`,
+/// `l2_max_command_buffer`): 2^20. Queues are allocated (or may grow) to this size.
+pub const MAX_QUEUE: usize = 1 << 20;
+
+/// Checks that an optional duration is at most `max`; the error names the option and the bound.
+pub(crate) fn check_max(what: &str, value: Option<Duration>, max: Duration) -> Result<()> {
+    match value {
+        Some(v) if v > max => Err(Error::config(format!(
+            "{what} is {v:?}; it must be at most {max:?} ({})",
+            if max == MAX_WAIT { "1 day" } else { "10 years" }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Options for one entry: how long it lives in each tier.
 ///
 /// Set defaults per cache ([`LayerCacheBuilder::default_entry_options`]) or per region
@@ -46,7 +74,8 @@ impl Default for EntryOptions {
 }
 
 impl EntryOptions {
-    /// The defaults: `ttl` 5 minutes; every other option off (see each one).
+    /// The defaults: `ttl` 5 minutes, `loader_hard_timeout` 30 seconds, `fail_safe_throttle`
+    /// 30 seconds; every other option off (see each one).
     pub const fn new() -> Self {
         Self {
             ttl: Duration::from_secs(300),
@@ -57,7 +86,7 @@ impl EntryOptions {
             fail_safe_max_age: None,
             fail_safe_throttle: Duration::from_secs(30),
             loader_soft_timeout: None,
-            loader_hard_timeout: None,
+            loader_hard_timeout: Some(DEFAULT_LOADER_HARD_TIMEOUT),
             negative_ttl: None,
             sliding: None,
             distributed_lock: false,
@@ -67,6 +96,8 @@ impl EntryOptions {
     /// Lifetime of the entry: the Redis key's expiry (`SET … PX`), and in L1-only mode the
     /// L1 lifetime. Must be at least 1 ms; Redis expiry has millisecond resolution and sub-
     /// millisecond parts are rounded up.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: 5 minutes.
     #[must_use]
@@ -78,6 +109,8 @@ impl EntryOptions {
     /// Lifetime of the entry in the in-process tier. The L1 lifetime is the smallest of this,
     /// `ttl`, the cache's [`time_to_live`](crate::LayerCacheBuilder::time_to_live) (the bound
     /// on any L1 entry) and, for a value read from Redis, the time the Redis entry has left.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: unset (follow `ttl`).
     #[must_use]
@@ -125,6 +158,8 @@ impl EntryOptions {
     /// treated as fresh for [`fail_safe_throttle`](Self::fail_safe_throttle), so a failing
     /// source is not retried on every call. Without a stale value the caller gets the error.
     ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
+    ///
     /// Default: none (fail-safe off).
     #[must_use]
     pub const fn fail_safe_max_age(mut self, max_age: Duration) -> Self {
@@ -134,6 +169,8 @@ impl EntryOptions {
 
     /// How long a stale value served by fail-safe counts as fresh before the source is tried
     /// again.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: 30 seconds.
     #[must_use]
@@ -147,6 +184,8 @@ impl EntryOptions {
     /// background and updates the cache when it finishes. Without a stale value it has no
     /// effect.
     ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
     /// Default: none.
     #[must_use]
     pub const fn loader_soft_timeout(mut self, timeout: Duration) -> Self {
@@ -155,11 +194,15 @@ impl EntryOptions {
     }
 
     /// Hard loader timeout: a load taking longer is abandoned (its task aborted) and the
-    /// callers get the stale value (fail-safe) or an [`ErrorKind::Loader`] error.
+    /// callers get the stale value (fail-safe) or an [`ErrorKind::Loader`] error; the next call
+    /// loads afresh. This is what keeps a loader that never finishes (a hung connection, a
+    /// lost wake-up) from pinning its key: every later caller of that key joins the running
+    /// load, so without a bound they would all wait for ever. For loads that legitimately take
+    /// longer, raise it (at most [`MAX_WAIT`], 1 day).
     ///
     /// [`ErrorKind::Loader`]: crate::ErrorKind::Loader
     ///
-    /// Default: none.
+    /// Default: 30 seconds.
     #[must_use]
     pub const fn loader_hard_timeout(mut self, timeout: Duration) -> Self {
         self.loader_hard_timeout = Some(timeout);
@@ -169,6 +212,8 @@ impl EntryOptions {
     /// Negative caching: when a loader given to
     /// [`Region::get_or_load_optional`](crate::Region::get_or_load_optional) finds nothing,
     /// remember that for this long (in both tiers), so the source is not asked again.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: none (not-found is not cached).
     #[must_use]
@@ -180,6 +225,8 @@ impl EntryOptions {
     /// Sliding expiration: each read extends the entry's lifetime to `ttl` again. In L1 on
     /// every read; in Redis at most once per `interval` per instance (`PEXPIRE` from an L1 hit,
     /// `GETEX … PX` from a Redis read), never a write per read.
+    ///
+    /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///
     /// Default: none (fixed expiry).
     #[must_use]
@@ -266,6 +313,26 @@ impl EntryOptions {
         if self.ttl < Duration::from_millis(1) {
             return Err(Error::config("EntryOptions::ttl must be at least 1 ms"));
         }
+        for (what, value) in [
+            ("EntryOptions::ttl", Some(self.ttl)),
+            ("EntryOptions::l1_ttl", self.l1_ttl),
+            ("EntryOptions::fail_safe_max_age", self.fail_safe_max_age),
+            ("EntryOptions::fail_safe_throttle", Some(self.fail_safe_throttle)),
+            ("EntryOptions::negative_ttl", self.negative_ttl),
+            ("EntryOptions::sliding", self.sliding),
+        ] {
+            check_max(what, value, MAX_LIFETIME)?;
+        }
+        check_max(
+            "EntryOptions::loader_soft_timeout",
+            self.loader_soft_timeout,
+            MAX_WAIT,
+        )?;
+        check_max(
+            "EntryOptions::loader_hard_timeout",
+            self.loader_hard_timeout,
+            MAX_WAIT,
+        )?;
         if self.l1_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::config(
                 "EntryOptions::l1_ttl must be greater than zero",
@@ -290,9 +357,14 @@ impl EntryOptions {
                 "EntryOptions::fail_safe_max_age must be greater than zero",
             ));
         }
-        if !positive(self.loader_soft_timeout) || !positive(self.loader_hard_timeout) {
+        if !positive(self.loader_soft_timeout) {
             return Err(Error::config(
-                "EntryOptions loader timeouts must be greater than zero",
+                "EntryOptions::loader_soft_timeout must be greater than zero",
+            ));
+        }
+        if !positive(self.loader_hard_timeout) {
+            return Err(Error::config(
+                "EntryOptions::loader_hard_timeout must be greater than zero",
             ));
         }
         if let (Some(soft), Some(hard)) = (self.loader_soft_timeout, self.loader_hard_timeout) {

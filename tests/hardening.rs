@@ -1,0 +1,344 @@
+//! Hardening against a real redis-server: every option at its limits (no panic, no hang, a
+//! `Config` error naming the option), a circuit breaker whose probe is cancelled, a loader that
+//! never finishes, values read back as another type, calls while Redis is known to be down,
+//! and `shutdown()` ending every task the cache started.
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Once,
+    },
+    time::Duration,
+};
+
+use layercache::{EntryOptions, ErrorKind, LayerCache, LayerCacheBuilder, MAX_LIFETIME, MAX_WAIT};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use support::{builder, redis};
+
+/// Panics seen anywhere in this test binary (background tasks included: tokio catches a task's
+/// panic, but the hook still sees it).
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// The value of one option in a limits case.
+#[derive(Debug, Clone, Copy)]
+enum Level {
+    Zero,
+    One,
+    Max,
+    Random(u64),
+}
+
+impl Level {
+    fn duration(self) -> Duration {
+        match self {
+            Self::Zero => Duration::ZERO,
+            Self::One => Duration::from_nanos(1),
+            Self::Max => Duration::MAX,
+            // Nanoseconds up to ~584 years: most land above the bounds, some below.
+            Self::Random(r) if r % 2 == 0 => Duration::from_nanos(r),
+            Self::Random(r) => Duration::from_millis(r % 10_000),
+        }
+    }
+
+    fn usize(self) -> usize {
+        match self {
+            Self::Zero => 0,
+            Self::One => 1,
+            Self::Max => usize::MAX,
+            Self::Random(r) if r % 2 == 0 => usize::try_from(r).unwrap_or(usize::MAX),
+            Self::Random(r) => usize::try_from(r % 100_000).unwrap(),
+        }
+    }
+
+    fn u64(self) -> u64 {
+        match self {
+            Self::Zero => 0,
+            Self::One => 1,
+            Self::Max => u64::MAX,
+            Self::Random(r) if r % 2 == 0 => r,
+            Self::Random(r) => r % 100_000,
+        }
+    }
+
+    fn f64(self) -> f64 {
+        match self {
+            Self::Zero => 0.0,
+            Self::One => 1.0,
+            Self::Max => f64::MAX,
+            Self::Random(r) => (r % 1000) as f64 / 100.0,
+        }
+    }
+}
+
+type BuilderOption = (&'static str, fn(LayerCacheBuilder, Level) -> LayerCacheBuilder);
+type EntryOption = (&'static str, fn(EntryOptions, Level) -> EntryOptions);
+
+/// Every cache-wide option with a value.
+const BUILDER_OPTIONS: &[BuilderOption] = &[
+    ("max_capacity", |b, l| b.max_capacity(l.u64())),
+    ("max_capacity_bytes", |b, l| b.max_capacity_bytes(l.u64())),
+    ("time_to_live", |b, l| b.time_to_live(l.duration())),
+    ("time_to_idle", |b, l| b.time_to_idle(l.duration())),
+    ("compression_threshold", |b, l| {
+        b.compression_threshold(l.usize())
+    }),
+    ("max_value_bytes", |b, l| b.max_value_bytes(l.usize())),
+    ("l2_command_timeout", |b, l| b.l2_command_timeout(l.duration())),
+    ("l2_connect_timeout", |b, l| b.l2_connect_timeout(l.duration())),
+    ("l2_max_command_buffer", |b, l| {
+        b.l2_max_command_buffer(l.usize())
+    }),
+    ("l2_reconnect_backoff", |b, l| {
+        b.l2_reconnect_backoff(l.duration(), l.duration())
+    }),
+    ("l2_reconnect_backoff (max)", |b, l| {
+        b.l2_reconnect_backoff(Duration::from_millis(1), l.duration())
+    }),
+    ("bus_heartbeat_interval", |b, l| {
+        b.bus_heartbeat_interval(l.duration())
+            .bus_heartbeat_timeout(l.duration().saturating_mul(2))
+    }),
+    ("bus_heartbeat_timeout", |b, l| {
+        b.bus_heartbeat_timeout(l.duration())
+    }),
+    ("bus_buffer", |b, l| b.bus_buffer(l.usize())),
+    ("lock_ttl", |b, l| b.lock_ttl(l.duration())),
+    ("lock_wait", |b, l| b.lock_wait(l.duration())),
+    ("l2_breaker_threshold", |b, l| {
+        b.l2_breaker_threshold(u32::try_from(l.u64() % (1 << 32)).unwrap())
+    }),
+    ("l2_breaker_cooldown", |b, l| {
+        b.l2_breaker_cooldown(l.duration())
+    }),
+    ("max_key_bytes", |b, l| b.max_key_bytes(l.usize())),
+];
+
+/// Every entry option with a value (`distributed_lock` is a flag: the cases turn it on).
+const ENTRY_OPTIONS: &[EntryOption] = &[
+    ("ttl", |o, l| o.ttl(l.duration())),
+    ("l1_ttl", |o, l| o.l1_ttl(l.duration())),
+    ("jitter", |o, l| o.jitter(l.duration())),
+    ("soft_ttl", |o, l| o.soft_ttl(l.duration())),
+    ("xfetch_beta", |o, l| o.xfetch_beta(l.f64())),
+    ("fail_safe_max_age", |o, l| o.fail_safe_max_age(l.duration())),
+    ("fail_safe_throttle", |o, l| {
+        o.fail_safe_throttle(l.duration())
+    }),
+    ("loader_soft_timeout", |o, l| {
+        o.loader_soft_timeout(l.duration())
+            .fail_safe_max_age(Duration::from_secs(1))
+    }),
+    ("loader_hard_timeout", |o, l| {
+        o.loader_hard_timeout(l.duration())
+    }),
+    ("negative_ttl", |o, l| o.negative_ttl(l.duration())),
+    ("sliding", |o, l| o.sliding(l.duration())),
+    ("distributed_lock", |o, l| {
+        o.distributed_lock(l.u64() % 2 == 1)
+    }),
+];
+
+/// What one case did: a `Config` error (from `build()` or a call), or it worked.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Worked,
+    Config(String),
+}
+
+/// Builds the cache and a region, then reads, loads and writes once. Every step must succeed
+/// or fail with `ErrorKind::Config` (or `KeyTooLarge` under a tiny `max_key_bytes`); a loader error is accepted only from a tiny hard timeout
+/// (the loader could not finish in a nanosecond), a connect timeout only from a tiny
+/// `l2_connect_timeout`.
+async fn one_case(b: LayerCacheBuilder, entry: EntryOptions, what: &str) -> Verdict {
+    let cache = match b.build().await {
+        Ok(c) => c,
+        Err(e) if e.kind() == ErrorKind::Config => return Verdict::Config(e.to_string()),
+        Err(e) if e.kind() == ErrorKind::Timeout && what.contains("connect") => {
+            return Verdict::Worked
+        }
+        Err(e) => panic!("{what}: build() failed with {e} ({:?})", e.kind()),
+    };
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
+    // A key of its own: the cases share a server and a cache name.
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+    let k = format!("k{}", CASE.fetch_add(1, Ordering::Relaxed));
+    let k = k.as_str();
+    let mut verdict = Verdict::Worked;
+    let loaded = region
+        .get_or_load_with(k, &entry, || async { Ok::<_, std::io::Error>(5) })
+        .await;
+    match loaded {
+        Ok(v) => assert_eq!(*v, 5, "{what}"),
+        Err(e) if e.kind() == ErrorKind::Config => verdict = Verdict::Config(e.to_string()),
+        // A tiny max_key_bytes: the key is refused, clearly.
+        Err(e) if e.kind() == ErrorKind::KeyTooLarge => {}
+        Err(e)
+            if e.kind() == ErrorKind::Loader
+                && entry
+                    .get_loader_hard_timeout()
+                    .is_some_and(|h| h < Duration::from_millis(1)) => {}
+        Err(e) => panic!("{what}: get_or_load failed with {e}"),
+    }
+    match region.insert_with(k, 6, &entry).await {
+        Ok(()) => {
+            let got = region.get(k).await;
+            assert!(got.is_ok(), "{what}: get failed with {got:?}");
+        }
+        Err(e) if e.kind() == ErrorKind::Config => verdict = Verdict::Config(e.to_string()),
+        Err(e) if e.kind() == ErrorKind::KeyTooLarge => {}
+        Err(e) => panic!("{what}: insert failed with {e}"),
+    }
+    cache.shutdown().await;
+    verdict
+}
+
+/// Runs a case with a deadline (a hang fails the test) and checks that no task panicked.
+async fn run_case(b: LayerCacheBuilder, entry: EntryOptions, what: &str) -> Verdict {
+    let before = PANICS.load(Ordering::SeqCst);
+    let verdict = tokio::time::timeout(Duration::from_secs(30), one_case(b, entry, what))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: hung for 30 s"));
+    // Give background tasks started by the case a moment to run (and panic, if they would).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        before,
+        "{what}: a panic happened (see the output)"
+    );
+    verdict
+}
+
+const LEVELS: [Level; 3] = [Level::Zero, Level::One, Level::Max];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_at_zero_one_and_max_works_or_is_a_config_error_naming_it() {
+    count_panics();
+    let server = redis();
+    let mut rng = StdRng::seed_from_u64(0x1a7e_cace);
+    for (name, set) in BUILDER_OPTIONS {
+        for level in LEVELS.into_iter().chain([Level::Random(rng.gen())]) {
+            let what = format!("{name} = {level:?}");
+            let b = set(builder(&server, "lim"), level);
+            if let Verdict::Config(msg) = run_case(b, EntryOptions::new(), &what).await {
+                let named = name.split(' ').next().unwrap();
+                assert!(msg.contains(named), "{what}: error does not name it: {msg}");
+            }
+        }
+    }
+    for (name, set) in ENTRY_OPTIONS {
+        for level in LEVELS.into_iter().chain([Level::Random(rng.gen())]) {
+            let what = format!("EntryOptions::{name} = {level:?}");
+            let entry = set(EntryOptions::new(), level);
+            // As the cache's default (checked by build()) and per call (checked by the call).
+            let as_default = builder(&server, "lim").default_entry_options(entry);
+            let v = run_case(as_default, EntryOptions::new(), &what).await;
+            let per_call = run_case(builder(&server, "lim"), entry, &what).await;
+            for verdict in [v, per_call] {
+                if let Verdict::Config(msg) = verdict {
+                    assert!(msg.contains(name), "{what}: error does not name it: {msg}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_combinations_of_every_option_never_panic_or_hang() {
+    count_panics();
+    let server = redis();
+    let seed: u64 = rand::thread_rng().gen();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let level = |rng: &mut StdRng| match rng.gen_range(0..6) {
+        0 => Level::Zero,
+        1 => Level::One,
+        2 => Level::Max,
+        _ => Level::Random(rng.gen()),
+    };
+    let mut worked = 0;
+    for case in 0..40 {
+        let mut b = builder(&server, "mix");
+        let mut entry = EntryOptions::new();
+        let mut names = Vec::new();
+        for (name, set) in BUILDER_OPTIONS {
+            if rng.gen_bool(0.3) {
+                let l = level(&mut rng);
+                names.push(format!("{name}={l:?}"));
+                b = set(b, l);
+            }
+        }
+        for (name, set) in ENTRY_OPTIONS {
+            if rng.gen_bool(0.3) {
+                let l = level(&mut rng);
+                names.push(format!("{name}={l:?}"));
+                entry = set(entry, l);
+            }
+        }
+        let what = format!("case {case} (seed {seed}): {}", names.join(", "));
+        if run_case(b, entry, &what).await == Verdict::Worked {
+            worked += 1;
+        }
+    }
+    println!("{worked} of 40 combinations were valid");
+}
+
+#[tokio::test]
+async fn the_bounds_are_inclusive_and_named() {
+    // At the bound: accepted (L1-only, so nothing needs a server).
+    let at = LayerCache::builder("b")
+        .time_to_live(MAX_LIFETIME)
+        .time_to_idle(MAX_LIFETIME)
+        .lock_wait(MAX_WAIT)
+        .default_entry_options(
+            EntryOptions::new()
+                .ttl(MAX_LIFETIME)
+                .fail_safe_max_age(MAX_LIFETIME)
+                .jitter(MAX_LIFETIME)
+                .loader_hard_timeout(MAX_WAIT),
+        )
+        .build()
+        .await
+        .unwrap();
+    let r = at.region::<str, u64>("r").build().await.unwrap();
+    r.insert("k", 1).await.unwrap();
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&1));
+    // One past it: a Config error that names the option and the bound.
+    let past = Duration::from_nanos(1);
+    let e = LayerCache::builder("b")
+        .time_to_idle(MAX_LIFETIME + past)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("time_to_idle") && e.to_string().contains("10 years"));
+    let e = LayerCache::builder("b")
+        .bus_heartbeat_interval(Duration::MAX)
+        .bus_heartbeat_timeout(Duration::MAX)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bus_heartbeat_interval"), "{e}");
+    let e = r
+        .insert_with("k", 2, &EntryOptions::new().fail_safe_max_age(Duration::MAX))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("fail_safe_max_age"), "{e}");
+}
