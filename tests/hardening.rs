@@ -12,14 +12,15 @@ mod support;
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Once,
+        Arc, Once,
     },
     time::Duration,
 };
 
+use fred::prelude::KeysInterface;
 use layercache::{EntryOptions, ErrorKind, LayerCache, LayerCacheBuilder, MAX_LIFETIME, MAX_WAIT};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use support::{builder, redis};
+use support::{builder, raw_client, redis, wait_until};
 
 /// Panics seen anywhere in this test binary (background tasks included: tokio catches a task's
 /// panic, but the hook still sees it).
@@ -341,4 +342,138 @@ async fn the_bounds_are_inclusive_and_named() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("fail_safe_max_age"), "{e}");
+}
+
+/// Sends a signal (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "probe")
+        .l2_command_timeout(Duration::from_millis(200))
+        .l2_breaker_threshold(2)
+        .l2_breaker_cooldown(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    // Written only after the outage (the cancelled writes may still land: they were sent).
+    let key = r.redis_key("after").unwrap();
+    let pid = server.pid().unwrap();
+    signal(pid, "STOP");
+    wait_until("the breaker to open", Duration::from_secs(10), || {
+        let (r, cache) = (r.clone(), cache.clone());
+        async move {
+            let _ = r.insert("x", 1).await;
+            cache.l2_breaker_open()
+        }
+    })
+    .await;
+    // Past the cool-down, every write is cancelled 2 ms in: the first of them is the probe.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..20 {
+        let _ = tokio::time::timeout(Duration::from_millis(2), r.insert("k", i)).await;
+    }
+    signal(pid, "CONT");
+    let mut n = 100;
+    wait_until(
+        "a write to reach redis after the outage",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            let (r, raw, key) = (r.clone(), raw.clone(), key.clone());
+            async move {
+                let _ = r.insert("after", n).await;
+                let stored: Option<Vec<u8>> = raw.get(&key).await.unwrap();
+                stored.is_some()
+            }
+        },
+    )
+    .await;
+    assert!(!cache.l2_breaker_open());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
+    let server = redis();
+    let cache = builder(&server, "hung").build().await.unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    assert_eq!(
+        EntryOptions::new().get_loader_hard_timeout(),
+        Some(layercache::DEFAULT_LOADER_HARD_TIMEOUT)
+    );
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    // Ten keys, each with a load that never finishes...
+    let mut hung = Vec::new();
+    for k in 0..10 {
+        let r = r.clone();
+        hung.push(tokio::spawn(async move {
+            r.get_or_load(&format!("k{k}"), std::future::pending::<Result<u64, std::io::Error>>)
+                .await
+        }));
+    }
+    wait_until("the hung loads to start", Duration::from_secs(5), || {
+        let cache = cache.clone();
+        async move { cache.stats().loads >= 10 }
+    })
+    .await;
+    // ...then 1,000 callers with a working loader. They join the hung loads.
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for i in 0..1000 {
+        let (r, loads) = (r.clone(), loads.clone());
+        callers.push(tokio::spawn(async move {
+            r.get_or_load(&format!("k{}", i % 10), move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(7)
+            })
+            .await
+        }));
+    }
+    // Every call ends (the hard timeout cuts the hung loads): with the value, or with the
+    // loader error of the load it joined.
+    let mut errors = 0;
+    for h in hung.into_iter().chain(callers) {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .expect("a caller is still waiting 60 s later: the key is pinned")
+            .unwrap();
+        match outcome {
+            Ok(v) => assert_eq!(*v, 7),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Loader, "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors >= 10, "the hung loads themselves fail");
+    assert!(cache.stats().hard_timeouts >= 10, "{:?}", cache.stats());
+    // The keys are free again: a working loader serves every one.
+    for k in 0..10 {
+        let v = r
+            .get_or_load(&format!("k{k}"), || async { Ok::<_, std::io::Error>(8) })
+            .await
+            .unwrap();
+        assert!(*v == 7 || *v == 8);
+    }
+    // And nothing piles up: the tasks are back to what they were before.
+    wait_until(
+        "the live tasks to return to the baseline",
+        Duration::from_secs(10),
+        || {
+            let m = metrics.clone();
+            async move { m.num_alive_tasks() <= baseline }
+        },
+    )
+    .await;
 }

@@ -39,14 +39,56 @@ pub(crate) struct Breaker {
 }
 
 /// Whether a call may go to Redis.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Permit {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
     /// Go ahead.
     Call,
     /// Go ahead: this call is the probe that decides whether the breaker closes.
     Probe,
     /// Do not call Redis now.
     Reject,
+}
+
+/// The right to make one call, from [`Breaker::permit`]. Its result must be handed back with
+/// [`record`](Self::record); a permit dropped without a result (the caller's future was
+/// cancelled mid-call) records nothing, and a dropped *probe* hands the probe back — the
+/// breaker returns to open with its cool-down already over, so the next call probes at once.
+/// Without that, a cancelled probe would leave the breaker half-open, rejecting every call
+/// for good.
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    verdict: Verdict,
+    recorded: bool,
+}
+
+impl Permit<'_> {
+    /// What the breaker said.
+    pub(crate) fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// Records the call's result. `outage` is true for failures that say Redis is unreachable
+    /// or overloaded (timeouts, connection errors), false for successes and for error replies
+    /// (which prove Redis is there).
+    pub(crate) fn record(mut self, outage: bool) {
+        self.recorded = true;
+        self.breaker.record(self.verdict, outage);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.verdict == Verdict::Probe {
+            // Back to open; `opened_ms` is unchanged, so the cool-down is still over.
+            let _ = self.breaker.state.compare_exchange(
+                HALF_OPEN,
+                OPEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
 }
 
 impl Breaker {
@@ -71,12 +113,20 @@ impl Breaker {
     }
 
     /// Asks to make a call.
-    pub(crate) fn permit(&self) -> Permit {
+    pub(crate) fn permit(&self) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            verdict: self.decide(),
+            recorded: false,
+        }
+    }
+
+    fn decide(&self) -> Verdict {
         if self.settings.threshold == 0 {
-            return Permit::Call;
+            return Verdict::Call;
         }
         match self.state.load(Ordering::Acquire) {
-            CLOSED => Permit::Call,
+            CLOSED => Verdict::Call,
             OPEN => {
                 let since = self
                     .now_ms()
@@ -88,37 +138,38 @@ impl Breaker {
                         .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    Permit::Probe
+                    Verdict::Probe
                 } else {
                     self.counters.breaker_rejections.incr();
-                    Permit::Reject
+                    Verdict::Reject
                 }
             }
             _ => {
                 // A probe is in flight: everyone else waits for its verdict.
                 self.counters.breaker_rejections.incr();
-                Permit::Reject
+                Verdict::Reject
             }
         }
     }
 
-    /// Records a call's result. `outage` is true for failures that say Redis is unreachable
-    /// or overloaded (timeouts, connection errors), false for successes and for error replies
-    /// (which prove Redis is there).
-    pub(crate) fn record(&self, permit: &Permit, outage: bool) {
+    /// Records a call's result (see [`Permit::record`]).
+    fn record(&self, verdict: Verdict, outage: bool) {
+        if verdict == Verdict::Reject {
+            return;
+        }
         if self.settings.threshold == 0 {
             return;
         }
         if !outage {
             self.failures.store(0, Ordering::Release);
-            if *permit == Permit::Probe {
+            if verdict == Verdict::Probe {
                 self.state.store(CLOSED, Ordering::Release);
                 tracing::info!(cache.name = %self.cache_name, "redis circuit breaker closed");
             }
             return;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let reopen = *permit == Permit::Probe;
+        let reopen = verdict == Verdict::Probe;
         if reopen || failures >= self.settings.threshold {
             let was = self.state.swap(OPEN, Ordering::AcqRel);
             self.opened_ms.store(self.now_ms(), Ordering::Release);
@@ -160,14 +211,13 @@ mod tests {
         let b = breaker(3, 60_000);
         for _ in 0..2 {
             let p = b.permit();
-            assert_eq!(p, Permit::Call);
-            b.record(&p, true);
+            assert_eq!(p.verdict(), Verdict::Call);
+            p.record(true);
         }
         assert!(!b.is_open());
-        let p = b.permit();
-        b.record(&p, true);
+        b.permit().record(true);
         assert!(b.is_open());
-        assert_eq!(b.permit(), Permit::Reject);
+        assert_eq!(b.permit().verdict(), Verdict::Reject);
         assert_eq!(b.counters.breaker_opens.get(), 1);
         assert_eq!(b.counters.breaker_rejections.get(), 1);
     }
@@ -175,36 +225,49 @@ mod tests {
     #[test]
     fn a_success_resets_the_count() {
         let b = breaker(2, 60_000);
-        let p = b.permit();
-        b.record(&p, true);
-        b.record(&b.permit(), false);
-        b.record(&b.permit(), true);
+        b.permit().record(true);
+        b.permit().record(false);
+        b.permit().record(true);
         assert!(!b.is_open(), "failures were not consecutive");
     }
 
     #[test]
     fn one_probe_after_the_cooldown_closes_or_reopens() {
         let b = breaker(1, 0);
-        b.record(&b.permit(), true);
+        b.permit().record(true);
         assert!(b.is_open());
         let probe = b.permit();
-        assert_eq!(probe, Permit::Probe);
-        assert_eq!(b.permit(), Permit::Reject, "one probe at a time");
-        b.record(&probe, true);
+        assert_eq!(probe.verdict(), Verdict::Probe);
+        assert_eq!(b.permit().verdict(), Verdict::Reject, "one probe at a time");
+        probe.record(true);
         assert!(b.is_open(), "a failed probe reopens");
         let probe = b.permit();
-        assert_eq!(probe, Permit::Probe);
-        b.record(&probe, false);
+        assert_eq!(probe.verdict(), Verdict::Probe);
+        probe.record(false);
         assert!(!b.is_open());
-        assert_eq!(b.permit(), Permit::Call);
+        assert_eq!(b.permit().verdict(), Verdict::Call);
     }
 
     #[test]
     fn threshold_zero_disables_it() {
         let b = breaker(0, 0);
         for _ in 0..10 {
-            b.record(&b.permit(), true);
+            b.permit().record(true);
         }
-        assert_eq!(b.permit(), Permit::Call);
+        assert_eq!(b.permit().verdict(), Verdict::Call);
+    }
+
+    #[test]
+    fn a_probe_dropped_without_a_result_hands_the_probe_back() {
+        let b = breaker(1, 0);
+        b.permit().record(true);
+        let probe = b.permit();
+        assert_eq!(probe.verdict(), Verdict::Probe);
+        drop(probe); // its caller was cancelled mid-call
+        assert!(b.is_open(), "no verdict: still open");
+        let probe = b.permit();
+        assert_eq!(probe.verdict(), Verdict::Probe, "the next call probes at once");
+        probe.record(false);
+        assert_eq!(b.permit().verdict(), Verdict::Call);
     }
 }

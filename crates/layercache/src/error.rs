@@ -63,6 +63,8 @@ pub struct Error {
     kind: ErrorKind,
     context: Cow<'static, str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Redis was not called at all (breaker open, or the connection known to be down).
+    skipped: bool,
 }
 
 impl Error {
@@ -72,6 +74,7 @@ impl Error {
             kind,
             context: context.into(),
             source: None,
+            skipped: false,
         }
     }
 
@@ -105,6 +108,18 @@ impl Error {
     /// `true` when the user's loader failed.
     pub fn is_loader(&self) -> bool {
         self.kind == ErrorKind::Loader
+    }
+
+    /// `true` when Redis was not called at all: the circuit breaker was open, or the connection
+    /// was known to be down (see [`ErrorKind::Redis`]). Such a failure cost no time.
+    pub fn is_skipped(&self) -> bool {
+        self.skipped
+    }
+
+    /// Marks a Redis call that was skipped without being made.
+    pub(crate) fn skipped(mut self) -> Self {
+        self.skipped = true;
+        self
     }
 
     pub(crate) fn config(context: impl Into<Cow<'static, str>>) -> Self {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::{
-    breaker::{Breaker, Permit},
+    breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
     options::L2Startup,
 };
@@ -372,11 +372,12 @@ impl L2 {
         fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T> {
         let permit = self.breaker.permit();
-        if permit == Permit::Reject {
+        if permit.verdict() == Verdict::Reject {
             return Err(Error::new(
                 ErrorKind::Redis,
                 format!("{what} skipped: the redis circuit breaker is open"),
-            ));
+            )
+            .skipped());
         }
         // fred's own timeout (the same duration) must fire first: only then does fred mark the
         // command timed out and drop it from its reconnect queue. Dropping the future from out
@@ -385,8 +386,7 @@ impl L2 {
         let result = match tokio::time::timeout(self.timeout + BACKSTOP_GRACE, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let outage = is_outage(&e);
-                self.breaker.record(&permit, outage);
+                permit.record(is_outage(&e));
                 return Err(map_err(what, e));
             }
             Err(_) => Err(Error::new(
@@ -394,7 +394,7 @@ impl L2 {
                 format!("{what} took longer than {:?}", self.timeout),
             )),
         };
-        self.breaker.record(&permit, result.is_err());
+        permit.record(result.is_err());
         result
     }
 
