@@ -135,7 +135,7 @@ async fn listener_rate(server: &RedisServer) {
     let _: Value = raw
         .eval(
             script,
-            "flood:m1:bus",
+            "flood:m2:bus",
             vec![
                 Value::Bytes(head.into()),
                 Value::Bytes(tail.into()),

@@ -521,7 +521,7 @@ async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived() {
     // 20,000 messages in one server-side burst: far more than A's 16-message buffer.
     let flood = "for i = 1, 20000 do redis.call('PUBLISH', KEYS[1], ARGV[1]) end return 1";
     let _: Value = raw
-        .eval(flood, "flood:m1:bus", "not a bus message")
+        .eval(flood, "flood:m2:bus", "not a bus message")
         .await
         .unwrap();
     wait_until("A to notice the lag", WAIT, || {
@@ -560,7 +560,7 @@ async fn garbage_on_the_channel_is_counted_and_ignored() {
     ];
     let before = a.stats().bus_dropped;
     for g in &garbage {
-        let _: i64 = raw.publish("junk:m1:bus", g.clone()).await.unwrap();
+        let _: i64 = raw.publish("junk:m2:bus", g.clone()).await.unwrap();
     }
     wait_until("the garbage to be counted", WAIT, || {
         let a = a.clone();
@@ -724,7 +724,7 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
         assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
     }
     assert_eq!(*rb.get("other").await.unwrap().unwrap(), 1);
-    let tag_set = "tag:t1:team:7";
+    let tag_set = "tag:t2:team:7";
     let Value::Integer(members) = cmd(&raw, "SCARD", &[tag_set]).await else {
         panic!("SCARD")
     };

@@ -23,9 +23,9 @@ static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
 
 const HEADROOM: usize = 64 << 20;
 
-/// A header + payload with a correct checksum and key check for `key`, so only the deeper
-/// checks can reject it.
-fn forged(flags: u8, raw_len: u32, payload: &[u8], key: &str) -> Vec<u8> {
+/// A header + payload with a correct checksum, key check for `key` and type check `fp`, so
+/// only the deeper checks can reject it.
+fn forged(flags: u8, raw_len: u32, payload: &[u8], (key, fp): (&str, u64)) -> Vec<u8> {
     let mut b = Vec::with_capacity(envelope::HEADER_LEN + payload.len());
     b.extend_from_slice(&envelope::MAGIC);
     b.push(envelope::FORMAT_VERSION);
@@ -39,8 +39,9 @@ fn forged(flags: u8, raw_len: u32, payload: &[u8], key: &str) -> Vec<u8> {
     b.extend_from_slice(&raw_len.to_le_bytes());
     b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     b.extend_from_slice(&envelope::key_check(key.as_bytes()).to_le_bytes());
+    b.extend_from_slice(&fp.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
-    h.update(&b[..52]);
+    h.update(&b[..envelope::CHECKED]);
     h.update(payload);
     b.extend_from_slice(&h.finalize().to_le_bytes());
     b.extend_from_slice(payload);
@@ -71,6 +72,7 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
         "the sample must be compressed"
     );
 
+    let fp = region.type_fingerprint();
     let key_of = |k: &str| region.redis_key(k).unwrap();
     let mut rng_state = 0x2545_F491_4F6C_DD1Du64;
     let mut random = |n: usize| -> Vec<u8> {
@@ -114,7 +116,7 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
                 envelope::FLAG_LZ4,
                 u32::MAX,
                 &random(64),
-                &key_of("forged_lz4_4gib"),
+                (&key_of("forged_lz4_4gib"), fp),
             ),
             Corruption::BadLength,
         ),
@@ -124,17 +126,28 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
                 envelope::FLAG_LZ4,
                 10_000,
                 &[0xff; 64],
-                &key_of("forged_lz4_garbage"),
+                (&key_of("forged_lz4_garbage"), fp),
             ),
             Corruption::Decompress,
         ),
         (
             "huge_bincode_claim",
-            forged(0, 9, &huge_string_claim, &key_of("huge_bincode_claim")),
+            forged(
+                0,
+                9,
+                &huge_string_claim,
+                (&key_of("huge_bincode_claim"), fp),
+            ),
             Corruption::Deserialize,
         ),
         // A valid envelope of another key, copied here: never served as this key's value.
         ("copied_from_good", good.clone(), Corruption::WrongKey),
+        // Written by another value type under this key: a miss, never a wrong value.
+        (
+            "another_type",
+            forged(0, 1, &[0], (&key_of("another_type"), fp ^ 1)),
+            Corruption::TypeMismatch,
+        ),
     ];
 
     let base = ALLOC.allocated();

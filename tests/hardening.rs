@@ -19,6 +19,7 @@ use std::{
 
 use fred::prelude::KeysInterface;
 use layercache::{EntryOptions, ErrorKind, LayerCache, LayerCacheBuilder, MAX_LIFETIME, MAX_WAIT};
+use layercache_testkit::RedisServer;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use support::{builder, raw_client, redis, wait_until};
 
@@ -476,4 +477,272 @@ async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
         },
     )
     .await;
+}
+
+mod deploy_a {
+    //! The value types of one deployment.
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct Fields {
+        pub(crate) a: u64,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct Order {
+        pub(crate) x: u32,
+        pub(crate) y: u32,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) enum Kind {
+        One,
+        Two(u8),
+    }
+}
+
+mod deploy_b {
+    //! The same names in a later deployment that forgot to bump `schema_version`.
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(rename = "Fields")]
+    pub(crate) struct Fields {
+        pub(crate) b: String,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct Order {
+        pub(crate) y: u32,
+        pub(crate) x: u32,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) enum Kind {
+        One,
+        Two(u8),
+        Three,
+    }
+}
+
+/// Instance `a` writes values of `A`; instance `b` reads the same region and schema version as
+/// `B`, and the other way round: both read misses (counted as type mismatches), never each
+/// other's bytes as a value, even though bincode would decode them.
+async fn another_type_is_a_miss<A, B>(server: &RedisServer, region: &str, a_value: A, b_value: B)
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + PartialEq + std::fmt::Debug + 'static,
+    B: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + PartialEq + std::fmt::Debug + 'static,
+{
+    let a = builder(server, "deploy").build().await.unwrap();
+    let b = builder(server, "deploy").build().await.unwrap();
+    let ra = a.region::<str, A>(region).build().await.unwrap();
+    let rb = b.region::<str, B>(region).build().await.unwrap();
+    assert_ne!(ra.type_fingerprint(), rb.type_fingerprint(), "{region}");
+    ra.insert("k", a_value).await.unwrap();
+    let before = b.stats().decode_errors_for(layercache::Corruption::TypeMismatch);
+    assert_eq!(rb.get("k").await.unwrap(), None, "{region}: b read a's value");
+    assert_eq!(
+        b.stats().decode_errors_for(layercache::Corruption::TypeMismatch),
+        before + 1,
+        "{region}"
+    );
+    rb.insert("j", b_value).await.unwrap();
+    assert_eq!(ra.get("j").await.unwrap(), None, "{region}: a read b's value");
+    // Control: the same type on another instance reads the value.
+    let c = builder(server, "deploy").build().await.unwrap();
+    let rc = c.region::<str, A>(region).build().await.unwrap();
+    assert!(rc.get("k").await.unwrap().is_some(), "{region}: same type must hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_written_as_another_type_is_a_miss_on_every_instance() {
+    let server = redis();
+    another_type_is_a_miss(
+        &server,
+        "fields",
+        deploy_a::Fields { a: 0 },
+        deploy_b::Fields { b: String::new() },
+    )
+    .await;
+    another_type_is_a_miss(
+        &server,
+        "order",
+        deploy_a::Order { x: 1, y: 2 },
+        deploy_b::Order { y: 1, x: 2 },
+    )
+    .await;
+    another_type_is_a_miss(&server, "shape", 7u64, (true, 7u32)).await;
+    another_type_is_a_miss(
+        &server,
+        "variant",
+        deploy_a::Kind::Two(1),
+        deploy_b::Kind::Two(1),
+    )
+    .await;
+}
+
+/// Times one read (`get_or_load` of a cold key) and one write (`insert`), returning both
+/// durations and both results' errors (if any).
+async fn read_and_write(
+    r: &layercache::Region<str, u64>,
+    key: &str,
+) -> (Duration, Duration, Option<layercache::Error>, Option<layercache::Error>) {
+    let start = std::time::Instant::now();
+    let read = r
+        .get_or_load(key, || async { Ok::<_, std::io::Error>(1) })
+        .await;
+    let read_took = start.elapsed();
+    let start = std::time::Instant::now();
+    let write = r.insert(key, 2).await;
+    (read_took, start.elapsed(), read.err(), write.err())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_known_to_be_down_costs_nothing_per_call() {
+    let mut server = redis();
+    // Quiet bus: its heartbeats would share the breaker with the calls measured here.
+    let cache = builder(&server, "down")
+        .l2_command_timeout(Duration::from_millis(500))
+        .bus_heartbeat_interval(Duration::from_secs(10))
+        .bus_heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    server.kill();
+    wait_until("the client to see the connection go", Duration::from_secs(10), || {
+        let cache = cache.clone();
+        async move { !cache.l2_connected() }
+    })
+    .await;
+    let before = cache.stats();
+    let mut worst = (Duration::ZERO, Duration::ZERO);
+    for i in 0..20 {
+        let (read, write, read_err, write_err) = read_and_write(&r, &format!("k{i}")).await;
+        assert!(read_err.is_none() && write_err.is_none(), "Fallback: no error");
+        worst = (worst.0.max(read), worst.1.max(write));
+    }
+    let after = cache.stats();
+    println!("redis killed (connection refused): worst read {:?}, worst write {:?}", worst.0, worst.1);
+    // Every call skipped Redis without sending anything, and none counted as a breaker
+    // failure: the breaker is for a Redis that is connected but silent.
+    assert!(
+        after.l2_disconnected_skips >= before.l2_disconnected_skips + 40,
+        "{after:?}"
+    );
+    assert_eq!(after.l2_timeouts, before.l2_timeouts, "no call waited for a timeout");
+    assert_eq!(after.breaker_opens, before.breaker_opens);
+    // Back up: the next calls reach Redis again.
+    server.restart().unwrap();
+    wait_until("the client to reconnect", Duration::from_secs(10), || {
+        let cache = cache.clone();
+        async move { cache.l2_connected() }
+    })
+    .await;
+    let other = builder(&server, "down").build().await.unwrap();
+    let r2 = other.region::<str, u64>("r").build().await.unwrap();
+    wait_until("a write to reach redis again", Duration::from_secs(10), || {
+        let (r, r2) = (r.clone(), r2.clone());
+        async move {
+            let _ = r.insert("back", 9).await;
+            r2.get("back").await.ok().flatten().as_deref() == Some(&9)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
+    let server = redis();
+    let cache = builder(&server, "silent")
+        .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+        .l2_command_timeout(Duration::from_millis(500))
+        .l2_suspect_timeout(Duration::from_millis(100))
+        .l2_breaker_threshold(5)
+        .l2_breaker_cooldown(Duration::from_millis(300))
+        .bus_heartbeat_interval(Duration::from_secs(10))
+        .bus_heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    let pid = server.pid().unwrap();
+    signal(pid, "STOP");
+    let timed_out_after = |e: &Option<layercache::Error>| {
+        let e = e.as_ref().expect("Propagate: the failure is returned");
+        assert!(e.is_timeout(), "{e}");
+        e.context().to_owned()
+    };
+    // Before the breaker opens: the first call pays the full timeout, the next ones the short
+    // (a write is two: the write script and its announcement).
+    let (read, _, read_err, write_err) = read_and_write(&r, "a").await;
+    println!("silent redis, first call: read {read:?}");
+    assert!(timed_out_after(&read_err).contains("500ms"), "{read_err:?}");
+    assert!(timed_out_after(&write_err).contains("100ms"), "{write_err:?}");
+    let (read, write, read_err, write_err) = read_and_write(&r, "b").await;
+    println!("silent redis, suspect: read {read:?}, write {write:?}");
+    assert!(timed_out_after(&read_err).contains("100ms"), "{read_err:?}");
+    // The write's calls are the fifth and sixth: it times out short, or finds the breaker open.
+    let write_err = write_err.expect("Propagate: the failure is returned");
+    assert!(
+        write_err.is_skipped() || write_err.context().contains("100ms"),
+        "{write_err}"
+    );
+    assert!(cache.l2_breaker_open(), "five failures open it");
+    // Open: nothing is sent.
+    let rejected = cache.stats().breaker_rejections;
+    let (read, write, read_err, write_err) = read_and_write(&r, "c").await;
+    println!("silent redis, breaker open: read {read:?}, write {write:?}");
+    assert!(read_err.unwrap().is_skipped() && write_err.unwrap().is_skipped());
+    assert!(cache.stats().breaker_rejections >= rejected + 2);
+    // Probing (still silent): the probe pays the short timeout and the breaker reopens.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (read, _, read_err, _) = read_and_write(&r, "d").await;
+    println!("silent redis, probe: read {read:?}");
+    assert!(timed_out_after(&read_err).contains("100ms"), "{read_err:?}");
+    assert!(cache.l2_breaker_open());
+    // Recovered: a probe succeeds, the breaker closes, the full timeout is back.
+    signal(pid, "CONT");
+    wait_until("the breaker to close", Duration::from_secs(10), || {
+        let (r, cache) = (r.clone(), cache.clone());
+        async move {
+            let _ = r.get("probe").await;
+            !cache.l2_breaker_open()
+        }
+    })
+    .await;
+    let (read, write, read_err, write_err) = read_and_write(&r, "e").await;
+    println!("recovered: read {read:?}, write {write:?}");
+    assert!(read_err.is_none() && write_err.is_none(), "{read_err:?} {write_err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_task_the_cache_started() {
+    let server = redis();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let cache = builder(&server, "bye")
+        .bus_heartbeat_interval(Duration::from_millis(50))
+        .bus_heartbeat_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let r = cache.region::<str, u64>("r").build().await.unwrap();
+    r.insert("k", 1).await.unwrap();
+    let v = r
+        .get_or_load("j", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2);
+    assert!(metrics.num_alive_tasks() > baseline, "the bus runs tasks");
+    cache.shutdown().await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        baseline,
+        "tasks still running after shutdown() returned"
+    );
+    // Afterwards the cache works as while Redis is down: L1 and the loader, no waiting.
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&1));
+    let v = r
+        .get_or_load("fresh", || async { Ok::<_, std::io::Error>(3) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 3);
+    assert!(cache.stats().l2_disconnected_skips >= 1);
 }

@@ -63,7 +63,7 @@ pub(crate) async fn data_keys(client: &Client) -> Vec<String> {
     all_keys(client)
         .await
         .into_iter()
-        .filter(|k| k.contains(":f1:"))
+        .filter(|k| k.contains(":f2:"))
         .collect()
 }
 

@@ -283,7 +283,7 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     }
     let stored = data_keys(&raw).await;
     assert_eq!(stored.len(), keys.len(), "{stored:?}");
-    let data_prefix = format!("keys:f1:k:s1:g{}:", region.generation().unwrap());
+    let data_prefix = format!("keys:f2:k:s1:g{}:", region.generation().unwrap());
     for key in &stored {
         let user_part = key.strip_prefix(&data_prefix).unwrap();
         assert!(!user_part.contains(['{', '}', '*', '?', '[', ']']), "{key}");

@@ -51,6 +51,7 @@ pub struct LayerCacheBuilder {
     compression_threshold: usize,
     max_value_bytes: usize,
     l2_command_timeout: Duration,
+    l2_suspect_timeout: Duration,
     l2_connect_timeout: Duration,
     l2_max_command_buffer: usize,
     l2_reconnect_min: Duration,
@@ -82,6 +83,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("compression_threshold", &self.compression_threshold)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("l2_command_timeout", &self.l2_command_timeout)
+            .field("l2_suspect_timeout", &self.l2_suspect_timeout)
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("l2_max_command_buffer", &self.l2_max_command_buffer)
             .field("l2_reconnect_min", &self.l2_reconnect_min)
@@ -115,6 +117,7 @@ impl LayerCacheBuilder {
             compression_threshold: 1024,
             max_value_bytes: 16 << 20,
             l2_command_timeout: Duration::from_millis(500),
+            l2_suspect_timeout: Duration::from_millis(100),
             l2_connect_timeout: Duration::from_secs(5),
             l2_max_command_buffer: 10_000,
             l2_reconnect_min: Duration::from_millis(100),
@@ -227,6 +230,22 @@ impl LayerCacheBuilder {
     /// Default: 500 ms.
     pub fn l2_command_timeout(mut self, timeout: Duration) -> Self {
         self.l2_command_timeout = timeout;
+        self
+    }
+
+    /// The bound on a Redis command made while Redis is *suspect*: the last command failed with
+    /// a timeout or a connection error and none has succeeded since. The calls between a first
+    /// failure and the circuit breaker opening (and the breaker's probes) then cost this much
+    /// each instead of the full [`l2_command_timeout`](Self::l2_command_timeout); the first
+    /// success restores the full timeout. Capped by `l2_command_timeout`. (While the connection
+    /// is known to be down — refused, reset, reconnecting — commands are not sent at all and
+    /// fail at once, counted in [`Stats::l2_disconnected_skips`](crate::Stats).)
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: 100 ms.
+    pub fn l2_suspect_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_suspect_timeout = timeout;
         self
     }
 
@@ -400,6 +419,25 @@ impl LayerCacheBuilder {
 
     fn validate(&self) -> Result<()> {
         validate_name("cache name", &self.name)?;
+        if let Some(url) = &self.redis_url {
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            match scheme {
+                "redis" => {}
+                "rediss" if cfg!(feature = "tls") => {}
+                "rediss" => {
+                    return Err(Error::config(
+                        "redis_url: rediss:// (TLS) needs the `tls` feature of layercache",
+                    ))
+                }
+                _ => {
+                    return Err(Error::config(format!(
+                        "redis_url {:?} is invalid: use redis://host[:port][/db] or rediss:// \
+                         (TLS); Redis Cluster and Sentinel URLs are not supported yet",
+                        crate::key::shortened(&redact_url(url))
+                    )))
+                }
+            }
+        }
         if self.max_capacity.is_some() && self.max_capacity_bytes.is_some() {
             return Err(Error::config(
                 "max_capacity and max_capacity_bytes exclude each other: set one",
@@ -428,6 +466,11 @@ impl LayerCacheBuilder {
         if self.l2_command_timeout.is_zero() {
             return Err(Error::config(
                 "l2_command_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_suspect_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_suspect_timeout must be greater than zero",
             ));
         }
         if self.l2_connect_timeout.is_zero() {
@@ -474,6 +517,7 @@ impl LayerCacheBuilder {
         check_max("time_to_idle", self.time_to_idle, MAX_LIFETIME)?;
         for (what, value) in [
             ("l2_command_timeout", self.l2_command_timeout),
+            ("l2_suspect_timeout", self.l2_suspect_timeout),
             ("l2_connect_timeout", self.l2_connect_timeout),
             ("l2_reconnect_backoff (max)", self.l2_reconnect_max),
             ("l2_breaker_cooldown", self.l2_breaker_cooldown),
@@ -537,6 +581,7 @@ impl LayerCacheBuilder {
         let l2_settings = L2Settings {
             url: url.clone(),
             command_timeout: self.l2_command_timeout,
+            suspect_timeout: self.l2_suspect_timeout,
             connect_timeout: self.l2_connect_timeout,
             max_command_buffer: self.l2_max_command_buffer,
             reconnect_min: self.l2_reconnect_min,
@@ -552,13 +597,22 @@ impl LayerCacheBuilder {
             counters.clone(),
             self.name.clone(),
         );
-        let l2 = L2::connect(&l2_settings, breaker).await?;
-        let subscriber = match connect_client(&l2_settings, Some(self.bus_buffer)).await {
-            Ok(s) => s,
-            Err(e) => {
+        // Both connections at once: a degraded start waits `l2_connect_timeout` once, not twice.
+        let (l2, subscriber) = tokio::join!(
+            L2::connect(&l2_settings, breaker, counters.clone()),
+            connect_client(&l2_settings, Some(self.bus_buffer)),
+        );
+        let (l2, (subscriber, subscriber_task)) = match (l2, subscriber) {
+            (Ok(l2), Ok(s)) => (l2, s),
+            (Ok(l2), Err(e)) => {
                 l2.quit().await;
                 return Err(e);
             }
+            (Err(e), Ok((s, _))) => {
+                let _ = s.quit().await;
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
         };
         let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
         // Degraded start without a connection: the listener subscribes once it connects.
@@ -604,7 +658,7 @@ impl LayerCacheBuilder {
             published: published.clone(),
             shared: shared.clone(),
             settings: bus_settings,
-            _shutdown: shutdown,
+            shutdown,
         };
         let publisher = Publisher {
             l2: l2.clone(),
@@ -636,9 +690,10 @@ impl LayerCacheBuilder {
             command_timeout: self.l2_command_timeout,
             shutdown: shutdown_rx,
             subscribed,
+            subscriber_task: Some(subscriber_task),
         };
-        tokio::spawn(publisher.run());
-        tokio::spawn(listener.run());
+        inner.adopt_task(tokio::spawn(publisher.run()));
+        inner.adopt_task(tokio::spawn(listener.run()));
         tracing::info!(cache.name = %inner.name, l2 = true, l2.connected = subscribed, instance.id = %id, "layercache started");
         Ok(LayerCache { inner })
     }

@@ -1,7 +1,7 @@
 //! The invalidation bus: keeps the in-process tiers of every instance coherent through Redis
 //! pub/sub.
 //!
-//! Every write or invalidation is announced on one channel per cache (`{cache}:m1:bus`) as a
+//! Every write or invalidation is announced on one channel per cache (`{cache}:m2:bus`) as a
 //! small message — sender id, per-sender sequence number, and what changed (a key, a region's
 //! new generation, a tag, or everything), never a value. Each instance drops its own copy on
 //! receipt and ignores its own messages.
@@ -217,8 +217,8 @@ pub(crate) struct BusHandle {
     pub(crate) published: Arc<AtomicU64>,
     pub(crate) shared: Arc<Mutex<Shared>>,
     pub(crate) settings: BusSettings,
-    /// Dropped with the cache: the bus tasks see it and stop.
-    pub(crate) _shutdown: watch::Sender<()>,
+    /// Signalled by `shutdown()`, or dropped with the cache: the bus tasks see it and stop.
+    pub(crate) shutdown: watch::Sender<()>,
 }
 
 impl BusHandle {
@@ -244,6 +244,11 @@ impl BusHandle {
                 "publishing the invalidation took too long",
             )),
         }
+    }
+
+    /// Tells the bus tasks to stop.
+    pub(crate) fn stop(&self) {
+        self.shutdown.send_replace(());
     }
 
     pub(crate) fn status(&self) -> BusStatus {

@@ -150,6 +150,11 @@ pub(crate) struct Inner {
     pub(crate) flights: Arc<Flights>,
     pub(crate) bus: Option<BusHandle>,
     regions: Mutex<Vec<Arc<RegionState>>>,
+    /// The long-running tasks this cache started (the bus publisher and listener), which
+    /// `shutdown()` ends and waits for.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Rate limit for warnings about failed Redis calls.
+    pub(crate) warnings: crate::telemetry::WarnLimiter,
 }
 
 /// How long a region generation lives in Redis without being read or bumped (it is renewed by
@@ -182,7 +187,17 @@ impl Inner {
             flights: Arc::new(Flights::default()),
             bus,
             regions: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            warnings: crate::telemetry::WarnLimiter::default(),
         }
+    }
+
+    /// Records a long-running task for `shutdown()` to end.
+    pub(crate) fn adopt_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
     }
 
     /// Drops every L1 entry and poisons running fetches, for `reason` (subject to the
@@ -289,7 +304,9 @@ impl Inner {
                 if e.is_timeout() {
                     self.counters.l2_timeouts.incr();
                 }
-                tracing::warn!(cache.name = %self.name, region = %state.name, error = %e, "could not read the region generation");
+                if let Some(suppressed) = self.warnings.admit("load generation") {
+                    tracing::warn!(cache.name = %self.name, region = %state.name, error = %e, suppressed, "could not read the region generation");
+                }
             }
         }
     }
@@ -336,20 +353,28 @@ impl Inner {
         Ok(state)
     }
 
-    /// Counts and logs a Redis failure, and applies the error policy.
+    /// Counts and logs a Redis failure, and applies the error policy. Calls that skipped Redis
+    /// (breaker open, connection down) log at `debug` only; the others at `warn`, at most one per
+    /// operation every few seconds, with the number suppressed since (an outage must not turn
+    /// into a log storm).
     pub(crate) fn l2_failed(&self, op: &'static str, region: Option<&str>, e: Error) -> Result<()> {
         let c = &self.counters;
         c.l2_errors.incr();
         if e.is_timeout() {
             c.l2_timeouts.incr();
         }
-        tracing::warn!(
-            cache.name = %self.name,
-            region = region.unwrap_or(""),
-            op,
-            error = %e,
-            "redis call failed"
-        );
+        if e.is_skipped() {
+            tracing::debug!(cache.name = %self.name, region = region.unwrap_or(""), op, error = %e, "redis call skipped");
+        } else if let Some(suppressed) = self.warnings.admit(op) {
+            tracing::warn!(
+                cache.name = %self.name,
+                region = region.unwrap_or(""),
+                op,
+                error = %e,
+                suppressed,
+                "redis call failed"
+            );
+        }
         match self.settings.error_policy {
             L2ErrorPolicy::Propagate => Err(e),
             _ => Ok(()),
@@ -746,12 +771,30 @@ impl LayerCache {
         }
     }
 
-    /// Closes the Redis connection (when Redis does not answer, this takes up to
-    /// `l2_command_timeout`). Reads and writes made afterwards fall back as when Redis is down.
+    /// Stops the cache's use of Redis and ends every task it started: the bus publisher and
+    /// listener (the subscriber connection is closed) and the data connection. Returns once they
+    /// have ended (when Redis does not answer, each close is bounded by `l2_command_timeout`,
+    /// and a second at least). Reads and writes made afterwards work as while Redis is down:
+    /// L1 and the loader, Redis skipped at once. Fetches still running finish on their own,
+    /// within their timeouts.
     pub async fn shutdown(&self) {
-        if let Some(l2) = &self.inner.l2 {
+        let inner = &self.inner;
+        if let Some(bus) = &inner.bus {
+            bus.stop();
+        }
+        let tasks: Vec<_> = inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(l2) = &inner.l2 {
             l2.quit().await;
         }
+        tracing::info!(cache.name = %inner.name, "layercache shut down");
     }
 }
 
@@ -767,9 +810,9 @@ mod tests {
             Some(("user.v2".to_owned(), 7))
         );
         assert_eq!(parse_generation_key("sho", &key), None, "another cache");
-        assert_eq!(parse_generation_key("shop", "shop:m1:user:sX:gen"), None);
-        assert_eq!(parse_generation_key("shop", "shop:m1:us%er:s1:gen"), None);
-        assert_eq!(parse_generation_key("shop", "shop:f1:user:s1:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:m2:user:sX:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:m2:us%er:s1:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:f2:user:s1:gen"), None);
     }
 
     #[test]
@@ -781,12 +824,12 @@ mod tests {
             Some(("user", 3, 1_700_000_000_000))
         );
         assert_eq!(
-            parse_data_key("shop", "shop:f1:user:s3:g12"),
+            parse_data_key("shop", "shop:f2:user:s3:g12"),
             None,
             "no key"
         );
-        assert_eq!(parse_data_key("shop", "shop:f1:user:s3:x12:k"), None);
-        assert_eq!(parse_data_key("shop", "shop:t1:user:s3:g12:k"), None);
+        assert_eq!(parse_data_key("shop", "shop:f2:user:s3:x12:k"), None);
+        assert_eq!(parse_data_key("shop", "shop:t2:user:s3:g12:k"), None);
         assert_eq!(parse_data_key("shopx", &key), None);
     }
 }

@@ -1,11 +1,11 @@
 //! The envelope: the bytes layercache stores in Redis for one value.
 //!
-//! Format version 1, all integers little-endian:
+//! Format version 2, all integers little-endian:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `LCAC` |
-//! | 4 | 1 | format version (`1`) |
+//! | 4 | 1 | format version (`2`) |
 //! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
 //! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); bit 3 = tombstone left by `invalidate` (empty payload); other bits must be 0 |
 //! | 7 | 1 | reserved, 0 |
@@ -16,8 +16,9 @@
 //! | 36 | 4 | raw length: the codec's bytes, before compression |
 //! | 40 | 4 | stored length: the payload bytes (after the tag block, if any) |
 //! | 44 | 8 | key check: FNV-1a (64-bit) of the Redis key the value was written under |
-//! | 52 | 4 | CRC-32 (IEEE) of bytes 0..52 followed by every byte after the header |
-//! | 56 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
+//! | 52 | 8 | type check: the [fingerprint](crate::Region::type_fingerprint) of the value type's serde shape (0 in a tombstone) |
+//! | 60 | 4 | CRC-32 (IEEE) of bytes 0..60 followed by every byte after the header |
+//! | 64 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
 //! | … | … | payload |
 //!
 //! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
@@ -26,19 +27,23 @@
 //! match the header exactly. Every failure is a [`Corruption`] reason, which the cache counts
 //! and treats as a miss. The key check makes bytes found under another key than the one they
 //! were written for (copied, renamed, or delivered for another command) a miss too
-//! ([`Corruption::WrongKey`]), never another key's value.
+//! ([`Corruption::WrongKey`]), never another key's value; the type check makes bytes written as
+//! another value type (a deploy that changed the type but not the region's `schema_version`) a
+//! miss ([`Corruption::TypeMismatch`]), never a wrong value that happens to decode.
+//!
+//! Version 1 (56-byte header, no type check) is not read: it lives under other keys (`f1`).
 
 use std::fmt;
 
 /// The four bytes every envelope starts with.
 pub const MAGIC: [u8; 4] = *b"LCAC";
 /// The envelope format this build writes (and the only one it reads). It is also part of every
-/// Redis key (`f1`), so a format change reads as a miss.
-pub const FORMAT_VERSION: u8 = 1;
+/// Redis key (`f2`), so a format change reads as a miss.
+pub const FORMAT_VERSION: u8 = 2;
 /// Length of the header in bytes.
-pub const HEADER_LEN: usize = 56;
+pub const HEADER_LEN: usize = 64;
 /// Bytes of the header covered by the checksum (all but the checksum itself).
-const CHECKED: usize = 52;
+pub const CHECKED: usize = 60;
 
 /// The key check stored in every envelope: FNV-1a, 64-bit, over the Redis key's bytes.
 pub fn key_check(redis_key: &[u8]) -> u64 {
@@ -86,11 +91,14 @@ pub enum Corruption {
     WrongType,
     /// The envelope was written for another key.
     WrongKey,
+    /// The envelope holds another value type (its type fingerprint differs from the region's):
+    /// the type changed without a `schema_version` bump.
+    TypeMismatch,
 }
 
 impl Corruption {
     /// Every reason, in counter order.
-    pub const ALL: [Corruption; 10] = [
+    pub const ALL: [Corruption; 11] = [
         Self::NotAnEnvelope,
         Self::UnknownVersion,
         Self::CodecMismatch,
@@ -101,6 +109,7 @@ impl Corruption {
         Self::Deserialize,
         Self::WrongType,
         Self::WrongKey,
+        Self::TypeMismatch,
     ];
 
     /// A stable lowercase name, used in logs and metrics.
@@ -116,6 +125,7 @@ impl Corruption {
             Self::Deserialize => "deserialize",
             Self::WrongType => "wrong_type",
             Self::WrongKey => "wrong_key",
+            Self::TypeMismatch => "type_mismatch",
         }
     }
 
@@ -149,6 +159,8 @@ pub(crate) struct Meta {
     pub(crate) tombstone: bool,
     /// [`key_check`] of the Redis key the value was written under.
     pub(crate) key_check: u64,
+    /// The fingerprint of the value type that wrote it (0 in a tombstone).
+    pub(crate) type_check: u64,
 }
 
 /// The result of [`encode`].
@@ -216,6 +228,7 @@ pub(crate) fn seal(
     header[36..40].copy_from_slice(&len_u32(raw_len).to_le_bytes());
     header[40..44].copy_from_slice(&len_u32(stored_len).to_le_bytes());
     header[44..52].copy_from_slice(&meta.key_check.to_le_bytes());
+    header[52..60].copy_from_slice(&meta.type_check.to_le_bytes());
     let crc = checksum(&buf[..CHECKED], &buf[HEADER_LEN..]);
     buf[CHECKED..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Encoded {
@@ -231,7 +244,7 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// CRC-32 of the first 52 header bytes followed by everything after the header.
+/// CRC-32 of the first 60 header bytes followed by everything after the header.
 pub(crate) fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);
@@ -327,6 +340,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         negative,
         tombstone,
         key_check: u64_at(bytes, 44),
+        type_check: u64_at(bytes, 52),
     };
     if !compressed {
         return Ok(Opened {
@@ -359,6 +373,7 @@ mod tests {
         negative: false,
         tombstone: false,
         key_check: 0x0123_4567_89ab_cdef,
+        type_check: 0xfedc_ba98_7654_3210,
     };
 
     fn envelope(raw: &[u8], threshold: usize) -> Encoded {
@@ -439,7 +454,7 @@ mod tests {
         );
 
         let mut v = good.clone();
-        v[4] = 2;
+        v[4] = FORMAT_VERSION + 1;
         assert_eq!(
             open(&v, 1, 1 << 20).unwrap_err(),
             Corruption::UnknownVersion
@@ -557,10 +572,10 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<u32>(),
-                any::<u64>(),
+                any::<(u64, u64)>(),
             )
                 .prop_map(
-                    |(created_at_ms, expires_at_ms, refresh_at_ms, load_us, key_check)| Meta {
+                    |(created_at_ms, expires_at_ms, refresh_at_ms, load_us, (key_check, type_check))| Meta {
                         created_at_ms,
                         expires_at_ms,
                         refresh_at_ms,
@@ -568,6 +583,7 @@ mod tests {
                         negative: false,
                         tombstone: false,
                         key_check,
+                        type_check,
                     },
                 )
         }

@@ -6,7 +6,7 @@
 //! {cache name}:f{envelope format}:{region}:s{schema version}:g{generation}:{escaped user key}
 //! ```
 //!
-//! for example `shop:f1:user:s3:g1700000000000:42`. The generation is the region's: bumping it
+//! for example `shop:f2:user:s3:g1700000000000:42`. The generation is the region's: bumping it
 //! ([`Region::invalidate_all`](crate::Region::invalidate_all)) moves the whole region to a new
 //! key space in O(1), and old keys die by their TTL. It lives at
 //! `{cache}:m{format}:{region}:s{schema}:gen`. Cache and region names are restricted to
@@ -139,8 +139,19 @@ pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{what} {name:?} is invalid: use 1 to 64 characters of [A-Za-z0-9_.-]"
+            "{what} {:?} is invalid: use 1 to 64 characters of [A-Za-z0-9_.-]",
+            shortened(name)
         )))
+    }
+}
+
+/// `s` for an error message: whole when short, else its first 64 characters and its length,
+/// so a 10,000-character mistake does not fill the log.
+pub(crate) fn shortened(s: &str) -> String {
+    const SHOWN: usize = 64;
+    match s.char_indices().nth(SHOWN) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes)", &s[..at], s.len()),
     }
 }
 
@@ -303,10 +314,10 @@ mod tests {
             b"a b",
             b"a%20b",
         ];
-        let escaped: HashSet<String> = keys.iter().map(|k| redis_key("c:f1:r:s1:", k)).collect();
+        let escaped: HashSet<String> = keys.iter().map(|k| redis_key("c:f2:r:s1:", k)).collect();
         assert_eq!(escaped.len(), keys.len());
         for e in &escaped {
-            let user = &e["c:f1:r:s1:".len()..];
+            let user = &e["c:f2:r:s1:".len()..];
             assert!(!user.contains(['{', '}', '*', '?', '[', ']', ' ']), "{e}");
             assert!(e.is_ascii());
         }
@@ -322,9 +333,9 @@ mod tests {
                 a in proptest::collection::vec(any::<u8>(), 0..40),
                 b in proptest::collection::vec(any::<u8>(), 0..40),
             ) {
-                let (ka, kb) = (redis_key("c:f1:r:s1:g0:", &a), redis_key("c:f1:r:s1:g0:", &b));
+                let (ka, kb) = (redis_key("c:f2:r:s1:g0:", &a), redis_key("c:f2:r:s1:g0:", &b));
                 prop_assert_eq!(a == b, ka == kb);
-                let user = &ka["c:f1:r:s1:g0:".len()..];
+                let user = &ka["c:f2:r:s1:g0:".len()..];
                 let special = user.contains(['{', '}', '*', '?', '[', ']']);
                 prop_assert!(!special, "{}", user);
                 prop_assert!(ka.is_ascii());

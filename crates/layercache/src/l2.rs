@@ -7,10 +7,14 @@
 use std::time::Duration;
 
 use fred::{
+    clients::WithOptions,
     prelude::{ClientLike, Config, KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy},
-    types::{Builder, Expiration, SetOptions, Value},
+    types::{config::Options, Builder, ConnectHandle, Expiration, SetOptions, Value},
 };
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex, PoisonError,
+};
 
 use tracing::Instrument;
 
@@ -18,6 +22,7 @@ use crate::{
     breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
     options::L2Startup,
+    stats::Counters,
 };
 
 /// Connection settings for the Redis tier, filled by the builder.
@@ -25,6 +30,8 @@ use crate::{
 pub(crate) struct L2Settings {
     pub(crate) url: String,
     pub(crate) command_timeout: Duration,
+    /// The bound on commands while Redis is suspect (see [`L2::bounded`]).
+    pub(crate) suspect_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_command_buffer: usize,
     pub(crate) reconnect_min: Duration,
@@ -71,11 +78,12 @@ fn millis_u32(d: Duration) -> u32 {
 }
 
 /// Builds and connects a fred client with our settings. `broadcast_capacity` sizes the
-/// client's pub/sub message buffer (for the bus's subscriber).
+/// client's pub/sub message buffer (for the bus's subscriber). Returns the client and the task
+/// that runs its connection (it ends after `quit`).
 pub(crate) async fn connect_client(
     s: &L2Settings,
     broadcast_capacity: Option<usize>,
-) -> Result<fred::prelude::Client> {
+) -> Result<(fred::prelude::Client, ConnectHandle)> {
     let mut config = Config::from_url(&s.url).map_err(|e| {
         Error::config(format!("redis_url {:?} is invalid", redact_url(&s.url))).with_source(e)
     })?;
@@ -113,7 +121,7 @@ pub(crate) async fn connect_client(
     if s.startup == L2Startup::Degraded {
         // The first connection is retried like any reconnect; wait for it up to the connect
         // timeout, then go on without it.
-        let _handle = client.connect();
+        let handle = client.connect();
         match tokio::time::timeout(s.connect_timeout, client.wait_for_connect()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -123,7 +131,7 @@ pub(crate) async fn connect_client(
                 tracing::warn!(timeout = ?s.connect_timeout, "redis unreachable at start; running degraded until it answers");
             }
         }
-        return Ok(client);
+        return Ok((client, handle));
     }
     let connect = async {
         client
@@ -132,7 +140,7 @@ pub(crate) async fn connect_client(
             .map_err(|e| map_err("connecting to redis", e))
     };
     match tokio::time::timeout(s.connect_timeout, connect).await {
-        Ok(Ok(_handle)) => Ok(client),
+        Ok(Ok(handle)) => Ok((client, handle)),
         Ok(Err(e)) => {
             let _ = client.quit().await;
             Err(e)
@@ -307,8 +315,20 @@ const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub(crate) struct L2 {
     client: fred::prelude::Client,
+    /// The client with the command timeout, failing at once while disconnected (instead of
+    /// queueing for the reconnect: a write queued there would land long after its caller was
+    /// told it failed).
+    normal: WithOptions<fred::prelude::Client>,
+    /// The same with the suspect timeout, for calls made while Redis is suspect.
+    wary: WithOptions<fred::prelude::Client>,
     timeout: Duration,
+    suspect_timeout: Duration,
+    /// The last call failed with an outage error, and none has succeeded since.
+    suspect: Arc<AtomicBool>,
     breaker: Arc<Breaker>,
+    counters: Arc<Counters>,
+    /// The client's connection task, awaited by [`quit`](Self::quit).
+    task: Arc<Mutex<Option<ConnectHandle>>>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -316,6 +336,7 @@ impl std::fmt::Debug for L2 {
         f.debug_struct("L2")
             .field("connected", &self.client.is_connected())
             .field("timeout", &self.timeout)
+            .field("suspect_timeout", &self.suspect_timeout)
             .finish()
     }
 }
@@ -347,12 +368,28 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 impl L2 {
     /// Connects, failing if the first connection cannot be made within `connect_timeout`
     /// (unless the start is degraded: then it keeps trying in the background).
-    pub(crate) async fn connect(s: &L2Settings, breaker: Breaker) -> Result<Self> {
-        let client = connect_client(s, None).await?;
+    pub(crate) async fn connect(
+        s: &L2Settings,
+        breaker: Breaker,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        let (client, task) = connect_client(s, None).await?;
+        let suspect_timeout = s.suspect_timeout.min(s.command_timeout);
+        let options = |timeout| Options {
+            timeout: Some(timeout),
+            fail_fast: true,
+            ..Default::default()
+        };
         Ok(Self {
+            normal: client.with_options(&options(s.command_timeout)),
+            wary: client.with_options(&options(suspect_timeout)),
             client,
             timeout: s.command_timeout,
+            suspect_timeout,
+            suspect: Arc::new(AtomicBool::new(false)),
             breaker: Arc::new(breaker),
+            counters,
+            task: Arc::new(Mutex::new(Some(task))),
         })
     }
 
@@ -366,11 +403,25 @@ impl L2 {
         self.breaker.is_open()
     }
 
-    async fn bounded<T>(
-        &self,
-        what: &'static str,
-        fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T> {
+    /// Runs one command, bounded by a timeout, through the circuit breaker. While the
+    /// connection is known to be down (fred is reconnecting) the command is not sent at all: it
+    /// fails at once, costing the caller nothing, and without counting against the breaker
+    /// (which is for a Redis that is connected but does not answer). After an outage error,
+    /// and until a call succeeds, commands are bounded by the shorter suspect timeout, so the
+    /// calls between the first failure and the breaker opening do not each pay the full one.
+    async fn bounded<'s, T, F, Fut>(&'s self, what: &'static str, command: F) -> Result<T>
+    where
+        F: FnOnce(&'s WithOptions<fred::prelude::Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
+    {
+        if !self.client.is_connected() {
+            self.counters.l2_disconnected_skips.incr();
+            return Err(Error::new(
+                ErrorKind::Redis,
+                format!("{what} skipped: redis is not connected (reconnecting)"),
+            )
+            .skipped());
+        }
         let permit = self.breaker.permit();
         if permit.verdict() == Verdict::Reject {
             return Err(Error::new(
@@ -379,21 +430,36 @@ impl L2 {
             )
             .skipped());
         }
+        let (client, timeout) = if self.suspect.load(Ordering::Acquire) {
+            (&self.wary, self.suspect_timeout)
+        } else {
+            (&self.normal, self.timeout)
+        };
         // fred's own timeout (the same duration) must fire first: only then does fred mark the
         // command timed out and drop it from its reconnect queue. Dropping the future from out
         // here would leave it queued, to be sent after a reconnect — a write landing long after
         // its caller was told it failed. Ours is a backstop, a little later.
-        let result = match tokio::time::timeout(self.timeout + BACKSTOP_GRACE, fut).await {
+        let result = match tokio::time::timeout(timeout + BACKSTOP_GRACE, command(client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                permit.record(is_outage(&e));
+                let outage = is_outage(&e);
+                self.suspect.store(outage, Ordering::Release);
+                permit.record(outage);
+                if e.kind() == &fred::error::ErrorKind::Timeout {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("{what} took longer than {timeout:?}"),
+                    )
+                    .with_source(e));
+                }
                 return Err(map_err(what, e));
             }
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
-                format!("{what} took longer than {:?}", self.timeout),
+                format!("{what} took longer than {timeout:?}"),
             )),
         };
+        self.suspect.store(result.is_err(), Ordering::Release);
         permit.record(result.is_err());
         result
     }
@@ -406,7 +472,7 @@ impl L2 {
             bytes = tracing::field::Empty
         );
         async {
-            let r: Option<Vec<u8>> = self.bounded("redis GET", self.client.get(key)).await?;
+            let r: Option<Vec<u8>> = self.bounded("redis GET", |c| c.get(key)).await?;
             let span = tracing::Span::current();
             span.record("hit", r.is_some());
             if let Some(b) = &r {
@@ -431,7 +497,7 @@ impl L2 {
         let reply: Value = self
             .bounded(
                 "redis SET",
-                self.client.set(
+                |c| c.set(
                     key,
                     value,
                     Some(Expiration::PX(px)),
@@ -488,7 +554,7 @@ impl L2 {
                 .map(|(_, m)| Value::Bytes(m.clone().unwrap_or_default().into())),
         );
         let written: i64 = self
-            .bounded("redis EVAL (fill)", self.client.eval(FILL, keys, args))
+            .bounded("redis EVAL (fill)", |c| c.eval(FILL, keys, args))
             .instrument(span)
             .await?;
         Ok(match written {
@@ -502,7 +568,7 @@ impl L2 {
     pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
         let n = keys.len();
         let reply: Value = self
-            .bounded("redis MGET (tag marks)", self.client.mget(keys))
+            .bounded("redis MGET (tag marks)", |c| c.mget(keys))
             .await?;
         let values = match reply {
             Value::Array(values) => values,
@@ -528,7 +594,7 @@ impl L2 {
         let _: Value = self
             .bounded(
                 "redis SET (tag mark)",
-                self.client
+                |c| c
                     .set(key, token, Some(Expiration::PX(px)), None, false),
             )
             .await?;
@@ -547,7 +613,7 @@ impl L2 {
         let _: i64 = self
             .bounded(
                 "redis EVAL (drop tag page)",
-                self.client.eval(DROP_TAG_PAGE, keys, Vec::<Value>::new()),
+                |c| c.eval(DROP_TAG_PAGE, keys, Vec::<Value>::new()),
             )
             .await?;
         Ok(())
@@ -569,7 +635,7 @@ impl L2 {
         let reply: Value = self
             .bounded(
                 "redis SSCAN",
-                self.client.custom(
+                |c| c.custom(
                     fred::types::CustomCommand::new_static(
                         "SSCAN",
                         fred::types::ClusterHash::FirstKey,
@@ -597,7 +663,7 @@ impl L2 {
         let r: Option<Vec<u8>> = self
             .bounded(
                 "redis GETEX",
-                self.client.custom(
+                |c| c.custom(
                     fred::types::CustomCommand::new_static(
                         "GETEX",
                         fred::types::ClusterHash::FirstKey,
@@ -616,7 +682,7 @@ impl L2 {
     pub(crate) async fn pexpire(&self, key: &str, ttl_ms: u64) -> Result<()> {
         let ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let _: i64 = self
-            .bounded("redis PEXPIRE", self.client.pexpire(key, ms, None))
+            .bounded("redis PEXPIRE", |c| c.pexpire(key, ms, None))
             .await?;
         Ok(())
     }
@@ -631,7 +697,7 @@ impl L2 {
         let n: i64 = self
             .bounded(
                 "redis EVAL (renew lock)",
-                self.client
+                |c| c
                     .eval(RENEW_LOCK, key, vec![token.to_owned(), ttl_ms.to_string()]),
             )
             .await?;
@@ -643,7 +709,7 @@ impl L2 {
         let _: i64 = self
             .bounded(
                 "redis EVAL (release lock)",
-                self.client.eval(RELEASE_LOCK, key, token.to_owned()),
+                |c| c.eval(RELEASE_LOCK, key, token.to_owned()),
             )
             .await?;
         Ok(())
@@ -653,7 +719,7 @@ impl L2 {
     pub(crate) async fn publish(&self, channel: &str, message: Vec<u8>) -> Result<()> {
         let span = tracing::debug_span!("layercache.invalidation.publish", bytes = message.len());
         let _: i64 = self
-            .bounded("redis PUBLISH", self.client.publish(channel, message))
+            .bounded("redis PUBLISH", |c| c.publish(channel, message))
             .instrument(span)
             .await?;
         Ok(())
@@ -667,7 +733,7 @@ impl L2 {
         args: Vec<String>,
     ) -> Result<u64> {
         let reply: String = self
-            .bounded(what, self.client.eval(script, key, args))
+            .bounded(what, |c| c.eval(script, key, args))
             .await?;
         reply.parse::<u64>().map_err(|e| {
             Error::new(
@@ -720,7 +786,7 @@ impl L2 {
         let reply: Value = self
             .bounded(
                 "redis SCAN",
-                self.client
+                |c| c
                     .scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None),
             )
             .await?;
@@ -745,14 +811,28 @@ impl L2 {
             return Ok(());
         }
         let _: i64 = self
-            .bounded("redis UNLINK", self.client.unlink(keys))
+            .bounded("redis UNLINK", |c| c.unlink(keys))
             .await?;
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connection and waits (at most the command timeout, and a second at least)
+    /// for the client's connection task to end.
     pub(crate) async fn quit(&self) {
-        let _ = self.client.quit().await;
+        let within = self.timeout.max(Duration::from_secs(1));
+        let _ = tokio::time::timeout(within, self.client.quit()).await;
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            end_task(task, within).await;
+        }
+    }
+}
+
+/// Waits for a client's connection task to end, aborting it after `within`.
+pub(crate) async fn end_task(mut task: ConnectHandle, within: Duration) {
+    if tokio::time::timeout(within, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
     }
 }
 

@@ -70,6 +70,7 @@ mod cache;
 pub mod codec;
 pub mod envelope;
 mod error;
+mod fingerprint;
 mod flight;
 mod freshness;
 pub mod key;
@@ -92,7 +93,7 @@ pub mod fuzzing {
     /// Like [`open_envelope`], after forcing a valid magic, version and codec and a correct
     /// checksum, so the fuzzer explores the length checks and LZ4 decompression behind them.
     pub fn open_resealed_envelope(bytes: &[u8]) -> bool {
-        use crate::envelope::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+        use crate::envelope::{CHECKED, FORMAT_VERSION, HEADER_LEN, MAGIC};
         if bytes.len() < HEADER_LEN {
             return crate::envelope::open(bytes, 1, 1 << 20).is_ok();
         }
@@ -100,8 +101,8 @@ pub mod fuzzing {
         b[..4].copy_from_slice(&MAGIC);
         b[4] = FORMAT_VERSION;
         b[5] = 1;
-        let crc = crate::envelope::checksum(&b[..52], &b[HEADER_LEN..]);
-        b[52..56].copy_from_slice(&crc.to_le_bytes());
+        let crc = crate::envelope::checksum(&b[..CHECKED], &b[HEADER_LEN..]);
+        b[CHECKED..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         crate::envelope::open(&b, 1, 1 << 20).is_ok()
     }
 

@@ -49,6 +49,8 @@ const MAX_REJOINS: usize = 16;
 #[derive(Debug)]
 struct Shared<C> {
     state: Arc<RegionState>,
+    /// The value type's [fingerprint](crate::fingerprint), checked on every Redis read.
+    fingerprint: u64,
     entry_options: EntryOptions,
     codec: C,
 }
@@ -183,6 +185,28 @@ where
     /// The region's schema version.
     pub fn schema_version(&self) -> u32 {
         self.shared.state.schema
+    }
+
+    /// The fingerprint of `V`'s serde shape, stored in every entry this region writes to
+    /// Redis: an entry written by another value type under the same region and schema version
+    /// (a deploy that changed `V` without bumping
+    /// [`schema_version`](RegionBuilder::schema_version)) is a miss, counted as
+    /// [`Corruption::TypeMismatch`](crate::Corruption::TypeMismatch), never a wrong value. It
+    /// is derived from the type's `Deserialize` impl (field and variant names, their types and
+    /// order), not from its Rust name or module path, so it is the same in every build of the
+    /// same shape.
+    ///
+    /// It catches a field added, removed, renamed or retyped, fields reordered, a struct or
+    /// enum renamed (its serde name), a variant added, removed, renamed or reshaped, `u64`
+    /// against `(bool, u32)`. It cannot catch a change of meaning with the same shape (a field
+    /// now in milliseconds instead of seconds), a hand-written `Deserialize` that reads other
+    /// than what its `Serialize` writes, shapes decided at run time (`deserialize_any`, as in
+    /// `#[serde(untagged)]`: one opaque token), or differences past a point where the type's
+    /// `Deserialize` rejects the tracer's placeholder values (`1` for numbers, `""` for
+    /// strings). For those, bump `schema_version`. It costs one trace per region build and
+    /// eight bytes per stored entry.
+    pub fn type_fingerprint(&self) -> u64 {
+        self.shared.fingerprint
     }
 
     /// The region's current generation: part of every Redis key of the region, moved forward

@@ -74,6 +74,7 @@ pub(crate) struct Counters {
     pub(crate) l2_fills_lost: Counter,
     pub(crate) breaker_opens: Counter,
     pub(crate) breaker_rejections: Counter,
+    pub(crate) l2_disconnected_skips: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -116,6 +117,7 @@ impl Counters {
             l2_fills_lost: self.l2_fills_lost.get(),
             breaker_opens: self.breaker_opens.get(),
             breaker_rejections: self.breaker_rejections.get(),
+            l2_disconnected_skips: self.l2_disconnected_skips.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
         }
@@ -193,6 +195,9 @@ pub struct Stats {
     pub breaker_opens: u64,
     /// Redis calls skipped because the breaker was open (each also counted in `l2_errors`).
     pub breaker_rejections: u64,
+    /// Redis calls skipped at once because the connection was known to be down (reconnecting;
+    /// each also counted in `l2_errors`).
+    pub l2_disconnected_skips: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: ByReason,

@@ -9,7 +9,6 @@
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
 //! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
 //! | `layercache.l2.set` | span | debug | `bytes`, `nx` | one `SET … PX` |
-//! | `layercache.l2.unlink` | span | debug | | one `UNLINK` |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
 //! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message (a batch of invalidations, or a heartbeat) |
 //! | `L1 flushed` | event | warn | `cache.name`, `reason` | a flush after a possible loss of invalidations, or a clear ([`FlushReason`](crate::FlushReason)) |
@@ -17,9 +16,12 @@
 //! | `bus listener lagged; messages lost` | event | warn | `cache.name`, `missed` | the listener fell behind its buffer |
 //! | `bus sequence gap; messages lost` | event | warn | `cache.name`, `sender`, `seq` | a sender's message went missing |
 //! | `own bus heartbeat missed; subscription presumed broken` | event | warn | `cache.name` | self-echo watchdog |
-//! | `bus publish failed; receivers will see a sequence gap` | event | warn | `cache.name`, `seq`, `entries`, `error` | a failed `PUBLISH` |
+//! | `bus publish failed; receivers will see a sequence gap` | event | warn | `cache.name`, `seq`, `entries`, `error`, `suppressed` | a failed `PUBLISH` (rate-limited as `redis call failed`) |
 //! | `dropped a message that is not ours on the bus channel` | event | debug | `cache.name`, `reason` | garbage on the channel |
-//! | `redis call failed` | event | warn | `cache.name`, `region`, `op`, `error` | a Redis error or timeout |
+//! | `redis call failed` | event | warn | `cache.name`, `region`, `op`, `error`, `suppressed` | a Redis error or timeout; at most one per `op` every 5 s, `suppressed` counting those not logged since |
+//! | `redis call skipped` | event | debug | `cache.name`, `region`, `op`, `error` | a call that skipped Redis (breaker open, connection down) |
+//! | `could not read the region generation` | event | warn | `cache.name`, `region`, `error`, `suppressed` | rate-limited as `redis call failed` |
+//! | `layercache shut down` | event | info | `cache.name` | `shutdown()` ended every task |
 //! | `unusable entry in redis, treated as a miss` | event | warn | `cache.name`, `region`, `reason`, `bytes` | a corrupt or foreign entry ([`Corruption`](crate::Corruption)) |
 //! | `loaded value not written to redis` | event | warn | `cache.name`, `region`, `error` | a loaded value above `max_value_bytes` |
 //! | `the loader panicked` | event | error | `cache.name`, `region` | a loader panic (callers get an error) |
@@ -30,3 +32,59 @@
 //! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
 //!
 //! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+/// How often one kind of warning may be logged.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Rate limit for repeated warnings: one per kind every [`WARN_EVERY`], counting the rest.
+#[derive(Debug, Default)]
+pub(crate) struct WarnLimiter {
+    kinds: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl WarnLimiter {
+    /// Whether a warning of `kind` may be logged now: `Some(n)` with the number suppressed since
+    /// the last one logged, or `None` (suppressed, and counted).
+    pub(crate) fn admit(&self, kind: &'static str) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match kinds.get_mut(kind) {
+            Some((last, suppressed)) if now.duration_since(*last) < WARN_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                *last = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                kinds.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WarnLimiter;
+
+    #[test]
+    fn one_warning_per_kind_then_a_count() {
+        let w = WarnLimiter::default();
+        assert_eq!(w.admit("get"), Some(0));
+        assert_eq!(w.admit("get"), None);
+        assert_eq!(w.admit("get"), None);
+        assert_eq!(w.admit("set"), Some(0), "kinds are limited apart");
+        let mut kinds = w.kinds.lock().unwrap();
+        kinds.get_mut("get").unwrap().0 -= super::WARN_EVERY;
+        drop(kinds);
+        assert_eq!(w.admit("get"), Some(2), "the next one says how many were suppressed");
+    }
+}

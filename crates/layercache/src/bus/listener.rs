@@ -34,6 +34,8 @@ pub(crate) struct Listener {
     /// Whether the subscription was made before the listener started (not so after a degraded
     /// start: then it is made when the subscriber connects).
     pub(crate) subscribed: bool,
+    /// The subscriber's connection task, awaited when the listener stops.
+    pub(crate) subscriber_task: Option<fred::types::ConnectHandle>,
 }
 
 impl Listener {
@@ -105,7 +107,11 @@ impl Listener {
                 }
             }
         }
-        let _ = self.subscriber.quit().await;
+        let within = self.command_timeout.max(Duration::from_secs(1));
+        let _ = tokio::time::timeout(within, self.subscriber.quit()).await;
+        if let Some(task) = self.subscriber_task.take() {
+            crate::l2::end_task(task, within).await;
+        }
     }
 
     /// After a (re)connection: subscribes, then — messages published while we were away are

@@ -39,6 +39,7 @@ impl Publisher {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        let warnings = crate::telemetry::WarnLimiter::default();
         loop {
             let first = tokio::select! {
                 _ = self.shutdown.changed() => break,
@@ -85,13 +86,16 @@ impl Publisher {
                 Ok(_) => self.counters.bus_sent.incr(),
                 Err(e) => {
                     self.counters.bus_publish_errors.incr();
-                    tracing::warn!(
-                        cache.name = %self.cache_name,
-                        seq,
-                        entries = entries.len(),
-                        error = %e,
-                        "bus publish failed; receivers will see a sequence gap"
-                    );
+                    if let Some(suppressed) = warnings.admit("publish") {
+                        tracing::warn!(
+                            cache.name = %self.cache_name,
+                            seq,
+                            entries = entries.len(),
+                            error = %e,
+                            suppressed,
+                            "bus publish failed; receivers will see a sequence gap"
+                        );
+                    }
                 }
             }
             for ack in acks {

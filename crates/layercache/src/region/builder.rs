@@ -100,6 +100,7 @@ where
         Ok(Region {
             shared: Arc::new(Shared {
                 state,
+                fingerprint: crate::fingerprint::of::<V>(),
                 entry_options,
                 codec: self.codec,
             }),

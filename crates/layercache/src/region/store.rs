@@ -71,7 +71,7 @@ impl Plan {
         }
     }
 
-    fn meta(&self, now_ms: u64, key_check: u64) -> Meta {
+    fn meta(&self, now_ms: u64, key_check: u64, type_check: u64) -> Meta {
         let expires_at_ms = now_ms.saturating_add(millis_ceil(self.ttl));
         Meta {
             created_at_ms: now_ms,
@@ -89,6 +89,8 @@ impl Plan {
             negative: self.negative,
             tombstone: self.tombstone,
             key_check,
+            // A tombstone is a miss for every type: it carries none.
+            type_check: if self.tombstone { 0 } else { type_check },
         }
     }
 
@@ -169,7 +171,11 @@ where
         Ok(envelope::seal(
             buf,
             C::ID,
-            plan.meta(unix_millis(), envelope::key_check(rk.as_bytes())),
+            plan.meta(
+                unix_millis(),
+                envelope::key_check(rk.as_bytes()),
+                self.shared.fingerprint,
+            ),
             self.cache.settings.compression_threshold,
             tags.unwrap_or(&[]),
         ))
@@ -184,6 +190,9 @@ where
         let opened = envelope::open(bytes, C::ID, self.cache.settings.max_value_bytes)?;
         if opened.meta.key_check != envelope::key_check(rk.as_bytes()) {
             return Err(Corruption::WrongKey);
+        }
+        if !opened.meta.tombstone && opened.meta.type_check != self.shared.fingerprint {
+            return Err(Corruption::TypeMismatch);
         }
         let value = if opened.meta.negative || opened.meta.tombstone {
             None
