@@ -89,7 +89,10 @@ impl Level {
     }
 }
 
-type BuilderOption = (&'static str, fn(LayerCacheBuilder, Level) -> LayerCacheBuilder);
+type BuilderOption = (
+    &'static str,
+    fn(LayerCacheBuilder, Level) -> LayerCacheBuilder,
+);
 type EntryOption = (&'static str, fn(EntryOptions, Level) -> EntryOptions);
 
 /// Every cache-wide option with a value.
@@ -102,8 +105,12 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
         b.compression_threshold(l.usize())
     }),
     ("max_value_bytes", |b, l| b.max_value_bytes(l.usize())),
-    ("l2_command_timeout", |b, l| b.l2_command_timeout(l.duration())),
-    ("l2_connect_timeout", |b, l| b.l2_connect_timeout(l.duration())),
+    ("l2_command_timeout", |b, l| {
+        b.l2_command_timeout(l.duration())
+    }),
+    ("l2_connect_timeout", |b, l| {
+        b.l2_connect_timeout(l.duration())
+    }),
     ("l2_max_command_buffer", |b, l| {
         b.l2_max_command_buffer(l.usize())
     }),
@@ -139,7 +146,9 @@ const ENTRY_OPTIONS: &[EntryOption] = &[
     ("jitter", |o, l| o.jitter(l.duration())),
     ("soft_ttl", |o, l| o.soft_ttl(l.duration())),
     ("xfetch_beta", |o, l| o.xfetch_beta(l.f64())),
-    ("fail_safe_max_age", |o, l| o.fail_safe_max_age(l.duration())),
+    ("fail_safe_max_age", |o, l| {
+        o.fail_safe_max_age(l.duration())
+    }),
     ("fail_safe_throttle", |o, l| {
         o.fail_safe_throttle(l.duration())
     }),
@@ -266,7 +275,7 @@ async fn random_combinations_of_every_option_never_panic_or_hang() {
     count_panics();
     let server = redis();
     let seed: u64 = rand::thread_rng().gen();
-    println!("seed {seed}");
+    eprintln!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let level = |rng: &mut StdRng| match rng.gen_range(0..6) {
         0 => Level::Zero,
@@ -298,7 +307,7 @@ async fn random_combinations_of_every_option_never_panic_or_hang() {
             worked += 1;
         }
     }
-    println!("{worked} of 40 combinations were valid");
+    eprintln!("{worked} of 40 combinations were valid");
 }
 
 #[tokio::test]
@@ -338,7 +347,11 @@ async fn the_bounds_are_inclusive_and_named() {
         .unwrap_err();
     assert!(e.to_string().contains("bus_heartbeat_interval"), "{e}");
     let e = r
-        .insert_with("k", 2, &EntryOptions::new().fail_safe_max_age(Duration::MAX))
+        .insert_with(
+            "k",
+            2,
+            &EntryOptions::new().fail_safe_max_age(Duration::MAX),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
@@ -419,8 +432,11 @@ async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
     for k in 0..10 {
         let r = r.clone();
         hung.push(tokio::spawn(async move {
-            r.get_or_load(&format!("k{k}"), std::future::pending::<Result<u64, std::io::Error>>)
-                .await
+            r.get_or_load(
+                &format!("k{k}"),
+                std::future::pending::<Result<u64, std::io::Error>>,
+            )
+            .await
         }));
     }
     wait_until("the hung loads to start", Duration::from_secs(5), || {
@@ -526,8 +542,20 @@ mod deploy_b {
 /// other's bytes as a value, even though bincode would decode them.
 async fn another_type_is_a_miss<A, B>(server: &RedisServer, region: &str, a_value: A, b_value: B)
 where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + PartialEq + std::fmt::Debug + 'static,
-    B: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + PartialEq + std::fmt::Debug + 'static,
+    A: serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + PartialEq
+        + std::fmt::Debug
+        + 'static,
+    B: serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + PartialEq
+        + std::fmt::Debug
+        + 'static,
 {
     let a = builder(server, "deploy").build().await.unwrap();
     let b = builder(server, "deploy").build().await.unwrap();
@@ -535,19 +563,33 @@ where
     let rb = b.region::<str, B>(region).build().await.unwrap();
     assert_ne!(ra.type_fingerprint(), rb.type_fingerprint(), "{region}");
     ra.insert("k", a_value).await.unwrap();
-    let before = b.stats().decode_errors_for(layercache::Corruption::TypeMismatch);
-    assert_eq!(rb.get("k").await.unwrap(), None, "{region}: b read a's value");
+    let before = b
+        .stats()
+        .decode_errors_for(layercache::Corruption::TypeMismatch);
     assert_eq!(
-        b.stats().decode_errors_for(layercache::Corruption::TypeMismatch),
+        rb.get("k").await.unwrap(),
+        None,
+        "{region}: b read a's value"
+    );
+    assert_eq!(
+        b.stats()
+            .decode_errors_for(layercache::Corruption::TypeMismatch),
         before + 1,
         "{region}"
     );
     rb.insert("j", b_value).await.unwrap();
-    assert_eq!(ra.get("j").await.unwrap(), None, "{region}: a read b's value");
+    assert_eq!(
+        ra.get("j").await.unwrap(),
+        None,
+        "{region}: a read b's value"
+    );
     // Control: the same type on another instance reads the value.
     let c = builder(server, "deploy").build().await.unwrap();
     let rc = c.region::<str, A>(region).build().await.unwrap();
-    assert!(rc.get("k").await.unwrap().is_some(), "{region}: same type must hit");
+    assert!(
+        rc.get("k").await.unwrap().is_some(),
+        "{region}: same type must hit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,7 +624,12 @@ async fn a_value_written_as_another_type_is_a_miss_on_every_instance() {
 async fn read_and_write(
     r: &layercache::Region<str, u64>,
     key: &str,
-) -> (Duration, Duration, Option<layercache::Error>, Option<layercache::Error>) {
+) -> (
+    Duration,
+    Duration,
+    Option<layercache::Error>,
+    Option<layercache::Error>,
+) {
     let start = std::time::Instant::now();
     let read = r
         .get_or_load(key, || async { Ok::<_, std::io::Error>(1) })
@@ -606,27 +653,40 @@ async fn a_redis_known_to_be_down_costs_nothing_per_call() {
         .unwrap();
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     server.kill();
-    wait_until("the client to see the connection go", Duration::from_secs(10), || {
-        let cache = cache.clone();
-        async move { !cache.l2_connected() }
-    })
+    wait_until(
+        "the client to see the connection go",
+        Duration::from_secs(10),
+        || {
+            let cache = cache.clone();
+            async move { !cache.l2_connected() }
+        },
+    )
     .await;
     let before = cache.stats();
     let mut worst = (Duration::ZERO, Duration::ZERO);
     for i in 0..20 {
         let (read, write, read_err, write_err) = read_and_write(&r, &format!("k{i}")).await;
-        assert!(read_err.is_none() && write_err.is_none(), "Fallback: no error");
+        assert!(
+            read_err.is_none() && write_err.is_none(),
+            "Fallback: no error"
+        );
         worst = (worst.0.max(read), worst.1.max(write));
     }
     let after = cache.stats();
-    println!("redis killed (connection refused): worst read {:?}, worst write {:?}", worst.0, worst.1);
+    eprintln!(
+        "redis killed (connection refused): worst read {:?}, worst write {:?}",
+        worst.0, worst.1
+    );
     // Every call skipped Redis without sending anything, and none counted as a breaker
     // failure: the breaker is for a Redis that is connected but silent.
     assert!(
         after.l2_disconnected_skips >= before.l2_disconnected_skips + 40,
         "{after:?}"
     );
-    assert_eq!(after.l2_timeouts, before.l2_timeouts, "no call waited for a timeout");
+    assert_eq!(
+        after.l2_timeouts, before.l2_timeouts,
+        "no call waited for a timeout"
+    );
     assert_eq!(after.breaker_opens, before.breaker_opens);
     // Back up: the next calls reach Redis again.
     server.restart().unwrap();
@@ -637,13 +697,17 @@ async fn a_redis_known_to_be_down_costs_nothing_per_call() {
     .await;
     let other = builder(&server, "down").build().await.unwrap();
     let r2 = other.region::<str, u64>("r").build().await.unwrap();
-    wait_until("a write to reach redis again", Duration::from_secs(10), || {
-        let (r, r2) = (r.clone(), r2.clone());
-        async move {
-            let _ = r.insert("back", 9).await;
-            r2.get("back").await.ok().flatten().as_deref() == Some(&9)
-        }
-    })
+    wait_until(
+        "a write to reach redis again",
+        Duration::from_secs(10),
+        || {
+            let (r, r2) = (r.clone(), r2.clone());
+            async move {
+                let _ = r.insert("back", 9).await;
+                r2.get("back").await.ok().flatten().as_deref() == Some(&9)
+            }
+        },
+    )
     .await;
 }
 
@@ -672,11 +736,14 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     // Before the breaker opens: the first call pays the full timeout, the next ones the short
     // (a write is two: the write script and its announcement).
     let (read, _, read_err, write_err) = read_and_write(&r, "a").await;
-    println!("silent redis, first call: read {read:?}");
+    eprintln!("silent redis, first call: read {read:?}");
     assert!(timed_out_after(&read_err).contains("500ms"), "{read_err:?}");
-    assert!(timed_out_after(&write_err).contains("100ms"), "{write_err:?}");
+    assert!(
+        timed_out_after(&write_err).contains("100ms"),
+        "{write_err:?}"
+    );
     let (read, write, read_err, write_err) = read_and_write(&r, "b").await;
-    println!("silent redis, suspect: read {read:?}, write {write:?}");
+    eprintln!("silent redis, suspect: read {read:?}, write {write:?}");
     assert!(timed_out_after(&read_err).contains("100ms"), "{read_err:?}");
     // The write's calls are the fifth and sixth: it times out short, or finds the breaker open.
     let write_err = write_err.expect("Propagate: the failure is returned");
@@ -688,13 +755,13 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     // Open: nothing is sent.
     let rejected = cache.stats().breaker_rejections;
     let (read, write, read_err, write_err) = read_and_write(&r, "c").await;
-    println!("silent redis, breaker open: read {read:?}, write {write:?}");
+    eprintln!("silent redis, breaker open: read {read:?}, write {write:?}");
     assert!(read_err.unwrap().is_skipped() && write_err.unwrap().is_skipped());
     assert!(cache.stats().breaker_rejections >= rejected + 2);
     // Probing (still silent): the probe pays the short timeout and the breaker reopens.
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (read, _, read_err, _) = read_and_write(&r, "d").await;
-    println!("silent redis, probe: read {read:?}");
+    eprintln!("silent redis, probe: read {read:?}");
     assert!(timed_out_after(&read_err).contains("100ms"), "{read_err:?}");
     assert!(cache.l2_breaker_open());
     // Recovered: a probe succeeds, the breaker closes, the full timeout is back.
@@ -708,8 +775,11 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     })
     .await;
     let (read, write, read_err, write_err) = read_and_write(&r, "e").await;
-    println!("recovered: read {read:?}, write {write:?}");
-    assert!(read_err.is_none() && write_err.is_none(), "{read_err:?} {write_err:?}");
+    eprintln!("recovered: read {read:?}, write {write:?}");
+    assert!(
+        read_err.is_none() && write_err.is_none(),
+        "{read_err:?} {write_err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,7 +266,11 @@ mod tests {
         drop(probe); // its caller was cancelled mid-call
         assert!(b.is_open(), "no verdict: still open");
         let probe = b.permit();
-        assert_eq!(probe.verdict(), Verdict::Probe, "the next call probes at once");
+        assert_eq!(
+            probe.verdict(),
+            Verdict::Probe,
+            "the next call probes at once"
+        );
         probe.record(false);
         assert_eq!(b.permit().verdict(), Verdict::Call);
     }

@@ -750,6 +750,20 @@ mod tests {
         assert!(config_error(b().redis_url("not a url"))
             .await
             .contains("redis_url"));
+        let http = config_error(b().redis_url("http://u:pw@localhost:80")).await;
+        assert!(
+            http.contains("redis_url") && !http.contains("pw@"),
+            "{http}"
+        );
+        let long = config_error(LayerCache::builder("x".repeat(10_000))).await;
+        assert!(
+            long.contains("cache name") && long.contains("10000 bytes"),
+            "{long}"
+        );
+        assert!(long.len() < 300, "the name is not repeated whole: {long}");
+        assert!(config_error(b().l2_suspect_timeout(Duration::ZERO))
+            .await
+            .contains("l2_suspect_timeout"));
     }
 
     #[tokio::test]

@@ -575,7 +575,13 @@ mod tests {
                 any::<(u64, u64)>(),
             )
                 .prop_map(
-                    |(created_at_ms, expires_at_ms, refresh_at_ms, load_us, (key_check, type_check))| Meta {
+                    |(
+                        created_at_ms,
+                        expires_at_ms,
+                        refresh_at_ms,
+                        load_us,
+                        (key_check, type_check),
+                    )| Meta {
                         created_at_ms,
                         expires_at_ms,
                         refresh_at_ms,

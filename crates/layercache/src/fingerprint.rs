@@ -321,7 +321,10 @@ struct Entries<'a> {
 impl<'de> MapAccess<'de> for Entries<'_> {
     type Error = Stop;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Stop> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Stop> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -486,10 +489,7 @@ mod tests {
         assert_eq!(of::<A>(), of::<A>());
         assert_eq!(of::<List>(), of::<List>());
         // A map type's shape is its entries', whatever the map.
-        assert_eq!(
-            of::<HashMap<String, u8>>(),
-            of::<BTreeMap<String, u8>>()
-        );
+        assert_eq!(of::<HashMap<String, u8>>(), of::<BTreeMap<String, u8>>());
         // Pinned: a change of this value changes what every deployed instance compares, so it
         // must come with a TRACER_VERSION bump.
         assert_eq!(of::<u64>(), 0xeb9e_f0c8_0dd1_cb84, "{:#x}", of::<u64>());

@@ -495,16 +495,15 @@ impl L2 {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), nx);
         let reply: Value = self
-            .bounded(
-                "redis SET",
-                |c| c.set(
+            .bounded("redis SET", |c| {
+                c.set(
                     key,
                     value,
                     Some(Expiration::PX(px)),
                     nx.then_some(SetOptions::NX),
                     false,
-                ),
-            )
+                )
+            })
             .instrument(span)
             .await?;
         Ok(!reply.is_null())
@@ -592,11 +591,9 @@ impl L2 {
     pub(crate) async fn set_mark(&self, key: &str, token: String, ttl_ms: u64) -> Result<()> {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let _: Value = self
-            .bounded(
-                "redis SET (tag mark)",
-                |c| c
-                    .set(key, token, Some(Expiration::PX(px)), None, false),
-            )
+            .bounded("redis SET (tag mark)", |c| {
+                c.set(key, token, Some(Expiration::PX(px)), None, false)
+            })
             .await?;
         Ok(())
     }
@@ -611,10 +608,9 @@ impl L2 {
         keys.push(set.to_owned());
         keys.extend(members);
         let _: i64 = self
-            .bounded(
-                "redis EVAL (drop tag page)",
-                |c| c.eval(DROP_TAG_PAGE, keys, Vec::<Value>::new()),
-            )
+            .bounded("redis EVAL (drop tag page)", |c| {
+                c.eval(DROP_TAG_PAGE, keys, Vec::<Value>::new())
+            })
             .await?;
         Ok(())
     }
@@ -633,17 +629,16 @@ impl L2 {
             Value::from(count.to_string()),
         ];
         let reply: Value = self
-            .bounded(
-                "redis SSCAN",
-                |c| c.custom(
+            .bounded("redis SSCAN", |c| {
+                c.custom(
                     fred::types::CustomCommand::new_static(
                         "SSCAN",
                         fred::types::ClusterHash::FirstKey,
                         false,
                     ),
                     args,
-                ),
-            )
+                )
+            })
             .await?;
         parse_scan_reply(reply, "SSCAN")
     }
@@ -661,17 +656,16 @@ impl L2 {
             Value::from(ttl_ms.to_string()),
         ];
         let r: Option<Vec<u8>> = self
-            .bounded(
-                "redis GETEX",
-                |c| c.custom(
+            .bounded("redis GETEX", |c| {
+                c.custom(
                     fred::types::CustomCommand::new_static(
                         "GETEX",
                         fred::types::ClusterHash::FirstKey,
                         false,
                     ),
                     args,
-                ),
-            )
+                )
+            })
             .instrument(span.clone())
             .await?;
         span.record("hit", r.is_some());
@@ -695,11 +689,9 @@ impl L2 {
     /// Extends a lock we hold; returns whether we still held it.
     pub(crate) async fn renew_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
         let n: i64 = self
-            .bounded(
-                "redis EVAL (renew lock)",
-                |c| c
-                    .eval(RENEW_LOCK, key, vec![token.to_owned(), ttl_ms.to_string()]),
-            )
+            .bounded("redis EVAL (renew lock)", |c| {
+                c.eval(RENEW_LOCK, key, vec![token.to_owned(), ttl_ms.to_string()])
+            })
             .await?;
         Ok(n == 1)
     }
@@ -707,10 +699,9 @@ impl L2 {
     /// Releases a lock if we still hold it.
     pub(crate) async fn release_lock(&self, key: &str, token: &str) -> Result<()> {
         let _: i64 = self
-            .bounded(
-                "redis EVAL (release lock)",
-                |c| c.eval(RELEASE_LOCK, key, token.to_owned()),
-            )
+            .bounded("redis EVAL (release lock)", |c| {
+                c.eval(RELEASE_LOCK, key, token.to_owned())
+            })
             .await?;
         Ok(())
     }
@@ -732,9 +723,7 @@ impl L2 {
         key: &str,
         args: Vec<String>,
     ) -> Result<u64> {
-        let reply: String = self
-            .bounded(what, |c| c.eval(script, key, args))
-            .await?;
+        let reply: String = self.bounded(what, |c| c.eval(script, key, args)).await?;
         reply.parse::<u64>().map_err(|e| {
             Error::new(
                 ErrorKind::Redis,
@@ -784,11 +773,9 @@ impl L2 {
         count: u32,
     ) -> Result<(String, Vec<String>)> {
         let reply: Value = self
-            .bounded(
-                "redis SCAN",
-                |c| c
-                    .scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None),
-            )
+            .bounded("redis SCAN", |c| {
+                c.scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None)
+            })
             .await?;
         let bad = || Error::new(ErrorKind::Redis, "unexpected SCAN reply");
         let Value::Array(mut parts) = reply else {
@@ -810,9 +797,7 @@ impl L2 {
         if keys.is_empty() {
             return Ok(());
         }
-        let _: i64 = self
-            .bounded("redis UNLINK", |c| c.unlink(keys))
-            .await?;
+        let _: i64 = self.bounded("redis UNLINK", |c| c.unlink(keys)).await?;
         Ok(())
     }
 
@@ -821,7 +806,11 @@ impl L2 {
     pub(crate) async fn quit(&self) {
         let within = self.timeout.max(Duration::from_secs(1));
         let _ = tokio::time::timeout(within, self.client.quit()).await;
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             end_task(task, within).await;
         }

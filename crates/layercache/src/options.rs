@@ -317,7 +317,10 @@ impl EntryOptions {
             ("EntryOptions::ttl", Some(self.ttl)),
             ("EntryOptions::l1_ttl", self.l1_ttl),
             ("EntryOptions::fail_safe_max_age", self.fail_safe_max_age),
-            ("EntryOptions::fail_safe_throttle", Some(self.fail_safe_throttle)),
+            (
+                "EntryOptions::fail_safe_throttle",
+                Some(self.fail_safe_throttle),
+            ),
             ("EntryOptions::negative_ttl", self.negative_ttl),
             ("EntryOptions::sliding", self.sliding),
         ] {

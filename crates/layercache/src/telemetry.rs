@@ -85,6 +85,10 @@ mod tests {
         let mut kinds = w.kinds.lock().unwrap();
         kinds.get_mut("get").unwrap().0 -= super::WARN_EVERY;
         drop(kinds);
-        assert_eq!(w.admit("get"), Some(2), "the next one says how many were suppressed");
+        assert_eq!(
+            w.admit("get"),
+            Some(2),
+            "the next one says how many were suppressed"
+        );
     }
 }

@@ -136,7 +136,7 @@ impl Fill<'_> {
 
 /// The outcome of trying to take the lock.
 enum Lock<V> {
-    Held(LockGuard),
+    Held(Box<LockGuard>),
     /// Another instance loaded the value while we waited (`None`: a cached "not found").
     Found(Option<Arc<V>>),
     /// No lock: load anyway (the wait ran out, or Redis refused the lock).
@@ -415,7 +415,7 @@ where
         match l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
             Ok(true) => {
                 cache.counters.locks_acquired.incr();
-                return Lock::Held(LockGuard::new(l2, lock_key, token, ttl));
+                return Lock::Held(Box::new(LockGuard::new(l2, lock_key, token, ttl)));
             }
             Ok(false) => {}
             Err(e) => {
@@ -455,7 +455,7 @@ where
                     return Lock::Found(value);
                 }
                 cache.counters.locks_acquired.incr();
-                return Lock::Held(guard);
+                return Lock::Held(Box::new(guard));
             }
         }
     }
