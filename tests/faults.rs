@@ -24,19 +24,9 @@ use layercache_testkit::RedisServer;
 /// Tracks the heap, so the network-fault test can show memory stays bounded.
 #[global_allocator]
 static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);
-use support::{cmd, raw_client, wait_until};
+use support::{cmd, raw_client, signal, wait_until};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
-
-/// Sends a signal (`STOP`, `CONT`) to a process.
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
 
 fn url_with(server: &RedisServer, userinfo: &str) -> String {
     format!("redis://{userinfo}@127.0.0.1:{}", server.port())

@@ -21,7 +21,7 @@ use fred::prelude::KeysInterface;
 use layercache::{EntryOptions, ErrorKind, LayerCache, LayerCacheBuilder, MAX_LIFETIME, MAX_WAIT};
 use layercache_testkit::RedisServer;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use support::{builder, raw_client, redis, wait_until};
+use support::{builder, raw_client, redis, signal, wait_until};
 
 /// Panics seen anywhere in this test binary (background tasks included: tokio catches a task's
 /// panic, but the hook still sees it).
@@ -356,16 +356,6 @@ async fn the_bounds_are_inclusive_and_named() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("fail_safe_max_age"), "{e}");
-}
-
-/// Sends a signal (`STOP`, `CONT`) to a process.
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,3 +110,13 @@ pub(crate) async fn caught_up(reader: &LayerCache, writer: &LayerCache) -> Durat
     .await;
     start.elapsed()
 }
+
+/// Sends a signal (`STOP`, `CONT`) to a process.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}

@@ -1,5 +1,9 @@
 //! The two tiers end to end against a real redis-server.
 
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
 mod support;
 
 use std::{
