@@ -108,6 +108,9 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
     ("l2_command_timeout", |b, l| {
         b.l2_command_timeout(l.duration())
     }),
+    ("l2_suspect_timeout", |b, l| {
+        b.l2_suspect_timeout(l.duration())
+    }),
     ("l2_connect_timeout", |b, l| {
         b.l2_connect_timeout(l.duration())
     }),
