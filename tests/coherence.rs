@@ -1047,3 +1047,36 @@ async fn a_load_that_began_before_a_remote_tag_invalidation_never_refills_redis(
 async fn a_load_that_began_before_a_remote_clear_never_refills_redis() {
     a_slow_remote_fill_loses_to(Change::Clear).await;
 }
+
+/// After `FLUSHALL` (the generation keys gone with everything else), an instance that was
+/// running and one started afterwards must not go on using two generations: the running one's
+/// next fill is fenced (its generation is no longer Redis's), so it re-reads the generation at
+/// once, and a write from the new instance is seen by it as soon as it is announced — not at
+/// the next renewal, ~30 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = instance(&server, "split").await;
+    let ra = region(&a).await;
+    ra.insert("warm", 0).await.unwrap();
+    let _: Value = cmd(&raw, "FLUSHALL", &[]).await;
+    // The running instance loads x (the source says 1) under what it knows.
+    let v = ra
+        .get_or_load("x", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1);
+    // A new instance starts, and writes x = 2 (the source changed).
+    let c = instance(&server, "split").await;
+    let rc = region(&c).await;
+    rc.insert("x", 2).await.unwrap();
+    caught_up(&a, &c).await;
+    assert_eq!(
+        ra.get("x").await.unwrap().as_deref(),
+        Some(&2),
+        "the running instance still serves its own fill from the abandoned generation"
+    );
+    assert_eq!(ra.generation(), rc.generation());
+    assert!(a.stats().l2_fills_lost >= 1, "{:?}", a.stats());
+}

@@ -10,9 +10,10 @@
 //!    lengths, checksum) and the value decoded. A usable value fills L1 and is returned.
 //! 3. On a Redis miss, with [`Region::get_or_load`], the **loader** runs once; its value is
 //!    encoded once, written to Redis with a TTL — only if the key still holds what the read
-//!    found (nothing: `SET … PX … NX`; a tombstone, stale or corrupt entry: a compare-and-set
-//!    script), so a concurrent write or invalidation wins — put in L1 and returned to every
-//!    caller.
+//!    found (nothing: as `SET … PX … NX`; a tombstone, stale or corrupt entry: a compare-and-set
+//!    script), so a concurrent write or invalidation wins, and only while the region's
+//!    generation in Redis is still the one the key was made for (else the generation is
+//!    re-read) — put in L1 and returned to every caller.
 //!
 //! Redis failures along the way are logged, counted and skipped by default
 //! ([`L2ErrorPolicy`]); corrupt entries are misses, counted by [`Corruption`] reason.

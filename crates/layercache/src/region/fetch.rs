@@ -123,6 +123,12 @@ struct Fill<'a> {
     marks: &'a [(String, Option<Vec<u8>>)],
     /// When the Redis read was made.
     read_at: Instant,
+    /// The region generation the key was made for: the fill lands only while it is still the
+    /// region's generation in Redis. A generation key lost with everything else (`FLUSHALL`, a
+    /// restart empty) or moved by another instance fences the fill, and the instance re-reads
+    /// the generation at once instead of at its next renewal, so two instances never go on
+    /// filling two generations.
+    fence: Option<u64>,
 }
 
 impl Fill<'_> {
@@ -170,6 +176,7 @@ where
         let read_at = Instant::now();
         let mut found = Found::Off;
         let mut rkey = String::new();
+        let mut fence = None;
         if let Some(l2) = &cache.l2 {
             found = match r.l2_generation() {
                 Err(e) => {
@@ -177,6 +184,7 @@ where
                     Found::Down
                 }
                 Ok(g) => {
+                    fence = Some(g);
                     rkey = r.shared.state.data_key(g, &leader.key()[4..]);
                     let read = match options.get_sliding() {
                         Some(_) => {
@@ -306,6 +314,7 @@ where
                     found,
                     marks: &marks,
                     read_at,
+                    fence,
                 };
                 r.store_loaded(
                     leader, &rkey, redis, value, took, tags, &options, generation, born,
@@ -597,13 +606,18 @@ where
                                 Guard {
                                     mode,
                                     marks: redis.marks,
-                                    fence: None,
+                                    fence: redis.fence,
                                 },
                             )
                             .await;
                         match written {
                             Ok(Filled::Written) => {}
-                            Ok(Filled::Refused | Filled::Fenced) => {
+                            Ok(Filled::Fenced) => {
+                                cache.counters.l2_fills_lost.incr();
+                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
+                                cache.refresh_generation(&self.shared.state).await;
+                            }
+                            Ok(Filled::Refused) => {
                                 cache.counters.l2_fills_lost.incr();
                                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
                             }
