@@ -473,6 +473,7 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
         .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
         // Keep the breaker shut: every write below goes to fred and times out there.
         .l2_breaker_threshold(1_000)
+        .l2_repair_capacity(0)
         .build()
         .await
         .unwrap();
@@ -482,8 +483,22 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
         let written = r.insert(&format!("lost{i}"), i).await;
         assert!(written.is_err(), "write {i} during the outage succeeded");
     }
+    // With no room for keys, the journal repairs by moving the region's generation: it
+    // writes no data key, so any key found below was replayed by the client.
+    assert_eq!(
+        cache.pending_repairs(),
+        1,
+        "unconfirmed writes are journaled"
+    );
+    let before = r.generation();
     server.restart().unwrap();
     resumes(&server, &cache, &r).await;
+    wait_until("the journal's repair", Duration::from_secs(10), || {
+        let cache = cache.clone();
+        async move { cache.pending_repairs() == 0 }
+    })
+    .await;
+    assert_ne!(r.generation(), before, "the repair moved the generation");
     let raw = raw_client(&server).await;
     let replayed: Vec<String> = support::data_keys(&raw)
         .await

@@ -117,6 +117,7 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
     ("l2_max_command_buffer", |b, l| {
         b.l2_max_command_buffer(l.usize())
     }),
+    ("l2_repair_capacity", |b, l| b.l2_repair_capacity(l.usize())),
     ("l2_reconnect_backoff", |b, l| {
         b.l2_reconnect_backoff(l.duration(), l.duration())
     }),

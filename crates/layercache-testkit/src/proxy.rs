@@ -8,7 +8,7 @@ use std::{
     net::{Shutdown, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
     time::Duration,
@@ -16,11 +16,18 @@ use std::{
 
 const PASS: u8 = 0;
 const BLACKHOLE: u8 = 1;
+const CUT: u8 = 2;
 
 #[derive(Debug, Default)]
 struct Control {
     mode: AtomicU8,
     latency_ms: AtomicU64,
+    /// Latency for command connections only (those that never sent `SUBSCRIBE`).
+    command_latency_ms: AtomicU64,
+    /// Bumped by every cut: pumps of an older epoch close their connection.
+    epoch: AtomicU64,
+    /// Both ends of every open connection, for a cut to close at once.
+    open: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
 }
 
@@ -74,7 +81,34 @@ impl Proxy {
         self.control.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
 
-    /// Lets data through again (with the configured latency).
+    /// Delays every chunk, both ways, on *command* connections only — those that have not sent
+    /// `SUBSCRIBE` — while subscriber connections pass at once (zero: none). A client's
+    /// commands then reach Redis late and their replies come back late, while the invalidations
+    /// it receives arrive on time.
+    pub fn set_command_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.control.command_latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Cuts the link: every open connection is closed (bytes in flight are lost, as when a
+    /// network path fails and the connection resets) and new connections are closed at once,
+    /// until [`pass`](Self::pass).
+    pub fn cut(&self) {
+        self.control.mode.store(CUT, Ordering::SeqCst);
+        self.control.epoch.fetch_add(1, Ordering::SeqCst);
+        let open: Vec<TcpStream> = self
+            .control
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for stream in open {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets data through again (with the configured latency), after a blackhole or a cut.
     pub fn pass(&self) {
         self.control.mode.store(PASS, Ordering::SeqCst);
     }
@@ -93,16 +127,34 @@ fn accept_loop(listener: &TcpListener, target: u16, control: &Arc<Control>) {
     while !control.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
+                if control.mode.load(Ordering::SeqCst) == CUT {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                for (from, to) in [(&client, &server), (&server, &client)] {
+                {
+                    let mut open = control.open.lock().unwrap_or_else(PoisonError::into_inner);
+                    // Forget the ones already closed (a cut drains the rest).
+                    open.retain(|s| s.peer_addr().is_ok());
+                    for s in [&client, &server] {
+                        if let Ok(s) = s.try_clone() {
+                            open.push(s);
+                        }
+                    }
+                }
+                let link = Arc::new(Link {
+                    epoch: control.epoch.load(Ordering::SeqCst),
+                    subscriber: AtomicBool::new(false),
+                });
+                for (from, to, upstream) in [(&client, &server, true), (&server, &client, false)] {
                     let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                         continue;
                     };
-                    let c = control.clone();
-                    std::thread::spawn(move || pump(from, to, &c));
+                    let (c, link) = (control.clone(), link.clone());
+                    std::thread::spawn(move || pump(from, to, &c, &link, upstream));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -113,11 +165,32 @@ fn accept_loop(listener: &TcpListener, target: u16, control: &Arc<Control>) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control) {
+/// One proxied connection.
+#[derive(Debug)]
+struct Link {
+    /// The cut epoch it was opened in.
+    epoch: u64,
+    /// Whether the client sent `SUBSCRIBE` on it.
+    subscriber: AtomicBool,
+}
+
+fn contains_subscribe(chunk: &[u8]) -> bool {
+    chunk
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control, link: &Link, upstream: bool) {
     let _ = from.set_nonblocking(false);
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = [0u8; 16 * 1024];
     while !control.stop.load(Ordering::SeqCst) {
+        if control.epoch.load(Ordering::SeqCst) != link.epoch {
+            // Cut: close both ways, dropping whatever is in flight.
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            return;
+        }
         if control.mode.load(Ordering::SeqCst) == BLACKHOLE {
             // Stall: leave the data in the socket buffers until the network heals.
             std::thread::sleep(Duration::from_millis(10));
@@ -136,7 +209,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control) {
             }
             Err(_) => break,
         };
-        let latency = control.latency_ms.load(Ordering::SeqCst);
+        if upstream && contains_subscribe(&buf[..n]) {
+            link.subscriber.store(true, Ordering::SeqCst);
+        }
+        let mut latency = control.latency_ms.load(Ordering::SeqCst);
+        if !link.subscriber.load(Ordering::SeqCst) {
+            latency = latency.max(control.command_latency_ms.load(Ordering::SeqCst));
+        }
         if latency > 0 {
             std::thread::sleep(Duration::from_millis(latency));
         }
@@ -189,6 +268,64 @@ mod tests {
         assert!(
             start.elapsed() >= Duration::from_millis(400),
             "two delayed hops"
+        );
+    }
+
+    #[test]
+    fn a_cut_closes_connections_until_the_link_heals() {
+        let server = RedisServer::start().unwrap();
+        let proxy = Proxy::start(server.port()).unwrap();
+        let mut open = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        open.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        let mut reply = [0u8; 7];
+        open.read_exact(&mut reply).unwrap();
+        proxy.cut();
+        // The open connection is closed: a read sees the end (or a reset).
+        let mut rest = [0u8; 1];
+        assert!(matches!(open.read(&mut rest), Ok(0) | Err(_)));
+        // A new connection is closed at once: no answer.
+        assert!(
+            !matches!(ping(proxy.port(), Duration::from_millis(300)), Ok(l) if l == "+PONG\r\n")
+        );
+        proxy.pass();
+        assert_eq!(
+            ping(proxy.port(), Duration::from_secs(2)).unwrap(),
+            "+PONG\r\n"
+        );
+    }
+
+    #[test]
+    fn command_latency_spares_subscriber_connections() {
+        let server = RedisServer::start().unwrap();
+        let proxy = Proxy::start(server.port()).unwrap();
+        let mut sub = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n")
+            .unwrap();
+        let mut confirm = [0u8; 30];
+        sub.read_exact(&mut confirm).unwrap();
+        proxy.set_command_latency(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        assert_eq!(
+            ping(proxy.port(), Duration::from_secs(5)).unwrap(),
+            "+PONG\r\n"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(600),
+            "command connection delayed"
+        );
+        // A message published directly reaches the subscriber through the proxy at once.
+        let mut direct = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let start = std::time::Instant::now();
+        direct
+            .write_all(b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$1\r\nm\r\n")
+            .unwrap();
+        let mut msg = [0u8; 30];
+        sub.read_exact(&mut msg).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(300),
+            "subscriber not delayed"
         );
     }
 }

@@ -54,6 +54,7 @@ pub struct LayerCacheBuilder {
     l2_suspect_timeout: Duration,
     l2_connect_timeout: Duration,
     l2_max_command_buffer: usize,
+    l2_repair_capacity: usize,
     l2_reconnect_min: Duration,
     l2_reconnect_max: Duration,
     l2_error_policy: L2ErrorPolicy,
@@ -86,6 +87,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_suspect_timeout", &self.l2_suspect_timeout)
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("l2_max_command_buffer", &self.l2_max_command_buffer)
+            .field("l2_repair_capacity", &self.l2_repair_capacity)
             .field("l2_reconnect_min", &self.l2_reconnect_min)
             .field("l2_reconnect_max", &self.l2_reconnect_max)
             .field("l2_error_policy", &self.l2_error_policy)
@@ -120,6 +122,7 @@ impl LayerCacheBuilder {
             l2_suspect_timeout: Duration::from_millis(100),
             l2_connect_timeout: Duration::from_secs(5),
             l2_max_command_buffer: 10_000,
+            l2_repair_capacity: 10_000,
             l2_reconnect_min: Duration::from_millis(100),
             l2_reconnect_max: Duration::from_secs(5),
             l2_error_policy: L2ErrorPolicy::Fallback,
@@ -267,6 +270,24 @@ impl LayerCacheBuilder {
     /// Default: 10,000.
     pub fn l2_max_command_buffer(mut self, commands: usize) -> Self {
         self.l2_max_command_buffer = commands;
+        self
+    }
+
+    /// How many keys the write journal remembers one by one. A write or invalidation that Redis
+    /// did not confirm (it failed, timed out — it may have landed — or was skipped while Redis
+    /// was unreachable) is journaled and repaired as soon as this instance reaches Redis again:
+    /// a tombstone over the key (never the value: another instance may have written a newer
+    /// one meanwhile) and an announcement on the bus. Until then this instance serves nothing
+    /// from Redis for that key. When more keys than this are pending, further keys are repaired
+    /// by moving their whole region's generation instead (every key of the region becomes a
+    /// miss once, on every instance). Each pending key costs its key bytes and ~100 bytes.
+    ///
+    /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20); 0 turns every unconfirmed write into a
+    /// region repair.
+    ///
+    /// Default: 10,000.
+    pub fn l2_repair_capacity(mut self, keys: usize) -> Self {
+        self.l2_repair_capacity = keys;
         self
     }
 
@@ -530,6 +551,7 @@ impl LayerCacheBuilder {
         }
         for (what, value) in [
             ("l2_max_command_buffer", self.l2_max_command_buffer),
+            ("l2_repair_capacity", self.l2_repair_capacity),
             ("bus_buffer", self.bus_buffer),
         ] {
             if value > MAX_QUEUE {
@@ -569,6 +591,7 @@ impl LayerCacheBuilder {
             lock_ttl: self.lock_ttl,
             lock_wait: self.lock_wait,
             max_key_bytes: self.max_key_bytes,
+            repair_capacity: self.l2_repair_capacity,
         };
         let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
         let Some(url) = &self.redis_url else {

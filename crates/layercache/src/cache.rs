@@ -19,6 +19,7 @@ use crate::{
     error::{Error, Result},
     flight::Flights,
     freshness::token,
+    journal::{Journal, Pending, Recorded},
     key::{
         generation_key, redis_key, region_prefix, tag_key, tag_mark_key, validate_name,
         validate_tags, CacheKey,
@@ -42,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) lock_ttl: Duration,
     pub(crate) lock_wait: Duration,
     pub(crate) max_key_bytes: usize,
+    /// How many keys the write journal remembers one by one.
+    pub(crate) repair_capacity: usize,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -149,6 +152,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Arc<Counters>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) bus: Option<BusHandle>,
+    /// Writes Redis has not confirmed, until they are repaired.
+    pub(crate) journal: Journal,
     regions: Mutex<Vec<Arc<RegionState>>>,
     /// The long-running tasks this cache started (the bus publisher and listener), which
     /// `shutdown()` ends and waits for.
@@ -179,6 +184,7 @@ impl Inner {
         bus: Option<BusHandle>,
     ) -> Self {
         Self {
+            journal: Journal::new(settings.repair_capacity),
             name,
             l1,
             l2,
@@ -193,11 +199,12 @@ impl Inner {
     }
 
     /// Records a long-running task for `shutdown()` to end.
+    /// Helpers the bus spawns (generation re-reads, repairs) are adopted too, so that
+    /// `shutdown()` returns only once they have ended; finished ones are dropped here.
     pub(crate) fn adopt_task(&self, task: tokio::task::JoinHandle<()>) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(task);
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Drops every L1 entry and poisons running fetches, for `reason` (subject to the
@@ -381,26 +388,11 @@ impl Inner {
         }
     }
 
-    /// Announces that a key changed, applying the error policy to a failed publish.
-    pub(crate) async fn announce_key(&self, state: &RegionState, key: Vec<u8>) -> Result<()> {
-        if self.bus.is_none() {
-            return Ok(());
-        }
-        let entry = Entry::Key {
-            region: state.name.clone(),
-            key,
-        };
-        match self.announce(entry).await {
-            Ok(()) => Ok(()),
-            Err(e) => self.l2_failed("publish", Some(&state.name), e),
-        }
-    }
-
     /// Moves the generation of every region forward in Redis: this instance's regions and
     /// every region with a generation key (`SCAN`). Records each (region, schema, new
     /// generation) in `moved`. A local region whose bump failed forgets its generation (it is
     /// unknown whether the bump happened), and the first error is returned after trying all.
-    async fn move_every_generation(
+    pub(crate) async fn move_every_generation(
         &self,
         l2: &L2,
         moved: &mut Vec<(String, u32, u64)>,
@@ -457,6 +449,31 @@ impl Inner {
         result
     }
 
+    /// Remembers a write that Redis did not confirm (see [`journal`](crate::journal)), to be
+    /// repaired as soon as Redis answers again.
+    pub(crate) fn unconfirmed(&self, pending: Pending, region: Option<&str>) {
+        if self.l2.is_none() {
+            return;
+        }
+        self.counters.l2_repairs_recorded.incr();
+        if let Recorded::Region(_) = self.journal.record(pending) {
+            self.counters.l2_repair_overflows.incr();
+            if let Some(suppressed) = self.warnings.admit("repair journal full") {
+                tracing::warn!(cache.name = %self.name, region = region.unwrap_or(""), suppressed, "write journal full; the region's generation will be moved when redis answers");
+            }
+        }
+    }
+
+    /// The registered region with this id, if any.
+    pub(crate) fn region_by_id(&self, id: u32) -> Option<Arc<RegionState>> {
+        let i = usize::try_from(id).ok()?;
+        self.regions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+            .cloned()
+    }
+
     /// The registered region of this name, if any.
     pub(crate) fn region_named(&self, name: &str) -> Option<Arc<RegionState>> {
         self.regions
@@ -482,7 +499,7 @@ impl Inner {
 pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page.
-async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
+pub(crate) async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
     l2.set_mark(
         &tag_mark_key(cache, tag),
         token(),
@@ -663,6 +680,15 @@ impl LayerCache {
             .collect()
     }
 
+    /// How many writes and invalidations Redis has not confirmed yet (failed, timed out, or
+    /// skipped while it was unreachable), waiting to be repaired. Each is repaired as soon as
+    /// this instance reaches Redis again (a tombstone for a key, a generation move for a region,
+    /// and an announcement on the bus), and until then this instance serves nothing it covers
+    /// from Redis. See [`Region::insert`](crate::Region::insert) for what `Ok` means.
+    pub fn pending_repairs(&self) -> usize {
+        self.inner.journal.len()
+    }
+
     /// Counters of L1 flushes by reason (see [`FlushReason`]).
     pub fn flushes(&self, reason: FlushReason) -> u64 {
         self.inner.counters.flushes[reason.index()].get()
@@ -732,6 +758,11 @@ impl LayerCache {
         if let (Some(l2), Ok(())) = (&inner.l2, &result) {
             result = delete_outdated(l2, &inner.name, &moved).await;
         }
+        if result.is_err() || announced.is_err() {
+            // Not confirmed: moved again (and announced) once Redis answers; until then no
+            // read of this instance is served from Redis.
+            inner.unconfirmed(Pending::Clear, None);
+        }
         match result.and(announced) {
             Err(e) => inner.l2_failed("clear", None, e),
             Ok(()) => Ok(()),
@@ -765,6 +796,9 @@ impl LayerCache {
         if result.is_ok() {
             result = inner.announce(Entry::Tag(tag.to_owned())).await;
         }
+        if result.is_err() {
+            inner.unconfirmed(Pending::Tag(tag.to_owned()), None);
+        }
         match result {
             Err(e) => inner.l2_failed("invalidate_tag", None, e),
             Ok(()) => Ok(()),
@@ -772,24 +806,38 @@ impl LayerCache {
     }
 
     /// Stops the cache's use of Redis and ends every task it started: the bus publisher and
-    /// listener (the subscriber connection is closed) and the data connection. Returns once they
-    /// have ended (when Redis does not answer, each close is bounded by `l2_command_timeout`,
+    /// listener (the subscriber connection is closed) and the data connection. First, if writes
+    /// that Redis did not confirm are pending ([`pending_repairs`](Self::pending_repairs)) and
+    /// Redis answers, they are repaired.
+    ///
+    /// Returns once the tasks have ended (when Redis does not answer, each close is bounded by `l2_command_timeout`,
     /// and a second at least). Reads and writes made afterwards work as while Redis is down:
     /// L1 and the loader, Redis skipped at once. Fetches still running finish on their own,
     /// within their timeouts.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        // Writes Redis has not confirmed can only be repaired by this process: try once more.
+        crate::repair::repair_now(inner).await;
+        if inner.journal.len() > 0 {
+            tracing::warn!(cache.name = %inner.name, pending = inner.journal.len(), "shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL");
+        }
         if let Some(bus) = &inner.bus {
             bus.stop();
         }
-        let tasks: Vec<_> = inner
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        for task in tasks {
-            let _ = task.await;
+        // The bus tasks may spawn a helper while ending: wait until none is left.
+        loop {
+            let tasks: Vec<_> = inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..)
+                .collect();
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
         }
         if let Some(l2) = &inner.l2 {
             l2.quit().await;

@@ -35,10 +35,15 @@ struct Registered {
     rx: Box<dyn Any + Send + Sync>,
 }
 
-/// The flights of one cache, keyed like L1.
+/// A write's pending L1 fill, waiting for its Redis write: poisoned by any later write,
+/// invalidation (local or received) or flush of its key.
+type Tickets = HashMap<L1Key, Vec<(u64, Arc<AtomicBool>)>>;
+
+/// The flights of one cache, keyed like L1, and the writes waiting to fill L1.
 #[derive(Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMap<L1Key, Registered>>,
+    tickets: Mutex<Tickets>,
     next_id: AtomicU64,
 }
 
@@ -104,15 +109,31 @@ impl Flights {
         Leader::detached(self.clone(), key)
     }
 
+    fn tickets(&self) -> MutexGuard<'_, Tickets> {
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Poisons and unregisters the flight for `key`, if any: it will not fill the cache, and
-    /// the next caller starts afresh.
+    /// the next caller starts afresh. Writes of `key` waiting to fill L1 are poisoned too.
     pub(crate) fn poison(&self, key: &[u8]) {
+        self.poison_fetch(key);
+        if let Some(waiting) = self.tickets().remove(key) {
+            for (_, poisoned) in waiting {
+                poisoned.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Poisons the fetch of `key` only (a write's own second poison, after its Redis write:
+    /// it must not poison its own fill).
+    pub(crate) fn poison_fetch(&self, key: &[u8]) {
         if let Some(reg) = self.lock().remove(key) {
             reg.poisoned.store(true, Ordering::Release);
         }
     }
 
-    /// Poisons every flight whose key starts with `prefix` (a region's: its generation moved).
+    /// Poisons every flight and write whose key starts with `prefix` (a region's: its
+    /// generation moved).
     pub(crate) fn poison_prefix(&self, prefix: &[u8]) {
         self.lock().retain(|key, reg| {
             let hit = key.starts_with(prefix);
@@ -121,12 +142,45 @@ impl Flights {
             }
             !hit
         });
+        self.tickets().retain(|key, waiting| {
+            let hit = key.starts_with(prefix);
+            if hit {
+                for (_, poisoned) in waiting.iter() {
+                    poisoned.store(true, Ordering::Release);
+                }
+            }
+            !hit
+        });
     }
 
-    /// Poisons every flight (a clear of the whole cache).
+    /// Poisons every flight and write (a clear of the whole cache).
     pub(crate) fn poison_all(&self) {
         for (_, reg) in self.lock().drain() {
             reg.poisoned.store(true, Ordering::Release);
+        }
+        for (_, waiting) in self.tickets().drain() {
+            for (_, poisoned) in waiting {
+                poisoned.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Registers a write of `key` that will fill L1 once its Redis write returns: the fill
+    /// must not happen if anything newer touched the key meanwhile (another write's start, an
+    /// invalidation applied, a flush), or L1 would keep an older value than Redis with no
+    /// message left to correct it.
+    pub(crate) fn ticket(self: &Arc<Self>, key: &[u8]) -> WriteTicket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        self.tickets()
+            .entry(key.into())
+            .or_default()
+            .push((id, poisoned.clone()));
+        WriteTicket {
+            flights: self.clone(),
+            key: key.into(),
+            id,
+            poisoned,
         }
     }
 
@@ -134,6 +188,43 @@ impl Flights {
         let mut map = self.lock();
         if map.get(key).is_some_and(|r| r.id == id) {
             map.remove(key);
+        }
+    }
+}
+
+/// A write's right to fill L1, lost when anything newer touches its key (see
+/// [`Flights::ticket`]). Unregistered on drop.
+pub(crate) struct WriteTicket {
+    flights: Arc<Flights>,
+    key: L1Key,
+    id: u64,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WriteTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTicket")
+            .field("id", &self.id)
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteTicket {
+    /// Whether something newer touched the key since the ticket was taken.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for WriteTicket {
+    fn drop(&mut self) {
+        let mut tickets = self.flights.tickets();
+        if let Some(waiting) = tickets.get_mut(&self.key) {
+            waiting.retain(|(id, _)| *id != self.id);
+            if waiting.is_empty() {
+                tickets.remove(&self.key);
+            }
         }
     }
 }
@@ -305,6 +396,26 @@ mod tests {
         let _ = old.finish(Ok(None));
         assert!(matches!(f.join::<u32>(b"k"), Join::Wait(_)));
         assert!(!new.is_poisoned());
+    }
+
+    #[test]
+    fn a_write_ticket_is_poisoned_by_a_later_write_or_flush_not_by_its_own_fetch_poison() {
+        let f = Arc::new(Flights::default());
+        let t = f.ticket(b"k");
+        f.poison_fetch(b"k");
+        assert!(!t.is_poisoned(), "the write's own second poison");
+        f.poison(b"other");
+        assert!(!t.is_poisoned());
+        f.poison(b"k");
+        assert!(t.is_poisoned(), "a later write or invalidation of the key");
+        let t2 = f.ticket(b"k");
+        f.poison_prefix(b"k");
+        assert!(t2.is_poisoned(), "a generation move");
+        let t3 = f.ticket(b"k");
+        f.poison_all();
+        assert!(t3.is_poisoned(), "a flush");
+        drop((t, t2, t3));
+        assert!(f.tickets().is_empty(), "tickets unregister on drop");
     }
 
     #[tokio::test]

@@ -20,8 +20,9 @@
 //!
 //! ## How a write flows
 //!
-//! [`Region::insert`] encodes once, `SET`s the key with its TTL, puts the value in L1, and
-//! announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] replaces
+//! [`Region::insert`] encodes once, writes the key with its TTL (a script fenced on the
+//! region's generation), puts the value in L1 unless something newer touched the key
+//! meanwhile, and announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] replaces
 //! the key with a *tombstone* (a miss for every reader that no earlier load can overwrite),
 //! drops it from L1 and announces it. Either one *poisons* fetches of that key already running
 //! (here and, on receipt, on every other instance), so they cannot put an older value back in
@@ -50,6 +51,10 @@
 //!   during a Redis outage, staleness is bounded by the L1 lifetime
 //!   ([`time_to_live`](LayerCacheBuilder::time_to_live)).
 //! - Every Redis key has a TTL; every L1 entry lives at most `time_to_live`.
+//! - A write that returned `Ok` is never undone: one that Redis did not confirm (failed, timed
+//!   out, skipped during an outage) is journaled and repaired — a tombstone or a generation
+//!   move, announced — as soon as the instance reaches Redis again, and until then the
+//!   instance serves nothing it covers from Redis ([`LayerCache::pending_repairs`]).
 //! - Writes made to Redis by other clients are not seen.
 //!
 //! `docs/CONSISTENCY.md` in the repository spells out each bound.
@@ -74,11 +79,13 @@ mod error;
 mod fingerprint;
 mod flight;
 mod freshness;
+mod journal;
 pub mod key;
 mod l1;
 mod l2;
 mod options;
 mod region;
+mod repair;
 mod stats;
 pub mod telemetry;
 

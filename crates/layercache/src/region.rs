@@ -18,7 +18,8 @@ use tracing::Instrument;
 
 pub use builder::RegionBuilder;
 use fetch::{Fetch, Mode};
-use store::{Life, Plan};
+use store::Life;
+pub(crate) use store::{seal_tombstone, Plan};
 
 use crate::{
     cache::{Inner, RegionState, GENERATION_TTL},
@@ -588,14 +589,30 @@ where
 
     /// Stores `value` under `key` in both tiers with the region's entry options.
     ///
-    /// The value is encoded once, written to Redis with its TTL (`SET … PX`), put in the
-    /// in-process tier, and announced on the bus so other instances drop their copy. Fetches
-    /// of `key` already running will not overwrite it.
+    /// The value is encoded once, written to Redis with its TTL (a script that writes only
+    /// while the region's generation is the one the key was made for), put in the in-process
+    /// tier, and announced on the bus so other instances drop their copy. Fetches of `key`
+    /// already running will not overwrite it; and if something newer touches the key while
+    /// the Redis write is in flight (another write, an invalidation received from another
+    /// instance), the value is not put in the in-process tier at all, so it never keeps an
+    /// older value than Redis.
+    ///
+    /// # What `Ok` means when Redis does not answer
+    ///
+    /// With the default [`L2ErrorPolicy::Fallback`](crate::L2ErrorPolicy::Fallback), `Ok` is
+    /// returned even when Redis failed, timed out or was skipped, or the announcement failed.
+    /// The write is then *journaled*: as soon as this instance reaches Redis again, a tombstone
+    /// is written over the key (never this value: another instance may have written a newer
+    /// one meanwhile) and announced, and until then this instance serves nothing for `key`
+    /// from Redis. Other instances cannot hear of the write before that; they serve what they
+    /// hold meanwhile (from L1 at most `time_to_live`). See
+    /// [`LayerCache::pending_repairs`](crate::LayerCache::pending_repairs) and
+    /// [`LayerCacheBuilder::l2_repair_capacity`](crate::LayerCacheBuilder::l2_repair_capacity).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Codec`] or [`ErrorKind::ValueTooLarge`] before anything is written; a
-    /// Redis error (after the in-process tier was updated) only with
+    /// Redis error (after the in-process tier was updated, and the write journaled) only with
     /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn insert<Q>(&self, key: &Q, value: V) -> Result<()>
     where
@@ -659,8 +676,13 @@ where
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
         let mut generation = self.shared.state.generation_raw();
         let born = cache.l1.tag_epoch();
+        // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
+        // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
         cache.flights.poison(&k);
+        let ticket = cache.flights.ticket(&k);
+        let started = cache.journal.stamp();
         let mut result = Ok(());
+        let mut confirmed = cache.l2.is_none();
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
             let written = match (known, rk) {
                 (Some(g), Some(rk)) => {
@@ -671,11 +693,14 @@ where
                 _ => self.l2_generation(),
             };
             match written {
-                Ok(g) => generation = g,
+                Ok(g) => {
+                    generation = g;
+                    confirmed = true;
+                }
                 Err(e) => result = self.l2_failed("insert", e),
             }
             // A fetch that began while the SET was in flight may have read the old value.
-            cache.flights.poison(&k);
+            cache.flights.poison_fetch(&k);
         }
         let value = Arc::new(value);
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
@@ -693,21 +718,73 @@ where
             stale_since: None,
         };
         let user_key = k[4..].to_vec();
-        if let Some(entry) = self.l1_entry(k.len(), value, options, life) {
-            cache.l1.insert(Box::from(&*k), entry).await;
+        if !ticket.is_poisoned() {
+            if let Some(entry) = self.l1_entry(k.len(), value, options, life) {
+                cache.l1.insert(Box::from(&*k), entry).await;
+                if ticket.is_poisoned() {
+                    // Something newer arrived while the entry went in: drop it rather than
+                    // keep an older value than Redis holds.
+                    cache.l1.remove(&k).await;
+                }
+            }
         }
-        let announced = cache.announce_key(&self.shared.state, user_key).await;
+        drop(ticket);
+        self.settle_write(&k, started, confirmed, user_key, result)
+            .await
+    }
+
+    /// The end of every `insert` and `invalidate`: announces the change and, if Redis did not
+    /// confirm the write or the announcement, journals the key for repair (a tombstone written
+    /// and announced as soon as Redis answers; until then this instance serves nothing for the
+    /// key from Redis). A confirmed write settles an earlier unconfirmed one of the key.
+    async fn settle_write(
+        &self,
+        k: &[u8],
+        started: u64,
+        confirmed: bool,
+        user_key: Vec<u8>,
+        result: Result<()>,
+    ) -> Result<()> {
+        let cache = &self.cache;
+        if cache.l2.is_none() {
+            return result;
+        }
+        let announced = cache
+            .announce(crate::bus::Entry::Key {
+                region: self.shared.state.name.clone(),
+                key: user_key,
+            })
+            .await;
+        if confirmed && announced.is_ok() {
+            cache.journal.confirmed(k, started);
+        } else {
+            let tombstone = crate::journal::Tombstone {
+                ttl: self.shared.entry_options.get_ttl(),
+                retention: self.shared.entry_options.keep_after_expiry(),
+                codec: C::ID,
+            };
+            cache.unconfirmed(
+                crate::journal::Pending::Key(k.into(), tombstone),
+                Some(&self.shared.state.name),
+            );
+        }
+        let announced = match announced {
+            Ok(()) => Ok(()),
+            Err(e) => self.l2_failed("publish", e),
+        };
         result.and(announced)
     }
 
     /// Removes `key`: replaces it in Redis with a tombstone (a miss for every reader, with the
     /// region's TTL, so a load that began before this cannot put the old value back), drops it
     /// from this instance's in-process tier, and announces it so other instances drop theirs.
+    /// When Redis does not confirm it, it is journaled and repaired as described under
+    /// [`insert`](Self::insert): `Ok` is never undone by reading the old value back.
     ///
     /// # Errors
     ///
-    /// A Redis error (after the in-process tier was updated) only with
-    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
+    /// A Redis error (after the in-process tier was updated, and the invalidation journaled)
+    /// only with [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn invalidate<Q>(&self, key: &Q) -> Result<()>
     where
         K: Borrow<Q>,
@@ -717,7 +794,9 @@ where
         self.check_key(&k)?;
         let cache = &self.cache;
         cache.flights.poison(&k);
+        let started = cache.journal.stamp();
         let mut result = Ok(());
+        let mut confirmed = cache.l2.is_none();
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
             // afterwards (fills are `SET NX`, or replace only the entry they saw).
@@ -736,16 +815,15 @@ where
                 }
                 Err(e) => Err(e),
             };
-            if let Err(e) = removed {
-                result = self.l2_failed("invalidate", e);
+            match removed {
+                Ok(()) => confirmed = true,
+                Err(e) => result = self.l2_failed("invalidate", e),
             }
             cache.flights.poison(&k);
         }
         cache.l1.remove(&k).await;
-        let announced = cache
-            .announce_key(&self.shared.state, k[4..].to_vec())
-            .await;
-        result.and(announced)
+        self.settle_write(&k, started, confirmed, k[4..].to_vec(), result)
+            .await
     }
 
     /// Invalidates every entry of the region, on every instance, in O(1): the region's
@@ -757,9 +835,9 @@ where
     /// # Errors
     ///
     /// A Redis error only with [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate);
-    /// by default the failure is logged and counted, and this instance bypasses Redis for the
-    /// region until it can read the generation again (it no longer knows which one is
-    /// current), which the bus retries every heartbeat.
+    /// by default the failure is logged and counted, this instance bypasses Redis for the
+    /// region, and the generation is moved (again) and announced as soon as Redis answers — it
+    /// is not read back as it was, which would bring the old entries back.
     pub async fn invalidate_all(&self) -> Result<()> {
         let state = &self.shared.state;
         let cache = &self.cache;
@@ -774,9 +852,12 @@ where
         let generation = match bumped {
             Ok(g) => g,
             Err(e) => {
-                // We do not know whether the bump happened: stop using the old key space.
+                // We do not know whether the bump happened: stop using the old key space, and
+                // move the generation (again) as soon as Redis answers, so the invalidation is
+                // never undone by reading back the old generation.
                 state.forget_generation();
                 cache.generation_moved(state);
+                cache.unconfirmed(crate::journal::Pending::Region(state.id), Some(&state.name));
                 return self.l2_failed("invalidate_all", e);
             }
         };
@@ -790,7 +871,10 @@ where
             .await;
         match announced {
             Ok(()) => Ok(()),
-            Err(e) => self.l2_failed("publish", e),
+            Err(e) => {
+                cache.unconfirmed(crate::journal::Pending::Region(state.id), Some(&state.name));
+                self.l2_failed("publish", e)
+            }
         }
     }
 

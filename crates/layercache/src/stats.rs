@@ -75,6 +75,10 @@ pub(crate) struct Counters {
     pub(crate) breaker_opens: Counter,
     pub(crate) breaker_rejections: Counter,
     pub(crate) l2_disconnected_skips: Counter,
+    pub(crate) l2_repairs_recorded: Counter,
+    pub(crate) l2_repairs_done: Counter,
+    pub(crate) l2_repair_overflows: Counter,
+    pub(crate) l2_repair_bypasses: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -118,6 +122,10 @@ impl Counters {
             breaker_opens: self.breaker_opens.get(),
             breaker_rejections: self.breaker_rejections.get(),
             l2_disconnected_skips: self.l2_disconnected_skips.get(),
+            l2_repairs_recorded: self.l2_repairs_recorded.get(),
+            l2_repairs_done: self.l2_repairs_done.get(),
+            l2_repair_overflows: self.l2_repair_overflows.get(),
+            l2_repair_bypasses: self.l2_repair_bypasses.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
         }
@@ -198,6 +206,15 @@ pub struct Stats {
     /// Redis calls skipped at once because the connection was known to be down (reconnecting;
     /// each also counted in `l2_errors`).
     pub l2_disconnected_skips: u64,
+    /// Writes and invalidations Redis did not confirm (failed, timed out or skipped), recorded
+    /// in the write journal for repair.
+    pub l2_repairs_recorded: u64,
+    /// Repairs completed (a tombstone or generation move written and announced).
+    pub l2_repairs_done: u64,
+    /// Keys that did not fit in the write journal (their region is repaired as a whole).
+    pub l2_repair_overflows: u64,
+    /// Reads that skipped Redis because a repair covering their key was pending.
+    pub l2_repair_bypasses: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: ByReason,

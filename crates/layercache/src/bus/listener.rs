@@ -124,6 +124,7 @@ impl Listener {
         }
         self.lost(inner, FlushReason::Reconnect);
         self.shared().healthy = true;
+        crate::repair::spawn_repair(inner);
     }
 
     /// Flushes for a loss of coherence and re-reads every region's generation in the
@@ -173,6 +174,7 @@ impl Listener {
         }
         let all = ticks % GENERATION_REFRESH_TICKS == 0;
         spawn_generation_refresh(inner, all);
+        crate::repair::spawn_repair(inner);
     }
 
     async fn handle(
@@ -243,10 +245,10 @@ fn spawn_generation_refresh(inner: &Arc<Inner>, all: bool) {
         return;
     }
     let weak = Arc::downgrade(inner);
-    tokio::spawn(async move {
+    inner.adopt_task(tokio::spawn(async move {
         for region in regions {
             let Some(inner) = weak.upgrade() else { return };
             inner.refresh_generation(&region).await;
         }
-    });
+    }));
 }

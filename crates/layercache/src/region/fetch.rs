@@ -179,6 +179,12 @@ where
         let mut fence = None;
         if let Some(l2) = &cache.l2 {
             found = match r.l2_generation() {
+                // A write of this key (or its region, a tag, a clear) that Redis did not
+                // confirm is waiting for its repair: Redis may still hold what it replaced.
+                _ if cache.journal.blocks(leader.key()) => {
+                    cache.counters.l2_repair_bypasses.incr();
+                    Found::Down
+                }
                 Err(e) => {
                     r.l2_failed("get", e)?;
                     Found::Down

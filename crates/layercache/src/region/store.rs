@@ -15,6 +15,7 @@ use crate::{
     envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
     error::{Error, ErrorKind, Result},
     freshness::{jittered, rand01},
+    journal::Tombstone,
     key::{tag_key, CacheKey},
     l1::{Extra, Freshness, L1Entry, Slide},
     l2::{Fill, Filled, Guard},
@@ -60,6 +61,18 @@ impl Plan {
         }
     }
 
+    /// A tombstone with the journal's recorded lifetimes (a repair).
+    pub(crate) fn of_tombstone(t: &Tombstone) -> Self {
+        Self {
+            ttl: t.ttl,
+            keep: t.retention,
+            soft: None,
+            load: Duration::ZERO,
+            negative: false,
+            tombstone: true,
+        }
+    }
+
     pub(crate) fn negative(ttl: Duration) -> Self {
         Self {
             ttl,
@@ -98,6 +111,20 @@ impl Plan {
     pub(crate) fn physical_ms(&self) -> u64 {
         millis_ceil(self.ttl + self.keep)
     }
+}
+
+/// Seals a tombstone for the Redis key `rk`, as a region with codec `codec` writes it (a
+/// tombstone has no payload and no type, so no typed region is needed: the journal's repair
+/// uses this).
+pub(crate) fn seal_tombstone(t: &Tombstone, rk: &str) -> Encoded {
+    let plan = Plan::of_tombstone(t);
+    envelope::seal(
+        vec![0u8; HEADER_LEN],
+        t.codec,
+        plan.meta(unix_millis(), envelope::key_check(rk.as_bytes()), 0),
+        usize::MAX,
+        &[],
+    )
 }
 
 /// A value read from Redis.

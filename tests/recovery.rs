@@ -1,0 +1,324 @@
+//! Writes that Redis did not confirm are never undone: the write journal and its repair, and
+//! writes whose L1 fill could keep an older value than Redis. Real redis-server, with the test
+//! kit's proxy between one instance and Redis.
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use fred::prelude::KeysInterface;
+use layercache::{LayerCache, Region};
+use layercache_testkit::{Proxy, RedisServer};
+use support::{builder, caught_up, cmd, raw_client, redis, wait_until};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// An instance that reaches Redis directly.
+async fn direct(server: &RedisServer, name: &str) -> LayerCache {
+    builder(server, name)
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// An instance whose link to Redis (commands and bus) goes through `proxy`.
+async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(proxy.url())
+        .l2_command_timeout(timeout)
+        .l2_connect_timeout(Duration::from_secs(2))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn region(c: &LayerCache) -> Region<str, u64> {
+    c.region::<str, u64>("item").build().await.unwrap()
+}
+
+/// Reads through to `source` (the source of truth).
+async fn read(r: &Region<str, u64>, key: &str, source: &Arc<AtomicU64>) -> u64 {
+    let s = source.clone();
+    *r.get_or_load(key, move || async move {
+        Ok::<_, std::io::Error>(s.load(Ordering::SeqCst))
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `cache` has repaired everything and is back on the bus.
+async fn repaired(cache: &LayerCache) {
+    wait_until("the repairs to run", WAIT, || {
+        let c = cache.clone();
+        async move { c.pending_repairs() == 0 && c.l2_connected() }
+    })
+    .await;
+}
+
+/// Cut off from Redis, A invalidates a key that B holds; A's `Ok` stands after the link heals:
+/// neither A nor B nor a new instance ever reads the old value back from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_made_while_cut_off_is_repaired_not_undone() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = via(&proxy, "cut", Duration::from_millis(300)).await;
+    let b = direct(&server, "cut").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    caught_up(&b, &a).await;
+    assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&1));
+
+    proxy.cut();
+    ra.invalidate("k").await.unwrap();
+    assert_eq!(ra.get("k").await.unwrap(), None);
+    assert_eq!(a.pending_repairs(), 1);
+    assert!(a.stats().l2_repairs_recorded >= 1, "{:?}", a.stats());
+
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    assert_eq!(
+        ra.get("k").await.unwrap(),
+        None,
+        "A read the old value back"
+    );
+    assert_eq!(rb.get("k").await.unwrap(), None, "B kept the old value");
+    let c = direct(&server, "cut").await;
+    assert_eq!(
+        region(&c).await.get("k").await.unwrap(),
+        None,
+        "Redis holds the old value"
+    );
+    assert!(a.stats().l2_repairs_done >= 1, "{:?}", a.stats());
+}
+
+/// The insert form: A writes 2 while cut off; afterwards every instance reads 2 (through the
+/// loader: Redis holds a tombstone, never the 1 it held, nor a replay of A's 2 that could
+/// overwrite a newer value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = via(&proxy, "cuti", Duration::from_millis(300)).await;
+    let b = direct(&server, "cuti").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let source = Arc::new(AtomicU64::new(1));
+    ra.insert("k", 1).await.unwrap();
+    caught_up(&b, &a).await;
+    assert_eq!(read(&rb, "k", &source).await, 1);
+
+    proxy.cut();
+    source.store(2, Ordering::SeqCst);
+    ra.insert("k", 2).await.unwrap();
+    assert_eq!(read(&ra, "k", &source).await, 2);
+
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    assert_eq!(read(&rb, "k", &source).await, 2, "B kept the old value");
+    assert_eq!(
+        read(&ra, "k", &source).await,
+        2,
+        "A read the old value back"
+    );
+    // Redis holds the value A's load filled over the tombstone, never the 1 it held.
+    let c = direct(&server, "cuti").await;
+    assert_eq!(
+        region(&c).await.get("k").await.unwrap().as_deref(),
+        Some(&2)
+    );
+}
+
+/// While a write is unconfirmed, its key is not served from Redis. `CLIENT PAUSE … WRITE` holds
+/// A's tombstone in Redis (it times out, and lands later) while reads still answer: A must not
+/// read the old value that Redis still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_write_is_unconfirmed_its_key_is_not_read_from_redis() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let a = builder(&server, "pause")
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_threshold(1_000)
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let ra = region(&a).await;
+    let source = Arc::new(AtomicU64::new(1));
+    ra.insert("k", 1).await.unwrap();
+    let _ = cmd(&raw, "CLIENT", &["PAUSE", "3000", "WRITE"]).await;
+    source.store(2, Ordering::SeqCst);
+    ra.invalidate("k").await.unwrap();
+    assert_eq!(
+        a.pending_repairs(),
+        1,
+        "the tombstone timed out: {:?}",
+        a.stats()
+    );
+    let rk = ra.redis_key("k").unwrap();
+    let held: Option<Vec<u8>> = raw.get(&rk).await.unwrap();
+    assert!(
+        held.is_some(),
+        "precondition: Redis still holds the old entry"
+    );
+    assert_eq!(
+        ra.get("k").await.unwrap(),
+        None,
+        "served from Redis while unconfirmed"
+    );
+    assert_eq!(read(&ra, "k", &source).await, 2);
+    assert!(a.stats().l2_repair_bypasses >= 1, "{:?}", a.stats());
+    let _ = cmd(&raw, "CLIENT", &["UNPAUSE"]).await;
+    repaired(&a).await;
+    a.clear_l1();
+    assert_eq!(ra.get("k").await.unwrap(), None);
+}
+
+/// A full journal repairs by region: with room for one key, the second unconfirmed
+/// invalidation moves the region's generation once Redis answers, on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_moves_the_region_generation() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = LayerCache::builder("full")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .l2_repair_capacity(1)
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap();
+    let b = direct(&server, "full").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    for k in ["x", "y", "z"] {
+        ra.insert(k, 1).await.unwrap();
+    }
+    caught_up(&b, &a).await;
+    for k in ["x", "y", "z"] {
+        assert_eq!(rb.get(k).await.unwrap().as_deref(), Some(&1));
+    }
+    let before = rb.generation().unwrap();
+    proxy.cut();
+    ra.invalidate("x").await.unwrap();
+    ra.invalidate("y").await.unwrap();
+    assert_eq!(a.stats().l2_repair_overflows, 1, "{:?}", a.stats());
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    assert!(
+        rb.generation().unwrap() > before,
+        "the region's generation did not move"
+    );
+    assert_eq!(ra.generation(), rb.generation());
+    for k in ["x", "y", "z"] {
+        assert_eq!(
+            rb.get(k).await.unwrap(),
+            None,
+            "{k} survived the region repair on B"
+        );
+        assert_eq!(
+            ra.get(k).await.unwrap(),
+            None,
+            "{k} survived the region repair on A"
+        );
+    }
+}
+
+/// `invalidate_all` while cut off: the generation is moved once Redis answers, instead of being
+/// read back as it was (which would bring every old entry back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_all_made_while_cut_off_is_repaired_not_undone() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = via(&proxy, "cutall", Duration::from_millis(300)).await;
+    let b = direct(&server, "cutall").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    caught_up(&b, &a).await;
+    assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&1));
+    proxy.cut();
+    ra.invalidate_all().await.unwrap();
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    assert_eq!(rb.get("k").await.unwrap(), None, "B kept the old value");
+    assert_eq!(
+        ra.get("k").await.unwrap(),
+        None,
+        "A read the old value back"
+    );
+}
+
+/// A write's L1 fill loses to anything newer: A's insert of 5 lands in Redis, then B writes 6
+/// and A applies B's announcement — all before A's reply comes back (A's commands are slowed,
+/// its subscription is not). A must not then put 5 in L1 over the newer 6 that Redis and B hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_does_not_fill_l1_over_a_newer_write_applied_meanwhile() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let proxy = Proxy::start(server.port()).unwrap();
+    // A's heartbeats travel its slowed command link: a long heartbeat timeout keeps the bus
+    // from flushing A's L1 (which would hide the stale fill this test looks for).
+    let a = LayerCache::builder("older")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(10))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let b = direct(&server, "older").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    caught_up(&b, &a).await;
+    let rk = ra.redis_key("k").unwrap();
+    let first: Vec<u8> = raw.get(&rk).await.unwrap();
+
+    proxy.set_command_latency(Duration::from_millis(1500));
+    let slow = {
+        let ra = ra.clone();
+        tokio::spawn(async move { ra.insert("k", 5).await })
+    };
+    wait_until("A's write to land in Redis", WAIT, || {
+        let (raw, rk, first) = (raw.clone(), rk.clone(), first.clone());
+        async move {
+            let now: Option<Vec<u8>> = raw.get(&rk).await.unwrap();
+            now.is_some_and(|n| n != first)
+        }
+    })
+    .await;
+    rb.insert("k", 6).await.unwrap();
+    caught_up(&a, &b).await;
+    assert!(
+        !slow.is_finished(),
+        "precondition: A applied B's write before its own reply came back"
+    );
+    slow.await.unwrap().unwrap();
+    proxy.set_command_latency(Duration::ZERO);
+    assert_eq!(a.stats().l1_flushes, 0, "{:?}", a.stats());
+    assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&6));
+    assert_eq!(
+        ra.get("k").await.unwrap().as_deref(),
+        Some(&6),
+        "A keeps its older write in L1 over the newer one"
+    );
+}
