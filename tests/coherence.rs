@@ -591,7 +591,7 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
     for i in 0..100u64 {
         assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
     }
-    assert_eq!(data_keys(&raw).await.len(), 10_001);
+    assert_eq!(data_keys(&raw).await.len(), 10_001, "{:?}", a.stats());
 
     cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
     cmd(&raw, "SLOWLOG", &["RESET"]).await;
@@ -621,7 +621,7 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
         "other regions untouched"
     );
     // Old keys stay until their TTL: nothing was scanned or deleted.
-    assert_eq!(data_keys(&raw).await.len(), 10_001);
+    assert_eq!(data_keys(&raw).await.len(), 10_001, "{:?}", a.stats());
     // New writes land in the new key space and are read back.
     ra.insert("0", 42).await.unwrap();
     caught_up(&b, &a).await;

@@ -322,3 +322,57 @@ async fn an_insert_does_not_fill_l1_over_a_newer_write_applied_meanwhile() {
         "A keeps its older write in L1 over the newer one"
     );
 }
+
+/// Two writers of one key update the source to v5 and v6; v6's write reaches Redis first, v5's
+/// last. With source versions the older write is refused and counted: Redis, both instances and
+/// a new one keep v6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_versioned_write_arriving_last_is_refused() {
+    let server = redis();
+    let a = direct(&server, "ver").await;
+    let b = direct(&server, "ver").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    assert!(rb.insert_versioned("k", 6, 6).await.unwrap());
+    caught_up(&a, &b).await;
+    assert!(
+        !ra.insert_versioned("k", 5, 5).await.unwrap(),
+        "the older write must be refused"
+    );
+    assert_eq!(a.stats().l2_versions_refused, 1, "{:?}", a.stats());
+    caught_up(&b, &a).await;
+    assert_eq!(
+        ra.get("k").await.unwrap().as_deref(),
+        Some(&6),
+        "A kept its older write"
+    );
+    assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&6));
+    let c = direct(&server, "ver").await;
+    assert_eq!(
+        region(&c).await.get("k").await.unwrap().as_deref(),
+        Some(&6),
+        "Redis holds v5"
+    );
+    // A newer version, and the same version again, are written.
+    assert!(ra.insert_versioned("k", 7, 7).await.unwrap());
+    assert!(ra.insert_versioned("k", 7, 7).await.unwrap());
+    caught_up(&b, &a).await;
+    assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&7));
+    // Versions are compared byte by byte as big-endian u64: the full range orders correctly.
+    assert!(ra.insert_versioned("k", 1, u64::MAX - 1).await.unwrap());
+    assert!(!ra.insert_versioned("k", 2, 1 << 63).await.unwrap());
+    assert!(ra.insert_versioned("k", 3, u64::MAX).await.unwrap());
+    // An unversioned write or an invalidation replaces any version.
+    ra.insert("k", 8).await.unwrap();
+    assert!(ra.insert_versioned("k", 9, 1).await.unwrap());
+    assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&9));
+}
+
+/// Without Redis a versioned write always lands.
+#[tokio::test]
+async fn a_versioned_write_without_redis_lands() {
+    let cache = LayerCache::builder("l1ver").build().await.unwrap();
+    let r = region(&cache).await;
+    assert!(r.insert_versioned("k", 6, 6).await.unwrap());
+    assert!(r.insert_versioned("k", 5, 5).await.unwrap());
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&5));
+}

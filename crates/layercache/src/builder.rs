@@ -675,8 +675,10 @@ impl LayerCacheBuilder {
         let bus_settings = BusSettings {
             loss_policy: self.coherence_loss_policy,
         };
+        let sequencer = Arc::new(bus::Sequencer::new(id, channel.clone(), published.clone()));
         let handle = BusHandle {
             id,
+            sequencer: sequencer.clone(),
             tx,
             published: published.clone(),
             shared: shared.clone(),
@@ -685,11 +687,9 @@ impl LayerCacheBuilder {
         };
         let publisher = Publisher {
             l2: l2.clone(),
-            channel: channel.clone(),
-            id,
+            sequencer,
             rx,
             counters: counters.clone(),
-            published,
             heartbeat: self.bus_heartbeat_interval,
             shutdown: shutdown_rx.clone(),
             cache_name: self.name.clone(),

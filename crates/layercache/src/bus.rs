@@ -20,9 +20,16 @@
 //! | someone called `clear()` | an `all` message | [`FlushReason::Clear`] |
 //!
 //! Every instance publishes a heartbeat (an empty message) each
-//! [`bus_heartbeat_interval`](crate::LayerCacheBuilder::bus_heartbeat_interval). Publishing
-//! goes through one task that batches whatever is queued into one message, so the sequence
-//! numbers of one sender reach Redis in order and a burst of writes costs few `PUBLISH`es.
+//! [`bus_heartbeat_interval`](crate::LayerCacheBuilder::bus_heartbeat_interval).
+//!
+//! An `insert` or `invalidate` carries its own announcement: the write script's `EVAL` and the
+//! message's `PUBLISH` are pipelined on the data connection, so both reach Redis in one round
+//! trip and Redis runs the `PUBLISH` right after the write (a receiver never drops its copy
+//! before the new state is in Redis). Other announcements (region generations, tags, clear)
+//! and heartbeats go through one publisher task, which batches whatever is queued into one
+//! message. Either way a message's sequence number is taken, and its command handed to the
+//! connection, under one lock, so one sender's messages reach Redis in sequence
+//! order and receivers' gap detection holds.
 //! The listener applies a message with in-memory work only (it never waits on Redis per
 //! message).
 
@@ -189,6 +196,46 @@ impl BusStatus {
     }
 }
 
+/// Hands out this instance's bus sequence numbers so that its messages reach Redis in
+/// sequence order, whichever task sends them (the publisher's heartbeats and batches, or a
+/// write that carries its own announcement in the same round trip).
+///
+/// The number is taken and the command handed to the client (whose single connection keeps
+/// the order) under one lock, held for a synchronous step only: the caller builds and
+/// *primes* its command there (see `L2::primed`), then awaits the reply outside.
+#[derive(Debug)]
+pub(crate) struct Sequencer {
+    pub(crate) id: InstanceId,
+    pub(crate) channel: String,
+    last: Mutex<u64>,
+    /// The highest sequence number whose message was sent (or failed), for `bus_status`.
+    pub(crate) published: Arc<AtomicU64>,
+}
+
+impl Sequencer {
+    pub(crate) fn new(id: InstanceId, channel: String, published: Arc<AtomicU64>) -> Self {
+        Self {
+            id,
+            channel,
+            last: Mutex::new(0),
+            published,
+        }
+    }
+
+    /// Runs `send` with the next sequence number, under the lock. `send` must hand its
+    /// command to the client before it returns.
+    pub(crate) fn next<T>(&self, send: impl FnOnce(u64) -> T) -> T {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        *last += 1;
+        send(*last)
+    }
+
+    /// Records that message `seq` has been sent (or failed: receivers will see the gap).
+    pub(crate) fn sent(&self, seq: u64) {
+        self.published.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
 /// Bus settings from the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct BusSettings {
@@ -213,6 +260,8 @@ pub(crate) struct Outgoing {
 #[derive(Debug)]
 pub(crate) struct BusHandle {
     pub(crate) id: InstanceId,
+    /// Sequence numbers, shared with the publisher.
+    pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) tx: mpsc::Sender<Outgoing>,
     pub(crate) published: Arc<AtomicU64>,
     pub(crate) shared: Arc<Mutex<Shared>>,

@@ -7,7 +7,7 @@
 //! | 0 | 4 | magic `LCAC` |
 //! | 4 | 1 | format version (`2`) |
 //! | 5 | 1 | codec id ([`Codec::ID`](crate::Codec::ID)) |
-//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); bit 3 = tombstone left by `invalidate` (empty payload); other bits must be 0 |
+//! | 6 | 1 | flags: bit 0 = payload is LZ4 (block format); bit 1 = a tag block follows the header; bit 2 = negative entry ("not found", empty payload); bit 3 = tombstone left by `invalidate` (empty payload); bit 4 = a source version follows the header; other bits must be 0 |
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | created at, Unix milliseconds |
 //! | 16 | 8 | expires at (logical: past it the value is stale, kept only as a fail-safe fallback), Unix milliseconds |
@@ -18,7 +18,8 @@
 //! | 44 | 8 | key check: FNV-1a (64-bit) of the Redis key the value was written under |
 //! | 52 | 8 | type check: the [fingerprint](crate::Region::type_fingerprint) of the value type's serde shape (0 in a tombstone) |
 //! | 60 | 4 | CRC-32 (IEEE) of bytes 0..60 followed by every byte after the header |
-//! | 64 | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
+//! | 64 | 8 | with flag bit 4: the *source version* of the value (big-endian u64, so the write script can compare two as byte strings): see [`Region::insert_versioned`](crate::Region::insert_versioned) |
+//! | … | … | with flag bit 1: tag block — u16 length, then that many bytes of tags, each a u8 length and UTF-8 |
 //! | … | … | payload |
 //!
 //! Decoding trusts nothing in the bytes: the magic, version, codec id, flags and both lengths
@@ -64,6 +65,11 @@ pub const FLAG_NEGATIVE: u8 = 0b0000_0100;
 /// only if it is still the one they saw, so a load that began before the invalidation cannot
 /// put the old value back.
 pub const FLAG_TOMBSTONE: u8 = 0b0000_1000;
+
+/// Flag bit: an 8-byte big-endian source version follows the header (before any tag block).
+/// Added within format 2: a release that predates it reads such an entry as
+/// [`Corruption::UnknownFlags`] (a miss), never as a wrong value.
+pub const FLAG_VERSION: u8 = 0b0001_0000;
 
 /// Why bytes read from Redis were not accepted as a value.
 ///
@@ -161,6 +167,8 @@ pub(crate) struct Meta {
     pub(crate) key_check: u64,
     /// The fingerprint of the value type that wrote it (0 in a tombstone).
     pub(crate) type_check: u64,
+    /// The source version it was written with, if any (see [`FLAG_VERSION`]).
+    pub(crate) version: Option<u64>,
 }
 
 /// The result of [`encode`].
@@ -214,6 +222,10 @@ pub(crate) fn seal(
         block[..2].copy_from_slice(&block_len.to_le_bytes());
         buf.splice(HEADER_LEN..HEADER_LEN, block);
         flags |= FLAG_TAGS;
+    }
+    if let Some(version) = meta.version {
+        buf.splice(HEADER_LEN..HEADER_LEN, version.to_be_bytes());
+        flags |= FLAG_VERSION;
     }
     let header = &mut buf[..HEADER_LEN];
     header[0..4].copy_from_slice(&MAGIC);
@@ -299,13 +311,24 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         return Err(Corruption::CodecMismatch);
     }
     let flags = bytes[6];
-    if flags & !(FLAG_LZ4 | FLAG_TAGS | FLAG_NEGATIVE | FLAG_TOMBSTONE) != 0 || bytes[7] != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_TAGS | FLAG_NEGATIVE | FLAG_TOMBSTONE | FLAG_VERSION) != 0
+        || bytes[7] != 0
+    {
         return Err(Corruption::UnknownFlags);
     }
     let raw_len = usize::try_from(u32_at(bytes, 36)).map_err(|_| Corruption::BadLength)?;
     let stored_len = usize::try_from(u32_at(bytes, 40)).map_err(|_| Corruption::BadLength)?;
     let body = &bytes[HEADER_LEN..];
+    let (version, after) = if flags & FLAG_VERSION != 0 {
+        let Some((v, rest)) = body.split_first_chunk::<8>() else {
+            return Err(Corruption::BadLength);
+        };
+        (Some(u64::from_be_bytes(*v)), rest)
+    } else {
+        (None, body)
+    };
     let (tag_block, payload) = if flags & FLAG_TAGS != 0 {
+        let body = after;
         if body.len() < 2 {
             return Err(Corruption::BadLength);
         }
@@ -315,7 +338,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         }
         (&body[2..2 + block_len], &body[2 + block_len..])
     } else {
-        (&body[..0], body)
+        (&after[..0], after)
     };
     let compressed = flags & FLAG_LZ4 != 0;
     let negative = flags & FLAG_NEGATIVE != 0;
@@ -341,6 +364,7 @@ pub(crate) fn open(bytes: &[u8], codec_id: u8, max_raw: usize) -> Result<Opened<
         tombstone,
         key_check: u64_at(bytes, 44),
         type_check: u64_at(bytes, 52),
+        version,
     };
     if !compressed {
         return Ok(Opened {
@@ -374,6 +398,7 @@ mod tests {
         tombstone: false,
         key_check: 0x0123_4567_89ab_cdef,
         type_check: 0xfedc_ba98_7654_3210,
+        version: None,
     };
 
     fn envelope(raw: &[u8], threshold: usize) -> Encoded {
@@ -537,6 +562,34 @@ mod tests {
     }
 
     #[test]
+    fn a_source_version_round_trips_before_the_tags_and_is_length_checked() {
+        let meta = Meta {
+            version: Some(0x0102_0304_0506_0708),
+            ..META
+        };
+        let tags = vec!["t".to_owned()];
+        let e = seal(
+            [vec![0u8; HEADER_LEN], b"payload".to_vec()].concat(),
+            1,
+            meta,
+            1024,
+            &tags,
+        );
+        assert_eq!(e.bytes[6], FLAG_VERSION | FLAG_TAGS);
+        assert_eq!(
+            e.bytes[HEADER_LEN..HEADER_LEN + 8],
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let opened = open(&e.bytes, 1, 1 << 20).unwrap();
+        assert_eq!(opened.meta, meta);
+        assert_eq!(opened.tags, tags);
+        assert_eq!(&*opened.raw, b"payload");
+        // Cut inside the version: a length error, not a panic.
+        let short = reseal(e.bytes[..HEADER_LEN + 4].to_vec());
+        assert_eq!(open(&short, 1, 1 << 20).unwrap_err(), Corruption::BadLength);
+    }
+
+    #[test]
     fn forged_raw_length_with_valid_checksum_is_rejected_before_allocating() {
         let mut b = envelope(&[b'q'; 5000], 1024).bytes;
         b[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -572,7 +625,7 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<u32>(),
-                any::<(u64, u64)>(),
+                any::<(u64, u64, Option<u64>)>(),
             )
                 .prop_map(
                     |(
@@ -580,7 +633,7 @@ mod tests {
                         expires_at_ms,
                         refresh_at_ms,
                         load_us,
-                        (key_check, type_check),
+                        (key_check, type_check, version),
                     )| Meta {
                         created_at_ms,
                         expires_at_ms,
@@ -590,6 +643,7 @@ mod tests {
                         tombstone: false,
                         key_check,
                         type_check,
+                        version,
                     },
                 )
         }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fred::{
-    clients::WithOptions,
+    clients::{Pipeline, WithOptions},
     prelude::{ClientLike, Config, KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy},
     types::{config::Options, Builder, ConnectHandle, Expiration, SetOptions, Value},
 };
@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::{
     breaker::{Breaker, Verdict},
+    bus::Sequencer,
     error::{Error, ErrorKind, Result},
     options::L2Startup,
     stats::Counters,
@@ -220,16 +221,33 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// see it, while an older value sits in the new one. Then records the key in each of its tags'
 /// sets (raising a set's TTL to its longest member's, never lowering it).
 ///
+/// A write with a *source version* (`insert_versioned`) is refused when the key holds an
+/// envelope with a higher one (flag bit 4, the big-endian version right after the 64-byte
+/// header, compared byte by byte): concurrent writers converge on the newest value whatever
+/// order their writes arrive in.
+///
 /// KEYS: the data key, the `n` tag sets, the `m` tag marks (`m` is `n` or 0), then with a
 /// fence the generation key. ARGV: the value, the TTL in ms, the mode, the expected prefix, the
-/// expected length, `n`, `m`, the fence's generation (empty for none), then the `m` expected
-/// marks (empty for none). Returns 1 (written), 0 (refused: the key or a mark changed) or -1
-/// (fenced: the generation moved).
+/// expected length, `n`, `m`, the fence's generation (empty for none), the source version (8
+/// bytes, or empty for none), then the `m` expected marks (empty for none). Returns 1
+/// (written), 0 (refused: the key or a mark changed), -1 (fenced: the generation moved) or -2
+/// (older: the key holds a higher source version).
 const FILL: &str = "local n = tonumber(ARGV[6]) \
 local m = tonumber(ARGV[7]) \
 if ARGV[8] ~= '' and redis.call('GET', KEYS[2 + n + m]) ~= ARGV[8] then return -1 end \
 for i = 1, m do \
-  if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[8 + i] then return 0 end \
+  if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[9 + i] then return 0 end \
+end \
+if ARGV[9] ~= '' then \
+  local head = redis.pcall('GETRANGE', KEYS[1], 0, 71) \
+  if type(head) == 'string' and #head == 72 and string.sub(head, 1, 4) == 'LCAC' \
+    and bit.band(string.byte(head, 7), 16) ~= 0 then \
+    local cur = string.sub(head, 65, 72) \
+    for i = 1, 8 do \
+      local a, b = string.byte(ARGV[9], i), string.byte(cur, i) \
+      if a ~= b then if a < b then return -2 end break end \
+    end \
+  end \
 end \
 local ok \
 if ARGV[3] == 'nx' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') \
@@ -275,6 +293,8 @@ pub(crate) struct Guard<'a> {
     pub(crate) marks: &'a [(String, Option<Vec<u8>>)],
     /// The region's generation the key was made for (writes), or none (loads).
     pub(crate) fence: Option<u64>,
+    /// The source version of a versioned write: refused if the key holds a higher one.
+    pub(crate) version: Option<u64>,
 }
 
 /// What became of a write.
@@ -286,6 +306,8 @@ pub(crate) enum Filled {
     Refused,
     /// The region's generation is no longer the one its key was made for.
     Fenced,
+    /// The key holds a value with a higher source version.
+    Older,
 }
 
 /// What a read saw at a key, enough to tell whether it is still there: its length and its
@@ -306,6 +328,165 @@ impl Seen {
             len: bytes.len(),
         }
     }
+}
+
+impl Fill {
+    /// The mode's name in the `FILL` script (and in spans).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Nx => "nx",
+            Self::Cas(_) => "cas",
+        }
+    }
+}
+
+/// The `FILL` script's reply.
+fn filled(reply: i64) -> Filled {
+    match reply {
+        1 => Filled::Written,
+        -1 => Filled::Fenced,
+        -2 => Filled::Older,
+        _ => Filled::Refused,
+    }
+}
+
+/// The keys and arguments of a `FILL` call (see the script for their order).
+fn fill_command(
+    key: &str,
+    value: Vec<u8>,
+    ttl_ms: u64,
+    tags: Vec<String>,
+    guard: Guard<'_>,
+    generation_key: &str,
+) -> (Vec<String>, Vec<Value>) {
+    let Guard {
+        mode,
+        marks,
+        fence,
+        version,
+    } = guard;
+    let n = tags.len();
+    let mut keys = Vec::with_capacity(2 + n + marks.len());
+    keys.push(key.to_owned());
+    keys.extend(tags);
+    keys.extend(marks.iter().map(|(k, _)| k.clone()));
+    if fence.is_some() {
+        keys.push(generation_key.to_owned());
+    }
+    let (expected, len) = match mode {
+        Fill::Set | Fill::Nx => (Vec::new(), 0),
+        Fill::Cas(seen) => (seen.prefix.clone(), seen.len),
+    };
+    let mut args: Vec<Value> = vec![
+        Value::Bytes(value.into()),
+        Value::from(ttl_ms.to_string()),
+        Value::from(mode.name()),
+        Value::Bytes(expected.into()),
+        Value::from(len.to_string()),
+        Value::from(n.to_string()),
+        Value::from(marks.len().to_string()),
+        Value::from(fence.map_or_else(String::new, |g| g.to_string())),
+        Value::Bytes(
+            version
+                .map_or_else(Vec::new, |v| v.to_be_bytes().to_vec())
+                .into(),
+        ),
+    ];
+    args.extend(
+        marks
+            .iter()
+            .map(|(_, m)| Value::Bytes(m.clone().unwrap_or_default().into())),
+    );
+    (keys, args)
+}
+
+/// Polls a future once, so that a command it sends is handed to the client's connection now
+/// (fred hands a command to its router on the first poll, synchronously), and returns it to be
+/// awaited later. Used under the bus sequencer's lock: the order in which commands reach the
+/// connection is then the order of their sequence numbers.
+fn primed<F: std::future::Future>(future: F) -> Primed<F> {
+    let mut future = Box::pin(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Primed::Done(Some(v)),
+        std::task::Poll::Pending => Primed::Running(future),
+    }
+}
+
+/// Queues a command in a pipeline: fred's pipeline methods complete on their first poll (the
+/// command is buffered, not sent).
+fn queue<F: std::future::Future<Output = Result<(), fred::error::Error>>>(
+    future: F,
+) -> Result<(), fred::error::Error> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => Err(unexpected("a queued command")),
+    }
+}
+
+/// `EVAL` as a custom command, routed by the data key's hash slot.
+fn eval_command(key: &str) -> fred::types::CustomCommand {
+    fred::types::CustomCommand::new_static(
+        "EVAL",
+        fred::types::ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+        false,
+    )
+}
+
+/// `EVAL`'s arguments: the script, the key count, the keys, the arguments.
+fn eval_args(keys: Vec<String>, args: Vec<Value>) -> Vec<Value> {
+    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(Value::from(FILL));
+    all.push(Value::from(keys.len().to_string()));
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args);
+    all
+}
+
+/// A future polled once by [`primed`].
+enum Primed<F: std::future::Future> {
+    Done(Option<F::Output>),
+    Running(std::pin::Pin<Box<F>>),
+}
+
+impl<F: std::future::Future> std::future::Future for Primed<F>
+where
+    F::Output: Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.get_mut() {
+            Self::Done(v) => match v.take() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            },
+            Self::Running(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The only reply of a one-command pipeline.
+fn one_reply(
+    mut replies: Vec<Result<Value, fred::error::Error>>,
+) -> Result<Value, fred::error::Error> {
+    match (replies.pop(), replies.is_empty()) {
+        (Some(r), true) => r,
+        _ => Err(unexpected("PUBLISH")),
+    }
+}
+
+fn unexpected(what: &str) -> fred::error::Error {
+    fred::error::Error::new(
+        fred::error::ErrorKind::Protocol,
+        format!("unexpected pipeline reply to {what}"),
+    )
 }
 
 /// How much later than fred's own command timeout our backstop timeout fires.
@@ -521,46 +702,18 @@ impl L2 {
         guard: Guard<'_>,
         generation_key: &str,
     ) -> Result<Filled> {
-        let Guard { mode, marks, fence } = guard;
-        let fence = fence.map(|g| (generation_key, g));
-        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), mode = ?std::mem::discriminant(mode), tags = tags.len(), fenced = fence.is_some());
-        let n = tags.len();
-        let mut keys = Vec::with_capacity(2 + n + marks.len());
-        keys.push(key.to_owned());
-        keys.extend(tags);
-        keys.extend(marks.iter().map(|(k, _)| k.clone()));
-        if let Some((generation_key, _)) = fence {
-            keys.push(generation_key.to_owned());
-        }
-        let (name, expected, len) = match mode {
-            Fill::Set => ("set", Vec::new(), 0),
-            Fill::Nx => ("nx", Vec::new(), 0),
-            Fill::Cas(seen) => ("cas", seen.prefix.clone(), seen.len),
-        };
-        let mut args: Vec<Value> = vec![
-            Value::Bytes(value.into()),
-            Value::from(ttl_ms.to_string()),
-            Value::from(name),
-            Value::Bytes(expected.into()),
-            Value::from(len.to_string()),
-            Value::from(n.to_string()),
-            Value::from(marks.len().to_string()),
-            Value::from(fence.map_or_else(String::new, |(_, g)| g.to_string())),
-        ];
-        args.extend(
-            marks
-                .iter()
-                .map(|(_, m)| Value::Bytes(m.clone().unwrap_or_default().into())),
+        let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            mode = guard.mode.name(),
+            fenced = guard.fence.is_some(),
+            announced = false
         );
         let written: i64 = self
             .bounded("redis EVAL (fill)", |c| c.eval(FILL, keys, args))
             .instrument(span)
             .await?;
-        Ok(match written {
-            1 => Filled::Written,
-            -1 => Filled::Fenced,
-            _ => Filled::Refused,
-        })
+        Ok(filled(written))
     }
 
     /// Reads tag marks (`MGET`): for each key, its value, or `None`.
@@ -706,14 +859,109 @@ impl L2 {
         Ok(())
     }
 
-    /// `PUBLISH channel message`.
-    pub(crate) async fn publish(&self, channel: &str, message: Vec<u8>) -> Result<()> {
-        let span = tracing::debug_span!("layercache.invalidation.publish", bytes = message.len());
-        let _: i64 = self
-            .bounded("redis PUBLISH", |c| c.publish(channel, message))
+    /// `PUBLISH` of a bus message numbered by `sequencer`: the number is taken and the command
+    /// handed to the connection under the sequencer's lock, so messages reach Redis in number
+    /// order. Returns the number (0 when the call was skipped before one was taken) and the
+    /// outcome.
+    pub(crate) async fn publish_sequenced(
+        &self,
+        sequencer: &Sequencer,
+        message: impl FnOnce(u64) -> Vec<u8>,
+    ) -> (u64, Result<()>) {
+        let mut taken = 0;
+        let result = self
+            .bounded("redis PUBLISH", |c| {
+                let pipeline = Pipeline::from(c.clone());
+                sequencer.next(|seq| {
+                    taken = seq;
+                    let queued = queue(
+                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
+                    );
+                    primed(async move {
+                        queued?;
+                        one_reply(pipeline.try_all::<Value>().await).map(|_| ())
+                    })
+                })
+            })
+            .await;
+        if taken > 0 {
+            sequencer.sent(taken);
+        }
+        (taken, result)
+    }
+
+    /// A write (the `FILL` script, as [`fill`](Self::fill)) and its announcement on the bus in
+    /// one round trip: `EVAL` and `PUBLISH` pipelined on the one connection, the message
+    /// numbered under the sequencer's lock so the sender's messages still reach Redis in order
+    /// (receivers detect gaps as before). Redis runs the `PUBLISH` right after the script, so a
+    /// receiver drops its copy only once the write is visible; an announcement of a write that
+    /// was fenced is spurious and harmless (it only drops a copy). Returns what became of the
+    /// write and of the announcement (an error there is the announcement's alone: the write
+    /// stands).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fill's arguments and the announcement"
+    )]
+    pub(crate) async fn fill_announced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        tags: Vec<String>,
+        guard: Guard<'_>,
+        generation_key: &str,
+        sequencer: &Sequencer,
+        message: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<(Filled, Result<()>)> {
+        let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            mode = guard.mode.name(),
+            fenced = guard.fence.is_some(),
+            announced = true
+        );
+        let mut taken = 0;
+        let replies = self
+            .bounded("redis EVAL (fill) + PUBLISH", |c| {
+                let pipeline = Pipeline::from(c.clone());
+                let script =
+                    queue(pipeline.custom::<(), _>(eval_command(key), eval_args(keys, args)));
+                sequencer.next(|seq| {
+                    taken = seq;
+                    let publish = queue(
+                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
+                    );
+                    primed(async move {
+                        script?;
+                        publish?;
+                        let replies = pipeline.try_all::<Value>().await;
+                        match <[_; 2]>::try_from(replies) {
+                            Ok(pair) => Ok(pair),
+                            Err(mut one) => Err(one
+                                .pop()
+                                .and_then(Result::err)
+                                .unwrap_or_else(|| unexpected("EVAL + PUBLISH"))),
+                        }
+                    })
+                })
+            })
             .instrument(span)
-            .await?;
-        Ok(())
+            .await;
+        if taken > 0 {
+            sequencer.sent(taken);
+        }
+        let [written, published] = replies?;
+        let written = match written {
+            Ok(v) => filled(
+                v.convert::<i64>()
+                    .map_err(|e| map_err("redis EVAL (fill)", e))?,
+            ),
+            Err(e) => return Err(map_err("redis EVAL (fill)", e)),
+        };
+        let published = published
+            .map(|_| ())
+            .map_err(|e| map_err("redis PUBLISH", e));
+        Ok((written, published))
     }
 
     async fn eval_u64(

@@ -29,6 +29,7 @@ use crate::{
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
     l1::{Extra, L1Entry},
+    l2::Filled,
     options::EntryOptions,
 };
 
@@ -655,12 +656,64 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
+        self.write_value(key, value, options, tags, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`insert`](Self::insert) with the value's *source version*: a number that grows with
+    /// every change of the value in the source of truth (a row version, an update counter, an
+    /// update time in ms). Redis keeps the value with the highest version: a write older than
+    /// what Redis holds is refused (`Ok(false)`, counted in
+    /// [`Stats::l2_versions_refused`](crate::Stats)), so concurrent writers of one key converge
+    /// on the newest value whatever order their writes reach Redis in. Without it, two tasks
+    /// that update the source to v5 and v6 and then insert can leave v5 in Redis (if v5's write
+    /// arrives last) until the entry expires.
+    ///
+    /// Returns `Ok(true)` when written. A refused write leaves this instance's in-process tier
+    /// without the key (the next read takes the newer value from Redis) and still announces the
+    /// key, so other instances drop their copies too. Versions are compared between versioned
+    /// writes: an entry written without one (`insert`, a load) or a tombstone (`invalidate`) is
+    /// replaced by any versioned write. Without Redis, the write always lands.
+    ///
+    /// Entries written with a version are read by releases before this one as
+    /// [`Corruption::UnknownFlags`](crate::Corruption::UnknownFlags) (a miss), never as a wrong
+    /// value.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub async fn insert_versioned<Q>(&self, key: &Q, value: V, version: u64) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized,
+    {
+        let written = self
+            .write_value(key, value, &self.shared.entry_options, &[], Some(version))
+            .await?;
+        Ok(written)
+    }
+
+    /// Every `insert`: returns whether the value was written (false: refused as older than the
+    /// source version Redis holds).
+    async fn write_value<Q>(
+        &self,
+        key: &Q,
+        value: V,
+        options: &EntryOptions,
+        tags: &[&str],
+        version: Option<u64>,
+    ) -> Result<bool>
+    where
+        Q: CacheKey + ?Sized,
+    {
         options.validate()?;
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
         self.check_key(&k)?;
         let cache = &self.cache;
-        let plan = Plan::value(options, Duration::ZERO);
+        let mut plan = Plan::value(options, Duration::ZERO);
+        plan.version = version;
         // The Redis key, when there is a Redis tier and the generation is known.
         let known = cache
             .l2
@@ -674,105 +727,127 @@ where
             None
         };
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
-        let mut generation = self.shared.state.generation_raw();
         let born = cache.l1.tag_epoch();
         // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
         // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
         cache.flights.poison(&k);
         let ticket = cache.flights.ticket(&k);
         let started = cache.journal.stamp();
-        let mut result = Ok(());
-        let mut confirmed = cache.l2.is_none();
-        if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
-            let written = match (known, rk) {
-                (Some(g), Some(rk)) => {
-                    let encode = |rk: &str| self.encode(Some(&value), &plan, tags.as_deref(), rk);
-                    self.write_fenced(&k, (g, rk, enc), &plan, tags.as_deref(), encode)
-                        .await
-                }
-                _ => self.l2_generation(),
-            };
-            match written {
-                Ok(g) => {
-                    generation = g;
-                    confirmed = true;
-                }
-                Err(e) => result = self.l2_failed("insert", e),
-            }
-            // A fetch that began while the SET was in flight may have read the old value.
-            cache.flights.poison_fetch(&k);
-        }
         let value = Arc::new(value);
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
-        let life = Life {
-            logical,
-            refresh_in,
-            delta: Duration::ZERO,
-            keep: plan.keep,
-            generation,
-            born,
-            tags,
-            raw_len,
-            negative: false,
-            created_ms: crate::cache::unix_millis(),
-            stale_since: None,
-        };
-        let user_key = k[4..].to_vec();
-        if !ticket.is_poisoned() {
-            if let Some(entry) = self.l1_entry(k.len(), value, options, life) {
-                cache.l1.insert(Box::from(&*k), entry).await;
+        let created_ms = crate::cache::unix_millis();
+        let fill_l1 = |generation: u64| {
+            let life = Life {
+                logical,
+                refresh_in,
+                delta: Duration::ZERO,
+                keep: plan.keep,
+                generation,
+                born,
+                tags: tags.clone(),
+                raw_len,
+                negative: false,
+                created_ms,
+                stale_since: None,
+            };
+            let entry = self.l1_entry(k.len(), value.clone(), options, life);
+            let (k, ticket) = (&k, &ticket);
+            async move {
+                let Some(entry) = entry.filter(|_| !ticket.is_poisoned()) else {
+                    return;
+                };
+                cache.l1.insert(Box::from(&**k), entry).await;
                 if ticket.is_poisoned() {
                     // Something newer arrived while the entry went in: drop it rather than
                     // keep an older value than Redis holds.
+                    cache.l1.remove(k).await;
+                }
+            }
+        };
+        // This instance serves the new value at once, while the write travels (the source the
+        // caller wrote first already holds it): its readers do not wait a round trip for it.
+        // Not so for a versioned write, which Redis may refuse as older.
+        let mut generation = self.shared.state.generation_raw();
+        if version.is_none() || cache.l2.is_none() {
+            fill_l1(generation).await;
+        }
+        let mut older = false;
+        let mut result = Ok(());
+        let mut confirmed = cache.l2.is_none();
+        let mut announced = Err(Error::new(ErrorKind::Redis, "not announced"));
+        if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
+            let written = match (known, rk) {
+                (Some(g), Some(rk)) => {
+                    let encode = |rk: &str| self.encode(Some(&*value), &plan, tags.as_deref(), rk);
+                    self.write_fenced(&k, (g, rk, enc), &plan, tags.as_deref(), encode)
+                        .await
+                }
+                _ => self.l2_generation().map(|g| (g, Filled::Written, Ok(()))),
+            };
+            match written {
+                Ok((g, filled, published)) => {
+                    generation = g;
+                    confirmed = true;
+                    announced = published;
+                    older = filled == Filled::Older;
+                }
+                Err(e) => result = self.l2_failed("insert", e),
+            }
+            // A fetch that began while the write was in flight may have read the old value:
+            // it must not fill L1, and if it already did, the value goes in again (unless
+            // something newer arrived meanwhile), under the generation written.
+            cache.flights.poison_fetch(&k);
+            if older {
+                cache.counters.l2_versions_refused.incr();
+                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis holds a newer source version; the write is refused");
+                if !ticket.is_poisoned() {
                     cache.l1.remove(&k).await;
                 }
+            } else {
+                fill_l1(generation).await;
             }
         }
         drop(ticket);
-        self.settle_write(&k, started, confirmed, user_key, result)
-            .await
+        self.settle_write(&k, started, confirmed, announced, result)
+            .map(|()| !older)
     }
 
-    /// The end of every `insert` and `invalidate`: announces the change and, if Redis did not
-    /// confirm the write or the announcement, journals the key for repair (a tombstone written
-    /// and announced as soon as Redis answers; until then this instance serves nothing for the
-    /// key from Redis). A confirmed write settles an earlier unconfirmed one of the key.
-    async fn settle_write(
+    /// The end of every `insert` and `invalidate`: if Redis did not confirm the write or its
+    /// announcement, journals the key for repair (a tombstone written and announced as soon as
+    /// Redis answers; until then this instance serves nothing for the key from Redis). A
+    /// confirmed write settles an earlier unconfirmed one of the key.
+    fn settle_write(
         &self,
         k: &[u8],
         started: u64,
         confirmed: bool,
-        user_key: Vec<u8>,
+        announced: Result<()>,
         result: Result<()>,
     ) -> Result<()> {
         let cache = &self.cache;
         if cache.l2.is_none() {
             return result;
         }
-        let announced = cache
-            .announce(crate::bus::Entry::Key {
-                region: self.shared.state.name.clone(),
-                key: user_key,
-            })
-            .await;
         if confirmed && announced.is_ok() {
             cache.journal.confirmed(k, started);
-        } else {
-            let tombstone = crate::journal::Tombstone {
-                ttl: self.shared.entry_options.get_ttl(),
-                retention: self.shared.entry_options.keep_after_expiry(),
-                codec: C::ID,
-            };
-            cache.unconfirmed(
-                crate::journal::Pending::Key(k.into(), tombstone),
-                Some(&self.shared.state.name),
-            );
+            return result;
         }
-        let announced = match announced {
-            Ok(()) => Ok(()),
-            Err(e) => self.l2_failed("publish", e),
+        let tombstone = crate::journal::Tombstone {
+            ttl: self.shared.entry_options.get_ttl(),
+            retention: self.shared.entry_options.keep_after_expiry(),
+            codec: C::ID,
         };
-        result.and(announced)
+        cache.unconfirmed(
+            crate::journal::Pending::Key(k.into(), tombstone),
+            Some(&self.shared.state.name),
+        );
+        match (result, announced) {
+            (Err(e), _) => Err(e),
+            // The write landed but its announcement did not: the policy decides, as for a
+            // failed write.
+            (Ok(()), Err(e)) if confirmed => self.l2_failed("publish", e),
+            (Ok(()), _) => Ok(()),
+        }
     }
 
     /// Removes `key`: replaces it in Redis with a tombstone (a miss for every reader, with the
@@ -794,9 +869,13 @@ where
         self.check_key(&k)?;
         let cache = &self.cache;
         cache.flights.poison(&k);
+        // Dropped before the write travels: this instance's readers stop serving the old value
+        // at once, and their Redis reads go out on the same connection after the tombstone.
+        cache.l1.remove(&k).await;
         let started = cache.journal.stamp();
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
+        let mut announced = Err(Error::new(ErrorKind::Redis, "not announced"));
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
             // afterwards (fills are `SET NX`, or replace only the entry they saw).
@@ -809,21 +888,23 @@ where
                         Ok(enc) => self
                             .write_fenced(&k, (g, rk, enc), &plan, None, encode)
                             .await
-                            .map(|_| ()),
+                            .map(|(_, _, published)| published),
                         Err(e) => Err(e),
                     }
                 }
                 Err(e) => Err(e),
             };
             match removed {
-                Ok(()) => confirmed = true,
+                Ok(published) => {
+                    confirmed = true;
+                    announced = published;
+                }
                 Err(e) => result = self.l2_failed("invalidate", e),
             }
             cache.flights.poison(&k);
         }
         cache.l1.remove(&k).await;
-        self.settle_write(&k, started, confirmed, k[4..].to_vec(), result)
-            .await
+        self.settle_write(&k, started, confirmed, announced, result)
     }
 
     /// Invalidates every entry of the region, on every instance, in O(1): the region's

@@ -108,13 +108,14 @@ async fn repair_key(inner: &Inner, l2: &L2, key: &L1Key, tombstone: &Tombstone) 
             mode: &Fill::Set,
             marks: &[],
             fence: Some(generation),
+            version: None,
         };
         match l2
             .fill(&rk, enc.bytes, px, Vec::new(), guard, &state.generation_key)
             .await?
         {
             Filled::Fenced => inner.refresh_generation(&state).await,
-            Filled::Written | Filled::Refused => {
+            Filled::Written | Filled::Refused | Filled::Older => {
                 // A fetch that began before the tombstone landed must not fill L1 after it.
                 inner.flights.poison(key);
                 return inner

@@ -79,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) l2_repairs_done: Counter,
     pub(crate) l2_repair_overflows: Counter,
     pub(crate) l2_repair_bypasses: Counter,
+    pub(crate) l2_versions_refused: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -126,6 +127,7 @@ impl Counters {
             l2_repairs_done: self.l2_repairs_done.get(),
             l2_repair_overflows: self.l2_repair_overflows.get(),
             l2_repair_bypasses: self.l2_repair_bypasses.get(),
+            l2_versions_refused: self.l2_versions_refused.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
         }
@@ -215,6 +217,9 @@ pub struct Stats {
     pub l2_repair_overflows: u64,
     /// Reads that skipped Redis because a repair covering their key was pending.
     pub l2_repair_bypasses: u64,
+    /// Versioned writes refused because Redis held a higher source version
+    /// ([`Region::insert_versioned`](crate::Region::insert_versioned)).
+    pub l2_versions_refused: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: ByReason,

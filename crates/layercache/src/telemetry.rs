@@ -8,9 +8,9 @@
 //! |---|---|---|---|---|
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
 //! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
-//! | `layercache.l2.set` | span | debug | `bytes`, `nx` | one `SET … PX` |
+//! | `layercache.l2.set` | span | debug | `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
-//! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message (a batch of invalidations, or a heartbeat) |
+//! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message from the publisher (a batch of announcements that did not travel with their write, or a heartbeat) |
 //! | `L1 flushed` | event | warn | `cache.name`, `reason` | a flush after a possible loss of invalidations, or a clear ([`FlushReason`](crate::FlushReason)) |
 //! | `coherence may be lost; L1 kept by policy` | event | warn | `cache.name`, `reason` | as above, with `CoherenceLossPolicy::KeepUntilTtl` |
 //! | `bus listener lagged; messages lost` | event | warn | `cache.name`, `missed` | the listener fell behind its buffer |
@@ -30,6 +30,10 @@
 //! | `serving a stale value (fail-safe)` | event | warn | `cache.name`, `region`, `error` | fail-safe served a stale value |
 //! | `gave up waiting for the load lock; loading without it` | event | warn | `cache.name`, `region` | a lock wait ran out |
 //! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
+//! | `write journal full; the region's generation will be moved when redis answers` | event | warn | `cache.name`, `region`, `suppressed` | an unconfirmed write did not fit in the journal (`l2_repair_capacity`) |
+//! | `repaired writes that redis had not confirmed` | event | info | `cache.name`, `done`, `left` | a repair run made progress |
+//! | `write repair interrupted; retried at the next heartbeat` | event | debug | `cache.name`, `error`, `done`, `total` | a repair run stopped at a failure |
+//! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
 //!
 //! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
 

@@ -1,20 +1,14 @@
 //! The publisher task: batches queued announcements into one message per `PUBLISH`, numbers
 //! the messages, and sends a heartbeat every interval.
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::{
     message::{self, Entry},
-    InstanceId, Outgoing,
+    Outgoing, Sequencer,
 };
 use crate::{error::Result, l2::L2, stats::Counters};
 
@@ -24,11 +18,9 @@ const MAX_BYTES: usize = 64 << 10;
 
 pub(crate) struct Publisher {
     pub(crate) l2: L2,
-    pub(crate) channel: String,
-    pub(crate) id: InstanceId,
+    pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) rx: mpsc::Receiver<Outgoing>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) published: Arc<AtomicU64>,
     pub(crate) heartbeat: Duration,
     pub(crate) shutdown: watch::Receiver<()>,
     pub(crate) cache_name: String,
@@ -38,7 +30,6 @@ impl Publisher {
     pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seq = 0u64;
         let warnings = crate::telemetry::WarnLimiter::default();
         loop {
             let first = tokio::select! {
@@ -66,22 +57,21 @@ impl Publisher {
                     }
                 }
             }
-            seq += 1;
-            let payload = message::encode(&self.id.0, seq, &entries);
             let span = tracing::debug_span!(
                 "layercache.invalidation.publish",
                 cache.name = %self.cache_name,
-                instance.id = %self.id,
-                seq,
+                instance.id = %self.sequencer.id,
+                seq = tracing::field::Empty,
                 entries = entries.len(),
             );
-            let result = self
+            let id = self.sequencer.id;
+            let (seq, result) = self
                 .l2
-                .publish(&self.channel, payload)
-                .instrument(span)
-                .await
-                .map(|()| seq);
-            self.published.store(seq, Ordering::Release);
+                .publish_sequenced(&self.sequencer, |seq| message::encode(&id.0, seq, &entries))
+                .instrument(span.clone())
+                .await;
+            span.record("seq", seq);
+            let result = result.map(|()| seq);
             match &result {
                 Ok(_) => self.counters.bus_sent.incr(),
                 Err(e) => {

@@ -613,6 +613,7 @@ where
                                     mode,
                                     marks: redis.marks,
                                     fence: redis.fence,
+                                    version: None,
                                 },
                             )
                             .await;
@@ -623,7 +624,8 @@ where
                                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
                                 cache.refresh_generation(&self.shared.state).await;
                             }
-                            Ok(Filled::Refused) => {
+                            // Loads carry no source version: never refused as older.
+                            Ok(Filled::Refused | Filled::Older) => {
                                 cache.counters.l2_fills_lost.incr();
                                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
                             }

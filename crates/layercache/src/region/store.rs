@@ -35,6 +35,8 @@ pub(crate) struct Plan {
     pub(crate) load: Duration,
     pub(crate) negative: bool,
     pub(crate) tombstone: bool,
+    /// The source version the value carries (`insert_versioned`).
+    pub(crate) version: Option<u64>,
 }
 
 impl Plan {
@@ -46,6 +48,7 @@ impl Plan {
             load,
             negative: false,
             tombstone: false,
+            version: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl Plan {
             load: Duration::ZERO,
             negative: false,
             tombstone: true,
+            version: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl Plan {
             load: Duration::ZERO,
             negative: false,
             tombstone: true,
+            version: None,
         }
     }
 
@@ -81,6 +86,7 @@ impl Plan {
             load: Duration::ZERO,
             negative: true,
             tombstone: false,
+            version: None,
         }
     }
 
@@ -104,6 +110,7 @@ impl Plan {
             key_check,
             // A tombstone is a miss for every type: it carries none.
             type_check: if self.tombstone { 0 } else { type_check },
+            version: self.version,
         }
     }
 
@@ -261,7 +268,7 @@ where
             .map(|t| tag_key(&self.cache.name, t))
             .collect();
         match (guard.mode, guard.fence) {
-            (Fill::Set | Fill::Nx, None) if tag_keys.is_empty() => {
+            (Fill::Set | Fill::Nx, None) if tag_keys.is_empty() && guard.version.is_none() => {
                 let written = l2.set(rk, enc.bytes, px, *guard.mode == Fill::Nx).await?;
                 Ok(if written {
                     Filled::Written
@@ -278,10 +285,12 @@ where
     }
 
     /// An `insert` or `invalidate`: writes `first` (encoded for the key at the generation this
-    /// instance knows) with a fence on that generation. If the region has moved on (an
-    /// `invalidate_all` or `clear` this instance has not heard of yet), learns the current
-    /// generation and writes again under it (`encode` makes the entry for a key), a few times
-    /// at most. Returns the generation written under.
+    /// instance knows) with a fence on that generation, and announces the change on the bus in
+    /// the same round trip. If the region has moved on (an `invalidate_all` or `clear` this
+    /// instance has not heard of yet), learns the current generation and writes again under it
+    /// (`encode` makes the entry for a key), a few times at most. Returns the generation written
+    /// under, whether it was written (or refused as older: a versioned write) and what became
+    /// of the announcement (the write stands either way).
     pub(crate) async fn write_fenced(
         &self,
         k: &[u8],
@@ -289,25 +298,19 @@ where
         plan: &Plan,
         tags: Option<&[String]>,
         encode: impl Fn(&str) -> Result<Encoded>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Filled, Result<()>)> {
         const ATTEMPTS: usize = 3;
         let (mut generation, mut rk, mut enc) = first;
+        let entry = crate::bus::Entry::Key {
+            region: self.shared.state.name.clone(),
+            key: k[4..].to_vec(),
+        };
         for attempt in 1..=ATTEMPTS {
-            let filled = self
-                .write_l2(
-                    &rk,
-                    enc,
-                    plan,
-                    tags,
-                    Guard {
-                        mode: &Fill::Set,
-                        marks: &[],
-                        fence: Some(generation),
-                    },
-                )
+            let (filled, announced) = self
+                .write_announced(&rk, enc, plan, tags, generation, &entry)
                 .await?;
             if filled != Filled::Fenced {
-                return Ok(generation);
+                return Ok((generation, filled, announced));
             }
             tracing::debug!(cache.name = %self.cache.name, region = %self.shared.state.name, generation, "the region's generation moved; writing again under the current one");
             self.cache.refresh_generation(&self.shared.state).await;
@@ -322,6 +325,47 @@ where
             ErrorKind::Redis,
             "the region's generation kept moving during the write",
         ))
+    }
+
+    /// One fenced write and its announcement: pipelined in one round trip when there is a bus.
+    async fn write_announced(
+        &self,
+        rk: &str,
+        enc: Encoded,
+        plan: &Plan,
+        tags: Option<&[String]>,
+        generation: u64,
+        entry: &crate::bus::Entry,
+    ) -> Result<(Filled, Result<()>)> {
+        let guard = Guard {
+            mode: &Fill::Set,
+            marks: &[],
+            fence: Some(generation),
+            version: plan.version,
+        };
+        let (Some(l2), Some(bus)) = (&self.cache.l2, &self.cache.bus) else {
+            let filled = self.write_l2(rk, enc, plan, tags, guard).await?;
+            return Ok((filled, Ok(())));
+        };
+        self.count_write(&enc);
+        let tag_keys: Vec<String> = tags
+            .unwrap_or(&[])
+            .iter()
+            .map(|t| tag_key(&self.cache.name, t))
+            .collect();
+        let sequencer = &bus.sequencer;
+        let id = sequencer.id;
+        l2.fill_announced(
+            rk,
+            enc.bytes,
+            plan.physical_ms(),
+            tag_keys,
+            guard,
+            &self.shared.state.generation_key,
+            sequencer,
+            |seq| crate::bus::message::encode(&id.0, seq, std::slice::from_ref(entry)),
+        )
+        .await
     }
 
     fn count_write(&self, enc: &Encoded) {
