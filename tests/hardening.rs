@@ -118,6 +118,7 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
         b.l2_max_command_buffer(l.usize())
     }),
     ("l2_repair_capacity", |b, l| b.l2_repair_capacity(l.usize())),
+    ("ack_writes", |b, l| b.ack_writes(l.duration())),
     ("l2_reconnect_backoff", |b, l| {
         b.l2_reconnect_backoff(l.duration(), l.duration())
     }),
@@ -743,7 +744,10 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     let write_err = write_err.expect("Propagate: the failure is returned");
     assert!(write_err.context().contains("100ms"), "{write_err}");
     assert!(!cache.l2_breaker_open(), "four failures do not open it");
-    let fifth = r.get("b2").await.expect_err("Propagate: the failure is returned");
+    let fifth = r
+        .get("b2")
+        .await
+        .expect_err("Propagate: the failure is returned");
     assert!(fifth.context().contains("100ms"), "{fifth}");
     assert!(cache.l2_breaker_open(), "five failures open it");
     // Open: nothing is sent.

@@ -376,3 +376,93 @@ async fn a_versioned_write_without_redis_lands() {
     assert!(r.insert_versioned("k", 5, 5).await.unwrap());
     assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&5));
 }
+
+/// Waits until `a` counts `b` as a live peer (it has heard `b`'s heartbeat).
+async fn knows(a: &LayerCache, b: &LayerCache) {
+    let id = b.instance_id().unwrap();
+    wait_until("the peer's heartbeat", WAIT, || {
+        let a = a.clone();
+        async move { a.bus_status().unwrap().peer_seq(id).is_some() }
+    })
+    .await;
+}
+
+/// Acknowledged writes: right after A's `insert` returns, B (which held the old value in L1)
+/// reads the new one — every round of 1,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_acknowledged_insert_returns_every_instance_reads_it() {
+    let server = redis();
+    let acked = |name| {
+        builder(&server, name)
+            .ack_writes(Duration::from_secs(10))
+            .bus_heartbeat_interval(Duration::from_millis(100))
+            .bus_heartbeat_timeout(Duration::from_secs(5))
+            .build()
+    };
+    let a = acked("ack").await.unwrap();
+    let b = acked("ack").await.unwrap();
+    knows(&a, &b).await;
+    knows(&b, &a).await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 0).await.unwrap();
+    let mut old_in_l1 = 0;
+    for i in 1..=1000u64 {
+        // B holds the previous value (from L1 after the first read).
+        assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&(i - 1)));
+        if b.stats().l1_hits > old_in_l1 {
+            old_in_l1 = b.stats().l1_hits;
+        }
+        ra.insert("k", i).await.unwrap();
+        assert_eq!(
+            rb.get("k").await.unwrap().as_deref(),
+            Some(&i),
+            "round {i}: B read the old value after A's acknowledged insert returned"
+        );
+    }
+    assert!(
+        old_in_l1 > 0,
+        "B never served from L1: the test proves nothing"
+    );
+    // Invalidations are acknowledged too.
+    rb.get("k").await.unwrap();
+    ra.invalidate("k").await.unwrap();
+    assert_eq!(rb.get("k").await.unwrap(), None);
+}
+
+/// A peer that stopped listening (its link blackholed) is still live for A (its heartbeats
+/// were heard recently): A's acknowledged write returns after its timeout and names it. The
+/// write itself landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_names_the_peer_that_did_not_acknowledge() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = builder(&server, "deaf")
+        .ack_writes(Duration::from_millis(500))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let b = LayerCache::builder("deaf")
+        .redis_url(proxy.url())
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let c = direct(&server, "deaf").await;
+    knows(&a, &b).await;
+    knows(&a, &c).await;
+    let ra = region(&a).await;
+    ra.insert("k", 1).await.unwrap();
+    proxy.blackhole();
+    let err = ra.insert("k", 2).await.unwrap_err();
+    assert_eq!(err.kind(), layercache::ErrorKind::Unacknowledged, "{err}");
+    assert_eq!(err.unacknowledged(), &[b.instance_id().unwrap()], "{err}");
+    let fresh = direct(&server, "deaf").await;
+    assert_eq!(
+        region(&fresh).await.get("k").await.unwrap().as_deref(),
+        Some(&2)
+    );
+    proxy.pass();
+}

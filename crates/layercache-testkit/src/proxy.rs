@@ -209,6 +209,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control, link: &Link, 
             }
             Err(_) => break,
         };
+        // Data read just before a blackhole began is held too: the blackhole is immediate.
+        while control.mode.load(Ordering::SeqCst) == BLACKHOLE
+            && !control.stop.load(Ordering::SeqCst)
+            && control.epoch.load(Ordering::SeqCst) == link.epoch
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if upstream && contains_subscribe(&buf[..n]) {
             link.subscriber.store(true, Ordering::SeqCst);
         }

@@ -55,6 +55,7 @@ pub struct LayerCacheBuilder {
     l2_connect_timeout: Duration,
     l2_max_command_buffer: usize,
     l2_repair_capacity: usize,
+    ack_writes: Option<Duration>,
     l2_reconnect_min: Duration,
     l2_reconnect_max: Duration,
     l2_error_policy: L2ErrorPolicy,
@@ -88,6 +89,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("l2_max_command_buffer", &self.l2_max_command_buffer)
             .field("l2_repair_capacity", &self.l2_repair_capacity)
+            .field("ack_writes", &self.ack_writes)
             .field("l2_reconnect_min", &self.l2_reconnect_min)
             .field("l2_reconnect_max", &self.l2_reconnect_max)
             .field("l2_error_policy", &self.l2_error_policy)
@@ -123,6 +125,7 @@ impl LayerCacheBuilder {
             l2_connect_timeout: Duration::from_secs(5),
             l2_max_command_buffer: 10_000,
             l2_repair_capacity: 10_000,
+            ack_writes: None,
             l2_reconnect_min: Duration::from_millis(100),
             l2_reconnect_max: Duration::from_secs(5),
             l2_error_policy: L2ErrorPolicy::Fallback,
@@ -288,6 +291,30 @@ impl LayerCacheBuilder {
     /// Default: 10,000.
     pub fn l2_repair_capacity(mut self, keys: usize) -> Self {
         self.l2_repair_capacity = keys;
+        self
+    }
+
+    /// Acknowledged writes: `insert`, `insert_versioned` and `invalidate` return only once
+    /// every live instance (one whose bus heartbeat was heard within
+    /// [`bus_heartbeat_timeout`](Self::bus_heartbeat_timeout)) has applied their announcement —
+    /// so a read on any instance right after the call returns sees the write — or after
+    /// `timeout`, with [`ErrorKind::Unacknowledged`](crate::ErrorKind::Unacknowledged) naming
+    /// the instances that did not ([`Error::unacknowledged`](crate::Error::unacknowledged));
+    /// the write itself stands. This error is returned whatever the
+    /// [`l2_error_policy`](Self::l2_error_policy): it is what the mode is for. A write that
+    /// Redis did not confirm cannot be acknowledged: it returns the same error naming every
+    /// live instance (and is journaled for repair).
+    ///
+    /// Each such write costs one more bus round trip (every instance publishes an
+    /// acknowledgement, batched with its other messages). Every instance must run a release
+    /// that knows acknowledgements: older ones reject such messages as malformed.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: off (writes return once Redis has them; other instances apply them within a
+    /// bus round trip).
+    pub fn ack_writes(mut self, timeout: Duration) -> Self {
+        self.ack_writes = Some(timeout);
         self
     }
 
@@ -549,6 +576,7 @@ impl LayerCacheBuilder {
         ] {
             check_max(what, Some(value), MAX_WAIT)?;
         }
+        check_max("ack_writes", self.ack_writes, MAX_WAIT)?;
         for (what, value) in [
             ("l2_max_command_buffer", self.l2_max_command_buffer),
             ("l2_repair_capacity", self.l2_repair_capacity),
@@ -592,6 +620,7 @@ impl LayerCacheBuilder {
             lock_wait: self.lock_wait,
             max_key_bytes: self.max_key_bytes,
             repair_capacity: self.l2_repair_capacity,
+            ack_timeout: self.ack_writes,
         };
         let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
         let Some(url) = &self.redis_url else {
@@ -674,7 +703,9 @@ impl LayerCacheBuilder {
         }));
         let bus_settings = BusSettings {
             loss_policy: self.coherence_loss_policy,
+            heartbeat_timeout: self.bus_heartbeat_timeout,
         };
+        let acked = Arc::new(tokio::sync::Notify::new());
         let sequencer = Arc::new(bus::Sequencer::new(id, channel.clone(), published.clone()));
         let handle = BusHandle {
             id,
@@ -684,6 +715,7 @@ impl LayerCacheBuilder {
             shared: shared.clone(),
             settings: bus_settings,
             shutdown,
+            acked: acked.clone(),
         };
         let publisher = Publisher {
             l2: l2.clone(),
@@ -714,6 +746,7 @@ impl LayerCacheBuilder {
             shutdown: shutdown_rx,
             subscribed,
             subscriber_task: Some(subscriber_task),
+            acked,
         };
         inner.adopt_task(tokio::spawn(publisher.run()));
         inner.adopt_task(tokio::spawn(listener.run()));

@@ -240,6 +240,8 @@ impl Sequencer {
 #[derive(Debug, Clone)]
 pub(crate) struct BusSettings {
     pub(crate) loss_policy: CoherenceLossPolicy,
+    /// A peer heard from within this long is live (acknowledged writes wait for it).
+    pub(crate) heartbeat_timeout: Duration,
 }
 
 /// State the listener updates and `bus_status` reads.
@@ -247,6 +249,8 @@ pub(crate) struct BusSettings {
 pub(crate) struct Shared {
     pub(crate) healthy: bool,
     pub(crate) peers: HashMap<[u8; 16], (u64, std::time::Instant)>,
+    /// For each peer: the highest sequence number of ours it has acknowledged.
+    pub(crate) acks: HashMap<[u8; 16], u64>,
 }
 
 /// One queued announcement.
@@ -268,6 +272,8 @@ pub(crate) struct BusHandle {
     pub(crate) settings: BusSettings,
     /// Signalled by `shutdown()`, or dropped with the cache: the bus tasks see it and stop.
     pub(crate) shutdown: watch::Sender<()>,
+    /// Woken when an acknowledgement arrives.
+    pub(crate) acked: Arc<tokio::sync::Notify>,
 }
 
 impl BusHandle {
@@ -293,6 +299,48 @@ impl BusHandle {
                 "publishing the invalidation took too long",
             )),
         }
+    }
+
+    /// Waits until every live peer (heard from within the heartbeat timeout) has acknowledged
+    /// our message `seq`, at most `within`; else names the peers that have not.
+    pub(crate) async fn wait_for_acks(&self, seq: u64, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let missing: Vec<InstanceId> = {
+                let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                shared
+                    .peers
+                    .iter()
+                    .filter(|(_, (_, seen))| seen.elapsed() < self.settings.heartbeat_timeout)
+                    .filter(|(id, _)| shared.acks.get(*id).is_none_or(|a| *a < seq))
+                    .map(|(id, _)| InstanceId(*id))
+                    .collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let mut missing = missing;
+                missing.sort();
+                return Err(Error::unacknowledged_by(missing, within));
+            }
+        }
+    }
+
+    /// The live peers (heard from within the heartbeat timeout).
+    pub(crate) fn live_peers(&self) -> Vec<InstanceId> {
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live: Vec<InstanceId> = shared
+            .peers
+            .iter()
+            .filter(|(_, (_, seen))| seen.elapsed() < self.settings.heartbeat_timeout)
+            .map(|(id, _)| InstanceId(*id))
+            .collect();
+        live.sort();
+        live
     }
 
     /// Tells the bus tasks to stop.

@@ -43,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) lock_ttl: Duration,
     pub(crate) lock_wait: Duration,
     pub(crate) max_key_bytes: usize,
+    /// Acknowledged writes: how long `insert`/`invalidate` wait for every live instance.
+    pub(crate) ack_timeout: Option<Duration>,
     /// How many keys the write journal remembers one by one.
     pub(crate) repair_capacity: usize,
 }
@@ -251,6 +253,8 @@ impl Inner {
                 }
                 Entry::Tag(tag) => self.tags_invalidated(std::slice::from_ref(tag)),
                 Entry::All => self.flush_l1(FlushReason::Clear),
+                // Acknowledgements are the listener's business.
+                Entry::Ack { .. } | Entry::AckPlease => {}
             }
         }
     }

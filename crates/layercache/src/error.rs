@@ -30,6 +30,11 @@ pub enum ErrorKind {
     Loader,
     /// The cache (or the runtime that drives it) has shut down.
     Closed,
+    /// An acknowledged write ([`ack_writes`](crate::LayerCacheBuilder::ack_writes)) was not
+    /// acknowledged by every live instance within its timeout;
+    /// [`Error::unacknowledged`] names them. The write itself is in Redis (or journaled for
+    /// repair).
+    Unacknowledged,
 }
 
 impl ErrorKind {
@@ -43,6 +48,7 @@ impl ErrorKind {
             Self::KeyTooLarge => "key too large",
             Self::Loader => "loader error",
             Self::Closed => "cache closed",
+            Self::Unacknowledged => "write not acknowledged",
         }
     }
 }
@@ -65,6 +71,8 @@ pub struct Error {
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     /// Redis was not called at all (breaker open, or the connection known to be down).
     skipped: bool,
+    /// The instances that did not acknowledge a write ([`ErrorKind::Unacknowledged`]).
+    unacknowledged: Arc<[crate::bus::InstanceId]>,
 }
 
 impl Error {
@@ -75,7 +83,32 @@ impl Error {
             context: context.into(),
             source: None,
             skipped: false,
+            unacknowledged: Arc::from(Vec::new()),
         }
+    }
+
+    /// For [`ErrorKind::Unacknowledged`]: the instances that had not acknowledged the write
+    /// when its timeout ran out (empty for other errors).
+    pub fn unacknowledged(&self) -> &[crate::bus::InstanceId] {
+        &self.unacknowledged
+    }
+
+    /// An [`ErrorKind::Unacknowledged`] error naming `peers`.
+    pub(crate) fn unacknowledged_by(
+        peers: Vec<crate::bus::InstanceId>,
+        within: std::time::Duration,
+    ) -> Self {
+        let names: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        let mut e = Self::new(
+            ErrorKind::Unacknowledged,
+            format!(
+                "not acknowledged within {within:?} by {} instance(s): {}",
+                peers.len(),
+                names.join(", ")
+            ),
+        );
+        e.unacknowledged = Arc::from(peers);
+        e
     }
 
     /// Attaches the underlying error.

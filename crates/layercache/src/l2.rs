@@ -896,8 +896,8 @@ impl L2 {
     /// (receivers detect gaps as before). Redis runs the `PUBLISH` right after the script, so a
     /// receiver drops its copy only once the write is visible; an announcement of a write that
     /// was fenced is spurious and harmless (it only drops a copy). Returns what became of the
-    /// write and of the announcement (an error there is the announcement's alone: the write
-    /// stands).
+    /// write and of the announcement (its sequence number; an error there is the
+    /// announcement's alone: the write stands).
     #[expect(
         clippy::too_many_arguments,
         reason = "the fill's arguments and the announcement"
@@ -912,7 +912,7 @@ impl L2 {
         generation_key: &str,
         sequencer: &Sequencer,
         message: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<(Filled, Result<()>)> {
+    ) -> Result<(Filled, Result<u64>)> {
         let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
         let span = tracing::debug_span!(
             "layercache.l2.set",
@@ -959,7 +959,7 @@ impl L2 {
             Err(e) => return Err(map_err("redis EVAL (fill)", e)),
         };
         let published = published
-            .map(|_| ())
+            .map(|_| taken)
             .map_err(|e| map_err("redis PUBLISH", e));
         Ok((written, published))
     }

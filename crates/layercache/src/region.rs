@@ -774,7 +774,7 @@ where
         let mut older = false;
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
-        let mut announced = Err(Error::new(ErrorKind::Redis, "not announced"));
+        let mut announced: Result<u64> = Err(Error::new(ErrorKind::Redis, "not announced"));
         if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
             let written = match (known, rk) {
                 (Some(g), Some(rk)) => {
@@ -782,7 +782,7 @@ where
                     self.write_fenced(&k, (g, rk, enc), &plan, tags.as_deref(), encode)
                         .await
                 }
-                _ => self.l2_generation().map(|g| (g, Filled::Written, Ok(()))),
+                _ => self.l2_generation().map(|g| (g, Filled::Written, Ok(0))),
             };
             match written {
                 Ok((g, filled, published)) => {
@@ -809,43 +809,62 @@ where
         }
         drop(ticket);
         self.settle_write(&k, started, confirmed, announced, result)
+            .await
             .map(|()| !older)
     }
 
     /// The end of every `insert` and `invalidate`: if Redis did not confirm the write or its
     /// announcement, journals the key for repair (a tombstone written and announced as soon as
     /// Redis answers; until then this instance serves nothing for the key from Redis). A
-    /// confirmed write settles an earlier unconfirmed one of the key.
-    fn settle_write(
+    /// confirmed write settles an earlier unconfirmed one of the key. With acknowledged writes,
+    /// then waits for every live instance to acknowledge the announcement.
+    async fn settle_write(
         &self,
         k: &[u8],
         started: u64,
         confirmed: bool,
-        announced: Result<()>,
+        announced: Result<u64>,
         result: Result<()>,
     ) -> Result<()> {
         let cache = &self.cache;
         if cache.l2.is_none() {
             return result;
         }
-        if confirmed && announced.is_ok() {
-            cache.journal.confirmed(k, started);
-            return result;
-        }
-        let tombstone = crate::journal::Tombstone {
-            ttl: self.shared.entry_options.get_ttl(),
-            retention: self.shared.entry_options.keep_after_expiry(),
-            codec: C::ID,
+        let seq = match (confirmed, announced) {
+            (true, Ok(seq)) => {
+                cache.journal.confirmed(k, started);
+                Ok(seq)
+            }
+            (_, announced) => {
+                let tombstone = crate::journal::Tombstone {
+                    ttl: self.shared.entry_options.get_ttl(),
+                    retention: self.shared.entry_options.keep_after_expiry(),
+                    codec: C::ID,
+                };
+                cache.unconfirmed(
+                    crate::journal::Pending::Key(k.into(), tombstone),
+                    Some(&self.shared.state.name),
+                );
+                Err(announced.err())
+            }
         };
-        cache.unconfirmed(
-            crate::journal::Pending::Key(k.into(), tombstone),
-            Some(&self.shared.state.name),
-        );
-        match (result, announced) {
+        if let (Some(within), Some(bus)) = (cache.settings.ack_timeout, &cache.bus) {
+            match &seq {
+                Ok(seq) => return bus.wait_for_acks(*seq, within).await,
+                // Not in Redis (or not announced): no live instance can have heard of it.
+                Err(_) => {
+                    let live = bus.live_peers();
+                    if !live.is_empty() {
+                        return Err(Error::unacknowledged_by(live, within));
+                    }
+                }
+            }
+        }
+        match (result, seq) {
             (Err(e), _) => Err(e),
             // The write landed but its announcement did not: the policy decides, as for a
             // failed write.
-            (Ok(()), Err(e)) if confirmed => self.l2_failed("publish", e),
+            (Ok(()), Err(Some(e))) if confirmed => self.l2_failed("publish", e),
             (Ok(()), _) => Ok(()),
         }
     }
@@ -875,7 +894,7 @@ where
         let started = cache.journal.stamp();
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
-        let mut announced = Err(Error::new(ErrorKind::Redis, "not announced"));
+        let mut announced: Result<u64> = Err(Error::new(ErrorKind::Redis, "not announced"));
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
             // afterwards (fills are `SET NX`, or replace only the entry they saw).
@@ -905,6 +924,7 @@ where
         }
         cache.l1.remove(&k).await;
         self.settle_write(&k, started, confirmed, announced, result)
+            .await
     }
 
     /// Invalidates every entry of the region, on every instance, in O(1): the region's

@@ -36,6 +36,8 @@ pub(crate) struct Listener {
     pub(crate) subscribed: bool,
     /// The subscriber's connection task, awaited when the listener stops.
     pub(crate) subscriber_task: Option<fred::types::ConnectHandle>,
+    /// Woken when a peer acknowledges one of our messages.
+    pub(crate) acked: Arc<tokio::sync::Notify>,
 }
 
 impl Listener {
@@ -223,13 +225,40 @@ impl Listener {
             self.lost(inner, FlushReason::Gap);
         }
         inner.apply_remote(&msg.entries).await;
-        let mut shared = self.shared();
-        let entry = shared
-            .peers
-            .entry(msg.sender)
-            .or_insert((0, Instant::now()));
-        entry.0 = entry.0.max(msg.seq);
-        entry.1 = Instant::now();
+        let mut acked = false;
+        {
+            let mut shared = self.shared();
+            let entry = shared
+                .peers
+                .entry(msg.sender)
+                .or_insert((0, Instant::now()));
+            entry.0 = entry.0.max(msg.seq);
+            entry.1 = Instant::now();
+            for e in &msg.entries {
+                if let message::Entry::Ack { to, seq } = e {
+                    if *to == self.id.0 {
+                        let a = shared.acks.entry(msg.sender).or_insert(0);
+                        *a = (*a).max(*seq);
+                        acked = true;
+                    }
+                }
+            }
+        }
+        if acked {
+            self.acked.notify_waiters();
+        }
+        // Applied: acknowledge it if asked (queued to the publisher, never awaited here; if
+        // the queue is full the sender times out and names this instance).
+        if msg.entries.contains(&message::Entry::AckPlease) {
+            if let Some(bus) = &inner.bus {
+                let (ack, _) = tokio::sync::oneshot::channel();
+                let entry = message::Entry::Ack {
+                    to: msg.sender,
+                    seq: msg.seq,
+                };
+                let _ = bus.tx.try_send(super::Outgoing { entry, ack });
+            }
+        }
     }
 }
 

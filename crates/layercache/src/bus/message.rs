@@ -20,6 +20,12 @@
 //! | 2 region generation | region `str8`, schema u32, generation u64 |
 //! | 3 tag | tag `bytes32` (UTF-8) |
 //! | 4 all | — |
+//! | 5 acknowledgement | the instance id it is for (16 bytes), the sequence number of that instance's message it acknowledges (u64) |
+//! | 6 acknowledgement requested | — (the sender waits for every live instance to acknowledge this message) |
+//!
+//! Kinds 5 and 6 are sent only by caches built with
+//! [`ack_writes`](crate::LayerCacheBuilder::ack_writes); a release that predates them rejects
+//! such a message as malformed.
 //!
 //! A message with no entries is a heartbeat. Messages never carry values. Parsing checks every
 //! length against the bytes actually present and fails on anything unknown or left over.
@@ -49,6 +55,10 @@ pub(crate) enum Entry {
     Tag(String),
     /// The whole cache was cleared.
     All,
+    /// "I have applied your message `seq`": for the instance `to`.
+    Ack { to: InstanceId, seq: u64 },
+    /// The sender asks every instance to acknowledge this message.
+    AckPlease,
 }
 
 /// A decoded message.
@@ -76,7 +86,8 @@ pub(crate) fn entry_len(e: &Entry) -> usize {
         Entry::Key { region, key } => 1 + region.len() + 4 + key.len(),
         Entry::Region { region, .. } => 1 + region.len() + 12,
         Entry::Tag(tag) => 4 + tag.len(),
-        Entry::All => 0,
+        Entry::All | Entry::AckPlease => 0,
+        Entry::Ack { .. } => 16 + 8,
     }
 }
 
@@ -95,7 +106,13 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Encodes a message.
 pub(crate) fn encode(sender: &InstanceId, seq: u64, entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + entries.iter().map(entry_len).sum::<usize>());
+    let refs: Vec<&Entry> = entries.iter().collect();
+    encode_refs(sender, seq, &refs)
+}
+
+/// Encodes a message of borrowed entries.
+pub(crate) fn encode_refs(sender: &InstanceId, seq: u64, entries: &[&Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + entries.iter().map(|e| entry_len(e)).sum::<usize>());
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.extend_from_slice(sender);
@@ -127,6 +144,12 @@ pub(crate) fn encode(sender: &InstanceId, seq: u64, entries: &[Entry]) -> Vec<u8
                 put_bytes32(&mut out, tag.as_bytes());
             }
             Entry::All => out.push(4),
+            Entry::Ack { to, seq } => {
+                out.push(5);
+                out.extend_from_slice(to);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            Entry::AckPlease => out.push(6),
         }
     }
     out
@@ -205,6 +228,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, Rejected> {
                 String::from_utf8(r.bytes32()?.to_vec()).map_err(|_| Rejected::Malformed)?,
             ),
             4 => Entry::All,
+            5 => {
+                let mut to = [0u8; 16];
+                to.copy_from_slice(r.take(16)?);
+                Entry::Ack { to, seq: r.u64()? }
+            }
+            6 => Entry::AckPlease,
             _ => return Err(Rejected::Malformed),
         };
         entries.push(e);
@@ -240,6 +269,11 @@ mod tests {
             },
             Entry::Tag("team:7".into()),
             Entry::All,
+            Entry::Ack {
+                to: [9u8; 16],
+                seq: u64::MAX,
+            },
+            Entry::AckPlease,
         ]
     }
 

@@ -298,7 +298,7 @@ where
         plan: &Plan,
         tags: Option<&[String]>,
         encode: impl Fn(&str) -> Result<Encoded>,
-    ) -> Result<(u64, Filled, Result<()>)> {
+    ) -> Result<(u64, Filled, Result<u64>)> {
         const ATTEMPTS: usize = 3;
         let (mut generation, mut rk, mut enc) = first;
         let entry = crate::bus::Entry::Key {
@@ -336,7 +336,7 @@ where
         tags: Option<&[String]>,
         generation: u64,
         entry: &crate::bus::Entry,
-    ) -> Result<(Filled, Result<()>)> {
+    ) -> Result<(Filled, Result<u64>)> {
         let guard = Guard {
             mode: &Fill::Set,
             marks: &[],
@@ -345,7 +345,7 @@ where
         };
         let (Some(l2), Some(bus)) = (&self.cache.l2, &self.cache.bus) else {
             let filled = self.write_l2(rk, enc, plan, tags, guard).await?;
-            return Ok((filled, Ok(())));
+            return Ok((filled, Ok(0)));
         };
         self.count_write(&enc);
         let tag_keys: Vec<String> = tags
@@ -363,7 +363,17 @@ where
             guard,
             &self.shared.state.generation_key,
             sequencer,
-            |seq| crate::bus::message::encode(&id.0, seq, std::slice::from_ref(entry)),
+            |seq| {
+                // Acknowledged writes ask every instance to acknowledge this message.
+                let ack = self
+                    .cache
+                    .settings
+                    .ack_timeout
+                    .map(|_| crate::bus::Entry::AckPlease);
+                let entries: Vec<&crate::bus::Entry> =
+                    std::iter::once(entry).chain(ack.as_ref()).collect();
+                crate::bus::message::encode_refs(&id.0, seq, &entries)
+            },
         )
         .await
     }
