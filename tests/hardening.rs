@@ -740,15 +740,21 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     let (read, write, read_err, write_err) = read_and_write(&r, "b").await;
     eprintln!("silent redis, suspect: read {read:?}, write {write:?}");
     assert!(timed_out_after(&read_err).contains("100ms"), "{read_err:?}");
-    // The write is the fourth call: it times out short; a fifth call opens the breaker.
+    // The write is the fourth call: it times out short (or finds the breaker open, if a
+    // background call — a heartbeat, a generation read, a repair — failed too); a fifth call
+    // opens the breaker.
     let write_err = write_err.expect("Propagate: the failure is returned");
-    assert!(write_err.context().contains("100ms"), "{write_err}");
-    assert!(!cache.l2_breaker_open(), "four failures do not open it");
-    let fifth = r
-        .get("b2")
-        .await
-        .expect_err("Propagate: the failure is returned");
-    assert!(fifth.context().contains("100ms"), "{fifth}");
+    assert!(
+        write_err.is_skipped() || write_err.context().contains("100ms"),
+        "{write_err}"
+    );
+    if !cache.l2_breaker_open() {
+        let fifth = r
+            .get("b2")
+            .await
+            .expect_err("Propagate: the failure is returned");
+        assert!(fifth.context().contains("100ms"), "{fifth}");
+    }
     assert!(cache.l2_breaker_open(), "five failures open it");
     // Open: nothing is sent.
     let rejected = cache.stats().breaker_rejections;
