@@ -697,3 +697,50 @@ async fn a_fault_schedule_under_load_keeps_every_read_within_its_bound() {
         "still stale after writes stopped: {still:?}"
     );
 }
+
+/// After `FLUSHALL`, the region generation is created again by an instance whose clock is
+/// behind (a generation below the one the running instance used). The running instance moves
+/// it forward and announces it instead of going on in another generation: both converge, and
+/// each one's writes reach the other through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_created_again_below_one_in_use_is_moved_forward_not_split() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let running = direct(&server, "skew").await;
+    let rr = region(&running).await;
+    rr.insert("warm", 0).await.unwrap();
+    let used = rr.generation().unwrap();
+    let _ = cmd(&raw, "FLUSHALL", &[]).await;
+    // Another host, its clock behind, creates the generation again.
+    let _ = cmd(&raw, "SET", &["skew:m2:item:s1:gen", "1"]).await;
+    let fresh = direct(&server, "skew").await;
+    let rf = region(&fresh).await;
+    assert_eq!(rf.generation(), Some(1));
+    // The running instance's next fill is fenced, re-reads the generation, finds it below one
+    // it used, moves it forward and announces it.
+    let v = rr
+        .get_or_load("x", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 1);
+    wait_until("one generation on both", WAIT, || {
+        let (rr, rf) = (rr.clone(), rf.clone());
+        async move { rr.generation() == rf.generation() }
+    })
+    .await;
+    assert!(rr.generation().unwrap() > used);
+    assert_eq!(
+        running.stats().generation_repairs,
+        1,
+        "{:?}",
+        running.stats()
+    );
+    // Each one's writes reach the other through Redis.
+    rr.insert("z", 7).await.unwrap();
+    rf.insert("y", 5).await.unwrap();
+    caught_up(&fresh, &running).await;
+    caught_up(&running, &fresh).await;
+    assert_eq!(rf.get("z").await.unwrap().as_deref(), Some(&7));
+    assert_eq!(rr.get("y").await.unwrap().as_deref(), Some(&5));
+    assert_eq!(running.pending_repairs(), 0);
+}

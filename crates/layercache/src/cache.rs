@@ -97,6 +97,11 @@ impl RegionState {
         self.generation.store(UNKNOWN_GENERATION, Ordering::Release);
     }
 
+    /// The highest generation this instance has seen for the region.
+    pub(crate) fn highest_seen(&self) -> u64 {
+        self.highest.load(Ordering::Acquire)
+    }
+
     /// The floor for a generation created afresh: above every generation seen.
     pub(crate) fn generation_floor(&self) -> u64 {
         self.highest.load(Ordering::Acquire).saturating_add(1)
@@ -307,6 +312,42 @@ impl Inner {
             .load_generation(&state.generation_key, initial, GENERATION_TTL)
             .await
         {
+            Ok(g) if g < state.highest_seen() => {
+                // Below a generation this instance has used: the key was lost (FLUSHALL, a
+                // restart empty, eviction) and created again by an instance whose clock is
+                // behind. Move it above every generation seen here, and announce it, so that
+                // every instance converges on one instead of two going on apart.
+                tracing::warn!(cache.name = %self.name, region = %state.name, found = g, highest = state.highest_seen(), "region generation in redis is below one already used; moving it forward");
+                self.counters.generation_repairs.incr();
+                match l2
+                    .bump_generation(
+                        &state.generation_key,
+                        state.generation_floor(),
+                        GENERATION_TTL,
+                    )
+                    .await
+                {
+                    Ok(moved) => {
+                        self.raise_generation(state, moved);
+                        let announced = self
+                            .announce(Entry::Region {
+                                region: state.name.clone(),
+                                schema: state.schema,
+                                generation: moved,
+                            })
+                            .await;
+                        if announced.is_err() {
+                            self.unconfirmed(Pending::Region(state.id), Some(&state.name));
+                        }
+                    }
+                    Err(e) => {
+                        state.forget_generation();
+                        self.generation_moved(state);
+                        self.unconfirmed(Pending::Region(state.id), Some(&state.name));
+                        let _ = self.l2_failed("bump generation", Some(&state.name), e);
+                    }
+                }
+            }
             Ok(g) => {
                 self.raise_generation(state, g);
             }

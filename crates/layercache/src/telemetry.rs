@@ -31,6 +31,7 @@
 //! | `gave up waiting for the load lock; loading without it` | event | warn | `cache.name`, `region` | a lock wait ran out |
 //! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
 //! | `write journal full; the region's generation will be moved when redis answers` | event | warn | `cache.name`, `region`, `suppressed` | an unconfirmed write did not fit in the journal (`l2_repair_capacity`) |
+//! | `region generation in redis is below one already used; moving it forward` | event | warn | `cache.name`, `region`, `found`, `highest` | a generation lost and created again by an instance whose clock is behind |
 //! | `repaired writes that redis had not confirmed` | event | info | `cache.name`, `done`, `left` | a repair run made progress |
 //! | `write repair interrupted; retried at the next heartbeat` | event | debug | `cache.name`, `error`, `done`, `total` | a repair run stopped at a failure |
 //! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
