@@ -20,26 +20,15 @@ use fred::{
     types::{Expiration, Value},
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
-use support::{builder, caught_up, cmd, data_keys, raw_client, redis, wait_until};
+use support::{
+    builder, caught_up, cmd, data_keys, instance, raw_client, redis, region, wait_until,
+};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A completed write: (writer instance, its published sequence number after the write, version).
 type Write = (usize, u64, u64);
-
-async fn instance(server: &layercache_testkit::RedisServer, name: &str) -> LayerCache {
-    builder(server, name)
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_millis(1000))
-        .build()
-        .await
-        .unwrap()
-}
-
-async fn region(c: &LayerCache) -> Region<str, u64> {
-    c.region::<str, u64>("item").build().await.unwrap()
-}
 
 /// An instance whose link to Redis (commands and bus) goes through `proxy`, which a test slows
 /// down so that the instance hears of other instances' changes late.

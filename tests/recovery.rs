@@ -18,20 +18,10 @@ use std::{
 
 use fred::prelude::KeysInterface;
 use layercache::{LayerCache, Region};
-use layercache_testkit::{Proxy, RedisServer};
-use support::{builder, caught_up, cmd, raw_client, redis, wait_until};
+use layercache_testkit::Proxy;
+use support::{builder, caught_up, cmd, instance, raw_client, redis, region, wait_until};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// An instance that reaches Redis directly.
-async fn direct(server: &RedisServer, name: &str) -> LayerCache {
-    builder(server, name)
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_millis(1000))
-        .build()
-        .await
-        .unwrap()
-}
 
 /// An instance whose link to Redis (commands and bus) goes through `proxy`.
 async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
@@ -46,10 +36,6 @@ async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
         .build()
         .await
         .unwrap()
-}
-
-async fn region(c: &LayerCache) -> Region<str, u64> {
-    c.region::<str, u64>("item").build().await.unwrap()
 }
 
 /// Reads through to `source` (the source of truth).
@@ -78,7 +64,7 @@ async fn an_invalidate_made_while_cut_off_is_repaired_not_undone() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
     let a = via(&proxy, "cut", Duration::from_millis(300)).await;
-    let b = direct(&server, "cut").await;
+    let b = instance(&server, "cut").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
@@ -99,7 +85,7 @@ async fn an_invalidate_made_while_cut_off_is_repaired_not_undone() {
         "A read the old value back"
     );
     assert_eq!(rb.get("k").await.unwrap(), None, "B kept the old value");
-    let c = direct(&server, "cut").await;
+    let c = instance(&server, "cut").await;
     assert_eq!(
         region(&c).await.get("k").await.unwrap(),
         None,
@@ -116,7 +102,7 @@ async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
     let a = via(&proxy, "cuti", Duration::from_millis(300)).await;
-    let b = direct(&server, "cuti").await;
+    let b = instance(&server, "cuti").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let source = Arc::new(AtomicU64::new(1));
     ra.insert("k", 1).await.unwrap();
@@ -138,7 +124,7 @@ async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
         "A read the old value back"
     );
     // Redis holds the value A's load filled over the tombstone, never the 1 it held.
-    let c = direct(&server, "cuti").await;
+    let c = instance(&server, "cuti").await;
     assert_eq!(
         region(&c).await.get("k").await.unwrap().as_deref(),
         Some(&2)
@@ -207,7 +193,7 @@ async fn a_full_journal_moves_the_region_generation() {
         .build()
         .await
         .unwrap();
-    let b = direct(&server, "full").await;
+    let b = instance(&server, "full").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     for k in ["x", "y", "z"] {
         ra.insert(k, 1).await.unwrap();
@@ -255,7 +241,7 @@ async fn an_invalidate_all_made_while_cut_off_is_repaired_not_undone() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
     let a = via(&proxy, "cutall", Duration::from_millis(300)).await;
-    let b = direct(&server, "cutall").await;
+    let b = instance(&server, "cutall").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
@@ -291,7 +277,7 @@ async fn an_insert_does_not_fill_l1_over_a_newer_write_applied_meanwhile() {
         .build()
         .await
         .unwrap();
-    let b = direct(&server, "older").await;
+    let b = instance(&server, "older").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
@@ -334,8 +320,8 @@ async fn an_insert_does_not_fill_l1_over_a_newer_write_applied_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_versioned_write_arriving_last_is_refused() {
     let server = redis();
-    let a = direct(&server, "ver").await;
-    let b = direct(&server, "ver").await;
+    let a = instance(&server, "ver").await;
+    let b = instance(&server, "ver").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     assert!(rb.insert_versioned("k", 6, 6).await.unwrap());
     caught_up(&a, &b).await;
@@ -351,7 +337,7 @@ async fn an_older_versioned_write_arriving_last_is_refused() {
         "A kept its older write"
     );
     assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&6));
-    let c = direct(&server, "ver").await;
+    let c = instance(&server, "ver").await;
     assert_eq!(
         region(&c).await.get("k").await.unwrap().as_deref(),
         Some(&6),
@@ -455,7 +441,7 @@ async fn an_acknowledged_write_names_the_peer_that_did_not_acknowledge() {
         .build()
         .await
         .unwrap();
-    let c = direct(&server, "deaf").await;
+    let c = instance(&server, "deaf").await;
     knows(&a, &b).await;
     knows(&a, &c).await;
     let ra = region(&a).await;
@@ -464,7 +450,7 @@ async fn an_acknowledged_write_names_the_peer_that_did_not_acknowledge() {
     let err = ra.insert("k", 2).await.unwrap_err();
     assert_eq!(err.kind(), layercache::ErrorKind::Unacknowledged, "{err}");
     assert_eq!(err.unacknowledged(), &[b.instance_id().unwrap()], "{err}");
-    let fresh = direct(&server, "deaf").await;
+    let fresh = instance(&server, "deaf").await;
     assert_eq!(
         region(&fresh).await.get("k").await.unwrap().as_deref(),
         Some(&2)
@@ -706,14 +692,14 @@ async fn a_fault_schedule_under_load_keeps_every_read_within_its_bound() {
 async fn a_generation_created_again_below_one_in_use_is_moved_forward_not_split() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let running = direct(&server, "skew").await;
+    let running = instance(&server, "skew").await;
     let rr = region(&running).await;
     rr.insert("warm", 0).await.unwrap();
     let used = rr.generation().unwrap();
     let _ = cmd(&raw, "FLUSHALL", &[]).await;
     // Another host, its clock behind, creates the generation again.
     let _ = cmd(&raw, "SET", &["skew:m2:item:s1:gen", "1"]).await;
-    let fresh = direct(&server, "skew").await;
+    let fresh = instance(&server, "skew").await;
     let rf = region(&fresh).await;
     assert_eq!(rf.generation(), Some(1));
     // The running instance's next fill is fenced, re-reads the generation, finds it below one

@@ -10,7 +10,7 @@ use fred::{
     prelude::{Builder, Client, ClientLike, Config},
     types::{ClusterHash, CustomCommand, Value},
 };
-use layercache::{LayerCache, LayerCacheBuilder};
+use layercache::{LayerCache, LayerCacheBuilder, Region};
 use layercache_testkit::RedisServer;
 
 /// Starts a private redis-server for one test.
@@ -119,4 +119,20 @@ pub(crate) fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{sig} {pid}");
+}
+
+/// An instance on the server with a fast bus (heartbeats every 100 ms, presumed broken after
+/// 1 s), as the coherence and recovery tests use.
+pub(crate) async fn instance(server: &RedisServer, name: &str) -> LayerCache {
+    builder(server, name)
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The tests' region: `item`, string keys, `u64` values.
+pub(crate) async fn region(c: &LayerCache) -> Region<str, u64> {
+    c.region::<str, u64>("item").build().await.unwrap()
 }

@@ -472,16 +472,6 @@ where
     }
 }
 
-/// The only reply of a one-command pipeline.
-fn one_reply(
-    mut replies: Vec<Result<Value, fred::error::Error>>,
-) -> Result<Value, fred::error::Error> {
-    match (replies.pop(), replies.is_empty()) {
-        (Some(r), true) => r,
-        _ => Err(unexpected("PUBLISH")),
-    }
-}
-
 fn unexpected(what: &str) -> fred::error::Error {
     fred::error::Error::new(
         fred::error::ErrorKind::Protocol,
@@ -868,25 +858,14 @@ impl L2 {
         sequencer: &Sequencer,
         message: impl FnOnce(u64) -> Vec<u8>,
     ) -> (u64, Result<()>) {
-        let mut taken = 0;
-        let result = self
-            .bounded("redis PUBLISH", |c| {
-                let pipeline = Pipeline::from(c.clone());
-                sequencer.next(|seq| {
-                    taken = seq;
-                    let queued = queue(
-                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
-                    );
-                    primed(async move {
-                        queued?;
-                        one_reply(pipeline.try_all::<Value>().await).map(|_| ())
-                    })
-                })
-            })
+        let (taken, replies) = self
+            .sequenced("redis PUBLISH", None, sequencer, message)
             .await;
-        if taken > 0 {
-            sequencer.sent(taken);
-        }
+        let result = replies.and_then(|mut r| match r.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(map_err("redis PUBLISH", e)),
+            None => Err(map_err("redis PUBLISH", unexpected("PUBLISH"))),
+        });
         (taken, result)
     }
 
@@ -920,37 +899,18 @@ impl L2 {
             fenced = guard.fence.is_some(),
             announced = true
         );
-        let mut taken = 0;
-        let replies = self
-            .bounded("redis EVAL (fill) + PUBLISH", |c| {
-                let pipeline = Pipeline::from(c.clone());
-                let script =
-                    queue(pipeline.custom::<(), _>(eval_command(key), eval_args(keys, args)));
-                sequencer.next(|seq| {
-                    taken = seq;
-                    let publish = queue(
-                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
-                    );
-                    primed(async move {
-                        script?;
-                        publish?;
-                        let replies = pipeline.try_all::<Value>().await;
-                        match <[_; 2]>::try_from(replies) {
-                            Ok(pair) => Ok(pair),
-                            Err(mut one) => Err(one
-                                .pop()
-                                .and_then(Result::err)
-                                .unwrap_or_else(|| unexpected("EVAL + PUBLISH"))),
-                        }
-                    })
-                })
-            })
+        let script = (eval_command(key), eval_args(keys, args));
+        let (taken, replies) = self
+            .sequenced(
+                "redis EVAL (fill) + PUBLISH",
+                Some(script),
+                sequencer,
+                message,
+            )
             .instrument(span)
             .await;
-        if taken > 0 {
-            sequencer.sent(taken);
-        }
-        let [written, published] = replies?;
+        let [written, published] = <[_; 2]>::try_from(replies?)
+            .map_err(|_| map_err("redis EVAL (fill)", unexpected("EVAL + PUBLISH")))?;
         let written = match written {
             Ok(v) => filled(
                 v.convert::<i64>()
@@ -962,6 +922,51 @@ impl L2 {
             .map(|_| taken)
             .map_err(|e| map_err("redis PUBLISH", e));
         Ok((written, published))
+    }
+
+    /// Sends `script` (if any) and a bus message in one pipeline, bounded like every call: the
+    /// message's sequence number is taken, and the pipeline handed to the connection, under
+    /// the sequencer's lock. Returns the number taken (0 when the call was skipped) and every
+    /// reply, or the error that stood for all of them (a timeout, a lost connection).
+    async fn sequenced(
+        &self,
+        what: &'static str,
+        script: Option<(fred::types::CustomCommand, Vec<Value>)>,
+        sequencer: &Sequencer,
+        message: impl FnOnce(u64) -> Vec<u8>,
+    ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
+        let expected = 1 + usize::from(script.is_some());
+        let mut taken = 0;
+        let replies = self
+            .bounded(what, |c| {
+                let pipeline = Pipeline::from(c.clone());
+                let script = script.map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)));
+                sequencer.next(|seq| {
+                    taken = seq;
+                    let publish = queue(
+                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
+                    );
+                    primed(async move {
+                        script.transpose()?;
+                        publish?;
+                        let mut replies = pipeline.try_all::<Value>().await;
+                        if replies.len() == expected {
+                            Ok(replies)
+                        } else {
+                            // One reply for all: the pipeline failed as a whole.
+                            Err(replies
+                                .pop()
+                                .and_then(Result::err)
+                                .unwrap_or_else(|| unexpected(what)))
+                        }
+                    })
+                })
+            })
+            .await;
+        if taken > 0 {
+            sequencer.sent(taken);
+        }
+        (taken, replies)
     }
 
     async fn eval_u64(
