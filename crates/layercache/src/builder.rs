@@ -669,11 +669,15 @@ impl LayerCacheBuilder {
         let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
         // Degraded start without a connection: the listener subscribes once it connects.
         let subscribed = if subscriber.is_connected() {
-            let attempt = tokio::time::timeout(
-                self.l2_connect_timeout,
-                subscriber.subscribe(channel.as_str()),
-            )
-            .await;
+            // Part of connecting: bounded by the connect timeout, not the (maybe far shorter)
+            // command timeout that fred would otherwise apply to it.
+            let patient = subscriber.with_options(&fred::types::config::Options {
+                timeout: Some(self.l2_connect_timeout),
+                ..Default::default()
+            });
+            let attempt =
+                tokio::time::timeout(self.l2_connect_timeout, patient.subscribe(channel.as_str()))
+                    .await;
             match attempt {
                 Ok(Ok(())) => true,
                 _ if self.l2_startup == L2Startup::Degraded => false,
