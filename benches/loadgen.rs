@@ -1,11 +1,13 @@
 //! The service workload: two service instances on one Redis, readers and writers on Zipf-hot
 //! keys, a source of truth with versions, and stale reads counted. Compares, in one run and
-//! interleaved, layercache with `insert` writes, layercache with `invalidate` writes, and
-//! hand-written cache-aside on fred (`GET`, then `SET … EX`).
+//! interleaved, layercache with `insert` writes, with `insert_versioned` writes (the source
+//! version passed along), with `invalidate` writes, and hand-written cache-aside on fred
+//! (`GET`, then `SET … EX`).
 //!
 //! ```text
 //! cargo bench -p layercache-benches --bench loadgen                 # 3 rounds of 3 s per variant
 //! cargo bench -p layercache-benches --bench loadgen -- --secs 10 --rounds 5
+//! cargo bench -p layercache-benches --bench loadgen -- --bus-thread   # the listener on its own thread
 //! ```
 //!
 //! Each slice (one variant for `--secs`) runs in a child process of its own (so its peak RSS
@@ -52,16 +54,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Insert,
+    Versioned,
     Invalidate,
     Aside,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Insert, Variant::Invalidate, Variant::Aside];
+    const ALL: [Variant; 4] = [
+        Variant::Insert,
+        Variant::Versioned,
+        Variant::Invalidate,
+        Variant::Aside,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Insert => "layercache-insert",
+            Self::Versioned => "layercache-versioned",
             Self::Invalidate => "layercache-invalidate",
             Self::Aside => "cache-aside",
         }
@@ -83,6 +92,8 @@ struct Args {
     value_bytes: usize,
     child: Option<Variant>,
     port: Option<u16>,
+    /// `LayerCacheBuilder::bus_thread(true)` for the layercache variants.
+    bus_thread: bool,
 }
 
 fn args() -> Args {
@@ -96,6 +107,7 @@ fn args() -> Args {
         value_bytes: 1024,
         child: None,
         port: None,
+        bus_thread: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -111,6 +123,11 @@ fn args() -> Args {
             "--value-bytes" => a.value_bytes = v.parse().unwrap(),
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
             "--port" => a.port = Some(v.parse().unwrap()),
+            "--bus-thread" => {
+                a.bus_thread = true;
+                i += 1;
+                continue;
+            }
             // `cargo bench` passes `--bench`; anything else unknown is ignored too.
             _ => {
                 i += 1;
@@ -232,6 +249,10 @@ impl Instance {
         let v = source.commit(k, by);
         match self {
             Self::Layer(r, Variant::Invalidate) => r.invalidate(key).await.unwrap(),
+            Self::Layer(r, Variant::Versioned) => {
+                let version = v.version;
+                r.insert_versioned(key, v, version).await.unwrap();
+            }
             Self::Layer(r, _) => r.insert(key, v).await.unwrap(),
             Self::Aside(c) => {
                 let _: () = c
@@ -365,6 +386,7 @@ async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec
                     .redis_url(url.clone())
                     .max_capacity(a.l1)
                     .l2_command_timeout(Duration::from_secs(2))
+                    .bus_thread(a.bus_thread)
                     .build()
                     .await
                     .unwrap();
@@ -503,8 +525,9 @@ async fn parent(a: Args) {
     let mut results: Vec<(Variant, Vec<Slice>)> =
         Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
     println!(
-        "loadgen: {} keys (Zipf 0.99), {} B values, {} % writes, {} tasks over 2 instances, L1 {} entries, {} s per slice (+{} s warm-up), {} rounds",
-        a.keys, a.value_bytes, a.write_pct, a.tasks, a.l1, a.secs, a.secs / 2.0, a.rounds
+        "loadgen: {} keys (Zipf 0.99), {} B values, {} % writes, {} tasks over 2 instances, L1 {} entries, {} s per slice (+{} s warm-up), {} rounds{}",
+        a.keys, a.value_bytes, a.write_pct, a.tasks, a.l1, a.secs, a.secs / 2.0, a.rounds,
+        if a.bus_thread { ", bus listener on its own thread" } else { "" }
     );
     for round in 0..a.rounds {
         for (variant, slices) in &mut results {
@@ -528,6 +551,7 @@ async fn parent(a: Args) {
                     "--value-bytes",
                     &a.value_bytes.to_string(),
                 ])
+                .args(a.bus_thread.then_some("--bus-thread"))
                 .env("LOADGEN_REDIS_PID", server.pid().unwrap().to_string())
                 .output()
                 .unwrap();
@@ -551,7 +575,7 @@ async fn parent(a: Args) {
             slices.push(slice);
         }
     }
-    let base = &results[2].1;
+    let base = &results[3].1;
     let base_ops = median(base.iter().map(|s| s.ops / s.secs).collect());
     let base_cpu = median(
         base.iter()

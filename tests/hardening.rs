@@ -119,6 +119,7 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
     }),
     ("l2_repair_capacity", |b, l| b.l2_repair_capacity(l.usize())),
     ("ack_writes", |b, l| b.ack_writes(l.duration())),
+    ("bus_thread", |b, l| b.bus_thread(l.u64() % 2 == 1)),
     ("l2_reconnect_backoff", |b, l| {
         b.l2_reconnect_backoff(l.duration(), l.duration())
     }),

@@ -730,3 +730,36 @@ async fn a_generation_created_again_below_one_in_use_is_moved_forward_not_split(
     assert_eq!(rr.get("y").await.unwrap().as_deref(), Some(&5));
     assert_eq!(running.pending_repairs(), 0);
 }
+
+/// With the bus listener on a thread of its own, invalidations still reach every instance,
+/// acknowledged writes still work, and `shutdown()` ends the thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_listener_on_its_own_thread_keeps_instances_coherent() {
+    let server = redis();
+    let threaded = || {
+        builder(&server, "thr")
+            .bus_thread(true)
+            .ack_writes(Duration::from_secs(2))
+            .bus_heartbeat_interval(Duration::from_millis(100))
+            .bus_heartbeat_timeout(Duration::from_secs(2))
+            .build()
+    };
+    let a = threaded().await.unwrap();
+    let b = threaded().await.unwrap();
+    knows(&a, &b).await;
+    knows(&b, &a).await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    for i in 1..=50u64 {
+        rb.get("k").await.unwrap();
+        ra.insert("k", i).await.unwrap();
+        assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&i), "round {i}");
+    }
+    ra.invalidate("k").await.unwrap();
+    assert_eq!(rb.get("k").await.unwrap(), None);
+    // shutdown() returns once the thread has ended: afterwards B no longer hears anything.
+    b.shutdown().await;
+    let heard = b.stats().bus_received;
+    let err = ra.insert("k", 99).await.unwrap_err();
+    assert_eq!(err.unacknowledged(), &[b.instance_id().unwrap()], "{err}");
+    assert_eq!(b.stats().bus_received, heard);
+}

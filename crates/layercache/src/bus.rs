@@ -31,11 +31,14 @@
 //! connection, under one lock, so one sender's messages reach Redis in sequence
 //! order and receivers' gap detection holds.
 //! The listener applies a message with in-memory work only (it never waits on Redis per
-//! message).
+//! message). It runs as a task on the runtime that built the cache, or, with
+//! [`bus_thread`](crate::LayerCacheBuilder::bus_thread), on a thread of its own together with
+//! its subscriber connection.
 
 pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod publisher;
+pub(crate) mod thread;
 
 use std::{
     collections::HashMap,
