@@ -585,6 +585,9 @@ async fn a_fault_schedule_under_load_keeps_every_read_within_its_bound() {
         }
     }
 
+    // The sleeps below are the schedule itself — how long each fault lasts and how long the
+    // workload runs through its recovery — not waits for something to settle: the end of the
+    // test waits on conditions (repairs done, every instance caught up).
     let grace = Duration::from_secs(2);
     let tail = Duration::from_millis(2500);
     let mut phases = vec![Phase {

@@ -727,12 +727,11 @@ impl LayerCacheBuilder {
             heartbeat_timeout: self.bus_heartbeat_timeout,
         };
         let acked = Arc::new(tokio::sync::Notify::new());
-        let sequencer = Arc::new(bus::Sequencer::new(id, channel.clone(), published.clone()));
+        let sequencer = Arc::new(bus::Sequencer::new(id, channel.clone(), published));
         let handle = BusHandle {
             id,
             sequencer: sequencer.clone(),
             tx,
-            published: published.clone(),
             shared: shared.clone(),
             settings: bus_settings,
             shutdown,

@@ -267,10 +267,9 @@ pub(crate) struct Outgoing {
 #[derive(Debug)]
 pub(crate) struct BusHandle {
     pub(crate) id: InstanceId,
-    /// Sequence numbers, shared with the publisher.
+    /// Sequence numbers, shared with the publisher (and the last one published).
     pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) tx: mpsc::Sender<Outgoing>,
-    pub(crate) published: Arc<AtomicU64>,
     pub(crate) shared: Arc<Mutex<Shared>>,
     pub(crate) settings: BusSettings,
     /// Signalled by `shutdown()`, or dropped with the cache: the bus tasks see it and stop.
@@ -314,12 +313,8 @@ impl BusHandle {
             notified.as_mut().enable();
             let missing: Vec<InstanceId> = {
                 let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                shared
-                    .peers
-                    .iter()
-                    .filter(|(_, (_, seen))| seen.elapsed() < self.settings.heartbeat_timeout)
-                    .filter(|(id, _)| shared.acks.get(*id).is_none_or(|a| *a < seq))
-                    .map(|(id, _)| InstanceId(*id))
+                self.live(&shared)
+                    .filter(|id| shared.acks.get(&id.0).is_none_or(|a| *a < seq))
                     .collect()
             };
             if missing.is_empty() {
@@ -336,14 +331,18 @@ impl BusHandle {
     /// The live peers (heard from within the heartbeat timeout).
     pub(crate) fn live_peers(&self) -> Vec<InstanceId> {
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut live: Vec<InstanceId> = shared
-            .peers
-            .iter()
-            .filter(|(_, (_, seen))| seen.elapsed() < self.settings.heartbeat_timeout)
-            .map(|(id, _)| InstanceId(*id))
-            .collect();
+        let mut live: Vec<InstanceId> = self.live(&shared).collect();
         live.sort();
         live
+    }
+
+    fn live<'s>(&self, shared: &'s Shared) -> impl Iterator<Item = InstanceId> + 's {
+        let timeout = self.settings.heartbeat_timeout;
+        shared
+            .peers
+            .iter()
+            .filter(move |(_, (_, seen))| seen.elapsed() < timeout)
+            .map(|(id, _)| InstanceId(*id))
     }
 
     /// Tells the bus tasks to stop.
@@ -362,7 +361,7 @@ impl BusHandle {
         BusStatus {
             instance_id: self.id,
             healthy: shared.healthy,
-            published_seq: self.published.load(Ordering::Acquire),
+            published_seq: self.sequencer.published.load(Ordering::Acquire),
             peers,
         }
     }

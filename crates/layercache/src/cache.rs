@@ -149,6 +149,23 @@ fn keyed(base: &str, generation: u64, key: &[u8]) -> String {
     redis_key(&prefix, key)
 }
 
+/// What failed in [`Inner::move_generation`].
+#[derive(Debug)]
+pub(crate) enum GenerationMoveFailed {
+    /// The move in Redis (it may or may not have happened).
+    Move(Error),
+    /// Its announcement (the move happened).
+    Announce(Error),
+}
+
+impl GenerationMoveFailed {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Self::Move(e) | Self::Announce(e) => e,
+        }
+    }
+}
+
 /// The state shared by a cache and all its regions.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -319,33 +336,8 @@ impl Inner {
                 // every instance converges on one instead of two going on apart.
                 tracing::warn!(cache.name = %self.name, region = %state.name, found = g, highest = state.highest_seen(), "region generation in redis is below one already used; moving it forward");
                 self.counters.generation_repairs.incr();
-                match l2
-                    .bump_generation(
-                        &state.generation_key,
-                        state.generation_floor(),
-                        GENERATION_TTL,
-                    )
-                    .await
-                {
-                    Ok(moved) => {
-                        self.raise_generation(state, moved);
-                        let announced = self
-                            .announce(Entry::Region {
-                                region: state.name.clone(),
-                                schema: state.schema,
-                                generation: moved,
-                            })
-                            .await;
-                        if announced.is_err() {
-                            self.unconfirmed(Pending::Region(state.id), Some(&state.name));
-                        }
-                    }
-                    Err(e) => {
-                        state.forget_generation();
-                        self.generation_moved(state);
-                        self.unconfirmed(Pending::Region(state.id), Some(&state.name));
-                        let _ = self.l2_failed("bump generation", Some(&state.name), e);
-                    }
+                if let Err(GenerationMoveFailed::Move(e)) = self.move_generation(l2, state).await {
+                    let _ = self.l2_failed("bump generation", Some(&state.name), e);
                 }
             }
             Ok(g) => {
@@ -361,6 +353,44 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Moves a region's generation in Redis past its current value and above every generation
+    /// seen here (a region invalidation, or a repair), raises it here and announces it. When
+    /// the move or its announcement is not confirmed, the region is journaled (moved again once
+    /// Redis answers); when the move itself failed, the generation is also forgotten (it is
+    /// unknown whether the move happened: the old key space must not be used) and the region's
+    /// fetches poisoned.
+    pub(crate) async fn move_generation(
+        &self,
+        l2: &L2,
+        state: &RegionState,
+    ) -> std::result::Result<(), GenerationMoveFailed> {
+        let floor = unix_millis().max(state.generation_floor());
+        let moved = match l2
+            .bump_generation(&state.generation_key, floor, GENERATION_TTL)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                state.forget_generation();
+                self.generation_moved(state);
+                self.unconfirmed(Pending::Region(state.id), Some(&state.name));
+                return Err(GenerationMoveFailed::Move(e));
+            }
+        };
+        self.raise_generation(state, moved);
+        let announced = self
+            .announce(Entry::Region {
+                region: state.name.clone(),
+                schema: state.schema,
+                generation: moved,
+            })
+            .await;
+        announced.map_err(|e| {
+            self.unconfirmed(Pending::Region(state.id), Some(&state.name));
+            GenerationMoveFailed::Announce(e)
+        })
     }
 
     /// Registers a region (or finds it again). One name always has one key type, value type,

@@ -22,7 +22,7 @@ use store::Life;
 pub(crate) use store::{seal_tombstone, Plan};
 
 use crate::{
-    cache::{Inner, RegionState, GENERATION_TTL},
+    cache::{GenerationMoveFailed, Inner, RegionState},
     codec::{Bincode, Codec},
     error::{BoxError, Error, ErrorKind, Result},
     flight::{self, Join},
@@ -946,36 +946,12 @@ where
             cache.raise_generation(state, state.generation_floor());
             return Ok(());
         };
-        let floor = crate::cache::unix_millis().max(state.generation_floor());
-        let bumped = l2
-            .bump_generation(&state.generation_key, floor, GENERATION_TTL)
-            .await;
-        let generation = match bumped {
-            Ok(g) => g,
-            Err(e) => {
-                // We do not know whether the bump happened: stop using the old key space, and
-                // move the generation (again) as soon as Redis answers, so the invalidation is
-                // never undone by reading back the old generation.
-                state.forget_generation();
-                cache.generation_moved(state);
-                cache.unconfirmed(crate::journal::Pending::Region(state.id), Some(&state.name));
-                return self.l2_failed("invalidate_all", e);
-            }
-        };
-        cache.raise_generation(state, generation);
-        let announced = cache
-            .announce(crate::bus::Entry::Region {
-                region: state.name.clone(),
-                schema: state.schema,
-                generation,
-            })
-            .await;
-        match announced {
+        // Journaled when not confirmed (so the invalidation is never undone by reading the
+        // old generation back): see `Inner::move_generation`.
+        match cache.move_generation(l2, state).await {
             Ok(()) => Ok(()),
-            Err(e) => {
-                cache.unconfirmed(crate::journal::Pending::Region(state.id), Some(&state.name));
-                self.l2_failed("publish", e)
-            }
+            Err(GenerationMoveFailed::Move(e)) => self.l2_failed("invalidate_all", e),
+            Err(GenerationMoveFailed::Announce(e)) => self.l2_failed("publish", e),
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::{
     bus::Entry,
-    cache::{drop_tag, unix_millis, Inner, GENERATION_TTL},
+    cache::{drop_tag, GenerationMoveFailed, Inner},
     error::Result,
     journal::{Pending, Tombstone},
     l1::L1Key,
@@ -138,26 +138,10 @@ async fn repair_region(inner: &Inner, l2: &L2, id: u32) -> Result<()> {
     let Some(state) = inner.region_by_id(id) else {
         return Ok(());
     };
-    let floor = unix_millis().max(state.generation_floor());
-    let generation = match l2
-        .bump_generation(&state.generation_key, floor, GENERATION_TTL)
-        .await
-    {
-        Ok(g) => g,
-        Err(e) => {
-            state.forget_generation();
-            inner.generation_moved(&state);
-            return Err(e);
-        }
-    };
-    inner.raise_generation(&state, generation);
     inner
-        .announce(Entry::Region {
-            region: state.name.clone(),
-            schema: state.schema,
-            generation,
-        })
+        .move_generation(l2, &state)
         .await
+        .map_err(GenerationMoveFailed::into_error)
 }
 
 /// A tag: its mark replaced and members removed, then announced.
