@@ -358,14 +358,66 @@ async fn an_older_versioned_write_arriving_last_is_refused() {
     assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&9));
 }
 
-/// Without Redis a versioned write always lands.
+/// A versioned write is served by its own instance while its Redis write travels (as a plain
+/// `insert` is), but never over a newer version this instance already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_write_is_served_at_once_but_never_over_a_newer_version() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = LayerCache::builder("verfill")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(10))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let ra = region(&a).await;
+    assert!(ra.insert_versioned("k", 4, 4).await.unwrap());
+    proxy.set_command_latency(Duration::from_millis(1000));
+    let slow = {
+        let ra = ra.clone();
+        tokio::spawn(async move { ra.insert_versioned("k", 5, 5).await })
+    };
+    wait_until("A to serve its own write", WAIT, || {
+        let ra = ra.clone();
+        async move { ra.get("k").await.unwrap().as_deref() == Some(&5) }
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "precondition: A served v5 before Redis answered"
+    );
+    // An older versioned write of another task does not replace v5 in L1 while it travels.
+    let older = {
+        let ra = ra.clone();
+        tokio::spawn(async move { ra.insert_versioned("k", 3, 3).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !older.is_finished(),
+        "precondition: the older write is in flight"
+    );
+    assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&5));
+    assert!(slow.await.unwrap().unwrap());
+    assert!(!older.await.unwrap().unwrap(), "Redis refuses v3 after v5");
+    proxy.set_command_latency(Duration::ZERO);
+    assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&5));
+}
+
+/// Without Redis, versions are compared in the in-process tier.
 #[tokio::test]
-async fn a_versioned_write_without_redis_lands() {
+async fn a_versioned_write_without_redis_is_compared_in_l1() {
     let cache = LayerCache::builder("l1ver").build().await.unwrap();
     let r = region(&cache).await;
     assert!(r.insert_versioned("k", 6, 6).await.unwrap());
-    assert!(r.insert_versioned("k", 5, 5).await.unwrap());
-    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&5));
+    assert!(!r.insert_versioned("k", 5, 5).await.unwrap());
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&6));
+    assert_eq!(cache.stats().l2_versions_refused, 1);
+    assert!(r.insert_versioned("k", 7, 7).await.unwrap());
+    r.insert("k", 8).await.unwrap();
+    assert!(r.insert_versioned("k", 1, 1).await.unwrap());
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&1));
 }
 
 /// Waits until `a` counts `b` as a live peer (it has heard `b`'s heartbeat).

@@ -89,6 +89,9 @@ pub(crate) struct L1Entry {
     pub(crate) weight: u32,
     /// A cached "not found".
     pub(crate) negative: bool,
+    /// The source version the value was written with (`insert_versioned`), if any: a
+    /// versioned write never replaces a newer one in L1.
+    pub(crate) version: Option<u64>,
     /// Tags, freshness and sliding state, for the entries that have any.
     pub(crate) extra: Option<Arc<Extra>>,
 }

@@ -670,11 +670,13 @@ where
     /// that update the source to v5 and v6 and then insert can leave v5 in Redis (if v5's write
     /// arrives last) until the entry expires.
     ///
-    /// Returns `Ok(true)` when written. A refused write leaves this instance's in-process tier
-    /// without the key (the next read takes the newer value from Redis) and still announces the
-    /// key, so other instances drop their copies too. Versions are compared between versioned
+    /// Returns `Ok(true)` when written. Like `insert`, this instance serves the value at once,
+    /// while the write travels (unless its in-process tier holds a newer version already); a
+    /// refused write takes it out again (the next read takes the newer value from Redis) and
+    /// still announces the key, so other instances drop their copies too. Versions are compared between versioned
     /// writes: an entry written without one (`insert`, a load) or a tombstone (`invalidate`) is
-    /// replaced by any versioned write. Without Redis, the write always lands.
+    /// replaced by any versioned write. Without a Redis tier, versions are compared in the
+    /// in-process tier instead (an older write is refused there, and counted the same way).
     ///
     /// Entries written with a version are read by releases before this one as
     /// [`Corruption::UnknownFlags`](crate::Corruption::UnknownFlags) (a miss), never as a wrong
@@ -749,29 +751,38 @@ where
                 negative: false,
                 created_ms,
                 stale_since: None,
+                version,
             };
             let entry = self.l1_entry(k.len(), value.clone(), options, life);
             let (k, ticket) = (&k, &ticket);
+            // Returns whether L1 holds a newer source version (the entry was not put in).
             async move {
                 let Some(entry) = entry.filter(|_| !ticket.is_poisoned()) else {
-                    return;
+                    return false;
                 };
+                if let Some(v) = version {
+                    // A versioned write never replaces a newer version in L1 (read from Redis
+                    // or written by another task of this instance).
+                    let held = cache.l1.get(k).await.filter(|e| cache.l1.usable(e));
+                    if held.and_then(|e| e.version).is_some_and(|held| held > v) {
+                        return true;
+                    }
+                }
                 cache.l1.insert(Box::from(&**k), entry).await;
                 if ticket.is_poisoned() {
                     // Something newer arrived while the entry went in: drop it rather than
                     // keep an older value than Redis holds.
                     cache.l1.remove(k).await;
                 }
+                false
             }
         };
         // This instance serves the new value at once, while the write travels (the source the
         // caller wrote first already holds it): its readers do not wait a round trip for it.
-        // Not so for a versioned write, which Redis may refuse as older.
+        // A versioned write that Redis then refuses as older takes its copy out again. Without
+        // Redis, versions are compared in L1.
         let mut generation = self.shared.state.generation_raw();
-        if version.is_none() || cache.l2.is_none() {
-            fill_l1(generation).await;
-        }
-        let mut older = false;
+        let mut older = fill_l1(generation).await && cache.l2.is_none();
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
         let mut announced: Result<u64> = Err(Error::new(ErrorKind::Redis, "not announced"));
@@ -806,6 +817,9 @@ where
             } else {
                 fill_l1(generation).await;
             }
+        }
+        if older && cache.l2.is_none() {
+            cache.counters.l2_versions_refused.incr();
         }
         drop(ticket);
         self.settle_write(&k, started, confirmed, announced, result)

@@ -219,7 +219,8 @@ pub struct Stats {
     pub l2_repair_overflows: u64,
     /// Reads that skipped Redis because a repair covering their key was pending.
     pub l2_repair_bypasses: u64,
-    /// Versioned writes refused because Redis held a higher source version
+    /// Versioned writes refused because Redis (or, for a cache without a Redis tier, the
+    /// in-process tier) held a higher source version
     /// ([`Region::insert_versioned`](crate::Region::insert_versioned)).
     pub l2_versions_refused: u64,
     /// Region generations found in Redis below one already used here (lost and created again

@@ -405,6 +405,7 @@ where
             negative: value.is_none(),
             created_ms: d.meta.created_at_ms,
             stale_since: None,
+            version: d.meta.version,
         };
         fill(self, leader, erase(&value), options, life).await;
         value
@@ -661,6 +662,7 @@ where
             negative: plan.negative,
             created_ms: unix_millis(),
             stale_since: None,
+            version: None,
         };
         fill(self, leader, erase(&value), options, life).await;
         Ok(value)
@@ -697,6 +699,7 @@ where
             negative: false,
             created_ms: unix_millis(),
             stale_since: Some(stale.expired),
+            version: None,
         };
         let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
         fill(self, leader, value, options, life).await;

@@ -167,6 +167,8 @@ pub(crate) struct Life {
     pub(crate) created_ms: u64,
     /// For a stale value re-served by fail-safe: when it first went stale.
     pub(crate) stale_since: Option<Instant>,
+    /// The value's source version, if it was written with one.
+    pub(crate) version: Option<u64>,
 }
 
 impl<K, V, C> Region<K, V, C>
@@ -465,6 +467,7 @@ where
             born: life.born,
             weight: self.cache.l1.weight(key_len, life.raw_len),
             negative: life.negative,
+            version: life.version,
             extra,
         })
     }
