@@ -7,8 +7,13 @@
 //! ```text
 //! cargo bench -p layercache-benches --bench loadgen                 # 3 rounds of 3 s per variant
 //! cargo bench -p layercache-benches --bench loadgen -- --secs 10 --rounds 5
-//! cargo bench -p layercache-benches --bench loadgen -- --bus-thread   # the listener on its own thread
+//! cargo bench -p layercache-benches --bench loadgen -- --no-bus-thread   # listener on the runtime
+//! cargo bench -p layercache-benches --bench loadgen -- --cooldown-ms 0    # no L1 write cooldown
+//! cargo bench -p layercache-benches --bench loadgen -- --variants versioned,invalidate
 //! ```
+//!
+//! Other flags: `--keys`, `--tasks`, `--write-pct`, `--l1` (entries), `--value-bytes`,
+//! `--bus-thread`. Cache-aside, the baseline, always runs.
 //!
 //! Each slice (one variant for `--secs`) runs in a child process of its own (so its peak RSS
 //! and CPU are its own), after a warm-up of half its length, against a redis-server started by
@@ -19,6 +24,8 @@
 //! - A **read** notes the version committed before it began, then reads through the cache
 //!   (`get_or_load`: the loader reads the source); it is **stale** if it returns an older
 //!   version.
+//! - For stale reads, how long after the newest commit they began (p50/p99, per slice): the
+//!   stale window as readers meet it.
 //! - After the measured period writes stop; after a quiet second every key written is read
 //!   again on both instances (`get`, no load): a value older than the source is a key **still
 //!   stale after writes stop**.
@@ -92,8 +99,13 @@ struct Args {
     value_bytes: usize,
     child: Option<Variant>,
     port: Option<u16>,
-    /// `LayerCacheBuilder::bus_thread(true)` for the layercache variants.
-    bus_thread: bool,
+    /// `LayerCacheBuilder::bus_thread` for the layercache variants (`--bus-thread` /
+    /// `--no-bus-thread`; the library's default when absent).
+    bus_thread: Option<bool>,
+    /// `LayerCacheBuilder::l1_write_cooldown` in ms (the library's default when absent).
+    cooldown_ms: Option<u64>,
+    /// The variants to run (`--variants a,b`; cache-aside, the baseline, always runs).
+    variants: Vec<Variant>,
 }
 
 fn args() -> Args {
@@ -107,7 +119,9 @@ fn args() -> Args {
         value_bytes: 1024,
         child: None,
         port: None,
-        bus_thread: false,
+        bus_thread: None,
+        cooldown_ms: None,
+        variants: Variant::ALL.to_vec(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -123,8 +137,20 @@ fn args() -> Args {
             "--value-bytes" => a.value_bytes = v.parse().unwrap(),
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
             "--port" => a.port = Some(v.parse().unwrap()),
+            "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
+            "--variants" => {
+                a.variants = Variant::ALL
+                    .into_iter()
+                    .filter(|x| x == &Variant::Aside || v.split(',').any(|n| x.name().ends_with(n)))
+                    .collect();
+            }
             "--bus-thread" => {
-                a.bus_thread = true;
+                a.bus_thread = Some(true);
+                i += 1;
+                continue;
+            }
+            "--no-bus-thread" => {
+                a.bus_thread = Some(false);
                 i += 1;
                 continue;
             }
@@ -152,6 +178,9 @@ struct Source {
     /// The instance that wrote each key last.
     writer: Vec<AtomicU64>,
     written: Vec<AtomicBool>,
+    /// When each key's newest version was committed (ns since `epoch`).
+    committed_at: Vec<AtomicU64>,
+    epoch: Instant,
     loads: AtomicU64,
     body: Vec<u8>,
 }
@@ -163,6 +192,8 @@ impl Source {
             versions: (0..keys).map(|_| AtomicU64::new(1)).collect(),
             writer: (0..keys).map(|_| AtomicU64::new(u64::MAX)).collect(),
             written: (0..keys).map(|_| AtomicBool::new(false)).collect(),
+            committed_at: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             loads: AtomicU64::new(0),
             body: (0..value_bytes).map(|_| rng.gen()).collect(),
         }
@@ -180,6 +211,8 @@ impl Source {
     fn commit(&self, k: usize, by: u64) -> Val {
         self.written[k].store(true, Ordering::Relaxed);
         self.writer[k].store(by, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.committed_at[k].store(now, Ordering::SeqCst);
         Val {
             version: self.versions[k].fetch_add(1, Ordering::SeqCst) + 1,
             body: self.body.clone(),
@@ -321,6 +354,9 @@ struct Slice {
     secs: f64,
     p50_us: f64,
     p99_us: f64,
+    /// How long after the newest commit stale reads began (median, 99th percentile).
+    age_p50_us: f64,
+    age_p99_us: f64,
     cpu_us: f64,
     redis_cpu_us: f64,
     rss_mib: f64,
@@ -329,7 +365,7 @@ struct Slice {
 impl Slice {
     fn line(&self) -> String {
         format!(
-            "RESULT {} {} {} {} {} {} {} {} {} {} {} {}",
+            "RESULT {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
             self.ops,
             self.reads,
             self.stale,
@@ -339,6 +375,8 @@ impl Slice {
             self.secs,
             self.p50_us,
             self.p99_us,
+            self.age_p50_us,
+            self.age_p99_us,
             self.cpu_us,
             self.redis_cpu_us,
             self.rss_mib
@@ -351,7 +389,7 @@ impl Slice {
             .split_whitespace()
             .map(|x| x.parse().unwrap_or(0.0))
             .collect();
-        (f.len() == 12).then(|| Self {
+        (f.len() == 14).then(|| Self {
             ops: f[0],
             reads: f[1],
             stale: f[2],
@@ -361,9 +399,11 @@ impl Slice {
             secs: f[6],
             p50_us: f[7],
             p99_us: f[8],
-            cpu_us: f[9],
-            redis_cpu_us: f[10],
-            rss_mib: f[11],
+            age_p50_us: f[9],
+            age_p99_us: f[10],
+            cpu_us: f[11],
+            redis_cpu_us: f[12],
+            rss_mib: f[13],
         })
     }
 }
@@ -382,14 +422,17 @@ async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec
                 out.push(Instance::Aside(c));
             }
             _ => {
-                let cache = LayerCache::builder("lg")
+                let mut b = LayerCache::builder("lg")
                     .redis_url(url.clone())
                     .max_capacity(a.l1)
-                    .l2_command_timeout(Duration::from_secs(2))
-                    .bus_thread(a.bus_thread)
-                    .build()
-                    .await
-                    .unwrap();
+                    .l2_command_timeout(Duration::from_secs(2));
+                if let Some(on) = a.bus_thread {
+                    b = b.bus_thread(on);
+                }
+                if let Some(ms) = a.cooldown_ms {
+                    b = b.l1_write_cooldown(Duration::from_millis(ms));
+                }
+                let cache = b.build().await.unwrap();
                 let r = cache.region::<str, Val>("v").build().await.unwrap();
                 out.push(Instance::Layer(r, variant));
                 caches.push(cache);
@@ -417,6 +460,7 @@ async fn child(a: Args, variant: Variant) {
             let mut rng = StdRng::seed_from_u64(t as u64 + 1);
             let (mut ops, mut reads, mut stale, mut own) = (0u64, 0u64, 0u64, 0u64);
             let mut lat: Vec<u32> = Vec::new();
+            let mut ages: Vec<u32> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let k = zipf.sample(&mut rng);
                 let key = format!("k{k}");
@@ -425,7 +469,9 @@ async fn child(a: Args, variant: Variant) {
                     inst.write(&key, k, &source, me).await;
                 } else {
                     let before = source.versions[k].load(Ordering::SeqCst);
+                    let committed = source.committed_at[k].load(Ordering::SeqCst);
                     let start = Instant::now();
+                    let started = source.epoch.elapsed().as_nanos() as u64;
                     let got = inst.read(&key, k, &source).await;
                     if counted {
                         lat.push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -435,6 +481,9 @@ async fn child(a: Args, variant: Variant) {
                             if source.writer[k].load(Ordering::Relaxed) == me {
                                 own += 1;
                             }
+                            // How long after the newest commit the stale read began (the
+                            // commit read may be a newer one: an underestimate then).
+                            ages.push((started.saturating_sub(committed) / 1000) as u32);
                         }
                     }
                 }
@@ -442,7 +491,7 @@ async fn child(a: Args, variant: Variant) {
                     ops += 1;
                 }
             }
-            (ops, reads, stale, own, lat)
+            (ops, reads, stale, own, lat, ages)
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(a.secs / 2.0)).await;
@@ -458,18 +507,21 @@ async fn child(a: Args, variant: Variant) {
     let rcpu = cpu_time(&redis_pid).saturating_sub(rcpu0);
     let loads = source.loads.load(Ordering::Relaxed) - loads0;
     stop.store(true, Ordering::Relaxed);
-    let (mut ops, mut reads, mut stale, mut own, mut lat) = (0u64, 0u64, 0u64, 0u64, Vec::new());
+    let (mut ops, mut reads, mut stale, mut own) = (0u64, 0u64, 0u64, 0u64);
+    let (mut lat, mut ages) = (Vec::new(), Vec::new());
     for t in tasks {
-        let (o, r, s, w, l) = t.await.unwrap();
+        let (o, r, s, w, l, g) = t.await.unwrap();
         ops += o;
         reads += r;
         stale += s;
         own += w;
         lat.extend(l);
+        ages.extend(g);
     }
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+    ages.sort_unstable();
+    let pct = |v: &[u32], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
@@ -498,8 +550,10 @@ async fn child(a: Args, variant: Variant) {
         still_stale: still as f64,
         loads: loads as f64,
         secs,
-        p50_us: f64::from(pct(0.50)),
-        p99_us: f64::from(pct(0.99)),
+        p50_us: f64::from(pct(&lat, 0.50)),
+        p99_us: f64::from(pct(&lat, 0.99)),
+        age_p50_us: f64::from(pct(&ages, 0.50)),
+        age_p99_us: f64::from(pct(&ages, 0.99)),
         cpu_us: cpu.as_secs_f64() * 1e6,
         redis_cpu_us: rcpu.as_secs_f64() * 1e6,
         rss_mib: peak_rss_kib() as f64 / 1024.0,
@@ -523,12 +577,19 @@ async fn parent(a: Args) {
     raw.init().await.unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut results: Vec<(Variant, Vec<Slice>)> =
-        Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
+        a.variants.iter().map(|v| (*v, Vec::new())).collect();
     println!(
         "loadgen: {} keys (Zipf 0.99), {} B values, {} % writes, {} tasks over 2 instances, L1 {} entries, {} s per slice (+{} s warm-up), {} rounds{}",
         a.keys, a.value_bytes, a.write_pct, a.tasks, a.l1, a.secs, a.secs / 2.0, a.rounds,
-        if a.bus_thread { ", bus listener on its own thread" } else { "" }
+        match a.bus_thread {
+            Some(true) => ", bus listener on its own thread",
+            Some(false) => ", bus listener on the service's runtime",
+            None => "",
+        }
     );
+    if let Some(ms) = a.cooldown_ms {
+        println!("l1_write_cooldown: {ms} ms");
+    }
     for round in 0..a.rounds {
         for (variant, slices) in &mut results {
             let _: () = raw.flushall(false).await.unwrap();
@@ -551,7 +612,19 @@ async fn parent(a: Args) {
                     "--value-bytes",
                     &a.value_bytes.to_string(),
                 ])
-                .args(a.bus_thread.then_some("--bus-thread"))
+                .args(a.bus_thread.map(|on| {
+                    if on {
+                        "--bus-thread"
+                    } else {
+                        "--no-bus-thread"
+                    }
+                }))
+                .args(
+                    a.cooldown_ms
+                        .map(|ms| ["--cooldown-ms".to_owned(), ms.to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .env("LOADGEN_REDIS_PID", server.pid().unwrap().to_string())
                 .output()
                 .unwrap();
@@ -565,17 +638,19 @@ async fn parent(a: Args) {
                 );
             };
             println!(
-                "round {round} {:<22} {:>9.0} ops/s  stale {:.3} % (on the writer's instance {:.3} %)  still stale {}",
+                "round {round} {:<22} {:>9.0} ops/s  stale {:.3} % (on the writer's instance {:.3} %, {:.0}/{:.0} µs after the commit at p50/p99)  still stale {}",
                 variant.name(),
                 slice.ops / slice.secs,
                 100.0 * slice.stale / slice.reads.max(1.0),
                 100.0 * slice.stale_own / slice.reads.max(1.0),
+                slice.age_p50_us,
+                slice.age_p99_us,
                 slice.still_stale
             );
             slices.push(slice);
         }
     }
-    let base = &results[3].1;
+    let base = &results[results.len() - 1].1;
     let base_ops = median(base.iter().map(|s| s.ops / s.secs).collect());
     let base_cpu = median(
         base.iter()

@@ -229,11 +229,20 @@ async fn randomized_checker(name: &str, options: layercache::EntryOptions) {
     const TAG: &str = "every";
     let mut caches = Vec::new();
     let mut regions = Vec::new();
-    for _ in 0..INSTANCES {
+    for i in 0..INSTANCES {
+        // The first instance keeps keys other instances wrote out of L1 for the default
+        // cooldown; the others have none, so every read that can be served from L1 is (with
+        // four keys written all the time, the cooldown keeps them in Redis nearly always).
+        let cooldown = if i == 0 {
+            layercache::DEFAULT_L1_WRITE_COOLDOWN
+        } else {
+            Duration::ZERO
+        };
         let c = builder(&server, name)
             .bus_heartbeat_interval(Duration::from_millis(100))
             .bus_heartbeat_timeout(Duration::from_millis(1000))
             .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+            .l1_write_cooldown(cooldown)
             .build()
             .await
             .unwrap();
@@ -1068,4 +1077,69 @@ async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
     );
     assert_eq!(ra.generation(), rc.generation());
     assert!(a.stats().l2_fills_lost >= 1, "{:?}", a.stats());
+}
+
+/// After another instance writes a key, this instance keeps the key out of L1 for
+/// `l1_write_cooldown`: its reads take it from Redis (where the writer's value is), every one
+/// of them; once the cooldown is over the key goes back in L1. With no cooldown the first read
+/// after the write puts it back in L1 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_another_instance_wrote_is_read_from_redis_during_the_cooldown() {
+    let server = redis();
+    let with = |cooldown: Duration| {
+        builder(&server, "cool")
+            .bus_heartbeat_interval(Duration::from_millis(100))
+            .bus_heartbeat_timeout(Duration::from_millis(1000))
+            .l1_write_cooldown(cooldown)
+            .build()
+    };
+    let writer = with(layercache::DEFAULT_L1_WRITE_COOLDOWN).await.unwrap();
+    let long = with(Duration::from_secs(60)).await.unwrap();
+    let short = with(Duration::from_millis(300)).await.unwrap();
+    let none = with(Duration::ZERO).await.unwrap();
+    let rw = region(&writer).await;
+    let readers = [
+        (&long, region(&long).await),
+        (&short, region(&short).await),
+        (&none, region(&none).await),
+    ];
+    rw.insert("k", 1).await.unwrap();
+    for (c, r) in &readers {
+        caught_up(c, &writer).await;
+        assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&1));
+    }
+    rw.insert("k", 2).await.unwrap();
+    for (c, _) in &readers {
+        caught_up(c, &writer).await;
+    }
+    // How each of five reads was served: (from L1, from Redis).
+    let served = |c: &LayerCache, before: layercache::Stats| {
+        let s = c.stats();
+        (s.l1_hits - before.l1_hits, s.l2_hits - before.l2_hits)
+    };
+    let mut counts = Vec::new();
+    for (c, r) in &readers {
+        let before = c.stats();
+        for _ in 0..5 {
+            assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&2));
+        }
+        let skips = c.stats().l1_cooldown_skips - before.l1_cooldown_skips;
+        counts.push((served(c, before), skips));
+    }
+    assert_eq!(counts[0], ((0, 5), 5), "cooling: every read from Redis");
+    assert_eq!(counts[2], ((4, 1), 0), "no cooldown: back in L1 at once");
+    // Past its cooldown the short one puts the key back in L1.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (c, r) = &readers[1];
+    let before = c.stats();
+    for _ in 0..5 {
+        assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&2));
+    }
+    assert_eq!(served(c, before), (4, 1), "after the cooldown: back in L1");
+    // A write of this instance's own does not cool the key here (its value went in its L1
+    // with the write).
+    rw.insert("own", 3).await.unwrap();
+    let before = writer.stats();
+    assert_eq!(rw.get("own").await.unwrap().as_deref(), Some(&3));
+    assert_eq!(served(&writer, before), (1, 0));
 }

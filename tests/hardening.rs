@@ -101,6 +101,9 @@ const BUILDER_OPTIONS: &[BuilderOption] = &[
     ("max_capacity_bytes", |b, l| b.max_capacity_bytes(l.u64())),
     ("time_to_live", |b, l| b.time_to_live(l.duration())),
     ("time_to_idle", |b, l| b.time_to_idle(l.duration())),
+    ("l1_write_cooldown", |b, l| {
+        b.l1_write_cooldown(l.duration())
+    }),
     ("compression_threshold", |b, l| {
         b.compression_threshold(l.usize())
     }),

@@ -440,6 +440,8 @@ async fn after_an_acknowledged_insert_returns_every_instance_reads_it() {
             .ack_writes(Duration::from_secs(10))
             .bus_heartbeat_interval(Duration::from_millis(100))
             .bus_heartbeat_timeout(Duration::from_secs(5))
+            // B's old value must be in L1 when A writes: no cooldown after A's writes.
+            .l1_write_cooldown(Duration::ZERO)
             .build()
     };
     let a = acked("ack").await.unwrap();
@@ -786,35 +788,51 @@ async fn a_generation_created_again_below_one_in_use_is_moved_forward_not_split(
     assert_eq!(running.pending_repairs(), 0);
 }
 
-/// With the bus listener on a thread of its own, invalidations still reach every instance,
-/// acknowledged writes still work, and `shutdown()` ends the thread.
+/// With the bus listener on a thread of its own (the default) and as a task on the caller's
+/// runtime, invalidations reach every instance, acknowledged writes work, and `shutdown()`
+/// ends the listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bus_listener_on_its_own_thread_keeps_instances_coherent() {
+async fn the_bus_listener_on_its_own_thread_or_as_a_task_keeps_instances_coherent() {
     let server = redis();
-    let threaded = || {
-        builder(&server, "thr")
-            .bus_thread(true)
-            .ack_writes(Duration::from_secs(2))
-            .bus_heartbeat_interval(Duration::from_millis(100))
-            .bus_heartbeat_timeout(Duration::from_secs(2))
-            .build()
-    };
-    let a = threaded().await.unwrap();
-    let b = threaded().await.unwrap();
-    knows(&a, &b).await;
-    knows(&b, &a).await;
-    let (ra, rb) = (region(&a).await, region(&b).await);
-    for i in 1..=50u64 {
-        rb.get("k").await.unwrap();
-        ra.insert("k", i).await.unwrap();
-        assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&i), "round {i}");
+    for own_thread in [true, false] {
+        let name = if own_thread { "thr" } else { "task" };
+        let make = || {
+            builder(&server, name)
+                .bus_thread(own_thread)
+                .ack_writes(Duration::from_secs(2))
+                .bus_heartbeat_interval(Duration::from_millis(100))
+                .bus_heartbeat_timeout(Duration::from_secs(2))
+                // B holds the old value in L1 when A writes.
+                .l1_write_cooldown(Duration::ZERO)
+                .build()
+        };
+        let a = make().await.unwrap();
+        let b = make().await.unwrap();
+        knows(&a, &b).await;
+        knows(&b, &a).await;
+        let (ra, rb) = (region(&a).await, region(&b).await);
+        for i in 1..=50u64 {
+            rb.get("k").await.unwrap();
+            ra.insert("k", i).await.unwrap();
+            assert_eq!(
+                rb.get("k").await.unwrap().as_deref(),
+                Some(&i),
+                "{name} round {i}"
+            );
+        }
+        assert!(b.stats().l1_hits > 0, "{name}: B never read from L1");
+        ra.invalidate("k").await.unwrap();
+        assert_eq!(rb.get("k").await.unwrap(), None);
+        // shutdown() returns once the listener has ended: afterwards B no longer hears anything.
+        b.shutdown().await;
+        let heard = b.stats().bus_received;
+        let err = ra.insert("k", 99).await.unwrap_err();
+        assert_eq!(
+            err.unacknowledged(),
+            &[b.instance_id().unwrap()],
+            "{name}: {err}"
+        );
+        assert_eq!(b.stats().bus_received, heard);
+        a.shutdown().await;
     }
-    ra.invalidate("k").await.unwrap();
-    assert_eq!(rb.get("k").await.unwrap(), None);
-    // shutdown() returns once the thread has ended: afterwards B no longer hears anything.
-    b.shutdown().await;
-    let heard = b.stats().bus_received;
-    let err = ra.insert("k", 99).await.unwrap_err();
-    assert_eq!(err.unacknowledged(), &[b.instance_id().unwrap()], "{err}");
-    assert_eq!(b.stats().bus_received, heard);
 }

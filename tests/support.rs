@@ -122,11 +122,13 @@ pub(crate) fn signal(pid: u32, sig: &str) {
 }
 
 /// An instance on the server with a fast bus (heartbeats every 100 ms, presumed broken after
-/// 1 s), as the coherence and recovery tests use.
+/// 1 s), as the coherence and recovery tests use; with no L1 cooldown after other instances'
+/// writes, so every read that can be served from L1 is (the strictest test of L1 coherence).
 pub(crate) async fn instance(server: &RedisServer, name: &str) -> LayerCache {
     builder(server, name)
         .bus_heartbeat_interval(Duration::from_millis(100))
         .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .l1_write_cooldown(Duration::ZERO)
         .build()
         .await
         .unwrap()

@@ -21,7 +21,8 @@ use crate::{
     l1::{Capacity, L1},
     l2::{redact_url, L2Settings, L2},
     options::{
-        check_max, EntryOptions, L2ErrorPolicy, L2Startup, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
+        check_max, EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, MAX_LIFETIME,
+        MAX_QUEUE, MAX_WAIT,
     },
     stats::Counters,
 };
@@ -47,6 +48,7 @@ pub struct LayerCacheBuilder {
     max_capacity_bytes: Option<u64>,
     time_to_live: Duration,
     time_to_idle: Option<Duration>,
+    l1_write_cooldown: Duration,
     entry_options: EntryOptions,
     compression_threshold: usize,
     max_value_bytes: usize,
@@ -82,6 +84,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("max_capacity_bytes", &self.max_capacity_bytes)
             .field("time_to_live", &self.time_to_live)
             .field("time_to_idle", &self.time_to_idle)
+            .field("l1_write_cooldown", &self.l1_write_cooldown)
             .field("entry_options", &self.entry_options)
             .field("compression_threshold", &self.compression_threshold)
             .field("max_value_bytes", &self.max_value_bytes)
@@ -119,6 +122,7 @@ impl LayerCacheBuilder {
             max_capacity_bytes: None,
             time_to_live: Duration::from_secs(60),
             time_to_idle: None,
+            l1_write_cooldown: DEFAULT_L1_WRITE_COOLDOWN,
             entry_options: EntryOptions::new(),
             compression_threshold: 1024,
             max_value_bytes: 16 << 20,
@@ -134,7 +138,7 @@ impl LayerCacheBuilder {
             bus_heartbeat_interval: Duration::from_secs(1),
             bus_heartbeat_timeout: Duration::from_secs(3),
             bus_buffer: 4096,
-            bus_thread: false,
+            bus_thread: true,
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
@@ -196,6 +200,28 @@ impl LayerCacheBuilder {
     /// Default: none.
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
         self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// After this instance applies another instance's write or invalidation of a key, the key
+    /// is kept out of the in-process tier for this long: reads in that time take it from Redis
+    /// (and do not put it in L1). A key that other instances write more often than this lives
+    /// in Redis only, where each write lands in the same round trip as its announcement; a key
+    /// written less often is back in L1 one cooldown after each write.
+    ///
+    /// Why: another instance's write reaches this instance one trip through Redis after the
+    /// source commit, and until then L1 serves the old value at memory speed. For a key
+    /// written often that trip is most of its stale time (see `docs/CONSISTENCY.md`); for the
+    /// rest the cooldown costs a few Redis reads per write. On the service workload of
+    /// `benches/loadgen` (see `docs/BENCHMARKS.md`) the default cut stale reads by a third or
+    /// more at no measurable cost in throughput. `Duration::ZERO` turns it off.
+    ///
+    /// Applies to single-key writes and invalidations (`insert`, `invalidate`), not to tag,
+    /// region or whole-cache invalidations. At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: [`DEFAULT_L1_WRITE_COOLDOWN`].
+    pub fn l1_write_cooldown(mut self, cooldown: Duration) -> Self {
+        self.l1_write_cooldown = cooldown;
         self
     }
 
@@ -378,12 +404,12 @@ impl LayerCacheBuilder {
     /// Runs the bus listener (and its subscriber connection) on a thread of its own, with a
     /// runtime of its own, instead of as a task on the runtime that calls `build()`. On a busy
     /// runtime an arriving invalidation then does not wait its turn behind the service's tasks:
-    /// on the service workload of `benches/loadgen` (2 cores, saturated) stale reads fell from
-    /// 2.2 % to 1.7–1.9 % with `insert` writes and from 1.1 % to 0.9 % with `invalidate`, at a
-    /// cost in CPU per operation (up to +40 % with `invalidate`, measured with a wide spread);
-    /// see `docs/BENCHMARKS.md`. One more thread per cache.
+    /// on the service workload of `benches/loadgen` (2 cores, saturated) it cut stale reads by
+    /// 15–30 % in every run, with throughput and CPU per operation within the runs' spread; see
+    /// `docs/BENCHMARKS.md`. Costs one thread per cache (mostly asleep). `false` runs the
+    /// listener as a task on the caller's runtime.
     ///
-    /// Default: `false` (a task on the caller's runtime).
+    /// Default: `true`.
     pub fn bus_thread(mut self, enabled: bool) -> Self {
         self.bus_thread = enabled;
         self
@@ -581,6 +607,7 @@ impl LayerCacheBuilder {
         check_max("time_to_live", Some(self.time_to_live), MAX_LIFETIME)?;
         check_max("time_to_idle", self.time_to_idle, MAX_LIFETIME)?;
         for (what, value) in [
+            ("l1_write_cooldown", self.l1_write_cooldown),
             ("l2_command_timeout", self.l2_command_timeout),
             ("l2_suspect_timeout", self.l2_suspect_timeout),
             ("l2_connect_timeout", self.l2_connect_timeout),
@@ -639,7 +666,12 @@ impl LayerCacheBuilder {
             repair_capacity: self.l2_repair_capacity,
             ack_timeout: self.ack_writes,
         };
-        let l1 = L1::new(self.capacity(), self.time_to_idle, self.time_to_live);
+        let l1 = L1::new(
+            self.capacity(),
+            self.time_to_idle,
+            self.time_to_live,
+            self.l1_write_cooldown,
+        );
         let Some(url) = &self.redis_url else {
             let inner = Inner::new(self.name, l1, None, settings, counters, None);
             tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");

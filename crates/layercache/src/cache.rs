@@ -259,6 +259,7 @@ impl Inner {
                         k.extend_from_slice(&state.id.to_le_bytes());
                         k.extend_from_slice(key);
                         self.flights.poison(&k);
+                        self.l1.written_elsewhere(&k);
                         self.l1.remove(&k).await;
                     }
                 }

@@ -17,6 +17,8 @@ use std::{
 
 use moka::{future::Cache, Expiry};
 
+use crate::cooldown::Cooldown;
+
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
 
@@ -164,6 +166,8 @@ pub(crate) struct L1 {
     by_bytes: bool,
     tags: Arc<TagTable>,
     max_lifetime: Duration,
+    /// Keys another instance wrote a moment ago, kept out for a while.
+    cooldown: Arc<Cooldown>,
 }
 
 impl std::fmt::Debug for L1 {
@@ -180,6 +184,7 @@ impl L1 {
         capacity: Capacity,
         time_to_idle: Option<Duration>,
         max_lifetime: Duration,
+        cooldown: Duration,
     ) -> Self {
         let (max, by_bytes) = match capacity {
             Capacity::Entries(n) => (n, false),
@@ -197,6 +202,7 @@ impl L1 {
             by_bytes,
             tags: Arc::new(TagTable::default()),
             max_lifetime,
+            cooldown: Arc::new(Cooldown::new(cooldown)),
         }
     }
 
@@ -272,6 +278,18 @@ impl L1 {
 
     pub(crate) async fn insert(&self, key: L1Key, entry: L1Entry) {
         self.cache.insert(key, entry).await;
+    }
+
+    /// Another instance wrote `key`: keeps it out of L1 for the cooldown (see
+    /// [`crate::cooldown`]). The caller removes it.
+    pub(crate) fn written_elsewhere(&self, key: &[u8]) {
+        self.cooldown.written_elsewhere(key);
+    }
+
+    /// Whether `key` may be put in L1 now (it is not cooling down after another instance's
+    /// write).
+    pub(crate) fn admits(&self, key: &[u8]) -> bool {
+        !self.cooldown.cooling(key)
     }
 
     pub(crate) async fn remove(&self, key: &[u8]) {

@@ -74,6 +74,7 @@ mod builder;
 pub mod bus;
 mod cache;
 pub mod codec;
+mod cooldown;
 pub mod envelope;
 mod error;
 mod fingerprint;
@@ -153,8 +154,8 @@ pub use envelope::Corruption;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use key::CacheKey;
 pub use options::{
-    EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_LOADER_HARD_TIMEOUT, MAX_LIFETIME, MAX_QUEUE,
-    MAX_WAIT,
+    EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, DEFAULT_LOADER_HARD_TIMEOUT,
+    MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
 pub use region::{Region, RegionBuilder};
 pub use stats::Stats;

@@ -13,6 +13,10 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// The default [`EntryOptions::loader_hard_timeout`]: 30 seconds.
 pub const DEFAULT_LOADER_HARD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default [`LayerCacheBuilder::l1_write_cooldown`](crate::LayerCacheBuilder::l1_write_cooldown):
+/// 10 ms.
+pub const DEFAULT_L1_WRITE_COOLDOWN: Duration = Duration::from_millis(10);
+
 /// The longest timeout, wait or interval any option accepts (`l2_command_timeout`,
 /// `lock_wait`, `loader_hard_timeout`, `bus_heartbeat_timeout`, …): 1 day.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);

@@ -760,6 +760,13 @@ where
                 let Some(entry) = entry.filter(|_| !ticket.is_poisoned()) else {
                     return false;
                 };
+                if !cache.l1.admits(k) {
+                    // Another instance wrote the key a moment ago: it lives in Redis only for
+                    // now (and whatever L1 held is older than this write).
+                    cache.counters.l1_cooldown_skips.incr();
+                    cache.l1.remove(k).await;
+                    return false;
+                }
                 if let Some(v) = version {
                     // A versioned write never replaces a newer version in L1 (read from Redis
                     // or written by another task of this instance).

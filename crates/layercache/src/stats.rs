@@ -80,6 +80,7 @@ pub(crate) struct Counters {
     pub(crate) l2_repair_overflows: Counter,
     pub(crate) l2_repair_bypasses: Counter,
     pub(crate) l2_versions_refused: Counter,
+    pub(crate) l1_cooldown_skips: Counter,
     pub(crate) generation_repairs: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
@@ -129,6 +130,7 @@ impl Counters {
             l2_repair_overflows: self.l2_repair_overflows.get(),
             l2_repair_bypasses: self.l2_repair_bypasses.get(),
             l2_versions_refused: self.l2_versions_refused.get(),
+            l1_cooldown_skips: self.l1_cooldown_skips.get(),
             generation_repairs: self.generation_repairs.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
@@ -223,6 +225,9 @@ pub struct Stats {
     /// in-process tier) held a higher source version
     /// ([`Region::insert_versioned`](crate::Region::insert_versioned)).
     pub l2_versions_refused: u64,
+    /// Values served but not put in L1 because another instance wrote their key within the
+    /// [`l1_write_cooldown`](crate::LayerCacheBuilder::l1_write_cooldown).
+    pub l1_cooldown_skips: u64,
     /// Region generations found in Redis below one already used here (lost and created again
     /// by an instance whose clock is behind), moved forward and announced.
     pub generation_repairs: u64,

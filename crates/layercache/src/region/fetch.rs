@@ -364,6 +364,10 @@ async fn fill<K, V, C>(
         return;
     }
     let key = leader.key();
+    if !r.cache.l1.admits(key) {
+        r.cache.counters.l1_cooldown_skips.incr();
+        return;
+    }
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
         return;
     };
