@@ -716,6 +716,9 @@ impl LayerCacheBuilder {
             (Err(e), Err(_)) => return Err(e),
         };
         let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
+        // Before subscribing: the listener starts later (on its thread, or as a task), and what
+        // is published meanwhile must wait in these streams for it.
+        let events = bus::listener::Events::of(&subscriber);
         // Degraded start without a connection: the listener subscribes once it connects.
         let subscribed = if subscriber.is_connected() {
             // Part of connecting: bounded by the connect timeout, not the (maybe far shorter)
@@ -788,6 +791,7 @@ impl LayerCacheBuilder {
         ));
         let listener = Listener {
             inner: Arc::downgrade(&inner),
+            events: Some(events),
             subscriber,
             channel,
             id,

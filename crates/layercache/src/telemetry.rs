@@ -35,6 +35,22 @@
 //! | `repaired writes that redis had not confirmed` | event | info | `cache.name`, `done`, `left` | a repair run made progress |
 //! | `write repair interrupted; retried at the next heartbeat` | event | debug | `cache.name`, `error`, `done`, `total` | a repair run stopped at a failure |
 //! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
+//! | `bus subscriber connection error` | event | warn | `cache.name`, `error` | the subscriber connection failed (L1 is flushed at the first one) |
+//! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
+//! | `bus re-subscribe timed out; retrying` | event | warn | `cache.name` | `SUBSCRIBE` after a reconnection timed out |
+//! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |
+//! | `redis unreachable at start; running degraded until it answers` | event | warn | `error` or `timeout` | `L2Startup::Degraded` and no connection at `build()` |
+//! | `region generation raised by the bus` | event | debug | `cache.name`, `region`, `generation` | another instance moved a region's generation |
+//! | `loaded value could not be encoded; kept in L1 only` | event | warn | `cache.name`, `region`, `error` | the codec failed on a loaded value |
+//! | `the loader was cancelled` | event | error | `cache.name`, `region` | the loader's task was cancelled (callers get an error) |
+//! | `redis changed during the load; the newer state wins and the loaded value is not written` | event | debug | `cache.name`, `region` | a load's conditional fill lost to a write (`l2_fills_lost`) |
+//! | `the fetch outlived the entries it raced with; the loaded value is not written to redis` | event | debug | `cache.name`, `region` | a load slower than the lifetimes in play (`l2_fills_lost`) |
+//! | `the region's generation in redis is not the one this load read under; not written, generation re-read` | event | debug | `cache.name`, `region` | a load's fill fenced out by a generation move (`l2_fills_lost`) |
+//! | `the region's generation moved; writing again under the current one` | event | debug | `cache.name`, `region`, `generation` | a write fenced out by a generation move, retried |
+//! | `redis holds a newer source version; the write is refused` | event | debug | `cache.name`, `region` | an `insert_versioned` older than Redis's (`l2_versions_refused`) |
+//!
+//! The table is kept true by a test that reads the crate's sources: every span and event they
+//! emit is listed here with its kind and level, and nothing else is.
 //!
 //! Counters are read with [`LayerCache::stats`](crate::LayerCache::stats).
 
@@ -78,7 +94,130 @@ impl WarnLimiter {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::BTreeSet, path::Path};
+
     use super::WarnLimiter;
+
+    /// (name, kind, level) of every span and event: a span's name, an event's message.
+    type Emitted = BTreeSet<(String, String, String)>;
+
+    /// What the table in this module's docs lists.
+    fn documented() -> Emitted {
+        let source = include_str!("telemetry.rs");
+        source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .map(|row| {
+                let (name, rest) = row.split_once('`').unwrap();
+                let cells: Vec<&str> = rest.split('|').map(str::trim).collect();
+                (name.to_owned(), cells[1].to_owned(), cells[2].to_owned())
+            })
+            .collect()
+    }
+
+    /// The top-level arguments of the macro call whose `(` is at `open` (string literals and
+    /// nested brackets respected), and where the call ends.
+    fn macro_args(src: &str, open: usize) -> Vec<String> {
+        let b = src.as_bytes();
+        let (mut depth, mut i, mut start) = (0usize, open, open + 1);
+        let mut args = Vec::new();
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    i += 1;
+                    while b[i] != b'"' {
+                        i += if b[i] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        args.push(src[start..i].trim().to_owned());
+                        return args;
+                    }
+                }
+                b',' if depth == 1 => {
+                    args.push(src[start..i].trim().to_owned());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        panic!("unterminated macro call at byte {open}");
+    }
+
+    /// Every span and event the crate's sources emit, found by reading them.
+    fn emitted() -> Emitted {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut found = Emitted::new();
+        for file in files {
+            let src = std::fs::read_to_string(&file).unwrap();
+            for level in ["trace", "debug", "info", "warn", "error"] {
+                for (kind, call) in [
+                    ("event", format!("tracing::{level}!(")),
+                    ("span", format!("tracing::{level}_span!(")),
+                ] {
+                    for (at, _) in src.match_indices(&call) {
+                        let args = macro_args(&src, at + call.len() - 1);
+                        // A span's name is its first argument; an event's message is its one
+                        // argument that is a bare string literal (fields are `name = value`).
+                        let literal = if kind == "span" {
+                            args.first().filter(|a| a.starts_with('"'))
+                        } else {
+                            args.iter().find(|a| a.starts_with('"'))
+                        };
+                        let Some(literal) = literal else {
+                            panic!(
+                                "{}: a {level} {kind} without a literal name: {args:?}",
+                                file.display()
+                            );
+                        };
+                        let name = literal.trim_matches('"').to_owned();
+                        assert!(
+                            !name.contains('{'),
+                            "{}: the {kind} {name:?} is formatted; names must be fixed",
+                            file.display()
+                        );
+                        found.insert((name, kind.to_owned(), level.to_owned()));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The table in this module's docs lists exactly the spans and events the code emits,
+    /// with their kind and level.
+    #[test]
+    fn the_documented_spans_and_events_are_exactly_the_emitted_ones() {
+        let (documented, emitted) = (documented(), emitted());
+        assert!(
+            emitted.len() > 20,
+            "the source scan found too little: {emitted:?}"
+        );
+        let undocumented: Vec<_> = emitted.difference(&documented).collect();
+        let not_emitted: Vec<_> = documented.difference(&emitted).collect();
+        assert!(
+            undocumented.is_empty() && not_emitted.is_empty(),
+            "emitted but not in the table: {undocumented:#?}\nin the table but not emitted: {not_emitted:#?}"
+        );
+    }
 
     #[test]
     fn one_warning_per_kind_then_a_count() {

@@ -21,8 +21,32 @@ const PEER_EXPIRY_FACTOR: u32 = 10;
 /// its TTL in Redis).
 const GENERATION_REFRESH_TICKS: u64 = 30;
 
+/// The subscriber's event streams. Taken before the channel is subscribed (`Events::of`), so
+/// that no message published after the subscription is missed while the listener starts: a
+/// broadcast receiver sees only what is sent after it exists, and a message lost before the
+/// first one heard from its sender is not detectable as a gap.
+pub(crate) struct Events {
+    messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    errors:
+        tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+}
+
+impl Events {
+    /// The subscriber's streams from now on.
+    pub(crate) fn of(subscriber: &fred::prelude::Client) -> Self {
+        Self {
+            messages: subscriber.message_rx(),
+            reconnects: subscriber.reconnect_rx(),
+            errors: subscriber.error_rx(),
+        }
+    }
+}
+
 pub(crate) struct Listener {
     pub(crate) inner: Weak<Inner>,
+    /// The subscriber's streams, taken before it subscribed.
+    pub(crate) events: Option<Events>,
     pub(crate) subscriber: fred::prelude::Client,
     pub(crate) channel: String,
     pub(crate) id: InstanceId,
@@ -46,9 +70,14 @@ impl Listener {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut messages = self.subscriber.message_rx();
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let mut errors = self.subscriber.error_rx();
+        let Events {
+            mut messages,
+            mut reconnects,
+            mut errors,
+        } = self
+            .events
+            .take()
+            .unwrap_or_else(|| Events::of(&self.subscriber));
         let mut tick = tokio::time::interval(self.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_echo = Instant::now();

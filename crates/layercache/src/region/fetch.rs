@@ -559,11 +559,12 @@ where
             Err(e) => {
                 cache.counters.load_errors.incr();
                 let what = if e.is_panic() {
+                    tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader panicked");
                     "the loader panicked"
                 } else {
+                    tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader was cancelled");
                     "the loader was cancelled"
                 };
-                tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "{what}");
                 Err(Error::new(ErrorKind::Loader, what))
             }
         }
