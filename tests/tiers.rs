@@ -615,3 +615,66 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() 
     // Kept in L1 all the same.
     assert_eq!(region.get("k").await.unwrap().unwrap().len(), 5000);
 }
+
+/// Scripts go to Redis by hash (`EVALSHA`), their text once per server (`SCRIPT LOAD`); after
+/// `SCRIPT FLUSH` (or a restart) every script is loaded again on first use and the calls
+/// succeed: writes, loads with tags and the load lock, tag and region invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let cache = builder(&server, "sha").build().await.unwrap();
+    let r = cache
+        .region::<str, u64>("r")
+        .entry_options(EntryOptions::new().distributed_lock(true))
+        .build()
+        .await
+        .unwrap();
+    let exercise = |round: u64| {
+        let r = r.clone();
+        let cache = cache.clone();
+        async move {
+            r.insert("k", round).await.unwrap();
+            assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&round));
+            let options = EntryOptions::new().distributed_lock(true);
+            let loaded = r
+                .get_or_load_tagged("loaded", &options, &["t"], move || async move {
+                    Ok::<_, std::io::Error>(round)
+                })
+                .await
+                .unwrap();
+            assert_eq!(*loaded, round);
+            cache.invalidate_tag("t").await.unwrap();
+            r.invalidate("k").await.unwrap();
+            r.invalidate_all().await.unwrap();
+            assert_eq!(r.get("k").await.unwrap(), None);
+        }
+    };
+    exercise(1).await;
+    let loads = command_calls(&raw, "script|load").await;
+    assert!(loads > 0, "the scripts were loaded");
+    assert_eq!(
+        command_calls(&raw, "eval").await,
+        0,
+        "no script sent as text"
+    );
+    let by_hash = command_calls(&raw, "evalsha").await;
+    exercise(2).await;
+    assert_eq!(
+        command_calls(&raw, "script|load").await,
+        loads,
+        "loaded once per server"
+    );
+    assert!(command_calls(&raw, "evalsha").await > by_hash);
+
+    let _: () = support::cmd(&raw, "SCRIPT", &["FLUSH"])
+        .await
+        .convert()
+        .unwrap();
+    exercise(3).await;
+    assert!(
+        command_calls(&raw, "script|load").await > loads,
+        "loaded again"
+    );
+    assert_eq!(cache.stats().l2_errors, 0, "{:?}", cache.stats());
+}

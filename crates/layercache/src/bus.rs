@@ -22,7 +22,7 @@
 //! Every instance publishes a heartbeat (an empty message) each
 //! [`bus_heartbeat_interval`](crate::LayerCacheBuilder::bus_heartbeat_interval).
 //!
-//! An `insert` or `invalidate` carries its own announcement: the write script's `EVAL` and the
+//! An `insert` or `invalidate` carries its own announcement: the write script's `EVALSHA` and the
 //! message's `PUBLISH` are pipelined on the data connection, so both reach Redis in one round
 //! trip and Redis runs the `PUBLISH` right after the write (a receiver never drops its copy
 //! before the new state is in Redis). Other announcements (region generations, tags, clear)

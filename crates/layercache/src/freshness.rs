@@ -35,6 +35,14 @@ pub(crate) fn xfetch(until_expiry: Duration, delta: Duration, beta: f64, rand: f
 
 /// The probability that [`xfetch`] fires, for given inputs (for tests and docs):
 /// `P(-delta * beta * ln(U) >= t) = P(U <= exp(-t / (delta * beta)))`.
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 pub(crate) fn xfetch_probability(until_expiry: Duration, delta: Duration, beta: f64) -> f64 {
     if until_expiry.is_zero() {

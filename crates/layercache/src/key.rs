@@ -19,7 +19,10 @@
 
 use std::borrow::Cow;
 
-use crate::error::{Error, Result};
+use crate::{
+    envelope::FORMAT_VERSION,
+    error::{Error, Result},
+};
 
 /// A type usable as a cache key.
 ///
@@ -258,6 +261,44 @@ pub(crate) fn redis_key(prefix: &str, key: &[u8]) -> String {
     out
 }
 
+/// `{base}g{generation}:{key}`: a data or lock key of a region at a generation.
+pub(crate) fn keyed(base: &str, generation: u64, key: &[u8]) -> String {
+    let mut prefix = String::with_capacity(base.len() + 24 + key.len());
+    prefix.push_str(base);
+    prefix.push('g');
+    prefix.push_str(&generation.to_string());
+    prefix.push(':');
+    redis_key(&prefix, key)
+}
+
+/// The region (name, schema) a generation key belongs to:
+/// `{cache}:m{format}:{region}:s{schema}:gen`.
+pub(crate) fn parse_generation_key(cache: &str, key: &str) -> Option<(String, u32)> {
+    let rest = key
+        .strip_prefix(cache)?
+        .strip_prefix(&format!(":m{FORMAT_VERSION}:"))?
+        .strip_suffix(":gen")?;
+    let (region, schema) = rest.rsplit_once(":s")?;
+    if validate_name("region name", region).is_err() {
+        return None;
+    }
+    Some((region.to_owned(), schema.parse().ok()?))
+}
+
+/// The region (name, schema) and generation of a data key:
+/// `{cache}:f{format}:{region}:s{schema}:g{generation}:{key}`.
+pub(crate) fn parse_data_key<'a>(cache: &str, key: &'a str) -> Option<(&'a str, u32, u64)> {
+    let rest = key
+        .strip_prefix(cache)?
+        .strip_prefix(&format!(":f{FORMAT_VERSION}:"))?;
+    let mut parts = rest.splitn(4, ':');
+    let region = parts.next()?;
+    let schema = parts.next()?.strip_prefix('s')?.parse().ok()?;
+    let generation = parts.next()?.strip_prefix('g')?.parse().ok()?;
+    parts.next()?;
+    Some((region, schema, generation))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +398,36 @@ mod tests {
             let err = validate_name("region", bad).unwrap_err();
             assert!(err.to_string().contains("region"), "{err}");
         }
+    }
+
+    #[test]
+    fn generation_keys_parse_back_to_their_region() {
+        let key = generation_key("shop", "user.v2", 7);
+        assert_eq!(
+            parse_generation_key("shop", &key),
+            Some(("user.v2".to_owned(), 7))
+        );
+        assert_eq!(parse_generation_key("sho", &key), None, "another cache");
+        assert_eq!(parse_generation_key("shop", "shop:m2:user:sX:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:m2:us%er:s1:gen"), None);
+        assert_eq!(parse_generation_key("shop", "shop:f2:user:s1:gen"), None);
+    }
+
+    #[test]
+    fn data_keys_parse_back_to_region_schema_and_generation() {
+        let state_base = region_prefix("shop", 'f', FORMAT_VERSION, "user", 3);
+        let key = keyed(&state_base, 1_700_000_000_000, b"a:b:c");
+        assert_eq!(
+            parse_data_key("shop", &key),
+            Some(("user", 3, 1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_data_key("shop", "shop:f2:user:s3:g12"),
+            None,
+            "no key"
+        );
+        assert_eq!(parse_data_key("shop", "shop:f2:user:s3:x12:k"), None);
+        assert_eq!(parse_data_key("shop", "shop:t2:user:s3:g12:k"), None);
+        assert_eq!(parse_data_key("shopx", &key), None);
     }
 }

@@ -75,6 +75,7 @@ pub mod bus;
 mod cache;
 pub mod codec;
 mod cooldown;
+mod engine;
 pub mod envelope;
 mod error;
 mod fingerprint;
@@ -86,9 +87,11 @@ mod l1;
 mod l2;
 mod options;
 mod region;
+mod regions;
 mod repair;
 mod stats;
 pub mod telemetry;
+mod walks;
 
 /// Entry points for the fuzz targets (feature `fuzzing`); not a public API.
 #[cfg(feature = "fuzzing")]

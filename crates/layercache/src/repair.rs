@@ -13,16 +13,17 @@ use std::sync::Arc;
 
 use crate::{
     bus::Entry,
-    cache::{drop_tag, GenerationMoveFailed, Inner},
+    engine::{Engine, GenerationMoveFailed},
     error::Result,
     journal::{Pending, Tombstone},
     l1::L1Key,
     l2::{Fill, Filled, Guard, L2},
     region::seal_tombstone,
+    walks::drop_tag,
 };
 
 /// Starts a repair run in the background if repairs are pending and Redis looks reachable.
-pub(crate) fn spawn_repair(inner: &Arc<Inner>) {
+pub(crate) fn spawn_repair(inner: &Arc<Engine>) {
     let Some(l2) = &inner.l2 else { return };
     if inner.journal.len() == 0 || !l2.is_connected() || l2.breaker_open() {
         return;
@@ -39,7 +40,7 @@ pub(crate) fn spawn_repair(inner: &Arc<Inner>) {
 
 /// Runs the pending repairs now (unless a run is going on), for `shutdown()`: a process that
 /// stops with repairs pending cannot make them later.
-pub(crate) async fn repair_now(inner: &Inner) {
+pub(crate) async fn repair_now(inner: &Engine) {
     let Some(l2) = &inner.l2 else { return };
     if inner.journal.len() == 0 || !l2.is_connected() || l2.breaker_open() {
         return;
@@ -51,7 +52,7 @@ pub(crate) async fn repair_now(inner: &Inner) {
 
 /// One repair run: every pending repair in order; stops at the first one that fails (Redis is
 /// still unwell: the next run starts over).
-async fn run(inner: &Inner) {
+async fn run(inner: &Engine) {
     let Some(l2) = &inner.l2 else { return };
     let began = inner.journal.stamp();
     let pending = inner.journal.snapshot();
@@ -82,7 +83,7 @@ async fn run(inner: &Inner) {
 }
 
 /// A key: a tombstone under the region's current generation, then the announcement.
-async fn repair_key(inner: &Inner, l2: &L2, key: &L1Key, tombstone: &Tombstone) -> Result<()> {
+async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone) -> Result<()> {
     let Some(state) = crate::journal::region_of(key).and_then(|id| inner.region_by_id(id)) else {
         // A region this instance never registered cannot have been written: nothing to do.
         return Ok(());
@@ -134,7 +135,7 @@ async fn repair_key(inner: &Inner, l2: &L2, key: &L1Key, tombstone: &Tombstone) 
 }
 
 /// A region: its generation moved forward, then announced.
-async fn repair_region(inner: &Inner, l2: &L2, id: u32) -> Result<()> {
+async fn repair_region(inner: &Engine, l2: &L2, id: u32) -> Result<()> {
     let Some(state) = inner.region_by_id(id) else {
         return Ok(());
     };
@@ -145,14 +146,14 @@ async fn repair_region(inner: &Inner, l2: &L2, id: u32) -> Result<()> {
 }
 
 /// A tag: its mark replaced and members removed, then announced.
-async fn repair_tag(inner: &Inner, l2: &L2, tag: &str) -> Result<()> {
+async fn repair_tag(inner: &Engine, l2: &L2, tag: &str) -> Result<()> {
     drop_tag(l2, &inner.name, tag).await?;
     inner.tags_invalidated(std::slice::from_ref(&tag.to_owned()));
     inner.announce(Entry::Tag(tag.to_owned())).await
 }
 
 /// A clear: every region's generation moved, the moves and a flush announced.
-async fn repair_clear(inner: &Inner, l2: &L2) -> Result<()> {
+async fn repair_clear(inner: &Engine, l2: &L2) -> Result<()> {
     let mut moved = Vec::new();
     inner.move_every_generation(l2, &mut moved).await?;
     for (region, schema, generation) in moved {

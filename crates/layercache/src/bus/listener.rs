@@ -13,7 +13,7 @@ use super::{
     message::{self, Rejected},
     FlushReason, InstanceId, Shared,
 };
-use crate::cache::Inner;
+use crate::engine::Engine;
 
 /// Peers not heard from for this many heartbeat timeouts are forgotten.
 const PEER_EXPIRY_FACTOR: u32 = 10;
@@ -44,7 +44,7 @@ impl Events {
 }
 
 pub(crate) struct Listener {
-    pub(crate) inner: Weak<Inner>,
+    pub(crate) inner: Weak<Engine>,
     /// The subscriber's streams, taken before it subscribed.
     pub(crate) events: Option<Events>,
     pub(crate) subscriber: fred::prelude::Client,
@@ -148,7 +148,7 @@ impl Listener {
     /// After a (re)connection: subscribes, then — messages published while we were away are
     /// lost — forgets the generations we knew (Redis may even have restarted empty), re-reads
     /// them, and flushes.
-    async fn join(&self, inner: &Arc<Inner>) {
+    async fn join(&self, inner: &Arc<Engine>) {
         self.resubscribe(inner).await;
         for region in inner.all_regions() {
             region.forget_generation();
@@ -160,12 +160,12 @@ impl Listener {
 
     /// Flushes for a loss of coherence and re-reads every region's generation in the
     /// background (a lost message may have been a generation bump).
-    fn lost(&self, inner: &Arc<Inner>, reason: FlushReason) {
+    fn lost(&self, inner: &Arc<Engine>, reason: FlushReason) {
         inner.flush_l1(reason);
         spawn_generation_refresh(inner, true);
     }
 
-    async fn resubscribe(&self, inner: &Inner) {
+    async fn resubscribe(&self, inner: &Engine) {
         let mut delay = Duration::from_millis(50);
         loop {
             let attempt = tokio::time::timeout(
@@ -187,7 +187,7 @@ impl Listener {
         }
     }
 
-    fn on_tick(&self, inner: &Arc<Inner>, last_echo: Instant, ticks: u64) {
+    fn on_tick(&self, inner: &Arc<Engine>, last_echo: Instant, ticks: u64) {
         let missed = {
             let mut shared = self.shared();
             let expiry = self.heartbeat_timeout * PEER_EXPIRY_FACTOR;
@@ -210,7 +210,7 @@ impl Listener {
 
     async fn handle(
         &self,
-        inner: &Arc<Inner>,
+        inner: &Arc<Engine>,
         value: &fred::types::Value,
         last_echo: &mut Instant,
     ) {
@@ -293,7 +293,7 @@ impl Listener {
 
 /// Re-reads region generations in a task of its own, so the listener never waits on Redis.
 /// With `all == false` only the regions whose generation is unknown are read.
-fn spawn_generation_refresh(inner: &Arc<Inner>, all: bool) {
+fn spawn_generation_refresh(inner: &Arc<Engine>, all: bool) {
     let regions: Vec<_> = inner
         .all_regions()
         .into_iter()

@@ -10,10 +10,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Region, Tags};
 use crate::{
-    cache::unix_millis,
     codec::Codec,
     envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
     error::{Error, ErrorKind, Result},
+    freshness::unix_millis,
     freshness::{jittered, rand01},
     journal::Tombstone,
     key::{tag_key, CacheKey},

@@ -1,0 +1,337 @@
+//! `LayerCacheBuilder::build`: validates every option, connects to Redis, starts the bus, and
+//! wires the engine.
+
+use std::{
+    sync::{atomic::AtomicU64, Arc, Mutex},
+    time::Duration,
+};
+
+use fred::prelude::{ClientLike, PubsubInterface};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    breaker::{Breaker, BreakerSettings},
+    bus::{self, listener::Listener, publisher::Publisher, BusHandle, BusSettings, InstanceId},
+    cache::LayerCache,
+    engine::{Engine, Settings},
+    envelope::FORMAT_VERSION,
+    error::{Error, ErrorKind, Result},
+    key::validate_name,
+    l1::{Capacity, L1},
+    l2::{redact_url, L2Settings, L2},
+    options::{check_max, L2Startup, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT},
+    stats::Counters,
+};
+
+use super::{LayerCacheBuilder, MAX_KEY_BYTES, REDIS_MAX_STRING};
+
+impl LayerCacheBuilder {
+    fn capacity(&self) -> Capacity {
+        match self.max_capacity_bytes {
+            Some(bytes) => Capacity::Bytes(bytes),
+            None => Capacity::Entries(self.max_capacity.unwrap_or(10_000)),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_name("cache name", &self.name)?;
+        if let Some(url) = &self.redis_url {
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            match scheme {
+                "redis" => {}
+                "rediss" if cfg!(feature = "tls") => {}
+                "rediss" => {
+                    return Err(Error::config(
+                        "redis_url: rediss:// (TLS) needs the `tls` feature of layercache",
+                    ))
+                }
+                _ => {
+                    return Err(Error::config(format!(
+                        "redis_url {:?} is invalid: use redis://host[:port][/db] or rediss:// \
+                         (TLS); Redis Cluster and Sentinel URLs are not supported yet",
+                        crate::key::shortened(&redact_url(url))
+                    )))
+                }
+            }
+        }
+        if self.max_capacity.is_some() && self.max_capacity_bytes.is_some() {
+            return Err(Error::config(
+                "max_capacity and max_capacity_bytes exclude each other: set one",
+            ));
+        }
+        if self.max_capacity == Some(0) {
+            return Err(Error::config("max_capacity must be at least 1"));
+        }
+        if self.max_capacity_bytes == Some(0) {
+            return Err(Error::config("max_capacity_bytes must be at least 1"));
+        }
+        if self.time_to_live.is_zero() {
+            return Err(Error::config("time_to_live must be greater than zero"));
+        }
+        if self.time_to_idle.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config("time_to_idle must be greater than zero"));
+        }
+        self.entry_options
+            .validate()
+            .map_err(|e| Error::config(format!("default_entry_options: {}", e.context())))?;
+        if self.max_value_bytes == 0 || self.max_value_bytes > REDIS_MAX_STRING {
+            return Err(Error::config(
+                "max_value_bytes must be between 1 and 536870912 (512 MiB)",
+            ));
+        }
+        if self.l2_command_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_command_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_suspect_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_suspect_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_connect_timeout.is_zero() {
+            return Err(Error::config(
+                "l2_connect_timeout must be greater than zero",
+            ));
+        }
+        if self.l2_max_command_buffer == 0 {
+            return Err(Error::config("l2_max_command_buffer must be at least 1"));
+        }
+        if self.bus_heartbeat_interval.is_zero() {
+            return Err(Error::config(
+                "bus_heartbeat_interval must be greater than zero",
+            ));
+        }
+        if self.bus_heartbeat_timeout < self.bus_heartbeat_interval.saturating_mul(2) {
+            return Err(Error::config(
+                "bus_heartbeat_timeout must be at least twice bus_heartbeat_interval",
+            ));
+        }
+        if self.max_key_bytes == 0 {
+            return Err(Error::config("max_key_bytes must be at least 1"));
+        }
+        if self.lock_ttl < Duration::from_millis(3) {
+            return Err(Error::config("lock_ttl must be at least 3 ms"));
+        }
+        if self.lock_wait.is_zero() {
+            return Err(Error::config("lock_wait must be greater than zero"));
+        }
+        if self.bus_buffer == 0 {
+            return Err(Error::config("bus_buffer must be at least 1"));
+        }
+        if self.l2_reconnect_min.is_zero() || self.l2_reconnect_min > self.l2_reconnect_max {
+            return Err(Error::config("l2_reconnect_backoff needs 0 < min <= max"));
+        }
+        self.validate_upper_bounds()
+    }
+
+    /// Every option's upper bound: lifetimes up to [`MAX_LIFETIME`], timeouts, waits and
+    /// intervals up to [`MAX_WAIT`], queues up to [`MAX_QUEUE`]. With these, no sum or
+    /// product of options anywhere in the crate can overflow.
+    fn validate_upper_bounds(&self) -> Result<()> {
+        check_max("time_to_live", Some(self.time_to_live), MAX_LIFETIME)?;
+        check_max("time_to_idle", self.time_to_idle, MAX_LIFETIME)?;
+        for (what, value) in [
+            ("l1_write_cooldown", self.l1_write_cooldown),
+            ("l2_command_timeout", self.l2_command_timeout),
+            ("l2_suspect_timeout", self.l2_suspect_timeout),
+            ("l2_connect_timeout", self.l2_connect_timeout),
+            ("l2_reconnect_backoff (max)", self.l2_reconnect_max),
+            ("l2_breaker_cooldown", self.l2_breaker_cooldown),
+            ("bus_heartbeat_interval", self.bus_heartbeat_interval),
+            ("bus_heartbeat_timeout", self.bus_heartbeat_timeout),
+            ("lock_ttl", self.lock_ttl),
+            ("lock_wait", self.lock_wait),
+        ] {
+            check_max(what, Some(value), MAX_WAIT)?;
+        }
+        check_max("ack_writes", self.ack_writes, MAX_WAIT)?;
+        for (what, value) in [
+            ("l2_max_command_buffer", self.l2_max_command_buffer),
+            ("l2_repair_capacity", self.l2_repair_capacity),
+            ("bus_buffer", self.bus_buffer),
+        ] {
+            if value > MAX_QUEUE {
+                return Err(Error::config(format!(
+                    "{what} is {value}; it must be at most {MAX_QUEUE}"
+                )));
+            }
+        }
+        if self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(Error::config(format!(
+                "max_key_bytes is {}; it must be at most {MAX_KEY_BYTES} (1 MiB)",
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every option, connects to Redis if one is configured, and returns the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the first invalid option;
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) or
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when Redis is configured but the first
+    /// connection fails within `l2_connect_timeout` (with the default
+    /// [`L2Startup::FailFast`]; with [`L2Startup::Degraded`] the cache starts anyway).
+    pub async fn build(self) -> Result<LayerCache> {
+        self.validate()?;
+        let counters = Arc::new(Counters::default());
+        let settings = Settings {
+            time_to_live: self.time_to_live,
+            entry_options: self.entry_options,
+            compression_threshold: self.compression_threshold,
+            max_value_bytes: self.max_value_bytes,
+            error_policy: self.l2_error_policy,
+            command_timeout: self.l2_command_timeout,
+            lock_ttl: self.lock_ttl,
+            lock_wait: self.lock_wait,
+            max_key_bytes: self.max_key_bytes,
+            repair_capacity: self.l2_repair_capacity,
+            ack_timeout: self.ack_writes,
+        };
+        let l1 = L1::new(
+            self.capacity(),
+            self.time_to_idle,
+            self.time_to_live,
+            self.l1_write_cooldown,
+        );
+        let Some(url) = &self.redis_url else {
+            let inner = Engine::new(self.name, l1, None, settings, counters, None);
+            tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");
+            return Ok(LayerCache {
+                inner: Arc::new(inner),
+            });
+        };
+        let l2_settings = L2Settings {
+            url: url.clone(),
+            command_timeout: self.l2_command_timeout,
+            suspect_timeout: self.l2_suspect_timeout,
+            connect_timeout: self.l2_connect_timeout,
+            max_command_buffer: self.l2_max_command_buffer,
+            reconnect_min: self.l2_reconnect_min,
+            reconnect_max: self.l2_reconnect_max,
+            tls_ca_pem: self.l2_tls_ca_pem.clone(),
+            startup: self.l2_startup,
+        };
+        let breaker = Breaker::new(
+            BreakerSettings {
+                threshold: self.l2_breaker_threshold,
+                cooldown: self.l2_breaker_cooldown,
+            },
+            counters.clone(),
+            self.name.clone(),
+        );
+        // Both connections at once: a degraded start waits `l2_connect_timeout` once, not twice.
+        let (l2, subscriber) = tokio::join!(
+            L2::connect(&l2_settings, breaker, counters.clone()),
+            bus::thread::BusThread::start(&l2_settings, self.bus_buffer, self.bus_thread),
+        );
+        let (l2, (subscriber, bus_thread)) = match (l2, subscriber) {
+            (Ok(l2), Ok(s)) => (l2, s),
+            (Ok(l2), Err(e)) => {
+                l2.quit().await;
+                return Err(e);
+            }
+            (Err(e), Ok((s, _))) => {
+                let _ = s.quit().await;
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
+        };
+        let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
+        // Before subscribing: the listener starts later (on its thread, or as a task), and what
+        // is published meanwhile must wait in these streams for it.
+        let events = bus::listener::Events::of(&subscriber);
+        // Degraded start without a connection: the listener subscribes once it connects.
+        let subscribed = if subscriber.is_connected() {
+            // Part of connecting: bounded by the connect timeout, not the (maybe far shorter)
+            // command timeout that fred would otherwise apply to it.
+            let patient = subscriber.with_options(&fred::types::config::Options {
+                timeout: Some(self.l2_connect_timeout),
+                ..Default::default()
+            });
+            let attempt =
+                tokio::time::timeout(self.l2_connect_timeout, patient.subscribe(channel.as_str()))
+                    .await;
+            match attempt {
+                Ok(Ok(())) => true,
+                _ if self.l2_startup == L2Startup::Degraded => false,
+                failed => {
+                    let _ = subscriber.quit().await;
+                    l2.quit().await;
+                    return Err(match failed {
+                        Ok(Err(e)) => {
+                            Error::new(ErrorKind::Redis, "subscribing to the bus channel")
+                                .with_source(e)
+                        }
+                        _ => Error::new(ErrorKind::Timeout, "subscribing to the bus channel"),
+                    });
+                }
+            }
+        } else {
+            false
+        };
+
+        let id = InstanceId::random();
+        let (tx, rx) = mpsc::channel(self.bus_buffer.max(1024));
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let published = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Mutex::new(bus::Shared {
+            healthy: subscribed,
+            ..Default::default()
+        }));
+        let bus_settings = BusSettings {
+            loss_policy: self.coherence_loss_policy,
+            heartbeat_timeout: self.bus_heartbeat_timeout,
+        };
+        let acked = Arc::new(tokio::sync::Notify::new());
+        let sequencer = Arc::new(bus::Sequencer::new(id, channel.clone(), published));
+        let handle = BusHandle {
+            id,
+            sequencer: sequencer.clone(),
+            tx,
+            shared: shared.clone(),
+            settings: bus_settings,
+            shutdown,
+            acked: acked.clone(),
+        };
+        let publisher = Publisher {
+            l2: l2.clone(),
+            sequencer,
+            rx,
+            counters: counters.clone(),
+            heartbeat: self.bus_heartbeat_interval,
+            shutdown: shutdown_rx.clone(),
+            cache_name: self.name.clone(),
+        };
+        let inner = Arc::new(Engine::new(
+            self.name,
+            l1,
+            Some(l2),
+            settings,
+            counters,
+            Some(handle),
+        ));
+        let listener = Listener {
+            inner: Arc::downgrade(&inner),
+            events: Some(events),
+            subscriber,
+            channel,
+            id,
+            shared,
+            heartbeat_interval: self.bus_heartbeat_interval,
+            heartbeat_timeout: self.bus_heartbeat_timeout,
+            command_timeout: self.l2_command_timeout,
+            shutdown: shutdown_rx,
+            subscribed,
+            subscriber_task: None,
+            acked,
+        };
+        inner.adopt_task(tokio::spawn(publisher.run()));
+        inner.adopt_task(bus_thread.run(listener));
+        tracing::info!(cache.name = %inner.name, l2 = true, l2.connected = subscribed, instance.id = %id, "layercache started");
+        Ok(LayerCache { inner })
+    }
+}

@@ -1,0 +1,205 @@
+//! Redis calls around the entries: tag marks and sets, load locks, region generations, and
+//! scans.
+
+use std::time::Duration;
+
+use fred::{
+    prelude::{ClientLike, KeysInterface},
+    types::{Expiration, Value},
+};
+
+use super::{parse_scan_reply, Script, L2, SCRIPTS};
+use crate::error::{Error, ErrorKind, Result};
+
+impl L2 {
+    /// Reads tag marks (`MGET`): for each key, its value, or `None`.
+    pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        let n = keys.len();
+        let reply: Value = self
+            .bounded("redis MGET (tag marks)", |c| c.mget(keys))
+            .await?;
+        let values = match reply {
+            Value::Array(values) => values,
+            // One key: fred may hand back the single value itself.
+            other if n == 1 => vec![other],
+            _ => return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply")),
+        };
+        if values.len() != n {
+            return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply length"));
+        }
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => None,
+                v => v.as_bytes().map(<[u8]>::to_vec),
+            })
+            .collect())
+    }
+
+    /// Sets a tag's mark to a new random token (`SET … PX`).
+    pub(crate) async fn set_mark(&self, key: &str, token: String, ttl_ms: u64) -> Result<()> {
+        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let _: Value = self
+            .bounded("redis SET (tag mark)", |c| {
+                c.set(key, token, Some(Expiration::PX(px)), None, false)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a page of a tag's members and removes them from its set, atomically (see
+    /// `drop_tag_page.lua`).
+    pub(crate) async fn drop_tag_page(&self, set: &str, members: Vec<String>) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(1 + members.len());
+        keys.push(set.to_owned());
+        keys.extend(members);
+        let _: i64 = self
+            .script(
+                "redis EVALSHA (drop tag page)",
+                &SCRIPTS.drop_tag_page,
+                keys,
+                Vec::new(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One page of `SSCAN key cursor COUNT count`: the next cursor and the members.
+    pub(crate) async fn sscan_page(
+        &self,
+        key: &str,
+        cursor: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>)> {
+        let args: Vec<Value> = vec![
+            Value::from(key),
+            Value::from(cursor),
+            Value::from("COUNT"),
+            Value::from(count.to_string()),
+        ];
+        let reply: Value = self
+            .bounded("redis SSCAN", |c| {
+                c.custom(
+                    fred::types::CustomCommand::new_static(
+                        "SSCAN",
+                        fred::types::ClusterHash::FirstKey,
+                        false,
+                    ),
+                    args,
+                )
+            })
+            .await?;
+        parse_scan_reply(reply, "SSCAN")
+    }
+
+    /// Takes a lock: `SET key token NX PX ttl`; returns whether it was taken.
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        self.set(key, token.as_bytes().to_vec(), ttl_ms, true).await
+    }
+
+    /// Extends a lock we hold; returns whether we still held it.
+    pub(crate) async fn renew_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let args = vec![Value::from(token), Value::from(ttl_ms.to_string())];
+        let n: i64 = self
+            .script(
+                "redis EVALSHA (renew lock)",
+                &SCRIPTS.renew_lock,
+                vec![key.to_owned()],
+                args,
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases a lock if we still hold it.
+    pub(crate) async fn release_lock(&self, key: &str, token: &str) -> Result<()> {
+        let _: i64 = self
+            .script(
+                "redis EVALSHA (release lock)",
+                &SCRIPTS.release_lock,
+                vec![key.to_owned()],
+                vec![Value::from(token)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn eval_u64(
+        &self,
+        what: &'static str,
+        script: &Script,
+        key: &str,
+        args: Vec<String>,
+    ) -> Result<u64> {
+        let args = args.into_iter().map(Value::from).collect();
+        let reply: String = self
+            .script(what, script, vec![key.to_owned()], args)
+            .await?;
+        reply.parse::<u64>().map_err(|e| {
+            Error::new(
+                ErrorKind::Redis,
+                format!("{what}: not a generation: {reply:?}"),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// Reads (or creates) a region's generation and refreshes its TTL.
+    pub(crate) async fn load_generation(
+        &self,
+        key: &str,
+        initial: u64,
+        ttl: Duration,
+    ) -> Result<u64> {
+        self.eval_u64(
+            "loading a region generation",
+            &SCRIPTS.load_generation,
+            key,
+            vec![initial.to_string(), ttl.as_millis().to_string()],
+        )
+        .await
+    }
+
+    /// Moves a region's generation past its current value and to at least `floor`.
+    pub(crate) async fn bump_generation(
+        &self,
+        key: &str,
+        floor: u64,
+        ttl: Duration,
+    ) -> Result<u64> {
+        self.eval_u64(
+            "bumping a region generation",
+            &SCRIPTS.bump_generation,
+            key,
+            vec![floor.to_string(), ttl.as_millis().to_string()],
+        )
+        .await
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor and the keys.
+    pub(crate) async fn scan_page(
+        &self,
+        cursor: &str,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>)> {
+        let reply: Value = self
+            .bounded("redis SCAN", |c| {
+                c.scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None)
+            })
+            .await?;
+        parse_scan_reply(reply, "SCAN")
+    }
+
+    /// `UNLINK` of several keys in one command.
+    pub(crate) async fn unlink_many(&self, keys: Vec<String>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self.bounded("redis UNLINK", |c| c.unlink(keys)).await?;
+        Ok(())
+    }
+}

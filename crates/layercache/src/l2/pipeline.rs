@@ -1,0 +1,201 @@
+//! A write and its bus announcement in one round trip: the command and the `PUBLISH` pipelined
+//! on the data connection, numbered under the bus sequencer's lock.
+
+use fred::{
+    clients::Pipeline,
+    prelude::{ClientLike, PubsubInterface},
+    types::Value,
+};
+use tracing::Instrument;
+
+use super::{evalsha, fill_command, filled, is_noscript, map_err, Filled, Guard, L2, SCRIPTS};
+use crate::{bus::Sequencer, error::Result};
+
+/// Polls a future once, so that a command it sends is handed to the client's connection now
+/// (fred hands a command to its router on the first poll, synchronously), and returns it to be
+/// awaited later. Used under the bus sequencer's lock: the order in which commands reach the
+/// connection is then the order of their sequence numbers.
+fn primed<F: std::future::Future>(future: F) -> Primed<F> {
+    let mut future = Box::pin(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Primed::Done(Some(v)),
+        std::task::Poll::Pending => Primed::Running(future),
+    }
+}
+
+/// Queues a command in a pipeline: fred's pipeline methods complete on their first poll (the
+/// command is buffered, not sent).
+fn queue<F: std::future::Future<Output = Result<(), fred::error::Error>>>(
+    future: F,
+) -> Result<(), fred::error::Error> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => Err(unexpected("a queued command")),
+    }
+}
+
+/// A future polled once by [`primed`].
+enum Primed<F: std::future::Future> {
+    Done(Option<F::Output>),
+    Running(std::pin::Pin<Box<F>>),
+}
+
+impl<F: std::future::Future> std::future::Future for Primed<F>
+where
+    F::Output: Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.get_mut() {
+            Self::Done(v) => match v.take() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            },
+            Self::Running(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+pub(super) fn unexpected(what: &str) -> fred::error::Error {
+    fred::error::Error::new(
+        fred::error::ErrorKind::Protocol,
+        format!("unexpected pipeline reply to {what}"),
+    )
+}
+
+impl L2 {
+    /// `PUBLISH` of a bus message numbered by `sequencer`: the number is taken and the command
+    /// handed to the connection under the sequencer's lock, so messages reach Redis in number
+    /// order. Returns the number (0 when the call was skipped before one was taken) and the
+    /// outcome.
+    pub(crate) async fn publish_sequenced(
+        &self,
+        sequencer: &Sequencer,
+        message: impl FnOnce(u64) -> Vec<u8>,
+    ) -> (u64, Result<()>) {
+        let (taken, replies) = self
+            .sequenced("redis PUBLISH", None, sequencer, message)
+            .await;
+        let result = replies.and_then(|mut r| match r.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(map_err("redis PUBLISH", e)),
+            None => Err(map_err("redis PUBLISH", unexpected("PUBLISH"))),
+        });
+        (taken, result)
+    }
+
+    /// A write (the fill script, as [`fill`](Self::fill)) and its announcement on the bus in
+    /// one round trip: `EVALSHA` and `PUBLISH` pipelined on the one connection, the message
+    /// numbered under the sequencer's lock so the sender's messages still reach Redis in order
+    /// (receivers detect gaps as before). Redis runs the `PUBLISH` right after the script, so a
+    /// receiver drops its copy only once the write is visible; an announcement of a write that
+    /// was fenced is spurious and harmless (it only drops a copy). Returns what became of the
+    /// write and of the announcement (its sequence number; an error there is the
+    /// announcement's alone: the write stands).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fill's arguments and the announcement"
+    )]
+    pub(crate) async fn fill_announced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        tags: Vec<String>,
+        guard: Guard<'_>,
+        generation_key: &str,
+        sequencer: &Sequencer,
+        message: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<(Filled, Result<u64>)> {
+        let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            mode = guard.mode.name(),
+            fenced = guard.fence.is_some(),
+            announced = true
+        );
+        let script = evalsha(&SCRIPTS.fill, keys, args);
+        let what = "redis EVALSHA (fill) + PUBLISH";
+        let (mut taken, mut replies) = self
+            .sequenced(what, Some(script.clone()), sequencer, &message)
+            .instrument(span.clone())
+            .await;
+        if let Ok([Err(e), _]) = replies.as_deref() {
+            if is_noscript(e) {
+                // The server lacks the script (new, restarted, or flushed): load it and send
+                // both again. The first announcement went out for a write that did not happen:
+                // it only made other instances drop a copy.
+                self.load_script(&SCRIPTS.fill).await?;
+                (taken, replies) = self
+                    .sequenced(what, Some(script), sequencer, &message)
+                    .instrument(span)
+                    .await;
+            }
+        }
+        let [written, published] = <[_; 2]>::try_from(replies?)
+            .map_err(|_| map_err("redis EVALSHA (fill)", unexpected("EVALSHA + PUBLISH")))?;
+        let written = match written {
+            Ok(v) => filled(
+                v.convert::<i64>()
+                    .map_err(|e| map_err("redis EVALSHA (fill)", e))?,
+            ),
+            Err(e) => return Err(map_err("redis EVALSHA (fill)", e)),
+        };
+        let published = published
+            .map(|_| taken)
+            .map_err(|e| map_err("redis PUBLISH", e));
+        Ok((written, published))
+    }
+
+    /// Sends `script` (if any) and a bus message in one pipeline, bounded like every call: the
+    /// message's sequence number is taken, and the pipeline handed to the connection, under
+    /// the sequencer's lock. Returns the number taken (0 when the call was skipped) and every
+    /// reply, or the error that stood for all of them (a timeout, a lost connection).
+    async fn sequenced(
+        &self,
+        what: &'static str,
+        script: Option<(fred::types::CustomCommand, Vec<Value>)>,
+        sequencer: &Sequencer,
+        message: impl FnOnce(u64) -> Vec<u8>,
+    ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
+        let expected = 1 + usize::from(script.is_some());
+        let mut taken = 0;
+        let replies = self
+            .bounded(what, |c| {
+                let pipeline = Pipeline::from(c.clone());
+                let script = script.map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)));
+                sequencer.next(|seq| {
+                    taken = seq;
+                    let publish = queue(
+                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
+                    );
+                    primed(async move {
+                        script.transpose()?;
+                        publish?;
+                        let mut replies = pipeline.try_all::<Value>().await;
+                        if replies.len() == expected {
+                            Ok(replies)
+                        } else {
+                            // One reply for all: the pipeline failed as a whole.
+                            Err(replies
+                                .pop()
+                                .and_then(Result::err)
+                                .unwrap_or_else(|| unexpected(what)))
+                        }
+                    })
+                })
+            })
+            .await;
+        if taken > 0 {
+            sequencer.sent(taken);
+        }
+        (taken, replies)
+    }
+}

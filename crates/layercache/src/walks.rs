@@ -1,0 +1,69 @@
+//! Long walks over Redis keys: a tag's members (page by page), and the data keys a region
+//! generation move left behind.
+
+use std::time::Duration;
+
+use crate::{
+    envelope::FORMAT_VERSION,
+    error::Result,
+    freshness::token,
+    key::{parse_data_key, tag_key, tag_mark_key},
+    l2::L2,
+    options::millis_ceil,
+};
+
+/// How long a tag's mark lives after its last invalidation. A load that runs longer than this
+/// across an invalidation of one of its tags could see the mark vanish and come back as it
+/// was (absent); loads are bounded far below a day in practice.
+pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page.
+pub(crate) async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
+    l2.set_mark(
+        &tag_mark_key(cache, tag),
+        token(),
+        millis_ceil(TAG_MARK_TTL),
+    )
+    .await?;
+    let set = tag_key(cache, tag);
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, members) = l2.sscan_page(&set, &cursor, 500).await?;
+        l2.drop_tag_page(&set, members).await?;
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes, in batches (`SCAN … COUNT 1000`, one `UNLINK` per page), the data keys of every
+/// region in `moved` whose generation is older than the one it was moved to. Newer keys (filled
+/// since) and keys of regions not in `moved` stay: deleting a tombstone there could let a
+/// stale fill in.
+pub(crate) async fn delete_outdated(
+    l2: &L2,
+    cache: &str,
+    moved: &[(String, u32, u64)],
+) -> Result<()> {
+    let pattern = format!("{cache}:f{FORMAT_VERSION}:*");
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;
+        let old: Vec<String> = keys
+            .into_iter()
+            .filter(|k| {
+                parse_data_key(cache, k).is_some_and(|(region, schema, g)| {
+                    moved
+                        .iter()
+                        .any(|(r, s, to)| r == region && *s == schema && g < *to)
+                })
+            })
+            .collect();
+        l2.unlink_many(old).await?;
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
