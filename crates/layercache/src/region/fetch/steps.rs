@@ -1,0 +1,360 @@
+//! The steps of a fetch: serve what Redis held, take the load lock or wait for its holder,
+//! run the loader, store what it loaded, fall back to a stale value.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
+
+use crate::region::{store::Life, LoadFn, Plan, Region, Stale};
+use crate::{
+    codec::Codec,
+    error::{Error, ErrorKind, Result},
+    flight::{Leader, Outcome},
+    freshness::token,
+    freshness::unix_millis,
+    key::CacheKey,
+    l2::{Filled, Guard, L2},
+    options::{millis_ceil, EntryOptions},
+};
+
+use super::{erase, fill, Fill, Lock, LockGuard, Mode};
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Serves a fresh value read from Redis: counts the hit, fills L1, returns it (`None` for a
+    /// cached "not found").
+    pub(super) async fn serve_decoded(
+        &self,
+        leader: &Leader<V>,
+        options: &EntryOptions,
+        d: crate::region::store::Decoded<V>,
+        generation: u64,
+        born: u64,
+        now_ms: u64,
+    ) -> Option<Arc<V>> {
+        self.cache.counters.l2_hits.incr();
+        let value = d.value.map(Arc::new);
+        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
+        let life = Life {
+            logical,
+            refresh_in,
+            delta: Duration::from_micros(u64::from(d.meta.load_us)),
+            keep: options.keep_after_expiry(),
+            generation,
+            born,
+            tags: d.tags,
+            raw_len: d.raw_len,
+            negative: value.is_none(),
+            created_ms: d.meta.created_at_ms,
+            stale_since: None,
+            version: d.meta.version,
+        };
+        fill(self, leader, erase(&value), options, life).await;
+        value
+    }
+
+    /// Takes the load lock, or waits for the holder's value (re-reading Redis with back-off,
+    /// and retrying the lock, which may have expired with a dead holder) until `lock_wait`.
+    pub(super) async fn lock_or_wait(
+        &self,
+        leader: &Leader<V>,
+        rkey: &str,
+        options: &EntryOptions,
+        (generation, born): (u64, u64),
+        mode: Mode,
+    ) -> Lock<V> {
+        let cache = &self.cache;
+        let (Some(l2), Some(g)) = (&cache.l2, self.shared.state.generation()) else {
+            return Lock::Without;
+        };
+        let lock_key = self.shared.state.lock_key(g, &leader.key()[4..]);
+        let token = token();
+        let ttl = cache.settings.lock_ttl;
+        match l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+            Ok(true) => {
+                cache.counters.locks_acquired.incr();
+                return Lock::Held(Box::new(LockGuard::new(l2, lock_key, token, ttl)));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let _ = self.l2_failed("lock", e);
+                return Lock::Without;
+            }
+        }
+        cache.counters.lock_waits.incr();
+        let deadline = Instant::now() + cache.settings.lock_wait;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
+                let now_ms = unix_millis();
+                let value = self
+                    .serve_decoded(leader, options, d, generation, born, now_ms)
+                    .await;
+                return Lock::Found(value);
+            }
+            if Instant::now() >= deadline {
+                cache.counters.lock_takeovers.incr();
+                tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, "gave up waiting for the load lock; loading without it");
+                return Lock::Without;
+            }
+            if let Ok(true) = l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+                let guard = LockGuard::new(l2, lock_key, token, ttl);
+                // The holder may have filled and released between the read above and this:
+                // look again before loading a second time.
+                if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
+                    guard.release().await;
+                    let now_ms = unix_millis();
+                    let value = self
+                        .serve_decoded(leader, options, d, generation, born, now_ms)
+                        .await;
+                    return Lock::Found(value);
+                }
+                cache.counters.locks_acquired.incr();
+                return Lock::Held(Box::new(guard));
+            }
+        }
+    }
+
+    /// A usable value that another instance's load put in Redis while this one waited (for a
+    /// refresh: one newer than the value it replaces).
+    pub(super) async fn filled_meanwhile(
+        &self,
+        l2: &L2,
+        rkey: &str,
+        mode: Mode,
+    ) -> Option<crate::region::store::Decoded<V>> {
+        let Ok(Some(bytes)) = l2.get(rkey).await else {
+            return None;
+        };
+        let d = self.decode(&bytes, rkey).ok()?;
+        let newer = match mode {
+            Mode::Refresh { created_ms } => d.meta.created_at_ms > created_ms,
+            Mode::Caller => true,
+        };
+        (newer && !d.meta.tombstone && !d.left(unix_millis()).is_zero()).then_some(d)
+    }
+
+    /// Runs the loader as its own task (so a panic is caught), within its timeouts. Past the
+    /// soft timeout, with a stale value at hand, every waiter gets the stale value while the
+    /// load goes on; past the hard timeout the load is aborted.
+    pub(super) async fn run_loader(
+        &self,
+        run: LoadFn<V>,
+        options: &EntryOptions,
+        early: Option<Arc<V>>,
+        leader: &Leader<V>,
+        mode: Mode,
+    ) -> Result<(Option<V>, Duration)> {
+        let cache = &self.cache;
+        match mode {
+            Mode::Caller => cache.counters.loads.incr(),
+            Mode::Refresh { .. } => cache.counters.refreshes.incr(),
+        }
+        let started = Instant::now();
+        let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode != Mode::Caller);
+        let mut handle = tokio::spawn(run().instrument(span));
+        let deadline = options
+            .get_loader_hard_timeout()
+            .map(|h| tokio::time::Instant::from_std(started + h));
+        let mut joined = None;
+        if let (Some(soft), Some(stale)) = (options.get_loader_soft_timeout(), early) {
+            match tokio::time::timeout(soft, &mut handle).await {
+                Ok(r) => joined = Some(r),
+                Err(_) => {
+                    cache.counters.soft_timeouts.incr();
+                    cache.counters.fail_safe_serves.incr();
+                    leader.answer_early(Ok(Some(stale)));
+                }
+            }
+        }
+        let joined = match joined {
+            Some(r) => r,
+            None => match deadline {
+                Some(d) => match tokio::time::timeout_at(d, &mut handle).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        handle.abort();
+                        cache.counters.hard_timeouts.incr();
+                        cache.counters.load_errors.incr();
+                        return Err(Error::new(
+                            ErrorKind::Loader,
+                            "the loader passed its hard timeout",
+                        ));
+                    }
+                },
+                None => (&mut handle).await,
+            },
+        };
+        match joined {
+            Ok(Ok(v)) => Ok((v, started.elapsed())),
+            Ok(Err(e)) => {
+                cache.counters.load_errors.incr();
+                Err(Error::new(ErrorKind::Loader, "the loader failed").with_source(e))
+            }
+            Err(e) => {
+                cache.counters.load_errors.incr();
+                let what = if e.is_panic() {
+                    tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader panicked");
+                    "the loader panicked"
+                } else {
+                    tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader was cancelled");
+                    "the loader was cancelled"
+                };
+                Err(Error::new(ErrorKind::Loader, what))
+            }
+        }
+    }
+
+    /// Stores what a loader returned in both tiers (a "not found" only with a negative TTL).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all of it flight state"
+    )]
+    pub(super) async fn store_loaded(
+        &self,
+        leader: &Leader<V>,
+        rkey: &str,
+        redis: Fill<'_>,
+        value: Option<V>,
+        took: Duration,
+        tags: crate::region::Tags,
+        options: &EntryOptions,
+        generation: u64,
+        born: u64,
+    ) -> Outcome<V> {
+        let cache = &self.cache;
+        let plan = match (&value, options.get_negative_ttl()) {
+            (Some(_), _) => Plan::value(options, took),
+            (None, Some(ttl)) => Plan::negative(ttl),
+            (None, None) => return Ok(None),
+        };
+        let value = value.map(Arc::new);
+        let fill_mode = match redis.found.fill().filter(|_| !rkey.is_empty()) {
+            Some(_) if !redis.in_time(&plan, &self.shared.entry_options) => {
+                cache.counters.l2_fills_lost.incr();
+                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the fetch outlived the entries it raced with; the loaded value is not written to redis");
+                None
+            }
+            mode => mode,
+        };
+        let write = fill_mode.is_some();
+        let mut raw_len = 0;
+        if write || cache.l1.by_bytes() {
+            match self.encode(value.as_deref(), &plan, tags.as_deref(), rkey) {
+                Ok(enc) => {
+                    raw_len = enc.raw_len;
+                    if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
+                        let written = self
+                            .write_l2(
+                                rkey,
+                                enc,
+                                &plan,
+                                tags.as_deref(),
+                                Guard {
+                                    mode,
+                                    marks: redis.marks,
+                                    fence: redis.fence,
+                                    version: None,
+                                },
+                            )
+                            .await;
+                        match written {
+                            Ok(Filled::Written) => {}
+                            Ok(Filled::Fenced) => {
+                                cache.counters.l2_fills_lost.incr();
+                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
+                                cache.refresh_generation(&self.shared.state).await;
+                            }
+                            // Loads carry no source version: never refused as older.
+                            Ok(Filled::Refused | Filled::Older) => {
+                                cache.counters.l2_fills_lost.incr();
+                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
+                            }
+                            // The value was loaded; a failed fill is not the caller's error.
+                            Err(e) => {
+                                let _ = self.l2_failed("set", e);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
+                    cache.counters.l2_oversize_skips.incr();
+                    tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %e, "loaded value not written to redis");
+                }
+                Err(e) => {
+                    tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %e, "loaded value could not be encoded; kept in L1 only");
+                }
+            }
+        }
+        if plan.negative {
+            cache.counters.negative_stores.incr();
+        }
+        let (logical, refresh_in) = self.life_of_plan(options, &plan);
+        let life = Life {
+            logical,
+            refresh_in,
+            delta: took,
+            keep: plan.keep,
+            generation,
+            born,
+            tags,
+            raw_len,
+            negative: plan.negative,
+            created_ms: unix_millis(),
+            stale_since: None,
+            version: None,
+        };
+        fill(self, leader, erase(&value), options, life).await;
+        Ok(value)
+    }
+
+    /// The loader failed: serve the stale value if fail-safe allows (and treat it as fresh for
+    /// the throttle), else return the error.
+    pub(super) async fn fail_safe(
+        &self,
+        leader: &Leader<V>,
+        fallback: Option<Stale<V>>,
+        options: &EntryOptions,
+        generation: u64,
+        born: u64,
+        error: Error,
+    ) -> Outcome<V> {
+        let keep = options.keep_after_expiry();
+        let usable = fallback.filter(|s| !keep.is_zero() && s.expired.elapsed() <= keep);
+        let Some(stale) = usable else {
+            return Err(error);
+        };
+        let cache = &self.cache;
+        cache.counters.fail_safe_serves.incr();
+        tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %error, "serving a stale value (fail-safe)");
+        let life = Life {
+            logical: options.get_fail_safe_throttle(),
+            refresh_in: None,
+            delta: Duration::ZERO,
+            keep,
+            generation,
+            born,
+            tags: None,
+            raw_len: 0,
+            negative: false,
+            created_ms: unix_millis(),
+            stale_since: Some(stale.expired),
+            version: None,
+        };
+        let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
+        fill(self, leader, value, options, life).await;
+        Ok(Some(stale.value))
+    }
+}
