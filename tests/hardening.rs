@@ -764,7 +764,12 @@ async fn a_silent_redis_costs_one_full_timeout_then_short_ones_then_nothing() {
     let rejected = cache.stats().breaker_rejections;
     let (read, write, read_err, write_err) = read_and_write(&r, "c").await;
     eprintln!("silent redis, breaker open: read {read:?}, write {write:?}");
-    assert!(read_err.unwrap().is_skipped() && write_err.unwrap().is_skipped());
+    let (read_err, write_err) = (read_err.unwrap(), write_err.unwrap());
+    assert!(read_err.is_skipped() && write_err.is_skipped());
+    assert_eq!(
+        (read_err.kind(), write_err.kind()),
+        (ErrorKind::Unavailable, ErrorKind::Unavailable)
+    );
     assert!(cache.stats().breaker_rejections >= rejected + 2);
     // Probing (still silent): the probe pays the short timeout and the breaker reopens.
     tokio::time::sleep(Duration::from_millis(350)).await;

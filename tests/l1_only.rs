@@ -144,3 +144,50 @@ async fn byte_capacity_weighs_encoded_size() {
     assert!(cache.l1_entry_count() <= 10, "{}", cache.l1_entry_count());
     assert!(cache.l1_entry_count() >= 1);
 }
+
+/// A loader's own error comes back typed through `Error::loader_error`; another type, or
+/// another kind of error, gives `None`.
+#[tokio::test]
+async fn the_loaders_own_error_is_recovered_by_its_type() {
+    #[derive(Debug, PartialEq)]
+    struct NotFound(u64);
+    impl std::fmt::Display for NotFound {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "user {} not found", self.0)
+        }
+    }
+    impl std::error::Error for NotFound {}
+
+    let cache = LayerCache::builder("typed").build().await.unwrap();
+    let users = cache.region::<u64, String>("user").build().await.unwrap();
+    let err = users
+        .get_or_load(&7, || async { Err::<String, _>(NotFound(7)) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Loader);
+    assert_eq!(err.loader_error::<NotFound>(), Some(&NotFound(7)));
+    assert!(err.loader_error::<std::io::Error>().is_none());
+    let config = layercache::Error::new(ErrorKind::Config, "x");
+    assert!(config.loader_error::<NotFound>().is_none());
+}
+
+/// Outside a tokio runtime a read that must start a fetch fails with `ErrorKind::NoRuntime`
+/// (not `Closed`): polled once by a plain thread with no runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outside_a_tokio_runtime_is_a_no_runtime_error() {
+    let cache = LayerCache::builder("nort").build().await.unwrap();
+    let users = cache.region::<u64, String>("user").build().await.unwrap();
+    let outcome = std::thread::spawn(move || {
+        use std::future::Future;
+        let fut = users.get_or_load(&1, || async { Ok::<_, std::io::Error>("a".to_owned()) });
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.map(|v| (*v).clone()),
+            std::task::Poll::Pending => panic!("expected an immediate answer"),
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::NoRuntime);
+}

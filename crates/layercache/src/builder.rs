@@ -6,7 +6,7 @@ mod build;
 use std::time::Duration;
 
 use crate::{
-    bus::CoherenceLossPolicy,
+    coherence::CoherenceLossPolicy,
     l2::redact_url,
     options::{EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN},
 };

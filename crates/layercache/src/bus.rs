@@ -42,11 +42,7 @@ pub(crate) mod thread;
 
 use std::{
     collections::HashMap,
-    fmt,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -56,121 +52,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub(crate) use message::Entry;
 
-/// Why an instance flushed its in-process tier.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FlushReason {
-    /// The subscriber connection reported an error.
-    Disconnect,
-    /// The subscriber reconnected and re-subscribed: messages sent meanwhile may be lost.
-    Reconnect,
-    /// The listener fell behind its buffer and messages were dropped.
-    Lag,
-    /// A sender's sequence numbers skipped: a message from it was lost.
-    Gap,
-    /// This instance's own heartbeat did not come back within the timeout.
-    HeartbeatMissed,
-    /// This instance's heartbeat came back after it had been missed.
-    Recovered,
-    /// `clear()` was called on some instance.
-    Clear,
-}
-
-impl FlushReason {
-    /// Every reason, in counter order.
-    pub const ALL: [FlushReason; 7] = [
-        Self::Disconnect,
-        Self::Reconnect,
-        Self::Lag,
-        Self::Gap,
-        Self::HeartbeatMissed,
-        Self::Recovered,
-        Self::Clear,
-    ];
-
-    /// A stable lowercase name for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disconnect => "disconnect",
-            Self::Reconnect => "reconnect",
-            Self::Lag => "lag",
-            Self::Gap => "gap",
-            Self::HeartbeatMissed => "heartbeat_missed",
-            Self::Recovered => "recovered",
-            Self::Clear => "clear",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Whether the flush follows a loss of coherence (and so obeys the loss policy).
-    pub(crate) fn is_loss(self) -> bool {
-        !matches!(self, Self::Clear)
-    }
-}
-
-impl fmt::Display for FlushReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What an instance does with its in-process tier when coherence may have been lost.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CoherenceLossPolicy {
-    /// Drop every L1 entry (and keep running fetches from filling it): nothing that might have
-    /// been invalidated meanwhile is served. The default.
-    #[default]
-    FlushAll,
-    /// Keep the entries: each one still expires within its L1 lifetime (at most
-    /// [`time_to_live`](crate::LayerCacheBuilder::time_to_live)). Only the count is kept.
-    KeepUntilTtl,
-}
-
-/// An instance's id on the bus: 16 random bytes, shown as hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId(pub(crate) [u8; 16]);
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "InstanceId({self})")
-    }
-}
-
-impl InstanceId {
-    pub(crate) fn random() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        // Two independently seeded SipHash states, mixed with the time and the process id: no
-        // extra dependency, and collisions between instances are as unlikely as 128 random
-        // bits make them.
-        let mut out = [0u8; 16];
-        for (i, chunk) in out.chunks_mut(8).enumerate() {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(i);
-            h.write_u32(std::process::id());
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0),
-            );
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-        Self(out)
-    }
-}
+pub use crate::coherence::{CoherenceLossPolicy, FlushReason, InstanceId};
+pub(crate) use crate::sequencer::Sequencer;
 
 /// A snapshot of the bus as one instance sees it, from
 /// [`LayerCache::bus_status`](crate::LayerCache::bus_status).
@@ -196,46 +79,6 @@ impl BusStatus {
             .iter()
             .find(|(id, _)| *id == peer)
             .map(|(_, s)| *s)
-    }
-}
-
-/// Hands out this instance's bus sequence numbers so that its messages reach Redis in
-/// sequence order, whichever task sends them (the publisher's heartbeats and batches, or a
-/// write that carries its own announcement in the same round trip).
-///
-/// The number is taken and the command handed to the client (whose single connection keeps
-/// the order) under one lock, held for a synchronous step only: the caller builds and
-/// *primes* its command there (see `L2::primed`), then awaits the reply outside.
-#[derive(Debug)]
-pub(crate) struct Sequencer {
-    pub(crate) id: InstanceId,
-    pub(crate) channel: String,
-    last: Mutex<u64>,
-    /// The highest sequence number whose message was sent (or failed), for `bus_status`.
-    pub(crate) published: Arc<AtomicU64>,
-}
-
-impl Sequencer {
-    pub(crate) fn new(id: InstanceId, channel: String, published: Arc<AtomicU64>) -> Self {
-        Self {
-            id,
-            channel,
-            last: Mutex::new(0),
-            published,
-        }
-    }
-
-    /// Runs `send` with the next sequence number, under the lock. `send` must hand its
-    /// command to the client before it returns.
-    pub(crate) fn next<T>(&self, send: impl FnOnce(u64) -> T) -> T {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        *last += 1;
-        send(*last)
-    }
-
-    /// Records that message `seq` has been sent (or failed: receivers will see the gap).
-    pub(crate) fn sent(&self, seq: u64) {
-        self.published.fetch_max(seq, Ordering::AcqRel);
     }
 }
 

@@ -16,8 +16,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ErrorKind {
     /// An option given to a builder is invalid; the message names the option.
     Config,
-    /// Redis answered with an error, or the connection failed.
+    /// Redis answered with an error, or the connection failed during the call.
     Redis,
+    /// Redis was not called at all: the circuit breaker is open, the connection is known to be
+    /// down (the client is reconnecting), or the region's generation is not known yet (Redis
+    /// was unreachable when it was to be read). Such a failure costs no time; see
+    /// [`Error::is_skipped`].
+    Unavailable,
     /// A Redis call did not finish within its timeout.
     Timeout,
     /// A value could not be serialized or deserialized by the codec.
@@ -26,10 +31,15 @@ pub enum ErrorKind {
     ValueTooLarge,
     /// A key is larger than `max_key_bytes`.
     KeyTooLarge,
-    /// The user's loader returned an error or panicked.
+    /// The user's loader returned an error, panicked or passed its hard timeout; for the
+    /// loader's own error see [`Error::loader_error`].
     Loader,
     /// The cache (or the runtime that drives it) has shut down.
     Closed,
+    /// layercache was called outside a tokio runtime.
+    NoRuntime,
+    /// A bug in layercache (a task of its own panicked). Please report it.
+    Internal,
     /// An acknowledged write ([`ack_writes`](crate::LayerCacheBuilder::ack_writes)) was not
     /// acknowledged by every live instance within its timeout;
     /// [`Error::unacknowledged`] names them. The write itself is in Redis (or journaled for
@@ -42,12 +52,15 @@ impl ErrorKind {
         match self {
             Self::Config => "invalid configuration",
             Self::Redis => "redis error",
+            Self::Unavailable => "redis unavailable",
             Self::Timeout => "redis timeout",
             Self::Codec => "codec error",
             Self::ValueTooLarge => "value too large",
             Self::KeyTooLarge => "key too large",
             Self::Loader => "loader error",
             Self::Closed => "cache closed",
+            Self::NoRuntime => "no tokio runtime",
+            Self::Internal => "internal error",
             Self::Unacknowledged => "write not acknowledged",
         }
     }
@@ -69,10 +82,8 @@ pub struct Error {
     kind: ErrorKind,
     context: Cow<'static, str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
-    /// Redis was not called at all (breaker open, or the connection known to be down).
-    skipped: bool,
     /// The instances that did not acknowledge a write ([`ErrorKind::Unacknowledged`]).
-    unacknowledged: Arc<[crate::bus::InstanceId]>,
+    unacknowledged: Arc<[crate::coherence::InstanceId]>,
 }
 
 impl Error {
@@ -82,20 +93,19 @@ impl Error {
             kind,
             context: context.into(),
             source: None,
-            skipped: false,
             unacknowledged: Arc::from(Vec::new()),
         }
     }
 
     /// For [`ErrorKind::Unacknowledged`]: the instances that had not acknowledged the write
     /// when its timeout ran out (empty for other errors).
-    pub fn unacknowledged(&self) -> &[crate::bus::InstanceId] {
+    pub fn unacknowledged(&self) -> &[crate::coherence::InstanceId] {
         &self.unacknowledged
     }
 
     /// An [`ErrorKind::Unacknowledged`] error naming `peers`.
     pub(crate) fn unacknowledged_by(
-        peers: Vec<crate::bus::InstanceId>,
+        peers: Vec<crate::coherence::InstanceId>,
         within: std::time::Duration,
     ) -> Self {
         let names: Vec<String> = peers.iter().map(ToString::to_string).collect();
@@ -133,9 +143,13 @@ impl Error {
         self.kind == ErrorKind::Timeout
     }
 
-    /// `true` for errors that came from Redis (an error reply, a lost connection or a timeout).
+    /// `true` for errors that came from Redis or its absence (an error reply, a lost
+    /// connection, a timeout, or a call skipped because Redis is unavailable).
     pub fn is_redis(&self) -> bool {
-        matches!(self.kind, ErrorKind::Redis | ErrorKind::Timeout)
+        matches!(
+            self.kind,
+            ErrorKind::Redis | ErrorKind::Timeout | ErrorKind::Unavailable
+        )
     }
 
     /// `true` when the user's loader failed.
@@ -143,16 +157,40 @@ impl Error {
         self.kind == ErrorKind::Loader
     }
 
-    /// `true` when Redis was not called at all: the circuit breaker was open, or the connection
-    /// was known to be down (see [`ErrorKind::Redis`]). Such a failure cost no time.
+    /// `true` when Redis was not called at all ([`ErrorKind::Unavailable`]). Such a failure
+    /// cost no time.
     pub fn is_skipped(&self) -> bool {
-        self.skipped
+        self.kind == ErrorKind::Unavailable
     }
 
-    /// Marks a Redis call that was skipped without being made.
-    pub(crate) fn skipped(mut self) -> Self {
-        self.skipped = true;
-        self
+    /// For a [`ErrorKind::Loader`] error: the loader's own error, if it was an `E`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// #[derive(Debug)]
+    /// struct NotFound;
+    /// impl std::fmt::Display for NotFound {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("not found")
+    ///     }
+    /// }
+    /// impl std::error::Error for NotFound {}
+    ///
+    /// let cache = layercache::LayerCache::builder("doc").build().await.unwrap();
+    /// let users = cache.region::<u64, String>("user").build().await.unwrap();
+    /// let err = users
+    ///     .get_or_load(&7, || async { Err::<String, _>(NotFound) })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.loader_error::<NotFound>().is_some());
+    /// # }
+    /// ```
+    pub fn loader_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        if self.kind != ErrorKind::Loader {
+            return None;
+        }
+        self.source.as_deref().and_then(|e| e.downcast_ref::<E>())
     }
 
     pub(crate) fn config(context: impl Into<Cow<'static, str>>) -> Self {

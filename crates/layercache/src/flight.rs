@@ -324,8 +324,8 @@ impl<V> Drop for Leader<V> {
     fn drop(&mut self) {
         if self.tx.is_some() || self.id.is_some() {
             self.publish(Err(Error::new(
-                ErrorKind::Loader,
-                "the fetch ended without a result (it panicked or its runtime shut down)",
+                ErrorKind::Closed,
+                "the fetch ended without a result (its runtime shut down, or it panicked)",
             )));
         }
     }
@@ -377,7 +377,7 @@ mod tests {
             panic!()
         };
         drop(leader);
-        assert_eq!(wait(rx).await.unwrap_err().kind(), ErrorKind::Loader);
+        assert_eq!(wait(rx).await.unwrap_err().kind(), ErrorKind::Closed);
         assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
     }
 

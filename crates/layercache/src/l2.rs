@@ -152,18 +152,16 @@ impl L2 {
         if !self.client.is_connected() {
             self.counters.l2_disconnected_skips.incr();
             return Err(Error::new(
-                ErrorKind::Redis,
+                ErrorKind::Unavailable,
                 format!("{what} skipped: redis is not connected (reconnecting)"),
-            )
-            .skipped());
+            ));
         }
         let permit = self.breaker.permit();
         if permit.verdict() == Verdict::Reject {
             return Err(Error::new(
-                ErrorKind::Redis,
+                ErrorKind::Unavailable,
                 format!("{what} skipped: the redis circuit breaker is open"),
-            )
-            .skipped());
+            ));
         }
         let (client, timeout) = if self.suspect.load(Ordering::Acquire) {
             (&self.wary, self.suspect_timeout)

@@ -32,6 +32,37 @@
 //! (and changes the tag's mark, which loads check before filling); [`LayerCache::clear`] moves
 //! every region to a new generation and deletes the old entries.
 //!
+//! ## Architecture (as the code is today)
+//!
+//! - **Facade**: [`LayerCache`] (`cache.rs`), [`Region`] (`region.rs`, with `region/read.rs`
+//!   for `get`/`get_or_load*` and `region/write.rs` for `insert*`/`invalidate*`), the builders
+//!   (`builder.rs`, `builder/build.rs`, `region/builder.rs`), options and errors.
+//! - **Engine** (`engine.rs`): one per cache, shared by its regions — the tiers, the regions
+//!   and their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
+//!   write journal (`journal.rs`, repaired by `repair.rs`), and the coherence rules every path
+//!   goes through: flushes, remote invalidations, generation moves, failed Redis calls. A
+//!   fetch's order of steps is in `region/fetch.rs`, the steps in `region/fetch/steps.rs`;
+//!   encoding, lifetimes and the fenced Redis write in `region/store.rs`.
+//! - **Redis** (`l2.rs` and `l2/`): the client and its bounded calls (timeouts, the breaker in
+//!   `breaker.rs`), connecting (`l2/connect.rs`), the Lua scripts run by hash
+//!   (`l2/scripts.rs` and the `.lua` files), a write and its announcement in one round trip
+//!   (`l2/pipeline.rs`, numbered by `sequencer.rs`), tags, locks, generations and scans
+//!   (`l2/keyspace.rs`, long walks in `walks.rs`).
+//! - **Bus** ([`bus`]): the publisher task, the listener (on its own thread by default), the
+//!   message format.
+//! - **Leaves**, which import nothing above them: the format ([`envelope`], [`codec`],
+//!   [`key`], `fingerprint.rs`), L1 (`l1.rs`, `cooldown.rs`), `stats.rs`, `freshness.rs`
+//!   (clock and early-refresh maths), `coherence.rs` (flush reasons, instance ids),
+//!   `options.rs`, `error.rs`.
+//!
+//! A `get` that misses L1 and hits Redis: `region/read.rs` → `flight.rs` → `region/fetch.rs` →
+//! `l2.rs` → `region/store.rs` (decode: `envelope.rs`, `codec.rs`) → `region/fetch/steps.rs` →
+//! `l1.rs`. An `insert`: `region/write.rs` → `region/store.rs` → `l2/pipeline.rs` →
+//! `sequencer.rs`, then `l1.rs` and `journal.rs`. The facade, engine, bus and repair still
+//! import each other (the listener calls the engine, the engine holds the bus handle); a
+//! remote-store seam and a backplane seam, each with an in-memory implementation, are the next
+//! step, after which a second store (Redis Cluster) or backplane plugs in as one type.
+//!
 //! ## Keys and format versions
 //!
 //! Redis keys look like `{cache}:f{format}:{region}:s{schema}:g{generation}:{key}`: see
@@ -74,6 +105,7 @@ mod builder;
 pub mod bus;
 mod cache;
 pub mod codec;
+mod coherence;
 mod cooldown;
 mod engine;
 pub mod envelope;
@@ -89,6 +121,7 @@ mod options;
 mod region;
 mod regions;
 mod repair;
+mod sequencer;
 mod stats;
 pub mod telemetry;
 mod walks;

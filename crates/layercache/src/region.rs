@@ -348,7 +348,7 @@ where
     fn l2_generation(&self) -> Result<u64> {
         self.shared.state.generation().ok_or_else(|| {
             Error::new(
-                ErrorKind::Redis,
+                ErrorKind::Unavailable,
                 "the region's generation is not known yet (redis was unreachable)",
             )
         })

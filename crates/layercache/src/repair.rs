@@ -96,7 +96,7 @@ async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone)
                 inner.refresh_generation(&state).await;
                 state.generation().ok_or_else(|| {
                     crate::Error::new(
-                        crate::ErrorKind::Redis,
+                        crate::ErrorKind::Unavailable,
                         "the region's generation is not known yet",
                     )
                 })?

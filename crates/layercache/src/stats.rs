@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::{bus::FlushReason, envelope::Corruption};
+use crate::{coherence::FlushReason, envelope::Corruption};
 
 const STRIPES: usize = 8;
 

@@ -9,7 +9,7 @@ use fred::{
 use tracing::Instrument;
 
 use super::{evalsha, fill_command, filled, is_noscript, map_err, Filled, Guard, L2, SCRIPTS};
-use crate::{bus::Sequencer, error::Result};
+use crate::{error::Result, sequencer::Sequencer};
 
 /// Polls a future once, so that a command it sends is handed to the client's connection now
 /// (fred hands a command to its router on the first poll, synchronously), and returns it to be

@@ -214,7 +214,7 @@ where
     ) -> Result<Option<Arc<V>>> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::new(
-                ErrorKind::Closed,
+                ErrorKind::NoRuntime,
                 "layercache must be used inside a tokio runtime",
             )
         })?;
@@ -255,13 +255,12 @@ where
             }
             return match handle.await {
                 Ok(outcome) => outcome,
-                Err(e) => Err(Error::new(
-                    ErrorKind::Loader,
-                    if e.is_panic() {
-                        "the fetch task panicked"
-                    } else {
-                        "the fetch task was cancelled"
-                    },
+                Err(e) if e.is_panic() => {
+                    Err(Error::new(ErrorKind::Internal, "the fetch task panicked"))
+                }
+                Err(_) => Err(Error::new(
+                    ErrorKind::Closed,
+                    "the fetch task was cancelled (its runtime is shutting down)",
                 )),
             };
         }
