@@ -55,6 +55,35 @@ pub(crate) use message::Entry;
 pub use crate::coherence::{CoherenceLossPolicy, FlushReason, InstanceId};
 pub(crate) use crate::sequencer::Sequencer;
 
+/// What the bus delivers to, and asks of, the cache it serves (the engine implements it). The
+/// bus knows nothing else of the cache: this is the seam a second backplane plugs into from
+/// the other side.
+pub(crate) trait Receiver: Send + Sync + 'static {
+    /// The cache's name, for logs.
+    fn name(&self) -> &str;
+    /// The cache's counters (messages received and dropped).
+    fn counters(&self) -> &crate::stats::Counters;
+    /// Applies what another instance announced (in-memory work only).
+    fn apply<'a>(
+        &'a self,
+        entries: &'a [Entry],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+    /// Drops the in-process tier for `reason` (subject to the coherence-loss policy).
+    fn flush(&self, reason: FlushReason);
+    /// Coherence may have been lost: flushes for `reason` and re-reads every region's
+    /// generation in the background (a lost message may have been a generation move).
+    fn lost(self: Arc<Self>, reason: FlushReason);
+    /// Forgets every region's generation (after a reconnection: Redis may have restarted
+    /// empty); they are re-read before Redis is used for the region again.
+    fn forget_generations(&self);
+    /// Re-reads region generations in the background: all of them, or only the unknown ones.
+    fn refresh_generations(self: Arc<Self>, all: bool);
+    /// Runs the pending write repairs in the background, if Redis answers.
+    fn repair(self: Arc<Self>);
+    /// Queues an acknowledgement of message `seq` to instance `to` (never waits).
+    fn acknowledge(&self, to: [u8; 16], seq: u64);
+}
+
 /// A snapshot of the bus as one instance sees it, from
 /// [`LayerCache::bus_status`](crate::LayerCache::bus_status).
 #[non_exhaustive]

@@ -2,6 +2,8 @@
 //! fetches, the bus, the write journal, and the coherence rules that tie them together
 //! (flushes, remote invalidations, generation moves, failed Redis calls).
 
+mod backplane;
+
 use std::{
     any::TypeId,
     sync::{Arc, Mutex, PoisonError},

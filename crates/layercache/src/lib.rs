@@ -58,10 +58,13 @@
 //! A `get` that misses L1 and hits Redis: `region/read.rs` → `flight.rs` → `region/fetch.rs` →
 //! `l2.rs` → `region/store.rs` (decode: `envelope.rs`, `codec.rs`) → `region/fetch/steps.rs` →
 //! `l1.rs`. An `insert`: `region/write.rs` → `region/store.rs` → `l2/pipeline.rs` →
-//! `sequencer.rs`, then `l1.rs` and `journal.rs`. The facade, engine, bus and repair still
-//! import each other (the listener calls the engine, the engine holds the bus handle); a
-//! remote-store seam and a backplane seam, each with an in-memory implementation, are the next
-//! step, after which a second store (Redis Cluster) or backplane plugs in as one type.
+//! `sequencer.rs`, then `l1.rs` and `journal.rs`. The bus reaches the engine only through
+//! `bus::Receiver` (implemented in `engine/backplane.rs`), so it imports nothing above the
+//! leaves and the Redis tier. The facade, the engine and `repair.rs` still import each other
+//! (the repair reuses the region's tombstone encoding, a region builder holds its
+//! `LayerCache`); a remote-store seam and the engine-to-bus half of the backplane seam, each
+//! with an in-memory implementation, are the next step, after which a second store (Redis
+//! Cluster) or backplane plugs in as one type.
 //!
 //! ## Keys and format versions
 //!

@@ -314,8 +314,9 @@ impl LayerCacheBuilder {
             counters,
             Some(handle),
         ));
+        let receiver: Arc<dyn bus::Receiver> = inner.clone();
         let listener = Listener {
-            inner: Arc::downgrade(&inner),
+            inner: Arc::downgrade(&receiver),
             events: Some(events),
             subscriber,
             channel,

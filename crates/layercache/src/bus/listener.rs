@@ -11,9 +11,8 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 
 use super::{
     message::{self, Rejected},
-    FlushReason, InstanceId, Shared,
+    FlushReason, InstanceId, Receiver, Shared,
 };
-use crate::engine::Engine;
 
 /// Peers not heard from for this many heartbeat timeouts are forgotten.
 const PEER_EXPIRY_FACTOR: u32 = 10;
@@ -44,7 +43,8 @@ impl Events {
 }
 
 pub(crate) struct Listener {
-    pub(crate) inner: Weak<Engine>,
+    /// The cache it serves.
+    pub(crate) inner: Weak<dyn Receiver>,
     /// The subscriber's streams, taken before it subscribed.
     pub(crate) events: Option<Events>,
     pub(crate) subscriber: fred::prelude::Client,
@@ -105,7 +105,7 @@ impl Listener {
                     }
                     Err(RecvError::Lagged(missed)) => {
                         let Some(inner) = self.inner.upgrade() else { break };
-                        tracing::warn!(cache.name = %inner.name, missed, "bus listener lagged; messages lost");
+                        tracing::warn!(cache.name = %inner.name(), missed, "bus listener lagged; messages lost");
                         self.lost(&inner, FlushReason::Lag);
                     }
                     Err(RecvError::Closed) => break,
@@ -123,10 +123,10 @@ impl Listener {
                         Err(RecvError::Lagged(_)) => {}
                         Ok((error, _server)) => {
                             let Some(inner) = self.inner.upgrade() else { break };
-                            tracing::warn!(cache.name = %inner.name, error = %error, "bus subscriber connection error");
+                            tracing::warn!(cache.name = %inner.name(), error = %error, "bus subscriber connection error");
                             if connected {
                                 connected = false;
-                                inner.flush_l1(FlushReason::Disconnect);
+                                inner.flush(FlushReason::Disconnect);
                             }
                         }
                     }
@@ -148,24 +148,21 @@ impl Listener {
     /// After a (re)connection: subscribes, then — messages published while we were away are
     /// lost — forgets the generations we knew (Redis may even have restarted empty), re-reads
     /// them, and flushes.
-    async fn join(&self, inner: &Arc<Engine>) {
-        self.resubscribe(inner).await;
-        for region in inner.all_regions() {
-            region.forget_generation();
-        }
+    async fn join(&self, inner: &Arc<dyn Receiver>) {
+        self.resubscribe(&**inner).await;
+        inner.forget_generations();
         self.lost(inner, FlushReason::Reconnect);
         self.shared().healthy = true;
-        crate::repair::spawn_repair(inner);
+        inner.clone().repair();
     }
 
     /// Flushes for a loss of coherence and re-reads every region's generation in the
     /// background (a lost message may have been a generation bump).
-    fn lost(&self, inner: &Arc<Engine>, reason: FlushReason) {
-        inner.flush_l1(reason);
-        spawn_generation_refresh(inner, true);
+    fn lost(&self, inner: &Arc<dyn Receiver>, reason: FlushReason) {
+        inner.clone().lost(reason);
     }
 
-    async fn resubscribe(&self, inner: &Engine) {
+    async fn resubscribe(&self, inner: &dyn Receiver) {
         let mut delay = Duration::from_millis(50);
         loop {
             let attempt = tokio::time::timeout(
@@ -176,10 +173,10 @@ impl Listener {
             match attempt {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
-                    tracing::warn!(cache.name = %inner.name, error = %e, "bus re-subscribe failed; retrying");
+                    tracing::warn!(cache.name = %inner.name(), error = %e, "bus re-subscribe failed; retrying");
                 }
                 Err(_) => {
-                    tracing::warn!(cache.name = %inner.name, "bus re-subscribe timed out; retrying");
+                    tracing::warn!(cache.name = %inner.name(), "bus re-subscribe timed out; retrying");
                 }
             }
             tokio::time::sleep(delay).await;
@@ -187,7 +184,7 @@ impl Listener {
         }
     }
 
-    fn on_tick(&self, inner: &Arc<Engine>, last_echo: Instant, ticks: u64) {
+    fn on_tick(&self, inner: &Arc<dyn Receiver>, last_echo: Instant, ticks: u64) {
         let missed = {
             let mut shared = self.shared();
             let expiry = self.heartbeat_timeout * PEER_EXPIRY_FACTOR;
@@ -200,21 +197,21 @@ impl Listener {
             }
         };
         if missed {
-            tracing::warn!(cache.name = %inner.name, "own bus heartbeat missed; subscription presumed broken");
-            inner.flush_l1(FlushReason::HeartbeatMissed);
+            tracing::warn!(cache.name = %inner.name(), "own bus heartbeat missed; subscription presumed broken");
+            inner.flush(FlushReason::HeartbeatMissed);
         }
         let all = ticks % GENERATION_REFRESH_TICKS == 0;
-        spawn_generation_refresh(inner, all);
-        crate::repair::spawn_repair(inner);
+        inner.clone().refresh_generations(all);
+        inner.clone().repair();
     }
 
     async fn handle(
         &self,
-        inner: &Arc<Engine>,
+        inner: &Arc<dyn Receiver>,
         value: &fred::types::Value,
         last_echo: &mut Instant,
     ) {
-        let counters = &inner.counters;
+        let counters = inner.counters();
         counters.bus_received.incr();
         let decoded = match value.as_bytes() {
             Some(bytes) => message::decode(bytes),
@@ -224,7 +221,7 @@ impl Listener {
             Ok(m) => m,
             Err(reason) => {
                 counters.bus_dropped.incr();
-                tracing::debug!(cache.name = %inner.name, ?reason, "dropped a message that is not ours on the bus channel");
+                tracing::debug!(cache.name = %inner.name(), ?reason, "dropped a message that is not ours on the bus channel");
                 return;
             }
         };
@@ -237,7 +234,7 @@ impl Listener {
                 !was
             };
             if recovered {
-                tracing::info!(cache.name = %inner.name, "own bus heartbeat is back");
+                tracing::info!(cache.name = %inner.name(), "own bus heartbeat is back");
                 self.lost(inner, FlushReason::Recovered);
             }
             return;
@@ -250,10 +247,10 @@ impl Listener {
             }
         };
         if gap {
-            tracing::warn!(cache.name = %inner.name, sender = %InstanceId(msg.sender), seq = msg.seq, "bus sequence gap; messages lost");
+            tracing::warn!(cache.name = %inner.name(), sender = %InstanceId(msg.sender), seq = msg.seq, "bus sequence gap; messages lost");
             self.lost(inner, FlushReason::Gap);
         }
-        inner.apply_remote(&msg.entries).await;
+        inner.apply(&msg.entries).await;
         let mut acked = false;
         {
             let mut shared = self.shared();
@@ -279,34 +276,7 @@ impl Listener {
         // Applied: acknowledge it if asked (queued to the publisher, never awaited here; if
         // the queue is full the sender times out and names this instance).
         if msg.entries.contains(&message::Entry::AckPlease) {
-            if let Some(bus) = &inner.bus {
-                let (ack, _) = tokio::sync::oneshot::channel();
-                let entry = message::Entry::Ack {
-                    to: msg.sender,
-                    seq: msg.seq,
-                };
-                let _ = bus.tx.try_send(super::Outgoing { entry, ack });
-            }
+            inner.acknowledge(msg.sender, msg.seq);
         }
     }
-}
-
-/// Re-reads region generations in a task of its own, so the listener never waits on Redis.
-/// With `all == false` only the regions whose generation is unknown are read.
-fn spawn_generation_refresh(inner: &Arc<Engine>, all: bool) {
-    let regions: Vec<_> = inner
-        .all_regions()
-        .into_iter()
-        .filter(|r| all || r.generation().is_none())
-        .collect();
-    if regions.is_empty() {
-        return;
-    }
-    let weak = Arc::downgrade(inner);
-    inner.adopt_task(tokio::spawn(async move {
-        for region in regions {
-            let Some(inner) = weak.upgrade() else { return };
-            inner.refresh_generation(&region).await;
-        }
-    }));
 }

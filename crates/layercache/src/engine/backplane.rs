@@ -1,0 +1,72 @@
+//! The engine's side of the bus seam ([`bus::Receiver`](crate::bus::Receiver)): what it does
+//! with what the bus delivers, and the background work the bus asks for.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use super::Engine;
+use crate::{
+    bus::{Entry, FlushReason, Outgoing, Receiver},
+    stats::Counters,
+};
+
+impl Receiver for Engine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn apply<'a>(&'a self, entries: &'a [Entry]) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.apply_remote(entries))
+    }
+
+    fn flush(&self, reason: FlushReason) {
+        self.flush_l1(reason);
+    }
+
+    fn lost(self: Arc<Self>, reason: FlushReason) {
+        self.flush_l1(reason);
+        self.refresh_generations(true);
+    }
+
+    fn forget_generations(&self) {
+        for region in self.all_regions() {
+            region.forget_generation();
+        }
+    }
+
+    /// In a task of its own, so the listener never waits on Redis.
+    fn refresh_generations(self: Arc<Self>, all: bool) {
+        let regions: Vec<_> = self
+            .all_regions()
+            .into_iter()
+            .filter(|r| all || r.generation().is_none())
+            .collect();
+        if regions.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        self.adopt_task(tokio::spawn(async move {
+            for region in regions {
+                let Some(engine) = weak.upgrade() else { return };
+                engine.refresh_generation(&region).await;
+            }
+        }));
+    }
+
+    fn repair(self: Arc<Self>) {
+        crate::repair::spawn_repair(&self);
+    }
+
+    /// Queued to the publisher, never awaited; if the queue is full the sender times out and
+    /// names this instance.
+    fn acknowledge(&self, to: [u8; 16], seq: u64) {
+        if let Some(bus) = &self.bus {
+            let (ack, _) = tokio::sync::oneshot::channel();
+            let entry = Entry::Ack { to, seq };
+            let _ = bus.tx.try_send(Outgoing { entry, ack });
+        }
+    }
+}
