@@ -121,7 +121,7 @@ pub(crate) struct BusSettings {
 
 /// State the listener updates and `bus_status` reads.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct BusState {
     pub(crate) healthy: bool,
     pub(crate) peers: HashMap<[u8; 16], (u64, std::time::Instant)>,
     /// For each peer: the highest sequence number of ours it has acknowledged.
@@ -142,7 +142,7 @@ pub(crate) struct BusHandle {
     /// Sequence numbers, shared with the publisher (and the last one published).
     pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) tx: mpsc::Sender<Outgoing>,
-    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) shared: Arc<Mutex<BusState>>,
     pub(crate) settings: BusSettings,
     /// Signalled by `shutdown()`, or dropped with the cache: the bus tasks see it and stop.
     pub(crate) shutdown: watch::Sender<()>,
@@ -208,7 +208,7 @@ impl BusHandle {
         live
     }
 
-    fn live<'s>(&self, shared: &'s Shared) -> impl Iterator<Item = InstanceId> + 's {
+    fn live<'s>(&self, shared: &'s BusState) -> impl Iterator<Item = InstanceId> + 's {
         let timeout = self.settings.heartbeat_timeout;
         shared
             .peers

@@ -87,7 +87,7 @@ pub(crate) struct L1Entry {
     pub(crate) generation: u64,
     /// The tag epoch when the read or write that produced the value began: a tag invalidated
     /// after that makes the entry invalid.
-    pub(crate) born: u64,
+    pub(crate) tag_epoch: u64,
     pub(crate) weight: u32,
     /// A cached "not found".
     pub(crate) negative: bool,
@@ -206,7 +206,7 @@ impl L1 {
         }
     }
 
-    /// The current tag epoch: record it when a read or write begins, as the entry's `born`.
+    /// The current tag epoch: record it when a read or write begins, as the entry's `tag_epoch`.
     pub(crate) fn tag_epoch(&self) -> u64 {
         self.tags.epoch.load(Ordering::Acquire)
     }
@@ -240,8 +240,11 @@ impl L1 {
             .invalidated
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        tags.iter()
-            .any(|t| table.get(t).is_some_and(|(epoch, _)| *epoch > entry.born))
+        tags.iter().any(|t| {
+            table
+                .get(t)
+                .is_some_and(|(epoch, _)| *epoch > entry.tag_epoch)
+        })
     }
 
     /// Whether entries are weighed by their encoded size (so callers must provide it).

@@ -36,7 +36,7 @@ mod scripts;
 
 pub(crate) use connect::{connect_client, end_task, redact_url, L2Settings};
 use scripts::{evalsha, fill_command, filled, is_noscript, Script, SCRIPTS};
-pub(crate) use scripts::{Fill, Filled, Guard, Seen};
+pub(crate) use scripts::{Filled, Seen, WriteCondition, WriteMode};
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
@@ -287,7 +287,7 @@ impl L2 {
         Ok(!reply.is_null())
     }
 
-    /// Writes with the fill script as its [`Guard`] says: conditional on what the key holds,
+    /// Writes with the fill script as its [`WriteCondition`] says: conditional on what the key holds,
     /// for a load on its tags' marks being what it read before it ran, and with a fence on the
     /// region's generation (read at `generation_key`); with tag bookkeeping.
     pub(crate) async fn fill(
@@ -296,7 +296,7 @@ impl L2 {
         value: Vec<u8>,
         ttl_ms: u64,
         tags: Vec<String>,
-        guard: Guard<'_>,
+        guard: WriteCondition<'_>,
         generation_key: &str,
     ) -> Result<Filled> {
         let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);

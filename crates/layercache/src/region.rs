@@ -47,7 +47,7 @@ struct Load<V> {
 const MAX_REJOINS: usize = 16;
 
 #[derive(Debug)]
-struct Shared<C> {
+struct RegionCore<C> {
     state: Arc<RegionState>,
     /// The value type's [fingerprint](crate::fingerprint), checked on every Redis read.
     fingerprint: u64,
@@ -73,7 +73,7 @@ struct Shared<C> {
 /// - Other instances drop their copy when the invalidation reaches them; see the `bus` module
 ///   and `docs/CONSISTENCY.md` for the bounds when messages are lost.
 pub struct Region<K: ?Sized, V, C = Bincode> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<RegionCore<C>>,
     cache: Arc<Engine>,
     _types: PhantomData<fn(&K) -> V>,
 }

@@ -17,7 +17,7 @@ use crate::{
     error::Result,
     journal::{Pending, Tombstone},
     l1::L1Key,
-    l2::{Fill, Filled, Guard, L2},
+    l2::{Filled, WriteCondition, WriteMode, L2},
     region::seal_tombstone,
     walks::drop_tag,
 };
@@ -105,8 +105,8 @@ async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone)
         let rk = state.data_key(generation, &key[4..]);
         let enc = seal_tombstone(tombstone, &rk);
         let px = crate::options::millis_ceil(tombstone.ttl + tombstone.retention);
-        let guard = Guard {
-            mode: &Fill::Set,
+        let guard = WriteCondition {
+            mode: &WriteMode::Set,
             marks: &[],
             fence: Some(generation),
             version: None,

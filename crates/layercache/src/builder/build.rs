@@ -278,7 +278,7 @@ impl LayerCacheBuilder {
         let (tx, rx) = mpsc::channel(self.bus_buffer.max(1024));
         let (shutdown, shutdown_rx) = watch::channel(());
         let published = Arc::new(AtomicU64::new(0));
-        let shared = Arc::new(Mutex::new(bus::Shared {
+        let shared = Arc::new(Mutex::new(bus::BusState {
             healthy: subscribed,
             ..Default::default()
         }));

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 
 use super::{
     message::{self, Rejected},
-    FlushReason, InstanceId, Receiver, Shared,
+    BusState, FlushReason, InstanceId, Receiver,
 };
 
 /// Peers not heard from for this many heartbeat timeouts are forgotten.
@@ -50,7 +50,7 @@ pub(crate) struct Listener {
     pub(crate) subscriber: fred::prelude::Client,
     pub(crate) channel: String,
     pub(crate) id: InstanceId,
-    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) shared: Arc<Mutex<BusState>>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -65,7 +65,7 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+    fn shared(&self) -> std::sync::MutexGuard<'_, BusState> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -8,7 +8,9 @@ use fred::{
 };
 use tracing::Instrument;
 
-use super::{evalsha, fill_command, filled, is_noscript, map_err, Filled, Guard, L2, SCRIPTS};
+use super::{
+    evalsha, fill_command, filled, is_noscript, map_err, Filled, WriteCondition, L2, SCRIPTS,
+};
 use crate::{error::Result, sequencer::Sequencer};
 
 /// Polls a future once, so that a command it sends is handed to the client's connection now
@@ -109,7 +111,7 @@ impl L2 {
         value: Vec<u8>,
         ttl_ms: u64,
         tags: Vec<String>,
-        guard: Guard<'_>,
+        guard: WriteCondition<'_>,
         generation_key: &str,
         sequencer: &Sequencer,
         message: impl Fn(u64) -> Vec<u8>,

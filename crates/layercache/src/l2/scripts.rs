@@ -28,7 +28,7 @@ impl Script {
 /// Every script, hashed once per process.
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    /// Conditional writes of entries (see `fill.lua` and [`Guard`]).
+    /// Conditional writes of entries (see `fill.lua` and [`WriteCondition`]).
     pub(crate) fill: Script,
     /// Reads (or creates) a region's generation and refreshes its TTL.
     pub(crate) load_generation: Script,
@@ -78,7 +78,7 @@ pub(crate) fn is_noscript(e: &fred::error::Error) -> bool {
 
 /// How a write treats what is already at the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Fill {
+pub(crate) enum WriteMode {
     /// Overwrite (an explicit `insert`, or a foreign Redis type).
     Set,
     /// Only if absent.
@@ -89,9 +89,9 @@ pub(crate) enum Fill {
 
 /// What a write must find in Redis to land (see `fill.lua`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Guard<'a> {
+pub(crate) struct WriteCondition<'a> {
     /// How it treats what the key holds.
-    pub(crate) mode: &'a Fill,
+    pub(crate) mode: &'a WriteMode,
     /// A load's tags' marks as read before it ran (none for a write).
     pub(crate) marks: &'a [(String, Option<Vec<u8>>)],
     /// The region's generation the key was made for (writes), or none (loads).
@@ -133,7 +133,7 @@ impl Seen {
     }
 }
 
-impl Fill {
+impl WriteMode {
     /// The mode's name in the fill script (and in spans).
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -160,10 +160,10 @@ pub(crate) fn fill_command(
     value: Vec<u8>,
     ttl_ms: u64,
     tags: Vec<String>,
-    guard: Guard<'_>,
+    guard: WriteCondition<'_>,
     generation_key: &str,
 ) -> (Vec<String>, Vec<Value>) {
-    let Guard {
+    let WriteCondition {
         mode,
         marks,
         fence,
@@ -178,8 +178,8 @@ pub(crate) fn fill_command(
         keys.push(generation_key.to_owned());
     }
     let (expected, len) = match mode {
-        Fill::Set | Fill::Nx => (Vec::new(), 0),
-        Fill::Cas(seen) => (seen.prefix.clone(), seen.len),
+        WriteMode::Set | WriteMode::Nx => (Vec::new(), 0),
+        WriteMode::Cas(seen) => (seen.prefix.clone(), seen.len),
     };
     let mut args: Vec<Value> = vec![
         Value::Bytes(value.into()),

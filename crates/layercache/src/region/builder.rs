@@ -4,7 +4,7 @@ use std::{any::TypeId, marker::PhantomData, sync::Arc};
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Region, Shared};
+use super::{Region, RegionCore};
 use crate::{
     cache::LayerCache,
     codec::{Bincode, Codec},
@@ -98,7 +98,7 @@ where
             inner.refresh_generation(&state).await;
         }
         Ok(Region {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RegionCore {
                 state,
                 fingerprint: crate::fingerprint::of::<V>(),
                 entry_options,

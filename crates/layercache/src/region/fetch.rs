@@ -18,7 +18,7 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::unix_millis,
     key::{tag_mark_key, CacheKey},
-    l2::{Fill as L2Fill, Seen, L2},
+    l2::{Seen, WriteMode, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -53,11 +53,11 @@ enum Found {
 
 impl Found {
     /// How a load may write, if at all.
-    fn fill(&self) -> Option<L2Fill> {
+    fn fill(&self) -> Option<WriteMode> {
         match self {
-            Self::Nothing => Some(L2Fill::Nx),
-            Self::Seen(seen) => Some(L2Fill::Cas(seen.clone())),
-            Self::Foreign => Some(L2Fill::Set),
+            Self::Nothing => Some(WriteMode::Nx),
+            Self::Seen(seen) => Some(WriteMode::Cas(seen.clone())),
+            Self::Foreign => Some(WriteMode::Set),
             Self::Off | Self::Keep | Self::Down => None,
         }
     }
@@ -116,7 +116,7 @@ impl Drop for LockGuard {
 }
 
 /// What a load's Redis fill depends on.
-struct Fill<'a> {
+struct FillContext<'a> {
     /// What the Redis read found.
     found: Found,
     /// The load's tags' marks, read before it ran.
@@ -131,7 +131,7 @@ struct Fill<'a> {
     fence: Option<u64>,
 }
 
-impl Fill<'_> {
+impl FillContext<'_> {
     /// Whether the load may still write. Conditional writes prove that nothing changed since
     /// the read only while what a concurrent write left (a value, a tombstone) still lives: a
     /// fetch that took as long as the shortest lifetime in play does not write.
@@ -172,109 +172,16 @@ where
         let span = tracing::Span::current();
         // Captured before the read: what is read now is filled as of now.
         let generation = r.shared.state.generation_raw();
-        let born = cache.l1.tag_epoch();
+        let tag_epoch = cache.l1.tag_epoch();
         let read_at = Instant::now();
-        let mut found = Found::Off;
-        let mut rkey = String::new();
-        let mut fence = None;
-        if let Some(l2) = &cache.l2 {
-            found = match r.l2_generation() {
-                // A write of this key (or its region, a tag, a clear) that Redis did not
-                // confirm is waiting for its repair: Redis may still hold what it replaced.
-                _ if cache.journal.blocks(leader.key()) => {
-                    cache.counters.l2_repair_bypasses.incr();
-                    Found::Down
-                }
-                Err(e) => {
-                    r.l2_failed("get", e)?;
-                    Found::Down
-                }
-                Ok(g) => {
-                    fence = Some(g);
-                    rkey = r.shared.state.data_key(g, &leader.key()[4..]);
-                    let read = match options.get_sliding() {
-                        Some(_) => {
-                            cache.counters.l2_extends.incr();
-                            let ttl = options.get_ttl() + options.keep_after_expiry();
-                            l2.getex(&rkey, millis_ceil(ttl)).await
-                        }
-                        None => l2.get(&rkey).await,
-                    };
-                    match read {
-                        Ok(Some(bytes)) => match r.decode(&bytes, &rkey) {
-                            Ok(d) if d.meta.tombstone => Found::Seen(Seen::of(&bytes)),
-                            Ok(d) => {
-                                let now_ms = unix_millis();
-                                let left = d.left(now_ms);
-                                let due = match mode {
-                                    Mode::Refresh { created_ms } => {
-                                        d.meta.created_at_ms <= created_ms
-                                    }
-                                    Mode::Caller => false,
-                                };
-                                if !left.is_zero() && !due {
-                                    span.record("level", "l2");
-                                    let value = r
-                                        .serve_decoded(
-                                            leader, &options, d, generation, born, now_ms,
-                                        )
-                                        .await;
-                                    if value.is_none() {
-                                        cache.counters.negative_hits.incr();
-                                    }
-                                    return Ok(value);
-                                }
-                                let value = d.value.map(Arc::new);
-                                if let (Some(value), None) = (value, &fallback) {
-                                    // Stale in Redis (kept by fail-safe) or due for refresh.
-                                    let stale_for = Duration::from_millis(
-                                        now_ms.saturating_sub(d.meta.expires_at_ms),
-                                    );
-                                    let expired = Instant::now()
-                                        .checked_sub(stale_for)
-                                        .unwrap_or_else(Instant::now)
-                                        + left;
-                                    fallback = Some(Stale { value, expired });
-                                }
-                                Found::Seen(Seen::of(&bytes))
-                            }
-                            Err(reason) => {
-                                cache.counters.decode_errors[reason.index()].incr();
-                                tracing::warn!(
-                                    cache.name = %cache.name,
-                                    region = %r.shared.state.name,
-                                    reason = %reason,
-                                    bytes = bytes.len(),
-                                    "unusable entry in redis, treated as a miss"
-                                );
-                                if reason.may_overwrite() {
-                                    Found::Seen(Seen::of(&bytes))
-                                } else {
-                                    Found::Keep
-                                }
-                            }
-                        },
-                        Ok(None) => Found::Nothing,
-                        Err(e) if crate::l2::is_wrong_type(&e) => {
-                            // Our key, someone else's type: a miss, and ours to replace.
-                            let reason = crate::envelope::Corruption::WrongType;
-                            cache.counters.decode_errors[reason.index()].incr();
-                            tracing::warn!(
-                                cache.name = %cache.name,
-                                region = %r.shared.state.name,
-                                reason = %reason,
-                                "unusable entry in redis, treated as a miss"
-                            );
-                            Found::Foreign
-                        }
-                        Err(e) => {
-                            r.l2_failed("get", e)?;
-                            Found::Down
-                        }
-                    }
-                }
-            };
-        }
+        let at = (generation, tag_epoch);
+        let (mut found, rkey, fence) = match r
+            .read_redis(leader, &options, mode, at, &mut fallback)
+            .await?
+        {
+            Read::Served(value) => return Ok(value),
+            Read::Load { found, rkey, fence } => (found, rkey, fence),
+        };
         if mode == Mode::Caller {
             cache.counters.misses.incr();
         }
@@ -301,7 +208,7 @@ where
 
         let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != Found::Down {
             match r
-                .lock_or_wait(leader, &rkey, &options, (generation, born), mode)
+                .lock_or_wait(leader, &rkey, &options, (generation, tag_epoch), mode)
                 .await
             {
                 Lock::Found(v) => return Ok(v),
@@ -316,19 +223,19 @@ where
         let loaded = r.run_loader(run, &options, early, leader, mode).await;
         let outcome = match loaded {
             Ok((value, took)) => {
-                let redis = Fill {
+                let redis = FillContext {
                     found,
                     marks: &marks,
                     read_at,
                     fence,
                 };
                 r.store_loaded(
-                    leader, &rkey, redis, value, took, tags, &options, generation, born,
+                    leader, &rkey, redis, value, took, tags, &options, generation, tag_epoch,
                 )
                 .await
             }
             Err(e) => {
-                r.fail_safe(leader, fallback, &options, generation, born, e)
+                r.fail_safe(leader, fallback, &options, generation, tag_epoch, e)
                     .await
             }
         };
@@ -336,6 +243,178 @@ where
             guard.release().await;
         }
         outcome
+    }
+}
+
+/// What a fetch's Redis read came to.
+enum Read<V> {
+    /// A fresh value (or a cached "not found") was served and put in L1: the fetch is done.
+    Served(Option<Arc<V>>),
+    /// The fetch goes on to load: what Redis held, at which key, under which generation.
+    Load {
+        found: Found,
+        rkey: String,
+        fence: Option<u64>,
+    },
+}
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Reads the key from Redis (unless there is no Redis tier, its generation is unknown, or a
+    /// repair covering it is pending) and serves a fresh value; otherwise says what the load
+    /// that follows must know. A stale value kept by fail-safe becomes the `fallback`.
+    async fn read_redis(
+        &self,
+        leader: &Leader<V>,
+        options: &EntryOptions,
+        mode: Mode,
+        at: (u64, u64),
+        fallback: &mut Option<Stale<V>>,
+    ) -> crate::error::Result<Read<V>> {
+        let cache = &self.cache;
+        let mut rkey = String::new();
+        let Some(l2) = &cache.l2 else {
+            return Ok(Read::Load {
+                found: Found::Off,
+                rkey,
+                fence: None,
+            });
+        };
+        let g = match self.l2_generation() {
+            // A write of this key (or its region, a tag, a clear) that Redis did not confirm
+            // is waiting for its repair: Redis may still hold what it replaced.
+            _ if cache.journal.blocks(leader.key()) => {
+                cache.counters.l2_repair_bypasses.incr();
+                return Ok(Read::Load {
+                    found: Found::Down,
+                    rkey,
+                    fence: None,
+                });
+            }
+            Err(e) => {
+                self.l2_failed("get", e)?;
+                return Ok(Read::Load {
+                    found: Found::Down,
+                    rkey,
+                    fence: None,
+                });
+            }
+            Ok(g) => g,
+        };
+        rkey = self.shared.state.data_key(g, &leader.key()[4..]);
+        let read = match options.get_sliding() {
+            Some(_) => {
+                cache.counters.l2_extends.incr();
+                let ttl = options.get_ttl() + options.keep_after_expiry();
+                l2.getex(&rkey, millis_ceil(ttl)).await
+            }
+            None => l2.get(&rkey).await,
+        };
+        let found = match read {
+            Ok(Some(bytes)) => {
+                match self
+                    .found_in_redis(leader, options, mode, at, &bytes, &rkey, fallback)
+                    .await
+                {
+                    Ok(value) => return Ok(Read::Served(value)),
+                    Err(found) => found,
+                }
+            }
+            Ok(None) => Found::Nothing,
+            Err(e) if crate::l2::is_wrong_type(&e) => {
+                // Our key, someone else's type: a miss, and ours to replace.
+                let reason = crate::envelope::Corruption::WrongType;
+                cache.counters.decode_errors[reason.index()].incr();
+                tracing::warn!(
+                    cache.name = %cache.name,
+                    region = %self.shared.state.name,
+                    reason = %reason,
+                    "unusable entry in redis, treated as a miss"
+                );
+                Found::Foreign
+            }
+            Err(e) => {
+                self.l2_failed("get", e)?;
+                Found::Down
+            }
+        };
+        Ok(Read::Load {
+            found,
+            rkey,
+            fence: Some(g),
+        })
+    }
+
+    /// Decodes what Redis held: a fresh value is served (`Ok`); anything else is what the load
+    /// must find again to fill (`Err`): a tombstone, a value stale or due for refresh (kept as
+    /// the fail-safe fallback), or an unusable entry.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the read's context, passed through"
+    )]
+    async fn found_in_redis(
+        &self,
+        leader: &Leader<V>,
+        options: &EntryOptions,
+        mode: Mode,
+        (generation, tag_epoch): (u64, u64),
+        bytes: &[u8],
+        rkey: &str,
+        fallback: &mut Option<Stale<V>>,
+    ) -> Result<Option<Arc<V>>, Found> {
+        let cache = &self.cache;
+        let d = match self.decode(bytes, rkey) {
+            Ok(d) => d,
+            Err(reason) => {
+                cache.counters.decode_errors[reason.index()].incr();
+                tracing::warn!(
+                    cache.name = %cache.name,
+                    region = %self.shared.state.name,
+                    reason = %reason,
+                    bytes = bytes.len(),
+                    "unusable entry in redis, treated as a miss"
+                );
+                return Err(if reason.may_overwrite() {
+                    Found::Seen(Seen::of(bytes))
+                } else {
+                    Found::Keep
+                });
+            }
+        };
+        if d.meta.tombstone {
+            return Err(Found::Seen(Seen::of(bytes)));
+        }
+        let now_ms = unix_millis();
+        let left = d.left(now_ms);
+        let due = match mode {
+            Mode::Refresh { created_ms } => d.meta.created_at_ms <= created_ms,
+            Mode::Caller => false,
+        };
+        if !left.is_zero() && !due {
+            tracing::Span::current().record("level", "l2");
+            let value = self
+                .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
+                .await;
+            if value.is_none() {
+                cache.counters.negative_hits.incr();
+            }
+            return Ok(value);
+        }
+        let value = d.value.map(Arc::new);
+        if let (Some(value), None) = (value, &*fallback) {
+            // Stale in Redis (kept by fail-safe) or due for refresh.
+            let stale_for = Duration::from_millis(now_ms.saturating_sub(d.meta.expires_at_ms));
+            let expired = Instant::now()
+                .checked_sub(stale_for)
+                .unwrap_or_else(Instant::now)
+                + left;
+            *fallback = Some(Stale { value, expired });
+        }
+        Err(Found::Seen(Seen::of(bytes)))
     }
 }
 

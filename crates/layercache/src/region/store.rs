@@ -18,7 +18,7 @@ use crate::{
     journal::Tombstone,
     key::{tag_key, CacheKey},
     l1::{Extra, Freshness, L1Entry, Slide},
-    l2::{Fill, Filled, Guard},
+    l2::{Filled, WriteCondition, WriteMode},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -28,7 +28,7 @@ pub(crate) struct Plan {
     /// Logical lifetime (jittered `ttl`, or `negative_ttl`).
     pub(crate) ttl: Duration,
     /// How long past `ttl` the value is kept as a fail-safe fallback.
-    pub(crate) keep: Duration,
+    pub(crate) fail_safe_keep: Duration,
     /// Soft expiry (early refresh), if any.
     pub(crate) soft: Option<Duration>,
     /// How long the load took (zero for inserts).
@@ -43,7 +43,7 @@ impl Plan {
     pub(crate) fn value(options: &EntryOptions, load: Duration) -> Self {
         Self {
             ttl: jittered(options.get_ttl(), options.get_jitter(), rand01()),
-            keep: options.keep_after_expiry(),
+            fail_safe_keep: options.keep_after_expiry(),
             soft: options.get_soft_ttl(),
             load,
             negative: false,
@@ -56,7 +56,7 @@ impl Plan {
     pub(crate) fn tombstone(options: &EntryOptions) -> Self {
         Self {
             ttl: options.get_ttl(),
-            keep: options.keep_after_expiry(),
+            fail_safe_keep: options.keep_after_expiry(),
             soft: None,
             load: Duration::ZERO,
             negative: false,
@@ -69,7 +69,7 @@ impl Plan {
     pub(crate) fn of_tombstone(t: &Tombstone) -> Self {
         Self {
             ttl: t.ttl,
-            keep: t.retention,
+            fail_safe_keep: t.retention,
             soft: None,
             load: Duration::ZERO,
             negative: false,
@@ -81,7 +81,7 @@ impl Plan {
     pub(crate) fn negative(ttl: Duration) -> Self {
         Self {
             ttl,
-            keep: Duration::ZERO,
+            fail_safe_keep: Duration::ZERO,
             soft: None,
             load: Duration::ZERO,
             negative: true,
@@ -116,7 +116,7 @@ impl Plan {
 
     /// The Redis expiry: logical lifetime plus fail-safe keep.
     pub(crate) fn physical_ms(&self) -> u64 {
-        millis_ceil(self.ttl + self.keep)
+        millis_ceil(self.ttl + self.fail_safe_keep)
     }
 }
 
@@ -157,9 +157,9 @@ pub(crate) struct Life {
     pub(crate) logical: Duration,
     pub(crate) refresh_in: Option<Duration>,
     pub(crate) delta: Duration,
-    pub(crate) keep: Duration,
+    pub(crate) fail_safe_keep: Duration,
     pub(crate) generation: u64,
-    pub(crate) born: u64,
+    pub(crate) tag_epoch: u64,
     pub(crate) tags: Tags,
     pub(crate) raw_len: usize,
     pub(crate) negative: bool,
@@ -250,14 +250,14 @@ where
     }
 
     /// Writes an envelope (and its tag bookkeeping) to Redis with its plan's expiry, if what
-    /// Redis holds passes the [`Guard`]; counts it.
+    /// Redis holds passes the [`WriteCondition`]; counts it.
     pub(crate) async fn write_l2(
         &self,
         rk: &str,
         enc: Encoded,
         plan: &Plan,
         tags: Option<&[String]>,
-        guard: Guard<'_>,
+        guard: WriteCondition<'_>,
     ) -> Result<Filled> {
         let Some(l2) = &self.cache.l2 else {
             return Ok(Filled::Refused);
@@ -270,8 +270,12 @@ where
             .map(|t| tag_key(&self.cache.name, t))
             .collect();
         match (guard.mode, guard.fence) {
-            (Fill::Set | Fill::Nx, None) if tag_keys.is_empty() && guard.version.is_none() => {
-                let written = l2.set(rk, enc.bytes, px, *guard.mode == Fill::Nx).await?;
+            (WriteMode::Set | WriteMode::Nx, None)
+                if tag_keys.is_empty() && guard.version.is_none() =>
+            {
+                let written = l2
+                    .set(rk, enc.bytes, px, *guard.mode == WriteMode::Nx)
+                    .await?;
                 Ok(if written {
                     Filled::Written
                 } else {
@@ -339,8 +343,8 @@ where
         generation: u64,
         entry: &crate::bus::Entry,
     ) -> Result<(Filled, Result<u64>)> {
-        let guard = Guard {
-            mode: &Fill::Set,
+        let guard = WriteCondition {
+            mode: &WriteMode::Set,
             marks: &[],
             fence: Some(generation),
             version: plan.version,
@@ -430,14 +434,14 @@ where
         let now = Instant::now();
         let physical = match life.stale_since {
             // A re-served stale value lives until its fail-safe age runs out, no longer.
-            Some(since) => (since + life.keep).saturating_duration_since(now),
-            None => life.logical + life.keep,
+            Some(since) => (since + life.fail_safe_keep).saturating_duration_since(now),
+            None => life.logical + life.fail_safe_keep,
         };
         if physical.is_zero() {
             return None;
         }
         let beta = options.get_xfetch_beta();
-        let needs_clock = !life.keep.is_zero()
+        let needs_clock = !life.fail_safe_keep.is_zero()
             || life.refresh_in.is_some()
             || (beta > 0.0 && !life.delta.is_zero());
         let fresh = needs_clock.then(|| Freshness {
@@ -464,7 +468,7 @@ where
             value,
             ttl: physical,
             generation: life.generation,
-            born: life.born,
+            tag_epoch: life.tag_epoch,
             weight: self.cache.l1.weight(key_len, life.raw_len),
             negative: life.negative,
             version: life.version,

@@ -163,7 +163,7 @@ where
             None
         };
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
-        let born = cache.l1.tag_epoch();
+        let tag_epoch = cache.l1.tag_epoch();
         // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
         // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
         cache.flights.poison(&k);
@@ -177,9 +177,9 @@ where
                 logical,
                 refresh_in,
                 delta: Duration::ZERO,
-                keep: plan.keep,
+                fail_safe_keep: plan.fail_safe_keep,
                 generation,
-                born,
+                tag_epoch,
                 tags: tags.clone(),
                 raw_len,
                 negative: false,

@@ -18,11 +18,11 @@ use crate::{
     freshness::token,
     freshness::unix_millis,
     key::CacheKey,
-    l2::{Filled, Guard, L2},
+    l2::{Filled, WriteCondition, L2},
     options::{millis_ceil, EntryOptions},
 };
 
-use super::{erase, fill, Fill, Lock, LockGuard, Mode};
+use super::{erase, fill, FillContext, Lock, LockGuard, Mode};
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -38,7 +38,7 @@ where
         options: &EntryOptions,
         d: crate::region::store::Decoded<V>,
         generation: u64,
-        born: u64,
+        tag_epoch: u64,
         now_ms: u64,
     ) -> Option<Arc<V>> {
         self.cache.counters.l2_hits.incr();
@@ -48,9 +48,9 @@ where
             logical,
             refresh_in,
             delta: Duration::from_micros(u64::from(d.meta.load_us)),
-            keep: options.keep_after_expiry(),
+            fail_safe_keep: options.keep_after_expiry(),
             generation,
-            born,
+            tag_epoch,
             tags: d.tags,
             raw_len: d.raw_len,
             negative: value.is_none(),
@@ -69,7 +69,7 @@ where
         leader: &Leader<V>,
         rkey: &str,
         options: &EntryOptions,
-        (generation, born): (u64, u64),
+        (generation, tag_epoch): (u64, u64),
         mode: Mode,
     ) -> Lock<V> {
         let cache = &self.cache;
@@ -100,7 +100,7 @@ where
             if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
                 let now_ms = unix_millis();
                 let value = self
-                    .serve_decoded(leader, options, d, generation, born, now_ms)
+                    .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
                     .await;
                 return Lock::Found(value);
             }
@@ -117,7 +117,7 @@ where
                     guard.release().await;
                     let now_ms = unix_millis();
                     let value = self
-                        .serve_decoded(leader, options, d, generation, born, now_ms)
+                        .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
                         .await;
                     return Lock::Found(value);
                 }
@@ -226,13 +226,13 @@ where
         &self,
         leader: &Leader<V>,
         rkey: &str,
-        redis: Fill<'_>,
+        redis: FillContext<'_>,
         value: Option<V>,
         took: Duration,
         tags: crate::region::Tags,
         options: &EntryOptions,
         generation: u64,
-        born: u64,
+        tag_epoch: u64,
     ) -> Outcome<V> {
         let cache = &self.cache;
         let plan = match (&value, options.get_negative_ttl()) {
@@ -262,7 +262,7 @@ where
                                 enc,
                                 &plan,
                                 tags.as_deref(),
-                                Guard {
+                                WriteCondition {
                                     mode,
                                     marks: redis.marks,
                                     fence: redis.fence,
@@ -306,9 +306,9 @@ where
             logical,
             refresh_in,
             delta: took,
-            keep: plan.keep,
+            fail_safe_keep: plan.fail_safe_keep,
             generation,
-            born,
+            tag_epoch,
             tags,
             raw_len,
             negative: plan.negative,
@@ -328,7 +328,7 @@ where
         fallback: Option<Stale<V>>,
         options: &EntryOptions,
         generation: u64,
-        born: u64,
+        tag_epoch: u64,
         error: Error,
     ) -> Outcome<V> {
         let keep = options.keep_after_expiry();
@@ -343,9 +343,9 @@ where
             logical: options.get_fail_safe_throttle(),
             refresh_in: None,
             delta: Duration::ZERO,
-            keep,
+            fail_safe_keep: keep,
             generation,
-            born,
+            tag_epoch,
             tags: None,
             raw_len: 0,
             negative: false,
