@@ -98,6 +98,15 @@ impl std::fmt::Debug for LayerCacheBuilder {
     }
 }
 
+impl crate::LayerCache {
+    /// Starts building a cache. The name is part of every Redis key the cache writes, so two
+    /// services that should share entries use the same name, and two that should not, different
+    /// ones. It must be 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    pub fn builder(name: impl Into<String>) -> LayerCacheBuilder {
+        LayerCacheBuilder::new(name)
+    }
+}
+
 impl LayerCacheBuilder {
     pub(crate) fn new(name: impl Into<String>) -> Self {
         Self {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    builder::LayerCacheBuilder,
     bus::{BusHandle, BusStatus, Entry, FlushReason, InstanceId},
     codec::{Bincode, Codec},
     engine::Engine,
@@ -45,13 +44,6 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Starts building a cache. The name is part of every Redis key the cache writes, so two
-    /// services that should share entries use the same name, and two that should not, different
-    /// ones. It must be 1 to 64 characters of `[A-Za-z0-9_.-]`.
-    pub fn builder(name: impl Into<String>) -> LayerCacheBuilder {
-        LayerCacheBuilder::new(name)
-    }
-
     /// Starts building a typed region: a named kind of entry with key type `K` and value type
     /// `V`, using the default codec ([`Bincode`]). See [`RegionBuilder`].
     pub fn region<K, V>(&self, name: impl Into<String>) -> RegionBuilder<K, V, Bincode>
@@ -59,7 +51,7 @@ impl LayerCache {
         K: CacheKey + ?Sized + 'static,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        RegionBuilder::new(self.clone(), name.into(), Bincode)
+        RegionBuilder::new(self.inner.clone(), name.into(), Bincode)
     }
 
     /// Like [`region`](Self::region) with another codec.
@@ -73,7 +65,7 @@ impl LayerCache {
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         C: Codec,
     {
-        RegionBuilder::new(self.clone(), name.into(), codec)
+        RegionBuilder::new(self.inner.clone(), name.into(), codec)
     }
 
     /// The cache's name.
@@ -262,7 +254,7 @@ impl LayerCache {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         // Writes Redis has not confirmed can only be repaired by this process: try once more.
-        crate::repair::repair_now(inner).await;
+        crate::engine::repair::repair_now(inner).await;
         if inner.journal.len() > 0 {
             tracing::warn!(cache.name = %inner.name, pending = inner.journal.len(), "shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL");
         }

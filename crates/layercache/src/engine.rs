@@ -3,6 +3,7 @@
 //! (flushes, remote invalidations, generation moves, failed Redis calls).
 
 mod backplane;
+pub(crate) mod repair;
 
 use std::{
     any::TypeId,

@@ -39,7 +39,7 @@
 //!   (`builder.rs`, `builder/build.rs`, `region/builder.rs`), options and errors.
 //! - **Engine** (`engine.rs`): one per cache, shared by its regions — the tiers, the regions
 //!   and their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
-//!   write journal (`journal.rs`, repaired by `repair.rs`), and the coherence rules every path
+//!   write journal (`journal.rs`, repaired by `engine/repair.rs`), and the coherence rules every path
 //!   goes through: flushes, remote invalidations, generation moves, failed Redis calls. A
 //!   fetch's order of steps is in `region/fetch.rs`, the steps in `region/fetch/steps.rs`;
 //!   encoding, lifetimes and the fenced Redis write in `region/store.rs`.
@@ -60,11 +60,12 @@
 //! `l1.rs`. An `insert`: `region/write.rs` → `region/store.rs` → `l2/pipeline.rs` →
 //! `sequencer.rs`, then `l1.rs` and `journal.rs`. The bus reaches the engine only through
 //! `bus::Receiver` (implemented in `engine/backplane.rs`), so it imports nothing above the
-//! leaves and the Redis tier. The facade, the engine and `repair.rs` still import each other
-//! (the repair reuses the region's tombstone encoding, a region builder holds its
-//! `LayerCache`); a remote-store seam and the engine-to-bus half of the backplane seam, each
-//! with an in-memory implementation, are the next step, after which a second store (Redis
-//! Cluster) or backplane plugs in as one type.
+//! leaves and the Redis tier. No module imports one that imports it back: the facade
+//! (`cache`, `builder`, `region`) sits on the engine (with its write repair,
+//! `engine/repair.rs`), which sits on the bus, the Redis tier and the leaves (`plan.rs`, the
+//! lifetimes and metadata of an entry being written, is one). A remote-store seam and the
+//! engine-to-bus half of the backplane seam, each with an in-memory implementation, are the
+//! next step, after which a second store (Redis Cluster) or backplane plugs in as one type.
 //!
 //! ## Keys and format versions
 //!
@@ -120,10 +121,12 @@ mod journal;
 pub mod key;
 mod l1;
 mod l2;
+#[cfg(test)]
+mod layering;
 mod options;
+mod plan;
 mod region;
 mod regions;
-mod repair;
 mod sequencer;
 mod stats;
 pub mod telemetry;

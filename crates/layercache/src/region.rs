@@ -17,8 +17,8 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
+pub(crate) use crate::plan::Plan;
 pub use builder::RegionBuilder;
-pub(crate) use store::{seal_tombstone, Plan};
 
 use crate::{
     codec::{Bincode, Codec},

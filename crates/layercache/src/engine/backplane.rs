@@ -57,7 +57,7 @@ impl Receiver for Engine {
     }
 
     fn repair(self: Arc<Self>) {
-        crate::repair::spawn_repair(&self);
+        crate::engine::repair::spawn_repair(&self);
     }
 
     /// Queued to the publisher, never awaited; if the queue is full the sender times out and

@@ -6,17 +6,17 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Region, RegionCore};
 use crate::{
-    cache::LayerCache,
     codec::{Bincode, Codec},
+    engine::Engine,
     error::{Error, Result},
     key::{validate_name, CacheKey},
     options::EntryOptions,
 };
 
-/// Builds a [`Region`]. Created by [`LayerCache::region`].
+/// Builds a [`Region`]. Created by [`LayerCache::region`](crate::LayerCache::region).
 #[must_use = "a region builder does nothing until build() is awaited"]
 pub struct RegionBuilder<K: ?Sized, V, C = Bincode> {
-    cache: LayerCache,
+    cache: Arc<Engine>,
     name: String,
     codec: C,
     schema_version: u32,
@@ -41,7 +41,7 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    pub(crate) fn new(cache: LayerCache, name: String, codec: C) -> Self {
+    pub(crate) fn new(cache: Arc<Engine>, name: String, codec: C) -> Self {
         Self {
             cache,
             name,
@@ -83,7 +83,7 @@ where
     /// version.
     pub async fn build(self) -> Result<Region<K, V, C>> {
         validate_name("region name", &self.name)?;
-        let inner = self.cache.inner;
+        let inner = self.cache;
         let entry_options = self.entry_options.unwrap_or(inner.settings.entry_options);
         entry_options
             .validate()

@@ -18,7 +18,7 @@ use crate::{
     journal::{Pending, Tombstone},
     l1::L1Key,
     l2::{Filled, WriteCondition, WriteMode, L2},
-    region::seal_tombstone,
+    plan::seal_tombstone,
     walks::drop_tag,
 };
 
