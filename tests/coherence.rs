@@ -442,11 +442,14 @@ async fn client_kill_pubsub_resubscribes_flushes_and_recovers() {
     cmd(&raw, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
     // Published while the subscribers are gone: lost for them.
     rb.insert("k", 2).await.unwrap();
-    wait_until("A to re-subscribe and flush", WAIT, || {
-        let a = a.clone();
-        async move { a.flushes(FlushReason::Reconnect) >= 1 }
-    })
-    .await;
+    // Both instances lost their subscription: wait for both to re-subscribe.
+    for (name, c) in [("A", &a), ("B", &b)] {
+        wait_until(&format!("{name} to re-subscribe and flush"), WAIT, || {
+            let c = c.clone();
+            async move { c.flushes(FlushReason::Reconnect) >= 1 }
+        })
+        .await;
+    }
     wait_until("A's generation to be read again", WAIT, || {
         let ra = ra.clone();
         async move { ra.generation().is_some() }

@@ -372,7 +372,11 @@ impl Engine {
             .iter()
             .map(|r| (r.name.clone(), r.schema))
             .collect();
-        let pattern = format!("{}:m{FORMAT_VERSION}:*:gen", self.name);
+        let pattern = format!(
+            "{}:{}{FORMAT_VERSION}:*:gen",
+            self.name,
+            crate::key::space::META
+        );
         let mut cursor = "0".to_owned();
         loop {
             let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;

@@ -197,6 +197,21 @@ pub(crate) fn escape_into(key: &[u8], out: &mut String) {
     }
 }
 
+/// The key spaces under a cache's name: one letter each, followed by the envelope format
+/// version (`{cache}:{space}{format}:…`), so each kind of key can be scanned or listed apart.
+pub(crate) mod space {
+    /// Data entries (values, tombstones): `{cache}:f{format}:{region}:s{schema}:g{gen}:{key}`.
+    pub(crate) const DATA: char = 'f';
+    /// Load locks, laid out like the data keys.
+    pub(crate) const LOCK: char = 'k';
+    /// Metadata: region generations (`…:{region}:s{schema}:gen`) and the bus channel (`…:bus`).
+    pub(crate) const META: char = 'm';
+    /// Tag sets (the data keys that carry a tag).
+    pub(crate) const TAG_SET: char = 't';
+    /// Tag marks (a token replaced by every invalidation of the tag).
+    pub(crate) const TAG_MARK: char = 'v';
+}
+
 /// The fixed part of a region's Redis keys, up to and including the last `:`.
 pub(crate) fn region_prefix(
     cache: &str,
@@ -213,7 +228,8 @@ pub(crate) fn region_prefix(
 /// matches it.
 pub(crate) fn generation_key(cache: &str, region: &str, schema: u32) -> String {
     format!(
-        "{cache}:m{}:{region}:s{schema}:gen",
+        "{cache}:{}{}:{region}:s{schema}:gen",
+        space::META,
         crate::envelope::FORMAT_VERSION
     )
 }
@@ -221,7 +237,11 @@ pub(crate) fn generation_key(cache: &str, region: &str, schema: u32) -> String {
 /// The Redis set listing the data keys that carry `tag`: `{cache}:t{format}:{escaped tag}`.
 pub(crate) fn tag_key(cache: &str, tag: &str) -> String {
     redis_key(
-        &format!("{cache}:t{}:", crate::envelope::FORMAT_VERSION),
+        &format!(
+            "{cache}:{}{}:",
+            space::TAG_SET,
+            crate::envelope::FORMAT_VERSION
+        ),
         tag.as_bytes(),
     )
 }
@@ -231,7 +251,11 @@ pub(crate) fn tag_key(cache: &str, tag: &str) -> String {
 /// they are unchanged, so a load that began before a tag invalidation cannot put its value back.
 pub(crate) fn tag_mark_key(cache: &str, tag: &str) -> String {
     redis_key(
-        &format!("{cache}:v{}:", crate::envelope::FORMAT_VERSION),
+        &format!(
+            "{cache}:{}{}:",
+            space::TAG_MARK,
+            crate::envelope::FORMAT_VERSION
+        ),
         tag.as_bytes(),
     )
 }
@@ -276,7 +300,7 @@ pub(crate) fn keyed(base: &str, generation: u64, key: &[u8]) -> String {
 pub(crate) fn parse_generation_key(cache: &str, key: &str) -> Option<(String, u32)> {
     let rest = key
         .strip_prefix(cache)?
-        .strip_prefix(&format!(":m{FORMAT_VERSION}:"))?
+        .strip_prefix(&format!(":{}{FORMAT_VERSION}:", space::META))?
         .strip_suffix(":gen")?;
     let (region, schema) = rest.rsplit_once(":s")?;
     if validate_name("region name", region).is_err() {
@@ -290,7 +314,7 @@ pub(crate) fn parse_generation_key(cache: &str, key: &str) -> Option<(String, u3
 pub(crate) fn parse_data_key<'a>(cache: &str, key: &'a str) -> Option<(&'a str, u32, u64)> {
     let rest = key
         .strip_prefix(cache)?
-        .strip_prefix(&format!(":f{FORMAT_VERSION}:"))?;
+        .strip_prefix(&format!(":{}{FORMAT_VERSION}:", space::DATA))?;
     let mut parts = rest.splitn(4, ':');
     let region = parts.next()?;
     let schema = parts.next()?.strip_prefix('s')?.parse().ok()?;
@@ -415,7 +439,7 @@ mod tests {
 
     #[test]
     fn data_keys_parse_back_to_region_schema_and_generation() {
-        let state_base = region_prefix("shop", 'f', FORMAT_VERSION, "user", 3);
+        let state_base = region_prefix("shop", space::DATA, FORMAT_VERSION, "user", 3);
         let key = keyed(&state_base, 1_700_000_000_000, b"a:b:c");
         assert_eq!(
             parse_data_key("shop", &key),

@@ -45,7 +45,7 @@ pub(crate) struct Freshness {
 
 /// Sliding-expiration state shared by the copies of one entry.
 #[derive(Debug)]
-pub(crate) struct Slide {
+pub(crate) struct SlidingState {
     /// Redis is told at most once per interval.
     pub(crate) interval: Duration,
     /// The lifetime each extension sets, in ms.
@@ -54,7 +54,7 @@ pub(crate) struct Slide {
     pub(crate) last: std::sync::Mutex<Instant>,
 }
 
-impl Slide {
+impl SlidingState {
     /// Whether Redis is due an extension now (and if so, records that it is being sent).
     pub(crate) fn due(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -70,11 +70,11 @@ impl Slide {
 /// The parts of an L1 entry that most entries do not have, behind one pointer so the common
 /// entry stays small (moka clones the entry on every hit).
 #[derive(Debug)]
-pub(crate) struct Extra {
+pub(crate) struct EntryExtras {
     /// The entry's tags, if any.
     pub(crate) tags: Option<Arc<[String]>>,
     pub(crate) fresh: Option<Freshness>,
-    pub(crate) slide: Option<Slide>,
+    pub(crate) slide: Option<SlidingState>,
 }
 
 /// An L1 value.
@@ -95,7 +95,7 @@ pub(crate) struct L1Entry {
     /// versioned write never replaces a newer one in L1.
     pub(crate) version: Option<u64>,
     /// Tags, freshness and sliding state, for the entries that have any.
-    pub(crate) extra: Option<Arc<Extra>>,
+    pub(crate) extra: Option<Arc<EntryExtras>>,
 }
 
 impl std::fmt::Debug for L1Entry {

@@ -36,7 +36,7 @@ mod scripts;
 
 pub(crate) use connect::{connect_client, end_task, redact_url, L2Settings};
 use scripts::{evalsha, fill_command, filled, is_noscript, Script, SCRIPTS};
-pub(crate) use scripts::{Filled, Seen, WriteCondition, WriteMode};
+pub(crate) use scripts::{Filled, SeenEntry, WriteCondition, WriteMode};
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);

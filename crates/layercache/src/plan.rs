@@ -13,7 +13,7 @@ use crate::{
 
 /// The lifetimes of one value being written (inserted or loaded).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
+pub(crate) struct WritePlan {
     /// Logical lifetime (jittered `ttl`, or `negative_ttl`).
     pub(crate) ttl: Duration,
     /// How long past `ttl` the value is kept as a fail-safe fallback.
@@ -28,7 +28,7 @@ pub(crate) struct Plan {
     pub(crate) version: Option<u64>,
 }
 
-impl Plan {
+impl WritePlan {
     pub(crate) fn value(options: &EntryOptions, load: Duration) -> Self {
         Self {
             ttl: jittered(options.get_ttl(), options.get_jitter(), rand01()),
@@ -113,7 +113,7 @@ impl Plan {
 /// tombstone has no payload and no type, so no typed region is needed: the journal's repair
 /// uses this).
 pub(crate) fn seal_tombstone(t: &Tombstone, rk: &str) -> Encoded {
-    let plan = Plan::of_tombstone(t);
+    let plan = WritePlan::of_tombstone(t);
     envelope::seal(
         vec![0u8; HEADER_LEN],
         t.codec,

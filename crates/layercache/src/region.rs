@@ -17,7 +17,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-pub(crate) use crate::plan::Plan;
+pub(crate) use crate::plan::WritePlan;
 pub use builder::RegionBuilder;
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     error::{BoxError, Error, ErrorKind, Result},
     freshness::{rand01, xfetch},
     key::CacheKey,
-    l1::{Extra, L1Entry},
+    l1::{EntryExtras, L1Entry},
     options::EntryOptions,
     regions::RegionState,
 };
@@ -290,7 +290,7 @@ where
     /// The rest of [`classify`](Self::classify), for entries with tags, freshness or sliding
     /// state: kept out of line so plain hits stay short.
     #[cold]
-    fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &Extra) -> Hit<V> {
+    fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &EntryExtras) -> Hit<V> {
         if !self.cache.l1.usable(entry) {
             return Hit::Miss;
         }
@@ -352,6 +352,18 @@ where
                 "the region's generation is not known yet (redis was unreachable)",
             )
         })
+    }
+
+    /// The generation for a write: when it is not known (just after a reconnection, which
+    /// forgets it, or Redis was unreachable when it was read), it is read once now, so the
+    /// write goes to Redis rather than to the repair journal. Still unknown (Redis down):
+    /// `None`, and the write is journaled.
+    async fn write_generation(&self) -> Option<u64> {
+        let state = &self.shared.state;
+        if state.generation().is_none() && self.cache.l2.is_some() {
+            self.cache.refresh_generation(state).await;
+        }
+        state.generation()
     }
 
     /// Counts and logs a Redis failure, and applies the error policy.

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     envelope::FORMAT_VERSION,
-    key::{generation_key, keyed, region_prefix},
+    key::{generation_key, keyed, region_prefix, space},
 };
 
 /// A region known to this cache: one name, one value type, one schema, one codec, and the
@@ -51,8 +51,8 @@ impl RegionState {
             schema,
             types,
             codec,
-            key_base: region_prefix(cache, 'f', FORMAT_VERSION, name, schema),
-            lock_base: region_prefix(cache, 'k', FORMAT_VERSION, name, schema),
+            key_base: region_prefix(cache, space::DATA, FORMAT_VERSION, name, schema),
+            lock_base: region_prefix(cache, space::LOCK, FORMAT_VERSION, name, schema),
             generation_key: generation_key(cache, name, schema),
             generation: AtomicU64::new(if with_redis { UNKNOWN_GENERATION } else { 0 }),
             highest: AtomicU64::new(0),

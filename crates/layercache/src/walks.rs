@@ -46,7 +46,7 @@ pub(crate) async fn delete_outdated(
     cache: &str,
     moved: &[(String, u32, u64)],
 ) -> Result<()> {
-    let pattern = format!("{cache}:f{FORMAT_VERSION}:*");
+    let pattern = format!("{cache}:{}{FORMAT_VERSION}:*", crate::key::space::DATA);
     let mut cursor = "0".to_owned();
     loop {
         let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;

@@ -240,7 +240,12 @@ impl LayerCacheBuilder {
             }
             (Err(e), Err(_)) => return Err(e),
         };
-        let channel = format!("{}:m{}:bus", self.name, FORMAT_VERSION);
+        let channel = format!(
+            "{}:{}{}:bus",
+            self.name,
+            crate::key::space::META,
+            FORMAT_VERSION
+        );
         // Before subscribing: the listener starts later (on its thread, or as a task), and what
         // is published meanwhile must wait in these streams for it.
         let events = bus::listener::Events::of(&subscriber);

@@ -84,7 +84,7 @@ pub(crate) enum WriteMode {
     /// Only if absent.
     Nx,
     /// Only if the key still holds what was seen.
-    Cas(Seen),
+    Cas(SeenEntry),
 }
 
 /// What a write must find in Redis to land (see `fill.lua`).
@@ -117,12 +117,12 @@ pub(crate) enum Filled {
 /// first [`HEADER_LEN`](crate::envelope::HEADER_LEN) bytes (for an envelope, the header, which
 /// carries a CRC of the whole entry). The whole value need not travel back to Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Seen {
+pub(crate) struct SeenEntry {
     prefix: Vec<u8>,
     len: usize,
 }
 
-impl Seen {
+impl SeenEntry {
     /// Remembers `bytes`.
     pub(crate) fn of(bytes: &[u8]) -> Self {
         let n = bytes.len().min(crate::envelope::HEADER_LEN);

@@ -12,13 +12,13 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{store::Life, Load, Plan, Region, Stale};
+use super::{store::L1Life, Load, Region, Stale, WritePlan};
 use crate::{
     codec::Codec,
     flight::{Leader, Outcome},
     freshness::unix_millis,
     key::{tag_mark_key, CacheKey},
-    l2::{Seen, WriteMode, L2},
+    l2::{SeenEntry, WriteMode, L2},
     options::{millis_ceil, EntryOptions},
 };
 
@@ -35,14 +35,14 @@ pub(super) enum Mode {
 
 /// What the Redis read found, when it found no usable value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Found {
+enum RedisHeld {
     /// No Redis tier.
     Off,
     /// No entry: a load fills it with `SET … NX` (a concurrent write wins).
     Nothing,
     /// These bytes (a tombstone, a stale or due value, a corrupt entry): a load replaces them
     /// only if the key still holds exactly them (a concurrent write or invalidation wins).
-    Seen(Seen),
+    SeenEntry(SeenEntry),
     /// Another Redis type at our key: a load overwrites it.
     Foreign,
     /// An entry a load must not replace (a newer format's).
@@ -51,12 +51,12 @@ enum Found {
     Down,
 }
 
-impl Found {
+impl RedisHeld {
     /// How a load may write, if at all.
     fn fill(&self) -> Option<WriteMode> {
         match self {
             Self::Nothing => Some(WriteMode::Nx),
-            Self::Seen(seen) => Some(WriteMode::Cas(seen.clone())),
+            Self::SeenEntry(seen) => Some(WriteMode::Cas(seen.clone())),
             Self::Foreign => Some(WriteMode::Set),
             Self::Off | Self::Keep | Self::Down => None,
         }
@@ -118,7 +118,7 @@ impl Drop for LockGuard {
 /// What a load's Redis fill depends on.
 struct FillContext<'a> {
     /// What the Redis read found.
-    found: Found,
+    found: RedisHeld,
     /// The load's tags' marks, read before it ran.
     marks: &'a [(String, Option<Vec<u8>>)],
     /// When the Redis read was made.
@@ -135,7 +135,7 @@ impl FillContext<'_> {
     /// Whether the load may still write. Conditional writes prove that nothing changed since
     /// the read only while what a concurrent write left (a value, a tombstone) still lives: a
     /// fetch that took as long as the shortest lifetime in play does not write.
-    fn in_time(&self, plan: &Plan, region: &EntryOptions) -> bool {
+    fn in_time(&self, plan: &WritePlan, region: &EntryOptions) -> bool {
         self.read_at.elapsed() < plan.ttl.min(region.get_ttl())
     }
 }
@@ -200,13 +200,14 @@ where
                     Ok(values) => marks = keys.into_iter().zip(values).collect(),
                     Err(e) => {
                         r.l2_failed("get tag marks", e)?;
-                        found = Found::Down;
+                        found = RedisHeld::Down;
                     }
                 }
             }
         }
 
-        let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != Found::Down {
+        let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != RedisHeld::Down
+        {
             match r
                 .lock_or_wait(leader, &rkey, &options, (generation, tag_epoch), mode)
                 .await
@@ -252,7 +253,7 @@ enum Read<V> {
     Served(Option<Arc<V>>),
     /// The fetch goes on to load: what Redis held, at which key, under which generation.
     Load {
-        found: Found,
+        found: RedisHeld,
         rkey: String,
         fence: Option<u64>,
     },
@@ -279,7 +280,7 @@ where
         let mut rkey = String::new();
         let Some(l2) = &cache.l2 else {
             return Ok(Read::Load {
-                found: Found::Off,
+                found: RedisHeld::Off,
                 rkey,
                 fence: None,
             });
@@ -290,7 +291,7 @@ where
             _ if cache.journal.blocks(leader.key()) => {
                 cache.counters.l2_repair_bypasses.incr();
                 return Ok(Read::Load {
-                    found: Found::Down,
+                    found: RedisHeld::Down,
                     rkey,
                     fence: None,
                 });
@@ -298,7 +299,7 @@ where
             Err(e) => {
                 self.l2_failed("get", e)?;
                 return Ok(Read::Load {
-                    found: Found::Down,
+                    found: RedisHeld::Down,
                     rkey,
                     fence: None,
                 });
@@ -324,7 +325,7 @@ where
                     Err(found) => found,
                 }
             }
-            Ok(None) => Found::Nothing,
+            Ok(None) => RedisHeld::Nothing,
             Err(e) if crate::l2::is_wrong_type(&e) => {
                 // Our key, someone else's type: a miss, and ours to replace.
                 let reason = crate::envelope::Corruption::WrongType;
@@ -335,11 +336,11 @@ where
                     reason = %reason,
                     "unusable entry in redis, treated as a miss"
                 );
-                Found::Foreign
+                RedisHeld::Foreign
             }
             Err(e) => {
                 self.l2_failed("get", e)?;
-                Found::Down
+                RedisHeld::Down
             }
         };
         Ok(Read::Load {
@@ -365,7 +366,7 @@ where
         bytes: &[u8],
         rkey: &str,
         fallback: &mut Option<Stale<V>>,
-    ) -> Result<Option<Arc<V>>, Found> {
+    ) -> Result<Option<Arc<V>>, RedisHeld> {
         let cache = &self.cache;
         let d = match self.decode(bytes, rkey) {
             Ok(d) => d,
@@ -379,14 +380,14 @@ where
                     "unusable entry in redis, treated as a miss"
                 );
                 return Err(if reason.may_overwrite() {
-                    Found::Seen(Seen::of(bytes))
+                    RedisHeld::SeenEntry(SeenEntry::of(bytes))
                 } else {
-                    Found::Keep
+                    RedisHeld::Keep
                 });
             }
         };
         if d.meta.tombstone {
-            return Err(Found::Seen(Seen::of(bytes)));
+            return Err(RedisHeld::SeenEntry(SeenEntry::of(bytes)));
         }
         let now_ms = unix_millis();
         let left = d.left(now_ms);
@@ -414,7 +415,7 @@ where
                 + left;
             *fallback = Some(Stale { value, expired });
         }
-        Err(Found::Seen(Seen::of(bytes)))
+        Err(RedisHeld::SeenEntry(SeenEntry::of(bytes)))
     }
 }
 
@@ -433,7 +434,7 @@ async fn fill<K, V, C>(
     leader: &Leader<V>,
     value: Arc<dyn Any + Send + Sync>,
     options: &EntryOptions,
-    life: Life,
+    life: L1Life,
 ) where
     K: CacheKey + ?Sized + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,

@@ -8,14 +8,14 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Plan, Region, Tags};
+use super::{Region, Tags, WritePlan};
 use crate::{
     codec::Codec,
     envelope::{self, Corruption, Encoded, Meta, HEADER_LEN},
     error::{Error, ErrorKind, Result},
     freshness::unix_millis,
     key::{tag_key, CacheKey},
-    l1::{Extra, Freshness, L1Entry, Slide},
+    l1::{EntryExtras, Freshness, L1Entry, SlidingState},
     l2::{Filled, WriteCondition, WriteMode},
     options::{millis_ceil, EntryOptions},
 };
@@ -38,7 +38,7 @@ impl<V> Decoded<V> {
 
 /// What an L1 fill records besides the value.
 #[derive(Debug, Clone)]
-pub(crate) struct Life {
+pub(crate) struct L1Life {
     /// Logical L1 lifetime from now (zero: already stale).
     pub(crate) logical: Duration,
     pub(crate) refresh_in: Option<Duration>,
@@ -67,7 +67,7 @@ where
     pub(crate) fn encode(
         &self,
         value: Option<&V>,
-        plan: &Plan,
+        plan: &WritePlan,
         tags: Option<&[String]>,
         rk: &str,
     ) -> Result<Encoded> {
@@ -141,7 +141,7 @@ where
         &self,
         rk: &str,
         enc: Encoded,
-        plan: &Plan,
+        plan: &WritePlan,
         tags: Option<&[String]>,
         guard: WriteCondition<'_>,
     ) -> Result<Filled> {
@@ -187,7 +187,7 @@ where
         &self,
         k: &[u8],
         first: (u64, String, Encoded),
-        plan: &Plan,
+        plan: &WritePlan,
         tags: Option<&[String]>,
         encode: impl Fn(&str) -> Result<Encoded>,
     ) -> Result<(u64, Filled, Result<u64>)> {
@@ -224,7 +224,7 @@ where
         &self,
         rk: &str,
         enc: Encoded,
-        plan: &Plan,
+        plan: &WritePlan,
         tags: Option<&[String]>,
         generation: u64,
         entry: &crate::bus::Entry,
@@ -284,7 +284,7 @@ where
     pub(crate) fn life_of_plan(
         &self,
         options: &EntryOptions,
-        plan: &Plan,
+        plan: &WritePlan,
     ) -> (Duration, Option<Duration>) {
         let logical = options
             .l1_lifetime(self.cache.settings.time_to_live)
@@ -315,7 +315,7 @@ where
         key_len: usize,
         value: Arc<dyn Any + Send + Sync>,
         options: &EntryOptions,
-        life: Life,
+        life: L1Life,
     ) -> Option<L1Entry> {
         let now = Instant::now();
         let physical = match life.stale_since {
@@ -338,13 +338,13 @@ where
             created_ms: life.created_ms,
             stale_since: life.stale_since,
         });
-        let slide = options.get_sliding().map(|interval| Slide {
+        let slide = options.get_sliding().map(|interval| SlidingState {
             interval,
             ttl_ms: millis_ceil(options.get_ttl() + options.keep_after_expiry()),
             last: Mutex::new(now),
         });
         let extra = (life.tags.is_some() || fresh.is_some() || slide.is_some()).then(|| {
-            Arc::new(Extra {
+            Arc::new(EntryExtras {
                 tags: life.tags,
                 fresh,
                 slide,

@@ -14,7 +14,7 @@ use crate::{
     options::EntryOptions,
 };
 
-use super::{store::Life, Plan, Region};
+use super::{store::L1Life, Region, WritePlan};
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -148,13 +148,13 @@ where
         let k = self.l1_key(key);
         self.check_key(&k)?;
         let cache = &self.cache;
-        let mut plan = Plan::value(options, Duration::ZERO);
+        let mut plan = WritePlan::value(options, Duration::ZERO);
         plan.version = version;
         // The Redis key, when there is a Redis tier and the generation is known.
-        let known = cache
-            .l2
-            .as_ref()
-            .and_then(|_| self.shared.state.generation());
+        let known = match cache.l2 {
+            Some(_) => self.write_generation().await,
+            None => None,
+        };
         let rk = known.map(|g| self.shared.state.data_key(g, &k[4..]));
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
             let key = rk.as_deref().unwrap_or("");
@@ -173,7 +173,7 @@ where
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
         let created_ms = crate::freshness::unix_millis();
         let fill_l1 = |generation: u64| {
-            let life = Life {
+            let life = L1Life {
                 logical,
                 refresh_in,
                 delta: Duration::ZERO,
@@ -353,9 +353,13 @@ where
         if cache.l2.is_some() {
             // A tombstone, not UNLINK: a load that began before this cannot fill the key
             // afterwards (fills are `SET NX`, or replace only the entry they saw).
-            let plan = Plan::tombstone(&self.shared.entry_options);
+            let plan = WritePlan::tombstone(&self.shared.entry_options);
             let encode = |rk: &str| self.encode(None, &plan, None, rk);
-            let removed = match self.l2_generation() {
+            let generation = match self.write_generation().await {
+                Some(g) => Ok(g),
+                None => self.l2_generation(),
+            };
+            let removed = match generation {
                 Ok(g) => {
                     let rk = self.shared.state.data_key(g, &k[4..]);
                     match encode(&rk) {

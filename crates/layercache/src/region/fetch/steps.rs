@@ -10,7 +10,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use crate::region::{store::Life, LoadFn, Plan, Region, Stale};
+use crate::region::{store::L1Life, LoadFn, Region, Stale, WritePlan};
 use crate::{
     codec::Codec,
     error::{Error, ErrorKind, Result},
@@ -44,7 +44,7 @@ where
         self.cache.counters.l2_hits.incr();
         let value = d.value.map(Arc::new);
         let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
-        let life = Life {
+        let life = L1Life {
             logical,
             refresh_in,
             delta: Duration::from_micros(u64::from(d.meta.load_us)),
@@ -236,8 +236,8 @@ where
     ) -> Outcome<V> {
         let cache = &self.cache;
         let plan = match (&value, options.get_negative_ttl()) {
-            (Some(_), _) => Plan::value(options, took),
-            (None, Some(ttl)) => Plan::negative(ttl),
+            (Some(_), _) => WritePlan::value(options, took),
+            (None, Some(ttl)) => WritePlan::negative(ttl),
             (None, None) => return Ok(None),
         };
         let value = value.map(Arc::new);
@@ -302,7 +302,7 @@ where
             cache.counters.negative_stores.incr();
         }
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
-        let life = Life {
+        let life = L1Life {
             logical,
             refresh_in,
             delta: took,
@@ -339,7 +339,7 @@ where
         let cache = &self.cache;
         cache.counters.fail_safe_serves.incr();
         tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %error, "serving a stale value (fail-safe)");
-        let life = Life {
+        let life = L1Life {
             logical: options.get_fail_safe_throttle(),
             refresh_in: None,
             delta: Duration::ZERO,
