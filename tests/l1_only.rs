@@ -191,3 +191,32 @@ async fn a_call_outside_a_tokio_runtime_is_a_no_runtime_error() {
     .unwrap();
     assert_eq!(outcome.unwrap_err().kind(), ErrorKind::NoRuntime);
 }
+
+/// A region's entry options are readable: its own when it set them, else the cache's default,
+/// and usable as the base of a `*_with` call.
+#[tokio::test]
+async fn a_regions_entry_options_are_its_own_or_the_caches_default() {
+    let default = EntryOptions::new().ttl(Duration::from_secs(42));
+    let own = EntryOptions::new().ttl(Duration::from_secs(7));
+    let cache = LayerCache::builder("opts")
+        .default_entry_options(default)
+        .build()
+        .await
+        .unwrap();
+    let plain = cache.region::<str, u64>("plain").build().await.unwrap();
+    let tuned = cache
+        .region::<str, u64>("tuned")
+        .entry_options(own)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(plain.entry_options().get_ttl(), Duration::from_secs(42));
+    assert_eq!(tuned.entry_options().get_ttl(), Duration::from_secs(7));
+    let v = tuned
+        .get_or_load_optional("k", tuned.entry_options(), || async {
+            Ok::<_, std::io::Error>(Some(5))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some(&5));
+}

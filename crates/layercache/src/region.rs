@@ -182,6 +182,13 @@ where
         &self.shared.state.name
     }
 
+    /// The entry options the region's calls use when they pass none (the region's, or the
+    /// cache's default): a base for the `*_with` calls, e.g.
+    /// `r.get_or_load_optional(&k, r.entry_options(), loader)`.
+    pub fn entry_options(&self) -> &EntryOptions {
+        &self.shared.entry_options
+    }
+
     /// The region's schema version.
     pub fn schema_version(&self) -> u32 {
         self.shared.state.schema
