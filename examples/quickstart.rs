@@ -6,7 +6,8 @@
 //! ```
 //!
 //! It prints which tier served each read: the loader (the "database"), L1 (in process) or
-//! L2 (Redis, read by a second cache instance, as another replica of a service would).
+//! L2 (Redis, read by a second cache instance, as another replica of a service would), and
+//! layercache's own log lines (through a `tracing` subscriber).
 #![expect(clippy::print_stdout, reason = "an example talks to its user")]
 
 use std::time::Duration;
@@ -53,6 +54,13 @@ async fn build_cache(redis_url: Option<&str>) -> layercache::Result<LayerCache> 
 
 #[tokio::main]
 async fn main() -> layercache::Result<()> {
+    // layercache logs through `tracing`: without a subscriber nothing shows. `info` prints its
+    // start and shutdown, and any warning (Redis unreachable, a corrupt entry, a flush); `debug`
+    // adds a span per Redis call and per load.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false)
+        .init();
     let redis_url = std::env::var("REDIS_URL").ok();
     match &redis_url {
         Some(url) => println!("two tiers: moka in front of Redis at {url}"),
