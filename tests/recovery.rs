@@ -259,6 +259,20 @@ async fn an_invalidate_all_made_while_cut_off_is_repaired_not_undone() {
     );
 }
 
+/// An instance behind `proxy`, whose commands a test slows with `set_command_latency`: a long
+/// command timeout, and — its heartbeats travel the slowed link — a long heartbeat timeout, so
+/// the bus does not flush its L1 (which would hide the stale fills these tests look for).
+async fn slowed_instance(proxy: &Proxy, name: &str) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_secs(10))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// A write's L1 fill loses to anything newer: A's insert of 5 lands in Redis, then B writes 6
 /// and A applies B's announcement — all before A's reply comes back (A's commands are slowed,
 /// its subscription is not). A must not then put 5 in L1 over the newer 6 that Redis and B hold.
@@ -267,16 +281,7 @@ async fn an_insert_does_not_fill_l1_over_a_newer_write_applied_meanwhile() {
     let server = redis();
     let raw = raw_client(&server).await;
     let proxy = Proxy::start(server.port()).unwrap();
-    // A's heartbeats travel its slowed command link: a long heartbeat timeout keeps the bus
-    // from flushing A's L1 (which would hide the stale fill this test looks for).
-    let a = LayerCache::builder("older")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(10))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(30))
-        .build()
-        .await
-        .unwrap();
+    let a = slowed_instance(&proxy, "older").await;
     let b = instance(&server, "older").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     ra.insert("k", 1).await.unwrap();
@@ -364,14 +369,7 @@ async fn an_older_versioned_write_arriving_last_is_refused() {
 async fn a_versioned_write_is_served_at_once_but_never_over_a_newer_version() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
-    let a = LayerCache::builder("verfill")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(10))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(30))
-        .build()
-        .await
-        .unwrap();
+    let a = slowed_instance(&proxy, "verfill").await;
     let ra = region(&a).await;
     assert!(ra.insert_versioned("k", 4, 4).await.unwrap());
     proxy.set_command_latency(Duration::from_millis(1000));
@@ -393,12 +391,22 @@ async fn a_versioned_write_is_served_at_once_but_never_over_a_newer_version() {
         let ra = ra.clone();
         tokio::spawn(async move { ra.insert_versioned("k", 3, 3).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every read while it is in flight (1 s through the slowed link) still gets v5.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut reads_in_flight = 0;
+    while !older.is_finished() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the older write never ended"
+        );
+        assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&5));
+        reads_in_flight += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
-        !older.is_finished(),
-        "precondition: the older write is in flight"
+        reads_in_flight >= 10,
+        "precondition: reads made while the older write was in flight ({reads_in_flight})"
     );
-    assert_eq!(ra.get("k").await.unwrap().as_deref(), Some(&5));
     assert!(slow.await.unwrap().unwrap());
     assert!(!older.await.unwrap().unwrap(), "Redis refuses v3 after v5");
     proxy.set_command_latency(Duration::ZERO);

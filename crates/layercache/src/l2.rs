@@ -81,6 +81,16 @@ fn is_outage(e: &fred::error::Error) -> bool {
     )
 }
 
+/// The span of one run of the fill script (`announced`: pipelined with its bus message).
+fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
+    tracing::debug_span!(
+        "layercache.l2.set",
+        mode = condition.mode.name(),
+        fenced = condition.fence.is_some(),
+        announced
+    )
+}
+
 /// Whether a Redis error is a `NOSCRIPT` reply: the server does not have the script.
 fn is_noscript_reply(e: &Error) -> bool {
     e.to_string().contains("NOSCRIPT")
@@ -300,12 +310,7 @@ impl L2 {
         generation_key: &str,
     ) -> Result<Filled> {
         let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
-        let span = tracing::debug_span!(
-            "layercache.l2.set",
-            mode = guard.mode.name(),
-            fenced = guard.fence.is_some(),
-            announced = false
-        );
+        let span = fill_span(&guard, false);
         let written: i64 = self
             .script("redis EVALSHA (fill)", &SCRIPTS.fill, keys, args)
             .instrument(span)

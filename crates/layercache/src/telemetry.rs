@@ -94,7 +94,7 @@ impl WarnLimiter {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, path::Path};
+    use std::collections::BTreeSet;
 
     use super::WarnLimiter;
 
@@ -150,23 +150,8 @@ mod tests {
 
     /// Every span and event the crate's sources emit, found by reading them.
     fn emitted() -> Emitted {
-        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    out.push(path);
-                }
-            }
-        }
-        let mut files = Vec::new();
-        walk(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut files,
-        );
         let mut found = Emitted::new();
-        for file in files {
+        for (_, file) in crate::layering::sources() {
             let src = std::fs::read_to_string(&file).unwrap();
             for level in ["trace", "debug", "info", "warn", "error"] {
                 for (kind, call) in [

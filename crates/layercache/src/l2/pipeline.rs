@@ -9,7 +9,8 @@ use fred::{
 use tracing::Instrument;
 
 use super::{
-    evalsha, fill_command, filled, is_noscript, map_err, Filled, WriteCondition, L2, SCRIPTS,
+    evalsha, fill_command, fill_span, filled, is_noscript, map_err, Filled, WriteCondition, L2,
+    SCRIPTS,
 };
 use crate::{error::Result, sequencer::Sequencer};
 
@@ -117,12 +118,7 @@ impl L2 {
         message: impl Fn(u64) -> Vec<u8>,
     ) -> Result<(Filled, Result<u64>)> {
         let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
-        let span = tracing::debug_span!(
-            "layercache.l2.set",
-            mode = guard.mode.name(),
-            fenced = guard.fence.is_some(),
-            announced = true
-        );
+        let span = fill_span(&guard, true);
         let script = evalsha(&SCRIPTS.fill, keys, args);
         let what = "redis EVALSHA (fill) + PUBLISH";
         let (mut taken, mut replies) = self
