@@ -21,7 +21,7 @@ use fred::{
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
 use support::{
-    builder, caught_up, cmd, data_keys, instance, raw_client, redis, region, wait_until,
+    builder, caught_up, cmd, data_keys, instance, raw_client, redis, region, wait_until, Shared,
 };
 use tokio::sync::Notify;
 
@@ -206,7 +206,15 @@ async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load()
 /// invalidation, it never returns an older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_finds_no_stale_read_after_an_invalidation_was_received() {
-    randomized_checker("check", layercache::EntryOptions::new()).await;
+    let shared = Shared::Redis(redis());
+    randomized_checker(&shared, "check", layercache::EntryOptions::new()).await;
+}
+
+/// The same checker on the in-memory seams (store and backplane): no redis-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_on_the_in_memory_server() {
+    let shared = Shared::Memory(layercache::memory::MemoryServer::new());
+    randomized_checker(&shared, "check", layercache::EntryOptions::new()).await;
 }
 
 /// The same checker with short lifetimes, early refresh (soft TTL and XFetch: background
@@ -218,11 +226,22 @@ async fn randomized_checker_with_early_refresh_and_the_load_lock() {
         .soft_ttl(Duration::from_millis(3))
         .xfetch_beta(1.0)
         .distributed_lock(true);
-    randomized_checker("fresh", options).await;
+    randomized_checker(&Shared::Redis(redis()), "fresh", options).await;
 }
 
-async fn randomized_checker(name: &str, options: layercache::EntryOptions) {
-    let server = redis();
+/// The same on the in-memory seams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_with_early_refresh_and_the_load_lock_in_memory() {
+    let options = layercache::EntryOptions::new()
+        .ttl(Duration::from_millis(60))
+        .soft_ttl(Duration::from_millis(3))
+        .xfetch_beta(1.0)
+        .distributed_lock(true);
+    let shared = Shared::Memory(layercache::memory::MemoryServer::new());
+    randomized_checker(&shared, "fresh", options).await;
+}
+
+async fn randomized_checker(shared: &Shared, name: &str, options: layercache::EntryOptions) {
     const INSTANCES: usize = 3;
     const KEYS: usize = 4;
     const WRITES_PER_WRITER: usize = 500;
@@ -238,7 +257,8 @@ async fn randomized_checker(name: &str, options: layercache::EntryOptions) {
         } else {
             Duration::ZERO
         };
-        let c = builder(&server, name)
+        let c = shared
+            .builder(name)
             .bus_heartbeat_interval(Duration::from_millis(100))
             .bus_heartbeat_timeout(Duration::from_millis(1000))
             .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
@@ -332,6 +352,10 @@ async fn randomized_checker(name: &str, options: layercache::EntryOptions) {
                 }
                 let seq = caches[inst].bus_status().unwrap().published_seq;
                 writes[key].lock().unwrap().push((inst, seq, v));
+                drop(_row);
+                // Paced (about a millisecond, the timer's grain), so that readers get their
+                // turns between writes even when the store answers at once (in memory).
+                tokio::time::sleep(Duration::from_micros(100)).await;
             }
             done.fetch_add(1, Ordering::SeqCst);
         }));

@@ -38,6 +38,23 @@ pub(crate) fn builder(server: &RedisServer, name: &str) -> LayerCacheBuilder {
         .l2_breaker_cooldown(Duration::from_millis(500))
 }
 
+/// The shared tier a test runs on: a real redis-server, or the in-memory server (no
+/// redis-server at all).
+pub(crate) enum Shared {
+    Redis(RedisServer),
+    Memory(layercache::memory::MemoryServer),
+}
+
+impl Shared {
+    /// A cache builder on this shared tier (for Redis, as [`builder`]).
+    pub(crate) fn builder(&self, name: &str) -> LayerCacheBuilder {
+        match self {
+            Self::Redis(server) => builder(server, name),
+            Self::Memory(server) => LayerCache::builder(name).memory_server(server),
+        }
+    }
+}
+
 /// Runs a raw command with string arguments.
 pub(crate) async fn cmd(client: &Client, name: &'static str, args: &[&str]) -> Value {
     let args: Vec<Value> = args.iter().map(|a| Value::from(*a)).collect();

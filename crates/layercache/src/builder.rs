@@ -2,6 +2,7 @@
 //! which also connects and wires the cache).
 
 mod build;
+mod bus_options;
 
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ const REDIS_MAX_STRING: usize = 512 << 20;
 pub struct LayerCacheBuilder {
     name: String,
     redis_url: Option<String>,
+    #[cfg(feature = "memory")]
+    memory_server: Option<crate::memory::MemoryServer>,
     max_capacity: Option<u64>,
     max_capacity_bytes: Option<u64>,
     time_to_live: Duration,
@@ -112,6 +115,8 @@ impl LayerCacheBuilder {
         Self {
             name: name.into(),
             redis_url: None,
+            #[cfg(feature = "memory")]
+            memory_server: None,
             max_capacity: None,
             max_capacity_bytes: None,
             time_to_live: Duration::from_secs(60),
@@ -145,13 +150,25 @@ impl LayerCacheBuilder {
     }
 
     /// The Redis server to use as the shared tier, as a URL
-    /// (`redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS needs a TLS
-    /// feature of fred, not enabled by this crate yet). Without it the cache runs L1-only
-    /// with the same API.
+    /// (`redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS with the `tls`
+    /// feature). Without it the cache runs L1-only with the same API.
     ///
     /// Default: none (L1-only).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// An in-memory server to use as the shared tier instead of Redis (the `memory`
+    /// feature): caches built on the same [`MemoryServer`](crate::memory::MemoryServer) share
+    /// it as instances of a service share a Redis, bus included. For tests without a
+    /// redis-server; see [`memory`](crate::memory). Cannot be combined with
+    /// [`redis_url`](Self::redis_url).
+    ///
+    /// Default: none.
+    #[cfg(feature = "memory")]
+    pub fn memory_server(mut self, server: &crate::memory::MemoryServer) -> Self {
+        self.memory_server = Some(server.clone());
         self
     }
 
@@ -317,30 +334,6 @@ impl LayerCacheBuilder {
         self
     }
 
-    /// Acknowledged writes: `insert`, `insert_versioned` and `invalidate` return only once
-    /// every live instance (one whose bus heartbeat was heard within
-    /// [`bus_heartbeat_timeout`](Self::bus_heartbeat_timeout)) has applied their announcement —
-    /// so a read on any instance right after the call returns sees the write — or after
-    /// `timeout`, with [`ErrorKind::Unacknowledged`](crate::ErrorKind::Unacknowledged) naming
-    /// the instances that did not ([`Error::unacknowledged`](crate::Error::unacknowledged));
-    /// the write itself stands. This error is returned whatever the
-    /// [`l2_error_policy`](Self::l2_error_policy): it is what the mode is for. A write that
-    /// Redis did not confirm cannot be acknowledged: it returns the same error naming every
-    /// live instance (and is journaled for repair).
-    ///
-    /// Each such write costs one more bus round trip (every instance publishes an
-    /// acknowledgement, batched with its other messages). Every instance must run a release
-    /// that knows acknowledgements: older ones reject such messages as malformed.
-    ///
-    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
-    ///
-    /// Default: off (writes return once Redis has them; other instances apply them within a
-    /// bus round trip).
-    pub fn ack_writes(mut self, timeout: Duration) -> Self {
-        self.ack_writes = Some(timeout);
-        self
-    }
-
     /// The reconnect back-off: the first retry waits `min`, each further one twice as long,
     /// up to `max`, with no limit on attempts.
     ///
@@ -358,63 +351,6 @@ impl LayerCacheBuilder {
     /// Default: [`L2ErrorPolicy::Fallback`] (log, count, carry on without Redis).
     pub fn l2_error_policy(mut self, policy: L2ErrorPolicy) -> Self {
         self.l2_error_policy = policy;
-        self
-    }
-
-    /// How often each instance publishes a heartbeat on the invalidation bus (and checks that
-    /// its own came back). The bus exists whenever Redis is configured.
-    ///
-    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
-    ///
-    /// Default: 1 second.
-    pub fn bus_heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.bus_heartbeat_interval = interval;
-        self
-    }
-
-    /// How long an instance's own heartbeat may take to come back before it presumes its
-    /// subscription broken and flushes L1 (see [`CoherenceLossPolicy`]). At least twice the
-    /// interval.
-    ///
-    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
-    ///
-    /// Default: 3 seconds.
-    pub fn bus_heartbeat_timeout(mut self, timeout: Duration) -> Self {
-        self.bus_heartbeat_timeout = timeout;
-        self
-    }
-
-    /// How many received bus messages may wait for the listener. A listener that falls
-    /// further behind loses messages, notices (`Lagged`) and flushes L1.
-    ///
-    /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20).
-    ///
-    /// Default: 4096 messages (each carries up to 1024 invalidations).
-    pub fn bus_buffer(mut self, messages: usize) -> Self {
-        self.bus_buffer = messages;
-        self
-    }
-
-    /// Runs the bus listener (and its subscriber connection) on a thread of its own, with a
-    /// runtime of its own, instead of as a task on the runtime that calls `build()`. On a busy
-    /// runtime an arriving invalidation then does not wait its turn behind the service's tasks:
-    /// on the service workload of `benches/loadgen` (2 cores, saturated) it cut stale reads by
-    /// 15–30 % in every run, with throughput and CPU per operation within the runs' spread; see
-    /// `docs/BENCHMARKS.md`. Costs one thread per cache (mostly asleep). `false` runs the
-    /// listener as a task on the caller's runtime.
-    ///
-    /// Default: `true`.
-    pub fn bus_thread(mut self, enabled: bool) -> Self {
-        self.bus_thread = enabled;
-        self
-    }
-
-    /// What to do with L1 when invalidations may have been missed (disconnect, reconnect,
-    /// lag, sequence gap, missed heartbeat).
-    ///
-    /// Default: [`CoherenceLossPolicy::FlushAll`].
-    pub fn coherence_loss_policy(mut self, policy: CoherenceLossPolicy) -> Self {
-        self.coherence_loss_policy = policy;
         self
     }
 

@@ -38,7 +38,6 @@
 pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod publisher;
-pub(crate) mod thread;
 
 use std::{
     collections::HashMap,

@@ -11,7 +11,6 @@ use crate::{
     error::Result,
     journal::Pending,
     key::{validate_tags, CacheKey},
-    l2::L2,
     region::RegionBuilder,
     stats::Stats,
     walks::{delete_outdated, drop_tag},
@@ -133,14 +132,14 @@ impl LayerCache {
 
     /// Whether the Redis circuit breaker is open (calls skip Redis); `false` without Redis.
     pub fn l2_breaker_open(&self) -> bool {
-        self.inner.l2.as_ref().is_some_and(L2::breaker_open)
+        self.inner.l2.as_ref().is_some_and(|l2| l2.breaker_open())
     }
 
     /// Whether the Redis connection is up right now; `false` without Redis, and after a
     /// degraded start ([`L2Startup::Degraded`](crate::L2Startup::Degraded)) until Redis
     /// answers.
     pub fn l2_connected(&self) -> bool {
-        self.inner.l2.as_ref().is_some_and(L2::is_connected)
+        self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected())
     }
 
     /// This instance's id on the invalidation bus (`None` without Redis).

@@ -6,7 +6,7 @@
 //!
 //! - [`Bincode`] (id 1, the default): bincode 2 through its serde support, with an allocation
 //!   limit. bincode is not self-describing, which is why keys and envelopes carry versions.
-//! - [`Postcard`] (id 2, feature `postcard`): postcard 1, compact and maintained.
+//! - `Postcard` (id 2, feature `postcard`): postcard 1, compact and maintained.
 //!
 //! Own codecs must use an id from 128 to 255; ids below 128 are reserved for this crate.
 

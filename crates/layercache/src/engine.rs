@@ -20,9 +20,9 @@ use crate::{
     journal::{Journal, Pending, Recorded},
     key::{generation_key, parse_generation_key},
     l1::L1,
-    l2::L2,
     options::{EntryOptions, L2ErrorPolicy},
     regions::RegionState,
+    remote::Remote,
     stats::Counters,
 };
 
@@ -66,7 +66,7 @@ impl GenerationMoveFailed {
 pub(crate) struct Engine {
     pub(crate) name: String,
     pub(crate) l1: L1,
-    pub(crate) l2: Option<L2>,
+    pub(crate) l2: Option<Remote>,
     pub(crate) settings: Settings,
     pub(crate) counters: Arc<Counters>,
     pub(crate) flights: Arc<Flights>,
@@ -97,7 +97,7 @@ impl Engine {
     pub(crate) fn new(
         name: String,
         l1: L1,
-        l2: Option<L2>,
+        l2: Option<Remote>,
         settings: Settings,
         counters: Arc<Counters>,
         bus: Option<BusHandle>,
@@ -268,7 +268,7 @@ impl Engine {
     /// fetches poisoned.
     pub(crate) async fn move_generation(
         &self,
-        l2: &L2,
+        l2: &Remote,
         state: &RegionState,
     ) -> std::result::Result<(), GenerationMoveFailed> {
         let floor = unix_millis().max(state.generation_floor());
@@ -364,7 +364,7 @@ impl Engine {
     /// unknown whether the bump happened), and the first error is returned after trying all.
     pub(crate) async fn move_every_generation(
         &self,
-        l2: &L2,
+        l2: &Remote,
         moved: &mut Vec<(String, u32, u64)>,
     ) -> Result<()> {
         let mut regions: Vec<(String, u32)> = self
@@ -372,14 +372,10 @@ impl Engine {
             .iter()
             .map(|r| (r.name.clone(), r.schema))
             .collect();
-        let pattern = format!(
-            "{}:{}{FORMAT_VERSION}:*:gen",
-            self.name,
-            crate::key::space::META
-        );
+        let prefix = format!("{}:{}{FORMAT_VERSION}:", self.name, crate::key::space::META);
         let mut cursor = "0".to_owned();
         loop {
-            let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;
+            let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
             for key in keys {
                 if let Some(found) = parse_generation_key(&self.name, &key) {
                     if !regions.contains(&found) {

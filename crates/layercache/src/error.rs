@@ -193,6 +193,11 @@ impl Error {
         self.source.as_deref().and_then(|e| e.downcast_ref::<E>())
     }
 
+    /// Whether this is a store's `WRONGTYPE` reply: another type of value sits at the key.
+    pub(crate) fn is_wrong_type(&self) -> bool {
+        self.to_string().contains("WRONGTYPE")
+    }
+
     pub(crate) fn config(context: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Config, context)
     }

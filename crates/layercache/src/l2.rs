@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::{
     breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
+    remote::{Filled, Write, WriteCondition, WriteMode},
     stats::Counters,
 };
 
@@ -33,17 +34,20 @@ mod connect;
 mod keyspace;
 mod pipeline;
 mod scripts;
+mod seam;
+mod subscriber;
 
-pub(crate) use connect::{connect_client, end_task, redact_url, L2Settings};
+use connect::{connect_client, end_task};
+pub(crate) use connect::{redact_url, L2Settings};
 use scripts::{evalsha, fill_command, filled, is_noscript, Script, SCRIPTS};
-pub(crate) use scripts::{Filled, SeenEntry, WriteCondition, WriteMode};
+pub(crate) use subscriber::RedisSubscriber;
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
 
 /// A connected Redis client.
 #[derive(Clone)]
-pub(crate) struct L2 {
+pub(crate) struct RedisStore {
     client: fred::prelude::Client,
     /// The client with the command timeout, failing at once while disconnected (instead of
     /// queueing for the reconnect: a write queued there would land long after its caller was
@@ -61,9 +65,9 @@ pub(crate) struct L2 {
     task: Arc<Mutex<Option<ConnectHandle>>>,
 }
 
-impl std::fmt::Debug for L2 {
+impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("L2")
+        f.debug_struct("RedisStore")
             .field("connected", &self.client.is_connected())
             .field("timeout", &self.timeout)
             .field("suspect_timeout", &self.suspect_timeout)
@@ -96,11 +100,6 @@ fn is_noscript_reply(e: &Error) -> bool {
     e.to_string().contains("NOSCRIPT")
 }
 
-/// Whether a Redis error is a `WRONGTYPE` reply: another Redis type sits at the key.
-pub(crate) fn is_wrong_type(e: &Error) -> bool {
-    e.to_string().contains("WRONGTYPE")
-}
-
 fn map_err(what: &'static str, e: fred::error::Error) -> Error {
     let kind = match e.kind() {
         fred::error::ErrorKind::Timeout => ErrorKind::Timeout,
@@ -110,7 +109,7 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
     Error::new(kind, what).with_source(e)
 }
 
-impl L2 {
+impl RedisStore {
     /// Connects, failing if the first connection cannot be made within `connect_timeout`
     /// (unless the start is degraded: then it keeps trying in the background).
     pub(crate) async fn connect(
@@ -273,13 +272,7 @@ impl L2 {
     }
 
     /// `SET key value PX ttl [NX]`; returns whether the value was written.
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: u64,
-        nx: bool,
-    ) -> Result<bool> {
+    async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64, nx: bool) -> Result<bool> {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), nx);
         let reply: Value = self
@@ -297,20 +290,28 @@ impl L2 {
         Ok(!reply.is_null())
     }
 
-    /// Writes with the fill script as its [`WriteCondition`] says: conditional on what the key holds,
-    /// for a load on its tags' marks being what it read before it ran, and with a fence on the
-    /// region's generation (read at `generation_key`); with tag bookkeeping.
-    pub(crate) async fn fill(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: u64,
-        tags: Vec<String>,
-        guard: WriteCondition<'_>,
-        generation_key: &str,
-    ) -> Result<Filled> {
-        let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
-        let span = fill_span(&guard, false);
+    /// Writes as its [`WriteCondition`] says: a plain `SET` (`NX`) when nothing else is asked
+    /// of it, else the fill script — conditional on what the key holds, for a load on its
+    /// tags' marks being what it read before it ran, and with a fence on the region's
+    /// generation; with tag bookkeeping.
+    pub(crate) async fn fill(&self, write: Write<'_>) -> Result<Filled> {
+        let condition = write.condition;
+        if matches!(condition.mode, WriteMode::Set | WriteMode::Nx)
+            && condition.fence.is_none()
+            && condition.version.is_none()
+            && condition.marks.is_empty()
+            && write.tags.is_empty()
+        {
+            let nx = *condition.mode == WriteMode::Nx;
+            let written = self.set(write.key, write.value, write.ttl_ms, nx).await?;
+            return Ok(if written {
+                Filled::Written
+            } else {
+                Filled::Refused
+            });
+        }
+        let (keys, args) = fill_command(write);
+        let span = fill_span(&condition, false);
         let written: i64 = self
             .script("redis EVALSHA (fill)", &SCRIPTS.fill, keys, args)
             .instrument(span)

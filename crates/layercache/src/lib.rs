@@ -104,6 +104,7 @@
 //! - `tls`: TLS to Redis with rustls (ring): `rediss://` URLs and
 //!   `LayerCacheBuilder::l2_tls_ca_pem`.
 
+mod backplane;
 mod breaker;
 mod builder;
 pub mod bus;
@@ -123,10 +124,13 @@ mod l1;
 mod l2;
 #[cfg(test)]
 mod layering;
+#[cfg(feature = "memory")]
+pub mod memory;
 mod options;
 mod plan;
 mod region;
 mod regions;
+mod remote;
 mod sequencer;
 mod stats;
 pub mod telemetry;

@@ -344,7 +344,7 @@ where
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             cache.counters.l2_extends.incr();
             rt.spawn(async move {
-                if let Err(e) = l2.pexpire(&rk, ttl_ms).await {
+                if let Err(e) = l2.touch(&rk, ttl_ms).await {
                     let _ = cache.l2_failed("pexpire", None, e);
                 }
             });

@@ -37,7 +37,6 @@
 //! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
 //! | `bus subscriber connection error` | event | warn | `cache.name`, `error` | the subscriber connection failed (L1 is flushed at the first one) |
 //! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
-//! | `bus re-subscribe timed out; retrying` | event | warn | `cache.name` | `SUBSCRIBE` after a reconnection timed out |
 //! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |
 //! | `redis unreachable at start; running degraded until it answers` | event | warn | `error` or `timeout` | `L2Startup::Degraded` and no connection at `build()` |
 //! | `region generation raised by the bus` | event | debug | `cache.name`, `region`, `generation` | another instance moved a region's generation |

@@ -8,8 +8,8 @@ use crate::{
     error::Result,
     freshness::token,
     key::{parse_data_key, tag_key, tag_mark_key},
-    l2::L2,
     options::millis_ceil,
+    remote::Remote,
 };
 
 /// How long a tag's mark lives after its last invalidation. A load that runs longer than this
@@ -18,7 +18,7 @@ use crate::{
 pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page.
-pub(crate) async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
+pub(crate) async fn drop_tag(l2: &Remote, cache: &str, tag: &str) -> Result<()> {
     l2.set_mark(
         &tag_mark_key(cache, tag),
         token(),
@@ -28,7 +28,7 @@ pub(crate) async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
     let set = tag_key(cache, tag);
     let mut cursor = "0".to_owned();
     loop {
-        let (next, members) = l2.sscan_page(&set, &cursor, 500).await?;
+        let (next, members) = l2.tag_members_page(&set, &cursor, 500).await?;
         l2.drop_tag_page(&set, members).await?;
         if next == "0" {
             return Ok(());
@@ -42,14 +42,14 @@ pub(crate) async fn drop_tag(l2: &L2, cache: &str, tag: &str) -> Result<()> {
 /// since) and keys of regions not in `moved` stay: deleting a tombstone there could let a
 /// stale fill in.
 pub(crate) async fn delete_outdated(
-    l2: &L2,
+    l2: &Remote,
     cache: &str,
     moved: &[(String, u32, u64)],
 ) -> Result<()> {
-    let pattern = format!("{cache}:{}{FORMAT_VERSION}:*", crate::key::space::DATA);
+    let prefix = format!("{cache}:{}{FORMAT_VERSION}:", crate::key::space::DATA);
     let mut cursor = "0".to_owned();
     loop {
-        let (next, keys) = l2.scan_page(&cursor, &pattern, 1000).await?;
+        let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
         let old: Vec<String> = keys
             .into_iter()
             .filter(|k| {
@@ -60,7 +60,7 @@ pub(crate) async fn delete_outdated(
                 })
             })
             .collect();
-        l2.unlink_many(old).await?;
+        l2.delete_many(old).await?;
         if next == "0" {
             return Ok(());
         }

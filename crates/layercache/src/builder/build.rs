@@ -6,20 +6,21 @@ use std::{
     time::Duration,
 };
 
-use fred::prelude::{ClientLike, PubsubInterface};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    backplane::{ListenerHome, Subscriber},
     breaker::{Breaker, BreakerSettings},
     bus::{self, listener::Listener, publisher::Publisher, BusHandle, BusSettings, InstanceId},
     cache::LayerCache,
     engine::{Engine, Settings},
     envelope::FORMAT_VERSION,
-    error::{Error, ErrorKind, Result},
+    error::{Error, Result},
     key::validate_name,
     l1::{Capacity, L1},
-    l2::{redact_url, L2Settings, L2},
+    l2::{redact_url, L2Settings, RedisStore, RedisSubscriber},
     options::{check_max, L2Startup, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT},
+    remote::Remote,
     stats::Counters,
 };
 
@@ -35,6 +36,12 @@ impl LayerCacheBuilder {
 
     fn validate(&self) -> Result<()> {
         validate_name("cache name", &self.name)?;
+        #[cfg(feature = "memory")]
+        if self.memory_server.is_some() && self.redis_url.is_some() {
+            return Err(Error::config(
+                "memory_server and redis_url are both set; a cache has one shared tier",
+            ));
+        }
         if let Some(url) = &self.redis_url {
             let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
             match scheme {
@@ -197,82 +204,38 @@ impl LayerCacheBuilder {
             self.time_to_live,
             self.l1_write_cooldown,
         );
-        let Some(url) = &self.redis_url else {
-            let inner = Engine::new(self.name, l1, None, settings, counters, None);
-            tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");
-            return Ok(LayerCache {
-                inner: Arc::new(inner),
-            });
-        };
-        let l2_settings = L2Settings {
-            url: url.clone(),
-            command_timeout: self.l2_command_timeout,
-            suspect_timeout: self.l2_suspect_timeout,
-            connect_timeout: self.l2_connect_timeout,
-            max_command_buffer: self.l2_max_command_buffer,
-            reconnect_min: self.l2_reconnect_min,
-            reconnect_max: self.l2_reconnect_max,
-            tls_ca_pem: self.l2_tls_ca_pem.clone(),
-            startup: self.l2_startup,
-        };
-        let breaker = Breaker::new(
-            BreakerSettings {
-                threshold: self.l2_breaker_threshold,
-                cooldown: self.l2_breaker_cooldown,
-            },
-            counters.clone(),
-            self.name.clone(),
-        );
-        // Both connections at once: a degraded start waits `l2_connect_timeout` once, not twice.
-        let (l2, subscriber) = tokio::join!(
-            L2::connect(&l2_settings, breaker, counters.clone()),
-            bus::thread::BusThread::start(&l2_settings, self.bus_buffer, self.bus_thread),
-        );
-        let (l2, (subscriber, bus_thread)) = match (l2, subscriber) {
-            (Ok(l2), Ok(s)) => (l2, s),
-            (Ok(l2), Err(e)) => {
-                l2.quit().await;
-                return Err(e);
-            }
-            (Err(e), Ok((s, _))) => {
-                let _ = s.quit().await;
-                return Err(e);
-            }
-            (Err(e), Err(_)) => return Err(e),
-        };
         let channel = format!(
             "{}:{}{}:bus",
             self.name,
             crate::key::space::META,
             FORMAT_VERSION
         );
-        // Before subscribing: the listener starts later (on its thread, or as a task), and what
-        // is published meanwhile must wait in these streams for it.
-        let events = bus::listener::Events::of(&subscriber);
+        let connected = match self.remote(&counters, &channel).await? {
+            Some(connected) => connected,
+            None => {
+                let inner = Engine::new(self.name, l1, None, settings, counters, None);
+                tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");
+                return Ok(LayerCache {
+                    inner: Arc::new(inner),
+                });
+            }
+        };
+        let Connected {
+            store: l2,
+            subscriber,
+            home,
+        } = connected;
         // Degraded start without a connection: the listener subscribes once it connects.
         let subscribed = if subscriber.is_connected() {
-            // Part of connecting: bounded by the connect timeout, not the (maybe far shorter)
-            // command timeout that fred would otherwise apply to it.
-            let patient = subscriber.with_options(&fred::types::config::Options {
-                timeout: Some(self.l2_connect_timeout),
-                ..Default::default()
-            });
-            let attempt =
-                tokio::time::timeout(self.l2_connect_timeout, patient.subscribe(channel.as_str()))
-                    .await;
-            match attempt {
-                Ok(Ok(())) => true,
-                _ if self.l2_startup == L2Startup::Degraded => false,
-                failed => {
-                    let _ = subscriber.quit().await;
+            // Part of connecting: bounded by the connect timeout.
+            match subscriber.subscribe(self.l2_connect_timeout).await {
+                Ok(()) => true,
+                Err(_) if self.l2_startup == L2Startup::Degraded => false,
+                Err(e) => {
+                    let mut subscriber = subscriber;
+                    subscriber.close(self.l2_connect_timeout).await;
                     l2.quit().await;
-                    return Err(match failed {
-                        Ok(Err(e)) => {
-                            Error::new(ErrorKind::Redis, "subscribing to the bus channel")
-                                .with_source(e)
-                        }
-                        _ => Error::new(ErrorKind::Timeout, "subscribing to the bus channel"),
-                    });
+                    return Err(e);
                 }
             }
         } else {
@@ -303,7 +266,7 @@ impl LayerCacheBuilder {
             acked: acked.clone(),
         };
         let publisher = Publisher {
-            l2: l2.clone(),
+            store: l2.clone(),
             sequencer,
             rx,
             counters: counters.clone(),
@@ -322,9 +285,7 @@ impl LayerCacheBuilder {
         let receiver: Arc<dyn bus::Receiver> = inner.clone();
         let listener = Listener {
             inner: Arc::downgrade(&receiver),
-            events: Some(events),
             subscriber,
-            channel,
             id,
             shared,
             heartbeat_interval: self.bus_heartbeat_interval,
@@ -332,12 +293,81 @@ impl LayerCacheBuilder {
             command_timeout: self.l2_command_timeout,
             shutdown: shutdown_rx,
             subscribed,
-            subscriber_task: None,
             acked,
         };
         inner.adopt_task(tokio::spawn(publisher.run()));
-        inner.adopt_task(bus_thread.run(listener));
+        inner.adopt_task(home.run(Box::pin(listener.run())));
         tracing::info!(cache.name = %inner.name, l2 = true, l2.connected = subscribed, instance.id = %id, "layercache started");
         Ok(LayerCache { inner })
+    }
+}
+
+/// A connected shared tier: the store, the bus subscription (not yet subscribed) and where its
+/// listener runs.
+struct Connected {
+    store: Remote,
+    subscriber: Box<dyn Subscriber>,
+    home: Box<dyn ListenerHome>,
+}
+
+impl LayerCacheBuilder {
+    /// Connects the configured shared tier, if any.
+    async fn remote(&self, counters: &Arc<Counters>, channel: &str) -> Result<Option<Connected>> {
+        #[cfg(feature = "memory")]
+        if let Some(server) = &self.memory_server {
+            return Ok(Some(Connected {
+                store: Arc::new(server.store()),
+                subscriber: Box::new(server.subscriber(channel)),
+                home: Box::new(crate::backplane::OnRuntime),
+            }));
+        }
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let settings = L2Settings {
+            url: url.clone(),
+            command_timeout: self.l2_command_timeout,
+            suspect_timeout: self.l2_suspect_timeout,
+            connect_timeout: self.l2_connect_timeout,
+            max_command_buffer: self.l2_max_command_buffer,
+            reconnect_min: self.l2_reconnect_min,
+            reconnect_max: self.l2_reconnect_max,
+            tls_ca_pem: self.l2_tls_ca_pem.clone(),
+            startup: self.l2_startup,
+        };
+        let breaker = Breaker::new(
+            BreakerSettings {
+                threshold: self.l2_breaker_threshold,
+                cooldown: self.l2_breaker_cooldown,
+            },
+            counters.clone(),
+            self.name.clone(),
+        );
+        // Both connections at once: a degraded start waits `l2_connect_timeout` once, not twice.
+        let (store, subscriber) = tokio::join!(
+            RedisStore::connect(&settings, breaker, counters.clone()),
+            RedisSubscriber::connect(
+                &settings,
+                self.bus_buffer,
+                self.bus_thread,
+                channel.to_owned()
+            ),
+        );
+        match (store, subscriber) {
+            (Ok(store), Ok((subscriber, home))) => Ok(Some(Connected {
+                store: Arc::new(store),
+                subscriber: Box::new(subscriber),
+                home,
+            })),
+            (Ok(store), Err(e)) => {
+                store.quit().await;
+                Err(e)
+            }
+            (Err(e), Ok((mut subscriber, _))) => {
+                subscriber.close(self.l2_command_timeout).await;
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
     }
 }

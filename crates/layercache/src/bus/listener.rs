@@ -6,13 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
-use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::sync::watch;
 
 use super::{
     message::{self, Rejected},
     BusState, FlushReason, InstanceId, Receiver,
 };
+use crate::backplane::{BusEvent, Subscriber};
 
 /// Peers not heard from for this many heartbeat timeouts are forgotten.
 const PEER_EXPIRY_FACTOR: u32 = 10;
@@ -20,35 +20,11 @@ const PEER_EXPIRY_FACTOR: u32 = 10;
 /// its TTL in Redis).
 const GENERATION_REFRESH_TICKS: u64 = 30;
 
-/// The subscriber's event streams. Taken before the channel is subscribed (`Events::of`), so
-/// that no message published after the subscription is missed while the listener starts: a
-/// broadcast receiver sees only what is sent after it exists, and a message lost before the
-/// first one heard from its sender is not detectable as a gap.
-pub(crate) struct Events {
-    messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
-    reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-    errors:
-        tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
-}
-
-impl Events {
-    /// The subscriber's streams from now on.
-    pub(crate) fn of(subscriber: &fred::prelude::Client) -> Self {
-        Self {
-            messages: subscriber.message_rx(),
-            reconnects: subscriber.reconnect_rx(),
-            errors: subscriber.error_rx(),
-        }
-    }
-}
-
 pub(crate) struct Listener {
     /// The cache it serves.
     pub(crate) inner: Weak<dyn Receiver>,
-    /// The subscriber's streams, taken before it subscribed.
-    pub(crate) events: Option<Events>,
-    pub(crate) subscriber: fred::prelude::Client,
-    pub(crate) channel: String,
+    /// The subscription, made before the channel was subscribed.
+    pub(crate) subscriber: Box<dyn Subscriber>,
     pub(crate) id: InstanceId,
     pub(crate) shared: Arc<Mutex<BusState>>,
     pub(crate) heartbeat_interval: Duration,
@@ -58,8 +34,6 @@ pub(crate) struct Listener {
     /// Whether the subscription was made before the listener started (not so after a degraded
     /// start: then it is made when the subscriber connects).
     pub(crate) subscribed: bool,
-    /// The subscriber's connection task, awaited when the listener stops.
-    pub(crate) subscriber_task: Option<fred::types::ConnectHandle>,
     /// Woken when a peer acknowledges one of our messages.
     pub(crate) acked: Arc<tokio::sync::Notify>,
 }
@@ -70,14 +44,6 @@ impl Listener {
     }
 
     pub(crate) async fn run(mut self) {
-        let Events {
-            mut messages,
-            mut reconnects,
-            mut errors,
-        } = self
-            .events
-            .take()
-            .unwrap_or_else(|| Events::of(&self.subscriber));
         let mut tick = tokio::time::interval(self.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_echo = Instant::now();
@@ -98,39 +64,36 @@ impl Listener {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
-                m = messages.recv() => match m {
-                    Ok(msg) => {
+                event = self.subscriber.next_event() => match event {
+                    BusEvent::Message(bytes) => {
                         let Some(inner) = self.inner.upgrade() else { break };
-                        self.handle(&inner, &msg.value, &mut last_echo).await;
+                        self.handle(&inner, Some(&bytes), &mut last_echo).await;
                     }
-                    Err(RecvError::Lagged(missed)) => {
+                    BusEvent::Foreign => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        self.handle(&inner, None, &mut last_echo).await;
+                    }
+                    BusEvent::Lagged(missed) => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracing::warn!(cache.name = %inner.name(), missed, "bus listener lagged; messages lost");
                         self.lost(&inner, FlushReason::Lag);
                     }
-                    Err(RecvError::Closed) => break,
-                },
-                r = reconnects.recv() => {
-                    if matches!(r, Err(RecvError::Closed)) { break }
-                    let Some(inner) = self.inner.upgrade() else { break };
-                    self.join(&inner).await;
-                    last_echo = Instant::now();
-                    connected = true;
-                }
-                e = errors.recv() => {
-                    match e {
-                        Err(RecvError::Closed) => break,
-                        Err(RecvError::Lagged(_)) => {}
-                        Ok((error, _server)) => {
-                            let Some(inner) = self.inner.upgrade() else { break };
-                            tracing::warn!(cache.name = %inner.name(), error = %error, "bus subscriber connection error");
-                            if connected {
-                                connected = false;
-                                inner.flush(FlushReason::Disconnect);
-                            }
+                    BusEvent::Reconnected => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        self.join(&inner).await;
+                        last_echo = Instant::now();
+                        connected = true;
+                    }
+                    BusEvent::Failed(error) => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracing::warn!(cache.name = %inner.name(), error = %error, "bus subscriber connection error");
+                        if connected {
+                            connected = false;
+                            inner.flush(FlushReason::Disconnect);
                         }
                     }
-                }
+                    BusEvent::Closed => break,
+                },
                 _ = tick.tick() => {
                     ticks += 1;
                     let Some(inner) = self.inner.upgrade() else { break };
@@ -139,10 +102,7 @@ impl Listener {
             }
         }
         let within = self.command_timeout.max(Duration::from_secs(1));
-        let _ = tokio::time::timeout(within, self.subscriber.quit()).await;
-        if let Some(task) = self.subscriber_task.take() {
-            crate::l2::end_task(task, within).await;
-        }
+        self.subscriber.close(within).await;
     }
 
     /// After a (re)connection: subscribes, then — messages published while we were away are
@@ -165,18 +125,10 @@ impl Listener {
     async fn resubscribe(&self, inner: &dyn Receiver) {
         let mut delay = Duration::from_millis(50);
         loop {
-            let attempt = tokio::time::timeout(
-                self.command_timeout,
-                self.subscriber.subscribe(self.channel.as_str()),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => {
+            match self.subscriber.subscribe(self.command_timeout).await {
+                Ok(()) => return,
+                Err(e) => {
                     tracing::warn!(cache.name = %inner.name(), error = %e, "bus re-subscribe failed; retrying");
-                }
-                Err(_) => {
-                    tracing::warn!(cache.name = %inner.name(), "bus re-subscribe timed out; retrying");
                 }
             }
             tokio::time::sleep(delay).await;
@@ -208,12 +160,12 @@ impl Listener {
     async fn handle(
         &self,
         inner: &Arc<dyn Receiver>,
-        value: &fred::types::Value,
+        bytes: Option<&[u8]>,
         last_echo: &mut Instant,
     ) {
         let counters = inner.counters();
         counters.bus_received.incr();
-        let decoded = match value.as_bytes() {
+        let decoded = match bytes {
             Some(bytes) => message::decode(bytes),
             None => Err(Rejected::Foreign),
         };

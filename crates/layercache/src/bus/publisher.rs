@@ -10,14 +10,18 @@ use super::{
     message::{self, Entry},
     Outgoing, Sequencer,
 };
-use crate::{error::Result, l2::L2, stats::Counters};
+use crate::{
+    error::Result,
+    remote::{Announcement, Remote},
+    stats::Counters,
+};
 
 /// At most this many entries or encoded bytes go into one message.
 const MAX_ENTRIES: usize = 1024;
 const MAX_BYTES: usize = 64 << 10;
 
 pub(crate) struct Publisher {
-    pub(crate) l2: L2,
+    pub(crate) store: Remote,
     pub(crate) sequencer: Arc<Sequencer>,
     pub(crate) rx: mpsc::Receiver<Outgoing>,
     pub(crate) counters: Arc<Counters>,
@@ -65,9 +69,14 @@ impl Publisher {
                 entries = entries.len(),
             );
             let id = self.sequencer.id;
+            let encode = |seq| message::encode(&id.0, seq, &entries);
+            let announcement = Announcement {
+                sequencer: &self.sequencer,
+                message: &encode,
+            };
             let (seq, result) = self
-                .l2
-                .publish_sequenced(&self.sequencer, |seq| message::encode(&id.0, seq, &entries))
+                .store
+                .publish(announcement)
                 .instrument(span.clone())
                 .await;
             span.record("seq", seq);

@@ -17,8 +17,8 @@ use crate::{
     error::Result,
     journal::{Pending, Tombstone},
     l1::L1Key,
-    l2::{Filled, WriteCondition, WriteMode, L2},
     plan::seal_tombstone,
+    remote::{Filled, Remote, Write, WriteCondition, WriteMode},
     walks::drop_tag,
 };
 
@@ -83,7 +83,7 @@ async fn run(inner: &Engine) {
 }
 
 /// A key: a tombstone under the region's current generation, then the announcement.
-async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone) -> Result<()> {
+async fn repair_key(inner: &Engine, l2: &Remote, key: &L1Key, tombstone: &Tombstone) -> Result<()> {
     let Some(state) = crate::journal::region_of(key).and_then(|id| inner.region_by_id(id)) else {
         // A region this instance never registered cannot have been written: nothing to do.
         return Ok(());
@@ -111,10 +111,15 @@ async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone)
             fence: Some(generation),
             version: None,
         };
-        match l2
-            .fill(&rk, enc.bytes, px, Vec::new(), guard, &state.generation_key)
-            .await?
-        {
+        let write = Write {
+            key: &rk,
+            value: enc.bytes,
+            ttl_ms: px,
+            tags: Vec::new(),
+            condition: guard,
+            generation_key: &state.generation_key,
+        };
+        match l2.fill(write).await? {
             Filled::Fenced => inner.refresh_generation(&state).await,
             Filled::Written | Filled::Refused | Filled::Older => {
                 // A fetch that began before the tombstone landed must not fill L1 after it.
@@ -135,7 +140,7 @@ async fn repair_key(inner: &Engine, l2: &L2, key: &L1Key, tombstone: &Tombstone)
 }
 
 /// A region: its generation moved forward, then announced.
-async fn repair_region(inner: &Engine, l2: &L2, id: u32) -> Result<()> {
+async fn repair_region(inner: &Engine, l2: &Remote, id: u32) -> Result<()> {
     let Some(state) = inner.region_by_id(id) else {
         return Ok(());
     };
@@ -146,14 +151,14 @@ async fn repair_region(inner: &Engine, l2: &L2, id: u32) -> Result<()> {
 }
 
 /// A tag: its mark replaced and members removed, then announced.
-async fn repair_tag(inner: &Engine, l2: &L2, tag: &str) -> Result<()> {
+async fn repair_tag(inner: &Engine, l2: &Remote, tag: &str) -> Result<()> {
     drop_tag(l2, &inner.name, tag).await?;
     inner.tags_invalidated(std::slice::from_ref(&tag.to_owned()));
     inner.announce(Entry::Tag(tag.to_owned())).await
 }
 
 /// A clear: every region's generation moved, the moves and a flush announced.
-async fn repair_clear(inner: &Engine, l2: &L2) -> Result<()> {
+async fn repair_clear(inner: &Engine, l2: &Remote) -> Result<()> {
     let mut moved = Vec::new();
     inner.move_every_generation(l2, &mut moved).await?;
     for (region, schema, generation) in moved {

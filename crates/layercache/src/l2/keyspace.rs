@@ -8,10 +8,10 @@ use fred::{
     types::{Expiration, Value},
 };
 
-use super::{parse_scan_reply, Script, L2, SCRIPTS};
+use super::{parse_scan_reply, RedisStore, Script, SCRIPTS};
 use crate::error::{Error, ErrorKind, Result};
 
-impl L2 {
+impl RedisStore {
     /// Reads tag marks (`MGET`): for each key, its value, or `None`.
     pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
         let n = keys.len();
@@ -179,16 +179,18 @@ impl L2 {
         .await
     }
 
-    /// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor and the keys.
-    pub(crate) async fn scan_page(
+    /// One page of `SCAN cursor MATCH prefix* COUNT count` (the prefix's glob characters
+    /// escaped): the next cursor and the keys.
+    pub(crate) async fn scan_prefix(
         &self,
+        prefix: &str,
         cursor: &str,
-        pattern: &str,
         count: u32,
     ) -> Result<(String, Vec<String>)> {
+        let pattern = glob_prefix(prefix);
         let reply: Value = self
             .bounded("redis SCAN", |c| {
-                c.scan_page(cursor.to_owned(), pattern.to_owned(), Some(count), None)
+                c.scan_page(cursor.to_owned(), pattern, Some(count), None)
             })
             .await?;
         parse_scan_reply(reply, "SCAN")
@@ -201,5 +203,27 @@ impl L2 {
         }
         let _: i64 = self.bounded("redis UNLINK", |c| c.unlink(keys)).await?;
         Ok(())
+    }
+}
+
+/// A `MATCH` pattern for the keys starting with `prefix`: its glob characters escaped, then `*`.
+fn glob_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_scan_prefix_matches_its_glob_characters_literally() {
+        assert_eq!(super::glob_prefix("app:d2:"), "app:d2:*");
+        assert_eq!(super::glob_prefix(r"a*b?[c]\\"), r"a\*b\?\[c\]\\\\*");
     }
 }

@@ -8,11 +8,12 @@ use fred::{
 };
 use tracing::Instrument;
 
-use super::{
-    evalsha, fill_command, fill_span, filled, is_noscript, map_err, Filled, WriteCondition, L2,
-    SCRIPTS,
+use super::{evalsha, fill_command, fill_span, filled, is_noscript, map_err, RedisStore, SCRIPTS};
+use crate::{
+    error::Result,
+    remote::{Announcement, Filled, Write},
+    sequencer::Sequencer,
 };
-use crate::{error::Result, sequencer::Sequencer};
 
 /// Polls a future once, so that a command it sends is handed to the client's connection now
 /// (fred hands a command to its router on the first poll, synchronously), and returns it to be
@@ -73,18 +74,22 @@ pub(super) fn unexpected(what: &str) -> fred::error::Error {
     )
 }
 
-impl L2 {
+impl RedisStore {
     /// `PUBLISH` of a bus message numbered by `sequencer`: the number is taken and the command
     /// handed to the connection under the sequencer's lock, so messages reach Redis in number
     /// order. Returns the number (0 when the call was skipped before one was taken) and the
     /// outcome.
     pub(crate) async fn publish_sequenced(
         &self,
-        sequencer: &Sequencer,
-        message: impl FnOnce(u64) -> Vec<u8>,
+        announcement: Announcement<'_>,
     ) -> (u64, Result<()>) {
         let (taken, replies) = self
-            .sequenced("redis PUBLISH", None, sequencer, message)
+            .sequenced(
+                "redis PUBLISH",
+                None,
+                announcement.sequencer,
+                announcement.message,
+            )
             .await;
         let result = replies.and_then(|mut r| match r.pop() {
             Some(Ok(_)) => Ok(()),
@@ -102,27 +107,19 @@ impl L2 {
     /// was fenced is spurious and harmless (it only drops a copy). Returns what became of the
     /// write and of the announcement (its sequence number; an error there is the
     /// announcement's alone: the write stands).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fill's arguments and the announcement"
-    )]
     pub(crate) async fn fill_announced(
         &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: u64,
-        tags: Vec<String>,
-        guard: WriteCondition<'_>,
-        generation_key: &str,
-        sequencer: &Sequencer,
-        message: impl Fn(u64) -> Vec<u8>,
+        write: Write<'_>,
+        announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
-        let (keys, args) = fill_command(key, value, ttl_ms, tags, guard, generation_key);
-        let span = fill_span(&guard, true);
+        let Announcement { sequencer, message } = announcement;
+        let condition = write.condition;
+        let (keys, args) = fill_command(write);
+        let span = fill_span(&condition, true);
         let script = evalsha(&SCRIPTS.fill, keys, args);
         let what = "redis EVALSHA (fill) + PUBLISH";
         let (mut taken, mut replies) = self
-            .sequenced(what, Some(script.clone()), sequencer, &message)
+            .sequenced(what, Some(script.clone()), sequencer, message)
             .instrument(span.clone())
             .await;
         if let Ok([Err(e), _]) = replies.as_deref() {
@@ -132,7 +129,7 @@ impl L2 {
                 // it only made other instances drop a copy.
                 self.load_script(&SCRIPTS.fill).await?;
                 (taken, replies) = self
-                    .sequenced(what, Some(script), sequencer, &message)
+                    .sequenced(what, Some(script), sequencer, message)
                     .instrument(span)
                     .await;
             }
@@ -161,7 +158,7 @@ impl L2 {
         what: &'static str,
         script: Option<(fred::types::CustomCommand, Vec<Value>)>,
         sequencer: &Sequencer,
-        message: impl FnOnce(u64) -> Vec<u8>,
+        message: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
     ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
         let expected = 1 + usize::from(script.is_some());
         let mut taken = 0;

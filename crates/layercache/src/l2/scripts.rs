@@ -7,6 +7,8 @@ use std::sync::LazyLock;
 
 use fred::types::{ClusterHash, CustomCommand, Value};
 
+use crate::remote::{Filled, Write, WriteCondition, WriteMode};
+
 /// One script: its text, and the SHA-1 Redis knows it by.
 #[derive(Debug)]
 pub(crate) struct Script {
@@ -76,74 +78,6 @@ pub(crate) fn is_noscript(e: &fred::error::Error) -> bool {
     e.details().contains("NOSCRIPT")
 }
 
-/// How a write treats what is already at the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WriteMode {
-    /// Overwrite (an explicit `insert`, or a foreign Redis type).
-    Set,
-    /// Only if absent.
-    Nx,
-    /// Only if the key still holds what was seen.
-    Cas(SeenEntry),
-}
-
-/// What a write must find in Redis to land (see `fill.lua`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteCondition<'a> {
-    /// How it treats what the key holds.
-    pub(crate) mode: &'a WriteMode,
-    /// A load's tags' marks as read before it ran (none for a write).
-    pub(crate) marks: &'a [(String, Option<Vec<u8>>)],
-    /// The region's generation the key was made for (writes), or none (loads).
-    pub(crate) fence: Option<u64>,
-    /// The source version of a versioned write: refused if the key holds a higher one.
-    pub(crate) version: Option<u64>,
-}
-
-/// What became of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Filled {
-    /// It landed.
-    Written,
-    /// Its condition failed (the key or one of its tags' marks changed): the newer state wins.
-    Refused,
-    /// The region's generation is no longer the one its key was made for.
-    Fenced,
-    /// The key holds a value with a higher source version.
-    Older,
-}
-
-/// What a read saw at a key, enough to tell whether it is still there: its length and its
-/// first [`HEADER_LEN`](crate::envelope::HEADER_LEN) bytes (for an envelope, the header, which
-/// carries a CRC of the whole entry). The whole value need not travel back to Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SeenEntry {
-    prefix: Vec<u8>,
-    len: usize,
-}
-
-impl SeenEntry {
-    /// Remembers `bytes`.
-    pub(crate) fn of(bytes: &[u8]) -> Self {
-        let n = bytes.len().min(crate::envelope::HEADER_LEN);
-        Self {
-            prefix: bytes[..n].to_vec(),
-            len: bytes.len(),
-        }
-    }
-}
-
-impl WriteMode {
-    /// The mode's name in the fill script (and in spans).
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Set => "set",
-            Self::Nx => "nx",
-            Self::Cas(_) => "cas",
-        }
-    }
-}
-
 /// The fill script's reply.
 pub(crate) fn filled(reply: i64) -> Filled {
     match reply {
@@ -155,20 +89,21 @@ pub(crate) fn filled(reply: i64) -> Filled {
 }
 
 /// The keys and arguments of a fill script call (see `fill.lua` for their order).
-pub(crate) fn fill_command(
-    key: &str,
-    value: Vec<u8>,
-    ttl_ms: u64,
-    tags: Vec<String>,
-    guard: WriteCondition<'_>,
-    generation_key: &str,
-) -> (Vec<String>, Vec<Value>) {
+pub(crate) fn fill_command(write: Write<'_>) -> (Vec<String>, Vec<Value>) {
+    let Write {
+        key,
+        value,
+        ttl_ms,
+        tags,
+        condition,
+        generation_key,
+    } = write;
     let WriteCondition {
         mode,
         marks,
         fence,
         version,
-    } = guard;
+    } = condition;
     let n = tags.len();
     let mut keys = Vec::with_capacity(2 + n + marks.len());
     keys.push(key.to_owned());

@@ -18,8 +18,8 @@ use crate::{
     flight::{Leader, Outcome},
     freshness::unix_millis,
     key::{tag_mark_key, CacheKey},
-    l2::{SeenEntry, WriteMode, L2},
     options::{millis_ceil, EntryOptions},
+    remote::{Remote, SeenEntry, WriteMode},
 };
 
 /// Why a fetch runs.
@@ -74,14 +74,14 @@ pub(super) struct Fetch<K: ?Sized, V, C> {
 
 /// A held distributed lock: renewed in the background until released or dropped.
 struct LockGuard {
-    l2: L2,
+    l2: Remote,
     key: String,
     token: String,
     renewal: tokio::task::JoinHandle<()>,
 }
 
 impl LockGuard {
-    fn new(l2: &L2, key: String, token: String, ttl: Duration) -> Self {
+    fn new(l2: &Remote, key: String, token: String, ttl: Duration) -> Self {
         let renewal = {
             let (l2, key, token) = (l2.clone(), key.clone(), token.clone());
             tokio::spawn(async move {
@@ -311,7 +311,7 @@ where
             Some(_) => {
                 cache.counters.l2_extends.incr();
                 let ttl = options.get_ttl() + options.keep_after_expiry();
-                l2.getex(&rkey, millis_ceil(ttl)).await
+                l2.get_and_touch(&rkey, millis_ceil(ttl)).await
             }
             None => l2.get(&rkey).await,
         };
@@ -326,7 +326,7 @@ where
                 }
             }
             Ok(None) => RedisHeld::Nothing,
-            Err(e) if crate::l2::is_wrong_type(&e) => {
+            Err(e) if e.is_wrong_type() => {
                 // Our key, someone else's type: a miss, and ours to replace.
                 let reason = crate::envelope::Corruption::WrongType;
                 cache.counters.decode_errors[reason.index()].incr();

@@ -16,8 +16,8 @@ use crate::{
     freshness::unix_millis,
     key::{tag_key, CacheKey},
     l1::{EntryExtras, Freshness, L1Entry, SlidingState},
-    l2::{Filled, WriteCondition, WriteMode},
     options::{millis_ceil, EntryOptions},
+    remote::{Announcement, Filled, Write, WriteCondition, WriteMode},
 };
 
 /// A value read from Redis.
@@ -155,25 +155,15 @@ where
             .iter()
             .map(|t| tag_key(&self.cache.name, t))
             .collect();
-        match (guard.mode, guard.fence) {
-            (WriteMode::Set | WriteMode::Nx, None)
-                if tag_keys.is_empty() && guard.version.is_none() =>
-            {
-                let written = l2
-                    .set(rk, enc.bytes, px, *guard.mode == WriteMode::Nx)
-                    .await?;
-                Ok(if written {
-                    Filled::Written
-                } else {
-                    Filled::Refused
-                })
-            }
-            _ => {
-                let generation_key = &self.shared.state.generation_key;
-                l2.fill(rk, enc.bytes, px, tag_keys, guard, generation_key)
-                    .await
-            }
-        }
+        l2.fill(Write {
+            key: rk,
+            value: enc.bytes,
+            ttl_ms: px,
+            tags: tag_keys,
+            condition: guard,
+            generation_key: &self.shared.state.generation_key,
+        })
+        .await
     }
 
     /// An `insert` or `invalidate`: writes `first` (encoded for the key at the generation this
@@ -247,27 +237,27 @@ where
             .collect();
         let sequencer = &bus.sequencer;
         let id = sequencer.id;
-        l2.fill_announced(
-            rk,
-            enc.bytes,
-            plan.physical_ms(),
-            tag_keys,
-            guard,
-            &self.shared.state.generation_key,
+        // Acknowledged writes ask every instance to acknowledge this message.
+        let ack = self
+            .cache
+            .settings
+            .ack_timeout
+            .map(|_| crate::bus::Entry::AckPlease);
+        let entries: Vec<&crate::bus::Entry> = std::iter::once(entry).chain(ack.as_ref()).collect();
+        let message = |seq| crate::bus::message::encode_refs(&id.0, seq, &entries);
+        let write = Write {
+            key: rk,
+            value: enc.bytes,
+            ttl_ms: plan.physical_ms(),
+            tags: tag_keys,
+            condition: guard,
+            generation_key: &self.shared.state.generation_key,
+        };
+        let announcement = Announcement {
             sequencer,
-            |seq| {
-                // Acknowledged writes ask every instance to acknowledge this message.
-                let ack = self
-                    .cache
-                    .settings
-                    .ack_timeout
-                    .map(|_| crate::bus::Entry::AckPlease);
-                let entries: Vec<&crate::bus::Entry> =
-                    std::iter::once(entry).chain(ack.as_ref()).collect();
-                crate::bus::message::encode_refs(&id.0, seq, &entries)
-            },
-        )
-        .await
+            message: &message,
+        };
+        l2.fill_announced(write, announcement).await
     }
 
     fn count_write(&self, enc: &Encoded) {

@@ -10,8 +10,8 @@ use crate::{
     engine::GenerationMoveFailed,
     error::{Error, ErrorKind, Result},
     key::{validate_tags, CacheKey},
-    l2::Filled,
     options::EntryOptions,
+    remote::Filled,
 };
 
 use super::{store::L1Life, Region, WritePlan};

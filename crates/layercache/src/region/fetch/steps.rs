@@ -18,8 +18,8 @@ use crate::{
     freshness::token,
     freshness::unix_millis,
     key::CacheKey,
-    l2::{Filled, WriteCondition, L2},
     options::{millis_ceil, EntryOptions},
+    remote::{Filled, Remote, WriteCondition},
 };
 
 use super::{erase, fill, FillContext, Lock, LockGuard, Mode};
@@ -131,7 +131,7 @@ where
     /// refresh: one newer than the value it replaces).
     pub(super) async fn filled_meanwhile(
         &self,
-        l2: &L2,
+        l2: &Remote,
         rkey: &str,
         mode: Mode,
     ) -> Option<crate::region::store::Decoded<V>> {

@@ -1,0 +1,58 @@
+//! The backplane seam, receiving half: how the bus listener hears what other instances
+//! announce, whatever carries it (Redis pub/sub in `l2/subscriber.rs`, an in-process channel in
+//! `memory.rs`). The sending half is on the remote store
+//! ([`RemoteStore::publish`](crate::remote::RemoteStore::publish)), so that a write and its
+//! announcement can travel together; the protocol on top (sequence numbers, gaps, heartbeats,
+//! acknowledgements, flushes) is the bus's and knows no transport.
+
+use std::time::Duration;
+
+use crate::{error::Result, remote::BoxFuture};
+
+/// What a subscription delivers to the listener.
+#[derive(Debug)]
+pub(crate) enum BusEvent {
+    /// A message on the channel (not necessarily ours: the listener checks).
+    Message(Vec<u8>),
+    /// A message that was not bytes (not ours).
+    Foreign,
+    /// The listener fell behind: this many messages were lost.
+    Lagged(u64),
+    /// The connection came back (re-subscribing is the listener's job).
+    Reconnected,
+    /// The connection failed (repeats while it stays down).
+    Failed(String),
+    /// The transport is gone for good.
+    Closed,
+}
+
+/// One subscription to the cache's bus channel. Made before the channel is subscribed, so
+/// that nothing published after [`subscribe`](Self::subscribe) is missed while the listener
+/// starts.
+pub(crate) trait Subscriber: Send + Sync + 'static {
+    /// The next event. Cancel-safe: dropping the future loses nothing.
+    fn next_event(&mut self) -> BoxFuture<'_, BusEvent>;
+    /// Subscribes to the channel (again, after a reconnection), waiting at most `within`.
+    fn subscribe(&self, within: Duration) -> BoxFuture<'_, Result<()>>;
+    /// Whether the subscription's connection is up.
+    fn is_connected(&self) -> bool;
+    /// Closes the subscription (bounded in time).
+    fn close(&mut self, within: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// Where the listener runs, chosen by the transport (Redis: a task, or a thread of its own
+/// that also runs the subscriber's connection; in memory: a task).
+pub(crate) trait ListenerHome: Send {
+    /// Runs `listener` there; the returned task ends when it does.
+    fn run(self: Box<Self>, listener: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()>;
+}
+
+/// Runs the listener as a task on the current runtime.
+#[derive(Debug)]
+pub(crate) struct OnRuntime;
+
+impl ListenerHome for OnRuntime {
+    fn run(self: Box<Self>, listener: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(listener)
+    }
+}

@@ -1,0 +1,90 @@
+//! The bus options of [`LayerCacheBuilder`]: heartbeats, buffer, the listener's thread, and
+//! what a loss of coherence costs.
+
+use std::time::Duration;
+
+use super::LayerCacheBuilder;
+use crate::coherence::CoherenceLossPolicy;
+
+impl LayerCacheBuilder {
+    /// How often each instance publishes a heartbeat on the invalidation bus (and checks that
+    /// its own came back). The bus exists whenever Redis is configured.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: 1 second.
+    pub fn bus_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.bus_heartbeat_interval = interval;
+        self
+    }
+
+    /// How long an instance's own heartbeat may take to come back before it presumes its
+    /// subscription broken and flushes L1 (see [`CoherenceLossPolicy`]). At least twice the
+    /// interval.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: 3 seconds.
+    pub fn bus_heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.bus_heartbeat_timeout = timeout;
+        self
+    }
+
+    /// How many received bus messages may wait for the listener. A listener that falls
+    /// further behind loses messages, notices (`Lagged`) and flushes L1.
+    ///
+    /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20).
+    ///
+    /// Default: 4096 messages (each carries up to 1024 invalidations).
+    pub fn bus_buffer(mut self, messages: usize) -> Self {
+        self.bus_buffer = messages;
+        self
+    }
+
+    /// Runs the bus listener (and its subscriber connection) on a thread of its own, with a
+    /// runtime of its own, instead of as a task on the runtime that calls `build()`. On a busy
+    /// runtime an arriving invalidation then does not wait its turn behind the service's tasks:
+    /// on the service workload of `benches/loadgen` (2 cores, saturated) it cut stale reads by
+    /// 15–30 % in every run, with throughput and CPU per operation within the runs' spread; see
+    /// `docs/BENCHMARKS.md`. Costs one thread per cache (mostly asleep). `false` runs the
+    /// listener as a task on the caller's runtime.
+    ///
+    /// Default: `true`.
+    pub fn bus_thread(mut self, enabled: bool) -> Self {
+        self.bus_thread = enabled;
+        self
+    }
+
+    /// What to do with L1 when invalidations may have been missed (disconnect, reconnect,
+    /// lag, sequence gap, missed heartbeat).
+    ///
+    /// Default: [`CoherenceLossPolicy::FlushAll`].
+    pub fn coherence_loss_policy(mut self, policy: CoherenceLossPolicy) -> Self {
+        self.coherence_loss_policy = policy;
+        self
+    }
+
+    /// Acknowledged writes: `insert`, `insert_versioned` and `invalidate` return only once
+    /// every live instance (one whose bus heartbeat was heard within
+    /// [`bus_heartbeat_timeout`](Self::bus_heartbeat_timeout)) has applied their announcement —
+    /// so a read on any instance right after the call returns sees the write — or after
+    /// `timeout`, with [`ErrorKind::Unacknowledged`](crate::ErrorKind::Unacknowledged) naming
+    /// the instances that did not ([`Error::unacknowledged`](crate::Error::unacknowledged));
+    /// the write itself stands. This error is returned whatever the
+    /// [`l2_error_policy`](Self::l2_error_policy): it is what the mode is for. A write that
+    /// Redis did not confirm cannot be acknowledged: it returns the same error naming every
+    /// live instance (and is journaled for repair).
+    ///
+    /// Each such write costs one more bus round trip (every instance publishes an
+    /// acknowledgement, batched with its other messages). Every instance must run a release
+    /// that knows acknowledgements: older ones reject such messages as malformed.
+    ///
+    /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
+    ///
+    /// Default: off (writes return once Redis has them; other instances apply them within a
+    /// bus round trip).
+    pub fn ack_writes(mut self, timeout: Duration) -> Self {
+        self.ack_writes = Some(timeout);
+        self
+    }
+}

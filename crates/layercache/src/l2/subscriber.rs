@@ -1,0 +1,213 @@
+//! Redis pub/sub as the backplane's receiving half: the subscriber connection, its event
+//! streams turned into [`BusEvent`]s, and where the listener runs (a task on the caller's
+//! runtime, or a thread of its own with a current-thread runtime that also runs the
+//! subscriber's connection, so that an invalidation is applied as soon as it arrives instead of
+//! waiting its turn behind the service's tasks on a busy runtime:
+//! [`LayerCacheBuilder::bus_thread`](crate::LayerCacheBuilder::bus_thread)).
+
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+
+use super::connect::{connect_client, end_task, L2Settings};
+use crate::{
+    backplane::{BusEvent, ListenerHome, Subscriber},
+    error::{Error, ErrorKind, Result},
+    remote::BoxFuture,
+};
+
+/// The subscriber connection and its streams. The streams are taken when the client is made,
+/// before the channel is subscribed: a broadcast receiver sees only what is sent after it
+/// exists, and a message lost before the first one heard from its sender is not detectable as
+/// a gap.
+pub(crate) struct RedisSubscriber {
+    client: fred::prelude::Client,
+    channel: String,
+    messages: Receiver<fred::types::Message>,
+    reconnects: Receiver<fred::types::config::Server>,
+    errors: Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+}
+
+impl RedisSubscriber {
+    /// Connects the subscriber (on its own thread if `own_thread`) for `channel`; returns it
+    /// (not yet subscribed) once it is connected (or the start is degraded), and where its
+    /// listener will run.
+    pub(crate) async fn connect(
+        settings: &L2Settings,
+        buffer: usize,
+        own_thread: bool,
+        channel: String,
+    ) -> Result<(Self, Box<dyn ListenerHome>)> {
+        let (client, home): (_, Box<dyn ListenerHome>) = if own_thread {
+            let (client, home) = OwnThread::start(settings, buffer).await?;
+            (client, Box::new(home))
+        } else {
+            let (client, task) = connect_client(settings, Some(buffer)).await?;
+            let within = settings.command_timeout.max(Duration::from_secs(1));
+            (client, Box::new(OnTask { task, within }))
+        };
+        Ok((
+            Self {
+                messages: client.message_rx(),
+                reconnects: client.reconnect_rx(),
+                errors: client.error_rx(),
+                client,
+                channel,
+            },
+            home,
+        ))
+    }
+}
+
+impl Subscriber for RedisSubscriber {
+    fn next_event(&mut self) -> BoxFuture<'_, BusEvent> {
+        Box::pin(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    m = self.messages.recv() => return match m {
+                        Ok(msg) => match msg.value.as_bytes() {
+                            Some(bytes) => BusEvent::Message(bytes.to_vec()),
+                            None => BusEvent::Foreign,
+                        },
+                        Err(RecvError::Lagged(missed)) => BusEvent::Lagged(missed),
+                        Err(RecvError::Closed) => BusEvent::Closed,
+                    },
+                    r = self.reconnects.recv() => return match r {
+                        Err(RecvError::Closed) => BusEvent::Closed,
+                        _ => BusEvent::Reconnected,
+                    },
+                    e = self.errors.recv() => match e {
+                        Err(RecvError::Closed) => return BusEvent::Closed,
+                        Err(RecvError::Lagged(_)) => {}
+                        Ok((error, _)) => return BusEvent::Failed(error.to_string()),
+                    },
+                }
+            }
+        })
+    }
+
+    fn subscribe(&self, within: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // Bounded by `within`, not by the (maybe far shorter) command timeout that fred
+            // would otherwise apply to it.
+            let patient = self.client.with_options(&fred::types::config::Options {
+                timeout: Some(within),
+                ..Default::default()
+            });
+            match tokio::time::timeout(within, patient.subscribe(self.channel.as_str())).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(
+                    Error::new(ErrorKind::Redis, "subscribing to the bus channel").with_source(e),
+                ),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    "subscribing to the bus channel",
+                )),
+            }
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    fn close(&mut self, within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(within, self.client.quit()).await;
+        })
+    }
+}
+
+/// The listener as a task on the caller's runtime; the subscriber's connection task is
+/// awaited when it ends.
+struct OnTask {
+    task: fred::types::ConnectHandle,
+    within: Duration,
+}
+
+impl ListenerHome for OnTask {
+    fn run(self: Box<Self>, listener: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+        let Self { task, within } = *self;
+        tokio::spawn(async move {
+            listener.await;
+            end_task(task, within).await;
+        })
+    }
+}
+
+/// The listener on a thread of its own, which also runs the subscriber's connection.
+struct OwnThread {
+    listener: tokio::sync::oneshot::Sender<BoxFuture<'static, ()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl OwnThread {
+    /// Starts the thread and connects the subscriber there; returns the client (usable from
+    /// any runtime) once it is connected (or the start is degraded).
+    async fn start(settings: &L2Settings, buffer: usize) -> Result<(fred::prelude::Client, Self)> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (listener_tx, listener_rx) = tokio::sync::oneshot::channel::<BoxFuture<'static, ()>>();
+        let settings = settings.clone();
+        let thread_failed = |e: std::io::Error| {
+            Error::new(ErrorKind::Closed, "could not start the bus thread").with_source(e)
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(thread_failed)?;
+        let thread = std::thread::Builder::new()
+            .name("layercache-bus".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (client, task) = match connect_client(&settings, Some(buffer)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(client));
+                    // Without a listener the build failed after connecting (and closed the
+                    // client): only the connection task is left to end.
+                    if let Ok(listener) = listener_rx.await {
+                        listener.await;
+                    }
+                    let within = settings.command_timeout.max(Duration::from_secs(1));
+                    end_task(task, within).await;
+                });
+            })
+            .map_err(thread_failed)?;
+        match ready_rx.await {
+            Ok(Ok(client)) => Ok((
+                client,
+                Self {
+                    listener: listener_tx,
+                    thread,
+                },
+            )),
+            Ok(Err(e)) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                Err(e)
+            }
+            Err(_) => Err(Error::new(
+                ErrorKind::Closed,
+                "the bus thread ended at start",
+            )),
+        }
+    }
+}
+
+impl ListenerHome for OwnThread {
+    fn run(self: Box<Self>, listener: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+        let Self {
+            listener: tx,
+            thread,
+        } = *self;
+        let _ = tx.send(listener);
+        tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The in-memory server as the engine's remote store.
+
+use std::time::Duration;
+
+use super::MemoryServer;
+use crate::{
+    error::Result,
+    options::millis_ceil,
+    remote::{Announcement, BoxFuture, Filled, RemoteStore, Write},
+};
+
+/// A cache's handle on a [`MemoryServer`].
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    pub(super) server: MemoryServer,
+}
+
+impl MemoryStore {
+    /// Sends an announcement numbered under its sequencer's lock, after running `before` (a
+    /// write) under the same lock: receivers see the write before the message, and one sender's
+    /// messages in sequence order.
+    fn announce<T>(
+        &self,
+        announcement: Announcement<'_>,
+        before: impl FnOnce() -> T,
+    ) -> (u64, T, Result<()>) {
+        let Announcement { sequencer, message } = announcement;
+        let sender = self.server.sender(&sequencer.channel);
+        let (seq, done, sent) = sequencer.next(|seq| {
+            let done = before();
+            let sent = self.server.check("publish").map(|()| {
+                // No subscriber is not an error (as `PUBLISH` to nobody).
+                let _ = sender.send(message(seq));
+            });
+            (seq, done, sent)
+        });
+        sequencer.sent(seq);
+        (seq, done, sent)
+    }
+}
+
+/// A future that is ready at once (the in-memory store never waits).
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl RemoteStore for MemoryStore {
+    fn is_connected(&self) -> bool {
+        self.server.is_available()
+    }
+
+    fn breaker_open(&self) -> bool {
+        false
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(self.server.run("get", |k| k.get(key)))
+    }
+
+    fn get_and_touch<'a>(
+        &'a self,
+        key: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(self.server.run("get", |k| {
+            let value = k.get(key)?;
+            k.expire(key, ttl_ms);
+            Ok(value)
+        }))
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl_ms: u64) -> BoxFuture<'a, Result<()>> {
+        ready(self.server.run("touch", |k| {
+            k.expire(key, ttl_ms);
+            Ok(())
+        }))
+    }
+
+    fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>> {
+        ready(self.server.run("fill", |k| k.fill(write)))
+    }
+
+    fn fill_announced<'a>(
+        &'a self,
+        write: Write<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Filled, Result<u64>)>> {
+        if let Err(e) = self.server.check("fill") {
+            return ready(Err(e));
+        }
+        let (seq, filled, sent) =
+            self.announce(announcement, || self.server.run("fill", |k| k.fill(write)));
+        ready(filled.map(|f| (f, sent.map(|()| seq))))
+    }
+
+    fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)> {
+        if let Err(e) = self.server.check("publish") {
+            return ready((0, Err(e)));
+        }
+        let (seq, (), sent) = self.announce(announcement, || ());
+        ready((seq, sent))
+    }
+
+    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        ready(self.server.run("marks", |k| {
+            Ok(keys.iter().map(|key| k.get_lenient(key)).collect())
+        }))
+    }
+
+    fn set_mark<'a>(
+        &'a self,
+        key: &'a str,
+        token: String,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready(self.server.run("set mark", |k| {
+            k.set(key, token.into_bytes(), Some(ttl_ms));
+            Ok(())
+        }))
+    }
+
+    fn tag_members_page<'a>(
+        &'a self,
+        set: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>> {
+        ready(
+            self.server
+                .run("tag members", |k| k.members_page(set, cursor, count)),
+        )
+    }
+
+    fn drop_tag_page<'a>(
+        &'a self,
+        set: &'a str,
+        members: Vec<String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready(
+            self.server
+                .run("drop tag page", |k| k.drop_members(set, &members)),
+        )
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        ready(self.server.run("lock", |k| {
+            Ok(k.set_nx(key, token.as_bytes().to_vec(), ttl_ms))
+        }))
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        ready(self.server.run("renew lock", |k| {
+            let held = k.get(key)?.is_some_and(|t| t == token.as_bytes());
+            Ok(held && k.expire(key, ttl_ms))
+        }))
+    }
+
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        ready(self.server.run("release lock", |k| {
+            if k.get(key)?.is_some_and(|t| t == token.as_bytes()) {
+                k.delete(key);
+            }
+            Ok(())
+        }))
+    }
+
+    fn load_generation<'a>(
+        &'a self,
+        key: &'a str,
+        initial: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        ready(self.server.run("load generation", |k| {
+            k.load_generation(key, initial, millis_ceil(ttl))
+        }))
+    }
+
+    fn bump_generation<'a>(
+        &'a self,
+        key: &'a str,
+        floor: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        ready(self.server.run("bump generation", |k| {
+            k.bump_generation(key, floor, millis_ceil(ttl))
+        }))
+    }
+
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>> {
+        ready(
+            self.server
+                .run("scan", |k| Ok(k.scan_prefix(prefix, cursor, count))),
+        )
+    }
+
+    fn delete_many<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<()>> {
+        ready(self.server.run("delete", |k| {
+            for key in &keys {
+                k.delete(key);
+            }
+            Ok(())
+        }))
+    }
+
+    fn quit<'a>(&'a self) -> BoxFuture<'a, ()> {
+        ready(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The remote-store seam: what the engine asks of the shared tier, in the engine's own terms
+//! (entries, conditional writes, tag marks and sets, load locks, region generations, key
+//! walks, and the sending half of the bus), never in a transport's.
+//!
+//! Two implementations: Redis (`l2.rs`, one server through fred, its Lua scripts run by
+//! hash) and an in-memory store (`memory.rs`, behind the `memory` feature) that keeps the same
+//! rules in a process, for tests without a redis-server. A third (Redis Cluster) plugs in as
+//! one more type: the engine holds a [`Remote`] and nothing else of it.
+//!
+//! Why the sending half of the backplane lives here: a write and its announcement must reach
+//! the store in one step, in the sender's sequence order, so that a receiver drops its copy only
+//! once the new state is there (Redis pipelines the script and the `PUBLISH` on one
+//! connection; the in-memory store does both under one lock). The receiving half is the
+//! backplane seam ([`crate::backplane`]).
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use crate::{error::Result, sequencer::Sequencer};
+
+/// A boxed future, as the seam's methods return them (the seam is used as a trait object).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The shared tier, as the engine holds it.
+pub(crate) type Remote = Arc<dyn RemoteStore>;
+
+/// What the engine asks of the shared tier. Every call is bounded in time by the
+/// implementation (a timeout, a breaker) and fails with a typed [`Error`](crate::Error);
+/// a call that fails may or may not have happened (the engine's write journal repairs that).
+pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether the store is reachable right now (calls made while it is not fail at once).
+    fn is_connected(&self) -> bool;
+    /// Whether calls are being refused to give the store time to recover (a circuit breaker).
+    fn breaker_open(&self) -> bool;
+    /// The bytes at `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+    /// The bytes at `key`, if any, giving the key `ttl_ms` more to live in the same step
+    /// (sliding expiration).
+    fn get_and_touch<'a>(
+        &'a self,
+        key: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+    /// Gives `key` `ttl_ms` more to live, if it exists.
+    fn touch<'a>(&'a self, key: &'a str, ttl_ms: u64) -> BoxFuture<'a, Result<()>>;
+    /// Writes an entry if its [`WriteCondition`] holds, and records the key in its tags' sets
+    /// (raising a set's lifetime to its longest member's), atomically.
+    fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>>;
+    /// [`fill`](Self::fill) and its announcement on the bus in one step: the announcement
+    /// takes the sender's next sequence number and reaches receivers right after the write.
+    /// Returns what became of the write and of the announcement (its sequence number; an
+    /// error there is the announcement's alone: the write stands).
+    fn fill_announced<'a>(
+        &'a self,
+        write: Write<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Filled, Result<u64>)>>;
+    /// Publishes a bus message numbered by the announcement's sequencer. Returns the number
+    /// (0 when the call was skipped before one was taken) and the outcome.
+    fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)>;
+    /// Reads tag marks: for each key, its value, or `None`.
+    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
+    /// Sets a tag's mark to `token` for `ttl_ms`.
+    fn set_mark<'a>(
+        &'a self,
+        key: &'a str,
+        token: String,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// One page of a tag set's members, from `cursor` (`"0"` to start): the next cursor
+    /// (`"0"` when done) and up to about `count` members.
+    fn tag_members_page<'a>(
+        &'a self,
+        set: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>>;
+    /// Deletes the `members` and takes them out of the tag set, atomically (a member written
+    /// again meanwhile keeps its membership).
+    fn drop_tag_page<'a>(&'a self, set: &'a str, members: Vec<String>)
+        -> BoxFuture<'a, Result<()>>;
+    /// Takes a load lock for `ttl_ms` if nobody holds it; returns whether it was taken.
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// Extends a lock if it still holds `token`; returns whether it did.
+    fn renew_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// Releases a lock if it still holds `token`.
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Reads a region's generation, creating it as `initial` when missing, and gives it `ttl`
+    /// more to live.
+    fn load_generation<'a>(
+        &'a self,
+        key: &'a str,
+        initial: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>>;
+    /// Moves a region's generation past its current value and to at least `floor`.
+    fn bump_generation<'a>(
+        &'a self,
+        key: &'a str,
+        floor: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>>;
+    /// One page of the keys starting with `prefix`, from `cursor` (`"0"` to start): the next
+    /// cursor (`"0"` when done) and the keys (a key may be seen twice, as with `SCAN`).
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>>;
+    /// Deletes `keys`.
+    fn delete_many<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<()>>;
+    /// Closes the connection (bounded in time).
+    fn quit<'a>(&'a self) -> BoxFuture<'a, ()>;
+}
+
+/// One conditional write of an entry ([`RemoteStore::fill`]).
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    /// The data key.
+    pub(crate) key: &'a str,
+    /// The encoded entry.
+    pub(crate) value: Vec<u8>,
+    /// How long it lives, in milliseconds.
+    pub(crate) ttl_ms: u64,
+    /// The keys of its tags' sets.
+    pub(crate) tags: Vec<String>,
+    /// What it must find to land.
+    pub(crate) condition: WriteCondition<'a>,
+    /// The region's generation key (checked when the condition carries a fence).
+    pub(crate) generation_key: &'a str,
+}
+
+/// A bus message to publish: numbered by `sequencer` when it is sent, built by `message` from
+/// that number.
+#[derive(Clone, Copy)]
+pub(crate) struct Announcement<'a> {
+    /// The sender's sequence numbers and channel.
+    pub(crate) sequencer: &'a Sequencer,
+    /// The message's bytes for a sequence number.
+    pub(crate) message: &'a (dyn Fn(u64) -> Vec<u8> + Send + Sync),
+}
+
+impl std::fmt::Debug for Announcement<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcement")
+            .field("channel", &self.sequencer.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a write treats what is already at the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Overwrite (an explicit `insert`, or a foreign Redis type).
+    Set,
+    /// Only if absent.
+    Nx,
+    /// Only if the key still holds what was seen.
+    Cas(SeenEntry),
+}
+
+impl WriteMode {
+    /// The mode's name (in the fill script and in spans).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Nx => "nx",
+            Self::Cas(_) => "cas",
+        }
+    }
+}
+
+/// What a write must find in the store to land (see `l2/scripts/fill.lua`, which is the
+/// reference; the in-memory store follows it rule by rule):
+/// - the mode: unconditional, only if absent, or only if the key still holds what a read saw
+///   (or nothing: what it saw expired meanwhile);
+/// - a load's tags' marks must still be what it read before it ran;
+/// - with a fence, the region's generation must still be the one the key was made for;
+/// - with a source version, the key must not hold an entry with a higher one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteCondition<'a> {
+    /// How it treats what the key holds.
+    pub(crate) mode: &'a WriteMode,
+    /// A load's tags' marks as read before it ran (none for a write).
+    pub(crate) marks: &'a [(String, Option<Vec<u8>>)],
+    /// The region's generation the key was made for (writes), or none (loads).
+    pub(crate) fence: Option<u64>,
+    /// The source version of a versioned write: refused if the key holds a higher one.
+    pub(crate) version: Option<u64>,
+}
+
+/// What became of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// It landed.
+    Written,
+    /// Its condition failed (the key or one of its tags' marks changed): the newer state wins.
+    Refused,
+    /// The region's generation is no longer the one its key was made for.
+    Fenced,
+    /// The key holds a value with a higher source version.
+    Older,
+}
+
+/// What a read saw at a key, enough to tell whether it is still there: its length and its
+/// first [`HEADER_LEN`](crate::envelope::HEADER_LEN) bytes (for an envelope, the header, which
+/// carries a CRC of the whole entry). The whole value need not travel back to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SeenEntry {
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) len: usize,
+}
+
+impl SeenEntry {
+    /// Remembers `bytes`.
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        let n = bytes.len().min(crate::envelope::HEADER_LEN);
+        Self {
+            prefix: bytes[..n].to_vec(),
+            len: bytes.len(),
+        }
+    }
+
+    /// Whether `current` (what the key holds now) is still what was seen.
+    pub(crate) fn matches(&self, current: &[u8]) -> bool {
+        current.len() == self.len && current.starts_with(&self.prefix)
+    }
+}
+
+/// The source version an entry carries, if it is an envelope with one (flag bit 4, the
+/// big-endian version right after the 64-byte header: what `fill.lua` compares).
+pub(crate) fn source_version(entry: &[u8]) -> Option<u64> {
+    use crate::envelope::{FLAG_VERSION, HEADER_LEN, MAGIC};
+    let head = entry.get(..HEADER_LEN + 8)?;
+    if head[..4] != MAGIC || head[6] & FLAG_VERSION == 0 {
+        return None;
+    }
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&head[HEADER_LEN..]);
+    Some(u64::from_be_bytes(v))
+}
