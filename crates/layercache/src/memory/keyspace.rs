@@ -283,3 +283,170 @@ fn parse_generation(bytes: &[u8]) -> Result<u64> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::new(ErrorKind::Redis, "not a generation"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::SeenEntry;
+
+    fn write<'a>(key: &'a str, value: &[u8], condition: WriteCondition<'a>) -> Write<'a> {
+        Write {
+            key,
+            value: value.to_vec(),
+            ttl_ms: 60_000,
+            tags: Vec::new(),
+            condition,
+            generation_key: "gen",
+        }
+    }
+
+    fn plain(mode: &WriteMode) -> WriteCondition<'_> {
+        WriteCondition {
+            mode,
+            marks: &[],
+            fence: None,
+            version: None,
+        }
+    }
+
+    /// An envelope header with a source version (as `fill.lua` reads it).
+    fn versioned(v: u64) -> Vec<u8> {
+        let mut e = vec![0u8; crate::envelope::HEADER_LEN];
+        e[..4].copy_from_slice(&crate::envelope::MAGIC);
+        e[6] = crate::envelope::FLAG_VERSION;
+        e.extend_from_slice(&v.to_be_bytes());
+        e
+    }
+
+    #[test]
+    fn modes_write_as_the_fill_script_does() {
+        let mut k = Keyspace::default();
+        let nx = WriteMode::Nx;
+        assert_eq!(
+            k.fill(write("a", b"1", plain(&nx))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(
+            k.fill(write("a", b"2", plain(&nx))).unwrap(),
+            Filled::Refused
+        );
+        assert_eq!(k.get("a").unwrap(), Some(b"1".to_vec()));
+        // Compare-and-set: only over what was seen, or nothing.
+        let seen = WriteMode::Cas(SeenEntry::of(b"1"));
+        let other = WriteMode::Cas(SeenEntry::of(b"9"));
+        assert_eq!(
+            k.fill(write("a", b"3", plain(&other))).unwrap(),
+            Filled::Refused
+        );
+        assert_eq!(
+            k.fill(write("a", b"3", plain(&seen))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(
+            k.fill(write("b", b"4", plain(&other))).unwrap(),
+            Filled::Written
+        );
+        let set = WriteMode::Set;
+        assert_eq!(
+            k.fill(write("a", b"5", plain(&set))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(k.get("a").unwrap(), Some(b"5".to_vec()));
+    }
+
+    #[test]
+    fn a_fence_marks_and_versions_refuse_as_the_fill_script_does() {
+        let mut k = Keyspace::default();
+        let set = WriteMode::Set;
+        assert_eq!(k.load_generation("gen", 7, 60_000).unwrap(), 7);
+        let fenced = |g| WriteCondition {
+            fence: Some(g),
+            ..plain(&set)
+        };
+        assert_eq!(k.fill(write("a", b"1", fenced(6))).unwrap(), Filled::Fenced);
+        assert_eq!(
+            k.fill(write("a", b"1", fenced(7))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(k.bump_generation("gen", 0, 60_000).unwrap(), 8);
+        assert_eq!(k.bump_generation("gen", 100, 60_000).unwrap(), 100);
+        assert_eq!(k.fill(write("a", b"2", fenced(7))).unwrap(), Filled::Fenced);
+
+        // A load's marks must still be what it read.
+        let marks = [("mark".to_owned(), None)];
+        let load = WriteCondition {
+            marks: &marks,
+            ..plain(&set)
+        };
+        assert_eq!(k.fill(write("b", b"1", load)).unwrap(), Filled::Written);
+        k.set("mark", b"t".to_vec(), None);
+        assert_eq!(k.fill(write("b", b"2", load)).unwrap(), Filled::Refused);
+
+        // An older source version never replaces a newer one.
+        let v = |n| WriteCondition {
+            version: Some(n),
+            ..plain(&set)
+        };
+        assert_eq!(
+            k.fill(write("c", &versioned(5), v(5))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(
+            k.fill(write("c", &versioned(4), v(4))).unwrap(),
+            Filled::Older
+        );
+        assert_eq!(
+            k.fill(write("c", &versioned(6), v(6))).unwrap(),
+            Filled::Written
+        );
+        assert_eq!(k.get("c").unwrap(), Some(versioned(6)));
+    }
+
+    #[test]
+    fn tags_pages_and_scans_visit_every_key_once() {
+        let mut k = Keyspace::default();
+        let set = WriteMode::Set;
+        for i in 0..25 {
+            let key = format!("app:d2:{i:02}");
+            let mut w = write(&key, b"v", plain(&set));
+            w.tags = vec!["app:t:red".to_owned()];
+            k.fill(w).unwrap();
+        }
+        k.set("app:m2:x", b"1".to_vec(), None);
+        k.set("other:d2:1", b"1".to_vec(), None);
+        // A set at a data key is another type: a typed error, as `WRONGTYPE`.
+        assert!(k.get("app:t:red").unwrap_err().is_wrong_type());
+
+        let mut seen = Vec::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, keys) = k.scan_prefix("app:d2:", &cursor, 10);
+            seen.extend(keys);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 25);
+        assert!(seen.iter().all(|s| s.starts_with("app:d2:")));
+
+        let (next, page) = k.members_page("app:t:red", "0", 20).unwrap();
+        assert_eq!(page.len(), 20);
+        k.drop_members("app:t:red", &page).unwrap();
+        let (last, rest) = k.members_page("app:t:red", &next, 20).unwrap();
+        assert_eq!((last.as_str(), rest.len()), ("0", 5));
+        k.drop_members("app:t:red", &rest).unwrap();
+        assert_eq!(k.live_keys(), ["app:m2:x", "other:d2:1"]);
+    }
+
+    #[test]
+    fn expired_keys_are_gone() {
+        let mut k = Keyspace::default();
+        k.set("a", b"1".to_vec(), Some(0));
+        k.set("b", b"1".to_vec(), Some(60_000));
+        assert_eq!(k.get("a").unwrap(), None);
+        assert!(k.set_nx("a", b"2".to_vec(), 60_000));
+        assert!(!k.set_nx("b", b"2".to_vec(), 60_000));
+        assert_eq!(k.live_keys(), ["a", "b"]);
+    }
+}
