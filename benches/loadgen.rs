@@ -257,7 +257,7 @@ impl Instance {
                 let s = source.clone();
                 r.get_or_load(
                     key,
-                    move || async move { Ok::<_, std::io::Error>(s.load(k)) },
+                    move |_| async move { Ok::<_, std::io::Error>(s.load(k)) },
                 )
                 .await
                 .unwrap()

@@ -130,7 +130,9 @@ async fn layered(
             let loads = loads.clone();
             async move {
                 region
-                    .get_or_load_with(&key, &opts, move || db(loads, key))
+                    .entry(&key)
+                    .options(&opts)
+                    .or_load(move |_| db(loads, key))
                     .await
                     .expect("get_or_load");
             }

@@ -72,7 +72,7 @@ async fn main() -> layercache::Result<()> {
 
     for round in 1..=3 {
         let before = cache.stats();
-        let user = users.get_or_load(&42, || load_user(42)).await?;
+        let user = users.get_or_load(&42, load_user).await?;
         println!(
             "read {round}: {user:?} from {}",
             tier(&before, &cache.stats())
@@ -85,7 +85,7 @@ async fn main() -> layercache::Result<()> {
         let replica_users = replica.region::<u64, User>("user").build().await?;
         for round in 1..=2 {
             let before = replica.stats();
-            let user = replica_users.get_or_load(&42, || load_user(42)).await?;
+            let user = replica_users.get_or_load(&42, load_user).await?;
             println!(
                 "replica read {round}: {user:?} from {}",
                 tier(&before, &replica.stats())

@@ -73,12 +73,15 @@ impl SlowLoad {
         let task = {
             let (r, started, release) = (r.clone(), started.clone(), release.clone());
             tokio::spawn(async move {
-                r.get_or_load_tagged(key, &options, tags, move || async move {
-                    started.notify_one();
-                    release.notified().await;
-                    Ok::<_, std::io::Error>(value)
-                })
-                .await
+                r.entry(key)
+                    .options(&options)
+                    .tags(tags)
+                    .or_load(move |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok::<_, std::io::Error>(value)
+                    })
+                    .await
             })
         };
         started.notified().await;
@@ -186,7 +189,7 @@ async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load()
     rb.invalidate_all().await.unwrap();
     caught_up(&a, &b).await;
     assert_eq!(ra.generation(), rb.generation());
-    let fresh = ra.get_or_load("k", || async { Ok::<_, std::io::Error>(2) });
+    let fresh = ra.get_or_load("k", |_| async { Ok::<_, std::io::Error>(2) });
     let fresh = tokio::time::timeout(WAIT, fresh).await;
     assert_eq!(
         *fresh
@@ -344,7 +347,10 @@ async fn randomized_checker(shared: &Shared, name: &str, options: layercache::En
                     regions[inst].invalidate(&key.to_string()).await
                 } else {
                     regions[inst]
-                        .insert_tagged(&key.to_string(), v, &options, &[TAG])
+                        .entry(&key.to_string())
+                        .options(&options)
+                        .tags(&[TAG])
+                        .insert(v)
                         .await
                 };
                 if written.is_err() {
@@ -409,7 +415,10 @@ async fn randomized_checker(shared: &Shared, name: &str, options: layercache::En
                     Duration::from_micros((n % 3) * 500)
                 };
                 let read = regions[inst]
-                    .get_or_load_tagged(&key.to_string(), &options, &[TAG], move || async move {
+                    .entry(&key.to_string())
+                    .options(&options)
+                    .tags(&[TAG])
+                    .or_load(move |_| async move {
                         let v = truth[key].load(Ordering::SeqCst);
                         tokio::time::sleep(pause).await;
                         Ok::<_, std::io::Error>(v)
@@ -729,7 +738,10 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
         tasks.push(tokio::spawn(async move {
             let mut i = t;
             while i < 10_000 {
-                ra.insert_tagged(&i.to_string(), i, &opts, &["team:7", "all-items"])
+                ra.entry(&i.to_string())
+                    .options(&opts)
+                    .tags(&["team:7", "all-items"])
+                    .insert(i)
                     .await
                     .unwrap();
                 i += 16;
@@ -739,7 +751,10 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
     for t in tasks {
         t.await.unwrap();
     }
-    ra.insert_tagged("other", 1, &opts, &["team:8"])
+    ra.entry("other")
+        .options(&opts)
+        .tags(&["team:8"])
+        .insert(1)
         .await
         .unwrap();
     ra.insert("untagged", 2).await.unwrap();
@@ -818,13 +833,28 @@ async fn tags_work_without_redis() {
     let cache = LayerCache::builder("local").build().await.unwrap();
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     let opts = layercache::EntryOptions::new();
-    r.insert_tagged("a", 1, &opts, &["x"]).await.unwrap();
-    r.insert_tagged("b", 2, &opts, &["y"]).await.unwrap();
+    r.entry("a")
+        .options(&opts)
+        .tags(&["x"])
+        .insert(1)
+        .await
+        .unwrap();
+    r.entry("b")
+        .options(&opts)
+        .tags(&["y"])
+        .insert(2)
+        .await
+        .unwrap();
     cache.invalidate_tag("x").await.unwrap();
     assert!(r.get("a").await.unwrap().is_none());
     assert_eq!(*r.get("b").await.unwrap().unwrap(), 2);
     // A tagged value written after the invalidation is served.
-    r.insert_tagged("a", 3, &opts, &["x"]).await.unwrap();
+    r.entry("a")
+        .options(&opts)
+        .tags(&["x"])
+        .insert(3)
+        .await
+        .unwrap();
     assert_eq!(*r.get("a").await.unwrap().unwrap(), 3);
     assert!(cache.invalidate_tag("").await.is_err());
 }
@@ -930,7 +960,7 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
             "{key}: the old value refilled redis"
         );
         let v = rc
-            .get_or_load(key, || async { Ok::<_, std::io::Error>(2) })
+            .get_or_load(key, |_| async { Ok::<_, std::io::Error>(2) })
             .await
             .unwrap();
         assert_eq!(*v, 2, "{key}: a load after the change fills redis");
@@ -953,12 +983,12 @@ async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_
     ra.invalidate_all().await.unwrap();
     // A reads the key under the new generation: the source says 1.
     let v = ra
-        .get_or_load("k", || async { Ok::<_, std::io::Error>(1) })
+        .get_or_load("k", |_| async { Ok::<_, std::io::Error>(1) })
         .await
         .unwrap();
     assert_eq!(*v, 1);
     // B, which has not heard of the new generation, writes 2 (and for "d", deletes).
-    ra.get_or_load("d", || async { Ok::<_, std::io::Error>(1) })
+    ra.get_or_load("d", |_| async { Ok::<_, std::io::Error>(1) })
         .await
         .unwrap();
     assert_eq!(
@@ -1088,7 +1118,7 @@ async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
     let _: Value = cmd(&raw, "FLUSHALL", &[]).await;
     // The running instance loads x (the source says 1) under what it knows.
     let v = ra
-        .get_or_load("x", || async { Ok::<_, std::io::Error>(1) })
+        .get_or_load("x", |_| async { Ok::<_, std::io::Error>(1) })
         .await
         .unwrap();
     assert_eq!(*v, 1);

@@ -172,7 +172,10 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
         let fresh = format!("fresh {key}");
         let fresh2 = fresh.clone();
         let v = region
-            .get_or_load(*key, move || async move { Ok::<_, std::io::Error>(fresh2) })
+            .get_or_load(
+                *key,
+                move |_| async move { Ok::<_, std::io::Error>(fresh2) },
+            )
             .await
             .unwrap();
         assert_eq!(*v, fresh);
@@ -193,7 +196,7 @@ async fn corrupt_entries_are_misses_counted_by_reason_and_reloaded() {
     assert!(region.get("list").await.unwrap().is_none());
     assert_eq!(cache.stats().decode_errors_for(Corruption::WrongType), 1);
     let v = region
-        .get_or_load("list", || async {
+        .get_or_load("list", |_| async {
             Ok::<_, std::io::Error>("fresh list".to_owned())
         })
         .await

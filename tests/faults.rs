@@ -122,7 +122,7 @@ async fn an_acl_user_limited_to_the_cache_keys_and_channel_works() {
         let r = outside.region::<str, u64>("r").build().await.unwrap();
         assert!(r.generation().is_none());
         let v = r
-            .get_or_load("k", || async { Ok::<_, std::io::Error>(3) })
+            .get_or_load("k", |_| async { Ok::<_, std::io::Error>(3) })
             .await
             .unwrap();
         assert_eq!(*v, 3);
@@ -140,7 +140,7 @@ async fn timed_read(
     let start = Instant::now();
     let loads = loads.clone();
     let v = r
-        .get_or_load(key, move || async move {
+        .get_or_load(key, move |_| async move {
             loads.fetch_add(1, Ordering::SeqCst);
             Ok::<_, std::io::Error>(7)
         })
@@ -317,7 +317,7 @@ async fn an_oversized_key_is_a_clear_error_and_nothing_is_written() {
         r.insert(&long, 1).await.unwrap_err(),
         r.get(&long).await.unwrap_err(),
         r.invalidate(&long).await.unwrap_err(),
-        r.get_or_load(&long, move || async move {
+        r.get_or_load(&long, move |_| async move {
             l.fetch_add(1, Ordering::SeqCst);
             Ok::<_, std::io::Error>(1)
         })

@@ -202,7 +202,9 @@ async fn one_case(b: LayerCacheBuilder, entry: EntryOptions, what: &str) -> Verd
     let k = k.as_str();
     let mut verdict = Verdict::Worked;
     let loaded = region
-        .get_or_load_with(k, &entry, || async { Ok::<_, std::io::Error>(5) })
+        .entry(k)
+        .options(&entry)
+        .or_load(|_| async { Ok::<_, std::io::Error>(5) })
         .await;
     match loaded {
         Ok(v) => assert_eq!(*v, 5, "{what}"),
@@ -216,7 +218,7 @@ async fn one_case(b: LayerCacheBuilder, entry: EntryOptions, what: &str) -> Verd
                     .is_some_and(|h| h < Duration::from_millis(1)) => {}
         Err(e) => panic!("{what}: get_or_load failed with {e}"),
     }
-    match region.insert_with(k, 6, &entry).await {
+    match region.entry(k).options(&entry).insert(6).await {
         Ok(()) => {
             let got = region.get(k).await;
             assert!(got.is_ok(), "{what}: get failed with {got:?}");
@@ -356,11 +358,9 @@ async fn the_bounds_are_inclusive_and_named() {
         .unwrap_err();
     assert!(e.to_string().contains("bus_heartbeat_interval"), "{e}");
     let e = r
-        .insert_with(
-            "k",
-            2,
-            &EntryOptions::new().fail_safe_max_age(Duration::MAX),
-        )
+        .entry("k")
+        .options(&EntryOptions::new().fail_safe_max_age(Duration::MAX))
+        .insert(2)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
@@ -431,10 +431,9 @@ async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
     for k in 0..10 {
         let r = r.clone();
         hung.push(tokio::spawn(async move {
-            r.get_or_load(
-                &format!("k{k}"),
-                std::future::pending::<Result<u64, std::io::Error>>,
-            )
+            r.get_or_load(&format!("k{k}"), |_| {
+                std::future::pending::<Result<u64, std::io::Error>>()
+            })
             .await
         }));
     }
@@ -449,7 +448,7 @@ async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
     for i in 0..1000 {
         let (r, loads) = (r.clone(), loads.clone());
         callers.push(tokio::spawn(async move {
-            r.get_or_load(&format!("k{}", i % 10), move || async move {
+            r.get_or_load(&format!("k{}", i % 10), move |_| async move {
                 loads.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, std::io::Error>(7)
             })
@@ -477,7 +476,7 @@ async fn a_loader_that_never_finishes_does_not_pin_its_key_by_default() {
     // The keys are free again: a working loader serves every one.
     for k in 0..10 {
         let v = r
-            .get_or_load(&format!("k{k}"), || async { Ok::<_, std::io::Error>(8) })
+            .get_or_load(&format!("k{k}"), |_| async { Ok::<_, std::io::Error>(8) })
             .await
             .unwrap();
         assert!(*v == 7 || *v == 8);
@@ -631,7 +630,7 @@ async fn read_and_write(
 ) {
     let start = std::time::Instant::now();
     let read = r
-        .get_or_load(key, || async { Ok::<_, std::io::Error>(1) })
+        .get_or_load(key, |_| async { Ok::<_, std::io::Error>(1) })
         .await;
     let read_took = start.elapsed();
     let start = std::time::Instant::now();
@@ -809,7 +808,7 @@ async fn shutdown_ends_every_task_the_cache_started() {
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     r.insert("k", 1).await.unwrap();
     let v = r
-        .get_or_load("j", || async { Ok::<_, std::io::Error>(2) })
+        .get_or_load("j", |_| async { Ok::<_, std::io::Error>(2) })
         .await
         .unwrap();
     assert_eq!(*v, 2);
@@ -833,7 +832,7 @@ async fn shutdown_ends_every_task_the_cache_started() {
     // Afterwards the cache works as while Redis is down: L1 and the loader, no waiting.
     assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&1));
     let v = r
-        .get_or_load("fresh", || async { Ok::<_, std::io::Error>(3) })
+        .get_or_load("fresh", |_| async { Ok::<_, std::io::Error>(3) })
         .await
         .unwrap();
     assert_eq!(*v, 3);

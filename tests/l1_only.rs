@@ -60,7 +60,7 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
         let (region, calls, gate) = (region.clone(), calls.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             region
-                .get_or_load("k", move || async move {
+                .get_or_load("k", move |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     gate.notified().await;
                     Ok::<_, std::io::Error>(9)
@@ -80,7 +80,7 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let err = region
-        .get_or_load("bad", || async {
+        .get_or_load("bad", |_| async {
             Err::<u64, _>(std::io::Error::other("nope"))
         })
         .await
@@ -88,7 +88,7 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
     assert_eq!(err.kind(), ErrorKind::Loader);
     assert!(region.get("bad").await.unwrap().is_none());
     let v = region
-        .get_or_load("bad", || async { Ok::<_, std::io::Error>(1) })
+        .get_or_load("bad", |_| async { Ok::<_, std::io::Error>(1) })
         .await
         .unwrap();
     assert_eq!(*v, 1);
@@ -103,11 +103,9 @@ async fn entries_expire_after_their_l1_lifetime() {
         .unwrap();
     let region = cache.region::<str, u8>("r").build().await.unwrap();
     region
-        .insert_with(
-            "short",
-            1,
-            &EntryOptions::new().ttl(Duration::from_millis(50)),
-        )
+        .entry("short")
+        .options(&EntryOptions::new().ttl(Duration::from_millis(50)))
+        .insert(1)
         .await
         .unwrap();
     region.insert("long", 2).await.unwrap();
@@ -161,7 +159,7 @@ async fn the_loaders_own_error_is_recovered_by_its_type() {
     let cache = LayerCache::builder("typed").build().await.unwrap();
     let users = cache.region::<u64, String>("user").build().await.unwrap();
     let err = users
-        .get_or_load(&7, || async { Err::<String, _>(NotFound(7)) })
+        .get_or_load(&7, |_| async { Err::<String, _>(NotFound(7)) })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Loader);
@@ -179,7 +177,7 @@ async fn a_call_outside_a_tokio_runtime_is_a_no_runtime_error() {
     let users = cache.region::<u64, String>("user").build().await.unwrap();
     let outcome = std::thread::spawn(move || {
         use std::future::Future;
-        let fut = users.get_or_load(&1, || async { Ok::<_, std::io::Error>("a".to_owned()) });
+        let fut = users.get_or_load(&1, |_| async { Ok::<_, std::io::Error>("a".to_owned()) });
         let mut fut = std::pin::pin!(fut);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match fut.as_mut().poll(&mut cx) {
@@ -213,9 +211,9 @@ async fn a_regions_entry_options_are_its_own_or_the_caches_default() {
     assert_eq!(plain.entry_options().get_ttl(), Duration::from_secs(42));
     assert_eq!(tuned.entry_options().get_ttl(), Duration::from_secs(7));
     let v = tuned
-        .get_or_load_optional("k", tuned.entry_options(), || async {
-            Ok::<_, std::io::Error>(Some(5))
-        })
+        .entry("k")
+        .options(tuned.entry_options())
+        .or_load_optional(|_| async { Ok::<_, std::io::Error>(Some(5)) })
         .await
         .unwrap();
     assert_eq!(v.as_deref(), Some(&5));

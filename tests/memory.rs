@@ -67,7 +67,7 @@ async fn two_instances_share_entries_and_stay_coherent() {
 
     let loads = Arc::new(AtomicU64::new(0));
     let load = |loads: Arc<AtomicU64>| {
-        move || async move {
+        move |_| async move {
             loads.fetch_add(1, Ordering::SeqCst);
             Ok::<_, std::convert::Infallible>("Grace".to_owned())
         }
@@ -97,7 +97,7 @@ async fn a_load_that_began_before_a_remote_invalidation_never_refills() {
     let slow = {
         let (ub, started, release) = (ub.clone(), started.clone(), release.clone());
         tokio::spawn(async move {
-            ub.get_or_load(&1, move || async move {
+            ub.get_or_load(&1, move |_| async move {
                 started.notify_one();
                 release.notified().await;
                 Ok::<_, std::io::Error>("read before the write".to_owned())
@@ -114,7 +114,7 @@ async fn a_load_that_began_before_a_remote_invalidation_never_refills() {
 
     // Nothing older was filled: both instances load again.
     let fresh = ua
-        .get_or_load(&1, || async { Ok::<_, std::io::Error>("new".to_owned()) })
+        .get_or_load(&1, |_| async { Ok::<_, std::io::Error>("new".to_owned()) })
         .await
         .unwrap();
     assert_eq!(fresh.as_str(), "new");
@@ -150,7 +150,7 @@ async fn an_outage_flushes_serves_from_the_source_and_repairs_when_it_is_back() 
     // Reads go to the source; an invalidation the server never got is journaled (with the
     // default error policy it returns `Ok`: the repair runs before anything stale is served).
     let v = ub
-        .get_or_load(&1, || async { Ok::<_, std::io::Error>("v2".to_owned()) })
+        .get_or_load(&1, |_| async { Ok::<_, std::io::Error>("v2".to_owned()) })
         .await
         .unwrap();
     assert_eq!(v.as_str(), "v2");

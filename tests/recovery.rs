@@ -41,7 +41,7 @@ async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
 /// Reads through to `source` (the source of truth).
 async fn read(r: &Region<str, u64>, key: &str, source: &Arc<AtomicU64>) -> u64 {
     let s = source.clone();
-    *r.get_or_load(key, move || async move {
+    *r.get_or_load(key, move |_| async move {
         Ok::<_, std::io::Error>(s.load(Ordering::SeqCst))
     })
     .await
@@ -629,7 +629,7 @@ async fn a_fault_schedule_under_load_keeps_every_read_within_its_bound() {
                         let before = truth.versions[k].load(Ordering::SeqCst);
                         let t2 = truth.clone();
                         let got = r
-                            .get_or_load(&key, move || async move {
+                            .get_or_load(&key, move |_| async move {
                                 Ok::<_, std::io::Error>(t2.versions[k].load(Ordering::SeqCst))
                             })
                             .await;
@@ -770,7 +770,7 @@ async fn a_generation_created_again_below_one_in_use_is_moved_forward_not_split(
     // The running instance's next fill is fenced, re-reads the generation, finds it below one
     // it used, moves it forward and announces it.
     let v = rr
-        .get_or_load("x", || async { Ok::<_, std::io::Error>(1) })
+        .get_or_load("x", |_| async { Ok::<_, std::io::Error>(1) })
         .await
         .unwrap();
     assert_eq!(*v, 1);

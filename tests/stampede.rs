@@ -55,12 +55,14 @@ async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
         for _ in 0..250 {
             let (r, calls, mut gate) = (r.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
-                r.get_or_load_with("hot", &opts, move || async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let _ = gate.wait_for(|open| *open).await;
-                    Ok::<_, std::io::Error>(42)
-                })
-                .await
+                r.entry("hot")
+                    .options(&opts)
+                    .or_load(move |_| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok::<_, std::io::Error>(42)
+                    })
+                    .await
             }));
         }
     }
@@ -131,10 +133,10 @@ async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
             let opts = EntryOptions::new().distributed_lock(true);
             let r2 = ra.clone();
             tokio::spawn(async move {
-                r2.get_or_load_with("k", &opts, || {
-                    std::future::pending::<Result<u64, std::io::Error>>()
-                })
-                .await
+                r2.entry("k")
+                    .options(&opts)
+                    .or_load(|_| std::future::pending::<Result<u64, std::io::Error>>())
+                    .await
             });
             let deadline = std::time::Instant::now() + WAIT;
             while a.stats().locks_acquired < 1 {
@@ -151,7 +153,9 @@ async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
     let opts = EntryOptions::new().distributed_lock(true);
     let v = tokio::time::timeout(
         WAIT,
-        rb.get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(7) }),
+        rb.entry("k")
+            .options(&opts)
+            .or_load(|_| async { Ok::<_, std::io::Error>(7) }),
     )
     .await
     .expect("the waiter must not hang")
@@ -189,7 +193,9 @@ async fn hammer(
         );
         let version = version.clone();
         let v = *r
-            .get_or_load_with("k", opts, move || async move {
+            .entry("k")
+            .options(opts)
+            .or_load(move |_| async move {
                 tokio::time::sleep(Duration::from_millis(20)).await; // a slow source
                 Ok::<_, std::io::Error>(version.fetch_add(1, Ordering::SeqCst) + 1)
             })
@@ -254,7 +260,7 @@ async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
     let calls = Arc::new(AtomicUsize::new(0));
     let load = |v: u64| {
         let (failing, calls) = (failing.clone(), calls.clone());
-        move || async move {
+        move |_| async move {
             calls.fetch_add(1, Ordering::SeqCst);
             if failing.load(Ordering::SeqCst) {
                 Err(std::io::Error::other("source down"))
@@ -263,14 +269,17 @@ async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
             }
         }
     };
-    assert_eq!(*r.get_or_load_with("k", &opts, load(1)).await.unwrap(), 1);
+    assert_eq!(
+        *r.entry("k").options(&opts).or_load(load(1)).await.unwrap(),
+        1
+    );
     failing.store(true, Ordering::SeqCst);
 
     // Stale 1 is served while the source fails, until the max age has passed; then an error.
     let deadline = std::time::Instant::now() + WAIT;
     let err = loop {
         assert!(std::time::Instant::now() < deadline);
-        match r.get_or_load_with("k", &opts, load(99)).await {
+        match r.entry("k").options(&opts).or_load(load(99)).await {
             Ok(v) => assert_eq!(*v, 1, "only the stale value may be served"),
             Err(e) => break e,
         }
@@ -287,9 +296,12 @@ async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
     );
 
     failing.store(false, Ordering::SeqCst);
-    assert_eq!(*r.get_or_load_with("k", &opts, load(2)).await.unwrap(), 2);
     assert_eq!(
-        *r.get_or_load_with("k", &opts, load(3)).await.unwrap(),
+        *r.entry("k").options(&opts).or_load(load(2)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        *r.entry("k").options(&opts).or_load(load(3)).await.unwrap(),
         2,
         "cached again"
     );
@@ -306,7 +318,9 @@ async fn soft_timeout_returns_stale_and_the_load_lands_later() {
         .loader_soft_timeout(Duration::from_millis(50))
         .loader_hard_timeout(Duration::from_secs(20));
     assert_eq!(
-        *r.get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(1) })
+        *r.entry("k")
+            .options(&opts)
+            .or_load(|_| async { Ok::<_, std::io::Error>(1) })
             .await
             .unwrap(),
         1
@@ -325,7 +339,9 @@ async fn soft_timeout_returns_stale_and_the_load_lands_later() {
     let release = Arc::new(Notify::new());
     let gate = release.clone();
     let v = r
-        .get_or_load_with("k", &opts, move || async move {
+        .entry("k")
+        .options(&opts)
+        .or_load(move |_| async move {
             gate.notified().await;
             Ok::<_, std::io::Error>(2)
         })
@@ -348,9 +364,9 @@ async fn hard_timeout_is_an_error_and_caches_nothing() {
     let r = region(&c).await;
     let opts = EntryOptions::new().loader_hard_timeout(Duration::from_millis(100));
     let err = r
-        .get_or_load_with("k", &opts, || {
-            std::future::pending::<Result<u64, std::io::Error>>()
-        })
+        .entry("k")
+        .options(&opts)
+        .or_load(|_| std::future::pending::<Result<u64, std::io::Error>>())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Loader);
@@ -358,7 +374,9 @@ async fn hard_timeout_is_an_error_and_caches_nothing() {
     assert_eq!(c.stats().hard_timeouts, 1);
     assert!(r.get("k").await.unwrap().is_none());
     let v = r
-        .get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(5) })
+        .entry("k")
+        .options(&opts)
+        .or_load(|_| async { Ok::<_, std::io::Error>(5) })
         .await
         .unwrap();
     assert_eq!(*v, 5, "the next call retries");
@@ -374,25 +392,31 @@ async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers() {
     let calls = Arc::new(AtomicUsize::new(0));
     let lookup = || {
         let calls = calls.clone();
-        move || async move {
+        move |_| async move {
             calls.fetch_add(1, Ordering::SeqCst);
             Ok::<Option<u64>, std::io::Error>(None)
         }
     };
     assert!(ra
-        .get_or_load_optional("ghost", &opts, lookup())
+        .entry("ghost")
+        .options(&opts)
+        .or_load_optional(lookup())
         .await
         .unwrap()
         .is_none());
     assert!(ra
-        .get_or_load_optional("ghost", &opts, lookup())
+        .entry("ghost")
+        .options(&opts)
+        .or_load_optional(lookup())
         .await
         .unwrap()
         .is_none());
     assert!(ra.get("ghost").await.unwrap().is_none());
     // Another instance finds the cached "not found" in Redis.
     assert!(rb
-        .get_or_load_optional("ghost", &opts, lookup())
+        .entry("ghost")
+        .options(&opts)
+        .or_load_optional(lookup())
         .await
         .unwrap()
         .is_none());
@@ -402,12 +426,16 @@ async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers() {
     // Without a negative TTL nothing is cached.
     let plain = EntryOptions::new();
     assert!(ra
-        .get_or_load_optional("other", &plain, lookup())
+        .entry("other")
+        .options(&plain)
+        .or_load_optional(lookup())
         .await
         .unwrap()
         .is_none());
     assert!(ra
-        .get_or_load_optional("other", &plain, lookup())
+        .entry("other")
+        .options(&plain)
+        .or_load_optional(lookup())
         .await
         .unwrap()
         .is_none());
@@ -429,7 +457,11 @@ async fn ttl_jitter_spreads_expiries() {
         .jitter(Duration::from_secs(30));
     let mut pttls = Vec::new();
     for i in 0..100u64 {
-        r.insert_with(&i.to_string(), i, &opts).await.unwrap();
+        r.entry(&i.to_string())
+            .options(&opts)
+            .insert(i)
+            .await
+            .unwrap();
         let pttl: i64 = raw
             .pttl(r.redis_key(&i.to_string()).unwrap())
             .await
@@ -441,7 +473,7 @@ async fn ttl_jitter_spreads_expiries() {
     assert!(max - min > 15_000, "not spread: {min}..{max}");
     // Without jitter, all the same (to the millisecond of the write).
     let fixed = EntryOptions::new().ttl(Duration::from_secs(60));
-    r.insert_with("a", 1, &fixed).await.unwrap();
+    r.entry("a").options(&fixed).insert(1).await.unwrap();
     let pttl: i64 = raw.pttl(r.redis_key("a").unwrap()).await.unwrap();
     assert!((59_000..=60_000).contains(&pttl));
 }
@@ -457,7 +489,7 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
         .ttl(Duration::from_secs(10))
         .sliding(Duration::from_millis(300));
     let ra = ra;
-    ra.insert_with("k", 1, &opts).await.unwrap();
+    ra.entry("k").options(&opts).insert(1).await.unwrap();
     let key = ra.redis_key("k").unwrap();
     let before = command_calls(&raw, "pexpire").await;
     for _ in 0..500 {
@@ -493,7 +525,9 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
     let rb_opts = rb.clone();
     assert_eq!(
         *rb_opts
-            .get_or_load_with("k", &opts, || async { Ok::<_, std::io::Error>(0) })
+            .entry("k")
+            .options(&opts)
+            .or_load(|_| async { Ok::<_, std::io::Error>(0) })
             .await
             .unwrap(),
         1
@@ -511,7 +545,7 @@ async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries() {
     for _ in 0..50 {
         let (r, release) = (r.clone(), release.clone());
         tasks.push(tokio::spawn(async move {
-            r.get_or_load("k", move || async move {
+            r.get_or_load("k", move |_| async move {
                 release.notified().await;
                 if true {
                     panic!("loader bug");
@@ -536,7 +570,7 @@ async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries() {
     }
     assert!(r.get("k").await.unwrap().is_none(), "nothing cached");
     let v = r
-        .get_or_load("k", || async { Ok::<_, std::io::Error>(2) })
+        .get_or_load("k", |_| async { Ok::<_, std::io::Error>(2) })
         .await
         .unwrap();
     assert_eq!(*v, 2);

@@ -247,7 +247,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
         "an old layout must never be decoded"
     );
     let loaded = new
-        .get_or_load("x", || async {
+        .get_or_load("x", |_| async {
             Ok::<_, std::io::Error>(("one".into(), 1, true))
         })
         .await
@@ -326,9 +326,9 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     // Keys written by get_or_load have a TTL too, and it follows the entry options.
     let opts = EntryOptions::new().ttl(Duration::from_secs(30));
     region
-        .get_or_load_with(b"loaded".as_slice(), &opts, || async {
-            Ok::<_, std::io::Error>(7)
-        })
+        .entry(b"loaded".as_slice())
+        .options(&opts)
+        .or_load(|_| async { Ok::<_, std::io::Error>(7) })
         .await
         .unwrap();
     let pttl: i64 = raw
@@ -353,7 +353,7 @@ async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
         let release = release.clone();
         tasks.push(tokio::spawn(async move {
             region
-                .get_or_load("cold", move || async move {
+                .get_or_load("cold", move |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     release.notified().await;
                     Ok::<_, std::io::Error>("loaded".to_owned())
@@ -392,7 +392,7 @@ async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others() {
         let (region, calls, release) = (region.clone(), calls.clone(), release.clone());
         tokio::spawn(async move {
             region
-                .get_or_load("k", move || async move {
+                .get_or_load("k", move |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     release.notified().await;
                     Ok::<_, std::io::Error>(42)
@@ -409,7 +409,7 @@ async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others() {
         let region = region.clone();
         tokio::spawn(async move {
             region
-                .get_or_load("k", || async { Ok::<_, std::io::Error>(0) })
+                .get_or_load("k", |_| async { Ok::<_, std::io::Error>(0) })
                 .await
         })
     };
@@ -435,7 +435,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     let region = cache.region::<str, u64>("r").build().await.unwrap();
 
     let err = region
-        .get_or_load("k", || async {
+        .get_or_load("k", |_| async {
             Err::<u64, _>(std::io::Error::other("db down"))
         })
         .await
@@ -444,7 +444,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     assert!(err.to_string().contains("db down"), "{err}");
 
     let err = region
-        .get_or_load("k", || async {
+        .get_or_load("k", |_| async {
             if true {
                 panic!("loader bug");
             }
@@ -461,7 +461,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     assert!(region.get("k").await.unwrap().is_none());
 
     let v = region
-        .get_or_load("k", || async { Ok::<_, std::io::Error>(5) })
+        .get_or_load("k", |_| async { Ok::<_, std::io::Error>(5) })
         .await
         .unwrap();
     assert_eq!(*v, 5);
@@ -482,7 +482,7 @@ async fn an_insert_during_a_slow_load_wins() {
         let (region, started, release) = (region.clone(), started.clone(), release.clone());
         tokio::spawn(async move {
             region
-                .get_or_load("k", move || async move {
+                .get_or_load("k", move |_| async move {
                     started.notify_one();
                     release.notified().await;
                     Ok::<_, std::io::Error>("old".to_owned())
@@ -559,7 +559,7 @@ async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
     // returned.
     assert_eq!(*region.get("cached").await.unwrap().unwrap(), 1);
     let v = region
-        .get_or_load("cold", || async { Ok::<_, std::io::Error>(2) })
+        .get_or_load("cold", |_| async { Ok::<_, std::io::Error>(2) })
         .await
         .unwrap();
     assert_eq!(*v, 2);
@@ -610,7 +610,7 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() 
     let err = region.insert("k", vec![1; 5000]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     let v = region
-        .get_or_load("k", || async { Ok::<_, std::io::Error>(vec![2u8; 5000]) })
+        .get_or_load("k", |_| async { Ok::<_, std::io::Error>(vec![2u8; 5000]) })
         .await
         .unwrap();
     assert_eq!(v.len(), 5000);
@@ -642,9 +642,10 @@ async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush() {
             assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&round));
             let options = EntryOptions::new().distributed_lock(true);
             let loaded = r
-                .get_or_load_tagged("loaded", &options, &["t"], move || async move {
-                    Ok::<_, std::io::Error>(round)
-                })
+                .entry("loaded")
+                .options(&options)
+                .tags(&["t"])
+                .or_load(move |_| async move { Ok::<_, std::io::Error>(round) })
                 .await
                 .unwrap();
             assert_eq!(*loaded, round);

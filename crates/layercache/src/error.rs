@@ -180,7 +180,7 @@ impl Error {
     /// let cache = layercache::LayerCache::builder("doc").build().await.unwrap();
     /// let users = cache.region::<u64, String>("user").build().await.unwrap();
     /// let err = users
-    ///     .get_or_load(&7, || async { Err::<String, _>(NotFound) })
+    ///     .get_or_load(&7, |_| async { Err::<String, _>(NotFound) })
     ///     .await
     ///     .unwrap_err();
     /// assert!(err.loader_error::<NotFound>().is_some());

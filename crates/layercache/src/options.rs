@@ -214,7 +214,7 @@ impl EntryOptions {
     }
 
     /// Negative caching: when a loader given to
-    /// [`Region::get_or_load_optional`](crate::Region::get_or_load_optional) finds nothing,
+    /// [`EntryRequest::or_load_optional`](crate::EntryRequest::or_load_optional) finds nothing,
     /// remember that for this long (in both tiers), so the source is not asked again.
     ///
     /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).

@@ -6,6 +6,7 @@
 //! in `store.rs`; the builder in `builder.rs`.
 
 mod builder;
+mod entry;
 mod fetch;
 mod read;
 mod store;
@@ -19,6 +20,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub(crate) use crate::plan::WritePlan;
 pub use builder::RegionBuilder;
+pub use entry::EntryRequest;
 
 use crate::{
     codec::{Bincode, Codec},
@@ -183,8 +185,8 @@ where
     }
 
     /// The entry options the region's calls use when they pass none (the region's, or the
-    /// cache's default): a base for the `*_with` calls, e.g.
-    /// `r.get_or_load_optional(&k, r.entry_options(), loader)`.
+    /// cache's default): a base for a call's own options, e.g.
+    /// `r.entry(&k).options(&r.entry_options().ttl(short))`.
     pub fn entry_options(&self) -> &EntryOptions {
         &self.shared.entry_options
     }

@@ -15,7 +15,6 @@ use crate::{
 };
 
 use super::{
-    boxed,
     fetch::{Fetch, Mode},
     Hit, Load, LoadFn, Region, Stale, MAX_REJOINS,
 };
@@ -74,95 +73,23 @@ where
     pub async fn get_or_load<Q, F, Fut, E>(&self, key: &Q, loader: F) -> Result<Arc<V>>
     where
         K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-        F: FnOnce() -> Fut + Send + 'static,
+        Q: CacheKey + ToOwned + ?Sized,
+        Q::Owned: Send + 'static,
+        F: FnOnce(Q::Owned) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        self.get_or_load_tagged(key, &self.shared.entry_options, &[], loader)
-            .await
+        self.entry(key).or_load(loader).await
     }
 
-    /// [`get_or_load`](Self::get_or_load) with entry options for this call.
-    ///
-    /// # Errors
-    ///
-    /// As `get_or_load`, and [`ErrorKind::Config`] for invalid options.
-    pub async fn get_or_load_with<Q, F, Fut, E>(
-        &self,
-        key: &Q,
-        options: &EntryOptions,
-        loader: F,
-    ) -> Result<Arc<V>>
-    where
-        K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
-        E: Into<BoxError> + Send + 'static,
-    {
-        self.get_or_load_tagged(key, options, &[], loader).await
-    }
-
-    /// [`get_or_load_with`](Self::get_or_load_with) that attaches tags to a loaded value (see
-    /// [`LayerCache::invalidate_tag`](crate::LayerCache::invalidate_tag)). A value found in
-    /// Redis keeps the tags it was written with.
-    ///
-    /// # Errors
-    ///
-    /// As `get_or_load`, and [`ErrorKind::Config`] for invalid options or tags (at most 32
-    /// tags of 1 to 128 bytes).
-    pub async fn get_or_load_tagged<Q, F, Fut, E>(
+    /// Every read-through: `make_load` makes the loader, on the miss path only (nothing is
+    /// allocated for it on an L1 hit).
+    pub(super) async fn read_through<Q>(
         &self,
         key: &Q,
         options: &EntryOptions,
         tags: &[&str],
-        loader: F,
-    ) -> Result<Arc<V>>
-    where
-        K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
-        E: Into<BoxError> + Send + 'static,
-    {
-        let load = boxed(move || async move { loader().await.map(Some) });
-        match self.read_through(key, options, tags, load, false).await? {
-            Some(v) => Ok(v),
-            None => Err(Error::new(ErrorKind::Loader, "the load produced no value")),
-        }
-    }
-
-    /// Read-through for sources that may find nothing: `loader` returns `Ok(None)` for "not
-    /// found", which is cached for [`EntryOptions::negative_ttl`] (in both tiers) when that is
-    /// set, so the source is not asked again meanwhile. A cached "not found" answers `Ok(None)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`get_or_load_with`](Self::get_or_load_with).
-    pub async fn get_or_load_optional<Q, F, Fut, E>(
-        &self,
-        key: &Q,
-        options: &EntryOptions,
-        loader: F,
-    ) -> Result<Option<Arc<V>>>
-    where
-        K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + Send + 'static,
-    {
-        self.read_through(key, options, &[], boxed(loader), true)
-            .await
-    }
-
-    async fn read_through<Q>(
-        &self,
-        key: &Q,
-        options: &EntryOptions,
-        tags: &[&str],
-        load: LoadFn<V>,
+        make_load: impl FnOnce() -> LoadFn<V>,
         negative_ok: bool,
     ) -> Result<Option<Arc<V>>>
     where
@@ -175,14 +102,21 @@ where
         let fallback = match self.classify(&k, self.cache.l1.get(&k).await) {
             Hit::Fresh(v) => return Ok(Some(v)),
             Hit::Refresh(v, created_ms) => {
-                self.start_refresh(k.to_vec(), *options, Load { run: load, tags }, created_ms);
+                let load = Load {
+                    run: make_load(),
+                    tags,
+                };
+                self.start_refresh(k.to_vec(), *options, load, created_ms);
                 return Ok(Some(v));
             }
             Hit::Negative if negative_ok => return Ok(None),
             Hit::Negative | Hit::Miss => None,
             Hit::Stale(s) => Some(s),
         };
-        let load = Load { run: load, tags };
+        let load = Load {
+            run: make_load(),
+            tags,
+        };
         Box::pin(self.fetch(k.to_vec(), *options, Some(load), fallback)).await
     }
 

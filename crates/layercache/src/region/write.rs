@@ -54,45 +54,7 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
-        self.insert_tagged(key, value, &self.shared.entry_options, &[])
-            .await
-    }
-
-    /// [`insert`](Self::insert) with entry options for this call.
-    ///
-    /// # Errors
-    ///
-    /// As `insert`, and [`ErrorKind::Config`] for invalid options.
-    pub async fn insert_with<Q>(&self, key: &Q, value: V, options: &EntryOptions) -> Result<()>
-    where
-        K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-    {
-        self.insert_tagged(key, value, options, &[]).await
-    }
-
-    /// [`insert_with`](Self::insert_with) that attaches tags to the entry, so that
-    /// [`LayerCache::invalidate_tag`](crate::LayerCache::invalidate_tag) removes it (on every
-    /// instance).
-    ///
-    /// # Errors
-    ///
-    /// As `insert`, and [`ErrorKind::Config`] for invalid options or tags (at most 32 tags of
-    /// 1 to 128 bytes).
-    pub async fn insert_tagged<Q>(
-        &self,
-        key: &Q,
-        value: V,
-        options: &EntryOptions,
-        tags: &[&str],
-    ) -> Result<()>
-    where
-        K: Borrow<Q>,
-        Q: CacheKey + ?Sized,
-    {
-        self.write_value(key, value, options, tags, None)
-            .await
-            .map(|_| ())
+        self.entry(key).insert(value).await
     }
 
     /// [`insert`](Self::insert) with the value's *source version*: a number that grows with
@@ -124,15 +86,12 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
-        let written = self
-            .write_value(key, value, &self.shared.entry_options, &[], Some(version))
-            .await?;
-        Ok(written)
+        self.entry(key).insert_versioned(value, version).await
     }
 
     /// Every `insert`: returns whether the value was written (false: refused as older than the
     /// source version Redis holds).
-    async fn write_value<Q>(
+    pub(super) async fn write_value<Q>(
         &self,
         key: &Q,
         value: V,
