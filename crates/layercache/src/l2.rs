@@ -14,7 +14,7 @@ use std::time::Duration;
 use fred::{
     clients::WithOptions,
     prelude::{ClientLike, KeysInterface},
-    types::{config::Options, ConnectHandle, Expiration, SetOptions, Value},
+    types::{ConnectHandle, Expiration, SetOptions, Value},
 };
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::{
     breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
-    remote::{Filled, Write, WriteCondition, WriteMode},
+    remote::{Announcement, BoxFuture, Filled, RemoteStore, Write, WriteCondition, WriteMode},
     stats::Counters,
 };
 
@@ -34,10 +34,9 @@ mod connect;
 mod keyspace;
 mod pipeline;
 mod scripts;
-mod seam;
 mod subscriber;
 
-use connect::{connect_client, end_task};
+use connect::end_task;
 pub(crate) use connect::{redact_url, L2Settings};
 use scripts::{evalsha, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
@@ -110,33 +109,6 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 }
 
 impl RedisStore {
-    /// Connects, failing if the first connection cannot be made within `connect_timeout`
-    /// (unless the start is degraded: then it keeps trying in the background).
-    pub(crate) async fn connect(
-        s: &L2Settings,
-        breaker: Breaker,
-        counters: Arc<Counters>,
-    ) -> Result<Self> {
-        let (client, task) = connect_client(s, None).await?;
-        let suspect_timeout = s.suspect_timeout.min(s.command_timeout);
-        let options = |timeout| Options {
-            timeout: Some(timeout),
-            fail_fast: true,
-            ..Default::default()
-        };
-        Ok(Self {
-            normal: client.with_options(&options(s.command_timeout)),
-            wary: client.with_options(&options(suspect_timeout)),
-            client,
-            timeout: s.command_timeout,
-            suspect_timeout,
-            suspect: Arc::new(AtomicBool::new(false)),
-            breaker: Arc::new(breaker),
-            counters,
-            task: Arc::new(Mutex::new(Some(task))),
-        })
-    }
-
     /// Whether the client is connected right now.
     pub(crate) fn is_connected(&self) -> bool {
         self.client.is_connected()
@@ -228,29 +200,6 @@ impl RedisStore {
         }
     }
 
-    /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`).
-    async fn load_script(&self, script: &Script) -> Result<()> {
-        let sha1: String = self
-            .bounded("redis SCRIPT LOAD", |c| {
-                c.custom(
-                    fred::types::CustomCommand::new_static(
-                        "SCRIPT",
-                        fred::types::ClusterHash::Random,
-                        false,
-                    ),
-                    vec![Value::from("LOAD"), Value::from(script.lua)],
-                )
-            })
-            .await?;
-        if sha1 != script.sha1 {
-            return Err(Error::new(
-                ErrorKind::Redis,
-                format!("SCRIPT LOAD answered {sha1}, not {}", script.sha1),
-            ));
-        }
-        Ok(())
-    }
-
     /// `GET key`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let span = tracing::debug_span!(
@@ -319,44 +268,6 @@ impl RedisStore {
         Ok(filled(written))
     }
 
-    /// `GETEX key PX ttl`: reads and extends in one command (sliding expiration).
-    pub(crate) async fn getex(&self, key: &str, ttl_ms: u64) -> Result<Option<Vec<u8>>> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get",
-            hit = tracing::field::Empty,
-            sliding = true
-        );
-        let args: Vec<Value> = vec![
-            Value::from(key),
-            Value::from("PX"),
-            Value::from(ttl_ms.to_string()),
-        ];
-        let r: Option<Vec<u8>> = self
-            .bounded("redis GETEX", |c| {
-                c.custom(
-                    fred::types::CustomCommand::new_static(
-                        "GETEX",
-                        fred::types::ClusterHash::FirstKey,
-                        false,
-                    ),
-                    args,
-                )
-            })
-            .instrument(span.clone())
-            .await?;
-        span.record("hit", r.is_some());
-        Ok(r)
-    }
-
-    /// `PEXPIRE key ttl`.
-    pub(crate) async fn pexpire(&self, key: &str, ttl_ms: u64) -> Result<()> {
-        let ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let _: i64 = self
-            .bounded("redis PEXPIRE", |c| c.pexpire(key, ms, None))
-            .await?;
-        Ok(())
-    }
-
     /// Closes the connection and waits (at most the command timeout, and a second at least)
     /// for the client's connection task to end.
     pub(crate) async fn quit(&self) {
@@ -373,19 +284,133 @@ impl RedisStore {
     }
 }
 
-/// Parses a `SCAN`-family reply: `[cursor, [items]]`.
-fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<String>)> {
-    let bad = || Error::new(ErrorKind::Redis, format!("unexpected {what} reply"));
-    let Value::Array(mut parts) = reply else {
-        return Err(bad());
-    };
-    if parts.len() != 2 {
-        return Err(bad());
+/// Redis as the engine's remote store: each method is one of the bounded calls here or beside
+/// this file.
+impl RemoteStore for RedisStore {
+    fn is_connected(&self) -> bool {
+        RedisStore::is_connected(self)
     }
-    let items = match parts.pop() {
-        Some(Value::Array(items)) => items.into_iter().filter_map(|k| k.into_string()).collect(),
-        _ => return Err(bad()),
-    };
-    let next = parts.pop().and_then(|c| c.into_string()).ok_or_else(bad)?;
-    Ok((next, items))
+
+    fn breaker_open(&self) -> bool {
+        RedisStore::breaker_open(self)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(RedisStore::get(self, key))
+    }
+
+    fn get_and_touch<'a>(
+        &'a self,
+        key: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(self.getex(key, ttl_ms))
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl_ms: u64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.pexpire(key, ttl_ms))
+    }
+
+    fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>> {
+        Box::pin(RedisStore::fill(self, write))
+    }
+
+    fn fill_announced<'a>(
+        &'a self,
+        write: Write<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Filled, Result<u64>)>> {
+        Box::pin(RedisStore::fill_announced(self, write, announcement))
+    }
+
+    fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)> {
+        Box::pin(self.publish_sequenced(announcement))
+    }
+
+    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        Box::pin(RedisStore::marks(self, keys))
+    }
+
+    fn set_mark<'a>(
+        &'a self,
+        key: &'a str,
+        token: String,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RedisStore::set_mark(self, key, token, ttl_ms))
+    }
+
+    fn tag_members_page<'a>(
+        &'a self,
+        set: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>> {
+        Box::pin(self.sscan_page(set, cursor, count))
+    }
+
+    fn drop_tag_page<'a>(
+        &'a self,
+        set: &'a str,
+        members: Vec<String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RedisStore::drop_tag_page(self, set, members))
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(RedisStore::try_lock(self, key, token, ttl_ms))
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(RedisStore::renew_lock(self, key, token, ttl_ms))
+    }
+
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RedisStore::release_lock(self, key, token))
+    }
+
+    fn load_generation<'a>(
+        &'a self,
+        key: &'a str,
+        initial: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(RedisStore::load_generation(self, key, initial, ttl))
+    }
+
+    fn bump_generation<'a>(
+        &'a self,
+        key: &'a str,
+        floor: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(RedisStore::bump_generation(self, key, floor, ttl))
+    }
+
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>)>> {
+        Box::pin(RedisStore::scan_prefix(self, prefix, cursor, count))
+    }
+
+    fn delete_many<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.unlink_many(keys))
+    }
+
+    fn quit<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(RedisStore::quit(self))
+    }
 }

@@ -34,38 +34,56 @@
 //!
 //! ## Architecture (as the code is today)
 //!
-//! - **Facade**: [`LayerCache`] (`cache.rs`), [`Region`] (`region.rs`, with `region/read.rs`
-//!   for `get`/`get_or_load*` and `region/write.rs` for `insert*`/`invalidate*`), the builders
-//!   (`builder.rs`, `builder/build.rs`, `region/builder.rs`), options and errors.
-//! - **Engine** (`engine.rs`): one per cache, shared by its regions — the tiers, the regions
-//!   and their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
-//!   write journal (`journal.rs`, repaired by `engine/repair.rs`), and the coherence rules every path
-//!   goes through: flushes, remote invalidations, generation moves, failed Redis calls. A
-//!   fetch's order of steps is in `region/fetch.rs`, the steps in `region/fetch/steps.rs`;
-//!   encoding, lifetimes and the fenced Redis write in `region/store.rs`.
-//! - **Redis** (`l2.rs` and `l2/`): the client and its bounded calls (timeouts, the breaker in
-//!   `breaker.rs`), connecting (`l2/connect.rs`), the Lua scripts run by hash
-//!   (`l2/scripts.rs` and the `.lua` files), a write and its announcement in one round trip
-//!   (`l2/pipeline.rs`, numbered by `sequencer.rs`), tags, locks, generations and scans
-//!   (`l2/keyspace.rs`, long walks in `walks.rs`).
-//! - **Bus** ([`bus`]): the publisher task, the listener (on its own thread by default), the
-//!   message format.
-//! - **Leaves**, which import nothing above them: the format ([`envelope`], [`codec`],
-//!   [`key`], `fingerprint.rs`), L1 (`l1.rs`, `cooldown.rs`), `stats.rs`, `freshness.rs`
-//!   (clock and early-refresh maths), `coherence.rs` (flush reasons, instance ids),
-//!   `options.rs`, `error.rs`.
+//! Four layers; a module imports only from its own layer or below (a test in `layering.rs`
+//! keeps the top-level modules free of cycles, and every file under 500 lines outside tests).
 //!
-//! A `get` that misses L1 and hits Redis: `region/read.rs` → `flight.rs` → `region/fetch.rs` →
-//! `l2.rs` → `region/store.rs` (decode: `envelope.rs`, `codec.rs`) → `region/fetch/steps.rs` →
-//! `l1.rs`. An `insert`: `region/write.rs` → `region/store.rs` → `l2/pipeline.rs` →
-//! `sequencer.rs`, then `l1.rs` and `journal.rs`. The bus reaches the engine only through
-//! `bus::Receiver` (implemented in `engine/backplane.rs`), so it imports nothing above the
-//! leaves and the Redis tier. No module imports one that imports it back: the facade
-//! (`cache`, `builder`, `region`) sits on the engine (with its write repair,
-//! `engine/repair.rs`), which sits on the bus, the Redis tier and the leaves (`plan.rs`, the
-//! lifetimes and metadata of an entry being written, is one). A remote-store seam and the
-//! engine-to-bus half of the backplane seam, each with an in-memory implementation, are the
-//! next step, after which a second store (Redis Cluster) or backplane plugs in as one type.
+//! 1. **Facade**: [`LayerCache`] (`cache.rs`), [`Region`] (`region.rs`; `region/read.rs`:
+//!    `get`, `get_or_load`, keys and L1 hit classification; `region/write.rs`: `insert*`,
+//!    `invalidate*`; `region/entry.rs`: [`EntryRequest`], one call with its own options and
+//!    tags), the builders (`builder.rs`, `builder/`, `region/builder.rs`), options and errors.
+//! 2. **Engine** (`engine.rs`, one per cache, shared by its regions): the tiers, the regions and
+//!    their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
+//!    write journal (`journal.rs`, repaired by `engine/repair.rs`), and the coherence rules
+//!    every path goes through: flushes, remote invalidations (`engine/backplane.rs`),
+//!    generation moves, failed calls to the store. A fetch's order of steps is in
+//!    `region/fetch.rs` (with the Redis read), the load's steps in `region/fetch/steps.rs`;
+//!    encoding, lifetimes and the fenced write in `region/store.rs`. The bus protocol
+//!    ([`bus`]: sequence numbers, gaps, heartbeats, acknowledgements, the publisher task and the
+//!    listener) belongs here too: it knows no transport.
+//! 3. **Seams**, the only way the engine reaches the shared tier:
+//!    - the *remote store* (`remote.rs`, the `RemoteStore` trait): about twenty operations in
+//!      the engine's terms — read an entry, a conditional fill (mode, tag marks, generation
+//!      fence, source version), a fill and its bus announcement as one step, tag marks and
+//!      pages, load locks, generations, prefix scans, deletes;
+//!    - the *backplane*, receiving half (`backplane.rs`: `Subscriber`, `ListenerHome`); the
+//!      sending half is the store's `publish`/`fill_announced`, so that a write and its
+//!      announcement travel together and in the sender's order.
+//!
+//!    Implementations: **Redis** (`l2.rs` and `l2/`: the fred client and its bounded calls
+//!    with the breaker in `breaker.rs`; connecting in `l2/connect.rs`; the Lua scripts run by
+//!    hash in `l2/scripts.rs` and its `.lua` files; a write and its `PUBLISH` pipelined in
+//!    `l2/pipeline.rs`, numbered by `sequencer.rs`; marks, locks, generations, scans in
+//!    `l2/keyspace.rs`; pub/sub and the listener's thread in `l2/subscriber.rs`) and **in
+//!    memory** (`memory.rs`, the `memory` feature: the same rules in a `BTreeMap` and a
+//!    broadcast channel). A new store or backplane (Redis Cluster, Sentinel) is one more type
+//!    implementing `RemoteStore` and `Subscriber`, chosen in `builder/build.rs`
+//!    (`LayerCacheBuilder::remote`); nothing above the seams changes.
+//! 4. **Leaves**, which import nothing above them: the format ([`envelope`], [`codec`],
+//!    [`key`], `fingerprint.rs`), L1 (`l1.rs`, `cooldown.rs`), `stats.rs`, `freshness.rs`
+//!    (clock and early-refresh maths), `coherence.rs` (flush reasons, instance ids),
+//!    `plan.rs` (an entry's lifetimes and metadata), `options.rs`, `error.rs`.
+//!
+//! **The route of a `get`** that misses L1 and hits Redis, six files: `region/read.rs` (the L1
+//! key and lookup, the miss path) → `flight.rs` (join or lead the key's flight) →
+//! `region/fetch.rs` (the flight's task: the Redis read, what it found, the L1 fill) →
+//! `l2.rs` (`GET`, bounded, through `RemoteStore::get`, declared in `remote.rs`) →
+//! `region/store.rs` (decode: the leaves `envelope.rs`, `codec.rs`) → `l1.rs`.
+//!
+//! **The route of an `insert`**, six files: `region/write.rs` (encode once, fill L1, journal on
+//! failure) → `region/store.rs` (the fenced write and its announcement, again under a moved
+//! generation) → `l2.rs` (`RemoteStore::fill_announced`) → `l2/pipeline.rs` (`EVALSHA` and
+//! `PUBLISH` in one pipeline) → `sequencer.rs` (the message's number, taken with the command) →
+//! `l1.rs`; `journal.rs` only when Redis did not confirm.
 //!
 //! ## Keys and format versions
 //!

@@ -1,9 +1,10 @@
 //! [`Region`]: a typed view of the cache.
 //!
-//! Here: the type, its key handling and L1 hit classification. The read API (`get`,
-//! `get_or_load*`) is in `read.rs`, the fetch it starts on an L1 miss in `fetch.rs`; the write
-//! API (`insert*`, `invalidate*`) in `write.rs`; encoding, lifetimes and Redis writes of entries
-//! in `store.rs`; the builder in `builder.rs`.
+//! Here: the type, its accessors and the generation helpers its calls share. The read API
+//! (`get`, `get_or_load`), its keys and L1 hit classification are in `read.rs`, the fetch it
+//! starts on an L1 miss in `fetch.rs`; the write API (`insert*`, `invalidate*`) in `write.rs`;
+//! one call with its own options or tags in `entry.rs`; encoding, lifetimes and Redis writes of
+//! entries in `store.rs`; the builder in `builder.rs`.
 
 mod builder;
 mod entry;
@@ -26,9 +27,7 @@ use crate::{
     codec::{Bincode, Codec},
     engine::Engine,
     error::{BoxError, Error, ErrorKind, Result},
-    freshness::{rand01, xfetch},
     key::CacheKey,
-    l1::{EntryExtras, L1Entry},
     options::EntryOptions,
     regions::RegionState,
 };
@@ -101,65 +100,12 @@ impl<K: ?Sized, V, C: std::fmt::Debug> std::fmt::Debug for Region<K, V, C> {
     }
 }
 
-/// Key bytes, inline when short.
-enum KeyBuf {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Vec<u8>),
-}
-
-const INLINE_KEY: usize = 62;
-
-impl KeyBuf {
-    /// `head` followed by `tail`.
-    fn joined(head: &[u8], tail: &[u8]) -> Self {
-        let n = head.len() + tail.len();
-        match u8::try_from(n) {
-            Ok(len) if n <= INLINE_KEY => {
-                let mut bytes = [0u8; INLINE_KEY];
-                bytes[..head.len()].copy_from_slice(head);
-                bytes[head.len()..n].copy_from_slice(tail);
-                Self::Inline { len, bytes }
-            }
-            _ => {
-                let mut v = Vec::with_capacity(n);
-                v.extend_from_slice(head);
-                v.extend_from_slice(tail);
-                Self::Heap(v)
-            }
-        }
-    }
-}
-
-impl std::ops::Deref for KeyBuf {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Self::Heap(v) => v,
-        }
-    }
-}
-
 /// A value past its logical expiry, kept as a fail-safe fallback.
 #[derive(Debug)]
 struct Stale<V> {
     value: Arc<V>,
     /// When it first went stale (the fail-safe maximum age counts from here).
     expired: Instant,
-}
-
-/// What L1 had for a key.
-enum Hit<V> {
-    /// A fresh value.
-    Fresh(Arc<V>),
-    /// A fresh value due for an early refresh (soft TTL or XFetch), and when it was created.
-    Refresh(Arc<V>, u64),
-    /// A cached "not found".
-    Negative,
-    /// Only a stale value (fail-safe fallback).
-    Stale(Stale<V>),
-    Miss,
 }
 
 /// Wraps a loader of `V` as one of `Option<V>`.
@@ -237,120 +183,6 @@ where
         key.write_key(&mut bytes);
         let generation = self.shared.state.generation()?;
         Some(self.shared.state.data_key(generation, &bytes))
-    }
-
-    /// Rejects keys over `max_key_bytes` (the L1 key holds 4 bytes of region id first).
-    fn check_key(&self, k: &[u8]) -> Result<()> {
-        let len = k.len() - 4;
-        let max = self.cache.settings.max_key_bytes;
-        if len > max {
-            return Err(Error::new(
-                ErrorKind::KeyTooLarge,
-                format!("the key has {len} bytes; max_key_bytes is {max}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The L1 key: region id and key bytes, built without a heap allocation for short keys
-    /// (the hit path's largest cost of ours after moka itself).
-    fn l1_key<Q: CacheKey + ?Sized>(&self, key: &Q) -> KeyBuf {
-        let id = self.shared.state.id.to_le_bytes();
-        if let Some(bytes) = key.key_bytes() {
-            return KeyBuf::joined(&id, bytes);
-        }
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        SCRATCH.with(|scratch| {
-            let mut buf = scratch.borrow_mut();
-            buf.clear();
-            buf.extend_from_slice(&id);
-            key.write_key(&mut buf);
-            KeyBuf::joined(&[], &buf)
-        })
-    }
-
-    /// Classifies what L1 returned. Plain entries (no fail-safe, no early refresh) read no
-    /// clock.
-    #[inline]
-    fn classify(&self, k: &[u8], entry: Option<L1Entry>) -> Hit<V> {
-        let Some(entry) = entry else {
-            return Hit::Miss;
-        };
-        // An entry filled under an older generation belongs to an invalidated key space.
-        if entry.generation != self.shared.state.generation_raw() {
-            return Hit::Miss;
-        }
-        if let Some(extra) = entry.extra.as_deref() {
-            return self.classify_extra(k, &entry, extra);
-        }
-        if entry.negative {
-            self.cache.counters.negative_hits.incr();
-            return Hit::Negative;
-        }
-        let Ok(value) = entry.value.downcast::<V>() else {
-            return Hit::Miss;
-        };
-        self.cache.counters.l1_hits.incr();
-        Hit::Fresh(value)
-    }
-
-    /// The rest of [`classify`](Self::classify), for entries with tags, freshness or sliding
-    /// state: kept out of line so plain hits stay short.
-    #[cold]
-    fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &EntryExtras) -> Hit<V> {
-        if !self.cache.l1.usable(entry) {
-            return Hit::Miss;
-        }
-        if entry.negative {
-            self.cache.counters.negative_hits.incr();
-            return Hit::Negative;
-        }
-        let Ok(value) = entry.value.clone().downcast::<V>() else {
-            return Hit::Miss;
-        };
-        let mut refresh = None;
-        if let Some(f) = extra.fresh {
-            let now = Instant::now();
-            if now >= f.expires {
-                return Hit::Stale(Stale {
-                    value,
-                    expired: f.stale_since.unwrap_or(f.expires),
-                });
-            }
-            let due = f.refresh_at.is_some_and(|r| now >= r)
-                || xfetch(f.expires - now, f.delta, f.beta, rand01());
-            refresh = due.then_some(f.created_ms);
-        }
-        self.cache.counters.l1_hits.incr();
-        if let Some(slide) = &extra.slide {
-            if slide.due() {
-                self.extend_l2(k, slide.ttl_ms);
-            }
-        }
-        match refresh {
-            Some(created_ms) => Hit::Refresh(value, created_ms),
-            None => Hit::Fresh(value),
-        }
-    }
-
-    /// Sliding expiration: extends the Redis entry in the background.
-    fn extend_l2(&self, k: &[u8], ttl_ms: u64) {
-        let (Some(l2), Some(g)) = (&self.cache.l2, self.shared.state.generation()) else {
-            return;
-        };
-        let l2 = l2.clone();
-        let rk = self.shared.state.data_key(g, &k[4..]);
-        let cache = self.cache.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            cache.counters.l2_extends.incr();
-            rt.spawn(async move {
-                if let Err(e) = l2.touch(&rk, ttl_ms).await {
-                    let _ = cache.l2_failed("pexpire", None, e);
-                }
-            });
-        }
     }
 
     /// The generation to use for a Redis operation, or the error that stands for "skip Redis".

@@ -1,17 +1,22 @@
 //! Connecting to Redis: settings, URLs (and their redaction), TLS roots, the fred client with
 //! its timeouts, reconnect policy and command buffer.
 
-use std::time::Duration;
+use std::{
+    sync::{atomic::AtomicBool, Arc, Mutex},
+    time::Duration,
+};
 
 use fred::{
     prelude::{ClientLike, Config, ReconnectPolicy},
-    types::{Builder, ConnectHandle},
+    types::{config::Options, Builder, ConnectHandle},
 };
 
 use super::map_err;
 use crate::{
+    breaker::Breaker,
     error::{Error, ErrorKind, Result},
     options::L2Startup,
+    stats::Counters,
 };
 
 /// Connection settings for the Redis tier, filled by the builder.
@@ -178,6 +183,35 @@ pub(crate) async fn end_task(mut task: ConnectHandle, within: Duration) {
     if tokio::time::timeout(within, &mut task).await.is_err() {
         task.abort();
         let _ = task.await;
+    }
+}
+
+impl super::RedisStore {
+    /// Connects, failing if the first connection cannot be made within `connect_timeout`
+    /// (unless the start is degraded: then it keeps trying in the background).
+    pub(crate) async fn connect(
+        s: &L2Settings,
+        breaker: Breaker,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        let (client, task) = connect_client(s, None).await?;
+        let suspect_timeout = s.suspect_timeout.min(s.command_timeout);
+        let options = |timeout| Options {
+            timeout: Some(timeout),
+            fail_fast: true,
+            ..Default::default()
+        };
+        Ok(Self {
+            normal: client.with_options(&options(s.command_timeout)),
+            wary: client.with_options(&options(suspect_timeout)),
+            client,
+            timeout: s.command_timeout,
+            suspect_timeout,
+            suspect: Arc::new(AtomicBool::new(false)),
+            breaker: Arc::new(breaker),
+            counters,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
     }
 }
 

@@ -8,10 +8,73 @@ use fred::{
     types::{Expiration, Value},
 };
 
-use super::{parse_scan_reply, RedisStore, Script, SCRIPTS};
+use tracing::Instrument;
+
+use super::{RedisStore, Script, SCRIPTS};
 use crate::error::{Error, ErrorKind, Result};
 
 impl RedisStore {
+    /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`).
+    pub(super) async fn load_script(&self, script: &Script) -> Result<()> {
+        let sha1: String = self
+            .bounded("redis SCRIPT LOAD", |c| {
+                c.custom(
+                    fred::types::CustomCommand::new_static(
+                        "SCRIPT",
+                        fred::types::ClusterHash::Random,
+                        false,
+                    ),
+                    vec![Value::from("LOAD"), Value::from(script.lua)],
+                )
+            })
+            .await?;
+        if sha1 != script.sha1 {
+            return Err(Error::new(
+                ErrorKind::Redis,
+                format!("SCRIPT LOAD answered {sha1}, not {}", script.sha1),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `GETEX key PX ttl`: reads and extends in one command (sliding expiration).
+    pub(crate) async fn getex(&self, key: &str, ttl_ms: u64) -> Result<Option<Vec<u8>>> {
+        let span = tracing::debug_span!(
+            "layercache.l2.get",
+            hit = tracing::field::Empty,
+            sliding = true
+        );
+        let args: Vec<Value> = vec![
+            Value::from(key),
+            Value::from("PX"),
+            Value::from(ttl_ms.to_string()),
+        ];
+        let r: Option<Vec<u8>> = self
+            .bounded("redis GETEX", |c| {
+                c.custom(
+                    fred::types::CustomCommand::new_static(
+                        "GETEX",
+                        fred::types::ClusterHash::FirstKey,
+                        false,
+                    ),
+                    args,
+                )
+            })
+            .instrument(span.clone())
+            .await?;
+        span.record("hit", r.is_some());
+        Ok(r)
+    }
+
+    /// `PEXPIRE key ttl`.
+    pub(crate) async fn pexpire(&self, key: &str, ttl_ms: u64) -> Result<()> {
+        let ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let _: i64 = self
+            .bounded("redis PEXPIRE", |c| c.pexpire(key, ms, None))
+            .await?;
+        Ok(())
+    }
+
     /// Reads tag marks (`MGET`): for each key, its value, or `None`.
     pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
         let n = keys.len();
@@ -204,6 +267,23 @@ impl RedisStore {
         let _: i64 = self.bounded("redis UNLINK", |c| c.unlink(keys)).await?;
         Ok(())
     }
+}
+
+/// Parses a `SCAN`-family reply: `[cursor, [items]]`.
+fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<String>)> {
+    let bad = || Error::new(ErrorKind::Redis, format!("unexpected {what} reply"));
+    let Value::Array(mut parts) = reply else {
+        return Err(bad());
+    };
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let items = match parts.pop() {
+        Some(Value::Array(items)) => items.into_iter().filter_map(|k| k.into_string()).collect(),
+        _ => return Err(bad()),
+    };
+    let next = parts.pop().and_then(|c| c.into_string()).ok_or_else(bad)?;
+    Ok((next, items))
 }
 
 /// A `MATCH` pattern for the keys starting with `prefix`: its glob characters escaped, then `*`.

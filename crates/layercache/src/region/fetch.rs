@@ -4,6 +4,8 @@
 
 mod steps;
 
+use steps::LockGuard;
+
 use std::{
     any::Any,
     sync::Arc,
@@ -19,7 +21,7 @@ use crate::{
     freshness::unix_millis,
     key::{tag_mark_key, CacheKey},
     options::{millis_ceil, EntryOptions},
-    remote::{Remote, SeenEntry, WriteMode},
+    remote::{SeenEntry, WriteMode},
 };
 
 /// Why a fetch runs.
@@ -70,49 +72,6 @@ pub(super) struct Fetch<K: ?Sized, V, C> {
     pub(super) load: Option<Load<V>>,
     pub(super) fallback: Option<Stale<V>>,
     pub(super) mode: Mode,
-}
-
-/// A held distributed lock: renewed in the background until released or dropped.
-struct LockGuard {
-    l2: Remote,
-    key: String,
-    token: String,
-    renewal: tokio::task::JoinHandle<()>,
-}
-
-impl LockGuard {
-    fn new(l2: &Remote, key: String, token: String, ttl: Duration) -> Self {
-        let renewal = {
-            let (l2, key, token) = (l2.clone(), key.clone(), token.clone());
-            tokio::spawn(async move {
-                let ttl_ms = millis_ceil(ttl);
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if matches!(l2.renew_lock(&key, &token, ttl_ms).await, Ok(false)) {
-                        return; // lost it (expired and taken): nothing left to renew
-                    }
-                }
-            })
-        };
-        Self {
-            l2: l2.clone(),
-            key,
-            token,
-            renewal,
-        }
-    }
-
-    async fn release(self) {
-        self.renewal.abort();
-        let _ = self.l2.release_lock(&self.key, &self.token).await;
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        // Dropped without release (the task was cancelled): stop renewing, let it expire.
-        self.renewal.abort();
-    }
 }
 
 /// What a load's Redis fill depends on.
@@ -416,6 +375,38 @@ where
             *fallback = Some(Stale { value, expired });
         }
         Err(RedisHeld::SeenEntry(SeenEntry::of(bytes)))
+    }
+
+    /// Serves a fresh value read from Redis: counts the hit, fills L1, returns it (`None` for a
+    /// cached "not found").
+    async fn serve_decoded(
+        &self,
+        leader: &Leader<V>,
+        options: &EntryOptions,
+        d: crate::region::store::Decoded<V>,
+        generation: u64,
+        tag_epoch: u64,
+        now_ms: u64,
+    ) -> Option<Arc<V>> {
+        self.cache.counters.l2_hits.incr();
+        let value = d.value.map(Arc::new);
+        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
+        let life = L1Life {
+            logical,
+            refresh_in,
+            delta: Duration::from_micros(u64::from(d.meta.load_us)),
+            fail_safe_keep: options.keep_after_expiry(),
+            generation,
+            tag_epoch,
+            tags: d.tags,
+            raw_len: d.raw_len,
+            negative: value.is_none(),
+            created_ms: d.meta.created_at_ms,
+            stale_since: None,
+            version: d.meta.version,
+        };
+        fill(self, leader, erase(&value), options, life).await;
+        value
     }
 }
 

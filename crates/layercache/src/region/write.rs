@@ -54,7 +54,9 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
-        self.entry(key).insert(value).await
+        self.write_value(key, value, &self.shared.entry_options, &[], None)
+            .await
+            .map(|_| ())
     }
 
     /// [`insert`](Self::insert) with the value's *source version*: a number that grows with
@@ -86,7 +88,8 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized,
     {
-        self.entry(key).insert_versioned(value, version).await
+        self.write_value(key, value, &self.shared.entry_options, &[], Some(version))
+            .await
     }
 
     /// Every `insert`: returns whether the value was written (false: refused as older than the

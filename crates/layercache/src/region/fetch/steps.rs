@@ -22,7 +22,7 @@ use crate::{
     remote::{Filled, Remote, WriteCondition},
 };
 
-use super::{erase, fill, FillContext, Lock, LockGuard, Mode};
+use super::{erase, fill, FillContext, Lock, Mode};
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -30,38 +30,6 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    /// Serves a fresh value read from Redis: counts the hit, fills L1, returns it (`None` for a
-    /// cached "not found").
-    pub(super) async fn serve_decoded(
-        &self,
-        leader: &Leader<V>,
-        options: &EntryOptions,
-        d: crate::region::store::Decoded<V>,
-        generation: u64,
-        tag_epoch: u64,
-        now_ms: u64,
-    ) -> Option<Arc<V>> {
-        self.cache.counters.l2_hits.incr();
-        let value = d.value.map(Arc::new);
-        let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
-        let life = L1Life {
-            logical,
-            refresh_in,
-            delta: Duration::from_micros(u64::from(d.meta.load_us)),
-            fail_safe_keep: options.keep_after_expiry(),
-            generation,
-            tag_epoch,
-            tags: d.tags,
-            raw_len: d.raw_len,
-            negative: value.is_none(),
-            created_ms: d.meta.created_at_ms,
-            stale_since: None,
-            version: d.meta.version,
-        };
-        fill(self, leader, erase(&value), options, life).await;
-        value
-    }
-
     /// Takes the load lock, or waits for the holder's value (re-reading Redis with back-off,
     /// and retrying the lock, which may have expired with a dead holder) until `lock_wait`.
     pub(super) async fn lock_or_wait(
@@ -356,5 +324,48 @@ where
         let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
         fill(self, leader, value, options, life).await;
         Ok(Some(stale.value))
+    }
+}
+
+/// A held distributed lock: renewed in the background until released or dropped.
+pub(super) struct LockGuard {
+    l2: Remote,
+    key: String,
+    token: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl LockGuard {
+    pub(super) fn new(l2: &Remote, key: String, token: String, ttl: Duration) -> Self {
+        let renewal = {
+            let (l2, key, token) = (l2.clone(), key.clone(), token.clone());
+            tokio::spawn(async move {
+                let ttl_ms = millis_ceil(ttl);
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if matches!(l2.renew_lock(&key, &token, ttl_ms).await, Ok(false)) {
+                        return; // lost it (expired and taken): nothing left to renew
+                    }
+                }
+            })
+        };
+        Self {
+            l2: l2.clone(),
+            key,
+            token,
+            renewal,
+        }
+    }
+
+    pub(super) async fn release(self) {
+        self.renewal.abort();
+        let _ = self.l2.release_lock(&self.key, &self.token).await;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Dropped without release (the task was cancelled): stop renewing, let it expire.
+        self.renewal.abort();
     }
 }
