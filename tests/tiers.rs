@@ -683,3 +683,57 @@ async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush() {
     );
     assert_eq!(cache.stats().l2_errors, 0, "{:?}", cache.stats());
 }
+
+/// The loader's context sets the stored lifetime from what it loaded; one the call's options
+/// reject (below its soft TTL) is ignored for the call's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_sets_the_lifetime_of_what_it_loaded() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let c = builder(&server, "ctx").build().await.unwrap();
+    let tokens = c
+        .region::<str, String>("token")
+        .entry_options(EntryOptions::new().ttl(Duration::from_secs(600)))
+        .build()
+        .await
+        .unwrap();
+    let load = |secs: u64| {
+        move |name: String, ctx: layercache::LoadContext| async move {
+            ctx.set_ttl(Duration::from_secs(secs));
+            Ok::<_, std::io::Error>(format!("{name}:{secs}"))
+        }
+    };
+    let got = tokens
+        .entry("a")
+        .or_load_with_context(load(5))
+        .await
+        .unwrap();
+    assert_eq!(got.as_str(), "a:5");
+    let pttl = raw
+        .pttl::<i64, _>(tokens.redis_key("a").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        (1..=5_000).contains(&pttl),
+        "PTTL {pttl} ms, the loader set 5 s"
+    );
+
+    let soft = EntryOptions::new()
+        .ttl(Duration::from_secs(600))
+        .soft_ttl(Duration::from_secs(60));
+    tokens
+        .entry("b")
+        .options(&soft)
+        .or_load_with_context(load(5))
+        .await
+        .unwrap();
+    let pttl = raw
+        .pttl::<i64, _>(tokens.redis_key("b").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        pttl > 500_000,
+        "PTTL {pttl} ms: a TTL below the soft TTL must be ignored"
+    );
+    c.shutdown().await;
+}

@@ -221,5 +221,5 @@ pub use options::{
     EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, DEFAULT_LOADER_HARD_TIMEOUT,
     MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
-pub use region::{EntryRequest, Region, RegionBuilder};
+pub use region::{EntryRequest, LoadContext, Region, RegionBuilder};
 pub use stats::Stats;

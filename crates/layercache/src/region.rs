@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub(crate) use crate::plan::WritePlan;
 pub use builder::RegionBuilder;
-pub use entry::EntryRequest;
+pub use entry::{EntryRequest, LoadContext};
 
 use crate::{
     codec::{Bincode, Codec},
@@ -32,10 +32,17 @@ use crate::{
     regions::RegionState,
 };
 
-type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<Option<V>, BoxError>> + Send>>;
+type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<Loaded<V>, BoxError>> + Send>>;
 type LoadFn<V> = Box<dyn FnOnce() -> LoadFuture<V> + Send>;
 /// Tags attached to an entry.
 type Tags = Option<Arc<[String]>>;
+
+/// What a loader produced: the value (`None`: not found) and the lifetime its context set, if
+/// any.
+struct Loaded<V> {
+    value: Option<V>,
+    ttl: Option<std::time::Duration>,
+}
 
 /// A loader and the tags for what it loads.
 struct Load<V> {
@@ -108,15 +115,21 @@ struct Stale<V> {
     expired: Instant,
 }
 
-/// Wraps a loader of `V` as one of `Option<V>`.
-fn boxed<V, F, Fut, E>(loader: F) -> LoadFn<V>
+/// Wraps a loader of `Option<V>` (and the context it was given, if any) as the fetch runs it.
+fn boxed<V, F, Fut, E>(loader: F, context: Option<LoadContext>) -> LoadFn<V>
 where
     V: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
     E: Into<BoxError> + Send + 'static,
 {
-    Box::new(move || Box::pin(async move { loader().await.map_err(Into::into) }) as LoadFuture<V>)
+    Box::new(move || {
+        Box::pin(async move {
+            let value = loader().await.map_err(Into::into)?;
+            let ttl = context.and_then(|c| c.ttl());
+            Ok(Loaded { value, ttl })
+        }) as LoadFuture<V>
+    })
 }
 
 impl<K, V, C> Region<K, V, C>

@@ -36,6 +36,7 @@
 //! | `write repair interrupted; retried at the next heartbeat` | event | debug | `cache.name`, `error`, `done`, `total` | a repair run stopped at a failure |
 //! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
 //! | `bus subscriber connection error` | event | warn | `cache.name`, `error` | the subscriber connection failed (L1 is flushed at the first one) |
+//! | `the lifetime a loader set is invalid with the call's options; the call's is used` | event | warn | `cache.name`, `region`, `error` | a `LoadContext::set_ttl` the call's options reject |
 //! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
 //! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |
 //! | `redis unreachable at start; running degraded until it answers` | event | warn | `error` or `timeout` | `L2Startup::Degraded` and no connection at `build()` |

@@ -1,7 +1,7 @@
 //! [`EntryRequest`]: one call on one key of a region, with this call's options and tags, ending
 //! in a read-through or a write — so the variants compose instead of multiplying.
 
-use std::{borrow::Borrow, future::Future, sync::Arc};
+use std::{borrow::Borrow, future::Future, sync::Arc, time::Duration};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -13,6 +13,38 @@ use crate::{
 };
 
 use super::{boxed, Region};
+
+/// What a loader given to [`EntryRequest::or_load_with_context`] may decide from what it
+/// loaded. Cheap to clone.
+///
+/// Tags cannot be set here: a load's tags must be known before it runs (their marks are read
+/// first, which is what makes a tag invalidation during the load win), so they are given with
+/// [`EntryRequest::tags`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadContext {
+    ttl: Arc<std::sync::Mutex<Option<Duration>>>,
+}
+
+impl LoadContext {
+    /// The lifetime of what this load stores (its logical TTL, in both tiers; for a "not
+    /// found", its negative TTL), in place of the call's. Must satisfy the call's other
+    /// options (e.g. stay above a soft TTL), or it is ignored with a warning.
+    ///
+    /// Default: the call's options.
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self
+            .ttl
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ttl);
+    }
+
+    pub(super) fn ttl(&self) -> Option<Duration> {
+        *self
+            .ttl
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// One call on one key of a [`Region`], from [`Region::entry`]: set this call's
 /// [`options`](Self::options) and [`tags`](Self::tags) (both optional), then end it with
@@ -141,7 +173,61 @@ where
         let key = self.key;
         let make = move || {
             let owned = key.to_owned();
-            boxed(move || async move { loader(owned).await.map(Some) })
+            boxed(move || async move { loader(owned).await.map(Some) }, None)
+        };
+        let options = self.entry_options();
+        match self
+            .region
+            .read_through(key, &options, self.tags, make, false)
+            .await?
+        {
+            Some(v) => Ok(v),
+            None => Err(Error::new(ErrorKind::Loader, "the load produced no value")),
+        }
+    }
+
+    /// [`or_load`](Self::or_load) whose loader also gets a [`LoadContext`], to set the stored
+    /// value's lifetime from what it loaded (a token's expiry, a row's cache hint).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
+    /// use std::time::Duration;
+    /// # let cache = layercache::LayerCache::builder("app").build().await?;
+    /// let tokens = cache.region::<str, String>("tokens").build().await?;
+    /// let token = tokens
+    ///     .entry("svc-a")
+    ///     .or_load_with_context(|name, ctx| async move {
+    ///         let (token, expires_in) = (format!("token for {name}"), Duration::from_secs(30));
+    ///         ctx.set_ttl(expires_in); // cached no longer than the token is valid
+    ///         Ok::<_, std::io::Error>(token)
+    ///     })
+    ///     .await?;
+    /// # assert_eq!(token.as_str(), "token for svc-a");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`or_load`](Self::or_load).
+    pub async fn or_load_with_context<F, Fut, E>(self, loader: F) -> Result<Arc<V>>
+    where
+        Q: ToOwned,
+        Q::Owned: Send + 'static,
+        F: FnOnce(Q::Owned, LoadContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let key = self.key;
+        let make = move || {
+            let owned = key.to_owned();
+            let context = LoadContext::default();
+            let given = context.clone();
+            boxed(
+                move || async move { loader(owned, given).await.map(Some) },
+                Some(context),
+            )
         };
         let options = self.entry_options();
         match self
@@ -172,7 +258,7 @@ where
         let key = self.key;
         let make = move || {
             let owned = key.to_owned();
-            boxed(move || loader(owned))
+            boxed(move || loader(owned), None)
         };
         let options = self.entry_options();
         self.region

@@ -14,7 +14,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{store::L1Life, Load, Region, Stale, WritePlan};
+use super::{store::L1Life, Load, Loaded, Region, Stale, WritePlan};
 use crate::{
     codec::Codec,
     flight::{Leader, Outcome},
@@ -182,7 +182,8 @@ where
         let early = fallback.as_ref().map(|s| s.value.clone());
         let loaded = r.run_loader(run, &options, early, leader, mode).await;
         let outcome = match loaded {
-            Ok((value, took)) => {
+            Ok((Loaded { value, ttl }, took)) => {
+                let options = r.options_after_load(&options, ttl, value.is_some());
                 let redis = FillContext {
                     found,
                     marks: &marks,

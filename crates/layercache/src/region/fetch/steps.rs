@@ -10,7 +10,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use crate::region::{store::L1Life, LoadFn, Region, Stale, WritePlan};
+use crate::region::{store::L1Life, LoadFn, Loaded, Region, Stale, WritePlan};
 use crate::{
     codec::Codec,
     error::{Error, ErrorKind, Result},
@@ -124,7 +124,7 @@ where
         early: Option<Arc<V>>,
         leader: &Leader<V>,
         mode: Mode,
-    ) -> Result<(Option<V>, Duration)> {
+    ) -> Result<(Loaded<V>, Duration)> {
         let cache = &self.cache;
         match mode {
             Mode::Caller => cache.counters.loads.incr(),
@@ -181,6 +181,29 @@ where
                     "the loader was cancelled"
                 };
                 Err(Error::new(ErrorKind::Loader, what))
+            }
+        }
+    }
+
+    /// The call's options with the lifetime the loader's context set (as the negative TTL for a
+    /// "not found"), when it is valid with them.
+    pub(super) fn options_after_load(
+        &self,
+        options: &EntryOptions,
+        ttl: Option<Duration>,
+        found: bool,
+    ) -> EntryOptions {
+        let Some(ttl) = ttl else { return *options };
+        let set = if found {
+            options.ttl(ttl)
+        } else {
+            options.negative_ttl(ttl)
+        };
+        match set.validate() {
+            Ok(()) => set,
+            Err(e) => {
+                tracing::warn!(cache.name = %self.cache.name, region = %self.shared.state.name, error = %e, "the lifetime a loader set is invalid with the call's options; the call's is used");
+                *options
             }
         }
     }
