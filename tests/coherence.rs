@@ -224,24 +224,23 @@ async fn randomized_checker_on_the_in_memory_server() {
 /// refreshes run all the time and fill both tiers) and the cross-instance load lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_with_early_refresh_and_the_load_lock() {
-    let options = layercache::EntryOptions::new()
-        .ttl(Duration::from_millis(60))
-        .soft_ttl(Duration::from_millis(3))
-        .xfetch_beta(1.0)
-        .distributed_lock(true);
-    randomized_checker(&Shared::Redis(redis()), "fresh", options).await;
+    randomized_checker(&Shared::Redis(redis()), "fresh", early_refresh()).await;
 }
 
 /// The same on the in-memory seams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_checker_with_early_refresh_and_the_load_lock_in_memory() {
-    let options = layercache::EntryOptions::new()
+    let shared = Shared::Memory(layercache::memory::MemoryServer::new());
+    randomized_checker(&shared, "fresh", early_refresh()).await;
+}
+
+/// Short lifetimes, early refresh all the time, and the load lock.
+fn early_refresh() -> layercache::EntryOptions {
+    layercache::EntryOptions::new()
         .ttl(Duration::from_millis(60))
         .soft_ttl(Duration::from_millis(3))
         .xfetch_beta(1.0)
-        .distributed_lock(true);
-    let shared = Shared::Memory(layercache::memory::MemoryServer::new());
-    randomized_checker(&shared, "fresh", options).await;
+        .distributed_lock(true)
 }
 
 async fn randomized_checker(shared: &Shared, name: &str, options: layercache::EntryOptions) {

@@ -170,20 +170,7 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        let key = self.key;
-        let make = move || {
-            let owned = key.to_owned();
-            boxed(move || async move { loader(owned).await.map(Some) }, None)
-        };
-        let options = self.entry_options();
-        match self
-            .region
-            .read_through(key, &options, self.tags, make, false)
-            .await?
-        {
-            Some(v) => Ok(v),
-            None => Err(Error::new(ErrorKind::Loader, "the load produced no value")),
-        }
+        self.or_load_with_context(|key, _| loader(key)).await
     }
 
     /// [`or_load`](Self::or_load) whose loader also gets a [`LoadContext`], to set the stored
