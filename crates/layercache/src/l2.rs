@@ -299,6 +299,20 @@ impl RemoteStore for RedisStore {
         Box::pin(RedisStore::get(self, key))
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        let span = tracing::debug_span!("layercache.l2.get_many", keys = keys.len());
+        Box::pin(
+            async move {
+                let mut values = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(crate::remote::MAX_BATCH) {
+                    values.extend(self.mget("redis MGET", chunk.to_vec()).await?);
+                }
+                Ok(values)
+            }
+            .instrument(span),
+        )
+    }
+
     fn get_and_touch<'a>(
         &'a self,
         key: &'a str,
@@ -328,7 +342,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
-        Box::pin(RedisStore::marks(self, keys))
+        Box::pin(self.mget("redis MGET (tag marks)", keys))
     }
 
     fn set_mark<'a>(

@@ -6,6 +6,7 @@
 //! one call with its own options or tags in `entry.rs`; encoding, lifetimes and Redis writes of
 //! entries in `store.rs`; the builder in `builder.rs`.
 
+mod batch;
 mod builder;
 mod entry;
 mod fetch;

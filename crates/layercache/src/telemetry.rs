@@ -7,7 +7,9 @@
 //! | name | kind | level | fields | when |
 //! |---|---|---|---|---|
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
+//! | `layercache.get_many` | span | debug | `cache.name`, `region`, `keys` | the fetch of a batch's L1 misses (`get_many`, `get_or_load_many`) |
 //! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
+//! | `layercache.l2.get_many` | span | debug | `keys` | a batch read (`MGET`s of at most 1,000 keys) |
 //! | `layercache.l2.set` | span | debug | `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
 //! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message from the publisher (a batch of announcements that did not travel with their write, or a heartbeat) |
@@ -36,6 +38,7 @@
 //! | `write repair interrupted; retried at the next heartbeat` | event | debug | `cache.name`, `error`, `done`, `total` | a repair run stopped at a failure |
 //! | `shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL` | event | warn | `cache.name`, `pending` | `shutdown()` could not repair everything |
 //! | `bus subscriber connection error` | event | warn | `cache.name`, `error` | the subscriber connection failed (L1 is flushed at the first one) |
+//! | `a batch loader returned keys it was not asked for; ignored` | event | warn | `cache.name`, `region`, `unasked` | a batch loader's extra keys |
 //! | `the lifetime a loader set is invalid with the call's options; the call's is used` | event | warn | `cache.name`, `region`, `error` | a `LoadContext::set_ttl` the call's options reject |
 //! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
 //! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |

@@ -75,12 +75,17 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Reads tag marks (`MGET`): for each key, its value, or `None`.
-    pub(crate) async fn marks(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+    /// `MGET`: for each key, its value, or `None` (nothing, or another type).
+    pub(crate) async fn mget(
+        &self,
+        what: &'static str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let n = keys.len();
-        let reply: Value = self
-            .bounded("redis MGET (tag marks)", |c| c.mget(keys))
-            .await?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: Value = self.bounded(what, |c| c.mget(keys)).await?;
         let values = match reply {
             Value::Array(values) => values,
             // One key: fred may hand back the single value itself.

@@ -57,6 +57,12 @@ impl RemoteStore for MemoryStore {
         ready(self.server.run("get", |k| k.get(key)))
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        ready(self.server.run("get many", |k| {
+            Ok(keys.iter().map(|key| k.get_lenient(key)).collect())
+        }))
+    }
+
     fn get_and_touch<'a>(
         &'a self,
         key: &'a str,

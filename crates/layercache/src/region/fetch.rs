@@ -2,8 +2,10 @@
 //! the loader within its timeouts, fall back to a stale value, and fill both tiers. This file
 //! decides what happens in what order (`Fetch::work`); the steps are in `fetch/steps.rs`.
 
+mod batch;
 mod steps;
 
+pub(super) use batch::BatchLoadFn;
 use steps::LockGuard;
 
 use std::{

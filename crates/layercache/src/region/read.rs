@@ -238,7 +238,7 @@ where
     /// Classifies what L1 returned. Plain entries (no fail-safe, no early refresh) read no
     /// clock.
     #[inline]
-    fn classify(&self, k: &[u8], entry: Option<L1Entry>) -> Hit<V> {
+    pub(super) fn classify(&self, k: &[u8], entry: Option<L1Entry>) -> Hit<V> {
         let Some(entry) = entry else {
             return Hit::Miss;
         };
@@ -359,7 +359,7 @@ impl std::ops::Deref for KeyBuf {
 }
 
 /// What L1 had for a key.
-enum Hit<V> {
+pub(super) enum Hit<V> {
     /// A fresh value.
     Fresh(Arc<V>),
     /// A fresh value due for an early refresh (soft TTL or XFetch), and when it was created.

@@ -1,0 +1,347 @@
+//! The flights of a batch (`get_many`, `get_or_load_many`): one flight per key as for a single
+//! read, so single-key callers and other batches join them (and the batch joins theirs), but
+//! one Redis round trip for all the keys it leads and one loader call for all that missed.
+//!
+//! Order matters for overlapping batches: a batch never waits for another flight before its own
+//! load has run and its own flights have finished, so two batches that lead each other's keys
+//! cannot wait on each other.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
+
+use super::{FillContext, Mode, RedisHeld};
+use crate::{
+    codec::Codec,
+    error::{BoxError, Error, ErrorKind},
+    flight::{self, Join, Leader, Outcome},
+    key::CacheKey,
+    options::millis_ceil,
+    region::Region,
+    remote::BoxFuture,
+};
+
+/// A batch loader, type-erased: given the positions (in the batch's list of distinct keys) of
+/// the keys to load, what it found — by position — and how many keys it returned that were not
+/// asked for.
+pub(in crate::region) type BatchLoadFn<V> = Box<
+    dyn FnMut(Vec<usize>) -> BoxFuture<'static, Result<(Vec<(usize, V)>, usize), BoxError>> + Send,
+>;
+
+/// What the Redis read of a key this batch leads came to.
+enum After<V> {
+    /// A fresh value (or a cached "not found"), put in L1.
+    Served(Option<Arc<V>>),
+    /// To load: what Redis held, the key, the generation it was made for.
+    Load(RedisHeld, String, Option<u64>),
+}
+
+/// A key this batch leads: its position, its flight, and what its read came to.
+type Led<V> = (usize, Leader<V>, After<V>);
+
+impl<K, V, C> Region<K, V, C>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Fetches the distinct L1 keys `keys` (L1 missed them), loading what neither tier has
+    /// with `load` if given; one outcome per key, in order. Runs as its own task, so a caller
+    /// that is cancelled does not fail the flights others joined.
+    pub(in crate::region) async fn fetch_many(
+        &self,
+        keys: Vec<Vec<u8>>,
+        load: Option<BatchLoadFn<V>>,
+    ) -> Vec<Outcome<V>> {
+        let region = self.clone();
+        let span = tracing::debug_span!(
+            "layercache.get_many",
+            cache.name = %self.cache.name,
+            region = %self.shared.state.name,
+            keys = keys.len(),
+        );
+        let n = keys.len();
+        let task = tokio::spawn(region.batch(keys, load).instrument(span));
+        match task.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let error = if e.is_panic() {
+                    Error::new(ErrorKind::Internal, "the batch task panicked")
+                } else {
+                    Error::new(ErrorKind::Closed, "the batch task was cancelled")
+                };
+                vec![Err(error); n]
+            }
+        }
+    }
+
+    async fn batch(self, keys: Vec<Vec<u8>>, mut load: Option<BatchLoadFn<V>>) -> Vec<Outcome<V>> {
+        let mut outcomes: Vec<Option<Outcome<V>>> = keys.iter().map(|_| None).collect();
+        let mut waiting = Vec::new();
+        let mut led = Vec::new();
+        for (at, k) in keys.iter().enumerate() {
+            match self.cache.flights.join::<V>(k) {
+                Join::Lead(leader) => led.push((at, leader)),
+                Join::Wait(rx) => waiting.push((at, rx)),
+            }
+        }
+        self.lead(led, &mut load, &mut outcomes).await;
+        // Only now (this batch's flights have finished): the keys others were fetching.
+        let mut again = Vec::new();
+        for (at, rx) in waiting {
+            self.cache.counters.coalesced.incr();
+            match flight::wait(rx).await {
+                // A plain read found nothing: with a loader, the key is this batch's to load.
+                Ok(None) if load.is_some() => again.push(at),
+                outcome => outcomes[at] = Some(outcome),
+            }
+        }
+        if !again.is_empty() {
+            let mut led = Vec::new();
+            for at in again {
+                match self.cache.flights.join::<V>(&keys[at]) {
+                    Join::Lead(leader) => led.push((at, leader)),
+                    Join::Wait(rx) => outcomes[at] = Some(flight::wait(rx).await),
+                }
+            }
+            self.lead(led, &mut load, &mut outcomes).await;
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "no outcome"))))
+            .collect()
+    }
+
+    /// Reads the keys this batch leads in one round trip, loads what missed in one call, and
+    /// finishes their flights.
+    async fn lead(
+        &self,
+        led: Vec<(usize, Leader<V>)>,
+        load: &mut Option<BatchLoadFn<V>>,
+        outcomes: &mut [Option<Outcome<V>>],
+    ) {
+        if led.is_empty() {
+            return;
+        }
+        let options = self.shared.entry_options;
+        let generation = self.shared.state.generation_raw();
+        let tag_epoch = self.cache.l1.tag_epoch();
+        let read_at = Instant::now();
+        let read = match self.read_many(led, (generation, tag_epoch)).await {
+            Ok(read) => read,
+            Err((leaders, e)) => {
+                for (at, leader) in leaders {
+                    outcomes[at] = Some(leader.finish(Err(e.clone())));
+                }
+                return;
+            }
+        };
+        let mut to_load = Vec::new();
+        for (at, leader, after) in read {
+            match after {
+                After::Served(value) => outcomes[at] = Some(leader.finish(Ok(value))),
+                After::Load(held, rkey, fence) => {
+                    self.cache.counters.misses.incr();
+                    to_load.push((at, leader, (held, rkey, fence)));
+                }
+            }
+        }
+        let Some(loader) = load.as_mut() else {
+            for (at, leader, _) in to_load {
+                outcomes[at] = Some(leader.finish(Ok(None)));
+            }
+            return;
+        };
+        if to_load.is_empty() {
+            return;
+        }
+        self.cache.counters.loads.incr();
+        let started = Instant::now();
+        let asked: Vec<usize> = to_load.iter().map(|(at, _, _)| *at).collect();
+        let loaded = run_batch_loader(loader(asked), options.get_loader_hard_timeout()).await;
+        let took = started.elapsed();
+        let mut found = match loaded {
+            Ok((found, unasked)) => {
+                if unasked > 0 {
+                    tracing::warn!(cache.name = %self.cache.name, region = %self.shared.state.name, unasked, "a batch loader returned keys it was not asked for; ignored");
+                }
+                found
+            }
+            Err(e) => {
+                self.cache.counters.load_errors.incr();
+                for (at, leader, _) in to_load {
+                    outcomes[at] = Some(leader.finish(Err(e.clone())));
+                }
+                return;
+            }
+        };
+        found.sort_by_key(|(at, _)| *at);
+        for (at, leader, (held, rkey, fence)) in to_load {
+            // The last value the loader gave for this key (it may repeat one).
+            let value = match found.binary_search_by_key(&at, |(a, _)| *a) {
+                Ok(mut i) => {
+                    while found.get(i + 1).is_some_and(|(a, _)| *a == at) {
+                        i += 1;
+                    }
+                    Some(found.remove(i).1)
+                }
+                Err(_) => None,
+            };
+            let redis = FillContext {
+                found: held,
+                marks: &[],
+                read_at,
+                fence,
+            };
+            let outcome = self
+                .store_loaded(
+                    &leader, &rkey, redis, value, took, None, &options, generation, tag_epoch,
+                )
+                .await;
+            outcomes[at] = Some(leader.finish(outcome));
+        }
+    }
+
+    /// Reads the keys this batch leads from Redis in one round trip (a `GETEX` each with
+    /// sliding expiration, which has no batch form), and serves what is fresh. `Err`: the error
+    /// every flight ends with (the `Propagate` policy).
+    async fn read_many(
+        &self,
+        led: Vec<(usize, Leader<V>)>,
+        epoch: (u64, u64),
+    ) -> Result<Vec<Led<V>>, (Vec<(usize, Leader<V>)>, Error)> {
+        let cache = &self.cache;
+        let options = self.shared.entry_options;
+        let load = |held: fn() -> RedisHeld, fence| {
+            move |(at, leader): (usize, Leader<V>)| {
+                (at, leader, After::Load(held(), String::new(), fence))
+            }
+        };
+        let Some(l2) = &cache.l2 else {
+            return Ok(led.into_iter().map(load(|| RedisHeld::Off, None)).collect());
+        };
+        let g = match self.l2_generation() {
+            Ok(g) => g,
+            Err(e) => {
+                return match self.l2_failed("get_many", e) {
+                    Err(e) => Err((led, e)),
+                    Ok(()) => Ok(led
+                        .into_iter()
+                        .map(load(|| RedisHeld::Down, None))
+                        .collect()),
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(led.len());
+        let mut reads = Vec::with_capacity(led.len());
+        for (at, leader) in led {
+            // A write of this key that Redis did not confirm waits for its repair.
+            if cache.journal.blocks(leader.key()) {
+                cache.counters.l2_repair_bypasses.incr();
+                out.push(load(|| RedisHeld::Down, None)((at, leader)));
+                continue;
+            }
+            let rkey = self.shared.state.data_key(g, &leader.key()[4..]);
+            reads.push((at, leader, rkey));
+        }
+        let rkeys: Vec<String> = reads.iter().map(|(_, _, k)| k.clone()).collect();
+        let values = match options.get_sliding() {
+            None => l2.get_many(&rkeys).await,
+            Some(_) => {
+                let ttl = millis_ceil(options.get_ttl() + options.keep_after_expiry());
+                cache.counters.l2_extends.add(rkeys.len() as u64);
+                let tasks: Vec<_> = rkeys
+                    .into_iter()
+                    .map(|k| {
+                        let l2 = l2.clone();
+                        tokio::spawn(async move { l2.get_and_touch(&k, ttl).await })
+                    })
+                    .collect();
+                let mut values = Ok(Vec::with_capacity(tasks.len()));
+                for task in tasks {
+                    let value = task.await.unwrap_or_else(|_| {
+                        Err(Error::new(ErrorKind::Internal, "a read task panicked"))
+                    });
+                    if let (Ok(all), Ok(v)) = (&mut values, value.as_ref()) {
+                        all.push(v.clone());
+                    } else if let (Ok(_), Err(e)) = (&values, value) {
+                        values = Err(e);
+                    }
+                }
+                values
+            }
+        };
+        let values = match values {
+            Ok(v) => v,
+            Err(e) => {
+                let leaders = reads.into_iter().map(|(at, leader, _)| (at, leader));
+                return match self.l2_failed("get_many", e) {
+                    Err(e) => Err((leaders.collect(), e)),
+                    Ok(()) => {
+                        out.extend(leaders.map(load(|| RedisHeld::Down, Some(g))));
+                        Ok(out)
+                    }
+                };
+            }
+        };
+        for ((at, leader, rkey), bytes) in reads.into_iter().zip(values) {
+            let after = match bytes {
+                Some(bytes) => {
+                    let mut fallback = None;
+                    let found = self
+                        .found_in_redis(
+                            &leader,
+                            &options,
+                            Mode::Caller,
+                            epoch,
+                            &bytes,
+                            &rkey,
+                            &mut fallback,
+                        )
+                        .await;
+                    match found {
+                        Ok(value) => After::Served(value),
+                        Err(held) => After::Load(held, rkey, Some(g)),
+                    }
+                }
+                None => After::Load(RedisHeld::Nothing, rkey, Some(g)),
+            };
+            out.push((at, leader, after));
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a batch loader as its own task (so a panic is caught), within the hard timeout.
+async fn run_batch_loader<T: Send + 'static>(
+    load: BoxFuture<'static, Result<T, BoxError>>,
+    hard_timeout: Option<Duration>,
+) -> Result<T, Error> {
+    let mut handle = tokio::spawn(load);
+    let joined = match hard_timeout {
+        Some(h) => match tokio::time::timeout(h, &mut handle).await {
+            Ok(r) => r,
+            Err(_) => {
+                handle.abort();
+                return Err(Error::new(
+                    ErrorKind::Loader,
+                    "the batch loader passed its hard timeout",
+                ));
+            }
+        },
+        None => handle.await,
+    };
+    match joined {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::new(ErrorKind::Loader, "the batch loader failed").with_source(e)),
+        Err(e) if e.is_panic() => Err(Error::new(ErrorKind::Loader, "the batch loader panicked")),
+        Err(_) => Err(Error::new(
+            ErrorKind::Loader,
+            "the batch loader was cancelled",
+        )),
+    }
+}

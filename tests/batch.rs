@@ -1,0 +1,248 @@
+//! Batch reads (`get_many`, `get_or_load_many`) against a real redis-server, and the same
+//! rules on the in-memory server.
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use layercache::{memory::MemoryServer, ErrorKind, LayerCache, Region};
+use support::{command_calls, raw_client, redis, Shared};
+use tokio::sync::Notify;
+
+type Calls = Arc<Mutex<Vec<Vec<u64>>>>;
+
+async fn users(c: &LayerCache) -> Region<u64, String> {
+    c.region::<u64, String>("user").build().await.unwrap()
+}
+
+/// A batch loader that records every call's keys and finds every key but those over 100.
+/// What the recording loader returns.
+type Rows = std::future::Ready<Result<Vec<(u64, String)>, std::io::Error>>;
+
+fn recording(calls: &Calls) -> impl FnMut(Vec<u64>) -> Rows + Send + 'static {
+    let calls = calls.clone();
+    move |ids: Vec<u64>| {
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        calls.lock().unwrap().push(sorted);
+        let rows = ids
+            .into_iter()
+            .filter(|id| *id <= 100)
+            .map(|id| (id, format!("u{id}")))
+            .collect();
+        std::future::ready(Ok(rows))
+    }
+}
+
+fn value(r: &layercache::Result<Option<Arc<String>>>) -> Option<String> {
+    r.as_ref().unwrap().as_deref().cloned()
+}
+
+async fn answers_every_key_in_order(shared: &Shared) {
+    // No cooldown: A serves from L1 what it read after B's write.
+    let instance = || {
+        shared
+            .builder("b")
+            .l1_write_cooldown(Duration::ZERO)
+            .build()
+    };
+    let (a, b) = (instance().await.unwrap(), instance().await.unwrap());
+    let (ua, ub) = (users(&a).await, users(&b).await);
+    ua.insert(&1, "one".into()).await.unwrap(); // in A's L1 and in the store
+    ub.insert(&2, "two".into()).await.unwrap(); // in the store only, for A
+    let long = u64::MAX; // fine as a key; the oversize case is a string region below
+    let got = ua.get_many(&[1, 2, 3, 2, long]).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(value(&got[0]).as_deref(), Some("one"));
+    assert_eq!(value(&got[1]).as_deref(), Some("two"));
+    assert_eq!(value(&got[2]), None);
+    assert_eq!(
+        value(&got[3]).as_deref(),
+        Some("two"),
+        "a duplicate is answered too"
+    );
+    assert_eq!(value(&got[4]), None);
+    assert_eq!(a.stats().l2_hits, 1, "2 fetched once, from the store");
+    // Now in A's L1.
+    ua.get_many(&[2]).await;
+    assert_eq!(a.stats().l1_hits, 2);
+
+    let texts = a.region::<str, String>("text").build().await.unwrap();
+    let huge = "k".repeat(5000);
+    let got = texts.get_many(["x", huge.as_str()]).await;
+    assert_eq!(value(&got[0]), None);
+    assert_eq!(got[1].as_ref().unwrap_err().kind(), ErrorKind::KeyTooLarge);
+    assert!(texts.get_many(Vec::<&str>::new()).await.is_empty());
+
+    let calls = Calls::default();
+    let got = ua
+        .get_or_load_many(&[1, 2, 4, 5, 4, 101], recording(&calls))
+        .await;
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [vec![4, 5, 101]],
+        "one call, the keys both tiers missed"
+    );
+    let got: Vec<Option<String>> = got.iter().map(value).collect();
+    assert_eq!(
+        got,
+        [
+            Some("one"),
+            Some("two"),
+            Some("u4"),
+            Some("u5"),
+            Some("u4"),
+            None
+        ]
+        .map(|v| v.map(str::to_owned))
+    );
+    // Stored in both tiers: B finds them in the store, nothing is loaded again.
+    let got = ub.get_or_load_many(&[4, 5], recording(&calls)).await;
+    assert_eq!(value(&got[0]).as_deref(), Some("u4"));
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_every_key_in_order_with_one_load() {
+    answers_every_key_in_order(&Shared::Redis(redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_every_key_in_order_with_one_load_in_memory() {
+    answers_every_key_in_order(&Shared::Memory(MemoryServer::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_mget_per_thousand_keys() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = shared.builder("m").build().await.unwrap();
+    let r = users(&c).await;
+    let keys: Vec<u64> = (0..2500).collect();
+    let (mgets, gets) = (
+        command_calls(&raw, "mget").await,
+        command_calls(&raw, "get").await,
+    );
+    let got = r.get_many(&keys).await;
+    assert!(got.iter().all(|g| matches!(g, Ok(None))));
+    assert_eq!(command_calls(&raw, "mget").await - mgets, 3);
+    assert_eq!(command_calls(&raw, "get").await - gets, 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked() {
+    let shared = Shared::Redis(redis());
+    let c = shared.builder("f").build().await.unwrap();
+    let r = users(&c).await;
+    r.insert(&1, "one".into()).await.unwrap();
+    let got = r
+        .get_or_load_many(&[1, 2], |_ids: Vec<u64>| async {
+            Err::<Vec<(u64, String)>, _>(std::io::Error::other("db down"))
+        })
+        .await;
+    assert_eq!(value(&got[0]).as_deref(), Some("one"));
+    let e = got[1].as_ref().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Loader);
+    assert!(e.loader_error::<std::io::Error>().is_some(), "{e:?}");
+
+    let got = r
+        .get_or_load_many(&[3], |_ids: Vec<u64>| async {
+            if true {
+                panic!("the loader's bug");
+            }
+            Ok::<Vec<(u64, String)>, std::io::Error>(Vec::new())
+        })
+        .await;
+    assert_eq!(got[0].as_ref().unwrap_err().kind(), ErrorKind::Loader);
+    // Nothing was cached for the failed keys: the next call loads them.
+    let calls = Calls::default();
+    r.get_or_load_many(&[2, 3], recording(&calls)).await;
+    assert_eq!(*calls.lock().unwrap(), [vec![2, 3]]);
+    c.shutdown().await;
+}
+
+/// A key another call is loading is waited for, not loaded again; overlapping batches load
+/// each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_share_flights_with_single_callers_and_each_other() {
+    let shared = Shared::Redis(redis());
+    let c = shared.builder("o").build().await.unwrap();
+    let r = users(&c).await;
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let single = {
+        let (r, started, release) = (r.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            r.get_or_load(&7, move |id| async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, std::io::Error>(format!("single {id}"))
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    let calls = Calls::default();
+    let batch = {
+        let (r, calls) = (r.clone(), calls.clone());
+        tokio::spawn(async move { r.get_or_load_many(&[7, 8], recording(&calls)).await })
+    };
+    // The batch loads 8 at once, then waits for the single caller's 7.
+    support::wait_until(
+        "the batch to load its own key",
+        Duration::from_secs(10),
+        || {
+            let calls = calls.clone();
+            async move { !calls.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    assert_eq!(*calls.lock().unwrap(), [vec![8]]);
+    release.notify_one();
+    let got = batch.await.unwrap();
+    assert_eq!(value(&got[0]).as_deref(), Some("single 7"));
+    assert_eq!(value(&got[1]).as_deref(), Some("u8"));
+    single.await.unwrap().unwrap();
+
+    // Two batches over [20, 21] and [21, 22] at once: every key loaded exactly once.
+    let loaded: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let batch = |keys: [u64; 2]| {
+        let (r, loaded) = (r.clone(), loaded.clone());
+        tokio::spawn(async move {
+            r.get_or_load_many(&keys, move |ids: Vec<u64>| {
+                let loaded = loaded.clone();
+                async move {
+                    for id in &ids {
+                        *loaded.lock().unwrap().entry(*id).or_default() += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(
+                        ids.into_iter()
+                            .map(|id| (id, id.to_string()))
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            })
+            .await
+        })
+    };
+    let (x, y) = (batch([20, 21]), batch([21, 22]));
+    let (x, y) = (x.await.unwrap(), y.await.unwrap());
+    assert!(x.iter().chain(&y).all(|v| value(v).is_some()));
+    assert_eq!(
+        *loaded.lock().unwrap(),
+        HashMap::from([(20, 1), (21, 1), (22, 1)])
+    );
+    c.shutdown().await;
+}
