@@ -12,8 +12,14 @@
 //!   L1: GET, envelope check, decode, L1 fill), against a fred `GET` plus bincode decode into an
 //!   `Arc` over the same number of keys.
 //!
+//! - `batch_get`: `Region::get_many` of 100 keys answered by Redis (same setup as `l2_hit`),
+//!   against 100 sequential `Region::get` of the same keys. Target: ≤ 1/15 of the time.
+//! - `batch_load`: `Region::get_or_load_many` of 100 keys neither tier has (one batch-loader
+//!   call), against 100 concurrent `Region::get_or_load` of other such keys (100 loader calls).
+//!   Target: ≤ 1/5 of the time.
+//!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`) for one.
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `batch_get`, `batch_load`) for one.
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
@@ -22,7 +28,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use layercache_testkit::RedisServer;
-use support::{l1_setup, L2Setup};
+use support::{l1_setup, L2Setup, L2_KEYS};
 
 /// Per-round mean times (ns per op) of both sides, and their ratios.
 struct Rounds {
@@ -170,6 +176,120 @@ fn l2_hit(rounds: usize) {
     drop(server);
 }
 
+/// Keys per batch.
+const BATCH: usize = 100;
+
+fn batch_get(rounds: usize) {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let setup = L2Setup::new(&server).await;
+        let batch = |i: usize| -> Vec<&str> {
+            (0..BATCH)
+                .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
+                .collect()
+        };
+        let r = interleave(
+            rounds,
+            20,
+            |i| {
+                let (setup, keys) = (&setup, batch(i));
+                async move {
+                    let got = setup.region.get_many(keys).await;
+                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
+                    std::hint::black_box(got);
+                }
+            },
+            |i| {
+                let (setup, keys) = (&setup, batch(i));
+                async move {
+                    for k in keys {
+                        let v = setup.region.get(k).await.expect("get");
+                        std::hint::black_box(v.expect("found"));
+                    }
+                }
+            },
+        )
+        .await;
+        r.report("batch_get", 1.0 / 15.0);
+    });
+    drop(server);
+}
+
+fn batch_load(rounds: usize) {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let setup = L2Setup::new(&server).await;
+        let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Every operation's keys are new: `{side}:{i}:{j}`.
+        let keys = |side: &str, i: usize| -> Vec<String> {
+            (0..BATCH).map(|j| format!("{side}:{i}:{j}")).collect()
+        };
+        let r = interleave(
+            rounds,
+            10,
+            |i| {
+                let (region, keys, loads) = (setup.region.clone(), keys("many", i), loads.clone());
+                async move {
+                    let got = region
+                        .get_or_load_many(
+                            keys.iter().map(String::as_str),
+                            move |ks: Vec<String>| {
+                                loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let rows: Vec<(String, support::Profile)> =
+                                    ks.into_iter().map(|k| (k, support::profile())).collect();
+                                std::future::ready(Ok::<_, std::io::Error>(rows))
+                            },
+                        )
+                        .await;
+                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
+                }
+            },
+            |i| {
+                let (region, keys, loads) = (setup.region.clone(), keys("one", i), loads.clone());
+                async move {
+                    let tasks: Vec<_> = keys
+                        .into_iter()
+                        .map(|k| {
+                            let (region, loads) = (region.clone(), loads.clone());
+                            tokio::spawn(async move {
+                                region
+                                    .get_or_load(k.as_str(), move |_| {
+                                        loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        std::future::ready(Ok::<_, std::io::Error>(
+                                            support::profile(),
+                                        ))
+                                    })
+                                    .await
+                                    .expect("load")
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        std::hint::black_box(t.await.expect("task"));
+                    }
+                }
+            },
+        )
+        .await;
+        r.report("batch_load", 1.0 / 5.0);
+        let n = (rounds + 1) * 10;
+        println!(
+            "batch_load: {} loader calls for {n} batches and {} single loads",
+            loads.load(std::sync::atomic::Ordering::Relaxed),
+            n * BATCH
+        );
+    });
+    drop(server);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
@@ -184,5 +304,11 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "l2_hit") {
         l2_hit(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_get") {
+        batch_get(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_load") {
+        batch_load(rounds);
     }
 }

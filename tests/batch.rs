@@ -58,6 +58,7 @@ async fn answers_every_key_in_order(shared: &Shared) {
     let (ua, ub) = (users(&a).await, users(&b).await);
     ua.insert(&1, "one".into()).await.unwrap(); // in A's L1 and in the store
     ub.insert(&2, "two".into()).await.unwrap(); // in the store only, for A
+    support::caught_up(&a, &b).await; // (B's announcement would drop A's copy later)
     let long = u64::MAX; // fine as a key; the oversize case is a string region below
     let got = ua.get_many(&[1, 2, 3, 2, long]).await;
     assert_eq!(got.len(), 5);

@@ -26,7 +26,9 @@ use tracing::Instrument;
 use crate::{
     breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
-    remote::{Announcement, BoxFuture, Filled, RemoteStore, Write, WriteCondition, WriteMode},
+    remote::{
+        Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write, WriteCondition, WriteMode,
+    },
     stats::Counters,
 };
 
@@ -38,7 +40,7 @@ mod subscriber;
 
 use connect::end_task;
 pub(crate) use connect::{redact_url, L2Settings};
-use scripts::{evalsha, fill_command, filled, is_noscript, Script, SCRIPTS};
+use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
 
 /// How much later than fred's own command timeout our backstop timeout fires.
@@ -327,6 +329,10 @@ impl RemoteStore for RedisStore {
 
     fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>> {
         Box::pin(RedisStore::fill(self, write))
+    }
+
+    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {
+        Box::pin(self.fill_batch(batch))
     }
 
     fn fill_announced<'a>(

@@ -53,6 +53,10 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// Writes an entry if its [`WriteCondition`] holds, and records the key in its tags' sets
     /// (raising a set's lifetime to its longest member's), atomically.
     fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>>;
+    /// Several writes of one region (no tags, no marks), each with its own mode and source
+    /// version, under one generation fence: in as few round trips as the store allows (Redis:
+    /// one script per [`MAX_BATCH`] entries). One result per entry, in order.
+    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>>;
     /// [`fill`](Self::fill) and its announcement on the bus in one step: the announcement
     /// takes the sender's next sequence number and reaches receivers right after the write.
     /// Returns what became of the write and of the announcement (its sequence number; an
@@ -146,6 +150,32 @@ pub(crate) struct Write<'a> {
     pub(crate) condition: WriteCondition<'a>,
     /// The region's generation key (checked when the condition carries a fence).
     pub(crate) generation_key: &'a str,
+}
+
+/// Several writes of one region ([`RemoteStore::fill_many`]).
+#[derive(Debug)]
+pub(crate) struct BatchWrite<'a> {
+    /// The entries.
+    pub(crate) entries: Vec<BatchEntry>,
+    /// The region's generation the keys were made for (`None`: no fence).
+    pub(crate) fence: Option<u64>,
+    /// The region's generation key.
+    pub(crate) generation_key: &'a str,
+}
+
+/// One entry of a [`BatchWrite`].
+#[derive(Debug)]
+pub(crate) struct BatchEntry {
+    /// The data key.
+    pub(crate) key: String,
+    /// The encoded entry.
+    pub(crate) value: Vec<u8>,
+    /// How long it lives, in milliseconds.
+    pub(crate) ttl_ms: u64,
+    /// How it treats what the key holds.
+    pub(crate) mode: WriteMode,
+    /// Its source version, if any.
+    pub(crate) version: Option<u64>,
 }
 
 /// A bus message to publish: numbered by `sequencer` when it is sent, built by `message` from

@@ -10,8 +10,9 @@ use fred::{
 
 use tracing::Instrument;
 
-use super::{RedisStore, Script, SCRIPTS};
+use super::{fill_batch_command, filled, RedisStore, Script, SCRIPTS};
 use crate::error::{Error, ErrorKind, Result};
+use crate::remote::{BatchWrite, Filled};
 
 impl RedisStore {
     /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`).
@@ -161,6 +162,46 @@ impl RedisStore {
             })
             .await?;
         parse_scan_reply(reply, "SSCAN")
+    }
+
+    /// Several writes of one region: one `fill_batch.lua` run per [`MAX_BATCH`] entries.
+    ///
+    /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
+    pub(crate) async fn fill_batch(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
+        let BatchWrite {
+            mut entries,
+            fence,
+            generation_key,
+        } = batch;
+        let mut results = Vec::with_capacity(entries.len());
+        let span = tracing::debug_span!("layercache.l2.set_many", entries = entries.len());
+        async {
+            while !entries.is_empty() {
+                let rest = entries.split_off(entries.len().min(crate::remote::MAX_BATCH));
+                let mut chunk = BatchWrite {
+                    entries,
+                    fence,
+                    generation_key,
+                };
+                let (keys, args) = fill_batch_command(&mut chunk);
+                let replies: Vec<i64> = self
+                    .script(
+                        "redis EVALSHA (fill batch)",
+                        &SCRIPTS.fill_batch,
+                        keys,
+                        args,
+                    )
+                    .await?;
+                if replies.len() != chunk.entries.len() {
+                    return Err(Error::new(ErrorKind::Redis, "unexpected fill batch reply"));
+                }
+                results.extend(replies.into_iter().map(filled));
+                entries = rest;
+            }
+            Ok(results)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Takes a lock: `SET key token NX PX ttl`; returns whether it was taken.

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use crate::remote::{Filled, Write, WriteCondition, WriteMode};
+use crate::remote::{BatchWrite, Filled, Write, WriteCondition, WriteMode};
 
 /// One script: its text, and the SHA-1 Redis knows it by.
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub(crate) struct Scripts {
     pub(crate) renew_lock: Script,
     /// Deletes a page of a tag's members and takes them out of its set, atomically.
     pub(crate) drop_tag_page: Script,
+    /// Several writes of one region without tags (see `fill_batch.lua`).
+    pub(crate) fill_batch: Script,
 }
 
 /// The scripts.
@@ -52,6 +54,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release_lock: Script::new(include_str!("scripts/release_lock.lua")),
     renew_lock: Script::new(include_str!("scripts/renew_lock.lua")),
     drop_tag_page: Script::new(include_str!("scripts/drop_tag_page.lua")),
+    fill_batch: Script::new(include_str!("scripts/fill_batch.lua")),
 });
 
 /// `EVALSHA` of `script` as a custom command (so it carries the client's options: timeout,
@@ -86,6 +89,38 @@ pub(crate) fn filled(reply: i64) -> Filled {
         -2 => Filled::Older,
         _ => Filled::Refused,
     }
+}
+
+/// The keys and arguments of a batch fill (see `fill_batch.lua` for their order): writes of
+/// one region, without tags or marks, under one fence.
+pub(crate) fn fill_batch_command(batch: &mut BatchWrite<'_>) -> (Vec<String>, Vec<Value>) {
+    let mut keys = Vec::with_capacity(1 + batch.entries.len());
+    let mut args = Vec::with_capacity(1 + 6 * batch.entries.len());
+    keys.push(batch.generation_key.to_owned());
+    args.push(Value::from(
+        batch.fence.map_or_else(String::new, |g| g.to_string()),
+    ));
+    for entry in &mut batch.entries {
+        keys.push(entry.key.clone());
+        let (expected, len) = match &entry.mode {
+            WriteMode::Set | WriteMode::Nx => (Vec::new(), 0),
+            WriteMode::Cas(seen) => (seen.prefix.clone(), seen.len),
+        };
+        args.extend([
+            Value::Bytes(std::mem::take(&mut entry.value).into()),
+            Value::from(entry.ttl_ms.to_string()),
+            Value::from(entry.mode.name()),
+            Value::Bytes(expected.into()),
+            Value::from(len.to_string()),
+            Value::Bytes(
+                entry
+                    .version
+                    .map_or_else(Vec::new, |v| v.to_be_bytes().to_vec())
+                    .into(),
+            ),
+        ]);
+    }
+    (keys, args)
 }
 
 /// The keys and arguments of a fill script call (see `fill.lua` for their order).
@@ -157,6 +192,7 @@ mod tests {
             &SCRIPTS.release_lock,
             &SCRIPTS.renew_lock,
             &SCRIPTS.drop_tag_page,
+            &SCRIPTS.fill_batch,
         ];
         for s in all {
             assert_eq!(s.sha1.len(), 40);

@@ -6,7 +6,7 @@ use super::MemoryServer;
 use crate::{
     error::Result,
     options::millis_ceil,
-    remote::{Announcement, BoxFuture, Filled, RemoteStore, Write},
+    remote::{Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write, WriteCondition},
 };
 
 /// A cache's handle on a [`MemoryServer`].
@@ -84,6 +84,31 @@ impl RemoteStore for MemoryStore {
 
     fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>> {
         ready(self.server.run("fill", |k| k.fill(write)))
+    }
+
+    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {
+        ready(self.server.run("fill many", |k| {
+            // All under one lock, as the script runs: atomic together.
+            batch
+                .entries
+                .into_iter()
+                .map(|entry| {
+                    k.fill(Write {
+                        key: &entry.key,
+                        value: entry.value,
+                        ttl_ms: entry.ttl_ms,
+                        tags: Vec::new(),
+                        condition: WriteCondition {
+                            mode: &entry.mode,
+                            marks: &[],
+                            fence: batch.fence,
+                            version: entry.version,
+                        },
+                        generation_key: batch.generation_key,
+                    })
+                })
+                .collect()
+        }))
     }
 
     fn fill_announced<'a>(

@@ -260,7 +260,7 @@ where
         l2.fill_announced(write, announcement).await
     }
 
-    fn count_write(&self, enc: &Encoded) {
+    pub(super) fn count_write(&self, enc: &Encoded) {
         let c = &self.cache.counters;
         c.l2_writes.incr();
         c.bytes_raw.add(enc.raw_len as u64);

@@ -22,7 +22,7 @@ use crate::{
     key::CacheKey,
     options::millis_ceil,
     region::Region,
-    remote::BoxFuture,
+    remote::{BatchEntry, BatchWrite, BoxFuture, Filled},
 };
 
 /// A batch loader, type-erased: given the positions (in the batch's list of distinct keys) of
@@ -180,6 +180,11 @@ where
             }
         };
         found.sort_by_key(|(at, _)| *at);
+        // Every write in one batch command: one round trip, one script run per 1,000 keys.
+        let mut prepared = Vec::with_capacity(to_load.len());
+        let mut entries = Vec::new();
+        let mut slots = Vec::new();
+        let mut batch_fence = None;
         for (at, leader, (held, rkey, fence)) in to_load {
             // The last value the loader gave for this key (it may repeat one).
             let value = match found.binary_search_by_key(&at, |(a, _)| *a) {
@@ -197,11 +202,52 @@ where
                 read_at,
                 fence,
             };
-            let outcome = self
-                .store_loaded(
-                    &leader, &rkey, redis, value, took, None, &options, generation, tag_epoch,
-                )
-                .await;
+            let mut ready =
+                self.prepare_loaded(&leader, &rkey, &redis, value, None, &options, took);
+            if let Some((enc, mode)) = ready.as_mut().and_then(|p| p.write.take()) {
+                self.count_write(&enc);
+                batch_fence = batch_fence.or(fence);
+                slots.push(prepared.len());
+                entries.push(BatchEntry {
+                    ttl_ms: ready.as_ref().map_or(0, |p| p.plan.physical_ms()),
+                    key: rkey,
+                    value: enc.bytes,
+                    mode,
+                    version: None,
+                });
+            }
+            prepared.push((at, leader, ready));
+        }
+        let mut written: Vec<Option<crate::error::Result<Filled>>> =
+            prepared.iter().map(|_| None).collect();
+        if let (Some(l2), false) = (&self.cache.l2, entries.is_empty()) {
+            let batch = BatchWrite {
+                entries,
+                fence: batch_fence,
+                generation_key: &self.shared.state.generation_key,
+            };
+            match l2.fill_many(batch).await {
+                Ok(results) => {
+                    for (slot, result) in slots.into_iter().zip(results) {
+                        written[slot] = Some(Ok(result));
+                    }
+                }
+                Err(e) => {
+                    for slot in slots {
+                        written[slot] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for ((at, leader, ready), written) in prepared.into_iter().zip(written) {
+            let outcome = match ready {
+                Some(ready) => {
+                    let epoch = (generation, tag_epoch);
+                    self.settle_loaded(&leader, ready, written, took, None, &options, epoch)
+                        .await
+                }
+                None => Ok(None),
+            };
             outcomes[at] = Some(leader.finish(outcome));
         }
     }

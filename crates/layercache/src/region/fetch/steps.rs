@@ -225,11 +225,62 @@ where
         generation: u64,
         tag_epoch: u64,
     ) -> Outcome<V> {
+        let Some(mut prepared) =
+            self.prepare_loaded(leader, rkey, &redis, value, tags.as_deref(), options, took)
+        else {
+            return Ok(None);
+        };
+        let written = match prepared.write.take() {
+            Some((enc, mode)) => {
+                let condition = WriteCondition {
+                    mode: &mode,
+                    marks: redis.marks,
+                    fence: redis.fence,
+                    version: None,
+                };
+                let plan = &prepared.plan;
+                Some(
+                    self.write_l2(rkey, enc, plan, tags.as_deref(), condition)
+                        .await,
+                )
+            }
+            None => None,
+        };
+        self.settle_loaded(
+            leader,
+            prepared,
+            written,
+            took,
+            tags,
+            options,
+            (generation, tag_epoch),
+        )
+        .await
+    }
+
+    /// The first half of storing a loaded value: its plan and, when it is to be written to
+    /// Redis (the read saw something a load may replace, the fetch is still in time, and
+    /// nothing newer touched the key), its encoded form and write mode. `None`: a "not found"
+    /// without a negative TTL, nothing to store.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fetch's state, passed through"
+    )]
+    pub(super) fn prepare_loaded(
+        &self,
+        leader: &Leader<V>,
+        rkey: &str,
+        redis: &FillContext<'_>,
+        value: Option<V>,
+        tags: Option<&[String]>,
+        options: &EntryOptions,
+        took: Duration,
+    ) -> Option<Prepared<V>> {
         let cache = &self.cache;
         let plan = match (&value, options.get_negative_ttl()) {
             (Some(_), _) => WritePlan::value(options, took),
             (None, Some(ttl)) => WritePlan::negative(ttl),
-            (None, None) => return Ok(None),
+            (None, None) => return None,
         };
         let value = value.map(Arc::new);
         let fill_mode = match redis.found.fill().filter(|_| !rkey.is_empty()) {
@@ -240,44 +291,14 @@ where
             }
             mode => mode,
         };
-        let write = fill_mode.is_some();
         let mut raw_len = 0;
-        if write || cache.l1.by_bytes() {
-            match self.encode(value.as_deref(), &plan, tags.as_deref(), rkey) {
+        let mut write = None;
+        if fill_mode.is_some() || cache.l1.by_bytes() {
+            match self.encode(value.as_deref(), &plan, tags, rkey) {
                 Ok(enc) => {
                     raw_len = enc.raw_len;
-                    if let (Some(mode), false) = (&fill_mode, leader.is_poisoned()) {
-                        let written = self
-                            .write_l2(
-                                rkey,
-                                enc,
-                                &plan,
-                                tags.as_deref(),
-                                WriteCondition {
-                                    mode,
-                                    marks: redis.marks,
-                                    fence: redis.fence,
-                                    version: None,
-                                },
-                            )
-                            .await;
-                        match written {
-                            Ok(Filled::Written) => {}
-                            Ok(Filled::Fenced) => {
-                                cache.counters.l2_fills_lost.incr();
-                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
-                                cache.refresh_generation(&self.shared.state).await;
-                            }
-                            // Loads carry no source version: never refused as older.
-                            Ok(Filled::Refused | Filled::Older) => {
-                                cache.counters.l2_fills_lost.incr();
-                                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
-                            }
-                            // The value was loaded; a failed fill is not the caller's error.
-                            Err(e) => {
-                                let _ = self.l2_failed("set", e);
-                            }
-                        }
+                    if let (Some(mode), false) = (fill_mode, leader.is_poisoned()) {
+                        write = Some((enc, mode));
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
@@ -289,6 +310,53 @@ where
                 }
             }
         }
+        Some(Prepared {
+            plan,
+            value,
+            write,
+            raw_len,
+        })
+    }
+
+    /// The second half: what became of the Redis write (`None`: none was made), then L1.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fetch's state, passed through"
+    )]
+    pub(super) async fn settle_loaded(
+        &self,
+        leader: &Leader<V>,
+        prepared: Prepared<V>,
+        written: Option<Result<Filled>>,
+        took: Duration,
+        tags: crate::region::Tags,
+        options: &EntryOptions,
+        (generation, tag_epoch): (u64, u64),
+    ) -> Outcome<V> {
+        let cache = &self.cache;
+        match written {
+            None | Some(Ok(Filled::Written)) => {}
+            Some(Ok(Filled::Fenced)) => {
+                cache.counters.l2_fills_lost.incr();
+                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
+                cache.refresh_generation(&self.shared.state).await;
+            }
+            // Loads carry no source version: never refused as older.
+            Some(Ok(Filled::Refused | Filled::Older)) => {
+                cache.counters.l2_fills_lost.incr();
+                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
+            }
+            // The value was loaded; a failed fill is not the caller's error.
+            Some(Err(e)) => {
+                let _ = self.l2_failed("set", e);
+            }
+        }
+        let Prepared {
+            plan,
+            value,
+            raw_len,
+            ..
+        } = prepared;
         if plan.negative {
             cache.counters.negative_stores.incr();
         }
@@ -348,6 +416,15 @@ where
         fill(self, leader, value, options, life).await;
         Ok(Some(stale.value))
     }
+}
+
+/// A loaded value made ready to store ([`Region::prepare_loaded`]).
+pub(super) struct Prepared<V> {
+    pub(super) plan: WritePlan,
+    value: Option<Arc<V>>,
+    /// The encoded entry and the mode to write it with, when it goes to Redis.
+    pub(super) write: Option<(crate::envelope::Encoded, crate::remote::WriteMode)>,
+    raw_len: usize,
 }
 
 /// A held distributed lock: renewed in the background until released or dropped.

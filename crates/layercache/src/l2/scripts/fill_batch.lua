@@ -1,0 +1,54 @@
+-- Writes several entries of one region at once, each by the rules of fill.lua for a write
+-- without tags or marks: `nx` only if absent, `cas` only if the key still holds what was seen
+-- (same length and first bytes) or nothing, `set` unconditionally; refused when the key holds
+-- a higher source version; all of them fenced on the region's generation when a fence is
+-- given. (fill.lua is the reference; a change to one is a change to both.)
+--
+-- KEYS: the generation key, then the data keys.
+-- ARGV: the fence's generation (empty for none), then six per data key: the value, the TTL in
+-- ms, the mode, the expected prefix, the expected length, the source version (8 bytes, or
+-- empty for none).
+-- Returns, per data key: 1 (written), 0 (refused), -1 (fenced) or -2 (older).
+local out = {}
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  for i = 2, #KEYS do out[i - 1] = -1 end
+  return out
+end
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 6
+  local key, value, ttl, mode = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local prefix, len, version = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local result = nil
+  if version ~= '' then
+    local head = redis.pcall('GETRANGE', key, 0, 71)
+    if type(head) == 'string' and #head == 72 and string.sub(head, 1, 4) == 'LCAC'
+      and bit.band(string.byte(head, 7), 16) ~= 0 then
+      local cur = string.sub(head, 65, 72)
+      for j = 1, 8 do
+        local x, y = string.byte(version, j), string.byte(cur, j)
+        if x ~= y then
+          if x < y then result = -2 end
+          break
+        end
+      end
+    end
+  end
+  if result == nil then
+    local ok
+    if mode == 'nx' then
+      ok = redis.call('SET', key, value, 'PX', ttl, 'NX')
+    elseif mode == 'cas' then
+      local n = redis.call('STRLEN', key)
+      if n == 0 or (n == tonumber(len) and redis.call('GETRANGE', key, 0, #prefix - 1) == prefix) then
+        ok = redis.call('SET', key, value, 'PX', ttl)
+      else
+        ok = false
+      end
+    else
+      ok = redis.call('SET', key, value, 'PX', ttl)
+    end
+    if ok then result = 1 else result = 0 end
+  end
+  out[i - 1] = result
+end
+return out
