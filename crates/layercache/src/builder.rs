@@ -246,7 +246,8 @@ impl LayerCacheBuilder {
     }
 
     /// Values whose encoding is at least this many bytes are LZ4-compressed before they go to
-    /// Redis; the compressed form is kept only when it is smaller. `usize::MAX` turns
+    /// Redis; the compressed form is kept only when it saves at least an eighth of the bytes
+    /// (less is not worth a decompression on every read). `usize::MAX` turns
     /// compression off.
     ///
     /// Default: 1024 bytes.
