@@ -335,6 +335,14 @@ impl RemoteStore for RedisStore {
         Box::pin(self.fill_batch(batch))
     }
 
+    fn fill_many_announced<'a>(
+        &'a self,
+        batch: BatchWrite<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>> {
+        Box::pin(self.fill_batch_announced(batch, announcement))
+    }
+
     fn fill_announced<'a>(
         &'a self,
         write: Write<'a>,

@@ -66,6 +66,13 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         write: Write<'a>,
         announcement: Announcement<'a>,
     ) -> BoxFuture<'a, Result<(Filled, Result<u64>)>>;
+    /// [`fill_many`](Self::fill_many) of at most [`MAX_BATCH`] entries and one announcement
+    /// for all of them, in one step (as [`fill_announced`](Self::fill_announced)).
+    fn fill_many_announced<'a>(
+        &'a self,
+        batch: BatchWrite<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>>;
     /// Publishes a bus message numbered by the announcement's sequencer. Returns the number
     /// (0 when the call was skipped before one was taken) and the outcome.
     fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)>;

@@ -8,10 +8,13 @@ use fred::{
 };
 use tracing::Instrument;
 
-use super::{evalsha, fill_command, fill_span, filled, is_noscript, map_err, RedisStore, SCRIPTS};
+use super::{
+    evalsha, fill_batch_command, fill_command, fill_span, filled, is_noscript, map_err, RedisStore,
+    Script, SCRIPTS,
+};
 use crate::{
     error::Result,
-    remote::{Announcement, Filled, Write},
+    remote::{Announcement, BatchWrite, Filled, Write},
     sequencer::Sequencer,
 };
 
@@ -112,37 +115,83 @@ impl RedisStore {
         write: Write<'_>,
         announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
-        let Announcement { sequencer, message } = announcement;
         let condition = write.condition;
         let (keys, args) = fill_command(write);
         let span = fill_span(&condition, true);
-        let script = evalsha(&SCRIPTS.fill, keys, args);
         let what = "redis EVALSHA (fill) + PUBLISH";
+        let (reply, published) = self
+            .script_announced(what, &SCRIPTS.fill, keys, args, announcement)
+            .instrument(span)
+            .await?;
+        let written = reply
+            .convert::<i64>()
+            .map_err(|e| map_err("redis EVALSHA (fill)", e))?;
+        Ok((filled(written), published))
+    }
+
+    /// [`fill_batch`](Self::fill_batch) of at most [`MAX_BATCH`] entries and one announcement
+    /// for all of them, in one round trip (as [`fill_announced`](Self::fill_announced)).
+    ///
+    /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
+    pub(crate) async fn fill_batch_announced(
+        &self,
+        mut batch: BatchWrite<'_>,
+        announcement: Announcement<'_>,
+    ) -> Result<(Vec<Filled>, Result<u64>)> {
+        let n = batch.entries.len();
+        let (keys, args) = fill_batch_command(&mut batch);
+        let span = tracing::debug_span!("layercache.l2.set_many", entries = n);
+        let what = "redis EVALSHA (fill batch) + PUBLISH";
+        let (reply, published) = self
+            .script_announced(what, &SCRIPTS.fill_batch, keys, args, announcement)
+            .instrument(span)
+            .await?;
+        let written = reply
+            .convert::<Vec<i64>>()
+            .map_err(|e| map_err("redis EVALSHA (fill batch)", e))?;
+        if written.len() != n {
+            return Err(map_err(
+                "redis EVALSHA (fill batch)",
+                unexpected("a fill batch"),
+            ));
+        }
+        Ok((written.into_iter().map(filled).collect(), published))
+    }
+
+    /// A script and its announcement on the bus in one round trip: `EVALSHA` and `PUBLISH`
+    /// pipelined on the one connection, the message numbered under the sequencer's lock so the
+    /// sender's messages still reach Redis in order (receivers detect gaps as before). Redis
+    /// runs the `PUBLISH` right after the script, so a receiver drops its copy only once the
+    /// write is visible; an announcement of a write that was refused is spurious and harmless
+    /// (it only drops a copy). Returns the script's reply and what became of the announcement
+    /// (its sequence number; an error there is the announcement's alone: the write stands).
+    async fn script_announced(
+        &self,
+        what: &'static str,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        announcement: Announcement<'_>,
+    ) -> Result<(Value, Result<u64>)> {
+        let Announcement { sequencer, message } = announcement;
+        let command = evalsha(script, keys, args);
         let (mut taken, mut replies) = self
-            .sequenced(what, Some(script.clone()), sequencer, message)
-            .instrument(span.clone())
+            .sequenced(what, Some(command.clone()), sequencer, message)
             .await;
         if let Ok([Err(e), _]) = replies.as_deref() {
             if is_noscript(e) {
                 // The server lacks the script (new, restarted, or flushed): load it and send
                 // both again. The first announcement went out for a write that did not happen:
                 // it only made other instances drop a copy.
-                self.load_script(&SCRIPTS.fill).await?;
+                self.load_script(script).await?;
                 (taken, replies) = self
-                    .sequenced(what, Some(script), sequencer, message)
-                    .instrument(span)
+                    .sequenced(what, Some(command), sequencer, message)
                     .await;
             }
         }
         let [written, published] = <[_; 2]>::try_from(replies?)
-            .map_err(|_| map_err("redis EVALSHA (fill)", unexpected("EVALSHA + PUBLISH")))?;
-        let written = match written {
-            Ok(v) => filled(
-                v.convert::<i64>()
-                    .map_err(|e| map_err("redis EVALSHA (fill)", e))?,
-            ),
-            Err(e) => return Err(map_err("redis EVALSHA (fill)", e)),
-        };
+            .map_err(|_| map_err(what, unexpected("EVALSHA + PUBLISH")))?;
+        let written = written.map_err(|e| map_err(what, e))?;
         let published = published
             .map(|_| taken)
             .map_err(|e| map_err("redis PUBLISH", e));

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     error::{Error, ErrorKind, Result},
-    remote::{source_version, Filled, Write, WriteCondition, WriteMode},
+    remote::{source_version, BatchWrite, Filled, Write, WriteCondition, WriteMode},
 };
 
 /// What a key holds.
@@ -198,6 +198,30 @@ impl Keyspace {
             }
         }
         Ok(Filled::Written)
+    }
+
+    /// `fill_batch.lua`: each entry as `fill` would write it without tags or marks, under the
+    /// batch's fence.
+    pub(super) fn fill_many(&mut self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
+        batch
+            .entries
+            .into_iter()
+            .map(|entry| {
+                self.fill(Write {
+                    key: &entry.key,
+                    value: entry.value,
+                    ttl_ms: entry.ttl_ms,
+                    tags: Vec::new(),
+                    condition: WriteCondition {
+                        mode: &entry.mode,
+                        marks: &[],
+                        fence: batch.fence,
+                        version: entry.version,
+                    },
+                    generation_key: batch.generation_key,
+                })
+            })
+            .collect()
     }
 
     /// `load_generation.lua`.

@@ -6,7 +6,7 @@ use super::MemoryServer;
 use crate::{
     error::Result,
     options::millis_ceil,
-    remote::{Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write, WriteCondition},
+    remote::{Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write},
 };
 
 /// A cache's handle on a [`MemoryServer`].
@@ -87,28 +87,21 @@ impl RemoteStore for MemoryStore {
     }
 
     fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {
-        ready(self.server.run("fill many", |k| {
-            // All under one lock, as the script runs: atomic together.
-            batch
-                .entries
-                .into_iter()
-                .map(|entry| {
-                    k.fill(Write {
-                        key: &entry.key,
-                        value: entry.value,
-                        ttl_ms: entry.ttl_ms,
-                        tags: Vec::new(),
-                        condition: WriteCondition {
-                            mode: &entry.mode,
-                            marks: &[],
-                            fence: batch.fence,
-                            version: entry.version,
-                        },
-                        generation_key: batch.generation_key,
-                    })
-                })
-                .collect()
-        }))
+        ready(self.server.run("fill many", |k| k.fill_many(batch)))
+    }
+
+    fn fill_many_announced<'a>(
+        &'a self,
+        batch: BatchWrite<'a>,
+        announcement: Announcement<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>> {
+        if let Err(e) = self.server.check("fill many") {
+            return ready(Err(e));
+        }
+        let (seq, filled, sent) = self.announce(announcement, || {
+            self.server.run("fill many", |k| k.fill_many(batch))
+        });
+        ready(filled.map(|f| (f, sent.map(|()| seq))))
     }
 
     fn fill_announced<'a>(

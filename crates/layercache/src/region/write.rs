@@ -1,7 +1,7 @@
 //! The write API of [`Region`]: `insert` and its variants, `invalidate`, `invalidate_all`, and
 //! the settling of every write (journal, acknowledgements).
 
-use std::{borrow::Borrow, sync::Arc, time::Duration};
+use std::borrow::Borrow;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -9,12 +9,15 @@ use crate::{
     codec::Codec,
     engine::GenerationMoveFailed,
     error::{Error, ErrorKind, Result},
-    key::{validate_tags, CacheKey},
+    key::CacheKey,
     options::EntryOptions,
-    remote::Filled,
 };
 
-use super::{store::L1Life, Region, WritePlan};
+mod insert;
+
+pub(super) use insert::Insert;
+
+use super::{Region, WritePlan};
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -105,129 +108,9 @@ where
     where
         Q: CacheKey + ?Sized,
     {
-        options.validate()?;
-        let tags = validate_tags(tags)?;
-        let k = self.l1_key(key);
-        self.check_key(&k)?;
-        let cache = &self.cache;
-        let mut plan = WritePlan::value(options, Duration::ZERO);
-        plan.version = version;
-        // The Redis key, when there is a Redis tier and the generation is known.
-        let known = match cache.l2 {
-            Some(_) => self.write_generation().await,
-            None => None,
-        };
-        let rk = known.map(|g| self.shared.state.data_key(g, &k[4..]));
-        let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
-            let key = rk.as_deref().unwrap_or("");
-            Some(self.encode(Some(&value), &plan, tags.as_deref(), key)?)
-        } else {
-            None
-        };
-        let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
-        let tag_epoch = cache.l1.tag_epoch();
-        // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
-        // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
-        cache.flights.poison(&k);
-        let ticket = cache.flights.ticket(&k);
-        let started = cache.journal.stamp();
-        let value = Arc::new(value);
-        let (logical, refresh_in) = self.life_of_plan(options, &plan);
-        let created_ms = crate::freshness::unix_millis();
-        let fill_l1 = |generation: u64| {
-            let life = L1Life {
-                logical,
-                refresh_in,
-                delta: Duration::ZERO,
-                fail_safe_keep: plan.fail_safe_keep,
-                generation,
-                tag_epoch,
-                tags: tags.clone(),
-                raw_len,
-                negative: false,
-                created_ms,
-                stale_since: None,
-                version,
-            };
-            let entry = self.l1_entry(k.len(), value.clone(), options, life);
-            let (k, ticket) = (&k, &ticket);
-            // Returns whether L1 holds a newer source version (the entry was not put in).
-            async move {
-                let Some(entry) = entry.filter(|_| !ticket.is_poisoned()) else {
-                    return false;
-                };
-                if !cache.l1.admits(k) {
-                    // Another instance wrote the key a moment ago: it lives in Redis only for
-                    // now (and whatever L1 held is older than this write).
-                    cache.counters.l1_cooldown_skips.incr();
-                    cache.l1.remove(k).await;
-                    return false;
-                }
-                if let Some(v) = version {
-                    // A versioned write never replaces a newer version in L1 (read from Redis
-                    // or written by another task of this instance).
-                    let held = cache.l1.get(k).await.filter(|e| cache.l1.usable(e));
-                    if held.and_then(|e| e.version).is_some_and(|held| held > v) {
-                        return true;
-                    }
-                }
-                cache.l1.insert(Box::from(&**k), entry).await;
-                if ticket.is_poisoned() {
-                    // Something newer arrived while the entry went in: drop it rather than
-                    // keep an older value than Redis holds.
-                    cache.l1.remove(k).await;
-                }
-                false
-            }
-        };
-        // This instance serves the new value at once, while the write travels (the source the
-        // caller wrote first already holds it): its readers do not wait a round trip for it.
-        // A versioned write that Redis then refuses as older takes its copy out again. Without
-        // Redis, versions are compared in L1.
-        let mut generation = self.shared.state.generation_raw();
-        let mut older = fill_l1(generation).await && cache.l2.is_none();
-        let mut result = Ok(());
-        let mut confirmed = cache.l2.is_none();
-        let mut announced: Result<u64> = Err(Error::new(ErrorKind::Redis, "not announced"));
-        if let Some(enc) = encoded.filter(|_| cache.l2.is_some()) {
-            let written = match (known, rk) {
-                (Some(g), Some(rk)) => {
-                    let encode = |rk: &str| self.encode(Some(&*value), &plan, tags.as_deref(), rk);
-                    self.write_fenced(&k, (g, rk, enc), &plan, tags.as_deref(), encode)
-                        .await
-                }
-                _ => self.l2_generation().map(|g| (g, Filled::Written, Ok(0))),
-            };
-            match written {
-                Ok((g, filled, published)) => {
-                    generation = g;
-                    confirmed = true;
-                    announced = published;
-                    older = filled == Filled::Older;
-                }
-                Err(e) => result = self.l2_failed("insert", e),
-            }
-            // A fetch that began while the write was in flight may have read the old value:
-            // it must not fill L1, and if it already did, the value goes in again (unless
-            // something newer arrived meanwhile), under the generation written.
-            cache.flights.poison_fetch(&k);
-            if older {
-                cache.counters.l2_versions_refused.incr();
-                tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis holds a newer source version; the write is refused");
-                if !ticket.is_poisoned() {
-                    cache.l1.remove(&k).await;
-                }
-            } else {
-                fill_l1(generation).await;
-            }
-        }
-        if older && cache.l2.is_none() {
-            cache.counters.l2_versions_refused.incr();
-        }
-        drop(ticket);
-        self.settle_write(&k, started, confirmed, announced, result)
-            .await
-            .map(|()| !older)
+        let mut insert = Insert::begin(self, key, value, options, tags, version).await?;
+        let written = insert.write().await;
+        insert.end(written).await
     }
 
     /// The end of every `insert` and `invalidate`: if Redis did not confirm the write or its
@@ -235,7 +118,7 @@ where
     /// Redis answers; until then this instance serves nothing for the key from Redis). A
     /// confirmed write settles an earlier unconfirmed one of the key. With acknowledged writes,
     /// then waits for every live instance to acknowledge the announcement.
-    async fn settle_write(
+    pub(super) async fn settle_write(
         &self,
         k: &[u8],
         started: u64,
