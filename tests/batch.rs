@@ -247,3 +247,148 @@ async fn batches_share_flights_with_single_callers_and_each_other() {
     );
     c.shutdown().await;
 }
+
+/// `insert_many` and `invalidate_many`: one script run and one bus message per chunk, every
+/// other instance's copy dropped, each key's own answer.
+async fn batch_writes(shared: &Shared, raw: Option<&fred::prelude::Client>) {
+    let instance = || {
+        shared
+            .builder("w")
+            .l1_write_cooldown(Duration::ZERO)
+            .bus_heartbeat_interval(Duration::from_secs(30))
+            .bus_heartbeat_timeout(Duration::from_secs(60))
+            .build()
+    };
+    let (a, b) = (instance().await.unwrap(), instance().await.unwrap());
+    let (ua, ub) = (users(&a).await, users(&b).await);
+    // Each instance's first heartbeat goes out at start: wait for it, so the counts below are
+    // the batch's alone.
+    for c in [&a, &b] {
+        support::wait_until("the first heartbeat", Duration::from_secs(10), || {
+            let c = c.clone();
+            async move { c.bus_status().unwrap().published_seq >= 1 }
+        })
+        .await;
+    }
+    ub.insert(&1, "old".into()).await.unwrap();
+    // The batch script's first run on a server loads it (`NOSCRIPT`, then again): not counted.
+    ua.insert_many([(&0, "warm-up".to_owned())]).await;
+    support::caught_up(&a, &b).await;
+    assert_eq!(value(&ub.get_many(&[1]).await[0]).as_deref(), Some("old")); // in B's L1
+
+    let evals = match raw {
+        Some(raw) => command_calls(raw, "evalsha").await,
+        None => 0,
+    };
+    let seq = a.bus_status().unwrap().published_seq;
+    let done = ua
+        .insert_many([
+            (&1, "one".to_owned()),
+            (&2, "two".to_owned()),
+            (&3, "three".to_owned()),
+        ])
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(
+        a.bus_status().unwrap().published_seq,
+        seq + 1,
+        "one message"
+    );
+    if let Some(raw) = raw {
+        assert_eq!(
+            command_calls(raw, "evalsha").await - evals,
+            1,
+            "one script run"
+        );
+    }
+    support::caught_up(&b, &a).await;
+    let got: Vec<Option<String>> = ub.get_many(&[1, 2, 3]).await.iter().map(value).collect();
+    assert_eq!(
+        got,
+        [Some("one"), Some("two"), Some("three")].map(|v| v.map(str::to_owned))
+    );
+
+    let seq = a.bus_status().unwrap().published_seq;
+    let done = ua.invalidate_many(&[1, 2, 9]).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(
+        a.bus_status().unwrap().published_seq,
+        seq + 1,
+        "one message"
+    );
+    support::caught_up(&b, &a).await;
+    let got: Vec<Option<String>> = ub.get_many(&[1, 2, 3]).await.iter().map(value).collect();
+    assert_eq!(got, [None, None, Some("three".to_owned())]);
+
+    // A key of its own making fails alone.
+    let texts = a.region::<str, String>("text").build().await.unwrap();
+    let huge = "k".repeat(5000);
+    let done = texts
+        .insert_many([("x", "1".to_owned()), (huge.as_str(), "2".to_owned())])
+        .await;
+    assert!(done[0].is_ok());
+    assert_eq!(done[1].as_ref().unwrap_err().kind(), ErrorKind::KeyTooLarge);
+    let done = texts.invalidate_many(["x", huge.as_str()]).await;
+    assert!(done[0].is_ok());
+    assert_eq!(done[1].as_ref().unwrap_err().kind(), ErrorKind::KeyTooLarge);
+    assert_eq!(value(&texts.get_many(["x"]).await[0]), None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_writes_are_one_script_and_one_message() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    batch_writes(&Shared::Redis(server), Some(&raw)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_writes_in_memory() {
+    batch_writes(&Shared::Memory(MemoryServer::new()), None).await;
+}
+
+/// Thousands of keys go in chunks of at most 1,000; when the store is down, every key is
+/// journaled and repaired once it is back, before anything stale can be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_batches_are_chunked_and_an_outage_is_repaired() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = shared.builder("big").build().await.unwrap();
+    let r = users(&c).await;
+    let keys: Vec<u64> = (0..2500).collect();
+    r.insert_many([(&0, "warm-up".to_owned())]).await; // loads the batch script
+    let evals = command_calls(&raw, "evalsha").await;
+    let done = r.insert_many(keys.iter().map(|k| (k, k.to_string()))).await;
+    assert!(done.iter().all(Result::is_ok));
+    assert_eq!(command_calls(&raw, "evalsha").await - evals, 3);
+    c.clear_l1();
+    let got = r.get_many(&keys).await;
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, v)| value(v) == Some(i.to_string())));
+    c.shutdown().await;
+
+    let server = MemoryServer::new();
+    let shared = Shared::Memory(server.clone());
+    let c = shared.builder("down").build().await.unwrap();
+    let r = users(&c).await;
+    r.insert_many([(&1, "v1".to_owned()), (&2, "v2".to_owned())])
+        .await;
+    server.set_available(false);
+    let done = r.invalidate_many(&[1, 2]).await;
+    assert!(done.iter().all(Result::is_ok), "journaled: {done:?}");
+    assert_eq!(c.pending_repairs(), 2);
+    server.set_available(true);
+    support::wait_until("the repairs", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { c.pending_repairs() == 0 }
+    })
+    .await;
+    c.clear_l1();
+    let got = r.get_many(&[1, 2]).await;
+    assert!(got.iter().all(|v| value(v).is_none()), "{got:?}");
+    c.shutdown().await;
+}

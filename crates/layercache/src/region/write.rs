@@ -13,6 +13,7 @@ use crate::{
     options::EntryOptions,
 };
 
+mod batch;
 mod insert;
 
 pub(super) use insert::Insert;
