@@ -348,7 +348,7 @@ async fn batch_writes_in_memory() {
     batch_writes(&Shared::Memory(MemoryServer::new()), None).await;
 }
 
-/// Thousands of keys go in chunks of at most 1,000; when the store is down, every key is
+/// Thousands of keys go in chunks (reads: 1,000 keys; writes: 200); when the store is down, every key is
 /// journaled and repaired once it is back, before anything stale can be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_batches_are_chunked_and_an_outage_is_repaired() {
@@ -362,7 +362,7 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     let evals = command_calls(&raw, "evalsha").await;
     let done = r.insert_many(keys.iter().map(|k| (k, k.to_string()))).await;
     assert!(done.iter().all(Result::is_ok));
-    assert_eq!(command_calls(&raw, "evalsha").await - evals, 3);
+    assert_eq!(command_calls(&raw, "evalsha").await - evals, 13);
     c.clear_l1();
     let got = r.get_many(&keys).await;
     assert!(got
@@ -390,5 +390,63 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     c.clear_l1();
     let got = r.get_many(&[1, 2]).await;
     assert!(got.iter().all(|v| value(v).is_none()), "{got:?}");
+    c.shutdown().await;
+}
+
+/// 100,000 keys in one call: chunked so that no single command holds Redis for long (the
+/// longest is reported, not asserted: speed is measured in the benches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_keys_in_one_call() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = shared.builder("huge").build().await.unwrap();
+    let r = users(&c).await;
+    r.insert_many([(&0, "warm-up".to_owned())]).await;
+    let keys: Vec<u64> = (0..100_000).collect();
+    support::cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+    support::cmd(&raw, "CONFIG", &["SET", "slowlog-max-len", "100000"]).await;
+    support::cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    let (evals, mgets) = (
+        command_calls(&raw, "evalsha").await,
+        command_calls(&raw, "mget").await,
+    );
+    let done = r
+        .insert_many(keys.iter().map(|k| (k, "v".to_owned())))
+        .await;
+    assert_eq!(done.len(), 100_000);
+    assert!(done.iter().all(Result::is_ok));
+    c.clear_l1();
+    let got = r.get_many(&keys).await;
+    assert!(got.iter().all(|v| value(v).as_deref() == Some("v")));
+    assert_eq!(command_calls(&raw, "evalsha").await - evals, 500);
+    assert_eq!(command_calls(&raw, "mget").await - mgets, 100);
+    let log = support::slow_log(&raw).await;
+    for name in ["EVALSHA", "MGET"] {
+        let mut took: Vec<Duration> = log
+            .iter()
+            .filter(|(_, n)| n == name)
+            .map(|(d, _)| *d)
+            .collect();
+        took.sort();
+        if let (Some(median), Some(longest)) = (took.get(took.len() / 2), took.last()) {
+            eprintln!(
+                "100,000 keys: {} × {name}, median {median:?}, longest {longest:?}",
+                took.len()
+            );
+        }
+    }
+
+    // A batch loader that returns keys it was not asked for: they are ignored.
+    let got = r
+        .get_or_load_many(&[200_000], |_ids: Vec<u64>| async {
+            Ok::<_, std::io::Error>(vec![
+                (200_000, "asked".to_owned()),
+                (7, "not asked".to_owned()),
+            ])
+        })
+        .await;
+    assert_eq!(value(&got[0]).as_deref(), Some("asked"));
+    assert_eq!(value(&r.get_many(&[7]).await[0]).as_deref(), Some("v"));
     c.shutdown().await;
 }

@@ -21,7 +21,8 @@ use fred::{
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
 use support::{
-    builder, caught_up, cmd, data_keys, instance, raw_client, redis, region, wait_until, Shared,
+    builder, caught_up, cmd, data_keys, instance, longest_command, raw_client, redis, region,
+    wait_until, Shared,
 };
 use tokio::sync::Notify;
 
@@ -697,30 +698,6 @@ async fn fill(r: &Region<str, u64>, n: u64) {
     for t in tasks {
         t.await.unwrap();
     }
-}
-
-/// The longest command in the slow log (which logs every command at threshold 0), with its
-/// name.
-async fn longest_command(raw: &Client) -> (Duration, String) {
-    let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
-        panic!("unexpected SLOWLOG reply")
-    };
-    entries
-        .iter()
-        .filter_map(|e| match e {
-            Value::Array(fields) => {
-                let micros = fields.get(2).and_then(|d| d.as_i64())?;
-                let name = match fields.get(3) {
-                    Some(Value::Array(args)) => args.first().and_then(|a| a.as_string()),
-                    _ => None,
-                }
-                .unwrap_or_default();
-                Some((Duration::from_micros(micros as u64), name))
-            }
-            _ => None,
-        })
-        .max()
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,3 +155,31 @@ pub(crate) async fn instance(server: &RedisServer, name: &str) -> LayerCache {
 pub(crate) async fn region(c: &LayerCache) -> Region<str, u64> {
     c.region::<str, u64>("item").build().await.unwrap()
 }
+
+/// The longest command in the slow log (which logs every command at threshold 0), with its
+/// name.
+pub(crate) async fn longest_command(raw: &Client) -> (Duration, String) {
+    slow_log(raw).await.into_iter().max().unwrap_or_default()
+}
+
+/// Every command in the slow log: its duration and name.
+pub(crate) async fn slow_log(raw: &Client) -> Vec<(Duration, String)> {
+    let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
+        panic!("unexpected SLOWLOG reply")
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(fields) => {
+                let micros = fields.get(2).and_then(|d| d.as_i64())?;
+                let name = match fields.get(3) {
+                    Some(Value::Array(args)) => args.first().and_then(|a| a.as_string()),
+                    _ => None,
+                }
+                .unwrap_or_default();
+                Some((Duration::from_micros(micros as u64), name))
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@
 //! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
 //! | `layercache.l2.get_many` | span | debug | `keys` | a batch read (`MGET`s of at most 1,000 keys) |
 //! | `layercache.l2.set` | span | debug | `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
-//! | `layercache.l2.set_many` | span | debug | `entries` | a batch of writes (`fill_batch.lua`, one run per 1,000 entries) |
+//! | `layercache.l2.set_many` | span | debug | `entries` | a batch of writes (`fill_batch.lua`, one run per 200 entries) |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
 //! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message from the publisher (a batch of announcements that did not travel with their write, or a heartbeat) |
 //! | `L1 flushed` | event | warn | `cache.name`, `reason` | a flush after a possible loss of invalidations, or a clear ([`FlushReason`](crate::FlushReason)) |

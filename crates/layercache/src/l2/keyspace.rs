@@ -164,9 +164,9 @@ impl RedisStore {
         parse_scan_reply(reply, "SSCAN")
     }
 
-    /// Several writes of one region: one `fill_batch.lua` run per [`MAX_BATCH`] entries.
+    /// Several writes of one region: one `fill_batch.lua` run per [`MAX_BATCH_WRITE`] entries.
     ///
-    /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
+    /// [`MAX_BATCH_WRITE`]: crate::remote::MAX_BATCH_WRITE
     pub(crate) async fn fill_batch(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
         let BatchWrite {
             mut entries,
@@ -177,7 +177,7 @@ impl RedisStore {
         let span = tracing::debug_span!("layercache.l2.set_many", entries = entries.len());
         async {
             while !entries.is_empty() {
-                let rest = entries.split_off(entries.len().min(crate::remote::MAX_BATCH));
+                let rest = entries.split_off(entries.len().min(crate::remote::MAX_BATCH_WRITE));
                 let mut chunk = BatchWrite {
                     entries,
                     fence,

@@ -129,10 +129,11 @@ impl RedisStore {
         Ok((filled(written), published))
     }
 
-    /// [`fill_batch`](Self::fill_batch) of at most [`MAX_BATCH`] entries and one announcement
-    /// for all of them, in one round trip (as [`fill_announced`](Self::fill_announced)).
+    /// [`fill_batch`](Self::fill_batch) of at most [`MAX_BATCH_WRITE`] entries and one
+    /// announcement for all of them, in one round trip (as
+    /// [`fill_announced`](Self::fill_announced)).
     ///
-    /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
+    /// [`MAX_BATCH_WRITE`]: crate::remote::MAX_BATCH_WRITE
     pub(crate) async fn fill_batch_announced(
         &self,
         mut batch: BatchWrite<'_>,

@@ -180,7 +180,7 @@ where
             }
         };
         found.sort_by_key(|(at, _)| *at);
-        // Every write in one batch command: one round trip, one script run per 1,000 keys.
+        // Every write in one batch command: one round trip, one script run per 200 keys.
         let mut prepared = Vec::with_capacity(to_load.len());
         let mut entries = Vec::new();
         let mut slots = Vec::new();

@@ -1,6 +1,6 @@
 //! Batch writes: [`Region::insert_many`] and [`Region::invalidate_many`] — every key through
 //! the same steps as `insert` and `invalidate`, but one store command and one bus message per
-//! chunk of keys (at most 1,000 keys and about 1 MiB of values), not one of each per key.
+//! chunk of keys (at most 200 keys and about 1 MiB of values), not one of each per key.
 
 use std::borrow::Borrow;
 
@@ -14,7 +14,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     key::CacheKey,
     region::{read::KeyBuf, Region, WritePlan},
-    remote::{Announcement, BatchEntry, BatchWrite, Filled, WriteMode, MAX_BATCH},
+    remote::{Announcement, BatchEntry, BatchWrite, Filled, WriteMode, MAX_BATCH_WRITE},
 };
 
 /// At most this many bytes of values go into one batch command.
@@ -36,7 +36,7 @@ where
 {
     /// Stores many values with the region's entry options, as [`insert`](Self::insert) stores
     /// one — same promise, same journal when Redis does not confirm — but in one store command
-    /// and one bus message per chunk of keys (at most 1,000 keys and about 1 MiB of values).
+    /// and one bus message per chunk of keys (at most 200 keys and about 1 MiB of values).
     /// One answer per item, in order; a key given twice ends with the later value.
     ///
     /// ```
@@ -242,7 +242,8 @@ where
             let mut bytes = 0;
             while let Some(item) = items.next_if(|i| {
                 chunk.is_empty()
-                    || (chunk.len() < MAX_BATCH && bytes + i.enc.bytes.len() <= MAX_BATCH_BYTES)
+                    || (chunk.len() < MAX_BATCH_WRITE
+                        && bytes + i.enc.bytes.len() <= MAX_BATCH_BYTES)
             }) {
                 bytes += item.enc.bytes.len();
                 chunk.push(item);
