@@ -17,9 +17,11 @@
 //! - `batch_load`: `Region::get_or_load_many` of 100 keys neither tier has (one batch-loader
 //!   call), against 100 concurrent `Region::get_or_load` of other such keys (100 loader calls).
 //!   Target: ≤ 1/5 of the time.
+//! - `batch_write`: `Region::insert_many` of 100 values, against 100 concurrent
+//!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `batch_get`, `batch_load`) for one.
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `batch_get`, `batch_load`, `batch_write`) for one.
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
@@ -290,6 +292,55 @@ fn batch_load(rounds: usize) {
     drop(server);
 }
 
+fn batch_write(rounds: usize) {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let setup = L2Setup::new(&server).await;
+        let batch = |i: usize| -> Vec<String> {
+            (0..BATCH)
+                .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].clone())
+                .collect()
+        };
+        let r = interleave(
+            rounds,
+            20,
+            |i| {
+                let (region, keys) = (setup.region.clone(), batch(i));
+                async move {
+                    let done = region
+                        .insert_many(keys.iter().map(|k| (k.as_str(), support::profile())))
+                        .await;
+                    assert!(done.iter().all(Result::is_ok));
+                }
+            },
+            |i| {
+                let (region, keys) = (setup.region.clone(), batch(i));
+                async move {
+                    let tasks: Vec<_> = keys
+                        .into_iter()
+                        .map(|k| {
+                            let region = region.clone();
+                            tokio::spawn(async move {
+                                region.insert(k.as_str(), support::profile()).await
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task").expect("insert");
+                    }
+                }
+            },
+        )
+        .await;
+        r.report("batch_write", 1.0 / 5.0);
+    });
+    drop(server);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
@@ -310,5 +361,8 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_write") {
+        batch_write(rounds);
     }
 }

@@ -85,6 +85,13 @@
 //! `PUBLISH` in one pipeline) → `sequencer.rs` (the message's number, taken with the command) →
 //! `l1.rs`; `journal.rs` only when Redis did not confirm.
 //!
+//! **Batches** take the same steps per key with one store call per chunk of keys:
+//! `region/batch.rs` (`get_many`, `get_or_load_many`: L1, then the flights of
+//! `region/fetch/batch.rs`: one `RemoteStore::get_many`, one loader call, one
+//! `RemoteStore::fill_many`) and `region/write/batch.rs` (`insert_many`, `invalidate_many`:
+//! each key's `insert` steps from `region/write/insert.rs` around one
+//! `RemoteStore::fill_many_announced` per chunk).
+//!
 //! ## Keys and format versions
 //!
 //! Redis keys look like `{cache}:f{format}:{region}:s{schema}:g{generation}:{key}`: see
