@@ -576,3 +576,46 @@ async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries() {
     assert_eq!(*v, 2);
     assert_eq!(c.stats().load_errors, 1);
 }
+
+/// Uncontended, the load lock costs no round trip of its own: the read that finds nothing
+/// takes it (one script), the load fills, the lock is released: three scripts, nothing else.
+/// (The slow log lists a script's own commands after it, newest first; before, the lock was a
+/// `SET … NX` of its own after a plain `GET`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_load_takes_the_lock_with_its_read() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let c = builder(&server, "lockread").build().await.unwrap();
+    let r = c
+        .region::<str, u64>("item")
+        .entry_options(EntryOptions::new().distributed_lock(true))
+        .build()
+        .await
+        .unwrap();
+    // Loads the scripts once (the first run of each on a server is a NOSCRIPT and a retry).
+    r.get_or_load("warm-up", |_| async { Ok::<_, std::io::Error>(0) })
+        .await
+        .unwrap();
+    support::cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+    support::cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    let v = r
+        .get_or_load("k", |_| async { Ok::<_, std::io::Error>(7) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 7);
+    let names: Vec<String> = support::slow_log(&raw)
+        .await
+        .into_iter()
+        .map(|(_, name)| name.to_uppercase())
+        .filter(|n| !matches!(n.as_str(), "SLOWLOG" | "PUBLISH" | "CONFIG"))
+        .collect();
+    let expected = [
+        "EVALSHA", "DEL", "GET", // release: check the token, delete
+        "EVALSHA", "SET", "GET", // fill: check the generation, write
+        "EVALSHA", "SET", "GET", // read, then take the lock: nothing was there
+    ];
+    assert_eq!(names, expected);
+    let stats = c.stats();
+    assert_eq!((stats.locks_acquired, stats.lock_waits), (2, 0));
+    c.shutdown().await;
+}

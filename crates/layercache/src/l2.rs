@@ -315,6 +315,16 @@ impl RemoteStore for RedisStore {
         )
     }
 
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        lock: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, bool)>> {
+        Box::pin(RedisStore::get_or_lock(self, key, lock, token, ttl_ms))
+    }
+
     fn get_and_touch<'a>(
         &'a self,
         key: &'a str,

@@ -102,6 +102,15 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// again meanwhile keeps its membership).
     fn drop_tag_page<'a>(&'a self, set: &'a str, members: Vec<String>)
         -> BoxFuture<'a, Result<()>>;
+    /// Reads `key` and, when it holds nothing, takes the load lock `lock` for `ttl_ms` in the
+    /// same step: `Ok((Some(bytes), false))`, or `Ok((None, taken))`.
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        lock: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, bool)>>;
     /// Takes a load lock for `ttl_ms` if nobody holds it; returns whether it was taken.
     fn try_lock<'a>(
         &'a self,

@@ -8,7 +8,7 @@
 //! |---|---|---|---|---|
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
 //! | `layercache.get_many` | span | debug | `cache.name`, `region`, `keys` | the fetch of a batch's L1 misses (`get_many`, `get_or_load_many`) |
-//! | `layercache.l2.get` | span | debug | `hit`, `bytes` | one `GET` |
+//! | `layercache.l2.get` | span | debug | `hit`, `bytes`; `sliding` (`GETEX`); `locked` (the read that takes the load lock when it finds nothing) | one read of an entry |
 //! | `layercache.l2.get_many` | span | debug | `keys` | a batch read (`MGET`s of at most 1,000 keys) |
 //! | `layercache.l2.set` | span | debug | `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
 //! | `layercache.l2.set_many` | span | debug | `entries` | a batch of writes (`fill_batch.lua`, one run per 200 entries) |

@@ -209,6 +209,43 @@ impl RedisStore {
         self.set(key, token.as_bytes().to_vec(), ttl_ms, true).await
     }
 
+    /// `get_or_lock.lua`: the entry, or the load lock when there is none.
+    pub(crate) async fn get_or_lock(
+        &self,
+        key: &str,
+        lock: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        let span = tracing::debug_span!(
+            "layercache.l2.get",
+            hit = tracing::field::Empty,
+            locked = tracing::field::Empty
+        );
+        let reply: Value = self
+            .script(
+                "redis EVALSHA (get or lock)",
+                &SCRIPTS.get_or_lock,
+                vec![key.to_owned(), lock.to_owned()],
+                vec![Value::from(token), Value::from(ttl_ms.to_string())],
+            )
+            .instrument(span.clone())
+            .await?;
+        let bad = || Error::new(ErrorKind::Redis, "unexpected get-or-lock reply");
+        let Value::Array(parts) = reply else {
+            return Err(bad());
+        };
+        let [found, second] = <[Value; 2]>::try_from(parts).map_err(|_| bad())?;
+        let got = match (found.as_i64(), second) {
+            (Some(1), value) => (Some(value.as_bytes().ok_or_else(bad)?.to_vec()), false),
+            (Some(0), locked) => (None, locked.as_i64() == Some(1)),
+            _ => return Err(bad()),
+        };
+        span.record("hit", got.0.is_some());
+        span.record("locked", got.1);
+        Ok(got)
+    }
+
     /// Extends a lock we hold; returns whether we still held it.
     pub(crate) async fn renew_lock(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool> {
         let args = vec![Value::from(token), Value::from(ttl_ms.to_string())];

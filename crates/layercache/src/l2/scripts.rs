@@ -44,6 +44,8 @@ pub(crate) struct Scripts {
     pub(crate) drop_tag_page: Script,
     /// Several writes of one region without tags (see `fill_batch.lua`).
     pub(crate) fill_batch: Script,
+    /// A read that takes the load lock when it finds nothing.
+    pub(crate) get_or_lock: Script,
 }
 
 /// The scripts.
@@ -55,6 +57,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew_lock: Script::new(include_str!("scripts/renew_lock.lua")),
     drop_tag_page: Script::new(include_str!("scripts/drop_tag_page.lua")),
     fill_batch: Script::new(include_str!("scripts/fill_batch.lua")),
+    get_or_lock: Script::new(include_str!("scripts/get_or_lock.lua")),
 });
 
 /// `EVALSHA` of `script` as a custom command (so it carries the client's options: timeout,
@@ -193,6 +196,7 @@ mod tests {
             &SCRIPTS.renew_lock,
             &SCRIPTS.drop_tag_page,
             &SCRIPTS.fill_batch,
+            &SCRIPTS.get_or_lock,
         ];
         for s in all {
             assert_eq!(s.sha1.len(), 40);

@@ -63,6 +63,19 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        lock: &'a str,
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, bool)>> {
+        ready(self.server.run("get or lock", |k| match k.get(key)? {
+            Some(value) => Ok((Some(value), false)),
+            None => Ok((None, k.set_nx(lock, token.as_bytes().to_vec(), ttl_ms))),
+        }))
+    }
+
     fn get_and_touch<'a>(
         &'a self,
         key: &'a str,

@@ -136,12 +136,18 @@ where
         let tag_epoch = cache.l1.tag_epoch();
         let read_at = Instant::now();
         let at = (generation, tag_epoch);
-        let (mut found, rkey, fence) = match r
-            .read_redis(leader, &options, mode, at, &mut fallback)
+        let want_lock = load.is_some() && options.get_distributed_lock();
+        let (mut found, rkey, fence, early_lock) = match r
+            .read_redis(leader, &options, mode, at, &mut fallback, want_lock)
             .await?
         {
             Read::Served(value) => return Ok(value),
-            Read::Load { found, rkey, fence } => (found, rkey, fence),
+            Read::Load {
+                found,
+                rkey,
+                fence,
+                lock,
+            } => (found, rkey, fence, lock),
         };
         if mode == Mode::Caller {
             cache.counters.misses.incr();
@@ -167,8 +173,10 @@ where
             }
         }
 
-        let lock = if options.get_distributed_lock() && !rkey.is_empty() && found != RedisHeld::Down
-        {
+        let lock = if let Some(guard) = early_lock {
+            // Taken with the read, which found nothing: one round trip for both.
+            Some(guard)
+        } else if options.get_distributed_lock() && !rkey.is_empty() && found != RedisHeld::Down {
             match r
                 .lock_or_wait(leader, &rkey, &options, (generation, tag_epoch), mode)
                 .await
@@ -218,6 +226,8 @@ enum Read<V> {
         found: RedisHeld,
         rkey: String,
         fence: Option<u64>,
+        /// The load lock, when the read took it (it found nothing).
+        lock: Option<Box<LockGuard>>,
     },
 }
 
@@ -237,6 +247,7 @@ where
         mode: Mode,
         at: (u64, u64),
         fallback: &mut Option<Stale<V>>,
+        want_lock: bool,
     ) -> crate::error::Result<Read<V>> {
         let cache = &self.cache;
         let mut rkey = String::new();
@@ -245,6 +256,7 @@ where
                 found: RedisHeld::Off,
                 rkey,
                 fence: None,
+                lock: None,
             });
         };
         let g = match self.l2_generation() {
@@ -256,6 +268,7 @@ where
                     found: RedisHeld::Down,
                     rkey,
                     fence: None,
+                    lock: None,
                 });
             }
             Err(e) => {
@@ -264,16 +277,37 @@ where
                     found: RedisHeld::Down,
                     rkey,
                     fence: None,
+                    lock: None,
                 });
             }
             Ok(g) => g,
         };
         rkey = self.shared.state.data_key(g, &leader.key()[4..]);
+        let mut lock = None;
         let read = match options.get_sliding() {
             Some(_) => {
                 cache.counters.l2_extends.incr();
                 let ttl = options.get_ttl() + options.keep_after_expiry();
                 l2.get_and_touch(&rkey, millis_ceil(ttl)).await
+            }
+            // Under the load lock, a read that finds nothing takes the lock in the same step.
+            None if want_lock => {
+                let lock_key = self.shared.state.lock_key(g, &leader.key()[4..]);
+                let token = crate::freshness::token();
+                let ttl = cache.settings.lock_ttl;
+                match l2
+                    .get_or_lock(&rkey, &lock_key, &token, millis_ceil(ttl))
+                    .await
+                {
+                    Ok((value, taken)) => {
+                        if taken {
+                            cache.counters.locks_acquired.incr();
+                            lock = Some(Box::new(LockGuard::new(l2, lock_key, token, ttl)));
+                        }
+                        Ok(value)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             None => l2.get(&rkey).await,
         };
@@ -309,6 +343,7 @@ where
             found,
             rkey,
             fence: Some(g),
+            lock,
         })
     }
 

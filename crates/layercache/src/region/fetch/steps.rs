@@ -433,6 +433,7 @@ pub(super) struct LockGuard {
     key: String,
     token: String,
     renewal: tokio::task::JoinHandle<()>,
+    released: bool,
 }
 
 impl LockGuard {
@@ -454,18 +455,34 @@ impl LockGuard {
             key,
             token,
             renewal,
+            released: false,
         }
     }
 
-    pub(super) async fn release(self) {
+    pub(super) async fn release(mut self) {
         self.renewal.abort();
+        self.released = true;
         let _ = self.l2.release_lock(&self.key, &self.token).await;
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        // Dropped without release (the task was cancelled): stop renewing, let it expire.
         self.renewal.abort();
+        if self.released {
+            return;
+        }
+        // Dropped without release (the fetch failed or was cancelled on its way): release it
+        // in the background rather than make other instances wait for it to expire.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (l2, key, token) = (
+                self.l2.clone(),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            );
+            drop(rt.spawn(async move {
+                let _ = l2.release_lock(&key, &token).await;
+            }));
+        }
     }
 }
