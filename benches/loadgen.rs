@@ -10,6 +10,7 @@
 //! cargo bench -p layercache-benches --bench loadgen -- --no-bus-thread   # listener on the runtime
 //! cargo bench -p layercache-benches --bench loadgen -- --cooldown-ms 0    # no L1 write cooldown
 //! cargo bench -p layercache-benches --bench loadgen -- --variants versioned,invalidate
+//! cargo bench -p layercache-benches --bench loadgen -- --variants invalidate --lock
 //! ```
 //!
 //! Other flags: `--keys`, `--tasks`, `--write-pct`, `--l1` (entries), `--value-bytes`,
@@ -104,6 +105,8 @@ struct Args {
     bus_thread: Option<bool>,
     /// `LayerCacheBuilder::l1_write_cooldown` in ms (the library's default when absent).
     cooldown_ms: Option<u64>,
+    /// Loads under the distributed load lock (`--lock`).
+    lock: bool,
     /// The variants to run (`--variants a,b`; cache-aside, the baseline, always runs).
     variants: Vec<Variant>,
 }
@@ -121,6 +124,7 @@ fn args() -> Args {
         port: None,
         bus_thread: None,
         cooldown_ms: None,
+        lock: false,
         variants: Variant::ALL.to_vec(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -138,6 +142,11 @@ fn args() -> Args {
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
             "--port" => a.port = Some(v.parse().unwrap()),
             "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
+            "--lock" => {
+                a.lock = true;
+                i += 1;
+                continue;
+            }
             "--variants" => {
                 a.variants = Variant::ALL
                     .into_iter()
@@ -433,7 +442,12 @@ async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec
                     b = b.l1_write_cooldown(Duration::from_millis(ms));
                 }
                 let cache = b.build().await.unwrap();
-                let r = cache.region::<str, Val>("v").build().await.unwrap();
+                let r = cache
+                    .region::<str, Val>("v")
+                    .entry_options(layercache::EntryOptions::new().distributed_lock(a.lock))
+                    .build()
+                    .await
+                    .unwrap();
                 out.push(Instance::Layer(r, variant));
                 caches.push(cache);
             }
@@ -590,6 +604,9 @@ async fn parent(a: Args) {
     if let Some(ms) = a.cooldown_ms {
         println!("l1_write_cooldown: {ms} ms");
     }
+    if a.lock {
+        println!("loads under the distributed load lock");
+    }
     for round in 0..a.rounds {
         for (variant, slices) in &mut results {
             let _: () = raw.flushall(false).await.unwrap();
@@ -625,6 +642,7 @@ async fn parent(a: Args) {
                         .into_iter()
                         .flatten(),
                 )
+                .args(a.lock.then_some("--lock"))
                 .env("LOADGEN_REDIS_PID", server.pid().unwrap().to_string())
                 .output()
                 .unwrap();
