@@ -48,9 +48,11 @@ pub(crate) trait ListenerHome: Send {
 }
 
 /// Runs the listener as a task on the current runtime.
+#[cfg(feature = "memory")]
 #[derive(Debug)]
 pub(crate) struct OnRuntime;
 
+#[cfg(feature = "memory")]
 impl ListenerHome for OnRuntime {
     fn run(self: Box<Self>, listener: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(listener)

@@ -291,6 +291,7 @@ impl SeenEntry {
     }
 
     /// Whether `current` (what the key holds now) is still what was seen.
+    #[cfg(feature = "memory")]
     pub(crate) fn matches(&self, current: &[u8]) -> bool {
         current.len() == self.len && current.starts_with(&self.prefix)
     }
@@ -298,6 +299,7 @@ impl SeenEntry {
 
 /// The source version an entry carries, if it is an envelope with one (flag bit 4, the
 /// big-endian version right after the 64-byte header: what `fill.lua` compares).
+#[cfg(feature = "memory")]
 pub(crate) fn source_version(entry: &[u8]) -> Option<u64> {
     use crate::envelope::{FLAG_VERSION, HEADER_LEN, MAGIC};
     let head = entry.get(..HEADER_LEN + 8)?;
