@@ -369,7 +369,7 @@ impl LayerCacheBuilder {
     }
 
     /// How long an instance waits for another instance's locked load (re-reading Redis with
-    /// back-off from 5 ms to 100 ms, and retrying the lock) before it loads itself.
+    /// back-off from 1 ms to 100 ms, and retrying the lock) before it loads itself.
     ///
     /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///

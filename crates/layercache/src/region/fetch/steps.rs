@@ -60,7 +60,7 @@ where
         }
         cache.counters.lock_waits.incr();
         let deadline = Instant::now() + cache.settings.lock_wait;
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Duration::from_millis(1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(left)).await;
