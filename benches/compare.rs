@@ -147,14 +147,21 @@ fn l1_hit(rounds: usize) {
     });
 }
 
-fn l2_hit(rounds: usize) {
+/// A redis-server, a current-thread runtime (one thread runs the caller, the fetch tasks and
+/// fred's connection task), and the L2 comparisons' setup on them.
+fn l2_bench() -> (RedisServer, tokio::runtime::Runtime, L2Setup) {
     let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let setup = rt.block_on(L2Setup::new(&server));
+    (server, rt, setup)
+}
+
+fn l2_hit(rounds: usize) {
+    let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let setup = L2Setup::new(&server).await;
         let r = interleave(
             rounds,
             1_000,
@@ -182,13 +189,8 @@ fn l2_hit(rounds: usize) {
 const BATCH: usize = 100;
 
 fn batch_get(rounds: usize) {
-    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let setup = L2Setup::new(&server).await;
         let batch = |i: usize| -> Vec<&str> {
             (0..BATCH)
                 .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
@@ -222,13 +224,8 @@ fn batch_get(rounds: usize) {
 }
 
 fn batch_load(rounds: usize) {
-    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let setup = L2Setup::new(&server).await;
         let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Every operation's keys are new: `{side}:{i}:{j}`.
         let keys = |side: &str, i: usize| -> Vec<String> {
@@ -293,13 +290,8 @@ fn batch_load(rounds: usize) {
 }
 
 fn batch_write(rounds: usize) {
-    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let setup = L2Setup::new(&server).await;
         let batch = |i: usize| -> Vec<String> {
             (0..BATCH)
                 .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].clone())
