@@ -92,6 +92,6 @@ async fn main() -> layercache::Result<()> {
             );
         }
     }
-    println!("stats: {:?}", cache.stats());
+    println!("stats:\n{}", cache.stats());
     Ok(())
 }

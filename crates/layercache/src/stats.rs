@@ -140,8 +140,14 @@ impl Counters {
 
 /// A point-in-time copy of a cache's counters (all regions together), from
 /// [`LayerCache::stats`](crate::LayerCache::stats). Counters only grow.
+///
+/// `Display` shows what is non-zero, grouped (reads, loads, Redis, repairs, bus, decode
+/// errors), one group per line — for a log line or a terminal; `Debug` shows every field.
+/// With the `serde` feature it serializes (every counter by its field name, and
+/// `decode_by_reason` as a map from reason to count), for a service's `/stats` endpoint.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// Reads answered by the in-process tier.
     pub l1_hits: u64,
@@ -247,16 +253,128 @@ impl Stats {
 #[derive(Clone, PartialEq, Eq)]
 struct ByReason([u64; Corruption::ALL.len()]);
 
+impl ByReason {
+    /// The non-zero reasons, by name.
+    fn non_zero(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Corruption::ALL
+            .iter()
+            .filter(|r| self.0[r.index()] > 0)
+            .map(|r| (r.as_str(), self.0[r.index()]))
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for ByReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.non_zero())
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups: [(&str, &[(&str, u64)]); 5] = [
+            (
+                "reads",
+                &[
+                    ("l1 hits", self.l1_hits),
+                    ("l2 hits", self.l2_hits),
+                    ("misses", self.misses),
+                    ("coalesced", self.coalesced),
+                    ("negative hits", self.negative_hits),
+                    ("kept out of l1 (cooldown)", self.l1_cooldown_skips),
+                ],
+            ),
+            (
+                "loads",
+                &[
+                    ("loads", self.loads),
+                    ("refreshes", self.refreshes),
+                    ("errors", self.load_errors),
+                    ("soft timeouts", self.soft_timeouts),
+                    ("hard timeouts", self.hard_timeouts),
+                    ("fail-safe serves", self.fail_safe_serves),
+                    ("not-found stored", self.negative_stores),
+                    ("locks taken", self.locks_acquired),
+                    ("lock waits", self.lock_waits),
+                    ("lock takeovers", self.lock_takeovers),
+                ],
+            ),
+            (
+                "redis",
+                &[
+                    ("writes", self.l2_writes),
+                    ("bytes raw", self.bytes_raw),
+                    ("bytes stored", self.bytes_stored),
+                    ("compressed writes", self.compressed_writes),
+                    ("extends", self.l2_extends),
+                    ("fills lost to newer state", self.l2_fills_lost),
+                    ("errors", self.l2_errors),
+                    ("timeouts", self.l2_timeouts),
+                    ("oversize skips", self.l2_oversize_skips),
+                    ("breaker opens", self.breaker_opens),
+                    ("breaker rejections", self.breaker_rejections),
+                    ("skipped while disconnected", self.l2_disconnected_skips),
+                    ("older versions refused", self.l2_versions_refused),
+                    ("generation repairs", self.generation_repairs),
+                    ("codec errors", self.codec_errors),
+                ],
+            ),
+            (
+                "repairs",
+                &[
+                    ("recorded", self.l2_repairs_recorded),
+                    ("done", self.l2_repairs_done),
+                    ("overflows", self.l2_repair_overflows),
+                    ("reads bypassing redis", self.l2_repair_bypasses),
+                ],
+            ),
+            (
+                "bus",
+                &[
+                    ("sent", self.bus_sent),
+                    ("received", self.bus_received),
+                    ("dropped", self.bus_dropped),
+                    ("publish errors", self.bus_publish_errors),
+                    ("l1 flushes", self.l1_flushes),
+                ],
+            ),
+        ];
+        let mut any = false;
+        for (group, counters) in groups {
+            let mut shown = counters.iter().filter(|(_, v)| *v > 0).peekable();
+            if shown.peek().is_none() {
+                continue;
+            }
+            if any {
+                writeln!(f)?;
+            }
+            any = true;
+            write!(f, "{group}:")?;
+            for (i, (name, value)) in shown.enumerate() {
+                write!(f, "{} {name} {value}", if i == 0 { "" } else { "," })?;
+            }
+        }
+        let mut reasons = self.decode_by_reason.non_zero().peekable();
+        if reasons.peek().is_some() {
+            if any {
+                writeln!(f)?;
+            }
+            any = true;
+            write!(f, "decode errors:")?;
+            for (i, (reason, n)) in reasons.enumerate() {
+                write!(f, "{} {reason} {n}", if i == 0 { "" } else { "," })?;
+            }
+        }
+        if !any {
+            write!(f, "no activity")?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for ByReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(
-                Corruption::ALL
-                    .iter()
-                    .filter(|r| self.0[r.index()] > 0)
-                    .map(|r| (r.as_str(), self.0[r.index()])),
-            )
-            .finish()
+        f.debug_map().entries(self.non_zero()).finish()
     }
 }
 
@@ -281,6 +399,36 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(c.get(), 4000);
+    }
+
+    #[test]
+    fn display_shows_what_is_non_zero_grouped() {
+        let c = Counters::default();
+        assert_eq!(c.snapshot().to_string(), "no activity");
+        c.l1_hits.add(7);
+        c.misses.incr();
+        c.bus_sent.add(3);
+        c.decode_errors[Corruption::Checksum.index()].incr();
+        assert_eq!(
+            c.snapshot().to_string(),
+            "reads: l1 hits 7, misses 1\nbus: sent 3\ndecode errors: checksum 1"
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn stats_serialize_every_counter_and_the_reasons_by_name() {
+        let c = Counters::default();
+        c.l2_hits.add(4);
+        c.decode_errors[Corruption::Checksum.index()].add(2);
+        let json = serde_json::to_value(c.snapshot()).unwrap();
+        assert_eq!(json["l2_hits"], 4);
+        assert_eq!(json["l1_hits"], 0);
+        assert_eq!(json["decode_errors"], 2);
+        assert_eq!(
+            json["decode_by_reason"],
+            serde_json::json!({ "checksum": 2 })
+        );
     }
 
     #[test]
