@@ -737,3 +737,64 @@ async fn a_loader_sets_the_lifetime_of_what_it_loaded() {
     );
     c.shutdown().await;
 }
+
+/// `explain` tells which tier holds a key, how old it is, its tags, and what a `get` would do,
+/// through a write, a read on another instance and an invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_follows_a_key_through_both_tiers() {
+    use layercache::{Held, NextGet};
+    let server = redis();
+    let instance = || {
+        builder(&server, "why")
+            .l1_write_cooldown(Duration::ZERO)
+            .bus_heartbeat_interval(Duration::from_millis(100))
+            .build()
+    };
+    let (a, b) = (instance().await.unwrap(), instance().await.unwrap());
+    let options = EntryOptions::new()
+        .ttl(Duration::from_secs(60))
+        .soft_ttl(Duration::from_secs(30));
+    let region = |c: &LayerCache| c.region::<str, String>("r").entry_options(options).build();
+    let (ra, rb) = (region(&a).await.unwrap(), region(&b).await.unwrap());
+    ra.entry("k")
+        .tags(&["team:1"])
+        .insert("v".to_owned())
+        .await
+        .unwrap();
+    caught_up(&b, &a).await;
+
+    let why = rb.explain("k").await;
+    assert_eq!(why.redis_key, rb.redis_key("k"));
+    assert_eq!(why.l1, Held::Nothing);
+    let Held::Entry(e) = &why.l2 else {
+        panic!("{why:?}")
+    };
+    assert_eq!(e.tags, ["team:1"]);
+    assert!(!e.stale && !e.negative);
+    assert!(e.expires_in.unwrap() <= Duration::from_secs(60));
+    assert!(e.refresh_in.unwrap() <= Duration::from_secs(30));
+    assert_eq!(why.next_get, NextGet::FromRedis);
+    assert_eq!(b.stats().l2_hits, 0, "explain counts nothing");
+
+    rb.get("k").await.unwrap().unwrap();
+    let why = rb.explain("k").await;
+    assert!(
+        matches!(&why.l1, Held::Entry(e) if e.tags == ["team:1"]),
+        "{why:?}"
+    );
+    assert_eq!(why.next_get, NextGet::FromL1);
+
+    ra.invalidate("k").await.unwrap();
+    caught_up(&b, &a).await;
+    let why = rb.explain("k").await;
+    assert_eq!(why.l1, Held::Nothing);
+    assert!(matches!(why.l2, Held::Tombstone { .. }), "{why:?}");
+    assert_eq!(why.next_get, NextGet::Load);
+    let shown = why.to_string();
+    assert!(
+        shown.contains("tombstone") && shown.contains("Load"),
+        "{shown}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -103,6 +103,11 @@ impl Flights {
         })
     }
 
+    /// Whether a flight for `key` is running (for `Region::explain`).
+    pub(crate) fn is_running(&self, key: &[u8]) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// A flight that is not registered, so nobody joins it and writes cannot poison it: it
     /// starts poisoned, answers its caller and fills neither tier.
     pub(crate) fn lead_detached<V>(self: &Arc<Self>, key: &[u8]) -> Leader<V> {

@@ -228,5 +228,7 @@ pub use options::{
     EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, DEFAULT_LOADER_HARD_TIMEOUT,
     MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
-pub use region::{EntryRequest, LoadContext, Region, RegionBuilder};
+pub use region::{
+    EntryRequest, EntryState, Explanation, Held, LoadContext, NextGet, Region, RegionBuilder,
+};
 pub use stats::Stats;

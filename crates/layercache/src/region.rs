@@ -9,6 +9,7 @@
 mod batch;
 mod builder;
 mod entry;
+mod explain;
 mod fetch;
 mod read;
 mod store;
@@ -23,6 +24,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub(crate) use crate::plan::WritePlan;
 pub use builder::RegionBuilder;
 pub use entry::{EntryRequest, LoadContext};
+pub use explain::{EntryState, Explanation, Held, NextGet};
 
 use crate::{
     codec::{Bincode, Codec},
