@@ -218,3 +218,25 @@ async fn a_regions_entry_options_are_its_own_or_the_caches_default() {
         .unwrap();
     assert_eq!(v.as_deref(), Some(&5));
 }
+
+/// Each region counts its own calls; the cache's stats are their sum (and its own).
+#[tokio::test]
+async fn regions_count_their_own_calls_and_the_cache_sums_them() {
+    let c = layercache::LayerCache::builder("per-region")
+        .build()
+        .await
+        .unwrap();
+    let a = c.region::<u64, u64>("a").build().await.unwrap();
+    let b = c.region::<u64, u64>("b").build().await.unwrap();
+    a.insert(&1, 1).await.unwrap();
+    a.get(&1).await.unwrap();
+    a.get(&1).await.unwrap();
+    b.get_or_load(&1, |k| async move { Ok::<_, std::io::Error>(k) })
+        .await
+        .unwrap();
+    let (sa, sb, all) = (a.stats(), b.stats(), c.stats());
+    assert_eq!((sa.l1_hits, sa.misses, sa.loads), (2, 0, 0));
+    assert_eq!((sb.l1_hits, sb.misses, sb.loads), (0, 1, 1));
+    assert_eq!((all.l1_hits, all.misses, all.loads), (2, 1, 1));
+    assert_eq!(sa.to_string(), "reads: l1 hits 2");
+}

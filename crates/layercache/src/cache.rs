@@ -79,7 +79,11 @@ impl LayerCache {
 
     /// A snapshot of the counters, for all regions together.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        for region in self.inner.all_regions() {
+            stats.merge(&region.counters.snapshot());
+        }
+        stats
     }
 
     /// The number of entries in the in-process tier. moka applies some bookkeeping lazily:

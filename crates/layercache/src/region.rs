@@ -223,6 +223,18 @@ where
         state.generation()
     }
 
+    /// This region's counters.
+    fn counters(&self) -> &crate::stats::Counters {
+        &self.shared.state.counters
+    }
+
+    /// What this region's calls did: the counters of [`LayerCache::stats`](crate::LayerCache::stats)
+    /// that belong to one region (reads, loads, writes, decode errors …; the bus, the breaker and
+    /// failed Redis calls are the cache's and stay zero here).
+    pub fn stats(&self) -> crate::Stats {
+        self.counters().snapshot()
+    }
+
     /// Counts and logs a Redis failure, and applies the error policy.
     fn l2_failed(&self, op: &'static str, e: Error) -> Result<()> {
         self.cache.l2_failed(op, Some(&self.shared.state.name), e)

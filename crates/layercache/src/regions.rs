@@ -30,6 +30,8 @@ pub(crate) struct RegionState {
     generation: AtomicU64,
     /// The highest generation ever seen, even after it was forgotten: a floor for the next one.
     highest: AtomicU64,
+    /// The counters of what this region's calls did (the cache's stats sum them with its own).
+    pub(crate) counters: crate::stats::Counters,
 }
 
 /// The generation value meaning "not known yet" (Redis was unreachable when it was read).
@@ -56,6 +58,7 @@ impl RegionState {
             generation_key: generation_key(cache, name, schema),
             generation: AtomicU64::new(if with_redis { UNKNOWN_GENERATION } else { 0 }),
             highest: AtomicU64::new(0),
+            counters: crate::stats::Counters::default(),
         }
     }
 

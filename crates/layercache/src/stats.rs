@@ -243,6 +243,59 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds `other`'s counters to these (a cache's stats are its own and its regions').
+    pub(crate) fn merge(&mut self, other: &Stats) {
+        self.l1_hits += other.l1_hits;
+        self.l2_hits += other.l2_hits;
+        self.misses += other.misses;
+        self.loads += other.loads;
+        self.refreshes += other.refreshes;
+        self.load_errors += other.load_errors;
+        self.l2_errors += other.l2_errors;
+        self.l2_timeouts += other.l2_timeouts;
+        self.l2_writes += other.l2_writes;
+        self.l2_oversize_skips += other.l2_oversize_skips;
+        self.decode_errors += other.decode_errors;
+        self.codec_errors += other.codec_errors;
+        self.bytes_raw += other.bytes_raw;
+        self.bytes_stored += other.bytes_stored;
+        self.compressed_writes += other.compressed_writes;
+        self.coalesced += other.coalesced;
+        self.bus_sent += other.bus_sent;
+        self.bus_received += other.bus_received;
+        self.bus_dropped += other.bus_dropped;
+        self.bus_publish_errors += other.bus_publish_errors;
+        self.fail_safe_serves += other.fail_safe_serves;
+        self.soft_timeouts += other.soft_timeouts;
+        self.hard_timeouts += other.hard_timeouts;
+        self.negative_hits += other.negative_hits;
+        self.negative_stores += other.negative_stores;
+        self.locks_acquired += other.locks_acquired;
+        self.lock_waits += other.lock_waits;
+        self.lock_takeovers += other.lock_takeovers;
+        self.l2_extends += other.l2_extends;
+        self.l2_fills_lost += other.l2_fills_lost;
+        self.breaker_opens += other.breaker_opens;
+        self.breaker_rejections += other.breaker_rejections;
+        self.l2_disconnected_skips += other.l2_disconnected_skips;
+        self.l2_repairs_recorded += other.l2_repairs_recorded;
+        self.l2_repairs_done += other.l2_repairs_done;
+        self.l2_repair_overflows += other.l2_repair_overflows;
+        self.l2_repair_bypasses += other.l2_repair_bypasses;
+        self.l2_versions_refused += other.l2_versions_refused;
+        self.l1_cooldown_skips += other.l1_cooldown_skips;
+        self.generation_repairs += other.generation_repairs;
+        self.l1_flushes += other.l1_flushes;
+        for (mine, theirs) in self
+            .decode_by_reason
+            .0
+            .iter_mut()
+            .zip(other.decode_by_reason.0)
+        {
+            *mine += theirs;
+        }
+    }
+
     /// Decode errors counted for one reason.
     pub fn decode_errors_for(&self, reason: Corruption) -> u64 {
         self.decode_by_reason.0[reason.index()]

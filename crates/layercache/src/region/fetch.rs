@@ -150,7 +150,7 @@ where
             } => (found, rkey, fence, lock),
         };
         if mode == Mode::Caller {
-            cache.counters.misses.incr();
+            r.counters().misses.incr();
         }
         let Some(Load { run, tags }) = load else {
             span.record("level", "none");
@@ -263,7 +263,7 @@ where
             // A write of this key (or its region, a tag, a clear) that Redis did not confirm
             // is waiting for its repair: Redis may still hold what it replaced.
             _ if cache.journal.blocks(leader.key()) => {
-                cache.counters.l2_repair_bypasses.incr();
+                self.counters().l2_repair_bypasses.incr();
                 return Ok(Read::Load {
                     found: RedisHeld::Down,
                     rkey,
@@ -286,7 +286,7 @@ where
         let mut lock = None;
         let read = match options.get_sliding() {
             Some(_) => {
-                cache.counters.l2_extends.incr();
+                self.counters().l2_extends.incr();
                 let ttl = options.get_ttl() + options.keep_after_expiry();
                 l2.get_and_touch(&rkey, millis_ceil(ttl)).await
             }
@@ -301,7 +301,7 @@ where
                 {
                     Ok((value, taken)) => {
                         if taken {
-                            cache.counters.locks_acquired.incr();
+                            self.counters().locks_acquired.incr();
                             lock = Some(Box::new(LockGuard::new(l2, lock_key, token, ttl)));
                         }
                         Ok(value)
@@ -325,7 +325,7 @@ where
             Err(e) if e.is_wrong_type() => {
                 // Our key, someone else's type: a miss, and ours to replace.
                 let reason = crate::envelope::Corruption::WrongType;
-                cache.counters.decode_errors[reason.index()].incr();
+                self.counters().decode_errors[reason.index()].incr();
                 tracing::warn!(
                     cache.name = %cache.name,
                     region = %self.shared.state.name,
@@ -368,7 +368,7 @@ where
         let d = match self.decode(bytes, rkey) {
             Ok(d) => d,
             Err(reason) => {
-                cache.counters.decode_errors[reason.index()].incr();
+                self.counters().decode_errors[reason.index()].incr();
                 tracing::warn!(
                     cache.name = %cache.name,
                     region = %self.shared.state.name,
@@ -398,7 +398,7 @@ where
                 .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
                 .await;
             if value.is_none() {
-                cache.counters.negative_hits.incr();
+                self.counters().negative_hits.incr();
             }
             return Ok(value);
         }
@@ -426,7 +426,7 @@ where
         tag_epoch: u64,
         now_ms: u64,
     ) -> Option<Arc<V>> {
-        self.cache.counters.l2_hits.incr();
+        self.counters().l2_hits.incr();
         let value = d.value.map(Arc::new);
         let (logical, refresh_in) = self.life_of_meta(options, &d.meta, now_ms);
         let life = L1Life {
@@ -474,7 +474,7 @@ async fn fill<K, V, C>(
     }
     let key = leader.key();
     if !r.cache.l1.admits(key) {
-        r.cache.counters.l1_cooldown_skips.incr();
+        r.counters().l1_cooldown_skips.incr();
         return;
     }
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {

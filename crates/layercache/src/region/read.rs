@@ -158,7 +158,7 @@ where
         for attempt in 0..=MAX_REJOINS {
             let leader = match self.cache.flights.join::<V>(&k) {
                 Join::Wait(rx) if attempt < MAX_REJOINS => {
-                    self.cache.counters.coalesced.incr();
+                    self.counters().coalesced.incr();
                     match flight::wait(rx).await {
                         Ok(None) if load.is_some() => continue,
                         other => return other,
@@ -250,13 +250,13 @@ where
             return self.classify_extra(k, &entry, extra);
         }
         if entry.negative {
-            self.cache.counters.negative_hits.incr();
+            self.counters().negative_hits.incr();
             return Hit::Negative;
         }
         let Ok(value) = entry.value.downcast::<V>() else {
             return Hit::Miss;
         };
-        self.cache.counters.l1_hits.incr();
+        self.counters().l1_hits.incr();
         Hit::Fresh(value)
     }
 
@@ -268,7 +268,7 @@ where
             return Hit::Miss;
         }
         if entry.negative {
-            self.cache.counters.negative_hits.incr();
+            self.counters().negative_hits.incr();
             return Hit::Negative;
         }
         let Ok(value) = entry.value.clone().downcast::<V>() else {
@@ -287,7 +287,7 @@ where
                 || xfetch(f.expires - now, f.delta, f.beta, rand01());
             refresh = due.then_some(f.created_ms);
         }
-        self.cache.counters.l1_hits.incr();
+        self.counters().l1_hits.incr();
         if let Some(slide) = &extra.slide {
             if slide.due() {
                 self.extend_l2(k, slide.ttl_ms);
@@ -308,7 +308,7 @@ where
         let rk = self.shared.state.data_key(g, &k[4..]);
         let cache = self.cache.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            cache.counters.l2_extends.incr();
+            self.counters().l2_extends.incr();
             rt.spawn(async move {
                 if let Err(e) = l2.touch(&rk, ttl_ms).await {
                     let _ = cache.l2_failed("pexpire", None, e);

@@ -74,7 +74,7 @@ where
         let mut buf = vec![0u8; HEADER_LEN];
         if let Some(value) = value {
             if let Err(e) = self.shared.codec.encode(value, &mut buf) {
-                self.cache.counters.codec_errors.incr();
+                self.counters().codec_errors.incr();
                 return Err(Error::new(
                     ErrorKind::Codec,
                     format!("{} could not encode the value", C::NAME),
@@ -261,7 +261,7 @@ where
     }
 
     pub(super) fn count_write(&self, enc: &Encoded) {
-        let c = &self.cache.counters;
+        let c = self.counters();
         c.l2_writes.incr();
         c.bytes_raw.add(enc.raw_len as u64);
         c.bytes_stored.add(enc.stored_len as u64);

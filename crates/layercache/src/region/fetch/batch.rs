@@ -93,7 +93,7 @@ where
         // Only now (this batch's flights have finished): the keys others were fetching.
         let mut again = Vec::new();
         for (at, rx) in waiting {
-            self.cache.counters.coalesced.incr();
+            self.counters().coalesced.incr();
             match flight::wait(rx).await {
                 // A plain read found nothing: with a loader, the key is this batch's to load.
                 Ok(None) if load.is_some() => again.push(at),
@@ -145,7 +145,7 @@ where
             match after {
                 After::Served(value) => outcomes[at] = Some(leader.finish(Ok(value))),
                 After::Load(held, rkey, fence) => {
-                    self.cache.counters.misses.incr();
+                    self.counters().misses.incr();
                     to_load.push((at, leader, (held, rkey, fence)));
                 }
             }
@@ -159,7 +159,7 @@ where
         if to_load.is_empty() {
             return;
         }
-        self.cache.counters.loads.incr();
+        self.counters().loads.incr();
         let started = Instant::now();
         let asked: Vec<usize> = to_load.iter().map(|(at, _, _)| *at).collect();
         let loaded = run_batch_loader(loader(asked), options.get_loader_hard_timeout()).await;
@@ -172,7 +172,7 @@ where
                 found
             }
             Err(e) => {
-                self.cache.counters.load_errors.incr();
+                self.counters().load_errors.incr();
                 for (at, leader, _) in to_load {
                     outcomes[at] = Some(leader.finish(Err(e.clone())));
                 }
@@ -287,7 +287,7 @@ where
         for (at, leader) in led {
             // A write of this key that Redis did not confirm waits for its repair.
             if cache.journal.blocks(leader.key()) {
-                cache.counters.l2_repair_bypasses.incr();
+                self.counters().l2_repair_bypasses.incr();
                 out.push(load(|| RedisHeld::Down, None)((at, leader)));
                 continue;
             }
@@ -299,7 +299,7 @@ where
             None => l2.get_many(&rkeys).await,
             Some(_) => {
                 let ttl = millis_ceil(options.get_ttl() + options.keep_after_expiry());
-                cache.counters.l2_extends.add(rkeys.len() as u64);
+                self.counters().l2_extends.add(rkeys.len() as u64);
                 let tasks: Vec<_> = rkeys
                     .into_iter()
                     .map(|k| {

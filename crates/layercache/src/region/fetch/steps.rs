@@ -49,7 +49,7 @@ where
         let ttl = cache.settings.lock_ttl;
         match l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
             Ok(true) => {
-                cache.counters.locks_acquired.incr();
+                self.counters().locks_acquired.incr();
                 return Lock::Held(Box::new(LockGuard::new(l2, lock_key, token, ttl)));
             }
             Ok(false) => {}
@@ -58,7 +58,7 @@ where
                 return Lock::Without;
             }
         }
-        cache.counters.lock_waits.incr();
+        self.counters().lock_waits.incr();
         let deadline = Instant::now() + cache.settings.lock_wait;
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -73,7 +73,7 @@ where
                 return Lock::Found(value);
             }
             if Instant::now() >= deadline {
-                cache.counters.lock_takeovers.incr();
+                self.counters().lock_takeovers.incr();
                 tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, "gave up waiting for the load lock; loading without it");
                 return Lock::Without;
             }
@@ -89,7 +89,7 @@ where
                         .await;
                     return Lock::Found(value);
                 }
-                cache.counters.locks_acquired.incr();
+                self.counters().locks_acquired.incr();
                 return Lock::Held(Box::new(guard));
             }
         }
@@ -127,8 +127,8 @@ where
     ) -> Result<(Loaded<V>, Duration)> {
         let cache = &self.cache;
         match mode {
-            Mode::Caller => cache.counters.loads.incr(),
-            Mode::Refresh { .. } => cache.counters.refreshes.incr(),
+            Mode::Caller => self.counters().loads.incr(),
+            Mode::Refresh { .. } => self.counters().refreshes.incr(),
         }
         let started = Instant::now();
         let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode != Mode::Caller);
@@ -141,8 +141,8 @@ where
             match tokio::time::timeout(soft, &mut handle).await {
                 Ok(r) => joined = Some(r),
                 Err(_) => {
-                    cache.counters.soft_timeouts.incr();
-                    cache.counters.fail_safe_serves.incr();
+                    self.counters().soft_timeouts.incr();
+                    self.counters().fail_safe_serves.incr();
                     leader.answer_early(Ok(Some(stale)));
                 }
             }
@@ -154,8 +154,8 @@ where
                     Ok(r) => r,
                     Err(_) => {
                         handle.abort();
-                        cache.counters.hard_timeouts.incr();
-                        cache.counters.load_errors.incr();
+                        self.counters().hard_timeouts.incr();
+                        self.counters().load_errors.incr();
                         return Err(Error::new(
                             ErrorKind::Loader,
                             "the loader passed its hard timeout",
@@ -168,11 +168,11 @@ where
         match joined {
             Ok(Ok(v)) => Ok((v, started.elapsed())),
             Ok(Err(e)) => {
-                cache.counters.load_errors.incr();
+                self.counters().load_errors.incr();
                 Err(Error::new(ErrorKind::Loader, "the loader failed").with_source(e))
             }
             Err(e) => {
-                cache.counters.load_errors.incr();
+                self.counters().load_errors.incr();
                 let what = if e.is_panic() {
                     tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader panicked");
                     "the loader panicked"
@@ -285,7 +285,7 @@ where
         let value = value.map(Arc::new);
         let fill_mode = match redis.found.fill().filter(|_| !rkey.is_empty()) {
             Some(_) if !redis.in_time(&plan, &self.shared.entry_options) => {
-                cache.counters.l2_fills_lost.incr();
+                self.counters().l2_fills_lost.incr();
                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the fetch outlived the entries it raced with; the loaded value is not written to redis");
                 None
             }
@@ -302,7 +302,7 @@ where
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::ValueTooLarge => {
-                    cache.counters.l2_oversize_skips.incr();
+                    self.counters().l2_oversize_skips.incr();
                     tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %e, "loaded value not written to redis");
                 }
                 Err(e) => {
@@ -337,13 +337,13 @@ where
         match written {
             None | Some(Ok(Filled::Written)) => {}
             Some(Ok(Filled::Fenced)) => {
-                cache.counters.l2_fills_lost.incr();
+                self.counters().l2_fills_lost.incr();
                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "the region's generation in redis is not the one this load read under; not written, generation re-read");
                 cache.refresh_generation(&self.shared.state).await;
             }
             // Loads carry no source version: never refused as older.
             Some(Ok(Filled::Refused | Filled::Older)) => {
-                cache.counters.l2_fills_lost.incr();
+                self.counters().l2_fills_lost.incr();
                 tracing::debug!(cache.name = %cache.name, region = %self.shared.state.name, "redis changed during the load; the newer state wins and the loaded value is not written");
             }
             // The value was loaded; a failed fill is not the caller's error.
@@ -358,7 +358,7 @@ where
             ..
         } = prepared;
         if plan.negative {
-            cache.counters.negative_stores.incr();
+            self.counters().negative_stores.incr();
         }
         let (logical, refresh_in) = self.life_of_plan(options, &plan);
         let life = L1Life {
@@ -396,7 +396,7 @@ where
             return Err(error);
         };
         let cache = &self.cache;
-        cache.counters.fail_safe_serves.incr();
+        self.counters().fail_safe_serves.incr();
         tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, error = %error, "serving a stale value (fail-safe)");
         let life = L1Life {
             logical: options.get_fail_safe_throttle(),

@@ -174,7 +174,7 @@ where
             }
             cache.flights.poison_fetch(&self.k);
             if older {
-                cache.counters.l2_versions_refused.incr();
+                region.counters().l2_versions_refused.incr();
                 tracing::debug!(cache.name = %cache.name, region = %region.shared.state.name, "redis holds a newer source version; the write is refused");
                 if !self.ticket.is_poisoned() {
                     cache.l1.remove(&self.k).await;
@@ -184,7 +184,7 @@ where
             }
         }
         if older && cache.l2.is_none() {
-            cache.counters.l2_versions_refused.incr();
+            region.counters().l2_versions_refused.incr();
         }
         let Self {
             k, ticket, started, ..
@@ -223,7 +223,7 @@ where
         if !cache.l1.admits(k) {
             // Another instance wrote the key a moment ago: it lives in Redis only for now (and
             // whatever L1 held is older than this write).
-            cache.counters.l1_cooldown_skips.incr();
+            self.region.counters().l1_cooldown_skips.incr();
             cache.l1.remove(k).await;
             return false;
         }
