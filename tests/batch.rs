@@ -450,3 +450,47 @@ async fn a_hundred_thousand_keys_in_one_call() {
     assert_eq!(value(&r.get_many(&[7]).await[0]).as_deref(), Some("v"));
     c.shutdown().await;
 }
+
+/// A failing batch load serves each key's stale value when fail-safe allows, as a single load
+/// would; without fail-safe the keys fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_load_falls_back_to_stale_values() {
+    let shared = Shared::Redis(redis());
+    let c = shared.builder("fs").build().await.unwrap();
+    let options = layercache::EntryOptions::new()
+        .ttl(Duration::from_millis(50))
+        .fail_safe_max_age(Duration::from_secs(60));
+    let safe = c
+        .region::<u64, String>("safe")
+        .entry_options(options)
+        .build()
+        .await
+        .unwrap();
+    let bare = c
+        .region::<u64, String>("bare")
+        .entry_options(layercache::EntryOptions::new().ttl(Duration::from_millis(50)))
+        .build()
+        .await
+        .unwrap();
+    let calls = Calls::default();
+    safe.get_or_load_many(&[1, 2], recording(&calls)).await;
+    bare.get_or_load_many(&[1, 2], recording(&calls)).await;
+    // The lifetime under test: past it, the values are stale (kept by fail-safe in "safe").
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let failing =
+        |_ids: Vec<u64>| async { Err::<Vec<(u64, String)>, _>(std::io::Error::other("db down")) };
+    let got = safe.get_or_load_many(&[1, 2, 3], failing).await;
+    assert_eq!(value(&got[0]).as_deref(), Some("u1"), "{got:?}");
+    assert_eq!(value(&got[1]).as_deref(), Some("u2"));
+    assert_eq!(
+        got[2].as_ref().unwrap_err().kind(),
+        ErrorKind::Loader,
+        "nothing to fall back on"
+    );
+    assert_eq!(safe.stats().fail_safe_serves, 2);
+    let got = bare.get_or_load_many(&[1, 2], failing).await;
+    assert!(got
+        .iter()
+        .all(|g| g.as_ref().is_err_and(|e| e.kind() == ErrorKind::Loader)));
+    c.shutdown().await;
+}

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{fetch::BatchLoadFn, read::Hit, Region};
+use super::{fetch::BatchLoadFn, read::Hit, Region, Stale};
 use crate::{
     codec::Codec,
     error::{BoxError, Result},
@@ -19,8 +19,10 @@ use crate::{
 };
 
 /// The distinct keys of a batch that L1 did not answer, and where each was asked.
-struct Misses<O> {
+struct Misses<O, V> {
     keys: Vec<Vec<u8>>,
+    /// A stale value L1 still held for the key (fail-safe's fallback).
+    fallbacks: Vec<Option<Stale<V>>>,
     owned: Vec<O>,
     positions: Vec<Vec<usize>>,
     index: HashMap<Vec<u8>, usize>,
@@ -61,7 +63,7 @@ where
         if misses.keys.is_empty() {
             return finish(answers);
         }
-        let outcomes = self.fetch_many(misses.keys, None).await;
+        let outcomes = self.fetch_many(misses.keys, misses.fallbacks, None).await;
         for (outcome, positions) in outcomes.into_iter().zip(misses.positions) {
             for at in positions {
                 answers[at] = Some(outcome.clone());
@@ -86,8 +88,8 @@ where
     /// makes a second call: a key whose concurrent *plain read* (`get`) found nothing is loaded
     /// after that read ends, in a second call with just those keys.
     ///
-    /// Not (yet) for batches: tags, the distributed load lock and fail-safe fallbacks (a
-    /// failed batch load serves no stale value).
+    /// A failed batch load serves each key's stale value when fail-safe allows (as a single
+    /// load would). Not (yet) for batches: tags and the distributed load lock.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -128,6 +130,7 @@ where
         }
         let Misses {
             keys,
+            fallbacks,
             owned,
             positions,
             index,
@@ -156,7 +159,7 @@ where
                 Ok((found, unasked))
             })
         });
-        let outcomes = self.fetch_many(keys, Some(load)).await;
+        let outcomes = self.fetch_many(keys, fallbacks, Some(load)).await;
         for (outcome, positions) in outcomes.into_iter().zip(positions) {
             for at in positions {
                 answers[at] = Some(outcome.clone());
@@ -170,7 +173,7 @@ where
         &self,
         keys: I,
         own: impl Fn(&Q) -> O,
-    ) -> (Vec<Option<Result<Option<Arc<V>>>>>, Misses<O>)
+    ) -> (Vec<Option<Result<Option<Arc<V>>>>>, Misses<O, V>)
     where
         I: IntoIterator<Item = &'k Q>,
         Q: CacheKey + ?Sized + 'k,
@@ -178,6 +181,7 @@ where
         let mut answers = Vec::new();
         let mut misses = Misses {
             keys: Vec::new(),
+            fallbacks: Vec::new(),
             owned: Vec::new(),
             positions: Vec::new(),
             index: HashMap::new(),
@@ -197,9 +201,13 @@ where
             let answer = match self.classify(&k, self.cache.l1.get(&k).await) {
                 Hit::Fresh(v) | Hit::Refresh(v, _) => Some(Ok(Some(v))),
                 Hit::Negative => Some(Ok(None)),
-                Hit::Stale(_) | Hit::Miss => {
+                hit @ (Hit::Stale(_) | Hit::Miss) => {
                     misses.index.insert(k.to_vec(), misses.keys.len());
                     misses.keys.push(k.to_vec());
+                    misses.fallbacks.push(match hit {
+                        Hit::Stale(s) => Some(s),
+                        _ => None,
+                    });
                     misses.owned.push(own(key));
                     misses.positions.push(vec![at]);
                     None

@@ -21,7 +21,7 @@ use crate::{
     flight::{self, Join, Leader, Outcome},
     key::CacheKey,
     options::millis_ceil,
-    region::Region,
+    region::{Region, Stale},
     remote::{BatchEntry, BatchWrite, BoxFuture, Filled},
 };
 
@@ -55,6 +55,7 @@ where
     pub(in crate::region) async fn fetch_many(
         &self,
         keys: Vec<Vec<u8>>,
+        fallbacks: Vec<Option<Stale<V>>>,
         load: Option<BatchLoadFn<V>>,
     ) -> Vec<Outcome<V>> {
         let region = self.clone();
@@ -65,7 +66,7 @@ where
             keys = keys.len(),
         );
         let n = keys.len();
-        let task = tokio::spawn(region.batch(keys, load).instrument(span));
+        let task = tokio::spawn(region.batch(keys, fallbacks, load).instrument(span));
         match task.await {
             Ok(outcomes) => outcomes,
             Err(e) => {
@@ -79,7 +80,13 @@ where
         }
     }
 
-    async fn batch(self, keys: Vec<Vec<u8>>, mut load: Option<BatchLoadFn<V>>) -> Vec<Outcome<V>> {
+    async fn batch(
+        self,
+        keys: Vec<Vec<u8>>,
+        mut fallbacks: Vec<Option<Stale<V>>>,
+        mut load: Option<BatchLoadFn<V>>,
+    ) -> Vec<Outcome<V>> {
+        fallbacks.resize_with(keys.len(), || None);
         let mut outcomes: Vec<Option<Outcome<V>>> = keys.iter().map(|_| None).collect();
         let mut waiting = Vec::new();
         let mut led = Vec::new();
@@ -89,7 +96,8 @@ where
                 Join::Wait(rx) => waiting.push((at, rx)),
             }
         }
-        self.lead(led, &mut load, &mut outcomes).await;
+        self.lead(led, &mut load, &mut outcomes, &mut fallbacks)
+            .await;
         // Only now (this batch's flights have finished): the keys others were fetching.
         let mut again = Vec::new();
         for (at, rx) in waiting {
@@ -108,7 +116,8 @@ where
                     Join::Wait(rx) => outcomes[at] = Some(flight::wait(rx).await),
                 }
             }
-            self.lead(led, &mut load, &mut outcomes).await;
+            self.lead(led, &mut load, &mut outcomes, &mut fallbacks)
+                .await;
         }
         outcomes
             .into_iter()
@@ -123,6 +132,7 @@ where
         led: Vec<(usize, Leader<V>)>,
         load: &mut Option<BatchLoadFn<V>>,
         outcomes: &mut [Option<Outcome<V>>],
+        fallbacks: &mut [Option<Stale<V>>],
     ) {
         if led.is_empty() {
             return;
@@ -131,7 +141,10 @@ where
         let generation = self.shared.state.generation_raw();
         let tag_epoch = self.cache.l1.tag_epoch();
         let read_at = Instant::now();
-        let read = match self.read_many(led, (generation, tag_epoch)).await {
+        let read = match self
+            .read_many(led, (generation, tag_epoch), fallbacks)
+            .await
+        {
             Ok(read) => read,
             Err((leaders, e)) => {
                 for (at, leader) in leaders {
@@ -173,8 +186,14 @@ where
             }
             Err(e) => {
                 self.counters().load_errors.incr();
+                // Each key serves its stale value if fail-safe allows, as a single load would.
                 for (at, leader, _) in to_load {
-                    outcomes[at] = Some(leader.finish(Err(e.clone())));
+                    let fallback = fallbacks[at].take();
+                    let epoch = (generation, tag_epoch);
+                    let outcome = self
+                        .fail_safe(&leader, fallback, &options, epoch.0, epoch.1, e.clone())
+                        .await;
+                    outcomes[at] = Some(leader.finish(outcome));
                 }
                 return;
             }
@@ -259,6 +278,7 @@ where
         &self,
         led: Vec<(usize, Leader<V>)>,
         epoch: (u64, u64),
+        fallbacks: &mut [Option<Stale<V>>],
     ) -> Result<Vec<Led<V>>, (Vec<(usize, Leader<V>)>, Error)> {
         let cache = &self.cache;
         let options = self.shared.entry_options;
@@ -337,7 +357,6 @@ where
         for ((at, leader, rkey), bytes) in reads.into_iter().zip(values) {
             let after = match bytes {
                 Some(bytes) => {
-                    let mut fallback = None;
                     let found = self
                         .found_in_redis(
                             &leader,
@@ -346,7 +365,7 @@ where
                             epoch,
                             &bytes,
                             &rkey,
-                            &mut fallback,
+                            &mut fallbacks[at],
                         )
                         .await;
                     match found {
