@@ -475,8 +475,23 @@ async fn a_failed_batch_load_falls_back_to_stale_values() {
     let calls = Calls::default();
     safe.get_or_load_many(&[1, 2], recording(&calls)).await;
     bare.get_or_load_many(&[1, 2], recording(&calls)).await;
-    // The lifetime under test: past it, the values are stale (kept by fail-safe in "safe").
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Past their 50 ms lifetime the values are stale: kept by fail-safe in "safe" (Redis still
+    // holds them, marked stale), gone from Redis in "bare".
+    support::wait_until("the values to go stale", Duration::from_secs(10), || {
+        let (safe, bare) = (safe.clone(), bare.clone());
+        async move {
+            let mut stale = true;
+            for k in [1, 2] {
+                let (s, b) = (safe.explain(&k).await, bare.explain(&k).await);
+                stale &= matches!(&s.l2, layercache::Held::Entry(e) if e.stale)
+                    && matches!(&s.l1, layercache::Held::Entry(e) if e.stale)
+                    && b.l2 == layercache::Held::Nothing
+                    && b.l1 == layercache::Held::Nothing;
+            }
+            stale
+        }
+    })
+    .await;
     let failing =
         |_ids: Vec<u64>| async { Err::<Vec<(u64, String)>, _>(std::io::Error::other("db down")) };
     let got = safe.get_or_load_many(&[1, 2, 3], failing).await;
