@@ -9,7 +9,14 @@ use std::{
     time::Duration,
 };
 
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses the waits"
+)]
+mod support;
+
 use layercache::{memory::MemoryServer, ErrorKind, FlushReason, LayerCache, Region};
+use support::{caught_up, wait_until};
 use tokio::sync::Notify;
 
 async fn instance(server: &MemoryServer) -> LayerCache {
@@ -25,19 +32,6 @@ async fn instance(server: &MemoryServer) -> LayerCache {
 
 async fn users(c: &LayerCache) -> Region<u64, String> {
     c.region::<u64, String>("users").build().await.unwrap()
-}
-
-/// Waits until `reader` has applied every message `writer` has published.
-async fn caught_up(reader: &LayerCache, writer: &LayerCache) {
-    let id = writer.instance_id().unwrap();
-    let target = writer.bus_status().unwrap().published_seq;
-    for _ in 0..1000 {
-        if reader.bus_status().unwrap().peer_seq(id) >= Some(target) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("the reader never applied the writer's messages");
 }
 
 #[tokio::test]
@@ -140,12 +134,15 @@ async fn an_outage_flushes_serves_from_the_source_and_repairs_when_it_is_back() 
     server.set_available(false);
     assert!(!a.l2_connected());
     // B's subscription fails: it flushes (it can no longer hear of changes).
-    for _ in 0..500 {
-        if b.flushes(FlushReason::Disconnect) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until(
+        "B to flush for the disconnection",
+        Duration::from_secs(10),
+        || {
+            let b = b.clone();
+            async move { b.flushes(FlushReason::Disconnect) > 0 }
+        },
+    )
+    .await;
     assert_eq!(b.flushes(FlushReason::Disconnect), 1);
     // Reads go to the source; an invalidation the server never got is journaled (with the
     // default error policy it returns `Ok`: the repair runs before anything stale is served).
@@ -160,12 +157,15 @@ async fn an_outage_flushes_serves_from_the_source_and_repairs_when_it_is_back() 
 
     // Back: the journal's tombstone lands before the old entry can be served again.
     server.set_available(true);
-    for _ in 0..500 {
-        if a.pending_repairs() == 0 && b.flushes(FlushReason::Reconnect) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        "the repair and B's reconnection",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move { a.pending_repairs() == 0 && b.flushes(FlushReason::Reconnect) > 0 }
+        },
+    )
+    .await;
     assert_eq!(a.pending_repairs(), 0);
     assert_eq!(ub.get(&1).await.unwrap(), None, "the stale v1 came back");
     a.shutdown().await;
