@@ -21,8 +21,8 @@ use fred::{
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
 use support::{
-    builder, caught_up, cmd, data_keys, instance, longest_command, raw_client, redis, region,
-    wait_until, Shared,
+    builder, caught_up, cluster, cmd, data_keys, instance, longest_command, raw_client, redis,
+    region, wait_until, Shared,
 };
 use tokio::sync::Notify;
 
@@ -235,6 +235,21 @@ async fn randomized_checker_with_early_refresh_and_the_load_lock_in_memory() {
     randomized_checker(&shared, "fresh", early_refresh()).await;
 }
 
+/// The checker on a Redis Cluster (six local nodes): the fills, fences, marks and bus kept per
+/// slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_on_a_cluster() {
+    let shared = Shared::Cluster(cluster());
+    randomized_checker(&shared, "check", layercache::EntryOptions::new()).await;
+}
+
+/// The early-refresh checker on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_checker_with_early_refresh_and_the_load_lock_on_a_cluster() {
+    let shared = Shared::Cluster(cluster());
+    randomized_checker(&shared, "fresh", early_refresh()).await;
+}
+
 /// Short lifetimes, early refresh all the time, and the load lock.
 fn early_refresh() -> layercache::EntryOptions {
     layercache::EntryOptions::new()
@@ -430,6 +445,15 @@ async fn randomized_checker(shared: &Shared, name: &str, options: layercache::En
                 if got < must_see {
                     stale.fetch_add(1, Ordering::Relaxed);
                     eprintln!("STALE: instance {inst} key {key} read {got}, must see {must_see}");
+                    // CHECK_EXPLAIN=1: what the instance holds, and the last writes of the key.
+                    if std::env::var("CHECK_EXPLAIN").is_ok() {
+                        let last: Vec<Write> = {
+                            let w = writes[key].lock().unwrap();
+                            w[w.len().saturating_sub(4)..].to_vec()
+                        };
+                        eprintln!("  applied {applied:?}; last writes {last:?}");
+                        eprintln!("{:?}", regions[inst].explain(&key.to_string()).await);
+                    }
                 }
                 tokio::task::yield_now().await;
             }

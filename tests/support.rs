@@ -11,7 +11,7 @@ use fred::{
     types::{ClusterHash, CustomCommand, Value},
 };
 use layercache::{LayerCache, LayerCacheBuilder, Region};
-use layercache_testkit::RedisServer;
+use layercache_testkit::{RedisCluster, RedisServer};
 
 /// Starts a private redis-server for one test.
 pub(crate) fn redis() -> RedisServer {
@@ -38,10 +38,12 @@ pub(crate) fn builder(server: &RedisServer, name: &str) -> LayerCacheBuilder {
         .l2_breaker_cooldown(Duration::from_millis(500))
 }
 
-/// The shared tier a test runs on: a real redis-server, or the in-memory server (no
-/// redis-server at all).
+/// The shared tier a test runs on: a real redis-server, a real Redis Cluster (shared by the
+/// tests of one binary that run at the same time: give each test its own cache name), or the
+/// in-memory server (no redis-server at all).
 pub(crate) enum Shared {
     Redis(RedisServer),
+    Cluster(std::sync::Arc<RedisCluster>),
     Memory(layercache::memory::MemoryServer),
 }
 
@@ -50,9 +52,49 @@ impl Shared {
     pub(crate) fn builder(&self, name: &str) -> LayerCacheBuilder {
         match self {
             Self::Redis(server) => builder(server, name),
+            Self::Cluster(cluster) => cluster_builder(cluster, name),
             Self::Memory(server) => LayerCache::builder(name).memory_server(server),
         }
     }
+}
+
+/// The Redis Cluster of this test binary: started by the first test that asks, shared by the
+/// tests running meanwhile, stopped when the last of them lets go of it (a later test starts
+/// another). One cluster at a time: six processes are enough for two cores.
+pub(crate) fn cluster() -> std::sync::Arc<RedisCluster> {
+    use std::sync::{Arc, Mutex, Weak};
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = Arc::new(RedisCluster::start().unwrap_or_else(|e| panic!("{e}")));
+    *slot = Arc::downgrade(&c);
+    c
+}
+
+/// A cache builder pointed at a cluster (as [`builder`]).
+pub(crate) fn cluster_builder(cluster: &RedisCluster, name: &str) -> LayerCacheBuilder {
+    LayerCache::builder(name)
+        .redis_url(cluster.url())
+        .l2_command_timeout(Duration::from_secs(1))
+        .l2_connect_timeout(Duration::from_secs(5))
+        .l2_breaker_cooldown(Duration::from_millis(500))
+}
+
+/// Every key of the cluster (`KEYS *` on each primary).
+pub(crate) fn cluster_keys(cluster: &RedisCluster) -> Vec<String> {
+    cluster
+        .primaries()
+        .into_iter()
+        .flat_map(|i| {
+            let keys = cluster.command(i, &["KEYS", "*"]).unwrap();
+            keys.lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|k| !k.is_empty())
+        .collect()
 }
 
 /// Runs a raw command with string arguments.

@@ -151,7 +151,9 @@ impl LayerCacheBuilder {
 
     /// The Redis server to use as the shared tier, as a URL
     /// (`redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS with the `tls`
-    /// feature). Without it the cache runs L1-only with the same API.
+    /// feature), or a Redis Cluster (`redis-cluster://host:port[?node=host:port&…]`, any nodes
+    /// as seeds; `rediss-cluster://` with TLS): see `docs/SCALING.md` for where keys go on a
+    /// cluster and what it costs. Without it the cache runs L1-only with the same API.
     ///
     /// Default: none (L1-only).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {

@@ -32,6 +32,7 @@ use crate::{
     stats::Counters,
 };
 
+mod cluster;
 mod connect;
 mod keyspace;
 mod pipeline;
@@ -42,6 +43,21 @@ use connect::end_task;
 pub(crate) use connect::{redact_url, L2Settings};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
+
+/// Connects the remote store the URL names: one server (or a Sentinel-managed primary) or a
+/// Redis Cluster.
+pub(crate) async fn connect_store(
+    s: &L2Settings,
+    breaker: Breaker,
+    counters: Arc<Counters>,
+) -> Result<crate::remote::Remote> {
+    let store = RedisStore::connect(s, breaker, counters).await?;
+    if store.client.is_clustered() {
+        Ok(Arc::new(cluster::ClusterStore::new(store).await?))
+    } else {
+        Ok(Arc::new(store))
+    }
+}
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
@@ -365,7 +381,11 @@ impl RemoteStore for RedisStore {
         Box::pin(self.publish_sequenced(announcement))
     }
 
-    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    fn marks<'a>(
+        &'a self,
+        _data_key: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
         Box::pin(self.mget("redis MGET (tag marks)", keys))
     }
 

@@ -63,11 +63,15 @@
 //!    with the breaker in `breaker.rs`; connecting in `l2/connect.rs`; the Lua scripts run by
 //!    hash in `l2/scripts.rs` and its `.lua` files; a write and its `PUBLISH` pipelined in
 //!    `l2/pipeline.rs`, numbered by `sequencer.rs`; marks, locks, generations, scans in
-//!    `l2/keyspace.rs`; pub/sub and the listener's thread in `l2/subscriber.rs`) and **in
-//!    memory** (`memory.rs`, the `memory` feature: the same rules in a `BTreeMap` and a
-//!    broadcast channel). A new store or backplane (Redis Cluster, Sentinel) is one more type
-//!    implementing `RemoteStore` and `Subscriber`, chosen in `builder/build.rs`
-//!    (`LayerCacheBuilder::remote`); nothing above the seams changes.
+//!    `l2/keyspace.rs`; pub/sub and the listener's thread in `l2/subscriber.rs`), **Redis
+//!    Cluster** (`l2/cluster.rs` wrapping the same client: key placement in buckets in
+//!    `l2/cluster/placement.rs`, generation moves, tag walks and scans over every primary in
+//!    `l2/cluster/keyspace.rs`, the seam's methods in `l2/cluster/seam.rs`; chosen by the URL
+//!    in `l2::connect_store`) and **in memory** (`memory.rs`, the `memory` feature: the same
+//!    rules in a `BTreeMap` and a broadcast channel). A new store or backplane (Sentinel,
+//!    server-assisted tracking) is one more type implementing `RemoteStore` and `Subscriber`,
+//!    chosen in `builder/build.rs` (`LayerCacheBuilder::remote`); nothing above the seams
+//!    changes.
 //! 4. **Leaves**, which import nothing above them: the format ([`envelope`], [`codec`],
 //!    [`key`], `fingerprint.rs`), L1 (`l1.rs`, `cooldown.rs`), `stats.rs`, `freshness.rs`
 //!    (clock and early-refresh maths), `coherence.rs` (flush reasons, instance ids),

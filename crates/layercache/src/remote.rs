@@ -2,15 +2,17 @@
 //! (entries, conditional writes, tag marks and sets, load locks, region generations, key
 //! walks, and the sending half of the bus), never in a transport's.
 //!
-//! Two implementations: Redis (`l2.rs`, one server through fred, its Lua scripts run by
-//! hash) and an in-memory store (`memory.rs`, behind the `memory` feature) that keeps the same
-//! rules in a process, for tests without a redis-server. A third (Redis Cluster) plugs in as
-//! one more type: the engine holds a [`Remote`] and nothing else of it.
+//! Three implementations: Redis (`l2.rs`, one server through fred, its Lua scripts run by
+//! hash), Redis Cluster (`l2/cluster.rs`: the same scripts on keys placed so that what a write
+//! is checked against shares its slot) and an in-memory store (`memory.rs`, behind the `memory`
+//! feature) that keeps the same rules in a process, for tests without a redis-server. The engine
+//! holds a [`Remote`] and nothing else of it.
 //!
 //! Why the sending half of the backplane lives here: a write and its announcement must reach
 //! the store in one step, in the sender's sequence order, so that a receiver drops its copy only
 //! once the new state is there (Redis pipelines the script and the `PUBLISH` on one
-//! connection; the in-memory store does both under one lock). The receiving half is the
+//! connection; a cluster, where the two go to different nodes, publishes when the script has
+//! answered; the in-memory store does both under one lock). The receiving half is the
 //! backplane seam ([`crate::backplane`]).
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -81,8 +83,14 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes a bus message numbered by the announcement's sequencer. Returns the number
     /// (0 when the call was skipped before one was taken) and the outcome.
     fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)>;
-    /// Reads tag marks: for each key, its value, or `None`.
-    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
+    /// Reads the marks of a load's tags (their mark keys, `keys`) as its fill for `data_key`
+    /// will compare them: for each, its value, or `None`. (On a cluster the marks compared
+    /// are the copies in the data key's slot.)
+    fn marks<'a>(
+        &'a self,
+        data_key: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
     /// Sets a tag's mark to `token` for `ttl_ms`.
     fn set_mark<'a>(
         &'a self,
@@ -102,6 +110,22 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// again meanwhile keeps its membership).
     fn drop_tag_page<'a>(&'a self, set: &'a str, members: Vec<String>)
         -> BoxFuture<'a, Result<()>>;
+    /// Deletes every member of a tag set and takes it out of the set, page by page (a member
+    /// written again meanwhile keeps its membership). By default, pages of
+    /// [`tag_members_page`](Self::tag_members_page) and [`drop_tag_page`](Self::drop_tag_page).
+    fn drop_tag_members<'a>(&'a self, set: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, members) = self.tag_members_page(set, &cursor, 500).await?;
+                self.drop_tag_page(set, members).await?;
+                if next == "0" {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+    }
     /// Reads `key` and, when it holds nothing, takes the load lock `lock` for `ttl_ms` in the
     /// same step: `Ok((Some(bytes), false))`, or `Ok((None, taken))`.
     fn get_or_lock<'a>(

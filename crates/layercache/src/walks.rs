@@ -25,16 +25,7 @@ pub(crate) async fn drop_tag(l2: &Remote, cache: &str, tag: &str) -> Result<()> 
         millis_ceil(TAG_MARK_TTL),
     )
     .await?;
-    let set = tag_key(cache, tag);
-    let mut cursor = "0".to_owned();
-    loop {
-        let (next, members) = l2.tag_members_page(&set, &cursor, 500).await?;
-        l2.drop_tag_page(&set, members).await?;
-        if next == "0" {
-            return Ok(());
-        }
-        cursor = next;
-    }
+    l2.drop_tag_members(&tag_key(cache, tag)).await
 }
 
 /// Deletes, in batches (`SCAN … COUNT 1000`, one `UNLINK` per page), the data keys of every

@@ -18,7 +18,7 @@ use crate::{
     error::{Error, Result},
     key::validate_name,
     l1::{Capacity, L1},
-    l2::{redact_url, L2Settings, RedisStore, RedisSubscriber},
+    l2::{redact_url, L2Settings, RedisSubscriber},
     options::{check_max, L2Startup, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT},
     remote::Remote,
     stats::Counters,
@@ -45,17 +45,19 @@ impl LayerCacheBuilder {
         if let Some(url) = &self.redis_url {
             let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
             match scheme {
-                "redis" => {}
-                "rediss" if cfg!(feature = "tls") => {}
-                "rediss" => {
-                    return Err(Error::config(
-                        "redis_url: rediss:// (TLS) needs the `tls` feature of layercache",
-                    ))
+                "redis" | "redis-cluster" => {}
+                "rediss" | "rediss-cluster" if cfg!(feature = "tls") => {}
+                "rediss" | "rediss-cluster" => {
+                    return Err(Error::config(format!(
+                        "redis_url: {scheme}:// (TLS) needs the `tls` feature of layercache"
+                    )))
                 }
                 _ => {
                     return Err(Error::config(format!(
-                        "redis_url {:?} is invalid: use redis://host[:port][/db] or rediss:// \
-                         (TLS); Redis Cluster and Sentinel URLs are not supported yet",
+                        "redis_url {:?} is invalid: use redis://host[:port][/db], rediss:// \
+                         (TLS), or redis-cluster://host:port[?node=host:port&…] (a Redis \
+                         Cluster; rediss-cluster:// with TLS); Sentinel URLs are not supported \
+                         yet",
                         crate::key::shortened(&redact_url(url))
                     )))
                 }
@@ -345,7 +347,7 @@ impl LayerCacheBuilder {
         );
         // Both connections at once: a degraded start waits `l2_connect_timeout` once, not twice.
         let (store, subscriber) = tokio::join!(
-            RedisStore::connect(&settings, breaker, counters.clone()),
+            crate::l2::connect_store(&settings, breaker, counters.clone()),
             RedisSubscriber::connect(
                 &settings,
                 self.bus_buffer,
@@ -355,7 +357,7 @@ impl LayerCacheBuilder {
         );
         match (store, subscriber) {
             (Ok(store), Ok((subscriber, home))) => Ok(Some(Connected {
-                store: Arc::new(store),
+                store,
                 subscriber: Box::new(subscriber),
                 home,
             })),

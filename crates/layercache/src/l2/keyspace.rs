@@ -353,7 +353,7 @@ impl RedisStore {
 }
 
 /// Parses a `SCAN`-family reply: `[cursor, [items]]`.
-fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<String>)> {
+pub(super) fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<String>)> {
     let bad = || Error::new(ErrorKind::Redis, format!("unexpected {what} reply"));
     let Value::Array(mut parts) = reply else {
         return Err(bad());
@@ -370,7 +370,7 @@ fn parse_scan_reply(reply: Value, what: &'static str) -> Result<(String, Vec<Str
 }
 
 /// A `MATCH` pattern for the keys starting with `prefix`: its glob characters escaped, then `*`.
-fn glob_prefix(prefix: &str) -> String {
+pub(super) fn glob_prefix(prefix: &str) -> String {
     let mut pattern = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

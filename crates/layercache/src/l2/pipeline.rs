@@ -33,7 +33,7 @@ fn primed<F: std::future::Future>(future: F) -> Primed<F> {
 
 /// Queues a command in a pipeline: fred's pipeline methods complete on their first poll (the
 /// command is buffered, not sent).
-fn queue<F: std::future::Future<Output = Result<(), fred::error::Error>>>(
+pub(super) fn queue<F: std::future::Future<Output = Result<(), fred::error::Error>>>(
     future: F,
 ) -> Result<(), fred::error::Error> {
     let mut future = std::pin::pin!(future);
@@ -211,6 +211,7 @@ impl RedisStore {
         message: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
     ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
         let expected = 1 + usize::from(script.is_some());
+        let clustered = self.client.is_clustered();
         let mut taken = 0;
         let replies = self
             .bounded(what, |c| {
@@ -218,9 +219,27 @@ impl RedisStore {
                 let script = script.map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)));
                 sequencer.next(|seq| {
                     taken = seq;
-                    let publish = queue(
-                        pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
-                    );
+                    let publish = if clustered {
+                        // Always through the node owning the channel's slot: one sender's
+                        // messages leave from one connection, in sequence order.
+                        queue(pipeline.custom::<(), _>(
+                            fred::types::CustomCommand::new_static(
+                                "PUBLISH",
+                                fred::types::ClusterHash::Custom(fred::util::redis_keyslot(
+                                    sequencer.channel.as_bytes(),
+                                )),
+                                false,
+                            ),
+                            vec![
+                                Value::from(sequencer.channel.as_str()),
+                                Value::Bytes(message(seq).into()),
+                            ],
+                        ))
+                    } else {
+                        queue(
+                            pipeline.publish::<(), _, _>(sequencer.channel.as_str(), message(seq)),
+                        )
+                    };
                     primed(async move {
                         script.transpose()?;
                         publish?;

@@ -46,6 +46,26 @@ pub(crate) struct Scripts {
     pub(crate) fill_batch: Script,
     /// A read that takes the load lock when it finds nothing.
     pub(crate) get_or_lock: Script,
+    pub(crate) raise_generation: Script,
+    pub(crate) drop_tag_bucket: Script,
+}
+
+impl Scripts {
+    /// Every script (to load them all on a cluster's primaries).
+    pub(crate) fn all(&self) -> [&Script; 10] {
+        [
+            &self.fill,
+            &self.load_generation,
+            &self.bump_generation,
+            &self.release_lock,
+            &self.renew_lock,
+            &self.drop_tag_page,
+            &self.fill_batch,
+            &self.get_or_lock,
+            &self.raise_generation,
+            &self.drop_tag_bucket,
+        ]
+    }
 }
 
 /// The scripts.
@@ -58,6 +78,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     drop_tag_page: Script::new(include_str!("scripts/drop_tag_page.lua")),
     fill_batch: Script::new(include_str!("scripts/fill_batch.lua")),
     get_or_lock: Script::new(include_str!("scripts/get_or_lock.lua")),
+    raise_generation: Script::new(include_str!("scripts/raise_generation.lua")),
+    drop_tag_bucket: Script::new(include_str!("scripts/drop_tag_bucket.lua")),
 });
 
 /// `EVALSHA` of `script` as a custom command (so it carries the client's options: timeout,
@@ -88,7 +110,8 @@ pub(crate) fn is_noscript(e: &fred::error::Error) -> bool {
 pub(crate) fn filled(reply: i64) -> Filled {
     match reply {
         1 => Filled::Written,
-        -1 => Filled::Fenced,
+        // -3: the generation key is missing or behind the fence (see fill.lua).
+        -1 | -3 => Filled::Fenced,
         -2 => Filled::Older,
         _ => Filled::Refused,
     }

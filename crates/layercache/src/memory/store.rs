@@ -138,7 +138,11 @@ impl RemoteStore for MemoryStore {
         ready((seq, sent))
     }
 
-    fn marks<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    fn marks<'a>(
+        &'a self,
+        _data_key: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
         ready(self.server.run("marks", |k| {
             Ok(keys.iter().map(|key| k.get_lenient(key)).collect())
         }))

@@ -163,7 +163,7 @@ where
         if let (Some(l2), Some(tags), Some(_)) = (&cache.l2, tags.as_deref(), found.fill()) {
             if !tags.is_empty() && !rkey.is_empty() {
                 let keys: Vec<String> = tags.iter().map(|t| tag_mark_key(&cache.name, t)).collect();
-                match l2.marks(keys.clone()).await {
+                match l2.marks(&rkey, keys.clone()).await {
                     Ok(values) => marks = keys.into_iter().zip(values).collect(),
                     Err(e) => {
                         r.l2_failed("get tag marks", e)?;

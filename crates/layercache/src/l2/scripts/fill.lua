@@ -23,10 +23,19 @@
 -- the fence's generation (empty for none), the source version (8 bytes, or empty for none),
 -- then the `m` expected marks (empty for none).
 -- Returns 1 (written), 0 (refused: the key or a mark changed), -1 (fenced: the generation
--- moved) or -2 (older: the key holds a higher source version).
+-- moved), -2 (older: the key holds a higher source version) or -3 (behind: the generation key
+-- is missing or holds a lower generation than the fence -- on one server the region's generation
+-- was lost, on a cluster the bucket's copy has not caught up; fenced too until it has).
 local n = tonumber(ARGV[6])
 local m = tonumber(ARGV[7])
-if ARGV[8] ~= '' and redis.call('GET', KEYS[2 + n + m]) ~= ARGV[8] then return -1 end
+if ARGV[8] ~= '' then
+  local g = redis.call('GET', KEYS[2 + n + m])
+  if g ~= ARGV[8] then
+    local cur = tonumber(g or '')
+    if cur == nil or cur < tonumber(ARGV[8]) then return -3 end
+    return -1
+  end
+end
 for i = 1, m do
   if (redis.call('GET', KEYS[1 + n + i]) or '') ~= ARGV[9 + i] then return 0 end
 end

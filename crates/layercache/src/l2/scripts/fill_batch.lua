@@ -8,11 +8,18 @@
 -- ARGV: the fence's generation (empty for none), then six per data key: the value, the TTL in
 -- ms, the mode, the expected prefix, the expected length, the source version (8 bytes, or
 -- empty for none).
--- Returns, per data key: 1 (written), 0 (refused), -1 (fenced) or -2 (older).
+-- Returns, per data key: 1 (written), 0 (refused), -1 (fenced), -2 (older) or -3 (behind: fenced
+-- because the generation key is missing or lower than the fence, see fill.lua).
 local out = {}
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  for i = 2, #KEYS do out[i - 1] = -1 end
-  return out
+if ARGV[1] ~= '' then
+  local g = redis.call('GET', KEYS[1])
+  if g ~= ARGV[1] then
+    local cur = tonumber(g or '')
+    local code = -1
+    if cur == nil or cur < tonumber(ARGV[1]) then code = -3 end
+    for i = 2, #KEYS do out[i - 1] = code end
+    return out
+  end
 end
 for i = 2, #KEYS do
   local a = 2 + (i - 2) * 6

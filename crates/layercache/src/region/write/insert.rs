@@ -216,8 +216,16 @@ where
             version: self.version,
         };
         let value: Arc<dyn std::any::Any + Send + Sync> = self.value.clone();
-        let entry = self.region.l1_entry(k.len(), value, &self.options, life);
-        let Some(entry) = entry.filter(|_| !self.ticket.is_poisoned()) else {
+        if self.ticket.is_poisoned() {
+            // Something newer touched the key during the write (another write, an invalidation
+            // or a flush applied). A fetch that began after it may have filled L1 from Redis
+            // before this write landed there: drop whatever L1 holds, so the next read goes to
+            // Redis (the checker found this on a cluster, where a write fenced by a generation
+            // move it had not heard of yet takes a few round trips).
+            cache.l1.remove(k).await;
+            return false;
+        }
+        let Some(entry) = self.region.l1_entry(k.len(), value, &self.options, life) else {
             return false;
         };
         if !cache.l1.admits(k) {

@@ -1,0 +1,352 @@
+//! A local Redis Cluster: six `redis-server` processes (three primaries, three replicas) on free
+//! loopback ports, joined with `redis-cli --cluster create`.
+
+use std::{
+    io::{self, BufRead, BufReader, Write},
+    net::TcpStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::server::{RedisServer, StartError};
+
+/// How long a start or a recovery may take before it is reported as failed.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A running Redis Cluster of six nodes (three primaries, each with one replica), torn down on
+/// drop.
+///
+/// Nodes run with `cluster-node-timeout 1000` (a primary killed is failed over in about two
+/// seconds) and `repl-diskless-sync-delay 0` (a replica syncs at once: the cluster is ready in
+/// about two seconds instead of seven). Persistence is off, so a restarted node comes back empty
+/// but with its cluster identity (`nodes.conf` stays in its directory).
+///
+/// ```no_run
+/// let cluster = layercache_testkit::RedisCluster::start().expect("redis cluster");
+/// println!("{}", cluster.url()); // redis-cluster://127.0.0.1:PORT?node=…
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// The node options a cluster member runs with.
+fn node_args() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("cluster-enabled", "yes"),
+        ("cluster-config-file", "nodes.conf"),
+        ("cluster-node-timeout", "1000"),
+        ("repl-diskless-sync", "yes"),
+        ("repl-diskless-sync-delay", "0"),
+        // A replica may serve nothing but its primary's data, and a cluster missing a slot's
+        // owner keeps serving the slots it still has (as managed services do).
+        ("cluster-require-full-coverage", "no"),
+    ]
+}
+
+fn redis_cli() -> String {
+    std::env::var("LAYERCACHE_REDIS_CLI").unwrap_or_else(|_| "redis-cli".to_owned())
+}
+
+impl RedisCluster {
+    /// Starts six nodes, joins them into a cluster (three primaries with one replica each) and
+    /// waits until every node reports `cluster_state:ok` and every replica is in sync.
+    ///
+    /// # Errors
+    ///
+    /// See [`StartError`]: also when `redis-cli` is missing or the join fails (the message
+    /// carries `redis-cli`'s output).
+    pub fn start() -> Result<Self, StartError> {
+        let mut nodes = Vec::with_capacity(6);
+        for _ in 0..6 {
+            let mut b = RedisServer::builder();
+            for (k, v) in node_args() {
+                b = b.arg(k, v);
+            }
+            nodes.push(b.start()?);
+        }
+        let cluster = Self { nodes };
+        let mut create = Command::new(redis_cli());
+        create.arg("--cluster").arg("create");
+        for n in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", n.port()));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create.output().map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StartError::NotInstalled(
+                    "redis-cli was not found on PATH (it comes with redis-server: \
+                     `apt-get install -y redis-server`), or set LAYERCACHE_REDIS_CLI"
+                        .to_owned(),
+                )
+            } else {
+                StartError::Io(e)
+            }
+        })?;
+        if !out.status.success() {
+            return Err(StartError::NotReady {
+                reason: "redis-cli --cluster create failed".to_owned(),
+                log: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        cluster.wait_ok(READY_WITHIN)?;
+        Ok(cluster)
+    }
+
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&…`, naming every node as a seed.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port()));
+        }
+        url
+    }
+
+    /// The nodes' ports, by index (0 to 5).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// The node at `index` (0 to 5).
+    ///
+    /// # Panics
+    ///
+    /// When `index` is out of range.
+    pub fn node(&self, index: usize) -> &RedisServer {
+        &self.nodes[index]
+    }
+
+    /// The indexes of the nodes that are primaries now (by `ROLE`), in index order.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].pid().is_some()
+                    && self
+                        .command(i, &["ROLE"])
+                        .is_ok_and(|r| r.starts_with("master"))
+            })
+            .collect()
+    }
+
+    /// Sends one command to the node at `index` and returns its reply as text: a simple or bulk
+    /// string as is, an integer in decimal, an array's elements one per line, a nil as an empty
+    /// string.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error, or the node's error reply (`ErrorKind::Other`, its message).
+    pub fn command(&self, index: usize, args: &[&str]) -> io::Result<String> {
+        command(self.nodes[index].port(), args)
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`).
+    ///
+    /// # Errors
+    ///
+    /// As [`command`](Self::command).
+    pub fn keyslot(&self, key: &str) -> io::Result<u16> {
+        let primary = self.primaries().first().copied().unwrap_or(0);
+        self.command(primary, &["CLUSTER", "KEYSLOT", key])?
+            .parse()
+            .map_err(io::Error::other)
+    }
+
+    /// How many keys each primary holds (`DBSIZE`), as `(node index, count)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`command`](Self::command).
+    pub fn keys_per_primary(&self) -> io::Result<Vec<(usize, u64)>> {
+        self.primaries()
+            .into_iter()
+            .map(|i| {
+                let n = self.command(i, &["DBSIZE"])?;
+                Ok((i, n.parse().map_err(io::Error::other)?))
+            })
+            .collect()
+    }
+
+    /// Kills the node at `index` (SIGKILL). Its replica is promoted after about two seconds
+    /// (`cluster-node-timeout`): wait with [`wait_ok`](Self::wait_ok).
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Starts the node at `index` again on its port, empty but with its cluster identity: it
+    /// rejoins (as a replica if its replica was promoted meanwhile).
+    ///
+    /// # Errors
+    ///
+    /// See [`StartError`].
+    pub fn restart(&mut self, index: usize) -> Result<(), StartError> {
+        self.nodes[index].restart()
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`, the running primaries cover
+    /// all 16,384 slots, and every running replica has finished its sync.
+    ///
+    /// # Errors
+    ///
+    /// `StartError::NotReady` after `within`, with what was last seen.
+    pub fn wait_ok(&self, within: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.health();
+            match &seen {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(why) => {
+                    return Err(StartError::NotReady {
+                        reason: format!("the cluster was not ok within {within:?}: {why}"),
+                        log: self
+                            .nodes
+                            .iter()
+                            .map(|n| format!("--- node {} ---\n{}", n.port(), n.log()))
+                            .collect(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.pid().is_none() {
+                continue;
+            }
+            let info = self
+                .command(i, &["CLUSTER", "INFO"])
+                .map_err(|e| format!("node {i}: {e}"))?;
+            if !info.contains("cluster_state:ok") {
+                return Err(format!("node {i} is not ok"));
+            }
+            let role = self
+                .command(i, &["ROLE"])
+                .map_err(|e| format!("node {i}: {e}"))?;
+            if role.starts_with("slave") && !role.contains("connected") {
+                return Err(format!("replica {i} is not in sync: {role:?}"));
+            }
+        }
+        // Every slot is owned by a running node (a killed primary's slots move to its replica).
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let first = self
+            .nodes
+            .iter()
+            .position(|n| n.pid().is_some())
+            .ok_or("no node runs")?;
+        let nodes = self
+            .command(first, &["CLUSTER", "NODES"])
+            .map_err(|e| format!("CLUSTER NODES: {e}"))?;
+        let mut covered = 0u32;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let addr = fields[1].split('@').next().unwrap_or("");
+            if !running.iter().any(|r| r == addr) {
+                continue;
+            }
+            for range in &fields[8..] {
+                if range.starts_with('[') {
+                    continue;
+                }
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    covered += b - a + 1;
+                }
+            }
+        }
+        if covered != 16384 {
+            return Err(format!("running primaries cover {covered} of 16384 slots"));
+        }
+        Ok(())
+    }
+}
+
+/// Sends one command in RESP and reads its reply as text (see [`RedisCluster::command`]).
+pub(crate) fn command(port: u16, args: &[&str]) -> io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req)?;
+    read_reply(&mut BufReader::new(s))
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<String> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(line.len().min(1));
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(io::Error::other(rest.to_owned())),
+        "$" => {
+            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            if n < 0 {
+                return Ok(String::new());
+            }
+            let n = usize::try_from(n).map_err(io::Error::other)?;
+            let mut buf = vec![0; n + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n);
+            String::from_utf8(buf).map_err(io::Error::other)
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(r)?);
+            }
+            Ok(items.join("\n"))
+        }
+        _ => Err(io::Error::other(format!("unexpected reply {line:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_starts_with_three_primaries_and_fails_over() {
+        let mut cluster = RedisCluster::start().expect("redis cluster");
+        let primaries = cluster.primaries();
+        assert_eq!(primaries.len(), 3, "{primaries:?}");
+        assert!(cluster.url().starts_with("redis-cluster://127.0.0.1:"));
+        assert_eq!(cluster.keyslot("foo").unwrap(), 12182);
+        let victim = primaries[0];
+        cluster.kill(victim);
+        cluster.wait_ok(READY_WITHIN).expect("a replica takes over");
+        let now = cluster.primaries();
+        assert_eq!(now.len(), 3, "{now:?}");
+        assert!(!now.contains(&victim));
+        cluster.restart(victim).unwrap();
+        cluster
+            .wait_ok(READY_WITHIN)
+            .expect("the old primary rejoins");
+        assert_eq!(cluster.primaries().len(), 3);
+        let ports = cluster.ports();
+        drop(cluster);
+        for p in ports {
+            assert!(TcpStream::connect(("127.0.0.1", p)).is_err(), "{p} listens");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The cluster's long operations: tag marks and walks, generation moves, scans and deletes
+//! over every primary.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use fred::{
+    prelude::ClusterInterface,
+    types::{config::Server, Value},
+};
+
+use super::{
+    command,
+    placement::{place, Bucket},
+    script_command, unexpected, ClusterStore, TAG_PAGE,
+};
+use crate::{error::Result, l2::SCRIPTS};
+
+impl ClusterStore {
+    /// Replaces a tag group's mark in every bucket.
+    pub(super) async fn set_mark(&self, key: &str, token: String, ttl_ms: u64) -> Result<()> {
+        let commands = Bucket::all()
+            .map(|b| {
+                command(
+                    "SET",
+                    b.slot(),
+                    vec![
+                        Value::from(b.mark(key)),
+                        Value::from(token.as_str()),
+                        Value::from("PX"),
+                        Value::from(ttl_ms.to_string()),
+                    ],
+                )
+            })
+            .collect();
+        for r in self.pipelined("redis SET (tag marks)", commands).await? {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Empties a tag's member set in every bucket, deleting the members.
+    pub(super) async fn drop_tag_members(&self, set: &str) -> Result<()> {
+        let mut left: Vec<Bucket> = Bucket::all().collect();
+        while !left.is_empty() {
+            let commands = left
+                .iter()
+                .map(|b| {
+                    script_command(
+                        &SCRIPTS.drop_tag_bucket,
+                        b.slot(),
+                        vec![b.tag_set(set)],
+                        vec![Value::from(TAG_PAGE.to_string())],
+                    )
+                })
+                .collect();
+            let replies = self
+                .pipelined("redis EVALSHA (drop tag bucket)", commands)
+                .await?;
+            let mut next = Vec::new();
+            for (b, r) in left.into_iter().zip(replies) {
+                if r?.as_i64().ok_or_else(|| unexpected("drop tag bucket"))? > 0 {
+                    next.push(b);
+                }
+            }
+            left = next;
+        }
+        Ok(())
+    }
+
+    /// Moves a region's generation: every bucket's copy first, then the region's key.
+    pub(super) async fn bump_generation(
+        &self,
+        key: &str,
+        floor: u64,
+        ttl: Duration,
+    ) -> Result<u64> {
+        let current = self
+            .inner
+            .get(key)
+            .await?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        let target = floor.max(current.saturating_add(1));
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.raise(Bucket::all().map(|b| (b, key)).collect(), target, ttl_ms)
+            .await?;
+        self.inner.bump_generation(key, target, ttl).await
+    }
+
+    /// The primaries, in a stable order.
+    pub(super) fn primaries(&self) -> Vec<Server> {
+        let mut nodes = self
+            .inner
+            .client
+            .cached_cluster_state()
+            .map(|s| s.unique_primary_nodes())
+            .unwrap_or_default();
+        nodes.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        nodes
+    }
+
+    /// One page of a scan over every primary: the cursor is `{primary index}:{its cursor}`.
+    pub(super) async fn scan_prefix(
+        &self,
+        prefix: &str,
+        cursor: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>)> {
+        let nodes = self.primaries();
+        let (index, inner) = match cursor.split_once(':') {
+            Some((i, c)) => (i.parse::<usize>().unwrap_or(usize::MAX), c.to_owned()),
+            None => (0, "0".to_owned()),
+        };
+        let Some(node) = nodes.get(index) else {
+            return Ok(("0".to_owned(), Vec::new()));
+        };
+        let client = self.on_node(node.clone());
+        let pattern = crate::l2::keyspace::glob_prefix(prefix);
+        let reply: Value = self
+            .inner
+            .bounded("redis SCAN (cluster node)", |_| {
+                fred::prelude::KeysInterface::scan_page(&client, inner, pattern, Some(count), None)
+            })
+            .await?;
+        let (next, keys) = crate::l2::keyspace::parse_scan_reply(reply, "SCAN")?;
+        let next = match (next.as_str(), index + 1 < nodes.len()) {
+            ("0", true) => format!("{}:0", index + 1),
+            ("0", false) => "0".to_owned(),
+            (c, _) => format!("{index}:{c}"),
+        };
+        Ok((next, keys))
+    }
+
+    /// `UNLINK` per slot, pipelined.
+    pub(super) async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
+        let mut groups: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+        for k in keys {
+            let (_, placed) = place(&k);
+            groups
+                .entry(fred::util::redis_keyslot(placed.as_bytes()))
+                .or_default()
+                .push(Value::from(placed));
+        }
+        let commands = groups
+            .into_iter()
+            .map(|(slot, ks)| command("UNLINK", slot, ks))
+            .collect();
+        for r in self.pipelined("redis UNLINK", commands).await? {
+            r?;
+        }
+        Ok(())
+    }
+}
