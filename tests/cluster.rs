@@ -213,3 +213,64 @@ async fn batch_reads_and_writes_cross_every_slot() {
     cache.shutdown().await;
     other.shutdown().await;
 }
+
+/// Bad cluster input gets a clear error within the connect timeout, or a degraded start when
+/// asked for: never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
+    use layercache::L2Startup;
+    let build = |url: String, startup: L2Startup| async move {
+        let started = std::time::Instant::now();
+        let r = LayerCache::builder("bad")
+            .redis_url(url)
+            .l2_connect_timeout(Duration::from_millis(1500))
+            .l2_startup(startup)
+            .build()
+            .await;
+        (r, started.elapsed())
+    };
+    // Unreachable seeds.
+    let (r, took) = build(
+        "redis-cluster://127.0.0.1:1?node=127.0.0.1:2".to_owned(),
+        L2Startup::FailFast,
+    )
+    .await;
+    let e = r.err().expect("unreachable seeds must fail");
+    assert!(e.to_string().contains("connecting to redis"), "{e}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // A node with cluster mode on but no slots: the cluster is not ok. An error at once, or a
+    // degraded start after the connect timeout.
+    let lonely = layercache_testkit::RedisServer::builder()
+        .arg("cluster-enabled", "yes")
+        .start()
+        .unwrap();
+    let url = format!("redis-cluster://127.0.0.1:{}", lonely.port());
+    let (r, took) = build(url.clone(), L2Startup::FailFast).await;
+    let e = r
+        .err()
+        .expect("a cluster without slots must fail a fail-fast start");
+    assert!(e.to_string().contains("is not ready"), "{e}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (r, took) = build(url, L2Startup::Degraded).await;
+    let degraded = r.expect("a degraded start goes on without the cluster");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let rd = region(&degraded).await;
+    // Served without Redis: a write stands locally (journaled for later).
+    rd.insert("k", "v".to_owned()).await.unwrap();
+    assert_eq!(rd.get("k").await.unwrap().as_deref(), Some(&"v".to_owned()));
+    degraded.shutdown().await;
+
+    // A cluster node named by a plain URL: every other key would answer `MOVED`.
+    let cluster = cluster();
+    let (r, took) = build(
+        format!("redis://127.0.0.1:{}", cluster.ports()[0]),
+        L2Startup::FailFast,
+    )
+    .await;
+    let e = r
+        .err()
+        .expect("a cluster node behind a redis:// URL must fail");
+    assert!(e.to_string().contains("use redis-cluster://"), "{e}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

@@ -171,6 +171,43 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The cluster node id of the node at `index` (`CLUSTER MYID`).
+    ///
+    /// # Errors
+    ///
+    /// As [`command`](Self::command).
+    pub fn node_id(&self, index: usize) -> io::Result<String> {
+        self.command(index, &["CLUSTER", "MYID"])
+    }
+
+    /// Moves `slots` hash slots (with their keys) from the primary at `from` to the primary at
+    /// `to`, with `redis-cli --cluster reshard` (keys are migrated in batches of 10 while the
+    /// cluster serves: clients see `ASK` and `TRYAGAIN` meanwhile). Blocks until it is done.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error, or `redis-cli`'s output when it fails.
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) -> io::Result<()> {
+        let out = Command::new(redis_cli())
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{}", self.nodes[from].port()))
+            .args(["--cluster-from", &self.node_id(from)?])
+            .args(["--cluster-to", &self.node_id(to)?])
+            .args(["--cluster-slots", &slots.to_string()])
+            .args(["--cluster-pipeline", "10", "--cluster-yes"])
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "redis-cli --cluster reshard failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
     /// Kills the node at `index` (SIGKILL). Its replica is promoted after about two seconds
     /// (`cluster-node-timeout`): wait with [`wait_ok`](Self::wait_ok).
     pub fn kill(&mut self, index: usize) {

@@ -51,12 +51,51 @@ pub(crate) async fn connect_store(
     breaker: Breaker,
     counters: Arc<Counters>,
 ) -> Result<crate::remote::Remote> {
-    let store = RedisStore::connect(s, breaker, counters).await?;
+    let clustered_url = s
+        .url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"));
+    let store = RedisStore::connect(s, breaker, counters).await.map_err(|e| {
+        if clustered_url && e.to_string().contains("cluster state") {
+            Error::new(
+                ErrorKind::Redis,
+                format!(
+                    "the Redis Cluster at {} is not ready: it has no slot map (is cluster_state ok?)",
+                    redact_url(&s.url)
+                ),
+            )
+            .with_source(e)
+        } else {
+            e
+        }
+    })?;
     if store.client.is_clustered() {
-        Ok(Arc::new(cluster::ClusterStore::new(store).await?))
-    } else {
-        Ok(Arc::new(store))
+        return Ok(Arc::new(cluster::ClusterStore::new(store).await?));
     }
+    // A node of a cluster named by a plain URL would answer every other key with `MOVED`: say
+    // so now rather than fail (or journal) every write.
+    if store.is_connected() {
+        let info: Result<String> = store
+            .bounded("redis INFO cluster", |c| {
+                c.custom(
+                    fred::types::CustomCommand::new_static(
+                        "INFO",
+                        fred::types::ClusterHash::Random,
+                        false,
+                    ),
+                    vec![Value::from("cluster")],
+                )
+            })
+            .await;
+        if info.is_ok_and(|i| i.contains("cluster_enabled:1")) {
+            store.quit().await;
+            return Err(Error::config(format!(
+                "redis_url {} names a node of a Redis Cluster: use redis-cluster://host:port",
+                redact_url(&s.url)
+            )));
+        }
+    }
+    Ok(Arc::new(store))
 }
 
 /// How much later than fred's own command timeout our backstop timeout fires.
@@ -205,13 +244,14 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R> {
+        let first_key = keys.first().cloned();
         let (command, all) = evalsha(script, keys, args);
         let first = self
             .bounded(what, |c| c.custom::<R, _>(command.clone(), all.clone()))
             .await;
         match first {
             Err(e) if is_noscript_reply(&e) => {
-                self.load_script(script).await?;
+                self.load_script(script, first_key.as_deref()).await?;
                 self.bounded(what, |c| c.custom::<R, _>(command, all)).await
             }
             other => other,

@@ -15,16 +15,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{BatchWrite, Filled};
 
 impl RedisStore {
-    /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`).
-    pub(super) async fn load_script(&self, script: &Script) -> Result<()> {
+    /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`), on the node that answered it: the one
+    /// owning `key`'s slot on a cluster (a promoted replica starts without the scripts its
+    /// primary had), the server otherwise.
+    pub(super) async fn load_script(&self, script: &Script, key: Option<&str>) -> Result<()> {
+        let node = key.map_or(fred::types::ClusterHash::Random, |k| {
+            fred::types::ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes()))
+        });
         let sha1: String = self
             .bounded("redis SCRIPT LOAD", |c| {
                 c.custom(
-                    fred::types::CustomCommand::new_static(
-                        "SCRIPT",
-                        fred::types::ClusterHash::Random,
-                        false,
-                    ),
+                    fred::types::CustomCommand::new_static("SCRIPT", node, false),
                     vec![Value::from("LOAD"), Value::from(script.lua)],
                 )
             })

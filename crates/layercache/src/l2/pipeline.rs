@@ -175,6 +175,7 @@ impl RedisStore {
         announcement: Announcement<'_>,
     ) -> Result<(Value, Result<u64>)> {
         let Announcement { sequencer, message } = announcement;
+        let first_key = keys.first().cloned();
         let command = evalsha(script, keys, args);
         let (mut taken, mut replies) = self
             .sequenced(what, Some(command.clone()), sequencer, message)
@@ -184,7 +185,7 @@ impl RedisStore {
                 // The server lacks the script (new, restarted, or flushed): load it and send
                 // both again. The first announcement went out for a write that did not happen:
                 // it only made other instances drop a copy.
-                self.load_script(script).await?;
+                self.load_script(script, first_key.as_deref()).await?;
                 (taken, replies) = self
                     .sequenced(what, Some(command), sequencer, message)
                     .await;

@@ -1,0 +1,284 @@
+//! Faults on a real Redis Cluster: a primary killed under load (its replica promoted). Each test
+//! runs a cluster of its own, one test at a time (they kill nodes).
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use layercache::{FlushReason, LayerCache, Region};
+use layercache_testkit::RedisCluster;
+use support::{caught_up, wait_until};
+
+/// One test at a time: each runs six redis-server processes and kills some.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Hot keys of the failover test; the resharding test uses more, so that many move.
+const KEYS: u64 = 64;
+
+async fn instance(cluster: &RedisCluster, name: &str) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(cluster.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_connect_timeout(Duration::from_secs(5))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .l2_breaker_cooldown(Duration::from_millis(300))
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The primary (node index) that owns `key`'s slot: the one that answers a `GET` instead of
+/// `MOVED`.
+fn owner(cluster: &RedisCluster, key: &str) -> usize {
+    cluster
+        .primaries()
+        .into_iter()
+        .find(|&i| cluster.command(i, &["GET", key]).is_ok())
+        .expect("a primary owns every slot")
+}
+
+/// Load on two instances: writers insert new versions of a source of truth, readers read
+/// through the cache; failed calls are recorded with when they happened.
+struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<(Instant, String)>>>,
+    ops: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(regions: &[Region<u64, u64>], truth: &Arc<Vec<AtomicU64>>) -> Self {
+        let keys = truth.len() as u64;
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let ops = Arc::new(AtomicU64::new(0));
+        let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+            Arc::new((0..keys).map(|_| tokio::sync::Mutex::new(())).collect());
+        let mut tasks = Vec::new();
+        for (i, r) in regions.iter().enumerate() {
+            for role in 0..2u64 {
+                let (r, truth, stop, errors, ops, locks) = (
+                    r.clone(),
+                    truth.clone(),
+                    stop.clone(),
+                    errors.clone(),
+                    ops.clone(),
+                    locks.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut n = i as u64 * 7 + role;
+                    while !stop.load(Ordering::Relaxed) {
+                        n = n
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let key = (n >> 33) % keys;
+                        let result = if role == 0 && (n >> 20) % 4 == 0 {
+                            let _row = locks[key as usize].lock().await;
+                            let v = truth[key as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                            r.insert(&key, v).await.map(|_| ())
+                        } else {
+                            let truth = truth.clone();
+                            r.get_or_load(&key, move |k| async move {
+                                Ok::<_, std::io::Error>(truth[k as usize].load(Ordering::SeqCst))
+                            })
+                            .await
+                            .map(|_| ())
+                        };
+                        ops.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = result {
+                            errors.lock().unwrap().push((Instant::now(), e.to_string()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }));
+            }
+        }
+        Self {
+            stop,
+            errors,
+            ops,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (u64, Vec<(Instant, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (self.ops.load(Ordering::Relaxed), errors)
+    }
+}
+
+/// Coherence after the fault: every key written on A reads back on B, as the source has it,
+/// once B applied A's messages.
+async fn coherent_after(
+    a: &LayerCache,
+    b: &LayerCache,
+    ra: &Region<u64, u64>,
+    rb: &Region<u64, u64>,
+    truth: &Arc<Vec<AtomicU64>>,
+) {
+    for key in 0..truth.len() as u64 {
+        let v = truth[key as usize].fetch_add(1, Ordering::SeqCst) + 1;
+        ra.insert(&key, v).await.unwrap();
+    }
+    caught_up(b, a).await;
+    for key in 0..truth.len() as u64 {
+        let got = rb
+            .get_or_load(&key, |_| async { Ok::<_, std::io::Error>(u64::MAX) })
+            .await
+            .unwrap();
+        assert_eq!(
+            *got,
+            truth[key as usize].load(Ordering::SeqCst),
+            "key {key}"
+        );
+    }
+}
+
+/// Redis errors an instance has counted (failed calls and calls skipped while disconnected).
+fn redis_errors(c: &LayerCache) -> u64 {
+    let s = c.stats();
+    s.l2_errors + s.l2_disconnected_skips
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let a = instance(&cluster, "failover").await;
+    let b = instance(&cluster, "failover").await;
+    let ra = a.region::<u64, u64>("items").build().await.unwrap();
+    let rb = b.region::<u64, u64>("items").build().await.unwrap();
+    let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let load = Load::start(&[ra.clone(), rb.clone()], &truth);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Kill the primary that every bus message goes through.
+    let victim = owner(&cluster, "failover:m2:bus");
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    let c = std::thread::spawn(move || {
+        cluster.wait_ok(Duration::from_secs(30)).unwrap();
+        cluster
+    });
+    let cluster = tokio::task::spawn_blocking(move || c.join().unwrap())
+        .await
+        .unwrap();
+    let promoted_at = Instant::now();
+    // The replica took over in about two seconds (`cluster-node-timeout 1000`).
+    assert!(promoted_at - killed_at < Duration::from_secs(10));
+    // Once the clients have followed (a reconnect back-off, a slot map refresh), the errors
+    // stop: none in two more seconds of load.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = (redis_errors(&a), redis_errors(&b));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ops, caller_errors) = load.stop().await;
+    assert!(ops > 1000, "{ops} operations");
+    assert_eq!(
+        (redis_errors(&a), redis_errors(&b)),
+        settled,
+        "redis errors after the failover"
+    );
+    // Inside the window the failures were counted, absorbed (the default fallback policy:
+    // callers saw none) and journaled.
+    assert!(caller_errors.is_empty(), "{caller_errors:?}");
+    assert!(
+        settled.0 + settled.1 > 0,
+        "the failover cost no redis call at all?"
+    );
+    for c in [&a, &b] {
+        // L1 was flushed: the instance could not hear the bus while the node was down.
+        let flushes: u64 = FlushReason::ALL.iter().map(|&r| c.flushes(r)).sum();
+        assert!(flushes > 0, "{:?}", c.bus_status());
+    }
+    wait_until(
+        "both buses healthy, every repair done",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                a.bus_status().unwrap().healthy
+                    && b.bus_status().unwrap().healthy
+                    && a.pending_repairs() == 0
+                    && b.pending_repairs() == 0
+            }
+        },
+    )
+    .await;
+    coherent_after(&a, &b, &ra, &rb, &truth).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_loses_no_call_and_coherence_holds() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let a = instance(&cluster, "reshard").await;
+    let b = instance(&cluster, "reshard").await;
+    let ra = a.region::<u64, u64>("items").build().await.unwrap();
+    let rb = b.region::<u64, u64>("items").build().await.unwrap();
+    // A thousand keys, all in Redis before the move, so that many are mid-migration while
+    // the load reads and writes them.
+    let truth: Arc<Vec<AtomicU64>> = Arc::new((0..1024).map(|_| AtomicU64::new(0)).collect());
+    let keys: Vec<u64> = (0..1024).collect();
+    for r in ra.insert_many(keys.iter().map(|k| (k, 0))).await {
+        r.unwrap();
+    }
+    let load = Load::start(&[ra.clone(), rb.clone()], &truth);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let count = |c: &RedisCluster, i: usize| {
+        c.keys_per_primary()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| *n == i)
+            .map_or(0, |(_, k)| k)
+    };
+    let before = (count(&cluster, from), count(&cluster, to));
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.reshard(from, to, 4000).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let after = (count(&cluster, from), count(&cluster, to));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ops, caller_errors) = load.stop().await;
+    eprintln!("keys on the two primaries before {before:?}, after {after:?}; {ops} operations");
+    // Keys moved (data, generation copies, marks: whatever lived in those slots).
+    assert!(after.0 + 100 < before.0, "{before:?} -> {after:?}");
+    assert!(after.1 > before.1 + 100, "{before:?} -> {after:?}");
+    assert!(ops > 1000, "{ops} operations");
+    // `MOVED` and `ASK` were followed, and scripts on keys mid-migration (`TRYAGAIN`) retried:
+    // no call failed, not even inside the store.
+    assert!(caller_errors.is_empty(), "{caller_errors:?}");
+    assert_eq!(
+        (redis_errors(&a), redis_errors(&b)),
+        (0, 0),
+        "{}\n{}",
+        a.stats(),
+        b.stats()
+    );
+    coherent_after(&a, &b, &ra, &rb, &truth).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(cluster);
+}
