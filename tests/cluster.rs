@@ -235,7 +235,7 @@ async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
         L2Startup::FailFast,
     )
     .await;
-    let e = r.err().expect("unreachable seeds must fail");
+    let e = r.expect_err("unreachable seeds must fail");
     assert!(e.to_string().contains("connecting to redis"), "{e}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 
@@ -247,9 +247,7 @@ async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
         .unwrap();
     let url = format!("redis-cluster://127.0.0.1:{}", lonely.port());
     let (r, took) = build(url.clone(), L2Startup::FailFast).await;
-    let e = r
-        .err()
-        .expect("a cluster without slots must fail a fail-fast start");
+    let e = r.expect_err("a cluster without slots must fail a fail-fast start");
     assert!(e.to_string().contains("is not ready"), "{e}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     let (r, took) = build(url, L2Startup::Degraded).await;
@@ -268,9 +266,7 @@ async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
         L2Startup::FailFast,
     )
     .await;
-    let e = r
-        .err()
-        .expect("a cluster node behind a redis:// URL must fail");
+    let e = r.expect_err("a cluster node behind a redis:// URL must fail");
     assert!(e.to_string().contains("use redis-cluster://"), "{e}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
