@@ -84,7 +84,7 @@ impl Load {
                             .wrapping_mul(6364136223846793005)
                             .wrapping_add(1442695040888963407);
                         let key = (n >> 33) % keys;
-                        let result = if role == 0 && (n >> 20) % 4 == 0 {
+                        let result = if role == 0 && (n >> 20).is_multiple_of(4) {
                             let _row = locks[key as usize].lock().await;
                             let v = truth[key as usize].fetch_add(1, Ordering::SeqCst) + 1;
                             r.insert(&key, v).await.map(|_| ())
