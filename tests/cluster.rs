@@ -259,8 +259,30 @@ async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
     assert_eq!(rd.get("k").await.unwrap().as_deref(), Some(&"v".to_owned()));
     degraded.shutdown().await;
 
-    // A cluster node named by a plain URL: every other key would answer `MOVED`.
+    // A replica as the only seed of a cluster URL: the slot map comes from it, commands go to
+    // the primaries.
     let cluster = cluster();
+    let replica = (0..6)
+        .find(|i| !cluster.primaries().contains(i))
+        .expect("three replicas");
+    let c = build(
+        format!("redis-cluster://127.0.0.1:{}", cluster.ports()[replica]),
+        L2Startup::FailFast,
+    )
+    .await
+    .0
+    .expect("a replica seed finds the primaries");
+    let r = region(&c).await;
+    r.insert("via-replica", "v".to_owned()).await.unwrap();
+    assert_eq!(c.stats().l2_errors, 0);
+    c.clear_l1();
+    assert_eq!(
+        r.get("via-replica").await.unwrap().as_deref(),
+        Some(&"v".to_owned())
+    );
+    c.shutdown().await;
+
+    // A cluster node named by a plain URL: every other key would answer `MOVED`.
     let (r, took) = build(
         format!("redis://127.0.0.1:{}", cluster.ports()[0]),
         L2Startup::FailFast,
