@@ -13,6 +13,9 @@
 //! cargo bench -p layercache-benches --bench loadgen -- --variants invalidate --lock
 //! ```
 //!
+//! `--cluster` runs everything on a local six-node Redis Cluster instead of one server (CPU
+//! per operation then counts all six redis-server processes).
+//!
 //! Other flags: `--keys`, `--tasks`, `--write-pct`, `--l1` (entries), `--value-bytes`,
 //! `--bus-thread`. Cache-aside, the baseline, always runs.
 //!
@@ -55,7 +58,7 @@ use std::{
 use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface};
 use fred::types::Expiration;
 use layercache::{LayerCache, Region};
-use layercache_testkit::RedisServer;
+use layercache_testkit::{RedisCluster, RedisServer};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +102,10 @@ struct Args {
     l1: u64,
     value_bytes: usize,
     child: Option<Variant>,
-    port: Option<u16>,
+    /// The URL the child connects to (given by the parent).
+    url: Option<String>,
+    /// Run on a local Redis Cluster of six nodes instead of one server (`--cluster`).
+    cluster: bool,
     /// `LayerCacheBuilder::bus_thread` for the layercache variants (`--bus-thread` /
     /// `--no-bus-thread`; the library's default when absent).
     bus_thread: Option<bool>,
@@ -121,7 +127,8 @@ fn args() -> Args {
         l1: 10_000,
         value_bytes: 1024,
         child: None,
-        port: None,
+        url: None,
+        cluster: false,
         bus_thread: None,
         cooldown_ms: None,
         lock: false,
@@ -140,8 +147,13 @@ fn args() -> Args {
             "--l1" => a.l1 = v.parse().unwrap(),
             "--value-bytes" => a.value_bytes = v.parse().unwrap(),
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
-            "--port" => a.port = Some(v.parse().unwrap()),
+            "--url" => a.url = Some(v.clone()),
             "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
+            "--cluster" => {
+                a.cluster = true;
+                i += 1;
+                continue;
+            }
             "--lock" => {
                 a.lock = true;
                 i += 1;
@@ -417,14 +429,13 @@ impl Slice {
     }
 }
 
-async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec<LayerCache>) {
-    let url = format!("redis://127.0.0.1:{port}");
+async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec<LayerCache>) {
     let mut out = Vec::new();
     let mut caches = Vec::new();
     for _ in 0..2 {
         match variant {
             Variant::Aside => {
-                let c = Builder::from_config(Config::from_url(&url).unwrap())
+                let c = Builder::from_config(Config::from_url(url).unwrap())
                     .build()
                     .unwrap();
                 c.init().await.unwrap();
@@ -432,7 +443,7 @@ async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec
             }
             _ => {
                 let mut b = LayerCache::builder("lg")
-                    .redis_url(url.clone())
+                    .redis_url(url)
                     .max_capacity(a.l1)
                     .l2_command_timeout(Duration::from_secs(2));
                 if let Some(on) = a.bus_thread {
@@ -457,11 +468,12 @@ async fn instances(a: &Args, variant: Variant, port: u16) -> (Vec<Instance>, Vec
 }
 
 async fn child(a: Args, variant: Variant) {
-    let port = a.port.unwrap();
-    let redis_pid = std::env::var("LOADGEN_REDIS_PID").unwrap_or_default();
+    let url = a.url.clone().unwrap();
+    let redis_pids = std::env::var("LOADGEN_REDIS_PID").unwrap_or_default();
+    let redis_cpu = || -> Duration { redis_pids.split(',').map(cpu_time).sum() };
     let source = Arc::new(Source::new(a.keys, a.value_bytes));
     let zipf = Arc::new(Zipf::new(a.keys, 0.99));
-    let (inst, caches) = instances(&a, variant, port).await;
+    let (inst, caches) = instances(&a, variant, &url).await;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -511,14 +523,14 @@ async fn child(a: Args, variant: Variant) {
     tokio::time::sleep(Duration::from_secs_f64(a.secs / 2.0)).await;
     let loads0 = source.loads.load(Ordering::Relaxed);
     let cpu0 = cpu_time("self");
-    let rcpu0 = cpu_time(&redis_pid);
+    let rcpu0 = redis_cpu();
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
     measuring.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_time("self").saturating_sub(cpu0);
-    let rcpu = cpu_time(&redis_pid).saturating_sub(rcpu0);
+    let rcpu = redis_cpu().saturating_sub(rcpu0);
     let loads = source.loads.load(Ordering::Relaxed) - loads0;
     stop.store(true, Ordering::Relaxed);
     let (mut ops, mut reads, mut stale, mut own) = (0u64, 0u64, 0u64, 0u64);
@@ -583,12 +595,52 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// What the run is against: one server, or a cluster.
+enum Target {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Self::Server(s) => s.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The redis-server processes, comma-separated (their CPU time is counted).
+    fn pids(&self) -> String {
+        let pids: Vec<String> = match self {
+            Self::Server(s) => vec![s.pid().unwrap().to_string()],
+            Self::Cluster(c) => (0..6)
+                .filter_map(|i| c.node(i).pid())
+                .map(|p| p.to_string())
+                .collect(),
+        };
+        pids.join(",")
+    }
+
+    fn flush(&self) {
+        match self {
+            Self::Server(s) => {
+                s.command(&["FLUSHALL"]).unwrap();
+            }
+            Self::Cluster(c) => {
+                for i in c.primaries() {
+                    c.command(i, &["FLUSHALL"]).unwrap();
+                }
+            }
+        }
+    }
+}
+
 async fn parent(a: Args) {
-    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let raw = Builder::from_config(Config::from_url(&server.url()).unwrap())
-        .build()
-        .unwrap();
-    raw.init().await.unwrap();
+    let target = if a.cluster {
+        Target::Cluster(RedisCluster::start().unwrap_or_else(|e| panic!("{e}")))
+    } else {
+        Target::Server(RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
+    };
     let exe = std::env::current_exe().unwrap();
     let mut results: Vec<(Variant, Vec<Slice>)> =
         a.variants.iter().map(|v| (*v, Vec::new())).collect();
@@ -609,13 +661,13 @@ async fn parent(a: Args) {
     }
     for round in 0..a.rounds {
         for (variant, slices) in &mut results {
-            let _: () = raw.flushall(false).await.unwrap();
+            target.flush();
             let out = Command::new(&exe)
                 .args([
                     "--child",
                     variant.name(),
-                    "--port",
-                    &server.port().to_string(),
+                    "--url",
+                    &target.url(),
                     "--secs",
                     &a.secs.to_string(),
                     "--keys",
@@ -643,7 +695,7 @@ async fn parent(a: Args) {
                         .flatten(),
                 )
                 .args(a.lock.then_some("--lock"))
-                .env("LOADGEN_REDIS_PID", server.pid().unwrap().to_string())
+                .env("LOADGEN_REDIS_PID", target.pids())
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);

@@ -285,6 +285,16 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// Sends one command (plain text: not to a TLS server) and returns its reply as text, as
+    /// [`RedisCluster::command`](crate::RedisCluster::command) does.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error, or the server's error reply.
+    pub fn command(&self, args: &[&str]) -> io::Result<String> {
+        crate::cluster::command(self.port, args)
+    }
+
     /// The PEM of the CA that signed a TLS server's certificate.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()

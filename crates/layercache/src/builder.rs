@@ -153,7 +153,10 @@ impl LayerCacheBuilder {
     /// (`redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS with the `tls`
     /// feature), or a Redis Cluster (`redis-cluster://host:port[?node=host:port&…]`, any nodes
     /// as seeds; `rediss-cluster://` with TLS): see `docs/SCALING.md` for where keys go on a
-    /// cluster and what it costs. Without it the cache runs L1-only with the same API.
+    /// cluster and what it costs; or a primary watched by Sentinel
+    /// (`redis-sentinel://sentinel:port?sentinelServiceName=name&node=sentinel2:port…`: the
+    /// primary the sentinels name, followed across failovers). Without it the cache runs
+    /// L1-only with the same API.
     ///
     /// Default: none (L1-only).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {

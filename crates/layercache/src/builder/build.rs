@@ -45,9 +45,9 @@ impl LayerCacheBuilder {
         if let Some(url) = &self.redis_url {
             let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
             match scheme {
-                "redis" | "redis-cluster" => {}
-                "rediss" | "rediss-cluster" if cfg!(feature = "tls") => {}
-                "rediss" | "rediss-cluster" => {
+                "redis" | "redis-cluster" | "redis-sentinel" => {}
+                "rediss" | "rediss-cluster" | "rediss-sentinel" if cfg!(feature = "tls") => {}
+                "rediss" | "rediss-cluster" | "rediss-sentinel" => {
                     return Err(Error::config(format!(
                         "redis_url: {scheme}:// (TLS) needs the `tls` feature of layercache"
                     )))
@@ -55,9 +55,10 @@ impl LayerCacheBuilder {
                 _ => {
                     return Err(Error::config(format!(
                         "redis_url {:?} is invalid: use redis://host[:port][/db], rediss:// \
-                         (TLS), or redis-cluster://host:port[?node=host:port&…] (a Redis \
-                         Cluster; rediss-cluster:// with TLS); Sentinel URLs are not supported \
-                         yet",
+                         (TLS), redis-cluster://host:port[?node=host:port&…] (a Redis \
+                         Cluster) or redis-sentinel://host:port?sentinelServiceName=name\
+                         [&node=host:port…] (a primary found through Sentinel); with TLS, \
+                         rediss-cluster:// and rediss-sentinel://",
                         crate::key::shortened(&redact_url(url))
                     )))
                 }

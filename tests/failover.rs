@@ -1,5 +1,7 @@
-//! Faults on a real Redis Cluster: a primary killed under load (its replica promoted). Each test
-//! runs a cluster of its own, one test at a time (they kill nodes).
+//! Failovers and topology changes under load, on a real Redis Cluster (a primary killed, its
+//! replica promoted; slots moved between primaries) and on Sentinel (the primary killed, the
+//! sentinels promote the replica). Each test runs its own servers, one test at a time (they
+//! kill nodes).
 
 #[expect(
     dead_code,
@@ -16,7 +18,7 @@ use std::{
 };
 
 use layercache::{FlushReason, LayerCache, Region};
-use layercache_testkit::RedisCluster;
+use layercache_testkit::{RedisCluster, RedisSentinel};
 use support::{caught_up, wait_until};
 
 /// One test at a time: each runs six redis-server processes and kills some.
@@ -25,9 +27,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// Hot keys of the failover test; the resharding test uses more, so that many move.
 const KEYS: u64 = 64;
 
-async fn instance(cluster: &RedisCluster, name: &str) -> LayerCache {
+async fn instance(url: &str, name: &str) -> LayerCache {
     LayerCache::builder(name)
-        .redis_url(cluster.url())
+        .redis_url(url)
         .l2_command_timeout(Duration::from_millis(300))
         .l2_connect_timeout(Duration::from_secs(5))
         .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -160,8 +162,8 @@ fn redis_errors(c: &LayerCache) -> u64 {
 async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let a = instance(&cluster, "failover").await;
-    let b = instance(&cluster, "failover").await;
+    let a = instance(&cluster.url(), "failover").await;
+    let b = instance(&cluster.url(), "failover").await;
     let ra = a.region::<u64, u64>("items").build().await.unwrap();
     let rb = b.region::<u64, u64>("items").build().await.unwrap();
     let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
@@ -230,8 +232,8 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
 async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let a = instance(&cluster, "reshard").await;
-    let b = instance(&cluster, "reshard").await;
+    let a = instance(&cluster.url(), "reshard").await;
+    let b = instance(&cluster.url(), "reshard").await;
     let ra = a.region::<u64, u64>("items").build().await.unwrap();
     let rb = b.region::<u64, u64>("items").build().await.unwrap();
     // A thousand keys, all in Redis before the move, so that many are mid-migration while
@@ -281,4 +283,76 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     a.shutdown().await;
     b.shutdown().await;
     drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut sentinel = RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
+    let a = instance(&sentinel.url(), "sentinel").await;
+    let b = instance(&sentinel.url(), "sentinel").await;
+    let ra = a.region::<u64, u64>("items").build().await.unwrap();
+    let rb = b.region::<u64, u64>("items").build().await.unwrap();
+    let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let load = Load::start(&[ra.clone(), rb.clone()], &truth);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let old = sentinel.primary_port().unwrap();
+    assert_eq!(old, sentinel.server(0).port());
+    let killed_at = Instant::now();
+    sentinel.kill(0);
+    let (sentinel, new) = tokio::task::spawn_blocking(move || {
+        let new = sentinel
+            .wait_failover(old, Duration::from_secs(30))
+            .unwrap();
+        (sentinel, new)
+    })
+    .await
+    .unwrap();
+    let promoted_at = Instant::now();
+    assert_eq!(new, sentinel.server(1).port());
+    eprintln!("sentinel failover took {:?}", promoted_at - killed_at);
+    // Once the clients have followed the sentinels to the new primary, the errors stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = (redis_errors(&a), redis_errors(&b));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ops, caller_errors) = load.stop().await;
+    assert!(ops > 1000, "{ops} operations");
+    assert_eq!(
+        (redis_errors(&a), redis_errors(&b)),
+        settled,
+        "redis errors after the failover"
+    );
+    assert!(caller_errors.is_empty(), "{caller_errors:?}");
+    assert!(
+        settled.0 + settled.1 > 0,
+        "the failover cost no redis call at all?"
+    );
+    for c in [&a, &b] {
+        let flushes: u64 = FlushReason::ALL.iter().map(|&r| c.flushes(r)).sum();
+        assert!(flushes > 0, "{:?}", c.bus_status());
+    }
+    wait_until(
+        "both buses healthy, every repair done",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                a.bus_status().unwrap().healthy
+                    && b.bus_status().unwrap().healthy
+                    && a.pending_repairs() == 0
+                    && b.pending_repairs() == 0
+            }
+        },
+    )
+    .await;
+    coherent_after(&a, &b, &ra, &rb, &truth).await;
+    // The writes went to the new primary.
+    let keys = sentinel.server(1).command(&["DBSIZE"]).unwrap();
+    assert!(
+        keys.parse::<u64>().unwrap() >= KEYS,
+        "{keys} keys on the new primary"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(sentinel);
 }
