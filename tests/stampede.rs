@@ -19,14 +19,22 @@ use std::{
 use fred::prelude::KeysInterface;
 use layercache::{EntryOptions, ErrorKind, LayerCache, Region};
 use layercache_testkit::RedisServer;
-use support::{builder, caught_up, command_calls, raw_client, redis, wait_until};
+use support::{builder, caught_up, command_calls, raw_client, redis, wait_until, Shared};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn instance(server: &RedisServer, name: &str) -> LayerCache {
-    builder(server, name)
-        .lock_ttl(Duration::from_millis(400))
+async fn instance(shared: &Shared, name: &str) -> LayerCache {
+    instance_of(shared.builder(name)).await
+}
+
+/// [`instance`] on a server a Redis-only test holds itself (to look inside it).
+async fn instance_on(server: &RedisServer, name: &str) -> LayerCache {
+    instance_of(builder(server, name)).await
+}
+
+async fn instance_of(b: layercache::LayerCacheBuilder) -> LayerCache {
+    b.lock_ttl(Duration::from_millis(400))
         .lock_wait(Duration::from_secs(5))
         .build()
         .await
@@ -38,11 +46,10 @@ async fn region(c: &LayerCache) -> Region<str, u64> {
 }
 
 /// 4 instances x 250 callers on one cold key; returns how many times the loader ran.
-async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
-    let server = redis();
+async fn stampede(shared: &Shared, lock: bool) -> (usize, Vec<LayerCache>) {
     let mut caches = Vec::new();
     for _ in 0..4 {
-        caches.push(instance(&server, if lock { "lk" } else { "nolk" }).await);
+        caches.push(instance(shared, if lock { "lk" } else { "nolk" }).await);
     }
     let opts = EntryOptions::new().distributed_lock(lock);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -88,22 +95,19 @@ async fn stampede(lock: bool) -> (usize, Vec<LayerCache>) {
     for t in tasks {
         assert_eq!(*t.await.unwrap().unwrap(), 42);
     }
-    drop(server);
     (calls.load(Ordering::SeqCst), caches)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_lock_one_load_serves_four_instances() {
-    let (calls, caches) = stampede(true).await;
+async fn with_the_lock_one_load_serves_four_instances(shared: &Shared) {
+    let (calls, caches) = stampede(shared, true).await;
     assert_eq!(calls, 1, "the loader ran {calls} times");
     let acquired: u64 = caches.iter().map(|c| c.stats().locks_acquired).sum();
     let takeovers: u64 = caches.iter().map(|c| c.stats().lock_takeovers).sum();
     assert_eq!((acquired, takeovers), (1, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_lock_at_most_one_load_per_instance() {
-    let (calls, caches) = stampede(false).await;
+async fn without_the_lock_at_most_one_load_per_instance(shared: &Shared) {
+    let (calls, caches) = stampede(shared, false).await;
     assert!((1..=4).contains(&calls), "the loader ran {calls} times");
     for c in &caches {
         assert!(c.stats().loads <= 1, "{:?}", c.stats());
@@ -148,7 +152,7 @@ async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
     });
     holder.join().unwrap();
 
-    let b = instance(&server, "dead").await;
+    let b = instance_on(&server, "dead").await;
     let rb = region(&b).await;
     let opts = EntryOptions::new().distributed_lock(true);
     let v = tokio::time::timeout(
@@ -209,10 +213,8 @@ async fn hammer(
     reads
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn early_refresh_keeps_a_hot_key_off_the_callers_path() {
-    let server = redis();
-    let c = instance(&server, "hot").await;
+async fn early_refresh_keeps_a_hot_key_off_the_callers_path(shared: &Shared) {
+    let c = instance(shared, "hot").await;
     let r = region(&c).await;
     let opts = EntryOptions::new()
         .ttl(Duration::from_millis(600))
@@ -229,10 +231,8 @@ async fn early_refresh_keeps_a_hot_key_off_the_callers_path() {
     assert!(version.load(Ordering::SeqCst) >= 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xfetch_refreshes_before_expiry_without_a_soft_ttl() {
-    let server = redis();
-    let c = instance(&server, "xf").await;
+async fn xfetch_refreshes_before_expiry_without_a_soft_ttl(shared: &Shared) {
+    let c = instance(shared, "xf").await;
     let r = region(&c).await;
     // delta (~20 ms) * beta (25) = ~0.5 s of head start on a 1 s TTL.
     let opts = EntryOptions::new()
@@ -247,10 +247,8 @@ async fn xfetch_refreshes_before_expiry_without_a_soft_ttl() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
-    let server = redis();
-    let c = instance(&server, "fs").await;
+async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers(shared: &Shared) {
+    let c = instance(shared, "fs").await;
     let r = region(&c).await;
     let opts = EntryOptions::new()
         .ttl(Duration::from_millis(200))
@@ -307,10 +305,8 @@ async fn fail_safe_serves_stale_until_max_age_then_errors_then_recovers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soft_timeout_returns_stale_and_the_load_lands_later() {
-    let server = redis();
-    let c = instance(&server, "soft").await;
+async fn soft_timeout_returns_stale_and_the_load_lands_later(shared: &Shared) {
+    let c = instance(shared, "soft").await;
     let r = region(&c).await;
     let opts = EntryOptions::new()
         .ttl(Duration::from_millis(100))
@@ -357,10 +353,8 @@ async fn soft_timeout_returns_stale_and_the_load_lands_later() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hard_timeout_is_an_error_and_caches_nothing() {
-    let server = redis();
-    let c = instance(&server, "hard").await;
+async fn hard_timeout_is_an_error_and_caches_nothing(shared: &Shared) {
+    let c = instance(shared, "hard").await;
     let r = region(&c).await;
     let opts = EntryOptions::new().loader_hard_timeout(Duration::from_millis(100));
     let err = r
@@ -382,11 +376,9 @@ async fn hard_timeout_is_an_error_and_caches_nothing() {
     assert_eq!(*v, 5, "the next call retries");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers() {
-    let server = redis();
-    let a = instance(&server, "neg").await;
-    let b = instance(&server, "neg").await;
+async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers(shared: &Shared) {
+    let a = instance(shared, "neg").await;
+    let b = instance(shared, "neg").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let opts = EntryOptions::new().negative_ttl(Duration::from_secs(30));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -450,7 +442,7 @@ async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers() {
 async fn ttl_jitter_spreads_expiries() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let c = instance(&server, "jit").await;
+    let c = instance_on(&server, "jit").await;
     let r = region(&c).await;
     let opts = EntryOptions::new()
         .ttl(Duration::from_secs(60))
@@ -482,8 +474,8 @@ async fn ttl_jitter_spreads_expiries() {
 async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let a = instance(&server, "slide").await;
-    let b = instance(&server, "slide").await;
+    let a = instance_on(&server, "slide").await;
+    let b = instance_on(&server, "slide").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let opts = EntryOptions::new()
         .ttl(Duration::from_secs(10))
@@ -535,10 +527,8 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
     assert_eq!(command_calls(&raw, "getex").await, getex + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries() {
-    let server = redis();
-    let c = instance(&server, "panic").await;
+async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries(shared: &Shared) {
+    let c = instance(shared, "panic").await;
     let r = region(&c).await;
     let release = Arc::new(Notify::new());
     let mut tasks = Vec::new();
@@ -619,3 +609,15 @@ async fn an_uncontended_load_takes_the_lock_with_its_read() {
     assert_eq!((stats.locks_acquired, stats.lock_waits), (2, 0));
     c.shutdown().await;
 }
+
+support::on_redis_and_cluster!(
+    with_the_lock_one_load_serves_four_instances,
+    without_the_lock_at_most_one_load_per_instance,
+    early_refresh_keeps_a_hot_key_off_the_callers_path,
+    xfetch_refreshes_before_expiry_without_a_soft_ttl,
+    fail_safe_serves_stale_until_max_age_then_errors_then_recovers,
+    soft_timeout_returns_stale_and_the_load_lands_later,
+    hard_timeout_is_an_error_and_caches_nothing,
+    not_found_is_cached_for_the_negative_ttl_in_both_tiers,
+    a_panicking_loader_fails_every_waiter_and_the_next_call_retries,
+);
