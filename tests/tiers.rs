@@ -21,7 +21,9 @@ use layercache::{
     Postcard,
 };
 use serde::{Deserialize, Serialize};
-use support::{builder, caught_up, command_calls, data_keys, raw_client, redis, wait_until};
+use support::{
+    builder, caught_up, command_calls, data_keys, raw_client, redis, wait_until, Shared,
+};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,11 +55,9 @@ fn ada() -> User {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_round_trip_through_both_tiers_and_a_second_instance() {
-    let server = redis();
-    let a = builder(&server, "rt").build().await.unwrap();
-    let b = builder(&server, "rt").build().await.unwrap();
+async fn values_round_trip_through_both_tiers_and_a_second_instance(shared: &Shared) {
+    let a = shared.builder("rt").build().await.unwrap();
+    let b = shared.builder("rt").build().await.unwrap();
 
     let users_a = a.region::<u64, User>("user").build().await.unwrap();
     let shapes_a = a.region::<str, Shape>("shape").build().await.unwrap();
@@ -220,10 +220,8 @@ async fn large_values_are_stored_compressed_small_ones_plain() {
     assert_eq!(*r2.get("small").await.unwrap().unwrap(), small);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_bump_turns_old_entries_into_misses() {
-    let server = redis();
-    let v1 = builder(&server, "app").build().await.unwrap();
+async fn a_schema_bump_turns_old_entries_into_misses(shared: &Shared) {
+    let v1 = shared.builder("app").build().await.unwrap();
     let old = v1
         .region::<str, (u32, String)>("item")
         .schema_version(1)
@@ -233,7 +231,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
     old.insert("x", (1, "one".into())).await.unwrap();
 
     // The next deploy changes the value type and bumps the schema version.
-    let v2 = builder(&server, "app").build().await.unwrap();
+    let v2 = shared.builder("app").build().await.unwrap();
     let new = v2
         .region::<str, (String, u64, bool)>("item")
         .schema_version(2)
@@ -256,7 +254,7 @@ async fn a_schema_bump_turns_old_entries_into_misses() {
     assert_ne!(old.redis_key("x").unwrap(), new.redis_key("x").unwrap());
 
     // The old deploy still reads its own layout.
-    let v1b = builder(&server, "app").build().await.unwrap();
+    let v1b = shared.builder("app").build().await.unwrap();
     let old_b = v1b
         .region::<str, (u32, String)>("item")
         .schema_version(1)
@@ -338,10 +336,8 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     assert!(pttl > 0 && pttl <= 30_000, "{pttl}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
-    let server = redis();
-    let cache = builder(&server, "flight").build().await.unwrap();
+async fn concurrent_loads_of_one_cold_key_run_the_loader_once(shared: &Shared) {
+    let cache = shared.builder("flight").build().await.unwrap();
     let region = cache.region::<str, String>("r").build().await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
@@ -380,10 +376,8 @@ async fn concurrent_loads_of_one_cold_key_run_the_loader_once() {
     assert_eq!((s.loads, s.misses, s.l2_writes), (1, 1, 1), "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others() {
-    let server = redis();
-    let cache = builder(&server, "cancel").build().await.unwrap();
+async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others(shared: &Shared) {
+    let cache = shared.builder("cancel").build().await.unwrap();
     let region = cache.region::<str, u64>("r").build().await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
@@ -740,12 +734,11 @@ async fn a_loader_sets_the_lifetime_of_what_it_loaded() {
 
 /// `explain` tells which tier holds a key, how old it is, its tags, and what a `get` would do,
 /// through a write, a read on another instance and an invalidation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_follows_a_key_through_both_tiers() {
+async fn explain_follows_a_key_through_both_tiers(shared: &Shared) {
     use layercache::{Held, NextGet};
-    let server = redis();
     let instance = || {
-        builder(&server, "why")
+        shared
+            .builder("why")
             .l1_write_cooldown(Duration::ZERO)
             .bus_heartbeat_interval(Duration::from_millis(100))
             .build()
@@ -798,3 +791,11 @@ async fn explain_follows_a_key_through_both_tiers() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+support::on_redis_and_cluster!(
+    values_round_trip_through_both_tiers_and_a_second_instance,
+    a_schema_bump_turns_old_entries_into_misses,
+    concurrent_loads_of_one_cold_key_run_the_loader_once,
+    a_cancelled_caller_does_not_cancel_the_load_for_the_others,
+    explain_follows_a_key_through_both_tiers,
+);
