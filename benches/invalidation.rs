@@ -1,7 +1,9 @@
 //! Invalidation bus: delivery latency (p50/p99) and the listener's sustained rate.
 //!
 //! Run: `cargo bench --bench invalidation` (a redis-server is started on a free port by the
-//! testkit). Criterion reports means; delivery latency is about the tail, so this bench
+//! testkit); `cargo bench --bench invalidation -- --cluster` also measures delivery on a local
+//! six-node Redis Cluster with each bus (`ClusterBus::Plain`, `ClusterBus::Sharded`), twice,
+//! alternating. Criterion reports means; delivery latency is about the tail, so this bench
 //! measures each delivery itself and prints percentiles.
 //!
 //! 1. **Delivery latency**: instance A inserts a key that instance B holds in L1; we measure
@@ -18,8 +20,8 @@ use fred::{
     prelude::{Builder, ClientLike, Config, LuaInterface},
     types::Value,
 };
-use layercache::{FlushReason, LayerCache};
-use layercache_testkit::RedisServer;
+use layercache::{ClusterBus, FlushReason, LayerCache};
+use layercache_testkit::{RedisCluster, RedisServer};
 
 const DELIVERIES: usize = 2000;
 const FLOOD_MESSAGES: u64 = 2000;
@@ -40,17 +42,15 @@ async fn wait_applied(a: &LayerCache, b: &LayerCache) {
     }
 }
 
-async fn delivery_latency(server: &RedisServer) {
-    let a = LayerCache::builder("bench")
-        .redis_url(server.url())
-        .build()
-        .await
-        .expect("a");
-    let b = LayerCache::builder("bench")
-        .redis_url(server.url())
-        .build()
-        .await
-        .expect("b");
+async fn delivery_latency(label: &str, url: &str, bus: ClusterBus) {
+    let build = || {
+        LayerCache::builder("bench")
+            .redis_url(url)
+            .cluster_bus(bus)
+            .build()
+    };
+    let a = build().await.expect("a");
+    let b = build().await.expect("b");
     let ra = a.region::<str, u64>("r").build().await.expect("region");
     let rb = b.region::<str, u64>("r").build().await.expect("region");
     let mut total = Vec::with_capacity(DELIVERIES);
@@ -71,7 +71,7 @@ async fn delivery_latency(server: &RedisServer) {
     total.sort();
     after_return.sort();
     insert.sort();
-    println!("delivery latency, {DELIVERIES} inserts on A with B holding the key:");
+    println!("delivery latency on {label}, {DELIVERIES} inserts on A with B holding the key:");
     println!(
         "  insert call -> B applied: p50 {:?}  p99 {:?}  max {:?}",
         pct(&total, 0.5),
@@ -91,6 +91,8 @@ async fn delivery_latency(server: &RedisServer) {
     );
     let flushes = b.stats().l1_flushes;
     assert_eq!(flushes, 0, "no coherence loss expected");
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// A bus message (format version 1) from a fake sender, split around its sequence number.
@@ -178,7 +180,28 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        delivery_latency(&server).await;
+        delivery_latency("one server", &server.url(), ClusterBus::Plain).await;
         listener_rate(&server).await;
     });
+    // `--cluster`: the same deliveries on a local six-node Redis Cluster, with each bus.
+    if std::env::args().any(|a| a == "--cluster") {
+        drop(server);
+        let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            for _ in 0..2 {
+                delivery_latency(
+                    "a cluster, plain pub/sub",
+                    &cluster.url(),
+                    ClusterBus::Plain,
+                )
+                .await;
+                delivery_latency(
+                    "a cluster, sharded pub/sub",
+                    &cluster.url(),
+                    ClusterBus::Sharded,
+                )
+                .await;
+            }
+        });
+    }
 }

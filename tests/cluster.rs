@@ -9,15 +9,20 @@ mod support;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use layercache::{LayerCache, Region};
+use layercache::{ClusterBus, LayerCache, Region};
 use layercache_testkit::RedisCluster;
 use support::{caught_up, cluster, cluster_builder, cluster_keys, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn instance(cluster: &RedisCluster, name: &str) -> LayerCache {
+    instance_with(cluster, name, ClusterBus::Plain).await
+}
+
+async fn instance_with(cluster: &RedisCluster, name: &str, bus: ClusterBus) -> LayerCache {
     cluster_builder(cluster, name)
         .bus_heartbeat_interval(Duration::from_millis(200))
+        .cluster_bus(bus)
         .build()
         .await
         .unwrap()
@@ -84,10 +89,36 @@ async fn a_regions_keys_spread_over_every_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_invalidations_tags_and_generations_reach_the_other_instance() {
+    reach_the_other_instance(ClusterBus::Plain, "coherent").await;
+}
+
+/// The same on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_sharded_pub_sub() {
+    reach_the_other_instance(ClusterBus::Sharded, "sharded").await;
+}
+
+async fn reach_the_other_instance(bus: ClusterBus, name: &str) {
     let cluster = cluster();
-    let a = instance(&cluster, "coherent").await;
-    let b = instance(&cluster, "coherent").await;
+    let a = instance_with(&cluster, name, bus).await;
+    let b = instance_with(&cluster, name, bus).await;
     let (ra, rb) = (region(&a).await, region(&b).await);
+    // Both subscribers are where the option says: on the channel's shard (sharded), or on some
+    // node (plain).
+    let channel = format!("{name}:m2:bus");
+    let count = |kind: &str| -> u64 {
+        (0..6)
+            .map(|i| {
+                let reply = cluster.command(i, &["PUBSUB", kind, &channel]).unwrap();
+                reply.lines().nth(1).unwrap_or("0").parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    let (plain, sharded) = (count("NUMSUB"), count("SHARDNUMSUB"));
+    match bus {
+        ClusterBus::Sharded => assert_eq!((plain, sharded), (0, 2)),
+        _ => assert_eq!((plain, sharded), (2, 0)),
+    }
 
     // A write on A replaces B's copy.
     rb.insert("k", "old".to_owned()).await.unwrap();

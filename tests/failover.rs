@@ -245,8 +245,14 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     }
     let load = Load::start(&[ra.clone(), rb.clone()], &truth);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let primaries = cluster.primaries();
-    let (from, to) = (primaries[0], primaries[1]);
+    // Move slots away from the primary that owns the bus channel (sharded pub/sub: the
+    // subscribers are on it), so the channel's slot moves too.
+    let from = owner(&cluster, "reshard:m2:bus");
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|&i| i != from)
+        .unwrap();
     let count = |c: &RedisCluster, i: usize| {
         c.keys_per_primary()
             .unwrap()
@@ -256,29 +262,35 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     };
     let before = (count(&cluster, from), count(&cluster, to));
     let cluster = tokio::task::spawn_blocking(move || {
-        cluster.reshard(from, to, 4000).unwrap();
+        cluster.reshard(from, to, 5461).unwrap();
         cluster
     })
     .await
     .unwrap();
     let after = (count(&cluster, from), count(&cluster, to));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Errors inside the migration are allowed, counted and journaled (a `PUBLISH` of the bus
+    // while the channel's own slot moves may fail once); after it, none.
+    let during = (redis_errors(&a), redis_errors(&b));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let (ops, caller_errors) = load.stop().await;
-    eprintln!("keys on the two primaries before {before:?}, after {after:?}; {ops} operations");
+    eprintln!(
+        "keys on the two primaries before {before:?}, after {after:?}; {ops} operations; \
+         redis errors during the migration {during:?}"
+    );
     // Keys moved (data, generation copies, marks: whatever lived in those slots).
     assert!(after.0 + 100 < before.0, "{before:?} -> {after:?}");
     assert!(after.1 > before.1 + 100, "{before:?} -> {after:?}");
     assert!(ops > 1000, "{ops} operations");
     // `MOVED` and `ASK` were followed, and scripts on keys mid-migration (`TRYAGAIN`) retried:
-    // no call failed, not even inside the store.
+    // callers saw no error, the store at most a few, and none once the slots had moved.
     assert!(caller_errors.is_empty(), "{caller_errors:?}");
-    assert_eq!(
-        (redis_errors(&a), redis_errors(&b)),
-        (0, 0),
-        "{}\n{}",
-        a.stats(),
-        b.stats()
-    );
+    assert!(during.0 + during.1 <= 4, "{}\n{}", a.stats(), b.stats());
+    assert_eq!((redis_errors(&a), redis_errors(&b)), during);
+    wait_until("every repair done", Duration::from_secs(10), || {
+        let (a, b) = (a.clone(), b.clone());
+        async move { a.pending_repairs() == 0 && b.pending_repairs() == 0 }
+    })
+    .await;
     coherent_after(&a, &b, &ra, &rb, &truth).await;
     a.shutdown().await;
     b.shutdown().await;

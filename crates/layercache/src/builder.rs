@@ -4,6 +4,8 @@
 mod build;
 mod bus_options;
 
+pub use bus_options::ClusterBus;
+
 use std::time::Duration;
 
 use crate::{
@@ -53,6 +55,7 @@ pub struct LayerCacheBuilder {
     bus_heartbeat_timeout: Duration,
     bus_buffer: usize,
     bus_thread: bool,
+    cluster_bus: bus_options::ClusterBus,
     coherence_loss_policy: CoherenceLossPolicy,
     lock_ttl: Duration,
     lock_wait: Duration,
@@ -89,6 +92,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("bus_heartbeat_timeout", &self.bus_heartbeat_timeout)
             .field("bus_buffer", &self.bus_buffer)
             .field("bus_thread", &self.bus_thread)
+            .field("cluster_bus", &self.cluster_bus)
             .field("coherence_loss_policy", &self.coherence_loss_policy)
             .field("lock_ttl", &self.lock_ttl)
             .field("lock_wait", &self.lock_wait)
@@ -138,6 +142,7 @@ impl LayerCacheBuilder {
             bus_heartbeat_timeout: Duration::from_secs(3),
             bus_buffer: 4096,
             bus_thread: true,
+            cluster_bus: bus_options::ClusterBus::Sharded,
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),

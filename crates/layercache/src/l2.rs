@@ -119,6 +119,8 @@ pub(crate) struct RedisStore {
     counters: Arc<Counters>,
     /// The client's connection task, awaited by [`quit`](Self::quit).
     task: Arc<Mutex<Option<ConnectHandle>>>,
+    /// On a cluster: publish with `SPUBLISH` (the bus on sharded pub/sub).
+    sharded_bus: bool,
 }
 
 impl std::fmt::Debug for RedisStore {

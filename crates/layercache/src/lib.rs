@@ -219,7 +219,7 @@ pub mod fuzzing {
     }
 }
 
-pub use builder::LayerCacheBuilder;
+pub use builder::{ClusterBus, LayerCacheBuilder};
 pub use bus::{BusStatus, CoherenceLossPolicy, FlushReason, InstanceId};
 pub use cache::LayerCache;
 #[cfg(feature = "postcard")]

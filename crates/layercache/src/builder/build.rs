@@ -337,6 +337,7 @@ impl LayerCacheBuilder {
             reconnect_max: self.l2_reconnect_max,
             tls_ca_pem: self.l2_tls_ca_pem.clone(),
             startup: self.l2_startup,
+            sharded_bus: self.cluster_bus == crate::ClusterBus::Sharded,
         };
         let breaker = Breaker::new(
             BreakerSettings {

@@ -97,7 +97,16 @@ impl Listener {
                 _ = tick.tick() => {
                     ticks += 1;
                     let Some(inner) = self.inner.upgrade() else { break };
-                    self.on_tick(&inner, last_echo, ticks);
+                    let broken = self.on_tick(&inner, last_echo, ticks);
+                    if broken && connected {
+                        // Connected, yet our own heartbeats do not come back: the server may
+                        // have dropped the subscription without dropping the connection (a
+                        // cluster moving the channel's slot ends its sharded subscribers).
+                        // Subscribe again, once per tick until they do.
+                        if let Err(e) = self.subscriber.subscribe(self.command_timeout).await {
+                            tracing::debug!(cache.name = %inner.name(), error = %e, "bus re-subscribe failed");
+                        }
+                    }
                 }
             }
         }
@@ -136,7 +145,10 @@ impl Listener {
         }
     }
 
-    fn on_tick(&self, inner: &Arc<dyn Receiver>, last_echo: Instant, ticks: u64) {
+    /// The tick's housekeeping; returns whether the subscription is presumed broken (our own
+    /// heartbeats have not come back for the heartbeat timeout).
+    fn on_tick(&self, inner: &Arc<dyn Receiver>, last_echo: Instant, ticks: u64) -> bool {
+        let broken = last_echo.elapsed() > self.heartbeat_timeout;
         let missed = {
             let mut shared = self.shared();
             let expiry = self.heartbeat_timeout * PEER_EXPIRY_FACTOR;
@@ -155,6 +167,7 @@ impl Listener {
         let all = ticks % GENERATION_REFRESH_TICKS == 0;
         inner.clone().refresh_generations(all);
         inner.clone().repair();
+        broken
     }
 
     async fn handle(

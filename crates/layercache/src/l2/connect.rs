@@ -34,6 +34,8 @@ pub(crate) struct L2Settings {
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
     /// Whether `build()` may return before the first connection.
     pub(crate) startup: L2Startup,
+    /// On a cluster: the bus on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub(crate) sharded_bus: bool,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -46,6 +48,7 @@ impl std::fmt::Debug for L2Settings {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("tls_ca_pem", &self.tls_ca_pem.is_some())
+            .field("sharded_bus", &self.sharded_bus)
             .finish()
     }
 }
@@ -211,6 +214,7 @@ impl super::RedisStore {
             breaker: Arc::new(breaker),
             counters,
             task: Arc::new(Mutex::new(Some(task))),
+            sharded_bus: s.sharded_bus,
         })
     }
 }

@@ -223,9 +223,14 @@ impl RedisStore {
                     let publish = if clustered {
                         // Always through the node owning the channel's slot: one sender's
                         // messages leave from one connection, in sequence order.
+                        let name = if self.sharded_bus {
+                            "SPUBLISH"
+                        } else {
+                            "PUBLISH"
+                        };
                         queue(pipeline.custom::<(), _>(
                             fred::types::CustomCommand::new_static(
-                                "PUBLISH",
+                                name,
                                 fred::types::ClusterHash::Custom(fred::util::redis_keyslot(
                                     sequencer.channel.as_bytes(),
                                 )),

@@ -27,6 +27,8 @@ pub(crate) struct RedisSubscriber {
     messages: Receiver<fred::types::Message>,
     reconnects: Receiver<fred::types::config::Server>,
     errors: Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+    /// Subscribe with `SSUBSCRIBE` (a cluster's sharded pub/sub).
+    sharded: bool,
 }
 
 impl RedisSubscriber {
@@ -52,6 +54,7 @@ impl RedisSubscriber {
                 messages: client.message_rx(),
                 reconnects: client.reconnect_rx(),
                 errors: client.error_rx(),
+                sharded: settings.sharded_bus && client.is_clustered(),
                 client,
                 channel,
             },
@@ -96,7 +99,14 @@ impl Subscriber for RedisSubscriber {
                 timeout: Some(within),
                 ..Default::default()
             });
-            match tokio::time::timeout(within, patient.subscribe(self.channel.as_str())).await {
+            let subscribed = async {
+                if self.sharded {
+                    patient.ssubscribe(self.channel.as_str()).await
+                } else {
+                    patient.subscribe(self.channel.as_str()).await
+                }
+            };
+            match tokio::time::timeout(within, subscribed).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(
                     Error::new(ErrorKind::Redis, "subscribing to the bus channel").with_source(e),
