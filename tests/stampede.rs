@@ -7,6 +7,8 @@
     reason = "helpers shared by all test binaries; this one uses some"
 )]
 mod support;
+#[macro_use]
+mod topologies;
 
 use std::{
     sync::{
@@ -610,7 +612,7 @@ async fn an_uncontended_load_takes_the_lock_with_its_read() {
     c.shutdown().await;
 }
 
-support::on_redis_and_cluster!(
+on_redis_and_cluster!(
     with_the_lock_one_load_serves_four_instances,
     without_the_lock_at_most_one_load_per_instance,
     early_refresh_keeps_a_hot_key_off_the_callers_path,

@@ -225,29 +225,3 @@ pub(crate) async fn slow_log(raw: &Client) -> Vec<(Duration, String)> {
         })
         .collect()
 }
-
-/// Runs each listed scenario — an `async fn(&Shared)` of the test binary — as two tests: on a
-/// redis-server of its own (`on_redis::NAME`) and on the binary's shared Redis Cluster
-/// (`on_cluster::NAME`). One suite, two topologies.
-macro_rules! on_redis_and_cluster {
-    ($($name:ident),* $(,)?) => {
-        mod on_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&crate::support::Shared::Redis(crate::support::redis())).await;
-                }
-            )*
-        }
-        mod on_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&crate::support::Shared::Cluster(crate::support::cluster()))
-                        .await;
-                }
-            )*
-        }
-    };
-}
-pub(crate) use on_redis_and_cluster;

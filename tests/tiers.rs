@@ -5,6 +5,8 @@
     reason = "helpers shared by all test binaries; this one uses some"
 )]
 mod support;
+#[macro_use]
+mod topologies;
 
 use std::{
     collections::BTreeMap,
@@ -792,7 +794,7 @@ async fn explain_follows_a_key_through_both_tiers(shared: &Shared) {
     b.shutdown().await;
 }
 
-support::on_redis_and_cluster!(
+on_redis_and_cluster!(
     values_round_trip_through_both_tiers_and_a_second_instance,
     a_schema_bump_turns_old_entries_into_misses,
     concurrent_loads_of_one_cold_key_run_the_loader_once,

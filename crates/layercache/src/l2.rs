@@ -40,63 +40,9 @@ mod scripts;
 mod subscriber;
 
 use connect::end_task;
-pub(crate) use connect::{redact_url, L2Settings};
+pub(crate) use connect::{connect_store, redact_url, L2Settings};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
-
-/// Connects the remote store the URL names: one server (or a Sentinel-managed primary) or a
-/// Redis Cluster.
-pub(crate) async fn connect_store(
-    s: &L2Settings,
-    breaker: Breaker,
-    counters: Arc<Counters>,
-) -> Result<crate::remote::Remote> {
-    let clustered_url = s
-        .url
-        .split_once("://")
-        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"));
-    let store = RedisStore::connect(s, breaker, counters).await.map_err(|e| {
-        if clustered_url && e.to_string().contains("cluster state") {
-            Error::new(
-                ErrorKind::Redis,
-                format!(
-                    "the Redis Cluster at {} is not ready: it has no slot map (is cluster_state ok?)",
-                    redact_url(&s.url)
-                ),
-            )
-            .with_source(e)
-        } else {
-            e
-        }
-    })?;
-    if store.client.is_clustered() {
-        return Ok(Arc::new(cluster::ClusterStore::new(store).await?));
-    }
-    // A node of a cluster named by a plain URL would answer every other key with `MOVED`: say
-    // so now rather than fail (or journal) every write.
-    if store.is_connected() {
-        let info: Result<String> = store
-            .bounded("redis INFO cluster", |c| {
-                c.custom(
-                    fred::types::CustomCommand::new_static(
-                        "INFO",
-                        fred::types::ClusterHash::Random,
-                        false,
-                    ),
-                    vec![Value::from("cluster")],
-                )
-            })
-            .await;
-        if info.is_ok_and(|i| i.contains("cluster_enabled:1")) {
-            store.quit().await;
-            return Err(Error::config(format!(
-                "redis_url {} names a node of a Redis Cluster: use redis-cluster://host:port",
-                redact_url(&s.url)
-            )));
-        }
-    }
-    Ok(Arc::new(store))
-}
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);

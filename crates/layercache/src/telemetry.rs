@@ -42,6 +42,7 @@
 //! | `a batch loader returned keys it was not asked for; ignored` | event | warn | `cache.name`, `region`, `unasked` | a batch loader's extra keys |
 //! | `the lifetime a loader set is invalid with the call's options; the call's is used` | event | warn | `cache.name`, `region`, `error` | a `LoadContext::set_ttl` the call's options reject |
 //! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
+//! | `bus re-subscribe failed` | event | debug | `cache.name`, `error` | `SUBSCRIBE` again while connected but deaf to our own heartbeats failed (tried once per heartbeat tick) |
 //! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |
 //! | `redis unreachable at start; running degraded until it answers` | event | warn | `error` or `timeout` | `L2Startup::Degraded` and no connection at `build()` |
 //! | `region generation raised by the bus` | event | debug | `cache.name`, `region`, `generation` | another instance moved a region's generation |

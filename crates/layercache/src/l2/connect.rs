@@ -219,6 +219,60 @@ impl super::RedisStore {
     }
 }
 
+/// Connects the remote store the URL names: one server (or a Sentinel-managed primary) or a
+/// Redis Cluster.
+pub(crate) async fn connect_store(
+    s: &L2Settings,
+    breaker: Breaker,
+    counters: Arc<Counters>,
+) -> Result<crate::remote::Remote> {
+    let clustered_url = s
+        .url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"));
+    let store = super::RedisStore::connect(s, breaker, counters).await.map_err(|e| {
+        if clustered_url && e.to_string().contains("cluster state") {
+            Error::new(
+                ErrorKind::Redis,
+                format!(
+                    "the Redis Cluster at {} is not ready: it has no slot map (is cluster_state ok?)",
+                    redact_url(&s.url)
+                ),
+            )
+            .with_source(e)
+        } else {
+            e
+        }
+    })?;
+    if store.client.is_clustered() {
+        return Ok(Arc::new(super::cluster::ClusterStore::new(store).await?));
+    }
+    // A node of a cluster named by a plain URL would answer every other key with `MOVED`: say
+    // so now rather than fail (or journal) every write.
+    if store.is_connected() {
+        let info: Result<String> = store
+            .bounded("redis INFO cluster", |c| {
+                c.custom(
+                    fred::types::CustomCommand::new_static(
+                        "INFO",
+                        fred::types::ClusterHash::Random,
+                        false,
+                    ),
+                    vec![fred::types::Value::from("cluster")],
+                )
+            })
+            .await;
+        if info.is_ok_and(|i| i.contains("cluster_enabled:1")) {
+            store.quit().await;
+            return Err(Error::config(format!(
+                "redis_url {} names a node of a Redis Cluster: use redis-cluster://host:port",
+                redact_url(&s.url)
+            )));
+        }
+    }
+    Ok(Arc::new(store))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
