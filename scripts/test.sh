@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. The integration tests start their own redis-server processes on
-# free loopback ports, so redis-server must be installed: this script installs it from
+# free loopback ports (single servers, a six-node Redis Cluster, a Sentinel setup), so
+# redis-server and redis-cli must be installed: this script installs it from
 # Debian's packages when it is missing and apt-get is available, and otherwise says how.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,16 @@ if ! command -v "${LAYERCACHE_REDIS_SERVER:-redis-server}" >/dev/null 2>&1; then
     fi
 fi
 
+# The cluster tests join nodes with redis-cli (Debian ships it in redis-tools, which
+# redis-server depends on; installed alone otherwise).
+if ! command -v "${LAYERCACHE_REDIS_CLI:-redis-cli}" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    echo "redis-cli is missing: installing redis-tools with apt-get" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools >/dev/null
+fi
+
 "${LAYERCACHE_REDIS_SERVER:-redis-server}" --version
+"${LAYERCACHE_REDIS_CLI:-redis-cli}" --version
 cargo test --workspace --all-features "$@"
