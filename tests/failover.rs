@@ -158,6 +158,48 @@ fn redis_errors(c: &LayerCache) -> u64 {
     s.l2_errors + s.l2_disconnected_skips
 }
 
+/// What every failover test asserts once the new primary serves: after `grace` (the clients
+/// following it), no more Redis errors in two seconds of load; inside the window errors were
+/// counted and absorbed (callers saw none, the default fallback policy); L1 was flushed (the
+/// instances could not hear the bus); then both buses are healthy and every journaled write is
+/// repaired.
+async fn after_failover(load: Load, instances: [&LayerCache; 2], grace: Duration) {
+    let [a, b] = instances;
+    tokio::time::sleep(grace).await;
+    let settled = (redis_errors(a), redis_errors(b));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ops, caller_errors) = load.stop().await;
+    assert!(ops > 1000, "{ops} operations");
+    assert_eq!(
+        (redis_errors(a), redis_errors(b)),
+        settled,
+        "redis errors after the failover"
+    );
+    assert!(caller_errors.is_empty(), "{caller_errors:?}");
+    assert!(
+        settled.0 + settled.1 > 0,
+        "the failover cost no redis call at all?"
+    );
+    for c in [a, b] {
+        let flushes: u64 = FlushReason::ALL.iter().map(|&r| c.flushes(r)).sum();
+        assert!(flushes > 0, "{:?}", c.bus_status());
+    }
+    wait_until(
+        "both buses healthy, every repair done",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                a.bus_status().unwrap().healthy
+                    && b.bus_status().unwrap().healthy
+                    && a.pending_repairs() == 0
+                    && b.pending_repairs() == 0
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -185,43 +227,8 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     // The replica took over in about two seconds (`cluster-node-timeout 1000`).
     assert!(promoted_at - killed_at < Duration::from_secs(10));
     // Once the clients have followed (a reconnect back-off, a slot map refresh), the errors
-    // stop: none in two more seconds of load.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let settled = (redis_errors(&a), redis_errors(&b));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ops, caller_errors) = load.stop().await;
-    assert!(ops > 1000, "{ops} operations");
-    assert_eq!(
-        (redis_errors(&a), redis_errors(&b)),
-        settled,
-        "redis errors after the failover"
-    );
-    // Inside the window the failures were counted, absorbed (the default fallback policy:
-    // callers saw none) and journaled.
-    assert!(caller_errors.is_empty(), "{caller_errors:?}");
-    assert!(
-        settled.0 + settled.1 > 0,
-        "the failover cost no redis call at all?"
-    );
-    for c in [&a, &b] {
-        // L1 was flushed: the instance could not hear the bus while the node was down.
-        let flushes: u64 = FlushReason::ALL.iter().map(|&r| c.flushes(r)).sum();
-        assert!(flushes > 0, "{:?}", c.bus_status());
-    }
-    wait_until(
-        "both buses healthy, every repair done",
-        Duration::from_secs(10),
-        || {
-            let (a, b) = (a.clone(), b.clone());
-            async move {
-                a.bus_status().unwrap().healthy
-                    && b.bus_status().unwrap().healthy
-                    && a.pending_repairs() == 0
-                    && b.pending_repairs() == 0
-            }
-        },
-    )
-    .await;
+    // stop.
+    after_failover(load, [&a, &b], Duration::from_secs(2)).await;
     coherent_after(&a, &b, &ra, &rb, &truth).await;
     a.shutdown().await;
     b.shutdown().await;
@@ -324,39 +331,7 @@ async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() 
     assert_eq!(new, sentinel.server(1).port());
     eprintln!("sentinel failover took {:?}", promoted_at - killed_at);
     // Once the clients have followed the sentinels to the new primary, the errors stop.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let settled = (redis_errors(&a), redis_errors(&b));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ops, caller_errors) = load.stop().await;
-    assert!(ops > 1000, "{ops} operations");
-    assert_eq!(
-        (redis_errors(&a), redis_errors(&b)),
-        settled,
-        "redis errors after the failover"
-    );
-    assert!(caller_errors.is_empty(), "{caller_errors:?}");
-    assert!(
-        settled.0 + settled.1 > 0,
-        "the failover cost no redis call at all?"
-    );
-    for c in [&a, &b] {
-        let flushes: u64 = FlushReason::ALL.iter().map(|&r| c.flushes(r)).sum();
-        assert!(flushes > 0, "{:?}", c.bus_status());
-    }
-    wait_until(
-        "both buses healthy, every repair done",
-        Duration::from_secs(10),
-        || {
-            let (a, b) = (a.clone(), b.clone());
-            async move {
-                a.bus_status().unwrap().healthy
-                    && b.bus_status().unwrap().healthy
-                    && a.pending_repairs() == 0
-                    && b.pending_repairs() == 0
-            }
-        },
-    )
-    .await;
+    after_failover(load, [&a, &b], Duration::from_secs(3)).await;
     coherent_after(&a, &b, &ra, &rb, &truth).await;
     // The writes went to the new primary.
     let keys = sentinel.server(1).command(&["DBSIZE"]).unwrap();
