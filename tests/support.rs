@@ -58,6 +58,39 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// A plain fred client on this tier (clustered on a cluster), for looking at what the
+    /// cache wrote.
+    pub(crate) async fn raw(&self) -> Client {
+        let url = match self {
+            Self::Redis(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+            Self::Memory(_) => panic!("the in-memory server has no redis client"),
+        };
+        let client = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+
+    /// The data keys of cache `name` (on every primary of a cluster, which other tests share).
+    pub(crate) async fn data_keys(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{name}:f2:");
+        let keys = match self {
+            Self::Redis(server) => {
+                let raw = raw_client(server).await;
+                all_keys(&raw).await
+            }
+            Self::Cluster(cluster) => cluster_keys(cluster),
+            Self::Memory(_) => panic!("the in-memory server has no redis keys"),
+        };
+        keys.into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect()
+    }
+}
+
 /// The Redis Cluster of this test binary: started by the first test that asks, shared by the
 /// tests running meanwhile, stopped when the last of them lets go of it (a later test starts
 /// another). One cluster at a time: six processes are enough for two cores.

@@ -23,9 +23,7 @@ use layercache::{
     Postcard,
 };
 use serde::{Deserialize, Serialize};
-use support::{
-    builder, caught_up, command_calls, data_keys, raw_client, redis, wait_until, Shared,
-};
+use support::{builder, caught_up, command_calls, raw_client, redis, wait_until, Shared};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,11 +275,9 @@ async fn a_schema_bump_turns_old_entries_into_misses(shared: &Shared) {
     assert_eq!(clash.unwrap_err().kind(), ErrorKind::Config);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "keys").build().await.unwrap();
+async fn odd_keys_stay_distinct_and_every_key_has_a_ttl(shared: &Shared) {
+    let raw = shared.raw().await;
+    let cache = shared.builder("keys").build().await.unwrap();
     let region = cache.region::<[u8], usize>("k").build().await.unwrap();
     let keys: Vec<&[u8]> = vec![
         b"",
@@ -305,18 +301,30 @@ async fn odd_keys_stay_distinct_and_every_key_has_a_ttl() {
     for (i, k) in keys.iter().enumerate() {
         region.insert(*k, i).await.unwrap();
     }
-    let stored = data_keys(&raw).await;
+    let stored = shared.data_keys("keys").await;
     assert_eq!(stored.len(), keys.len(), "{stored:?}");
     let data_prefix = format!("keys:f2:k:s1:g{}:", region.generation().unwrap());
     for key in &stored {
         let user_part = key.strip_prefix(&data_prefix).unwrap();
+        // On a cluster the bucket's hash tag comes first: the only `{…}` of the key.
+        let user_part = match shared {
+            Shared::Cluster(_) => {
+                user_part
+                    .strip_prefix('{')
+                    .unwrap()
+                    .split_once('}')
+                    .unwrap()
+                    .1
+            }
+            _ => user_part,
+        };
         assert!(!user_part.contains(['{', '}', '*', '?', '[', ']']), "{key}");
         let pttl: i64 = raw.pttl(key.as_str()).await.unwrap();
         assert!(pttl > 0, "{key} has no TTL ({pttl})");
     }
 
     // A fresh instance (empty L1) reads each key's own value from Redis.
-    let other = builder(&server, "keys").build().await.unwrap();
+    let other = shared.builder("keys").build().await.unwrap();
     let r2 = other.region::<[u8], usize>("k").build().await.unwrap();
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(*r2.get(*k).await.unwrap().unwrap(), i, "key {k:?}");
@@ -423,11 +431,8 @@ async fn a_cancelled_caller_does_not_cancel_the_load_for_the_others(shared: &Sha
     assert_eq!(*region.get("k").await.unwrap().unwrap(), 42);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "fail").build().await.unwrap();
+async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries(shared: &Shared) {
+    let cache = shared.builder("fail").build().await.unwrap();
     let region = cache.region::<str, u64>("r").build().await.unwrap();
 
     let err = region
@@ -451,7 +456,7 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries() {
     assert_eq!(err.kind(), ErrorKind::Loader);
     assert!(err.to_string().contains("panicked"), "{err}");
     assert!(
-        data_keys(&raw).await.is_empty(),
+        shared.data_keys("fail").await.is_empty(),
         "a failed load wrote to redis"
     );
     assert!(region.get("k").await.unwrap().is_none());
@@ -593,11 +598,9 @@ async fn build_fails_clearly_when_redis_is_unreachable() {
     assert!(err.is_redis(), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "big")
+async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load(shared: &Shared) {
+    let cache = shared
+        .builder("big")
         .max_value_bytes(1000)
         .build()
         .await
@@ -610,7 +613,7 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load() 
         .await
         .unwrap();
     assert_eq!(v.len(), 5000);
-    assert!(data_keys(&raw).await.is_empty());
+    assert!(shared.data_keys("big").await.is_empty());
     assert_eq!(cache.stats().l2_oversize_skips, 1);
     // Kept in L1 all the same.
     assert_eq!(region.get("k").await.unwrap().unwrap().len(), 5000);
@@ -800,4 +803,7 @@ on_redis_and_cluster!(
     concurrent_loads_of_one_cold_key_run_the_loader_once,
     a_cancelled_caller_does_not_cancel_the_load_for_the_others,
     explain_follows_a_key_through_both_tiers,
+    odd_keys_stay_distinct_and_every_key_has_a_ttl,
+    loader_errors_and_panics_cache_nothing_and_the_next_call_retries,
+    oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load,
 );

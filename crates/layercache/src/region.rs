@@ -189,7 +189,8 @@ where
     }
 
     /// The Redis key under which `key` is stored at the current generation (`None` while the
-    /// generation is not known).
+    /// generation is not known). On a Redis Cluster, with its bucket's hash tag: the name
+    /// `redis-cli` finds it under.
     pub fn redis_key<Q>(&self, key: &Q) -> Option<String>
     where
         K: Borrow<Q>,
@@ -198,7 +199,11 @@ where
         let mut bytes = Vec::new();
         key.write_key(&mut bytes);
         let generation = self.shared.state.generation()?;
-        Some(self.shared.state.data_key(generation, &bytes))
+        let logical = self.shared.state.data_key(generation, &bytes);
+        Some(match &self.cache.l2 {
+            Some(l2) => l2.locate(&logical),
+            None => logical,
+        })
     }
 
     /// The generation to use for a Redis operation, or the error that stands for "skip Redis".

@@ -42,6 +42,11 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     fn is_connected(&self) -> bool;
     /// Whether calls are being refused to give the store time to recover (a circuit breaker).
     fn breaker_open(&self) -> bool;
+    /// The name a data or lock key has in the store (on a cluster, with its bucket's hash tag:
+    /// what an operator finds with `redis-cli`). By default, the key itself.
+    fn locate(&self, key: &str) -> String {
+        key.to_owned()
+    }
     /// The bytes at `key`, if any.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// The bytes at each of `keys`, in their order (`None`: nothing, or another type), in as

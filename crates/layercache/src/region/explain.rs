@@ -15,8 +15,9 @@ use crate::{codec::Codec, freshness::unix_millis, key::CacheKey, l1::L1Entry, re
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
-    /// The Redis key the region's current generation maps the key to (`None`: no Redis tier,
-    /// or the generation is not known yet).
+    /// The Redis key the region's current generation maps the key to, as Redis names it (on a
+    /// cluster with its bucket's hash tag; `None`: no Redis tier, or the generation is not known
+    /// yet).
     pub redis_key: Option<String>,
     /// The region's generation, as this instance knows it.
     pub generation: Option<u64>,
@@ -172,8 +173,14 @@ where
         let cache = &self.cache;
         let state = &self.shared.state;
         let generation = state.generation();
-        let redis_key = match (&cache.l2, generation) {
+        // The key in the engine's terms (what entries are made for and checked against), and
+        // as Redis names it (on a cluster, with its bucket's hash tag) for the operator.
+        let logical = match (&cache.l2, generation) {
             (Some(_), Some(g)) => Some(state.data_key(g, &k[4..])),
+            _ => None,
+        };
+        let redis_key = match (&cache.l2, &logical) {
+            (Some(l2), Some(rk)) => Some(l2.locate(rk)),
             _ => None,
         };
         let l1 = match cache.l1.get(&k).await {
@@ -186,7 +193,7 @@ where
             }
             Some(e) => Held::Entry(l1_state(&e)),
         };
-        let l2 = match (&cache.l2, &redis_key) {
+        let l2 = match (&cache.l2, &logical) {
             (None, _) => Held::NotChecked("no redis tier".to_owned()),
             (Some(_), None) => {
                 Held::NotChecked("the region's generation is not known yet".to_owned())

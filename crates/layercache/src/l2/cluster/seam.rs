@@ -23,6 +23,10 @@ impl RemoteStore for ClusterStore {
         self.inner.breaker_open()
     }
 
+    fn locate(&self, key: &str) -> String {
+        place(key).1
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(async move { self.inner.get(&place(key).1).await })
     }
