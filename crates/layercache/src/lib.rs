@@ -68,10 +68,11 @@
 //!    `l2/cluster/placement.rs`, generation moves, tag walks and scans over every primary in
 //!    `l2/cluster/keyspace.rs`, the seam's methods in `l2/cluster/seam.rs`; chosen by the URL
 //!    in `l2::connect_store`) and **in memory** (`memory.rs`, the `memory` feature: the same
-//!    rules in a `BTreeMap` and a broadcast channel). A new store or backplane (Sentinel,
-//!    server-assisted tracking) is one more type implementing `RemoteStore` and `Subscriber`,
-//!    chosen in `builder/build.rs` (`LayerCacheBuilder::remote`); nothing above the seams
-//!    changes.
+//!    rules in a `BTreeMap` and a broadcast channel). Sentinel needs no type of its own (the
+//!    one-server store on a client that follows the primary). A new store or backplane
+//!    (server-assisted tracking, say) is one more type implementing `RemoteStore` and
+//!    `Subscriber`, chosen in `builder/build.rs` (`LayerCacheBuilder::remote`); nothing above
+//!    the seams changes.
 //! 4. **Leaves**, which import nothing above them: the format ([`envelope`], [`codec`],
 //!    [`key`], `fingerprint.rs`), L1 (`l1.rs`, `cooldown.rs`), `stats.rs`, `freshness.rs`
 //!    (clock and early-refresh maths), `coherence.rs` (flush reasons, instance ids),
