@@ -128,7 +128,13 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance(shared: &Sha
 async fn an_l1_hit_sends_no_command_to_redis() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let cache = builder(&server, "hot").build().await.unwrap();
+    // A long heartbeat timeout: on a machine starved by the other tests (a cluster starting) a
+    // late heartbeat would flush L1, and the next read would go to Redis.
+    let cache = builder(&server, "hot")
+        .bus_heartbeat_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
     let region = cache.region::<str, String>("r").build().await.unwrap();
     region.insert("k", "v".to_owned()).await.unwrap();
 
@@ -175,11 +181,9 @@ async fn command_calls_by_name(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_values_are_stored_compressed_small_ones_plain() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "lz").build().await.unwrap();
+async fn large_values_are_stored_compressed_small_ones_plain(shared: &Shared) {
+    let raw = shared.raw().await;
+    let cache = shared.builder("lz").build().await.unwrap();
     let region = cache.region::<str, String>("doc").build().await.unwrap();
 
     let big = "all work and no play makes jack a dull boy. ".repeat(200); // ~9 KB
@@ -214,7 +218,7 @@ async fn large_values_are_stored_compressed_small_ones_plain() {
     assert!(s.bytes_stored < s.bytes_raw / 4, "{s:?}");
 
     // Both read back intact through a fresh instance.
-    let other = builder(&server, "lz").build().await.unwrap();
+    let other = shared.builder("lz").build().await.unwrap();
     let r2 = other.region::<str, String>("doc").build().await.unwrap();
     assert_eq!(*r2.get("big").await.unwrap().unwrap(), big);
     assert_eq!(*r2.get("small").await.unwrap().unwrap(), small);
@@ -470,11 +474,9 @@ async fn loader_errors_and_panics_cache_nothing_and_the_next_call_retries(shared
     assert_eq!((s.loads, s.load_errors), (3, 2), "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_insert_during_a_slow_load_wins() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "race").build().await.unwrap();
+async fn an_insert_during_a_slow_load_wins(shared: &Shared) {
+    let raw = shared.raw().await;
+    let cache = shared.builder("race").build().await.unwrap();
     let region = cache.region::<str, String>("r").build().await.unwrap();
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
@@ -498,18 +500,16 @@ async fn an_insert_during_a_slow_load_wins() {
     assert_eq!(&*slow.await.unwrap().unwrap(), "old");
     // ...but "old" must not land in either tier afterwards.
     assert_eq!(&*region.get("k").await.unwrap().unwrap(), "new");
-    let other = builder(&server, "race").build().await.unwrap();
+    let other = shared.builder("race").build().await.unwrap();
     let r2 = other.region::<str, String>("r").build().await.unwrap();
     assert_eq!(&*r2.get("k").await.unwrap().unwrap(), "new");
     let bytes: Vec<u8> = raw.get(region.redis_key("k").unwrap()).await.unwrap();
     assert!(bytes.ends_with(b"new"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidate_removes_from_both_tiers() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "inv").build().await.unwrap();
+async fn invalidate_removes_from_both_tiers(shared: &Shared) {
+    let raw = shared.raw().await;
+    let cache = shared.builder("inv").build().await.unwrap();
     let region = cache.region::<u32, u32>("r").build().await.unwrap();
     region.insert(&1, 10).await.unwrap();
     region.invalidate(&1).await.unwrap();
@@ -685,11 +685,9 @@ async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush() {
 
 /// The loader's context sets the stored lifetime from what it loaded; one the call's options
 /// reject (below its soft TTL) is ignored for the call's own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loader_sets_the_lifetime_of_what_it_loaded() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let c = builder(&server, "ctx").build().await.unwrap();
+async fn a_loader_sets_the_lifetime_of_what_it_loaded(shared: &Shared) {
+    let raw = shared.raw().await;
+    let c = shared.builder("ctx").build().await.unwrap();
     let tokens = c
         .region::<str, String>("token")
         .entry_options(EntryOptions::new().ttl(Duration::from_secs(600)))
@@ -806,4 +804,8 @@ on_redis_and_cluster!(
     odd_keys_stay_distinct_and_every_key_has_a_ttl,
     loader_errors_and_panics_cache_nothing_and_the_next_call_retries,
     oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load,
+    large_values_are_stored_compressed_small_ones_plain,
+    invalidate_removes_from_both_tiers,
+    a_loader_sets_the_lifetime_of_what_it_loaded,
+    an_insert_during_a_slow_load_wins,
 );
