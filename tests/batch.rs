@@ -133,7 +133,14 @@ async fn a_batch_is_one_mget_per_thousand_keys() {
     let server = redis();
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
-    let c = shared.builder("m").build().await.unwrap();
+    // A generous timeout: an MGET that times out on a machine starved by the other tests (a
+    // cluster starting) is answered key by key, which the GET count below would see.
+    let c = shared
+        .builder("m")
+        .l2_command_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
     let r = users(&c).await;
     let keys: Vec<u64> = (0..2500).collect();
     let (mgets, gets) = (
@@ -142,8 +149,10 @@ async fn a_batch_is_one_mget_per_thousand_keys() {
     );
     let got = r.get_many(&keys).await;
     assert!(got.iter().all(|g| matches!(g, Ok(None))));
+    assert_eq!(c.stats().l2_errors, 0, "{}", c.stats());
     assert_eq!(command_calls(&raw, "mget").await - mgets, 3);
-    assert_eq!(command_calls(&raw, "get").await - gets, 0);
+    // (Seen once in CI under load: one GET here, cause unknown; the stats say which path.)
+    assert_eq!(command_calls(&raw, "get").await - gets, 0, "{}", c.stats());
     c.shutdown().await;
 }
 
