@@ -115,6 +115,17 @@ impl Load {
         }
     }
 
+    /// Waits (a deadline, not a sleep) until the load has done `n` more operations.
+    async fn runs(&self, n: u64) {
+        let target = self.ops.load(Ordering::Relaxed) + n;
+        let ops = self.ops.clone();
+        wait_until("the load to run", Duration::from_secs(10), || {
+            let ops = ops.clone();
+            async move { ops.load(Ordering::Relaxed) >= target }
+        })
+        .await;
+    }
+
     async fn stop(self) -> (u64, Vec<(Instant, String)>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
@@ -158,15 +169,35 @@ fn redis_errors(c: &LayerCache) -> u64 {
     s.l2_errors + s.l2_disconnected_skips
 }
 
-/// What every failover test asserts once the new primary serves: after `grace` (the clients
-/// following it), no more Redis errors in two seconds of load; inside the window errors were
+/// Waits until neither instance has counted a Redis error for `quiet` (the clients have
+/// followed the new primary), failing the test after 15 s.
+async fn errors_settle(instances: [&LayerCache; 2], quiet: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let count = || (redis_errors(instances[0]), redis_errors(instances[1]));
+    let (mut last, mut since) = (count(), Instant::now());
+    while since.elapsed() < quiet {
+        assert!(
+            Instant::now() < deadline,
+            "redis errors kept growing: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
+/// What every failover test asserts once the new primary serves: once the errors settled (the
+/// clients following it), no more Redis errors in two seconds of load; inside the window errors were
 /// counted and absorbed (callers saw none, the default fallback policy); L1 was flushed (the
 /// instances could not hear the bus); then both buses are healthy and every journaled write is
 /// repaired.
-async fn after_failover(load: Load, instances: [&LayerCache; 2], grace: Duration) {
+async fn after_failover(load: Load, instances: [&LayerCache; 2]) {
     let [a, b] = instances;
-    tokio::time::sleep(grace).await;
+    errors_settle(instances, Duration::from_millis(500)).await;
     let settled = (redis_errors(a), redis_errors(b));
+    // Not a wait for something: two seconds of load in which nothing may fail.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ops, caller_errors) = load.stop().await;
     assert!(ops > 1000, "{ops} operations");
@@ -210,7 +241,7 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     let rb = b.region::<u64, u64>("items").build().await.unwrap();
     let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let load = Load::start(&[ra.clone(), rb.clone()], &truth);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    load.runs(500).await;
 
     // Kill the primary that every bus message goes through.
     let victim = owner(&cluster, "failover:m2:bus");
@@ -228,7 +259,7 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     assert!(promoted_at - killed_at < Duration::from_secs(10));
     // Once the clients have followed (a reconnect back-off, a slot map refresh), the errors
     // stop.
-    after_failover(load, [&a, &b], Duration::from_secs(2)).await;
+    after_failover(load, [&a, &b]).await;
     coherent_after(&a, &b, &ra, &rb, &truth).await;
     a.shutdown().await;
     b.shutdown().await;
@@ -251,7 +282,7 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
         r.unwrap();
     }
     let load = Load::start(&[ra.clone(), rb.clone()], &truth);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.runs(500).await;
     // Move slots away from the primary that owns the bus channel (sharded pub/sub: the
     // subscribers are on it), so the channel's slot moves too.
     let from = owner(&cluster, "reshard:m2:bus");
@@ -278,7 +309,8 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     // Errors inside the migration are allowed, counted and journaled (a `PUBLISH` of the bus
     // while the channel's own slot moves may fail once); after it, none.
     let during = (redis_errors(&a), redis_errors(&b));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Not a wait for something: the load goes on over the new slot map, and must not fail.
+    load.runs(1000).await;
     let (ops, caller_errors) = load.stop().await;
     eprintln!(
         "keys on the two primaries before {before:?}, after {after:?}; {ops} operations; \
@@ -314,7 +346,7 @@ async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() 
     let rb = b.region::<u64, u64>("items").build().await.unwrap();
     let truth: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let load = Load::start(&[ra.clone(), rb.clone()], &truth);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    load.runs(500).await;
     let old = sentinel.primary_port().unwrap();
     assert_eq!(old, sentinel.server(0).port());
     let killed_at = Instant::now();
@@ -331,7 +363,7 @@ async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() 
     assert_eq!(new, sentinel.server(1).port());
     eprintln!("sentinel failover took {:?}", promoted_at - killed_at);
     // Once the clients have followed the sentinels to the new primary, the errors stop.
-    after_failover(load, [&a, &b], Duration::from_secs(3)).await;
+    after_failover(load, [&a, &b]).await;
     coherent_after(&a, &b, &ra, &rb, &truth).await;
     // The writes went to the new primary.
     let keys = sentinel.server(1).command(&["DBSIZE"]).unwrap();
