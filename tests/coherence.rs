@@ -5,6 +5,8 @@
     reason = "helpers shared by all test binaries; this one uses some"
 )]
 mod support;
+#[macro_use]
+mod topologies;
 
 use std::{
     collections::HashMap,
@@ -16,33 +18,41 @@ use std::{
 };
 
 use fred::{
-    prelude::{Client, KeysInterface, LuaInterface, PubsubInterface},
+    prelude::{KeysInterface, LuaInterface},
     types::{Expiration, Value},
 };
 use layercache::{FlushReason, InstanceId, LayerCache, Region};
-use support::{
-    builder, caught_up, cluster, cmd, data_keys, instance, longest_command, raw_client, redis,
-    region, wait_until, Shared,
-};
+use support::{caught_up, cluster, cmd, fast_bus, instance, redis, region, wait_until, Shared};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+// One suite, two topologies: each scenario below runs on a redis-server and on a Redis Cluster.
+// Single-server only: a restart of the one server (a cluster's node restarts and failovers are
+// tests/failover.rs), and the randomized checkers, listed per tier at their definitions.
+on_redis_and_cluster!(
+    writes_and_invalidations_reach_every_instance,
+    a_remote_write_during_a_slow_load_never_leaves_the_old_value,
+    a_read_after_a_remote_region_invalidation_does_not_join_an_older_load,
+    client_kill_pubsub_resubscribes_flushes_and_recovers,
+    a_flood_beyond_the_buffer_is_detected_flushed_and_survived,
+    garbage_on_the_channel_is_counted_and_ignored,
+    region_invalidate_all_is_one_command_and_reaches_every_instance,
+    clear_removes_every_entry_on_every_instance,
+    invalidate_tag_removes_10000_members_everywhere_in_bounded_batches,
+    a_tag_invalidated_during_a_load_is_never_filled_afterwards,
+    a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_generation,
+    a_load_fills_redis_when_what_it_saw_expired_meanwhile,
+    a_load_slower_than_the_ttl_does_not_fill_redis,
+    a_load_that_began_before_a_remote_delete_never_refills_redis,
+    a_load_that_began_before_a_remote_tag_invalidation_never_refills_redis,
+    a_load_that_began_before_a_remote_clear_never_refills_redis,
+    after_flushall_a_running_and_a_new_instance_share_one_generation,
+    a_key_another_instance_wrote_is_read_from_redis_during_the_cooldown,
+);
+
 /// A completed write: (writer instance, its published sequence number after the write, version).
 type Write = (usize, u64, u64);
-
-/// An instance whose link to Redis (commands and bus) goes through `proxy`, which a test slows
-/// down so that the instance hears of other instances' changes late.
-async fn behind(proxy: &layercache_testkit::Proxy, name: &str) -> LayerCache {
-    LayerCache::builder(name)
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_secs(5))
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap()
-}
 
 /// A load held open by the test: its loader has read the source (`value`) and waits.
 struct SlowLoad {
@@ -96,13 +106,11 @@ impl SlowLoad {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_and_invalidations_reach_every_instance() {
-    let server = redis();
+async fn writes_and_invalidations_reach_every_instance(shared: &Shared) {
     let caches = [
-        instance(&server, "co").await,
-        instance(&server, "co").await,
-        instance(&server, "co").await,
+        shared.instance("co").await,
+        shared.instance("co").await,
+        shared.instance("co").await,
     ];
     let mut regions = Vec::new();
     for c in &caches {
@@ -162,11 +170,9 @@ async fn writes_and_invalidations_reach_every_instance() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
-    let server = redis();
-    let a = instance(&server, "slow").await;
-    let b = instance(&server, "slow").await;
+async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value(shared: &Shared) {
+    let a = shared.instance("slow").await;
+    let b = shared.instance("slow").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let slow = SlowLoad::start(&ra, "k", &[], 1).await;
     rb.insert("k", 2).await.unwrap();
@@ -180,11 +186,9 @@ async fn a_remote_write_during_a_slow_load_never_leaves_the_old_value() {
 /// A's slow load began before B invalidated the whole region. Once A has applied that, a new
 /// read on A must not join the old load (whose value belongs to the old generation): it starts
 /// a fetch of its own, which finds the new value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load() {
-    let server = redis();
-    let a = instance(&server, "slowgen").await;
-    let b = instance(&server, "slowgen").await;
+async fn a_read_after_a_remote_region_invalidation_does_not_join_an_older_load(shared: &Shared) {
+    let a = shared.instance("slowgen").await;
+    let b = shared.instance("slowgen").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let slow = SlowLoad::start(&ra, "k", &[], 1).await;
     rb.invalidate_all().await.unwrap();
@@ -485,18 +489,15 @@ async fn randomized_checker(shared: &Shared, name: &str, options: layercache::En
     assert_eq!(stale.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_kill_pubsub_resubscribes_flushes_and_recovers() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "kill").await;
-    let b = instance(&server, "kill").await;
+async fn client_kill_pubsub_resubscribes_flushes_and_recovers(shared: &Shared) {
+    let a = shared.instance("kill").await;
+    let b = shared.instance("kill").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     rb.insert("k", 1).await.unwrap();
     caught_up(&a, &b).await;
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 1); // now in A's L1
 
-    cmd(&raw, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
+    shared.kill_subscribers().await;
     // Published while the subscribers are gone: lost for them.
     rb.insert("k", 2).await.unwrap();
     // Both instances lost their subscription: wait for both to re-subscribe.
@@ -561,23 +562,24 @@ async fn redis_restart_recovers_without_user_action() {
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = builder(&server, "flood")
-        .bus_buffer(16)
-        .build()
-        .await
-        .unwrap();
-    let b = instance(&server, "flood").await;
+async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived(shared: &Shared) {
+    let raw = shared.raw().await;
+    let a = shared.build(shared.builder("flood").bus_buffer(16)).await;
+    let b = shared.instance("flood").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     rb.insert("k", 1).await.unwrap();
     caught_up(&a, &b).await;
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 1);
 
     // 20,000 messages in one server-side burst: far more than A's 16-message buffer.
-    let flood = "for i = 1, 20000 do redis.call('PUBLISH', KEYS[1], ARGV[1]) end return 1";
+    // (`SPUBLISH` on a cluster, whose default bus is sharded: a script may publish on a shard
+    // channel it names as a key.)
+    let publish = match shared {
+        Shared::Cluster(_) => "SPUBLISH",
+        _ => "PUBLISH",
+    };
+    let flood =
+        format!("for i = 1, 20000 do redis.call('{publish}', KEYS[1], ARGV[1]) end return 1");
     let _: Value = raw
         .eval(flood, "flood:m2:bus", "not a bus message")
         .await
@@ -595,12 +597,9 @@ async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived() {
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_the_channel_is_counted_and_ignored() {
-    let server = redis();
-    let raw: Client = raw_client(&server).await;
-    let a = instance(&server, "junk").await;
-    let b = instance(&server, "junk").await;
+async fn garbage_on_the_channel_is_counted_and_ignored(shared: &Shared) {
+    let a = shared.instance("junk").await;
+    let b = shared.instance("junk").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let garbage: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -618,7 +617,7 @@ async fn garbage_on_the_channel_is_counted_and_ignored() {
     ];
     let before = a.stats().bus_dropped;
     for g in &garbage {
-        let _: i64 = raw.publish("junk:m2:bus", g.clone()).await.unwrap();
+        shared.publish_raw("junk", g.clone()).await;
     }
     wait_until("the garbage to be counted", WAIT, || {
         let a = a.clone();
@@ -636,12 +635,9 @@ async fn garbage_on_the_channel_is_counted_and_ignored() {
     assert_eq!(*ra.get("k").await.unwrap().unwrap(), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "gen").await;
-    let b = instance(&server, "gen").await;
+async fn region_invalidate_all_is_one_command_and_reaches_every_instance(shared: &Shared) {
+    let a = shared.instance("gen").await;
+    let b = shared.instance("gen").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let other_a = a.region::<str, u64>("other").build().await.unwrap();
     fill(&ra, 10_000).await;
@@ -649,13 +645,22 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
     for i in 0..100u64 {
         assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
     }
-    assert_eq!(data_keys(&raw).await.len(), 10_001, "{:?}", a.stats());
+    assert_eq!(
+        shared.data_keys("gen").await.len(),
+        10_001,
+        "{:?}",
+        a.stats()
+    );
 
-    cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
-    cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    shared.log_every_command().await;
     let gen_before = rb.generation().unwrap();
     ra.invalidate_all().await.unwrap();
-    let longest = longest_command(&raw).await;
+    let longest = shared
+        .slow_logs()
+        .await
+        .into_iter()
+        .max()
+        .unwrap_or_default();
     eprintln!("invalidate_all over 10,000 keys: longest command {longest:?}");
     caught_up(&b, &a).await;
     assert!(rb.generation().unwrap() > gen_before);
@@ -679,19 +684,21 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance() {
         "other regions untouched"
     );
     // Old keys stay until their TTL: nothing was scanned or deleted.
-    assert_eq!(data_keys(&raw).await.len(), 10_001, "{:?}", a.stats());
+    assert_eq!(
+        shared.data_keys("gen").await.len(),
+        10_001,
+        "{:?}",
+        a.stats()
+    );
     // New writes land in the new key space and are read back.
     ra.insert("0", 42).await.unwrap();
     caught_up(&b, &a).await;
     assert_eq!(*rb.get("0").await.unwrap().unwrap(), 42);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clear_removes_every_entry_on_every_instance() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "clr").await;
-    let b = instance(&server, "clr").await;
+async fn clear_removes_every_entry_on_every_instance(shared: &Shared) {
+    let a = shared.instance("clr").await;
+    let b = shared.instance("clr").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     fill(&ra, 3000).await;
     for i in 0..50u64 {
@@ -699,7 +706,7 @@ async fn clear_removes_every_entry_on_every_instance() {
     }
     a.clear().await.unwrap();
     caught_up(&b, &a).await;
-    assert!(data_keys(&raw).await.is_empty());
+    assert!(shared.data_keys("clr").await.is_empty());
     for i in 0..50u64 {
         assert!(rb.get(&i.to_string()).await.unwrap().is_none());
     }
@@ -724,12 +731,9 @@ async fn fill(r: &Region<str, u64>, n: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "tag").await;
-    let b = instance(&server, "tag").await;
+async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches(shared: &Shared) {
+    let a = shared.instance("tag").await;
+    let b = shared.instance("tag").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let opts = layercache::EntryOptions::new();
     let mut tasks = Vec::new();
@@ -764,19 +768,20 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
         assert_eq!(*rb.get(&i.to_string()).await.unwrap().unwrap(), i);
     }
     assert_eq!(*rb.get("other").await.unwrap().unwrap(), 1);
-    let tag_set = "tag:t2:team:7";
-    let Value::Integer(members) = cmd(&raw, "SCARD", &[tag_set]).await else {
-        panic!("SCARD")
-    };
+    let (members, pttl) = shared.tag_members("tag", "team:7").await;
     assert_eq!(members, 10_000);
-    let pttl: i64 = cmd(&raw, "PTTL", &[tag_set]).await.as_i64().unwrap();
+    let pttl = pttl.unwrap();
     assert!(pttl > 0, "tag bookkeeping must expire ({pttl})");
 
-    cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
-    cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    shared.log_every_command().await;
     a.invalidate_tag("team:7").await.unwrap();
-    let longest = longest_command(&raw).await;
-    let most_args = most_arguments(&raw).await;
+    let longest = shared
+        .slow_logs()
+        .await
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let most_args = most_arguments(shared).await;
     eprintln!(
         "invalidate_tag over 10,000 members: longest command {longest:?}, most arguments {most_args}"
     );
@@ -800,18 +805,21 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches() {
         "another tag was hit"
     );
     assert_eq!(*rb.get("untagged").await.unwrap().unwrap(), 2);
-    assert_eq!(data_keys(&raw).await.len(), 2, "tagged keys left in redis");
-    assert!(matches!(
-        cmd(&raw, "EXISTS", &[tag_set]).await,
-        Value::Integer(0)
-    ));
+    assert_eq!(
+        shared.data_keys("tag").await.len(),
+        2,
+        "tagged keys left in redis"
+    );
+    assert_eq!(
+        shared.tag_members("tag", "team:7").await,
+        (0, None),
+        "member sets left"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tag_invalidated_during_a_load_is_never_filled_afterwards() {
-    let server = redis();
-    let a = instance(&server, "tagrace").await;
-    let b = instance(&server, "tagrace").await;
+async fn a_tag_invalidated_during_a_load_is_never_filled_afterwards(shared: &Shared) {
+    let a = shared.instance("tagrace").await;
+    let b = shared.instance("tagrace").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let slow = SlowLoad::start(&ra, "k", &["t"], 1).await;
     b.invalidate_tag("t").await.unwrap();
@@ -860,10 +868,14 @@ async fn tags_work_without_redis() {
 }
 
 /// The most arguments any command in the slow log had.
-async fn most_arguments(raw: &Client) -> usize {
-    let Value::Array(entries) = cmd(raw, "SLOWLOG", &["GET", "100000"]).await else {
-        panic!("unexpected SLOWLOG reply")
-    };
+async fn most_arguments(shared: &Shared) -> usize {
+    let mut entries = Vec::new();
+    for raw in shared.node_clients().await {
+        let Value::Array(more) = cmd(&raw, "SLOWLOG", &["GET", "100000"]).await else {
+            panic!("unexpected SLOWLOG reply")
+        };
+        entries.extend(more);
+    }
     entries
         .iter()
         .filter_map(|e| match e {
@@ -904,14 +916,13 @@ enum Change {
 /// is still clear). The fill must lose, whether B's read had found nothing (its fill is
 /// `SET NX`) or an unusable entry (its fill replaces only what it saw), so a third instance
 /// never finds the old value in Redis.
-async fn a_slow_remote_fill_loses_to(change: Change) {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+async fn a_slow_remote_fill_loses_to(shared: &Shared, change: Change) {
+    let raw = shared.raw().await;
+    let proxy = shared.slow_link().await;
     let name = format!("{change:?}");
-    let a = instance(&server, &name).await;
-    let b = behind(&proxy, &name).await;
-    let c = instance(&server, &name).await;
+    let a = shared.instance(&name).await;
+    let b = proxy.instance(&name).await;
+    let c = shared.instance(&name).await;
     let (ra, rb, rc) = (region(&a).await, region(&b).await, region(&c).await);
     for (key, before) in [("absent", None), ("corrupt", Some(&b"garbage"[..]))] {
         let rkey = ra.redis_key(key).unwrap();
@@ -971,12 +982,12 @@ async fn a_slow_remote_fill_loses_to(change: Change) {
 /// B writes before it has heard that A moved the region to a new generation. Its write must
 /// not land in the abandoned key space (where nobody reads it) while the new one holds an
 /// older value: the write is fenced on the generation, B learns the new one and writes there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_generation() {
-    let server = redis();
-    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
-    let a = instance(&server, "fence").await;
-    let b = behind(&proxy, "fence").await;
+async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_generation(
+    shared: &Shared,
+) {
+    let proxy = shared.slow_link().await;
+    let a = shared.instance("fence").await;
+    let b = proxy.instance("fence").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let before = rb.generation().unwrap();
     proxy.set_latency(Duration::from_millis(500));
@@ -1016,12 +1027,10 @@ async fn a_write_from_an_instance_behind_a_region_invalidation_lands_in_the_new_
 /// What a load saw in Redis (here a corrupt entry; in practice often a value just past its
 /// expiry) can vanish by expiry while the load runs. The load must still fill, as a load that
 /// found nothing would: refusing sends every other instance to its own load.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_fills_redis_when_what_it_saw_expired_meanwhile() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "vanish").await;
-    let b = instance(&server, "vanish").await;
+async fn a_load_fills_redis_when_what_it_saw_expired_meanwhile(shared: &Shared) {
+    let raw = shared.raw().await;
+    let a = shared.instance("vanish").await;
+    let b = shared.instance("vanish").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let rkey = ra.redis_key("k").unwrap();
     let _: () = raw
@@ -1040,15 +1049,13 @@ async fn a_load_fills_redis_when_what_it_saw_expired_meanwhile() {
 /// concurrent write left still lives. Here A's newer value expires from Redis before B's slow
 /// load (which read the source before A's write, and has not heard of it) comes back: B must
 /// not fill, or a third instance would read B's older value from Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+async fn a_load_slower_than_the_ttl_does_not_fill_redis(shared: &Shared) {
+    let raw = shared.raw().await;
+    let proxy = shared.slow_link().await;
     let opts = layercache::EntryOptions::new().ttl(Duration::from_millis(300));
-    let a = instance(&server, "slowfill").await;
-    let b = behind(&proxy, "slowfill").await;
-    let c = instance(&server, "slowfill").await;
+    let a = shared.instance("slowfill").await;
+    let b = proxy.instance("slowfill").await;
+    let c = shared.instance("slowfill").await;
     let mut regions = Vec::new();
     for cache in [&a, &b, &c] {
         let r = cache
@@ -1088,19 +1095,16 @@ async fn a_load_slower_than_the_ttl_does_not_fill_redis() {
     assert!(rc.get("k").await.unwrap().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_that_began_before_a_remote_delete_never_refills_redis() {
-    a_slow_remote_fill_loses_to(Change::Delete).await;
+async fn a_load_that_began_before_a_remote_delete_never_refills_redis(shared: &Shared) {
+    a_slow_remote_fill_loses_to(shared, Change::Delete).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_that_began_before_a_remote_tag_invalidation_never_refills_redis() {
-    a_slow_remote_fill_loses_to(Change::Tag).await;
+async fn a_load_that_began_before_a_remote_tag_invalidation_never_refills_redis(shared: &Shared) {
+    a_slow_remote_fill_loses_to(shared, Change::Tag).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_that_began_before_a_remote_clear_never_refills_redis() {
-    a_slow_remote_fill_loses_to(Change::Clear).await;
+async fn a_load_that_began_before_a_remote_clear_never_refills_redis(shared: &Shared) {
+    a_slow_remote_fill_loses_to(shared, Change::Clear).await;
 }
 
 /// After `FLUSHALL` (the generation keys gone with everything else), an instance that was
@@ -1108,14 +1112,11 @@ async fn a_load_that_began_before_a_remote_clear_never_refills_redis() {
 /// next fill is fenced (its generation is no longer Redis's), so it re-reads the generation at
 /// once, and a write from the new instance is seen by it as soon as it is announced — not at
 /// the next renewal, ~30 s later.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance(&server, "split").await;
+async fn after_flushall_a_running_and_a_new_instance_share_one_generation(shared: &Shared) {
+    let a = shared.instance("split").await;
     let ra = region(&a).await;
     ra.insert("warm", 0).await.unwrap();
-    let _: Value = cmd(&raw, "FLUSHALL", &[]).await;
+    shared.flush_all().await;
     // The running instance loads x (the source says 1) under what it knows.
     let v = ra
         .get_or_load("x", |_| async { Ok::<_, std::io::Error>(1) })
@@ -1123,7 +1124,7 @@ async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
         .unwrap();
     assert_eq!(*v, 1);
     // A new instance starts, and writes x = 2 (the source changed).
-    let c = instance(&server, "split").await;
+    let c = shared.instance("split").await;
     let rc = region(&c).await;
     rc.insert("x", 2).await.unwrap();
     caught_up(&a, &c).await;
@@ -1140,20 +1141,14 @@ async fn after_flushall_a_running_and_a_new_instance_share_one_generation() {
 /// `l1_write_cooldown`: its reads take it from Redis (where the writer's value is), every one
 /// of them; once the cooldown is over the key goes back in L1. With no cooldown the first read
 /// after the write puts it back in L1 at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_another_instance_wrote_is_read_from_redis_during_the_cooldown() {
-    let server = redis();
+async fn a_key_another_instance_wrote_is_read_from_redis_during_the_cooldown(shared: &Shared) {
     let with = |cooldown: Duration| {
-        builder(&server, "cool")
-            .bus_heartbeat_interval(Duration::from_millis(100))
-            .bus_heartbeat_timeout(Duration::from_millis(1000))
-            .l1_write_cooldown(cooldown)
-            .build()
+        shared.build(fast_bus(shared.builder("cool")).l1_write_cooldown(cooldown))
     };
-    let writer = with(layercache::DEFAULT_L1_WRITE_COOLDOWN).await.unwrap();
-    let long = with(Duration::from_secs(60)).await.unwrap();
-    let short = with(Duration::from_millis(300)).await.unwrap();
-    let none = with(Duration::ZERO).await.unwrap();
+    let writer = with(layercache::DEFAULT_L1_WRITE_COOLDOWN).await;
+    let long = with(Duration::from_secs(60)).await;
+    let short = with(Duration::from_millis(300)).await;
+    let none = with(Duration::ZERO).await;
     let rw = region(&writer).await;
     let readers = [
         (&long, region(&long).await),

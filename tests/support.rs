@@ -91,6 +91,230 @@ impl Shared {
     }
 }
 
+/// Serializes building instances on a shared cluster with marking one instance's connections
+/// (`Shared::slow_link`): an instance built meanwhile would be slowed too.
+static BUILDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serializes the tests that slow one instance's links on a shared cluster (the marked latency
+/// is the proxies').
+static SLOW_LINKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Shared {
+    /// Builds an instance (on a cluster, never while another test marks the connections of the
+    /// instance it slows).
+    pub(crate) async fn build(&self, builder: LayerCacheBuilder) -> LayerCache {
+        let _serial = BUILDS.lock().await;
+        builder.build().await.unwrap()
+    }
+
+    /// An instance with a fast bus, as [`instance`] on a redis-server.
+    pub(crate) async fn instance(&self, name: &str) -> LayerCache {
+        self.build(fast_bus(self.builder(name))).await
+    }
+
+    /// A way to slow one instance's every link to this tier (commands and bus): a proxy in
+    /// front of a redis-server, or the connections it opens through a proxied cluster's
+    /// proxies (marked while it is built). Tests holding one run one at a time.
+    pub(crate) async fn slow_link(&self) -> SlowLink<'_> {
+        let serial = SLOW_LINKS.lock().await;
+        let kind = match self {
+            Self::Redis(server) => {
+                SlowKind::Proxy(layercache_testkit::Proxy::start(server.port()).unwrap())
+            }
+            Self::Cluster(cluster) => SlowKind::Cluster(cluster),
+            Self::Memory(_) => panic!("the in-memory server has no network link"),
+        };
+        SlowLink {
+            kind,
+            _serial: serial,
+        }
+    }
+
+    /// `FLUSHALL` (on every primary of a cluster).
+    pub(crate) async fn flush_all(&self) {
+        match self {
+            Self::Redis(server) => {
+                cmd(&raw_client(server).await, "FLUSHALL", &[]).await;
+            }
+            Self::Cluster(cluster) => {
+                for i in cluster.primaries() {
+                    cluster.command(i, &["FLUSHALL"]).unwrap();
+                }
+            }
+            Self::Memory(server) => server.flush_all(),
+        }
+    }
+
+    /// Closes every subscriber connection (`CLIENT KILL TYPE pubsub`, on every node of a
+    /// cluster).
+    pub(crate) async fn kill_subscribers(&self) {
+        for client in self.node_clients().await {
+            cmd(&client, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
+        }
+    }
+
+    /// One plain client per server that holds data: the server, or each primary of a cluster
+    /// (for per-server commands: `CONFIG`, `SLOWLOG`, `CLIENT`).
+    pub(crate) async fn node_clients(&self) -> Vec<Client> {
+        let ports = match self {
+            Self::Redis(server) => vec![server.port()],
+            Self::Cluster(cluster) => {
+                let ports = cluster.ports();
+                cluster.primaries().into_iter().map(|i| ports[i]).collect()
+            }
+            Self::Memory(_) => panic!("the in-memory server has no redis client"),
+        };
+        let mut clients = Vec::new();
+        for port in ports {
+            let url = format!("redis://127.0.0.1:{port}");
+            let client = Builder::from_config(Config::from_url(&url).unwrap())
+                .build()
+                .unwrap();
+            client.init().await.unwrap();
+            clients.push(client);
+        }
+        clients
+    }
+
+    /// Logs every command from now on in each server's slow log (threshold 0, emptied).
+    pub(crate) async fn log_every_command(&self) {
+        for client in self.node_clients().await {
+            cmd(&client, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+            cmd(&client, "SLOWLOG", &["RESET"]).await;
+        }
+    }
+
+    /// Every command in the servers' slow logs: its duration and name.
+    pub(crate) async fn slow_logs(&self) -> Vec<(Duration, String)> {
+        let mut all = Vec::new();
+        for client in self.node_clients().await {
+            all.extend(slow_log(&client).await);
+        }
+        all
+    }
+
+    /// The bus channel's name for cache `name`, and publishes `message` on it as a stranger
+    /// would (`PUBLISH`; `SPUBLISH` on a cluster, whose default bus is sharded).
+    pub(crate) async fn publish_raw(&self, name: &str, message: Vec<u8>) {
+        use fred::prelude::PubsubInterface;
+        let channel = format!("{name}:m2:bus");
+        let raw = self.raw().await;
+        let _: i64 = match self {
+            Self::Cluster(_) => raw.spublish(channel, message).await.unwrap(),
+            _ => raw.publish(channel, message).await.unwrap(),
+        };
+    }
+
+    /// The members of a tag's member sets (one set on a server, one per bucket on a cluster)
+    /// and the shortest remaining lifetime among those sets (ms; `None` if there is none).
+    pub(crate) async fn tag_members(&self, cache: &str, tag: &str) -> (i64, Option<i64>) {
+        let pattern = match self {
+            Self::Cluster(_) => format!("{cache}:t2:*{tag}"),
+            _ => format!("{cache}:t2:{tag}"),
+        };
+        let (mut members, mut pttl) = (0, None::<i64>);
+        for client in self.node_clients().await {
+            let Value::Array(keys) = cmd(&client, "KEYS", &[pattern.as_str()]).await else {
+                panic!("KEYS")
+            };
+            for key in keys {
+                let key = key.as_string().unwrap();
+                members += cmd(&client, "SCARD", &[key.as_str()])
+                    .await
+                    .as_i64()
+                    .unwrap();
+                let ttl = cmd(&client, "PTTL", &[key.as_str()])
+                    .await
+                    .as_i64()
+                    .unwrap();
+                pttl = Some(pttl.map_or(ttl, |p| p.min(ttl)));
+            }
+        }
+        (members, pttl)
+    }
+}
+
+/// Heartbeats every 100 ms, presumed broken after 1 s, no L1 cooldown (see [`instance`]).
+pub(crate) fn fast_bus(builder: LayerCacheBuilder) -> LayerCacheBuilder {
+    builder
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_millis(1000))
+        .l1_write_cooldown(Duration::ZERO)
+}
+
+/// One instance's slowed link (see [`Shared::slow_link`]).
+pub(crate) struct SlowLink<'a> {
+    kind: SlowKind<'a>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+enum SlowKind<'a> {
+    Proxy(layercache_testkit::Proxy),
+    Cluster(&'a RedisCluster),
+}
+
+impl SlowLink<'_> {
+    /// An instance whose every link goes through the slowed path (generous timeouts, a fast
+    /// bus whose heartbeats tolerate the latency the tests add).
+    pub(crate) async fn instance(&self, name: &str) -> LayerCache {
+        let builder = |url: String| {
+            LayerCache::builder(name)
+                .redis_url(url)
+                .l2_command_timeout(Duration::from_secs(5))
+                .l2_connect_timeout(Duration::from_secs(5))
+                .bus_heartbeat_interval(Duration::from_millis(100))
+                .bus_heartbeat_timeout(Duration::from_secs(10))
+        };
+        match &self.kind {
+            SlowKind::Proxy(proxy) => builder(proxy.url()).build().await.unwrap(),
+            SlowKind::Cluster(cluster) => {
+                let _serial = BUILDS.lock().await;
+                let before: u64 = cluster
+                    .proxies()
+                    .iter()
+                    .map(|p| p.marked_connections())
+                    .sum();
+                for p in cluster.proxies() {
+                    p.mark_new_connections(true);
+                }
+                let built = builder(cluster.url()).build().await;
+                for p in cluster.proxies() {
+                    p.mark_new_connections(false);
+                }
+                let after: u64 = cluster
+                    .proxies()
+                    .iter()
+                    .map(|p| p.marked_connections())
+                    .sum();
+                assert!(
+                    after >= before + 4,
+                    "the instance opened {} connections",
+                    after - before
+                );
+                built.unwrap()
+            }
+        }
+    }
+
+    /// Delays every chunk of data on the slowed links, both ways (zero: none).
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        match &self.kind {
+            SlowKind::Proxy(proxy) => proxy.set_latency(latency),
+            SlowKind::Cluster(cluster) => {
+                for p in cluster.proxies() {
+                    p.set_marked_latency(latency);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SlowLink<'_> {
+    fn drop(&mut self) {
+        self.set_latency(Duration::ZERO);
+    }
+}
+
 /// The Redis Cluster of this test binary: started by the first test that asks, shared by the
 /// tests running meanwhile, stopped when the last of them lets go of it (a later test starts
 /// another). One cluster at a time: six processes are enough for two cores.
@@ -103,7 +327,8 @@ pub(crate) fn cluster() -> std::sync::Arc<RedisCluster> {
     if let Some(c) = slot.upgrade() {
         return c;
     }
-    let c = Arc::new(RedisCluster::start().unwrap_or_else(|e| panic!("{e}")));
+    // Proxied: a test can slow one instance's every link (see `Shared::slow_link`).
+    let c = Arc::new(RedisCluster::start_proxied().unwrap_or_else(|e| panic!("{e}")));
     *slot = Arc::downgrade(&c);
     c
 }
@@ -217,13 +442,7 @@ pub(crate) fn signal(pid: u32, sig: &str) {
 /// 1 s), as the coherence and recovery tests use; with no L1 cooldown after other instances'
 /// writes, so every read that can be served from L1 is (the strictest test of L1 coherence).
 pub(crate) async fn instance(server: &RedisServer, name: &str) -> LayerCache {
-    builder(server, name)
-        .bus_heartbeat_interval(Duration::from_millis(100))
-        .bus_heartbeat_timeout(Duration::from_millis(1000))
-        .l1_write_cooldown(Duration::ZERO)
-        .build()
-        .await
-        .unwrap()
+    fast_bus(builder(server, name)).build().await.unwrap()
 }
 
 /// The tests' region: `item`, string keys, `u64` values.

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::server::{RedisServer, StartError};
+use crate::{
+    server::{RedisServer, StartError},
+    Proxy,
+};
 
 /// How long a start or a recovery may take before it is reported as failed.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -28,6 +31,9 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// One per node when started with [`start_proxied`](RedisCluster::start_proxied): the node
+    /// announces its proxy's port, so clients reach it only through the proxy.
+    proxies: Vec<Proxy>,
 }
 
 /// The node options a cluster member runs with.
@@ -57,6 +63,23 @@ impl RedisCluster {
     /// See [`StartError`]: also when `redis-cli` is missing or the join fails (the message
     /// carries `redis-cli`'s output).
     pub fn start() -> Result<Self, StartError> {
+        Self::start_with(false)
+    }
+
+    /// As [`start`](Self::start), with a [`Proxy`] in front of every node: each node announces
+    /// its proxy's port (`cluster-announce-port`; the cluster bus between nodes stays direct),
+    /// so every client connection — seeds, redirections, subscribers — goes through a proxy,
+    /// and a test can slow, stall or cut them ([`proxies`](Self::proxies)), all of them or
+    /// only one client's ([`Proxy::mark_new_connections`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when a proxy cannot bind a port.
+    pub fn start_proxied() -> Result<Self, StartError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(proxied: bool) -> Result<Self, StartError> {
         let mut nodes = Vec::with_capacity(6);
         for _ in 0..6 {
             let mut b = RedisServer::builder();
@@ -65,7 +88,16 @@ impl RedisCluster {
             }
             nodes.push(b.start()?);
         }
-        let cluster = Self { nodes };
+        let mut proxies = Vec::new();
+        if proxied {
+            for n in &nodes {
+                proxies.push(Proxy::start(n.port()).map_err(StartError::Io)?);
+            }
+        }
+        let cluster = Self { nodes, proxies };
+        for i in 0..cluster.proxies.len() {
+            cluster.announce(i).map_err(StartError::Io)?;
+        }
         let mut create = Command::new(redis_cli());
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
@@ -97,14 +129,38 @@ impl RedisCluster {
         Ok(cluster)
     }
 
-    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&…`, naming every node as a seed.
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&…`, naming every node as a seed (by
+    /// its proxy on a proxied cluster).
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
-        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.announced_port(0));
+        for i in 1..self.nodes.len() {
             url.push(if i == 1 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", n.port()));
+            url.push_str(&format!("node=127.0.0.1:{}", self.announced_port(i)));
         }
         url
+    }
+
+    /// The proxies in front of the nodes, by node index (empty unless started with
+    /// [`start_proxied`](Self::start_proxied)).
+    pub fn proxies(&self) -> &[Proxy] {
+        &self.proxies
+    }
+
+    /// The port clients reach node `index` on: its proxy's on a proxied cluster.
+    fn announced_port(&self, index: usize) -> u16 {
+        self.proxies
+            .get(index)
+            .map_or_else(|| self.nodes[index].port(), Proxy::port)
+    }
+
+    /// Makes node `index` announce its proxy's port to clients (its bus port stays its own).
+    fn announce(&self, index: usize) -> io::Result<()> {
+        let port = self.nodes[index].port();
+        let bus = (u32::from(port) + 10_000).to_string();
+        let proxy = self.announced_port(index).to_string();
+        self.command(index, &["CONFIG", "SET", "cluster-announce-bus-port", &bus])?;
+        self.command(index, &["CONFIG", "SET", "cluster-announce-port", &proxy])?;
+        Ok(())
     }
 
     /// The nodes' ports, by index (0 to 5).
@@ -221,7 +277,11 @@ impl RedisCluster {
     ///
     /// See [`StartError`].
     pub fn restart(&mut self, index: usize) -> Result<(), StartError> {
-        self.nodes[index].restart()
+        self.nodes[index].restart()?;
+        if index < self.proxies.len() {
+            self.announce(index).map_err(StartError::Io)?;
+        }
+        Ok(())
     }
 
     /// Waits until every running node reports `cluster_state:ok`, the running primaries cover
@@ -272,11 +332,9 @@ impl RedisCluster {
             }
         }
         // Every slot is owned by a running node (a killed primary's slots move to its replica).
-        let running: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.pid().is_some())
-            .map(|n| format!("127.0.0.1:{}", n.port()))
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].pid().is_some())
+            .map(|i| format!("127.0.0.1:{}", self.announced_port(i)))
             .collect();
         let first = self
             .nodes
@@ -385,5 +443,40 @@ mod tests {
         for p in ports {
             assert!(TcpStream::connect(("127.0.0.1", p)).is_err(), "{p} listens");
         }
+    }
+
+    #[test]
+    fn a_proxied_cluster_announces_its_proxies_and_serves_through_them() {
+        let cluster = RedisCluster::start_proxied().expect("proxied redis cluster");
+        let proxy_ports: Vec<u16> = cluster.proxies().iter().map(Proxy::port).collect();
+        assert_eq!(proxy_ports.len(), 6);
+        let slots = cluster.command(0, &["CLUSTER", "NODES"]).unwrap();
+        for p in &proxy_ports {
+            assert!(
+                slots.contains(&format!("127.0.0.1:{p}@")),
+                "{p} not in {slots}"
+            );
+        }
+        for p in cluster.ports() {
+            assert!(!slots.contains(&format!("127.0.0.1:{p}@")), "{p} announced");
+        }
+        assert!(cluster.url().contains(&proxy_ports[5].to_string()));
+        // A redirection names the proxy.
+        let moved = (0..6)
+            .map(|i| command(proxy_ports[i], &["GET", "foo"]))
+            .find_map(|r| r.err())
+            .expect("one node redirects");
+        assert!(
+            moved.to_string().starts_with("MOVED 12182 127.0.0.1:"),
+            "{moved}"
+        );
+        let target: u16 = moved
+            .to_string()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(proxy_ports.contains(&target), "{moved}");
     }
 }

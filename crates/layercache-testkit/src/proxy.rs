@@ -24,6 +24,12 @@ struct Control {
     latency_ms: AtomicU64,
     /// Latency for command connections only (those that never sent `SUBSCRIBE`).
     command_latency_ms: AtomicU64,
+    /// Whether connections accepted now are *marked* (see [`Proxy::mark_new_connections`]).
+    mark_new: AtomicBool,
+    /// Latency for marked connections only.
+    marked_latency_ms: AtomicU64,
+    /// How many marked connections were accepted.
+    marked: AtomicU64,
     /// Bumped by every cut: pumps of an older epoch close their connection.
     epoch: AtomicU64,
     /// Both ends of every open connection, for a cut to close at once.
@@ -90,6 +96,26 @@ impl Proxy {
         self.control.command_latency_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// While `on`, every connection the proxy accepts is *marked* for good: it takes the
+    /// latency set by [`set_marked_latency`](Self::set_marked_latency) on top of the others.
+    /// Marking the connections one client opens (build it between `mark_new_connections(true)`
+    /// and `(false)`) slows that client alone while others share the proxy — on a cluster whose
+    /// nodes announce their proxies' ports, the only way to slow one client's every link.
+    pub fn mark_new_connections(&self, on: bool) {
+        self.control.mark_new.store(on, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk, both ways, on marked connections (zero: none).
+    pub fn set_marked_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.control.marked_latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How many marked connections the proxy has accepted.
+    pub fn marked_connections(&self) -> u64 {
+        self.control.marked.load(Ordering::SeqCst)
+    }
+
     /// Cuts the link: every open connection is closed (bytes in flight are lost, as when a
     /// network path fails and the connection resets) and new connections are closed at once,
     /// until [`pass`](Self::pass).
@@ -145,9 +171,14 @@ fn accept_loop(listener: &TcpListener, target: u16, control: &Arc<Control>) {
                         }
                     }
                 }
+                let marked = control.mark_new.load(Ordering::SeqCst);
+                if marked {
+                    control.marked.fetch_add(1, Ordering::SeqCst);
+                }
                 let link = Arc::new(Link {
                     epoch: control.epoch.load(Ordering::SeqCst),
                     subscriber: AtomicBool::new(false),
+                    marked,
                 });
                 for (from, to, upstream) in [(&client, &server, true), (&server, &client, false)] {
                     let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
@@ -172,6 +203,8 @@ struct Link {
     epoch: u64,
     /// Whether the client sent `SUBSCRIBE` on it.
     subscriber: AtomicBool,
+    /// Whether it was accepted while new connections were marked.
+    marked: bool,
 }
 
 fn contains_subscribe(chunk: &[u8]) -> bool {
@@ -222,6 +255,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, control: &Control, link: &Link, 
         let mut latency = control.latency_ms.load(Ordering::SeqCst);
         if !link.subscriber.load(Ordering::SeqCst) {
             latency = latency.max(control.command_latency_ms.load(Ordering::SeqCst));
+        }
+        if link.marked {
+            latency = latency.max(control.marked_latency_ms.load(Ordering::SeqCst));
         }
         if latency > 0 {
             std::thread::sleep(Duration::from_millis(latency));
@@ -299,6 +335,41 @@ mod tests {
         assert_eq!(
             ping(proxy.port(), Duration::from_secs(2)).unwrap(),
             "+PONG\r\n"
+        );
+    }
+
+    #[test]
+    fn marked_latency_slows_only_the_connections_opened_while_marking() {
+        let server = RedisServer::start().unwrap();
+        let proxy = Proxy::start(server.port()).unwrap();
+        proxy.mark_new_connections(true);
+        let mut marked = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        marked
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The connection is accepted (and marked) once the proxy answers on it.
+        marked.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        let mut pong = [0u8; 7];
+        marked.read_exact(&mut pong).unwrap();
+        proxy.mark_new_connections(false);
+        assert_eq!(proxy.marked_connections(), 1);
+        assert_eq!(
+            ping(proxy.port(), Duration::from_secs(5)).unwrap(),
+            "+PONG\r\n"
+        );
+        assert_eq!(
+            proxy.marked_connections(),
+            1,
+            "opened after marking stopped"
+        );
+        proxy.set_marked_latency(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        marked.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        marked.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+        assert!(
+            start.elapsed() >= Duration::from_millis(600),
+            "marked connection delayed both ways"
         );
     }
 
