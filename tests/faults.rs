@@ -8,6 +8,8 @@
     reason = "helpers shared by all test binaries; this one uses some"
 )]
 mod support;
+#[macro_use]
+mod own_topologies;
 
 use std::{
     sync::{
@@ -18,13 +20,29 @@ use std::{
 };
 
 use cap::Cap;
-use layercache::LayerCache;
+use layercache::{CoherenceLossPolicy, EntryOptions, FlushReason, L2ErrorPolicy, LayerCache};
 use layercache_testkit::RedisServer;
 
 /// Tracks the heap, so the network-fault test can show memory stays bounded.
 #[global_allocator]
 static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);
-use support::{cmd, raw_client, signal, wait_until};
+use support::{caught_up, cmd, raw_client, signal, wait_until, Shared};
+
+// One suite, two topologies: each scenario below runs on a redis-server and on a Redis Cluster
+// of its own (it pauses, stops, cuts or kills them). Single-server only: authentication, ACLs
+// and TLS (the test kit's cluster runs without them) and `DEBUG SLEEP` (a server-wide stall,
+// as `CLIENT PAUSE` is, which runs on both).
+on_own_redis_and_cluster!(
+    client_pause_bounds_every_call_by_its_timeout,
+    the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after,
+    an_oversized_key_is_a_clear_error_and_nothing_is_written,
+    latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang,
+    writes_that_timed_out_during_an_outage_are_not_replayed_after_it,
+    a_degraded_start_serves_without_redis_and_joins_it_when_it_answers,
+    redis_down_falls_back_to_the_loader_or_propagates_by_policy,
+    build_fails_clearly_when_redis_is_unreachable,
+    scripts_run_by_hash_and_are_loaded_again_after_script_flush,
+);
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -150,23 +168,20 @@ async fn timed_read(
     start.elapsed()
 }
 
-async fn cache_for(server: &RedisServer, name: &str) -> LayerCache {
+async fn cache_for(shared: &Shared, name: &str) -> LayerCache {
     LayerCache::builder(name)
-        .redis_url(server.url())
+        .redis_url(shared.url())
         .l2_command_timeout(TIMEOUT)
         .build()
         .await
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_pause_bounds_every_call_by_its_timeout() {
-    let server = RedisServer::start().unwrap();
-    let admin = raw_client(&server).await;
-    let cache = cache_for(&server, "pause").await;
+async fn client_pause_bounds_every_call_by_its_timeout(shared: &mut Shared) {
+    let cache = cache_for(shared, "pause").await;
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     let loads = Arc::new(AtomicUsize::new(0));
-    cmd(&admin, "CLIENT", &["PAUSE", "3000", "ALL"]).await;
+    shared.pause(3000).await;
     for i in 0..3 {
         let took = timed_read(&r, &format!("k{i}"), &loads).await;
         // A read pays at most the GET timeout (the SET of the loaded value is bounded too, but
@@ -179,13 +194,13 @@ async fn client_pause_bounds_every_call_by_its_timeout() {
     assert_eq!(loads.load(Ordering::SeqCst), 3);
     assert!(cache.stats().l2_timeouts >= 1, "{:?}", cache.stats());
     // Service resumes after the pause: a write reaches Redis, where a fresh instance reads it.
-    cmd(&admin, "CLIENT", &["UNPAUSE"]).await;
-    resumes(&server, &cache, &r).await;
+    shared.unpause().await;
+    resumes(shared, &cache, &r).await;
 }
 
 /// After a fault: writes through `r` reach Redis again (a fresh instance reads them there).
-async fn resumes(server: &RedisServer, cache: &LayerCache, r: &layercache::Region<str, u64>) {
-    let other = cache_for(server, cache.name()).await;
+async fn resumes(shared: &Shared, cache: &LayerCache, r: &layercache::Region<str, u64>) {
+    let other = cache_for(shared, cache.name()).await;
     let r2 = other.region::<str, u64>("r").build().await.unwrap();
     let mut n = 100;
     wait_until(
@@ -211,13 +226,17 @@ async fn debug_sleep_bounds_every_call_by_its_timeout() {
         .start()
         .unwrap();
     let admin = raw_client(&server).await;
-    let cache = cache_for(&server, "sleep").await;
+    let shared = Shared::Redis(server);
+    let cache = cache_for(&shared, "sleep").await;
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     let loads = Arc::new(AtomicUsize::new(0));
     // DEBUG SLEEP blocks the whole server; send it without waiting for its reply.
     let sleeper = tokio::spawn(async move { cmd(&admin, "DEBUG", &["SLEEP", "2"]).await });
+    let port = match &shared {
+        Shared::Redis(server) => server.port(),
+        _ => unreachable!(),
+    };
     wait_until("the server to be asleep", Duration::from_secs(5), || {
-        let port = server.port();
         async move {
             // A raw PING that does not answer within 100 ms means the server is blocked.
             tokio::task::spawn_blocking(move || {
@@ -243,14 +262,14 @@ async fn debug_sleep_bounds_every_call_by_its_timeout() {
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert!(cache.stats().l2_timeouts >= 1, "{:?}", cache.stats());
     let _ = sleeper.await;
-    resumes(&server, &cache, &r).await;
+    resumes(&shared, &cache, &r).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after() {
-    let server = RedisServer::start().unwrap();
+async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after(
+    shared: &mut Shared,
+) {
     let cache = LayerCache::builder("brk")
-        .redis_url(server.url())
+        .redis_url(shared.url())
         .l2_command_timeout(TIMEOUT)
         .l2_breaker_threshold(2)
         .l2_breaker_cooldown(Duration::from_millis(300))
@@ -261,8 +280,8 @@ async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after()
     let loads = Arc::new(AtomicUsize::new(0));
     // A Redis that is connected but silent (stopped): a refused connection is skipped without
     // the breaker (see tests/hardening.rs), a silent one is what the breaker is for.
-    let pid = server.pid().unwrap();
-    signal(pid, "STOP");
+    let pids = shared.pids();
+    pids.iter().for_each(|&pid| signal(pid, "STOP"));
     let mut i = 0;
     wait_until("the breaker to open", Duration::from_secs(10), || {
         i += 1;
@@ -287,7 +306,7 @@ async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after()
     ); // a probe may
     assert!(s.breaker_rejections >= rejected + 19, "{s:?}");
 
-    signal(pid, "CONT");
+    pids.iter().for_each(|&pid| signal(pid, "CONT"));
     wait_until("the breaker to close", Duration::from_secs(10), || {
         let (r, cache) = (r.clone(), cache.clone());
         async move {
@@ -296,15 +315,12 @@ async fn the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after()
         }
     })
     .await;
-    resumes(&server, &cache, &r).await;
+    resumes(shared, &cache, &r).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_key_is_a_clear_error_and_nothing_is_written() {
-    let server = RedisServer::start().unwrap();
-    let raw = raw_client(&server).await;
+async fn an_oversized_key_is_a_clear_error_and_nothing_is_written(shared: &mut Shared) {
     let cache = LayerCache::builder("big")
-        .redis_url(server.url())
+        .redis_url(shared.url())
         .max_key_bytes(16)
         .build()
         .await
@@ -328,16 +344,16 @@ async fn an_oversized_key_is_a_clear_error_and_nothing_is_written() {
         assert_eq!(e.kind(), layercache::ErrorKind::KeyTooLarge, "{e}");
     }
     assert_eq!(loads.load(Ordering::SeqCst), 0);
-    assert!(support::data_keys(&raw).await.is_empty());
+    assert!(shared.data_keys("big").await.is_empty());
     // 16 bytes is fine.
     r.insert(&"k".repeat(16), 2).await.unwrap();
-    assert_eq!(support::data_keys(&raw).await.len(), 1);
+    assert_eq!(shared.data_keys("big").await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang() {
-    let server = RedisServer::start().unwrap();
-    let proxy = layercache_testkit::Proxy::start(server.port()).unwrap();
+async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang(
+    shared: &mut Shared,
+) {
+    let proxy = shared.network();
     let cache = LayerCache::builder("net")
         .redis_url(proxy.url())
         .l2_command_timeout(TIMEOUT)
@@ -387,11 +403,20 @@ async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang()
     // Memory stays bounded while the blackhole lasts: 2,000 more reads (and writes, which
     // queue bus messages) do not grow the heap by more than a few MiB.
     let heap = ALLOC.allocated();
+    let timeouts = cache.stats().l2_timeouts;
     for i in 0..2000 {
         let key = format!("m{i}");
         timed_read(&r, &key, &loads).await;
         let _ = r.insert(&key, 1).await;
     }
+    // And the breaker stays open: only its probes pay a timeout, not the 4,000 calls (a
+    // pipeline whose commands timed out once passed for a successful probe and closed it).
+    let paid = cache.stats().l2_timeouts - timeouts;
+    assert!(
+        paid < 400,
+        "{paid} calls paid a timeout: {:?}",
+        cache.stats()
+    );
     cache.run_pending_tasks().await;
     let grown = ALLOC.allocated().saturating_sub(heap);
     assert!(
@@ -415,7 +440,7 @@ async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang()
         }
     })
     .await;
-    resumes(&server, &cache, &r).await;
+    resumes(shared, &cache, &r).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,11 +489,9 @@ async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
 /// while it reconnects; a command the cache has given up on must not be sent once the
 /// connection is back, where it would land long after its caller was told it failed (and could
 /// overwrite a newer value written meanwhile by another instance).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
-    let mut server = RedisServer::start().unwrap();
+async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it(shared: &mut Shared) {
     let cache = LayerCache::builder("replay")
-        .redis_url(server.url())
+        .redis_url(shared.url())
         .l2_command_timeout(TIMEOUT)
         .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
         // Keep the breaker shut: every write below goes to fred and times out there.
@@ -478,7 +501,7 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
         .await
         .unwrap();
     let r = cache.region::<str, u64>("r").build().await.unwrap();
-    server.kill();
+    shared.kill_all();
     for i in 0..5 {
         let written = r.insert(&format!("lost{i}"), i).await;
         assert!(written.is_err(), "write {i} during the outage succeeded");
@@ -491,16 +514,16 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
         "unconfirmed writes are journaled"
     );
     let before = r.generation();
-    server.restart().unwrap();
-    resumes(&server, &cache, &r).await;
+    shared.restart_all();
+    resumes(shared, &cache, &r).await;
     wait_until("the journal's repair", Duration::from_secs(10), || {
         let cache = cache.clone();
         async move { cache.pending_repairs() == 0 }
     })
     .await;
     assert_ne!(r.generation(), before, "the repair moved the generation");
-    let raw = raw_client(&server).await;
-    let replayed: Vec<String> = support::data_keys(&raw)
+    let replayed: Vec<String> = shared
+        .data_keys("replay")
         .await
         .into_iter()
         .filter(|k| k.contains("lost"))
@@ -515,19 +538,18 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it() {
 /// start; with `L2Startup::Degraded` it starts, serves from the loader and L1, and joins Redis
 /// when it answers — generation read, bus subscribed, L1 flushed (what it loaded alone may be
 /// stale), and writes shared with another instance both ways.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
-    let mut server = RedisServer::start().unwrap();
-    server.kill();
+async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers(shared: &mut Shared) {
+    shared.kill_all();
+    let url = shared.url();
     let refused = LayerCache::builder("deg")
-        .redis_url(server.url())
+        .redis_url(&url)
         .l2_connect_timeout(TIMEOUT)
         .build()
         .await;
     assert!(refused.is_err(), "fail-fast started without redis");
     // A degraded cache that never reaches Redis still shuts down promptly.
     let never = LayerCache::builder("deg-never")
-        .redis_url(server.url())
+        .redis_url(&url)
         .l2_startup(layercache::L2Startup::Degraded)
         .l2_connect_timeout(TIMEOUT)
         .build()
@@ -537,7 +559,7 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
     assert!(closed.is_ok(), "shutdown hung while redis was down");
     drop(never);
     let cache = LayerCache::builder("deg")
-        .redis_url(server.url())
+        .redis_url(&url)
         .l2_startup(layercache::L2Startup::Degraded)
         .l2_connect_timeout(TIMEOUT)
         // Generous: after joining, calls must not time out on a machine busy with other tests.
@@ -559,7 +581,7 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1, "L1 serves what was loaded");
 
-    server.restart().unwrap();
+    shared.restart_all();
     wait_until("the cache to join redis", Duration::from_secs(10), || {
         let (cache, r) = (cache.clone(), r.clone());
         async move {
@@ -577,7 +599,7 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
     );
     // Writes flow both ways with an instance that started normally (announced, so each
     // side's copy is dropped when the other writes).
-    let other = support::builder(&server, "deg").build().await.unwrap();
+    let other = shared.builder("deg").build().await.unwrap();
     let ro = other.region::<str, u64>("r").build().await.unwrap();
     assert_eq!(ro.get("x").await.unwrap(), None);
     r.insert("x", 5).await.unwrap();
@@ -587,4 +609,137 @@ async fn a_degraded_start_serves_without_redis_and_joins_it_when_it_answers() {
     ro.insert("x", 6).await.unwrap();
     support::caught_up(&cache, &other).await;
     assert_eq!(r.get("x").await.unwrap().as_deref(), Some(&6));
+}
+
+async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy(shared: &mut Shared) {
+    // Keeps L1 through the coherence loss an outage is: shows L1 serving during it.
+    let cache = shared
+        .builder("down")
+        .coherence_loss_policy(CoherenceLossPolicy::KeepUntilTtl)
+        // "cached" is written by the other instance just before: no cooldown keeps it out.
+        .l1_write_cooldown(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let strict = shared
+        .builder("down")
+        .l2_error_policy(L2ErrorPolicy::Propagate)
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
+    let strict_region = strict.region::<str, u64>("r").build().await.unwrap();
+    // (Each insert also drops the other instance's copy over the bus: insert in turn and wait.)
+    strict_region.insert("cached", 1).await.unwrap();
+    caught_up(&cache, &strict).await;
+    region.insert("cached", 1).await.unwrap();
+    shared.kill_all();
+    for c in [&cache, &strict] {
+        wait_until(
+            "the bus to notice the outage",
+            Duration::from_secs(10),
+            || {
+                let c = c.clone();
+                async move { c.flushes(FlushReason::Disconnect) >= 1 }
+            },
+        )
+        .await;
+    }
+
+    // L1 still serves (kept by policy); a cold key is loaded; failures are counted, not
+    // returned.
+    assert_eq!(*region.get("cached").await.unwrap().unwrap(), 1);
+    let v = region
+        .get_or_load("cold", |_| async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2);
+    region.insert("w", 3).await.unwrap();
+    assert_eq!(
+        *region.get("w").await.unwrap().unwrap(),
+        3,
+        "insert still updates L1"
+    );
+    assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
+
+    // The default policy flushed L1 when the outage began: nothing possibly stale is served.
+    let err = strict_region.get("cached").await.unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    let err = strict_region.insert("w", 4).await.unwrap_err();
+    assert!(err.is_redis(), "{err}");
+    assert_eq!(
+        *strict_region.get("w").await.unwrap().unwrap(),
+        4,
+        "L1 updated before the error"
+    );
+}
+
+async fn build_fails_clearly_when_redis_is_unreachable(shared: &mut Shared) {
+    let url = shared.url();
+    shared.kill_all();
+    let err = LayerCache::builder("x")
+        .redis_url(url)
+        .l2_connect_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_redis(), "{err}");
+}
+
+/// Scripts go to Redis by hash (`EVALSHA`), their text once per server (`SCRIPT LOAD`); after
+/// `SCRIPT FLUSH` (or a restart) every script is loaded again on first use and the calls
+/// succeed: writes, loads with tags and the load lock, tag and region invalidation.
+async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush(shared: &mut Shared) {
+    let cache = shared.builder("sha").build().await.unwrap();
+    let r = cache
+        .region::<str, u64>("r")
+        .entry_options(EntryOptions::new().distributed_lock(true))
+        .build()
+        .await
+        .unwrap();
+    let exercise = |round: u64| {
+        let r = r.clone();
+        let cache = cache.clone();
+        async move {
+            r.insert("k", round).await.unwrap();
+            assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&round));
+            let options = EntryOptions::new().distributed_lock(true);
+            let loaded = r
+                .entry("loaded")
+                .options(&options)
+                .tags(&["t"])
+                .or_load(move |_| async move { Ok::<_, std::io::Error>(round) })
+                .await
+                .unwrap();
+            assert_eq!(*loaded, round);
+            cache.invalidate_tag("t").await.unwrap();
+            r.invalidate("k").await.unwrap();
+            r.invalidate_all().await.unwrap();
+            assert_eq!(r.get("k").await.unwrap(), None);
+        }
+    };
+    exercise(1).await;
+    let loads = shared.command_calls("script|load").await;
+    assert!(loads > 0, "the scripts were loaded");
+    assert_eq!(
+        shared.command_calls("eval").await,
+        0,
+        "no script sent as text"
+    );
+    let by_hash = shared.command_calls("evalsha").await;
+    exercise(2).await;
+    assert_eq!(
+        shared.command_calls("script|load").await,
+        loads,
+        "loaded once per server"
+    );
+    assert!(shared.command_calls("evalsha").await > by_hash);
+
+    shared.flush_scripts().await;
+    exercise(3).await;
+    assert!(
+        shared.command_calls("script|load").await > loads,
+        "loaded again"
+    );
+    assert_eq!(cache.stats().l2_errors, 0, "{:?}", cache.stats());
 }

@@ -20,19 +20,13 @@ use std::{
 
 use fred::prelude::KeysInterface;
 use layercache::{EntryOptions, ErrorKind, LayerCache, Region};
-use layercache_testkit::RedisServer;
-use support::{builder, caught_up, command_calls, raw_client, redis, wait_until, Shared};
+use support::{caught_up, wait_until, Shared};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn instance(shared: &Shared, name: &str) -> LayerCache {
     instance_of(shared.builder(name)).await
-}
-
-/// [`instance`] on a server a Redis-only test holds itself (to look inside it).
-async fn instance_on(server: &RedisServer, name: &str) -> LayerCache {
-    instance_of(builder(server, name)).await
 }
 
 async fn instance_of(b: layercache::LayerCacheBuilder) -> LayerCache {
@@ -116,10 +110,8 @@ async fn without_the_lock_at_most_one_load_per_instance(shared: &Shared) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
-    let server = redis();
-    let url = server.url();
+async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl(shared: &Shared) {
+    let builder = shared.builder("dead");
     // Instance A runs in a runtime of its own, which we then shut down mid-load: its tasks
     // (the load and the lock renewal) are dropped, as in a crashed process.
     let holder = std::thread::spawn(move || {
@@ -129,8 +121,7 @@ async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let a = LayerCache::builder("dead")
-                .redis_url(url)
+            let a = builder
                 .lock_ttl(Duration::from_millis(400))
                 .build()
                 .await
@@ -154,7 +145,7 @@ async fn a_dead_lock_holder_is_taken_over_after_the_lock_ttl() {
     });
     holder.join().unwrap();
 
-    let b = instance_on(&server, "dead").await;
+    let b = instance(shared, "dead").await;
     let rb = region(&b).await;
     let opts = EntryOptions::new().distributed_lock(true);
     let v = tokio::time::timeout(
@@ -440,11 +431,9 @@ async fn not_found_is_cached_for_the_negative_ttl_in_both_tiers(shared: &Shared)
     assert_eq!(*rb.get("ghost").await.unwrap().unwrap(), 9);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ttl_jitter_spreads_expiries() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let c = instance_on(&server, "jit").await;
+async fn ttl_jitter_spreads_expiries(shared: &Shared) {
+    let raw = shared.raw().await;
+    let c = instance(shared, "jit").await;
     let r = region(&c).await;
     let opts = EntryOptions::new()
         .ttl(Duration::from_secs(60))
@@ -472,12 +461,10 @@ async fn ttl_jitter_spreads_expiries() {
     assert!((59_000..=60_000).contains(&pttl));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let a = instance_on(&server, "slide").await;
-    let b = instance_on(&server, "slide").await;
+async fn sliding_expiration_extends_redis_at_most_once_per_interval(shared: &Shared) {
+    let raw = shared.raw().await;
+    let a = instance(shared, "slide").await;
+    let b = instance(shared, "slide").await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     let opts = EntryOptions::new()
         .ttl(Duration::from_secs(10))
@@ -485,12 +472,18 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
     let ra = ra;
     ra.entry("k").options(&opts).insert(1).await.unwrap();
     let key = ra.redis_key("k").unwrap();
-    let before = command_calls(&raw, "pexpire").await;
+    // (The commands on this cache's keys, from the slow logs: other tests share a cluster.)
+    shared.log_every_command().await;
+    let calls = |name: &'static str| async move {
+        let names = shared.commands_naming("slide:").await;
+        names.iter().filter(|n| *n == name).count()
+    };
+    let before = calls("PEXPIRE").await;
     for _ in 0..500 {
         ra.get("k").await.unwrap();
     }
     assert_eq!(
-        command_calls(&raw, "pexpire").await,
+        calls("PEXPIRE").await,
         before,
         "extended within the interval"
     );
@@ -503,19 +496,18 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
         }
     })
     .await;
-    wait_until("the PEXPIRE to reach redis", WAIT, || {
-        let raw = raw.clone();
-        async move { command_calls(&raw, "pexpire").await == before + 1 }
+    wait_until("the PEXPIRE to reach redis", WAIT, || async {
+        calls("PEXPIRE").await == before + 1
     })
     .await;
     for _ in 0..500 {
         ra.get("k").await.unwrap();
     }
-    assert!(command_calls(&raw, "pexpire").await <= before + 2);
+    assert!(calls("PEXPIRE").await <= before + 2);
     let pttl: i64 = raw.pttl(key.as_str()).await.unwrap();
     assert!(pttl > 9_000, "{pttl}");
     // A Redis read of a sliding entry extends it in the same command (GETEX).
-    let getex = command_calls(&raw, "getex").await;
+    let getex = calls("GETEX").await;
     let rb_opts = rb.clone();
     assert_eq!(
         *rb_opts
@@ -526,7 +518,7 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval() {
             .unwrap(),
         1
     );
-    assert_eq!(command_calls(&raw, "getex").await, getex + 1);
+    assert_eq!(calls("GETEX").await, getex + 1);
 }
 
 async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries(shared: &Shared) {
@@ -573,46 +565,68 @@ async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries(shared:
 /// takes it (one script), the load fills, the lock is released: three scripts, nothing else.
 /// (The slow log lists a script's own commands after it, newest first; before, the lock was a
 /// `SET … NX` of its own after a plain `GET`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_uncontended_load_takes_the_lock_with_its_read() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let c = builder(&server, "lockread").build().await.unwrap();
+async fn an_uncontended_load_takes_the_lock_with_its_read(shared: &Shared) {
+    let c = shared.builder("lockread").build().await.unwrap();
     let r = c
         .region::<str, u64>("item")
         .entry_options(EntryOptions::new().distributed_lock(true))
         .build()
         .await
         .unwrap();
-    // Loads the scripts once (the first run of each on a server is a NOSCRIPT and a retry).
-    r.get_or_load("warm-up", |_| async { Ok::<_, std::io::Error>(0) })
+    // Loads the scripts once (the first run of each on a server is a NOSCRIPT and a retry), on
+    // every primary of a cluster.
+    for i in 0..64 {
+        r.get_or_load(&format!("warm-up-{i}"), |_| async {
+            Ok::<_, std::io::Error>(0)
+        })
         .await
         .unwrap();
-    support::cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
-    support::cmd(&raw, "SLOWLOG", &["RESET"]).await;
+    }
+    shared.log_every_command().await;
     let v = r
         .get_or_load("k", |_| async { Ok::<_, std::io::Error>(7) })
         .await
         .unwrap();
     assert_eq!(*v, 7);
-    let names: Vec<String> = support::slow_log(&raw)
-        .await
-        .into_iter()
-        .map(|(_, name)| name.to_uppercase())
-        .filter(|n| !matches!(n.as_str(), "SLOWLOG" | "PUBLISH" | "CONFIG"))
-        .collect();
+    // (The commands on this cache's keys: other tests share a cluster.)
+    let names = shared.commands_naming("lockread:").await;
     let expected = [
         "EVALSHA", "DEL", "GET", // release: check the token, delete
         "EVALSHA", "SET", "GET", // fill: check the generation, write
         "EVALSHA", "SET", "GET", // read, then take the lock: nothing was there
     ];
-    assert_eq!(names, expected);
+    match shared {
+        // The first fill in a bucket the region never wrote to finds no copy of the
+        // generation there: it is refused, the copy caught up (a GET of the region's
+        // generation, on its own node, and the raise script), and the fill runs again — once
+        // per bucket and region (docs/SCALING.md).
+        Shared::Cluster(_) => {
+            let on_the_bucket = [
+                &expected[..6],
+                &["EVALSHA", "SET", "GET"], // the copy raised
+                &["EVALSHA", "GET"],        // the fill refused: no copy
+                &expected[6..],
+            ]
+            .concat();
+            let generation_read = ["GET"];
+            assert!(
+                names == [&generation_read[..], &on_the_bucket].concat()
+                    || names == [&on_the_bucket[..], &generation_read].concat(),
+                "{names:?}"
+            );
+        }
+        _ => assert_eq!(names, expected),
+    }
     let stats = c.stats();
-    assert_eq!((stats.locks_acquired, stats.lock_waits), (2, 0));
+    assert_eq!((stats.locks_acquired, stats.lock_waits), (65, 0));
     c.shutdown().await;
 }
 
 on_redis_and_cluster!(
+    a_dead_lock_holder_is_taken_over_after_the_lock_ttl,
+    ttl_jitter_spreads_expiries,
+    sliding_expiration_extends_redis_at_most_once_per_interval,
+    an_uncontended_load_takes_the_lock_with_its_read,
     with_the_lock_one_load_serves_four_instances,
     without_the_lock_at_most_one_load_per_instance,
     early_refresh_keeps_a_hot_key_off_the_callers_path,

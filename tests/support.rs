@@ -180,8 +180,39 @@ impl Shared {
     pub(crate) async fn log_every_command(&self) {
         for client in self.node_clients().await {
             cmd(&client, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
+            cmd(&client, "CONFIG", &["SET", "slowlog-max-len", "100000"]).await;
             cmd(&client, "SLOWLOG", &["RESET"]).await;
         }
+    }
+
+    /// The commands (upper-case names, newest first per server) in the servers' slow logs that
+    /// name something containing `fragment` — a cache's name: its keys and its bus channel —
+    /// leaving out the bus's own (`PUBLISH`, `SPUBLISH`, subscriptions). Other tests sharing a
+    /// cluster do not show up; run [`log_every_command`](Self::log_every_command) first.
+    pub(crate) async fn commands_naming(&self, fragment: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for client in self.node_clients().await {
+            let Value::Array(entries) = cmd(&client, "SLOWLOG", &["GET", "100000"]).await else {
+                panic!("unexpected SLOWLOG reply")
+            };
+            for entry in entries {
+                let Value::Array(fields) = entry else {
+                    continue;
+                };
+                let Some(Value::Array(args)) = fields.get(3) else {
+                    continue;
+                };
+                let args: Vec<String> = args.iter().filter_map(Value::as_string).collect();
+                let Some(name) = args.first().map(|n| n.to_uppercase()) else {
+                    continue;
+                };
+                let bus = name.ends_with("PUBLISH") || name.ends_with("SUBSCRIBE");
+                if !bus && args.iter().skip(1).any(|a| a.contains(fragment)) {
+                    names.push(name);
+                }
+            }
+        }
+        names
     }
 
     /// Every command in the servers' slow logs: its duration and name.
@@ -231,6 +262,151 @@ impl Shared {
             }
         }
         (members, pttl)
+    }
+}
+
+/// One private cluster at a time in a test binary.
+static OWN_CLUSTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A private, proxied Redis Cluster for a test that breaks it, and the guard that keeps other
+/// tests of the binary from starting theirs meanwhile.
+pub(crate) async fn own_cluster() -> (Shared, tokio::sync::MutexGuard<'static, ()>) {
+    let guard = OWN_CLUSTERS.lock().await;
+    let cluster = RedisCluster::start_proxied().unwrap_or_else(|e| panic!("{e}"));
+    (Shared::Cluster(std::sync::Arc::new(cluster)), guard)
+}
+
+/// The network between the caches and a private tier, which a test slows, stalls or cuts: a
+/// proxy in front of a redis-server, or every proxy of a proxied cluster.
+pub(crate) enum Network<'a> {
+    Proxy(layercache_testkit::Proxy),
+    Cluster(&'a RedisCluster),
+}
+
+impl Network<'_> {
+    /// The URL that reaches the tier through the network.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Proxy(p) => p.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    fn each(&self, f: impl Fn(&layercache_testkit::Proxy)) {
+        match self {
+            Self::Proxy(p) => f(p),
+            Self::Cluster(c) => c.proxies().iter().for_each(f),
+        }
+    }
+
+    /// Delays every chunk of data both ways (zero: none).
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        self.each(|p| p.set_latency(latency));
+    }
+
+    /// Stalls every connection until [`pass`](Self::pass).
+    pub(crate) fn blackhole(&self) {
+        self.each(layercache_testkit::Proxy::blackhole);
+    }
+
+    /// Heals the network.
+    pub(crate) fn pass(&self) {
+        self.each(layercache_testkit::Proxy::pass);
+    }
+}
+
+impl Shared {
+    /// The network in front of this (private) tier.
+    pub(crate) fn network(&self) -> Network<'_> {
+        match self {
+            Self::Redis(server) => {
+                Network::Proxy(layercache_testkit::Proxy::start(server.port()).unwrap())
+            }
+            Self::Cluster(cluster) => {
+                assert!(!cluster.proxies().is_empty(), "not a proxied cluster");
+                Network::Cluster(cluster)
+            }
+            Self::Memory(_) => panic!("the in-memory server has no network"),
+        }
+    }
+
+    /// The URL of this tier.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Redis(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+            Self::Memory(_) => panic!("the in-memory server has no url"),
+        }
+    }
+
+    /// The process ids of every server of this tier.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Redis(server) => server.pid().into_iter().collect(),
+            Self::Cluster(cluster) => (0..6).filter_map(|i| cluster.node(i).pid()).collect(),
+            Self::Memory(_) => panic!("the in-memory server has no process"),
+        }
+    }
+
+    /// Pauses every client of every server (`CLIENT PAUSE ms ALL`).
+    pub(crate) async fn pause(&self, ms: u64) {
+        for client in self.node_clients().await {
+            cmd(&client, "CLIENT", &["PAUSE", &ms.to_string(), "ALL"]).await;
+        }
+    }
+
+    /// Ends a [`pause`](Self::pause).
+    pub(crate) async fn unpause(&self) {
+        for client in self.node_clients().await {
+            cmd(&client, "CLIENT", &["UNPAUSE"]).await;
+        }
+    }
+
+    /// The calls served for one command, summed over the servers (`INFO commandstats`).
+    pub(crate) async fn command_calls(&self, command: &str) -> u64 {
+        let mut calls = 0;
+        for client in self.node_clients().await {
+            calls += command_calls(&client, command).await;
+        }
+        calls
+    }
+
+    /// Empties every server's script cache (`SCRIPT FLUSH`), as a restart or a failover to a
+    /// replica that never ran the scripts does.
+    pub(crate) async fn flush_scripts(&self) {
+        for client in self.node_clients().await {
+            cmd(&client, "SCRIPT", &["FLUSH"]).await;
+        }
+    }
+
+    /// Kills every server of this (private) tier.
+    pub(crate) fn kill_all(&mut self) {
+        match self {
+            Self::Redis(server) => server.kill(),
+            Self::Cluster(cluster) => {
+                let cluster = std::sync::Arc::get_mut(cluster).expect("a private cluster");
+                (0..6).for_each(|i| cluster.kill(i));
+            }
+            Self::Memory(server) => server.set_available(false),
+        }
+    }
+
+    /// Starts every server of this (private) tier again, empty, and waits until it serves.
+    pub(crate) fn restart_all(&mut self) {
+        match self {
+            Self::Redis(server) => server.restart().unwrap(),
+            Self::Cluster(cluster) => {
+                let cluster = std::sync::Arc::get_mut(cluster).expect("a private cluster");
+                for i in 0..6 {
+                    cluster.restart(i).unwrap();
+                }
+                cluster.wait_ok(Duration::from_secs(30)).unwrap();
+            }
+            Self::Memory(server) => {
+                server.flush_all();
+                server.set_available(true);
+            }
+        }
     }
 }
 

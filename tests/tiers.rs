@@ -18,12 +18,9 @@ use std::{
 };
 
 use fred::prelude::KeysInterface;
-use layercache::{
-    envelope, CoherenceLossPolicy, EntryOptions, ErrorKind, FlushReason, L2ErrorPolicy, LayerCache,
-    Postcard,
-};
+use layercache::{envelope, EntryOptions, ErrorKind, LayerCache, Postcard};
 use serde::{Deserialize, Serialize};
-use support::{builder, caught_up, command_calls, raw_client, redis, wait_until, Shared};
+use support::{caught_up, command_calls, raw_client, wait_until, Shared};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,13 +121,11 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance(shared: &Sha
     assert_eq!(b.stats().misses, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_l1_hit_sends_no_command_to_redis() {
-    let server = redis();
-    let raw = raw_client(&server).await;
+async fn an_l1_hit_sends_no_command_to_redis(shared: &Shared) {
     // A long heartbeat timeout: on a machine starved by the other tests (a cluster starting) a
     // late heartbeat would flush L1, and the next read would go to Redis.
-    let cache = builder(&server, "hot")
+    let cache = shared
+        .builder("hot")
         .bus_heartbeat_timeout(Duration::from_secs(60))
         .build()
         .await
@@ -138,11 +133,24 @@ async fn an_l1_hit_sends_no_command_to_redis() {
     let region = cache.region::<str, String>("r").build().await.unwrap();
     region.insert("k", "v".to_owned()).await.unwrap();
 
+    // Every command on the cache's keys, on any server (the slow logs; other tests share a
+    // cluster); on a server of its own, every command at all (below).
+    shared.log_every_command().await;
+    let Shared::Redis(server) = shared else {
+        for _ in 0..1000 {
+            assert_eq!(&*region.get("k").await.unwrap().unwrap(), "v");
+        }
+        assert_eq!(shared.commands_naming("hot:").await, Vec::<String>::new());
+        assert_eq!(cache.stats().l1_hits, 1000);
+        return;
+    };
+    let raw = raw_client(server).await;
     let gets = command_calls(&raw, "get").await;
     let before = command_calls_by_name(&raw).await;
     for _ in 0..1000 {
         assert_eq!(&*region.get("k").await.unwrap().unwrap(), "v");
     }
+    assert_eq!(shared.commands_naming("hot:").await, Vec::<String>::new());
     assert_eq!(command_calls(&raw, "get").await, gets);
     // Only this test's own INFO calls were served in between, and maybe the bus's own
     // traffic, which runs on the listener's thread whatever the reads do: a heartbeat
@@ -154,7 +162,9 @@ async fn an_l1_hit_sends_no_command_to_redis() {
         after.remove(bus);
         before.remove(bus);
     }
+    // (INFO twice; SLOWLOG GET once, from `commands_naming`.)
     *before.entry("info".to_owned()).or_default() += 2;
+    *before.entry("slowlog|get".to_owned()).or_default() += 1;
     assert_eq!(after, before);
     assert_eq!(cache.stats().l1_hits, 1000);
 }
@@ -521,83 +531,6 @@ async fn invalidate_removes_from_both_tiers(shared: &Shared) {
     assert_eq!(cache.stats().l1_hits, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_falls_back_to_the_loader_or_propagates_by_policy() {
-    let mut server = redis();
-    // Keeps L1 through the coherence loss an outage is: shows L1 serving during it.
-    let cache = builder(&server, "down")
-        .coherence_loss_policy(CoherenceLossPolicy::KeepUntilTtl)
-        // "cached" is written by the other instance just before: no cooldown keeps it out.
-        .l1_write_cooldown(Duration::ZERO)
-        .build()
-        .await
-        .unwrap();
-    let strict = builder(&server, "down")
-        .l2_error_policy(L2ErrorPolicy::Propagate)
-        .build()
-        .await
-        .unwrap();
-    let region = cache.region::<str, u64>("r").build().await.unwrap();
-    let strict_region = strict.region::<str, u64>("r").build().await.unwrap();
-    // (Each insert also drops the other instance's copy over the bus: insert in turn and wait.)
-    strict_region.insert("cached", 1).await.unwrap();
-    caught_up(&cache, &strict).await;
-    region.insert("cached", 1).await.unwrap();
-    server.kill();
-    for c in [&cache, &strict] {
-        wait_until(
-            "the bus to notice the outage",
-            Duration::from_secs(10),
-            || {
-                let c = c.clone();
-                async move { c.flushes(FlushReason::Disconnect) >= 1 }
-            },
-        )
-        .await;
-    }
-
-    // L1 still serves (kept by policy); a cold key is loaded; failures are counted, not
-    // returned.
-    assert_eq!(*region.get("cached").await.unwrap().unwrap(), 1);
-    let v = region
-        .get_or_load("cold", |_| async { Ok::<_, std::io::Error>(2) })
-        .await
-        .unwrap();
-    assert_eq!(*v, 2);
-    region.insert("w", 3).await.unwrap();
-    assert_eq!(
-        *region.get("w").await.unwrap().unwrap(),
-        3,
-        "insert still updates L1"
-    );
-    assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
-
-    // The default policy flushed L1 when the outage began: nothing possibly stale is served.
-    let err = strict_region.get("cached").await.unwrap_err();
-    assert!(err.is_redis(), "{err}");
-    let err = strict_region.insert("w", 4).await.unwrap_err();
-    assert!(err.is_redis(), "{err}");
-    assert_eq!(
-        *strict_region.get("w").await.unwrap().unwrap(),
-        4,
-        "L1 updated before the error"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn build_fails_clearly_when_redis_is_unreachable() {
-    let mut server = redis();
-    let url = server.url();
-    server.kill();
-    let err = LayerCache::builder("x")
-        .redis_url(url)
-        .l2_connect_timeout(Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap_err();
-    assert!(err.is_redis(), "{err}");
-}
-
 async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load(shared: &Shared) {
     let cache = shared
         .builder("big")
@@ -617,70 +550,6 @@ async fn oversized_values_are_refused_on_insert_and_kept_out_of_redis_on_load(sh
     assert_eq!(cache.stats().l2_oversize_skips, 1);
     // Kept in L1 all the same.
     assert_eq!(region.get("k").await.unwrap().unwrap().len(), 5000);
-}
-
-/// Scripts go to Redis by hash (`EVALSHA`), their text once per server (`SCRIPT LOAD`); after
-/// `SCRIPT FLUSH` (or a restart) every script is loaded again on first use and the calls
-/// succeed: writes, loads with tags and the load lock, tag and region invalidation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_run_by_hash_and_are_loaded_again_after_script_flush() {
-    let server = redis();
-    let raw = raw_client(&server).await;
-    let cache = builder(&server, "sha").build().await.unwrap();
-    let r = cache
-        .region::<str, u64>("r")
-        .entry_options(EntryOptions::new().distributed_lock(true))
-        .build()
-        .await
-        .unwrap();
-    let exercise = |round: u64| {
-        let r = r.clone();
-        let cache = cache.clone();
-        async move {
-            r.insert("k", round).await.unwrap();
-            assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&round));
-            let options = EntryOptions::new().distributed_lock(true);
-            let loaded = r
-                .entry("loaded")
-                .options(&options)
-                .tags(&["t"])
-                .or_load(move |_| async move { Ok::<_, std::io::Error>(round) })
-                .await
-                .unwrap();
-            assert_eq!(*loaded, round);
-            cache.invalidate_tag("t").await.unwrap();
-            r.invalidate("k").await.unwrap();
-            r.invalidate_all().await.unwrap();
-            assert_eq!(r.get("k").await.unwrap(), None);
-        }
-    };
-    exercise(1).await;
-    let loads = command_calls(&raw, "script|load").await;
-    assert!(loads > 0, "the scripts were loaded");
-    assert_eq!(
-        command_calls(&raw, "eval").await,
-        0,
-        "no script sent as text"
-    );
-    let by_hash = command_calls(&raw, "evalsha").await;
-    exercise(2).await;
-    assert_eq!(
-        command_calls(&raw, "script|load").await,
-        loads,
-        "loaded once per server"
-    );
-    assert!(command_calls(&raw, "evalsha").await > by_hash);
-
-    let _: () = support::cmd(&raw, "SCRIPT", &["FLUSH"])
-        .await
-        .convert()
-        .unwrap();
-    exercise(3).await;
-    assert!(
-        command_calls(&raw, "script|load").await > loads,
-        "loaded again"
-    );
-    assert_eq!(cache.stats().l2_errors, 0, "{:?}", cache.stats());
 }
 
 /// The loader's context sets the stored lifetime from what it loaded; one the call's options
@@ -796,6 +665,7 @@ async fn explain_follows_a_key_through_both_tiers(shared: &Shared) {
 }
 
 on_redis_and_cluster!(
+    an_l1_hit_sends_no_command_to_redis,
     values_round_trip_through_both_tiers_and_a_second_instance,
     a_schema_bump_turns_old_entries_into_misses,
     concurrent_loads_of_one_cold_key_run_the_loader_once,

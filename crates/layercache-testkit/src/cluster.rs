@@ -479,4 +479,26 @@ mod tests {
             .unwrap();
         assert!(proxy_ports.contains(&target), "{moved}");
     }
+
+    #[test]
+    fn a_whole_cluster_killed_and_restarted_comes_back_empty_and_ok() {
+        let mut cluster = RedisCluster::start_proxied().expect("redis cluster");
+        let primary = cluster.primaries()[0];
+        cluster.command(primary, &["SET", "x{a}", "1"]).ok();
+        for i in 0..6 {
+            cluster.kill(i);
+        }
+        for i in 0..6 {
+            cluster.restart(i).unwrap();
+        }
+        cluster.wait_ok(READY_WITHIN).expect("the cluster re-forms");
+        assert_eq!(cluster.primaries().len(), 3);
+        let keys: u64 = cluster
+            .keys_per_primary()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(keys, 0);
+    }
 }

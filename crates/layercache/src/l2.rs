@@ -80,13 +80,46 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Whether a fred error means Redis is unreachable or overloaded (as opposed to an error
-/// reply, which proves it is there).
+/// reply, which proves it is there). On a cluster, a topology error (`CLUSTERDOWN`, no node for
+/// a slot, a failed sync) is an outage too, and so is a call whose connection was dropped under
+/// it (fred answers "channel closed"): counting either as proof that Redis answers would close
+/// the breaker in the middle of an outage, and every call would pay its timeout again.
 fn is_outage(e: &fred::error::Error) -> bool {
     use fred::error::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::IO | K::Timeout | K::Canceled | K::Routing | K::Protocol | K::Backpressure
-    )
+    match e.kind() {
+        K::IO | K::Timeout | K::Canceled | K::Routing | K::Protocol | K::Backpressure => true,
+        K::Cluster => !e.details().starts_with("MOVED") && !e.details().starts_with("ASK"),
+        K::Unknown => e.details().contains("channel closed"),
+        _ => false,
+    }
+}
+
+/// What a pipeline's replies (`try_all`) say as a whole: the replies, one per command, when
+/// Redis answered them; an error when the pipeline failed as a whole (a reply count other than
+/// `expected`) or when any command met an outage (a timeout, a dropped connection). A pipeline
+/// whose commands timed out must not count as an answer from Redis: the circuit breaker would
+/// take it for a successful probe and close in the middle of an outage.
+fn pipeline_outcome(
+    mut replies: Vec<Result<Value, fred::error::Error>>,
+    expected: usize,
+    what: &'static str,
+) -> Result<Vec<Result<Value, fred::error::Error>>, fred::error::Error> {
+    if replies.len() != expected {
+        return Err(replies
+            .pop()
+            .and_then(Result::err)
+            .unwrap_or_else(|| pipeline::unexpected(what)));
+    }
+    match replies
+        .iter()
+        .position(|r| r.as_ref().is_err_and(is_outage))
+    {
+        Some(i) => Err(replies
+            .swap_remove(i)
+            .err()
+            .unwrap_or_else(|| pipeline::unexpected(what))),
+        None => Ok(replies),
+    }
 }
 
 /// The span of one run of the fill script (`announced`: pipelined with its bus message).
@@ -458,5 +491,51 @@ impl RemoteStore for RedisStore {
 
     fn quit<'a>(&'a self) -> BoxFuture<'a, ()> {
         Box::pin(RedisStore::quit(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error as FredError, ErrorKind as K};
+
+    use super::{is_outage, pipeline_outcome};
+    use fred::types::Value;
+
+    #[test]
+    fn a_pipeline_with_a_timed_out_command_failed_as_a_whole() {
+        let answered = || Ok(Value::Integer(1));
+        let noscript = || Err(FredError::new(K::Unknown, "NOSCRIPT No matching script"));
+        let timed_out = || Err(FredError::new(K::Timeout, "Request timed out."));
+        let ok = pipeline_outcome(vec![answered(), noscript()], 2, "t").unwrap();
+        assert_eq!(ok.len(), 2, "an error reply is an answer");
+        let err = pipeline_outcome(vec![answered(), timed_out()], 2, "t").unwrap_err();
+        assert_eq!(err.kind(), &K::Timeout);
+        let err = pipeline_outcome(vec![timed_out()], 2, "t").unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &K::Timeout,
+            "one reply for all: the pipeline failed"
+        );
+    }
+
+    #[test]
+    fn outages_are_told_from_error_replies() {
+        for (kind, details) in [
+            (K::Timeout, "timed out"),
+            (K::IO, "connection reset"),
+            (K::Cluster, "CLUSTERDOWN The cluster is down"),
+            (K::Cluster, "Failed to find cluster node for slot"),
+            (K::Unknown, "channel closed"),
+        ] {
+            assert!(is_outage(&FredError::new(kind, details)), "{details}");
+        }
+        for (kind, details) in [
+            (K::Unknown, "ERR wrong number of arguments"),
+            (K::InvalidArgument, "WRONGTYPE Operation against a key"),
+            (K::Cluster, "MOVED 12182 127.0.0.1:7001"),
+            (K::Auth, "NOAUTH Authentication required"),
+        ] {
+            assert!(!is_outage(&FredError::new(kind, details)), "{details}");
+        }
     }
 }

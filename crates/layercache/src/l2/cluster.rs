@@ -161,15 +161,8 @@ impl ClusterStore {
                     for (cmd, args) in commands {
                         pipeline.custom::<(), _>(cmd.clone(), args.clone()).await?;
                     }
-                    let mut replies = pipeline.try_all::<Value>().await;
-                    if replies.len() == n {
-                        Ok(replies)
-                    } else {
-                        Err(replies
-                            .pop()
-                            .and_then(Result::err)
-                            .unwrap_or_else(|| super::pipeline::unexpected(what)))
-                    }
+                    let replies = pipeline.try_all::<Value>().await;
+                    super::pipeline_outcome(replies, n, what)
                 }
             })
             .await

@@ -249,16 +249,8 @@ impl RedisStore {
                     primed(async move {
                         script.transpose()?;
                         publish?;
-                        let mut replies = pipeline.try_all::<Value>().await;
-                        if replies.len() == expected {
-                            Ok(replies)
-                        } else {
-                            // One reply for all: the pipeline failed as a whole.
-                            Err(replies
-                                .pop()
-                                .and_then(Result::err)
-                                .unwrap_or_else(|| unexpected(what)))
-                        }
+                        let replies = pipeline.try_all::<Value>().await;
+                        super::pipeline_outcome(replies, expected, what)
                     })
                 })
             })
