@@ -54,7 +54,13 @@ fn ada() -> User {
 
 async fn values_round_trip_through_both_tiers_and_a_second_instance(shared: &Shared) {
     let a = shared.builder("rt").build().await.unwrap();
-    let b = shared.builder("rt").build().await.unwrap();
+    // No cooldown: B reads keys A wrote just before, which a cooldown keeps out of B's L1.
+    let b = shared
+        .builder("rt")
+        .l1_write_cooldown(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
 
     let users_a = a.region::<u64, User>("user").build().await.unwrap();
     let shapes_a = a.region::<str, Shape>("shape").build().await.unwrap();
@@ -88,7 +94,10 @@ async fn values_round_trip_through_both_tiers_and_a_second_instance(shared: &Sha
     assert_eq!(a.stats().l1_hits, 1);
     assert_eq!(a.stats().l2_hits, 0);
 
-    // Instance B has an empty L1: the first reads come from Redis, the second from L1.
+    // Instance B has an empty L1: the first reads come from Redis, the second from L1 (once B
+    // has applied A's announcements, which on a cluster leave a round trip after each write:
+    // one applied between B's two reads would drop B's copy).
+    caught_up(&b, &a).await;
     let users_b = b.region::<u64, User>("user").build().await.unwrap();
     let shapes_b = b.region::<str, Shape>("shape").build().await.unwrap();
     let maps_b = b
@@ -150,7 +159,6 @@ async fn an_l1_hit_sends_no_command_to_redis(shared: &Shared) {
     for _ in 0..1000 {
         assert_eq!(&*region.get("k").await.unwrap().unwrap(), "v");
     }
-    assert_eq!(shared.commands_naming("hot:").await, Vec::<String>::new());
     assert_eq!(command_calls(&raw, "get").await, gets);
     // Only this test's own INFO calls were served in between, and maybe the bus's own
     // traffic, which runs on the listener's thread whatever the reads do: a heartbeat
@@ -162,10 +170,9 @@ async fn an_l1_hit_sends_no_command_to_redis(shared: &Shared) {
         after.remove(bus);
         before.remove(bus);
     }
-    // (INFO twice; SLOWLOG GET once, from `commands_naming`.)
     *before.entry("info".to_owned()).or_default() += 2;
-    *before.entry("slowlog|get".to_owned()).or_default() += 1;
     assert_eq!(after, before);
+    assert_eq!(shared.commands_naming("hot:").await, Vec::<String>::new());
     assert_eq!(cache.stats().l1_hits, 1000);
 }
 
