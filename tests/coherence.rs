@@ -655,12 +655,7 @@ async fn region_invalidate_all_is_one_command_and_reaches_every_instance(shared:
     shared.log_every_command().await;
     let gen_before = rb.generation().unwrap();
     ra.invalidate_all().await.unwrap();
-    let longest = shared
-        .slow_logs()
-        .await
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let longest = shared.longest_logged_command().await;
     eprintln!("invalidate_all over 10,000 keys: longest command {longest:?}");
     caught_up(&b, &a).await;
     assert!(rb.generation().unwrap() > gen_before);
@@ -775,12 +770,7 @@ async fn invalidate_tag_removes_10000_members_everywhere_in_bounded_batches(shar
 
     shared.log_every_command().await;
     a.invalidate_tag("team:7").await.unwrap();
-    let longest = shared
-        .slow_logs()
-        .await
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let longest = shared.longest_logged_command().await;
     let most_args = most_arguments(shared).await;
     eprintln!(
         "invalidate_tag over 10,000 members: longest command {longest:?}, most arguments {most_args}"

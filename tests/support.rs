@@ -215,13 +215,13 @@ impl Shared {
         names
     }
 
-    /// Every command in the servers' slow logs: its duration and name.
-    pub(crate) async fn slow_logs(&self) -> Vec<(Duration, String)> {
-        let mut all = Vec::new();
+    /// The longest command in the servers' slow logs, with its name.
+    pub(crate) async fn longest_logged_command(&self) -> (Duration, String) {
+        let mut longest = (Duration::ZERO, String::new());
         for client in self.node_clients().await {
-            all.extend(slow_log(&client).await);
+            longest = longest.max(longest_command(&client).await);
         }
-        all
+        longest
     }
 
     /// The bus channel's name for cache `name`, and publishes `message` on it as a stranger
