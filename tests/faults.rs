@@ -29,10 +29,11 @@ static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX)
 use support::{caught_up, cmd, raw_client, signal, wait_until, Shared};
 
 // One suite, two topologies: each scenario below runs on a redis-server and on a Redis Cluster
-// of its own (it pauses, stops, cuts or kills them). Single-server only: authentication, ACLs
-// and TLS (the test kit's cluster runs without them) and `DEBUG SLEEP` (a server-wide stall,
-// as `CLIENT PAUSE` is, which runs on both).
+// of its own (it pauses, stops, cuts or kills them). Single-server only: ACL users and TLS
+// (the test kit's cluster runs without them) and `DEBUG SLEEP` (a server-wide stall, as
+// `CLIENT PAUSE` is, which runs on both).
 on_own_redis_and_cluster!(
+    a_password_protected_server_works_and_a_wrong_password_is_a_clear_error,
     client_pause_bounds_every_call_by_its_timeout,
     the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after,
     an_oversized_key_is_a_clear_error_and_nothing_is_written,
@@ -50,21 +51,19 @@ fn url_with(server: &RedisServer, userinfo: &str) -> String {
     format!("redis://{userinfo}@127.0.0.1:{}", server.port())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error() {
-    let server = RedisServer::builder()
-        .arg("requirepass", "s3cret-pw")
-        .start()
-        .unwrap();
+async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error(
+    shared: &mut Shared,
+) {
+    shared.require_password("s3cret-pw");
     let cache = LayerCache::builder("auth")
-        .redis_url(url_with(&server, ":s3cret-pw"))
+        .redis_url(shared.url_with(":s3cret-pw"))
         .build()
         .await
         .unwrap();
     let r = cache.region::<str, u64>("r").build().await.unwrap();
     r.insert("k", 1).await.unwrap();
     let other = LayerCache::builder("auth")
-        .redis_url(url_with(&server, ":s3cret-pw"))
+        .redis_url(shared.url_with(":s3cret-pw"))
         .build()
         .await
         .unwrap();
@@ -74,7 +73,7 @@ async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error
     assert!(!format!("{cache:?}").contains("s3cret-pw"));
 
     let err = LayerCache::builder("auth")
-        .redis_url(url_with(&server, ":wrong"))
+        .redis_url(shared.url_with(":wrong"))
         .l2_connect_timeout(Duration::from_secs(2))
         .build()
         .await

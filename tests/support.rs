@@ -379,6 +379,36 @@ impl Shared {
         }
     }
 
+    /// Makes every server of this (private) tier require `password` (`masterauth` first, so
+    /// a cluster's replicas keep replicating).
+    pub(crate) fn require_password(&self, password: &str) {
+        let set = |command: &dyn Fn(&[&str]) -> std::io::Result<String>| {
+            command(&["CONFIG", "SET", "masterauth", password]).unwrap();
+        };
+        match self {
+            Self::Redis(server) => {
+                set(&|args| server.command(args));
+                server
+                    .command(&["CONFIG", "SET", "requirepass", password])
+                    .unwrap();
+            }
+            Self::Cluster(cluster) => {
+                (0..6).for_each(|i| set(&|args| cluster.command(i, args)));
+                for i in 0..6 {
+                    cluster
+                        .command(i, &["CONFIG", "SET", "requirepass", password])
+                        .unwrap();
+                }
+            }
+            Self::Memory(_) => panic!("the in-memory server has no password"),
+        }
+    }
+
+    /// The URL of this tier with `userinfo` (`user:password`, or `:password`).
+    pub(crate) fn url_with(&self, userinfo: &str) -> String {
+        self.url().replacen("://", &format!("://{userinfo}@"), 1)
+    }
+
     /// Kills every server of this (private) tier.
     pub(crate) fn kill_all(&mut self) {
         match self {
