@@ -29,10 +29,11 @@ static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX)
 use support::{caught_up, cmd, raw_client, signal, wait_until, Shared};
 
 // One suite, two topologies: each scenario below runs on a redis-server and on a Redis Cluster
-// of its own (it pauses, stops, cuts or kills them). Single-server only: ACL users and TLS
-// (the test kit's cluster runs without them) and `DEBUG SLEEP` (a server-wide stall, as
+// of its own (it pauses, stops, cuts or kills them). Single-server only: TLS (the test kit's
+// cluster runs without it) and `DEBUG SLEEP` (a server-wide stall, as
 // `CLIENT PAUSE` is, which runs on both).
 on_own_redis_and_cluster!(
+    an_acl_user_limited_to_the_cache_keys_and_channel_works,
     a_password_protected_server_works_and_a_wrong_password_is_a_clear_error,
     client_pause_bounds_every_call_by_its_timeout,
     the_breaker_opens_on_an_outage_stops_paying_timeouts_and_closes_after,
@@ -46,10 +47,6 @@ on_own_redis_and_cluster!(
 );
 
 const TIMEOUT: Duration = Duration::from_millis(300);
-
-fn url_with(server: &RedisServer, userinfo: &str) -> String {
-    format!("redis://{userinfo}@127.0.0.1:{}", server.port())
-}
 
 async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error(
     shared: &mut Shared,
@@ -82,32 +79,44 @@ async fn a_password_protected_server_works_and_a_wrong_password_is_a_clear_error
     assert!(!err.to_string().contains("wrong@"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acl_user_limited_to_the_cache_keys_and_channel_works() {
-    let server = RedisServer::start().unwrap();
-    let admin = raw_client(&server).await;
-    // Only what the cache needs: its keys, its bus channel, the commands it sends.
-    cmd(
-        &admin,
-        "ACL",
-        &[
-            "SETUSER",
-            "cacheuser",
-            "on",
-            ">acl-pw",
-            "~acl:*",
-            "&acl:*",
-            "+@read",
-            "+@write",
-            "+@pubsub",
-            "+@scripting",
-            "+@connection",
-            "+@keyspace",
-        ],
-    )
-    .await;
+async fn an_acl_user_limited_to_the_cache_keys_and_channel_works(shared: &mut Shared) {
+    // Only what the cache needs: its keys, its bus channel, the commands it sends (and, on a
+    // cluster, reading the slot map), on every node.
+    let mut rules = vec![
+        "SETUSER",
+        "cacheuser",
+        "on",
+        ">acl-pw",
+        "~acl:*",
+        "&acl:*",
+        "+@read",
+        "+@write",
+        "+@pubsub",
+        "+@scripting",
+        "+@connection",
+        "+@keyspace",
+    ];
+    if let Shared::Cluster(_) = shared {
+        // fred reads the slot map; the start checks the cluster is ok.
+        rules.extend(["+cluster|slots", "+cluster|info"]);
+    }
+    let rules = rules;
+    match shared {
+        // (ACL users are per node: replicas answer a client's slot-map questions too.)
+        Shared::Cluster(cluster) => {
+            let args: Vec<&str> = std::iter::once("ACL").chain(rules).collect();
+            for i in 0..6 {
+                cluster.command(i, &args).unwrap();
+            }
+        }
+        _ => {
+            for admin in shared.node_clients().await {
+                cmd(&admin, "ACL", &rules).await;
+            }
+        }
+    }
     let cache = LayerCache::builder("acl")
-        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .redis_url(shared.url_with("cacheuser:acl-pw"))
         .build()
         .await
         .unwrap();
@@ -120,7 +129,7 @@ async fn an_acl_user_limited_to_the_cache_keys_and_channel_works() {
     r.invalidate_all().await.unwrap();
     r.insert("k", 2).await.unwrap();
     let other = LayerCache::builder("acl")
-        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .redis_url(shared.url_with("cacheuser:acl-pw"))
         .build()
         .await
         .unwrap();
@@ -132,7 +141,7 @@ async fn an_acl_user_limited_to_the_cache_keys_and_channel_works() {
     // A cache name outside the user's key pattern is refused by Redis (NOPERM): the region
     // never learns its generation, so it bypasses Redis, and reads still work from the loader.
     if let Ok(outside) = LayerCache::builder("other")
-        .redis_url(url_with(&server, "cacheuser:acl-pw"))
+        .redis_url(shared.url_with("cacheuser:acl-pw"))
         .build()
         .await
     {
