@@ -62,12 +62,7 @@ impl Shared {
     /// A plain fred client on this tier (clustered on a cluster), for looking at what the
     /// cache wrote.
     pub(crate) async fn raw(&self) -> Client {
-        let url = match self {
-            Self::Redis(server) => server.url(),
-            Self::Cluster(cluster) => cluster.url(),
-            Self::Memory(_) => panic!("the in-memory server has no redis client"),
-        };
-        let client = Builder::from_config(Config::from_url(&url).unwrap())
+        let client = Builder::from_config(Config::from_url(&self.url()).unwrap())
             .build()
             .unwrap();
         client.init().await.unwrap();
@@ -382,25 +377,15 @@ impl Shared {
     /// Makes every server of this (private) tier require `password` (`masterauth` first, so
     /// a cluster's replicas keep replicating).
     pub(crate) fn require_password(&self, password: &str) {
-        let set = |command: &dyn Fn(&[&str]) -> std::io::Result<String>| {
-            command(&["CONFIG", "SET", "masterauth", password]).unwrap();
-        };
-        match self {
-            Self::Redis(server) => {
-                set(&|args| server.command(args));
-                server
-                    .command(&["CONFIG", "SET", "requirepass", password])
-                    .unwrap();
-            }
-            Self::Cluster(cluster) => {
-                (0..6).for_each(|i| set(&|args| cluster.command(i, args)));
-                for i in 0..6 {
-                    cluster
-                        .command(i, &["CONFIG", "SET", "requirepass", password])
-                        .unwrap();
-                }
-            }
+        let nodes: Vec<&RedisServer> = match self {
+            Self::Redis(server) => vec![server],
+            Self::Cluster(cluster) => (0..6).map(|i| cluster.node(i)).collect(),
             Self::Memory(_) => panic!("the in-memory server has no password"),
+        };
+        for setting in ["masterauth", "requirepass"] {
+            for node in &nodes {
+                node.command(&["CONFIG", "SET", setting, password]).unwrap();
+            }
         }
     }
 
