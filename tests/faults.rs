@@ -451,15 +451,15 @@ async fn latency_and_a_blackhole_fire_timeouts_open_the_breaker_and_never_hang(
     resumes(shared, &cache, &r).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
-    let server = RedisServer::builder().tls().start().unwrap();
-    assert!(server.url().starts_with("rediss://"));
-    let ca = server.ca_pem().unwrap().to_owned();
+/// TLS with the test kit's CA: two instances share values and the bus over TLS; trusting only
+/// the system's roots, the kit's certificate is refused; a CA file with no certificate is a
+/// configuration error. On a cluster every node (and every redirection) is TLS.
+async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused(url: &str, ca: &str) {
     let build = || {
         LayerCache::builder("tls")
-            .redis_url(server.url())
-            .l2_tls_ca_pem(ca.clone())
+            .redis_url(url)
+            .l2_tls_ca_pem(ca.to_owned())
+            .l2_connect_timeout(Duration::from_secs(5))
             .build()
     };
     let a = build().await.unwrap();
@@ -468,16 +468,23 @@ async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
         a.region::<str, u64>("r").build().await.unwrap(),
         b.region::<str, u64>("r").build().await.unwrap(),
     );
-    ra.insert("k", 1).await.unwrap();
-    assert_eq!(*rb.get("k").await.unwrap().unwrap(), 1); // from Redis, over TLS
-    ra.insert("k", 2).await.unwrap();
+    // Enough keys to reach every primary of a cluster.
+    for i in 0..30u64 {
+        ra.insert(&format!("k{i}"), i).await.unwrap();
+    }
+    for i in 0..30u64 {
+        // From Redis, over TLS.
+        assert_eq!(*rb.get(&format!("k{i}")).await.unwrap().unwrap(), i);
+    }
+    ra.insert("k0", 100).await.unwrap();
     support::caught_up(&b, &a).await; // the bus runs over TLS too
-    assert_eq!(*rb.get("k").await.unwrap().unwrap(), 2);
+    assert_eq!(*rb.get("k0").await.unwrap().unwrap(), 100);
     assert_eq!(b.stats().l2_errors, 0);
+    assert_eq!(a.stats().l2_errors, 0);
 
     // Trusting only the system's roots, the testkit's certificate is refused.
     let err = LayerCache::builder("tls")
-        .redis_url(server.url())
+        .redis_url(url)
         .l2_connect_timeout(Duration::from_secs(2))
         .build()
         .await
@@ -485,12 +492,38 @@ async fn tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused() {
     assert!(err.is_redis(), "{err}");
     // A CA file with no certificate is a configuration error.
     let err = LayerCache::builder("tls")
-        .redis_url(server.url())
+        .redis_url(url)
         .l2_tls_ca_pem("not a pem")
         .build()
         .await
         .unwrap_err();
     assert_eq!(err.kind(), layercache::ErrorKind::Config, "{err}");
+}
+
+mod tls {
+    use layercache_testkit::{RedisCluster, RedisServer};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_redis() {
+        let server = RedisServer::builder().tls().start().unwrap();
+        assert!(server.url().starts_with("rediss://"));
+        let ca = server.ca_pem().unwrap();
+        super::tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused(&server.url(), ca)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_cluster() {
+        let _one = crate::support::one_cluster_at_a_time().await;
+        let cluster = RedisCluster::start_tls().unwrap_or_else(|e| panic!("{e}"));
+        assert!(cluster.url().starts_with("rediss-cluster://"));
+        let ca = cluster.ca_pem().unwrap();
+        super::tls_with_a_testkit_ca_works_and_an_untrusted_server_is_refused(&cluster.url(), &ca)
+            .await;
+        // The keys spread over the three primaries.
+        let spread = cluster.keys_per_primary().unwrap();
+        assert!(spread.iter().all(|(_, n)| *n > 0), "{spread:?}");
+    }
 }
 
 /// Writes made while Redis is down time out (and say so with `Propagate`). fred queues commands

@@ -263,10 +263,15 @@ impl Shared {
 /// One private cluster at a time in a test binary.
 static OWN_CLUSTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The guard a test holds while it runs a private cluster (see [`own_cluster`]).
+pub(crate) async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    OWN_CLUSTERS.lock().await
+}
+
 /// A private, proxied Redis Cluster for a test that breaks it, and the guard that keeps other
 /// tests of the binary from starting theirs meanwhile.
 pub(crate) async fn own_cluster() -> (Shared, tokio::sync::MutexGuard<'static, ()>) {
-    let guard = OWN_CLUSTERS.lock().await;
+    let guard = one_cluster_at_a_time().await;
     let cluster = RedisCluster::start_proxied().unwrap_or_else(|e| panic!("{e}"));
     (Shared::Cluster(std::sync::Arc::new(cluster)), guard)
 }

@@ -2,14 +2,15 @@
 //! loopback ports, joined with `redis-cli --cluster create`.
 
 use std::{
-    io::{self, BufRead, BufReader, Write},
-    net::TcpStream,
+    io,
     process::Command,
     time::{Duration, Instant},
 };
 
+pub(crate) use crate::resp::command;
 use crate::{
     server::{RedisServer, StartError},
+    tls::Authority,
     Proxy,
 };
 
@@ -34,6 +35,8 @@ pub struct RedisCluster {
     /// One per node when started with [`start_proxied`](RedisCluster::start_proxied): the node
     /// announces its proxy's port, so clients reach it only through the proxy.
     proxies: Vec<Proxy>,
+    /// The CA of a TLS cluster ([`start_tls`](RedisCluster::start_tls)).
+    tls: Option<Authority>,
 }
 
 /// The node options a cluster member runs with.
@@ -54,6 +57,14 @@ fn redis_cli() -> String {
     std::env::var("LAYERCACHE_REDIS_CLI").unwrap_or_else(|_| "redis-cli".to_owned())
 }
 
+/// How a cluster is reached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Proxied,
+    Tls,
+}
+
 impl RedisCluster {
     /// Starts six nodes, joins them into a cluster (three primaries with one replica each) and
     /// waits until every node reports `cluster_state:ok` and every replica is in sync.
@@ -63,7 +74,7 @@ impl RedisCluster {
     /// See [`StartError`]: also when `redis-cli` is missing or the join fails (the message
     /// carries `redis-cli`'s output).
     pub fn start() -> Result<Self, StartError> {
-        Self::start_with(false)
+        Self::start_with(Kind::Plain)
     }
 
     /// As [`start`](Self::start), with a [`Proxy`] in front of every node: each node announces
@@ -76,32 +87,60 @@ impl RedisCluster {
     ///
     /// As [`start`](Self::start); also when a proxy cannot bind a port.
     pub fn start_proxied() -> Result<Self, StartError> {
-        Self::start_with(true)
+        Self::start_with(Kind::Proxied)
     }
 
-    fn start_with(proxied: bool) -> Result<Self, StartError> {
+    /// As [`start`](Self::start), serving clients over TLS: every node has a certificate for
+    /// `127.0.0.1` signed by one CA ([`ca_pem`](Self::ca_pem)), the cluster bus and
+    /// replication run over TLS too (`tls-cluster yes`, `tls-replication yes`), and
+    /// [`url`](Self::url) is `rediss-cluster://…` naming the TLS ports. Each node also keeps a
+    /// plain-text port for the kit's own admin commands ([`command`](Self::command)); clients
+    /// connected over TLS are told only the TLS ports (in `CLUSTER SLOTS` and redirections).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_tls() -> Result<Self, StartError> {
+        Self::start_with(Kind::Tls)
+    }
+
+    fn start_with(kind: Kind) -> Result<Self, StartError> {
+        let tls = match kind {
+            Kind::Tls => Some(Authority::generate()?),
+            Kind::Plain | Kind::Proxied => None,
+        };
         let mut nodes = Vec::with_capacity(6);
         for _ in 0..6 {
             let mut b = RedisServer::builder();
             for (k, v) in node_args() {
                 b = b.arg(k, v);
             }
+            if let Some(ca) = &tls {
+                b = b
+                    .tls_beside_plain(ca)
+                    .arg("tls-cluster", "yes")
+                    .arg("tls-replication", "yes");
+            }
             nodes.push(b.start()?);
         }
         let mut proxies = Vec::new();
-        if proxied {
+        if kind == Kind::Proxied {
             for n in &nodes {
                 proxies.push(Proxy::start(n.port()).map_err(StartError::Io)?);
             }
         }
-        let cluster = Self { nodes, proxies };
+        let cluster = Self {
+            nodes,
+            proxies,
+            tls,
+        };
         for i in 0..cluster.proxies.len() {
             cluster.announce(i).map_err(StartError::Io)?;
         }
-        let mut create = Command::new(redis_cli());
+        let mut create = cluster.cli();
         create.arg("--cluster").arg("create");
-        for n in &cluster.nodes {
-            create.arg(format!("127.0.0.1:{}", n.port()));
+        for i in 0..cluster.nodes.len() {
+            create.arg(format!("127.0.0.1:{}", cluster.direct_port(i)));
         }
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
         let out = create.output().map_err(|e| {
@@ -132,7 +171,12 @@ impl RedisCluster {
     /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&…`, naming every node as a seed (by
     /// its proxy on a proxied cluster).
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.announced_port(0));
+        let scheme = if self.tls.is_some() {
+            "rediss-cluster"
+        } else {
+            "redis-cluster"
+        };
+        let mut url = format!("{scheme}://127.0.0.1:{}", self.announced_port(0));
         for i in 1..self.nodes.len() {
             url.push(if i == 1 { '?' } else { '&' });
             url.push_str(&format!("node=127.0.0.1:{}", self.announced_port(i)));
@@ -146,11 +190,33 @@ impl RedisCluster {
         &self.proxies
     }
 
+    /// The PEM of the CA that signed every node's certificate, on a TLS cluster.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.tls.as_ref().map(Authority::pem)
+    }
+
     /// The port clients reach node `index` on: its proxy's on a proxied cluster.
     fn announced_port(&self, index: usize) -> u16 {
         self.proxies
             .get(index)
-            .map_or_else(|| self.nodes[index].port(), Proxy::port)
+            .map_or_else(|| self.direct_port(index), Proxy::port)
+    }
+
+    /// The port node `index` serves clients on: its TLS port on a TLS cluster.
+    fn direct_port(&self, index: usize) -> u16 {
+        let node = &self.nodes[index];
+        node.tls_port().unwrap_or_else(|| node.port())
+    }
+
+    /// `redis-cli`, with `--tls --cacert` on a TLS cluster.
+    fn cli(&self) -> Command {
+        let mut cli = Command::new(redis_cli());
+        if self.tls.is_some() {
+            cli.arg("--tls")
+                .arg("--cacert")
+                .arg(self.nodes[0].dir().join("ca.crt"));
+        }
+        cli
     }
 
     /// Makes node `index` announce its proxy's port to clients (its bus port stays its own).
@@ -163,7 +229,7 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// The nodes' ports, by index (0 to 5).
+    /// The nodes' (plain-text) ports, by index (0 to 5).
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
     }
@@ -244,10 +310,11 @@ impl RedisCluster {
     ///
     /// An I/O error, or `redis-cli`'s output when it fails.
     pub fn reshard(&self, from: usize, to: usize, slots: u32) -> io::Result<()> {
-        let out = Command::new(redis_cli())
+        let out = self
+            .cli()
             .arg("--cluster")
             .arg("reshard")
-            .arg(format!("127.0.0.1:{}", self.nodes[from].port()))
+            .arg(format!("127.0.0.1:{}", self.direct_port(from)))
             .args(["--cluster-from", &self.node_id(from)?])
             .args(["--cluster-to", &self.node_id(to)?])
             .args(["--cluster-slots", &slots.to_string()])
@@ -332,9 +399,16 @@ impl RedisCluster {
             }
         }
         // Every slot is owned by a running node (a killed primary's slots move to its replica).
+        // `CLUSTER NODES` asked in plain text names a TLS node by its plain-text port.
         let running: Vec<String> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].pid().is_some())
-            .map(|i| format!("127.0.0.1:{}", self.announced_port(i)))
+            .map(|i| {
+                let port = self
+                    .proxies
+                    .get(i)
+                    .map_or_else(|| self.nodes[i].port(), Proxy::port);
+                format!("127.0.0.1:{port}")
+            })
             .collect();
         let first = self
             .nodes
@@ -371,53 +445,10 @@ impl RedisCluster {
     }
 }
 
-/// Sends one command in RESP and reads its reply as text (see [`RedisCluster::command`]).
-pub(crate) fn command(port: u16, args: &[&str]) -> io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a.as_bytes());
-        req.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&req)?;
-    read_reply(&mut BufReader::new(s))
-}
-
-fn read_reply(r: &mut impl BufRead) -> io::Result<String> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let line = line.trim_end_matches("\r\n");
-    let (kind, rest) = line.split_at(line.len().min(1));
-    match kind {
-        "+" | ":" => Ok(rest.to_owned()),
-        "-" => Err(io::Error::other(rest.to_owned())),
-        "$" => {
-            let n: i64 = rest.parse().map_err(io::Error::other)?;
-            if n < 0 {
-                return Ok(String::new());
-            }
-            let n = usize::try_from(n).map_err(io::Error::other)?;
-            let mut buf = vec![0; n + 2];
-            r.read_exact(&mut buf)?;
-            buf.truncate(n);
-            String::from_utf8(buf).map_err(io::Error::other)
-        }
-        "*" => {
-            let n: i64 = rest.parse().map_err(io::Error::other)?;
-            let mut items = Vec::new();
-            for _ in 0..n.max(0) {
-                items.push(read_reply(r)?);
-            }
-            Ok(items.join("\n"))
-        }
-        _ => Err(io::Error::other(format!("unexpected reply {line:?}"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::TcpStream;
+
     use super::*;
 
     #[test]
@@ -500,5 +531,45 @@ mod tests {
             .map(|(_, n)| n)
             .sum();
         assert_eq!(keys, 0);
+    }
+
+    #[test]
+    fn a_tls_cluster_serves_clients_over_tls_and_the_kit_in_plain_text() {
+        let cluster = RedisCluster::start_tls().expect("tls redis cluster");
+        assert_eq!(cluster.primaries().len(), 3);
+        let url = cluster.url();
+        assert!(url.starts_with("rediss-cluster://127.0.0.1:"), "{url}");
+        assert!(cluster.ca_pem().unwrap().contains("BEGIN CERTIFICATE"));
+        let tls_ports: Vec<u16> = (0..6).map(|i| cluster.direct_port(i)).collect();
+        for (i, p) in tls_ports.iter().enumerate() {
+            assert_ne!(*p, cluster.ports()[i]);
+            assert!(url.contains(&format!(":{p}")), "{p} not in {url}");
+        }
+        // The bus between nodes runs over TLS; TLS clients are told the TLS ports.
+        assert_eq!(
+            cluster
+                .command(0, &["CONFIG", "GET", "tls-cluster"])
+                .unwrap(),
+            "tls-cluster\nyes"
+        );
+        let out = cluster
+            .cli()
+            .args(["-p", &tls_ports[0].to_string(), "CLUSTER", "SLOTS"])
+            .output()
+            .unwrap();
+        let slots = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{slots}");
+        let lines: Vec<&str> = slots.lines().collect();
+        let named: Vec<u16> = lines
+            .windows(2)
+            .filter(|w| w[0] == "127.0.0.1")
+            .map(|w| w[1].parse().unwrap())
+            .collect();
+        assert!(named.len() >= 3, "{slots}");
+        for p in named {
+            assert!(tls_ports.contains(&p), "{p} is not a TLS port: {slots}");
+        }
+        // A plain-text client on a TLS port gets no answer.
+        assert!(command(tls_ports[0], &["PING"]).is_err());
     }
 }

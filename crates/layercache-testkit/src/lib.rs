@@ -15,6 +15,7 @@
 
 mod cluster;
 mod proxy;
+mod resp;
 mod sentinel;
 mod server;
 mod tls;

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tls::Authority;
+
 /// How to install Redis, printed when the binary is missing.
 const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it with \
 `sudo apt-get update && sudo apt-get install -y redis-server` (Debian/Ubuntu), \
@@ -61,7 +63,16 @@ impl From<io::Error> for StartError {
 pub struct RedisServerBuilder {
     args: Vec<String>,
     binary: Option<String>,
-    tls: bool,
+    tls: Option<Tls>,
+}
+
+/// How a server serves TLS.
+#[derive(Debug, Clone)]
+struct Tls {
+    /// The CA that signs its certificate (a new one when `None`).
+    ca: Option<Authority>,
+    /// Serve plain text on [`RedisServer::port`] too, TLS on [`RedisServer::tls_port`].
+    keep_plain: bool,
 }
 
 impl RedisServerBuilder {
@@ -77,7 +88,20 @@ impl RedisServerBuilder {
     /// generated for this server ([`RedisServer::ca_pem`]); clients are not asked for
     /// certificates. [`RedisServer::url`] then starts with `rediss://`.
     pub fn tls(mut self) -> Self {
-        self.tls = true;
+        self.tls = Some(Tls {
+            ca: None,
+            keep_plain: false,
+        });
+        self
+    }
+
+    /// Serves TLS on a second port ([`RedisServer::tls_port`]) with a certificate signed by
+    /// `ca`, and plain text on [`RedisServer::port`] (for the kit's own admin commands).
+    pub(crate) fn tls_beside_plain(mut self, ca: &Authority) -> Self {
+        self.tls = Some(Tls {
+            ca: Some(ca.clone()),
+            keep_plain: true,
+        });
         self
     }
 
@@ -99,7 +123,7 @@ impl RedisServerBuilder {
         let mut last = None;
         for _ in 0..5 {
             let binary = self.binary.clone().unwrap_or_else(default_binary);
-            match RedisServer::spawn(binary, &self.args, self.tls) {
+            match RedisServer::spawn(binary, &self.args, self.tls.as_ref()) {
                 Ok(s) => return Ok(s),
                 Err(StartError::NotReady { reason, log })
                     if log.contains("Address already in use") =>
@@ -122,6 +146,8 @@ pub struct RedisServer {
     args: Vec<String>,
     binary: String,
     ca_pem: Option<String>,
+    /// The TLS port, when the server serves TLS (the same as `port` when it serves only TLS).
+    tls_port: Option<u16>,
 }
 
 fn default_binary() -> String {
@@ -159,23 +185,29 @@ impl RedisServer {
         RedisServerBuilder::default()
     }
 
-    fn spawn(binary: String, extra: &[String], tls: bool) -> Result<Self, StartError> {
+    fn spawn(binary: String, extra: &[String], tls: Option<&Tls>) -> Result<Self, StartError> {
         let port = free_port()?;
         let dir = temp_dir()?;
         let mut args = extra.to_vec();
         let mut ca_pem = None;
-        if tls {
-            let certs = crate::tls::write_certs(&dir)?;
-            ca_pem = Some(certs.ca_pem);
-            let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
-            for (k, v) in [
-                ("tls-port", port.to_string()),
-                ("port", "0".to_owned()),
-                ("tls-cert-file", file("server.crt")),
-                ("tls-key-file", file("server.key")),
-                ("tls-ca-cert-file", file("ca.crt")),
-                ("tls-auth-clients", "no".to_owned()),
-            ] {
+        let mut tls_port = None;
+        if let Some(tls) = tls {
+            let ca = match &tls.ca {
+                Some(ca) => ca.clone(),
+                None => Authority::generate()?,
+            };
+            ca_pem = Some(ca.pem());
+            let mut options = ca.write_server_files(&dir)?;
+            if tls.keep_plain {
+                let other = free_port()?;
+                tls_port = Some(other);
+                options.push(("tls-port", other.to_string()));
+            } else {
+                tls_port = Some(port);
+                options.push(("tls-port", port.to_string()));
+                options.push(("port", "0".to_owned()));
+            }
+            for (k, v) in options {
                 args.push(format!("--{k}"));
                 args.push(v);
             }
@@ -187,6 +219,7 @@ impl RedisServer {
             args,
             binary,
             ca_pem,
+            tls_port,
         };
         server.launch()?;
         Ok(server)
@@ -251,7 +284,7 @@ impl RedisServer {
     /// Sends `PING` and expects `PONG` (or `NOAUTH`: a password-protected server is up too).
     /// A TLS-only server cannot be pinged in plain text: its log saying it is ready counts.
     fn ping(&self) -> io::Result<()> {
-        if self.ca_pem.is_some() {
+        if self.tls_only() {
             return if self.log().contains("Ready to accept connections") {
                 Ok(())
             } else {
@@ -270,18 +303,25 @@ impl RedisServer {
         }
     }
 
-    /// The port the server listens on (127.0.0.1).
+    /// The port the server listens on (127.0.0.1): its TLS port for a server started with
+    /// [`RedisServerBuilder::tls`].
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
+    /// The port the server serves TLS on, if it does.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    fn tls_only(&self) -> bool {
+        self.tls_port == Some(self.port)
+    }
+
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a server started with
+    /// [`RedisServerBuilder::tls`]).
     pub fn url(&self) -> String {
-        let scheme = if self.ca_pem.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
+        let scheme = if self.tls_only() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
