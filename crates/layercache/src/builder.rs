@@ -3,6 +3,8 @@
 
 mod build;
 mod bus_options;
+#[cfg(feature = "metrics")]
+mod metrics_options;
 
 pub use bus_options::ClusterBus;
 
@@ -64,6 +66,8 @@ pub struct LayerCacheBuilder {
     max_key_bytes: usize,
     l2_tls_ca_pem: Option<Vec<u8>>,
     l2_startup: L2Startup,
+    #[cfg(feature = "metrics")]
+    metrics_interval: Duration,
 }
 
 impl std::fmt::Debug for LayerCacheBuilder {
@@ -151,6 +155,8 @@ impl LayerCacheBuilder {
             max_key_bytes: 1024,
             l2_tls_ca_pem: None,
             l2_startup: L2Startup::FailFast,
+            #[cfg(feature = "metrics")]
+            metrics_interval: Duration::from_secs(1),
         }
     }
 

@@ -86,6 +86,15 @@ impl LayerCache {
         stats
     }
 
+    /// Hands every counter and gauge of this cache to the installed `metrics` recorder now
+    /// (absolute values; see [`crate::metrics`]). The background task of
+    /// [`metrics_interval`](crate::LayerCacheBuilder::metrics_interval) does this periodically;
+    /// call it yourself before a scrape for figures that are exact to the moment.
+    #[cfg(feature = "metrics")]
+    pub fn export_metrics(&self) {
+        crate::metrics::export(&self.inner);
+    }
+
     /// The number of entries in the in-process tier. moka applies some bookkeeping lazily:
     /// call [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure.
     pub fn l1_entry_count(&self) -> u64 {
@@ -277,6 +286,8 @@ impl LayerCache {
         if let Some(l2) = &inner.l2 {
             l2.quit().await;
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::export(inner);
         tracing::info!(cache.name = %inner.name, "layercache shut down");
     }
 }

@@ -41,6 +41,7 @@ mod subscriber;
 
 use connect::end_task;
 pub(crate) use connect::{connect_store, redact_url, L2Settings};
+use pipeline::pipeline_outcome;
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
 
@@ -67,6 +68,12 @@ pub(crate) struct RedisStore {
     task: Arc<Mutex<Option<ConnectHandle>>>,
     /// On a cluster: publish with `SPUBLISH` (the bus on sharded pub/sub).
     sharded_bus: bool,
+    /// The cache's name (a label of the round-trip histogram of the `metrics` feature).
+    #[cfg_attr(
+        not(feature = "metrics"),
+        expect(dead_code, reason = "read by the metrics feature")
+    )]
+    cache_name: Arc<str>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -91,34 +98,6 @@ fn is_outage(e: &fred::error::Error) -> bool {
         K::Cluster => !e.details().starts_with("MOVED") && !e.details().starts_with("ASK"),
         K::Unknown => e.details().contains("channel closed"),
         _ => false,
-    }
-}
-
-/// What a pipeline's replies (`try_all`) say as a whole: the replies, one per command, when
-/// Redis answered them; an error when the pipeline failed as a whole (a reply count other than
-/// `expected`) or when any command met an outage (a timeout, a dropped connection). A pipeline
-/// whose commands timed out must not count as an answer from Redis: the circuit breaker would
-/// take it for a successful probe and close in the middle of an outage.
-fn pipeline_outcome(
-    mut replies: Vec<Result<Value, fred::error::Error>>,
-    expected: usize,
-    what: &'static str,
-) -> Result<Vec<Result<Value, fred::error::Error>>, fred::error::Error> {
-    if replies.len() != expected {
-        return Err(replies
-            .pop()
-            .and_then(Result::err)
-            .unwrap_or_else(|| pipeline::unexpected(what)));
-    }
-    match replies
-        .iter()
-        .position(|r| r.as_ref().is_err_and(is_outage))
-    {
-        Some(i) => Err(replies
-            .swap_remove(i)
-            .err()
-            .unwrap_or_else(|| pipeline::unexpected(what))),
-        None => Ok(replies),
     }
 }
 
@@ -191,7 +170,12 @@ impl RedisStore {
         // command timed out and drop it from its reconnect queue. Dropping the future from out
         // here would leave it queued, to be sent after a reconnect — a write landing long after
         // its caller was told it failed. Ours is a backstop, a little later.
-        let result = match tokio::time::timeout(timeout + BACKSTOP_GRACE, command(client)).await {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(timeout + BACKSTOP_GRACE, command(client)).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_redis(&self.cache_name, what, started.elapsed());
+        let result = match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let outage = is_outage(&e);

@@ -126,11 +126,14 @@
 //!
 //! ## Telemetry
 //!
-//! See [`telemetry`] for the `tracing` spans and events and [`Stats`] for the counters.
+//! See [`telemetry`] for the `tracing` spans and events, [`Stats`] for the counters, and
+//! [`metrics`] for what the `metrics` feature exports.
 //!
 //! ## Feature flags
 //!
 //! - `postcard`: the `Postcard` codec.
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade (any exporter:
+//!   Prometheus, OpenTelemetry, StatsD); names and labels in [`metrics`].
 //! - `tls`: TLS to Redis with rustls (ring): `rediss://` URLs and
 //!   `LayerCacheBuilder::l2_tls_ca_pem`.
 
@@ -156,6 +159,7 @@ mod l2;
 mod layering;
 #[cfg(feature = "memory")]
 pub mod memory;
+pub mod metrics;
 mod options;
 mod plan;
 mod region;

@@ -216,11 +216,11 @@ impl LayerCacheBuilder {
         let connected = match self.remote(&counters, &channel).await? {
             Some(connected) => connected,
             None => {
-                let inner = Engine::new(self.name, l1, None, settings, counters, None);
+                let inner = Arc::new(Engine::new(self.name, l1, None, settings, counters, None));
+                #[cfg(feature = "metrics")]
+                start_metrics(&inner, self.metrics_interval);
                 tracing::info!(cache.name = %inner.name, l2 = false, "layercache started");
-                return Ok(LayerCache {
-                    inner: Arc::new(inner),
-                });
+                return Ok(LayerCache { inner });
             }
         };
         let Connected {
@@ -300,9 +300,32 @@ impl LayerCacheBuilder {
         };
         inner.adopt_task(tokio::spawn(publisher.run()));
         inner.adopt_task(home.run(Box::pin(listener.run())));
+        #[cfg(feature = "metrics")]
+        start_metrics(&inner, self.metrics_interval);
         tracing::info!(cache.name = %inner.name, l2 = true, l2.connected = subscribed, instance.id = %id, "layercache started");
         Ok(LayerCache { inner })
     }
+}
+
+/// Exports the cache's metrics every `every` while the cache lives (not at all for zero). The
+/// task holds only a weak reference: it ends when the cache is dropped.
+#[cfg(feature = "metrics")]
+fn start_metrics(inner: &Arc<Engine>, every: std::time::Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let engine = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(engine) = engine.upgrade() else {
+                break;
+            };
+            crate::metrics::export(&engine);
+        }
+    });
 }
 
 /// A connected shared tier: the store, the bus subscription (not yet subscribed) and where its
@@ -338,6 +361,7 @@ impl LayerCacheBuilder {
             tls_ca_pem: self.l2_tls_ca_pem.clone(),
             startup: self.l2_startup,
             sharded_bus: self.cluster_bus == crate::ClusterBus::Sharded,
+            cache_name: self.name.as_str().into(),
         };
         let breaker = Breaker::new(
             BreakerSettings {

@@ -36,6 +36,8 @@ pub(crate) struct L2Settings {
     pub(crate) startup: L2Startup,
     /// On a cluster: the bus on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
     pub(crate) sharded_bus: bool,
+    /// The cache's name (a label of the Redis round-trip histogram).
+    pub(crate) cache_name: Arc<str>,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -215,6 +217,7 @@ impl super::RedisStore {
             counters,
             task: Arc::new(Mutex::new(Some(task))),
             sharded_bus: s.sharded_bus,
+            cache_name: s.cache_name.clone(),
         })
     }
 }

@@ -9,14 +9,42 @@ use fred::{
 use tracing::Instrument;
 
 use super::{
-    evalsha, fill_batch_command, fill_command, fill_span, filled, is_noscript, map_err, RedisStore,
-    Script, SCRIPTS,
+    evalsha, fill_batch_command, fill_command, fill_span, filled, is_noscript, is_outage, map_err,
+    RedisStore, Script, SCRIPTS,
 };
 use crate::{
     error::Result,
     remote::{Announcement, BatchWrite, Filled, Write},
     sequencer::Sequencer,
 };
+
+/// What a pipeline's replies (`try_all`) say as a whole: the replies, one per command, when
+/// Redis answered them; an error when the pipeline failed as a whole (a reply count other than
+/// `expected`) or when any command met an outage (a timeout, a dropped connection). A pipeline
+/// whose commands timed out must not count as an answer from Redis: the circuit breaker would
+/// take it for a successful probe and close in the middle of an outage.
+pub(super) fn pipeline_outcome(
+    mut replies: Vec<Result<Value, fred::error::Error>>,
+    expected: usize,
+    what: &'static str,
+) -> Result<Vec<Result<Value, fred::error::Error>>, fred::error::Error> {
+    if replies.len() != expected {
+        return Err(replies
+            .pop()
+            .and_then(Result::err)
+            .unwrap_or_else(|| unexpected(what)));
+    }
+    match replies
+        .iter()
+        .position(|r| r.as_ref().is_err_and(is_outage))
+    {
+        Some(i) => Err(replies
+            .swap_remove(i)
+            .err()
+            .unwrap_or_else(|| unexpected(what))),
+        None => Ok(replies),
+    }
+}
 
 /// Polls a future once, so that a command it sends is handed to the client's connection now
 /// (fred hands a command to its router on the first poll, synchronously), and returns it to be
@@ -250,7 +278,7 @@ impl RedisStore {
                         script.transpose()?;
                         publish?;
                         let replies = pipeline.try_all::<Value>().await;
-                        super::pipeline_outcome(replies, expected, what)
+                        pipeline_outcome(replies, expected, what)
                     })
                 })
             })

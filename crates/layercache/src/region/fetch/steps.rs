@@ -131,6 +131,12 @@ where
             Mode::Refresh { .. } => self.counters().refreshes.incr(),
         }
         let started = Instant::now();
+        #[cfg(feature = "metrics")]
+        let _timed = crate::metrics::LoadTimer::new(
+            &cache.name,
+            &self.shared.state.name,
+            mode != Mode::Caller,
+        );
         let span = tracing::debug_span!("layercache.load", cache.name = %cache.name, region = %self.shared.state.name, refresh = mode != Mode::Caller);
         let mut handle = tokio::spawn(run().instrument(span));
         let deadline = options
