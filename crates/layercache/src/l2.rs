@@ -105,6 +105,9 @@ fn is_outage(e: &fred::error::Error) -> bool {
 fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
     tracing::debug_span!(
         "layercache.l2.set",
+        db.system = "redis",
+        db.operation.name = "EVALSHA",
+        otel.kind = "client",
         mode = condition.mode.name(),
         fenced = condition.fence.is_some(),
         announced
@@ -227,6 +230,9 @@ impl RedisStore {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let span = tracing::debug_span!(
             "layercache.l2.get",
+            db.system = "redis",
+            db.operation.name = "GET",
+            otel.kind = "client",
             hit = tracing::field::Empty,
             bytes = tracing::field::Empty
         );
@@ -246,7 +252,14 @@ impl RedisStore {
     /// `SET key value PX ttl [NX]`; returns whether the value was written.
     async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64, nx: bool) -> Result<bool> {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let span = tracing::debug_span!("layercache.l2.set", bytes = value.len(), nx);
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            db.system = "redis",
+            db.operation.name = "SET",
+            otel.kind = "client",
+            bytes = value.len(),
+            nx
+        );
         let reply: Value = self
             .bounded("redis SET", |c| {
                 c.set(
@@ -323,7 +336,13 @@ impl RemoteStore for RedisStore {
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
-        let span = tracing::debug_span!("layercache.l2.get_many", keys = keys.len());
+        let span = tracing::debug_span!(
+            "layercache.l2.get_many",
+            db.system = "redis",
+            db.operation.name = "MGET",
+            otel.kind = "client",
+            keys = keys.len()
+        );
         Box::pin(
             async move {
                 let mut values = Vec::with_capacity(keys.len());

@@ -8,10 +8,10 @@
 //! |---|---|---|---|---|
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
 //! | `layercache.get_many` | span | debug | `cache.name`, `region`, `keys` | the fetch of a batch's L1 misses (`get_many`, `get_or_load_many`) |
-//! | `layercache.l2.get` | span | debug | `hit`, `bytes`; `sliding` (`GETEX`); `locked` (the read that takes the load lock when it finds nothing) | one read of an entry |
-//! | `layercache.l2.get_many` | span | debug | `keys` | a batch read (`MGET`s of at most 1,000 keys) |
-//! | `layercache.l2.set` | span | debug | `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
-//! | `layercache.l2.set_many` | span | debug | `entries` | a batch of writes (`fill_batch.lua`, one run per 200 entries) |
+//! | `layercache.l2.get` | span | debug | OTel: `db.system`, `db.operation.name` (`GET`, `GETEX`, `EVALSHA`), `otel.kind`; `hit`, `bytes`; `sliding` (`GETEX`); `locked` (the read that takes the load lock when it finds nothing) | one read of an entry |
+//! | `layercache.l2.get_many` | span | debug | OTel (`MGET`); `keys` | a batch read (`MGET`s of at most 1,000 keys) |
+//! | `layercache.l2.set` | span | debug | OTel (`SET`, `EVALSHA`); `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (the fill script; `announced`: pipelined with the bus message) | one write to Redis |
+//! | `layercache.l2.set_many` | span | debug | OTel (`EVALSHA`); `entries` | a batch of writes (`fill_batch.lua`, one run per 200 entries) |
 //! | `layercache.load` | span | debug | `cache.name`, `region` | one loader run |
 //! | `layercache.invalidation.publish` | span | debug | `cache.name`, `instance.id`, `seq`, `entries` | one bus message from the publisher (a batch of announcements that did not travel with their write, or a heartbeat) |
 //! | `L1 flushed` | event | warn | `cache.name`, `reason` | a flush after a possible loss of invalidations, or a clear ([`FlushReason`](crate::FlushReason)) |
@@ -53,6 +53,17 @@
 //! | `the region's generation in redis is not the one this load read under; not written, generation re-read` | event | debug | `cache.name`, `region` | a load's fill fenced out by a generation move (`l2_fills_lost`) |
 //! | `the region's generation moved; writing again under the current one` | event | debug | `cache.name`, `region`, `generation` | a write fenced out by a generation move, retried |
 //! | `redis holds a newer source version; the write is refused` | event | debug | `cache.name`, `region` | an `insert_versioned` older than Redis's (`l2_versions_refused`) |
+//!
+//! **OpenTelemetry.** The Redis spans (`layercache.l2.*`) follow OpenTelemetry's semantic
+//! conventions for database client calls: `db.system = "redis"`, `db.operation.name` (the
+//! command: `GET`, `SET`, `GETEX`, `MGET`, or `EVALSHA` for the scripts that carry the
+//! conditional writes and the locked read) and `otel.kind = "client"`, which
+//! `tracing-opentelemetry` turns into the span kind. They are children of the cache's own
+//! spans (`layercache.get`, `layercache.load` …), which stay internal spans under their
+//! `layercache.*` names. Not recorded, on purpose: `db.query.text` (keys and values are user
+//! data) and `server.address` (on a cluster one span may reach several nodes). The `otel`
+//! example exports them; a test (`tests/otel.rs`) checks kind, attributes and parentage through
+//! the OpenTelemetry SDK.
 //!
 //! The table is kept true by a test that reads the crate's sources: every span and event they
 //! emit is listed here with its kind and level, and nothing else is.

@@ -277,7 +277,13 @@ impl ClusterStore {
             generation_key,
         } = batch;
         let n = entries.len();
-        let span = tracing::debug_span!("layercache.l2.set_many", entries = n);
+        let span = tracing::debug_span!(
+            "layercache.l2.set_many",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            otel.kind = "client",
+            entries = n
+        );
         async {
             // Per bucket, the entries' positions and the entries (keys placed).
             let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<crate::remote::BatchEntry>)> =

@@ -43,6 +43,9 @@ impl RedisStore {
     pub(crate) async fn getex(&self, key: &str, ttl_ms: u64) -> Result<Option<Vec<u8>>> {
         let span = tracing::debug_span!(
             "layercache.l2.get",
+            db.system = "redis",
+            db.operation.name = "GETEX",
+            otel.kind = "client",
             hit = tracing::field::Empty,
             sliding = true
         );
@@ -175,7 +178,13 @@ impl RedisStore {
             generation_key,
         } = batch;
         let mut results = Vec::with_capacity(entries.len());
-        let span = tracing::debug_span!("layercache.l2.set_many", entries = entries.len());
+        let span = tracing::debug_span!(
+            "layercache.l2.set_many",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            otel.kind = "client",
+            entries = entries.len()
+        );
         async {
             while !entries.is_empty() {
                 let rest = entries.split_off(entries.len().min(crate::remote::MAX_BATCH_WRITE));
@@ -220,6 +229,9 @@ impl RedisStore {
     ) -> Result<(Option<Vec<u8>>, bool)> {
         let span = tracing::debug_span!(
             "layercache.l2.get",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            otel.kind = "client",
             hit = tracing::field::Empty,
             locked = tracing::field::Empty
         );

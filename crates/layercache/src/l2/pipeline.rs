@@ -169,7 +169,13 @@ impl RedisStore {
     ) -> Result<(Vec<Filled>, Result<u64>)> {
         let n = batch.entries.len();
         let (keys, args) = fill_batch_command(&mut batch);
-        let span = tracing::debug_span!("layercache.l2.set_many", entries = n);
+        let span = tracing::debug_span!(
+            "layercache.l2.set_many",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            otel.kind = "client",
+            entries = n
+        );
         let what = "redis EVALSHA (fill batch) + PUBLISH";
         let (reply, published) = self
             .script_announced(what, &SCRIPTS.fill_batch, keys, args, announcement)

@@ -32,7 +32,13 @@ impl RemoteStore for ClusterStore {
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
-        let span = tracing::debug_span!("layercache.l2.get_many", keys = keys.len());
+        let span = tracing::debug_span!(
+            "layercache.l2.get_many",
+            db.system = "redis",
+            db.operation.name = "MGET",
+            otel.kind = "client",
+            keys = keys.len()
+        );
         Box::pin(ClusterStore::get_many(self, keys).instrument(span))
     }
 
