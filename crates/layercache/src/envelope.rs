@@ -36,6 +36,9 @@
 
 use std::fmt;
 
+mod inspect;
+pub use inspect::{inspect, Inspection};
+
 /// The four bytes every envelope starts with.
 pub const MAGIC: [u8; 4] = *b"LCAC";
 /// The envelope format this build writes (and the only one it reads). It is also part of every

@@ -1,0 +1,269 @@
+//! `layercache-cli`: an operator's tool for a cache in Redis.
+//!
+//! It talks to Redis directly and to running instances through the cache's own protocol: it
+//! joins the cache as one more (short-lived) instance, so an `invalidate` writes the same
+//! tombstones, generation moves and tag marks a service would, and announces them on the bus
+//! for running instances to apply at once.
+//!
+//! ```text
+//! layercache-cli --url redis://127.0.0.1:6379 --cache shop regions
+//! layercache-cli --cache shop inspect users 42
+//! layercache-cli --cache shop invalidate key users 42
+//! layercache-cli --cache shop invalidate tag team:7
+//! layercache-cli --cache shop invalidate region users
+//! layercache-cli --cache shop invalidate all --yes
+//! ```
+//!
+//! `--json` prints one JSON object. Exit codes: 0 done; 1 Redis unreachable, refused or
+//! failing; 2 bad usage (including `invalidate all` without `--yes`); 3 no such key or region;
+//! 4 the key holds something that is not a sound layercache entry. Every message names the
+//! URL with its password hidden.
+
+mod inspect;
+mod output;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use layercache::{LayerCache, Region};
+use output::{Failure, Out};
+use serde::{Deserialize, Serialize};
+
+/// An operator's tool for layercache: inspect entries in Redis, list regions, invalidate
+/// through the cache's own protocol.
+#[derive(Debug, Parser)]
+#[command(name = "layercache-cli", version)]
+struct Cli {
+    /// The Redis URL: redis://, redis-cluster://, redis-sentinel:// (as the service uses).
+    #[arg(long, env = "LAYERCACHE_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
+    /// The cache's name, as the service gives it to `LayerCache::builder`.
+    #[arg(long, env = "LAYERCACHE_CACHE")]
+    cache: String,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for Redis (connecting, and each command), in seconds.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show one entry: the envelope header, TTL, tags, checksum verdict and payload.
+    Inspect(inspect::Args),
+    /// List every region of the cache found in Redis, with its generation and key count.
+    Regions {
+        /// Skip the key counts (each is a walk of the keyspace).
+        #[arg(long)]
+        no_count: bool,
+    },
+    /// Invalidate through the cache's protocol, announced to running instances.
+    Invalidate {
+        #[command(subcommand)]
+        what: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Target {
+    /// One key of a region (a tombstone in Redis; instances drop it from L1).
+    Key {
+        /// The region's name.
+        region: String,
+        /// The key, as the service's `CacheKey` writes it (strings and integers as text).
+        key: String,
+        /// The key is hex (for binary keys).
+        #[arg(long)]
+        hex: bool,
+        /// The region's schema version.
+        #[arg(long, default_value_t = 1)]
+        schema: u32,
+    },
+    /// Every entry carrying a tag, in every region.
+    Tag {
+        /// The tag.
+        tag: String,
+    },
+    /// A whole region (its generation moves forward).
+    Region {
+        /// The region's name.
+        region: String,
+        /// The region's schema version.
+        #[arg(long, default_value_t = 1)]
+        schema: u32,
+    },
+    /// Everything in the cache, on every instance.
+    All {
+        /// Required: this empties the cache for every instance of the service.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The value type of the regions the tool opens: it never decodes a value (tombstones carry no
+/// type fingerprint, and inspection reads raw bytes).
+#[derive(Debug, Serialize, Deserialize)]
+struct Opaque;
+
+/// The key's bytes, as given.
+fn key_bytes(key: &str, hex: bool) -> Result<Vec<u8>, Failure> {
+    if !hex {
+        return Ok(key.as_bytes().to_vec());
+    }
+    let digits = key.as_bytes();
+    if digits.len() % 2 != 0 {
+        return Err(Failure::Usage(format!(
+            "--hex key {key:?} has an odd number of digits"
+        )));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| Failure::Usage(format!("--hex key {key:?} is not hexadecimal")))
+        })
+        .collect()
+}
+
+/// Joins the cache as a short-lived instance.
+async fn connect(cli: &Cli) -> Result<LayerCache, Failure> {
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    LayerCache::builder(cli.cache.clone())
+        .redis_url(cli.url.clone())
+        .l2_connect_timeout(timeout)
+        .l2_command_timeout(timeout)
+        .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+        .build()
+        .await
+        .map_err(|e| Failure::from_cache(&cli.url, &e))
+}
+
+/// Opens a region known to Redis (so the tool never creates one that is not there).
+async fn region(
+    cli: &Cli,
+    cache: &LayerCache,
+    name: &str,
+    schema: u32,
+) -> Result<Region<[u8], Opaque>, Failure> {
+    let known = cache
+        .regions_in_redis()
+        .await
+        .map_err(|e| Failure::from_cache(&cli.url, &e))?;
+    if !known.iter().any(|r| r.name == name && r.schema == schema) {
+        let others: Vec<String> = known
+            .iter()
+            .map(|r| format!("{} (schema {})", r.name, r.schema))
+            .collect();
+        return Err(Failure::NotFound(format!(
+            "cache {:?} has no region {name:?} with schema {schema} in Redis at {}; regions there: {}",
+            cli.cache,
+            output::redact(&cli.url),
+            if others.is_empty() { "none".to_owned() } else { others.join(", ") }
+        )));
+    }
+    cache
+        .region::<[u8], Opaque>(name)
+        .schema_version(schema)
+        .build()
+        .await
+        .map_err(|e| Failure::from_cache(&cli.url, &e))
+}
+
+async fn regions(cli: &Cli, out: &mut Out, count: bool) -> Result<(), Failure> {
+    let cache = connect(cli).await?;
+    let found = cache
+        .regions_in_redis()
+        .await
+        .map_err(|e| Failure::from_cache(&cli.url, &e))?;
+    let mut rows = Vec::new();
+    for r in &found {
+        let keys = match (count, r.generation) {
+            (true, Some(g)) => {
+                let bar = out.progress(&format!("counting keys of {}", r.name));
+                let n = cache
+                    .count_region_keys(&r.name, r.schema, g, |n| bar.set_position(n))
+                    .await
+                    .map_err(|e| Failure::from_cache(&cli.url, &e))?;
+                bar.finish_and_clear();
+                Some(n)
+            }
+            _ => None,
+        };
+        rows.push(serde_json::json!({
+            "region": r.name,
+            "schema": r.schema,
+            "generation": r.generation,
+            "keys": keys,
+        }));
+    }
+    cache.shutdown().await;
+    out.regions(&cli.cache, rows);
+    Ok(())
+}
+
+async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failure> {
+    if let Target::All { yes: false } = what {
+        return Err(Failure::Usage(format!(
+            "invalidate all empties cache {:?} for every instance: add --yes to do it",
+            cli.cache
+        )));
+    }
+    let cache = connect(cli).await?;
+    let fail = |e: layercache::Error| Failure::from_cache(&cli.url, &e);
+    let done = match what {
+        Target::Key {
+            region: name,
+            key,
+            hex,
+            schema,
+        } => {
+            let bytes = key_bytes(key, *hex)?;
+            let r = region(cli, &cache, name, *schema).await?;
+            r.invalidate(bytes.as_slice()).await.map_err(fail)?;
+            format!("key {key:?} of region {name:?}")
+        }
+        Target::Tag { tag } => {
+            cache.invalidate_tag(tag).await.map_err(fail)?;
+            format!("tag {tag:?}")
+        }
+        Target::Region {
+            region: name,
+            schema,
+        } => {
+            let r = region(cli, &cache, name, *schema).await?;
+            r.invalidate_all().await.map_err(fail)?;
+            format!("region {name:?}")
+        }
+        Target::All { .. } => {
+            cache.clear().await.map_err(fail)?;
+            "every entry".to_owned()
+        }
+    };
+    let status = cache.bus_status();
+    cache.shutdown().await;
+    out.invalidated(&done, status.as_ref());
+    Ok(())
+}
+
+async fn run(cli: &Cli, out: &mut Out) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Inspect(args) => inspect::run(cli, out, args).await,
+        Command::Regions { no_count } => regions(cli, out, !no_count).await,
+        Command::Invalidate { what } => invalidate(cli, out, what).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = Out::new(cli.json);
+    match run(&cli, &mut out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => out.fail(&failure),
+    }
+}

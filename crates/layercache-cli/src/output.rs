@@ -1,0 +1,186 @@
+//! What the tool prints (text for a person, or one JSON object), its failures and their exit
+//! codes.
+
+use std::{io::Write as _, process::ExitCode};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use layercache::BusStatus;
+use serde_json::{json, Value};
+
+/// Why a command failed; each has its exit code.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Redis unreachable, refused (a password, an ACL) or failing: 1.
+    Redis(String),
+    /// Bad usage: 2 (as clap's own usage errors).
+    Usage(String),
+    /// No such key or region: 3.
+    NotFound(String),
+    /// The key holds something that is not a sound layercache entry: 4.
+    NotOurs(String),
+}
+
+impl Failure {
+    /// A cache error, with the URL redacted.
+    pub(crate) fn from_cache(url: &str, e: &layercache::Error) -> Self {
+        let message = format!("{} (Redis at {})", e, redact(url));
+        if e.kind() == layercache::ErrorKind::Config {
+            Self::Usage(message)
+        } else {
+            Self::Redis(message)
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Self::Redis(_) => 1,
+            Self::Usage(_) => 2,
+            Self::NotFound(_) => 3,
+            Self::NotOurs(_) => 4,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Redis(m) | Self::Usage(m) | Self::NotFound(m) | Self::NotOurs(m) => m,
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{shown}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The printer: text or JSON on stdout, errors and progress on stderr.
+#[derive(Debug)]
+pub(crate) struct Out {
+    json: bool,
+}
+
+impl Out {
+    pub(crate) fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    fn print(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}");
+    }
+
+    fn print_json(&self, value: &Value) {
+        self.print(&value.to_string());
+    }
+
+    /// A progress bar on stderr for a long walk: drawn only on a terminal, never with `--json`.
+    pub(crate) fn progress(&self, what: &str) -> ProgressBar {
+        let target = if self.json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} keys ({per_sec})") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        bar
+    }
+
+    pub(crate) fn regions(&self, cache: &str, rows: Vec<Value>) {
+        if self.json {
+            self.print_json(&json!({ "cache": cache, "regions": rows }));
+            return;
+        }
+        if rows.is_empty() {
+            self.print(&format!("cache {cache:?} has no region in Redis"));
+            return;
+        }
+        self.print(&format!(
+            "{:<24} {:>7} {:>16} {:>10}",
+            "region", "schema", "generation", "keys"
+        ));
+        for r in rows {
+            let cell = |v: &Value| match v {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            self.print(&format!(
+                "{:<24} {:>7} {:>16} {:>10}",
+                cell(&r["region"]),
+                cell(&r["schema"]),
+                cell(&r["generation"]),
+                cell(&r["keys"])
+            ));
+        }
+    }
+
+    pub(crate) fn invalidated(&self, what: &str, status: Option<&BusStatus>) {
+        let instance = status.map(|s| s.instance_id.to_string());
+        let seq = status.map(|s| s.published_seq);
+        if self.json {
+            self.print_json(&json!({
+                "invalidated": what,
+                "instance": instance,
+                "published_seq": seq,
+            }));
+        } else {
+            self.print(&format!(
+                "invalidated {what}; announced on the bus by instance {} (message {})",
+                instance.unwrap_or_else(|| "-".to_owned()),
+                seq.map_or_else(|| "-".to_owned(), |s| s.to_string())
+            ));
+        }
+    }
+
+    pub(crate) fn inspected(&self, value: &Value, text: &str) {
+        if self.json {
+            self.print_json(value);
+        } else {
+            self.print(text);
+        }
+    }
+
+    /// Reports a failure (stderr; also a JSON object on stdout with `--json`) and gives its
+    /// exit code.
+    pub(crate) fn fail(&self, failure: &Failure) -> ExitCode {
+        let _ = writeln!(std::io::stderr().lock(), "error: {}", failure.message());
+        if self.json {
+            self.print_json(&json!({ "error": failure.message(), "exit": failure.code() }));
+        }
+        ExitCode::from(failure.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://secret@host"), "redis://***@host");
+        assert_eq!(redact("redis://:pw@h?node=a:1"), "redis://:***@h?node=a:1");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,254 @@
+//! The CLI against a real redis-server, with a running instance of the cache in the same test.
+#![expect(clippy::unwrap_used, reason = "a test's unwrap is its assertion")]
+
+use std::{
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use fred::{
+    prelude::{Builder, Client, ClientLike, Config, KeysInterface},
+    types::{ClusterHash, CustomCommand},
+};
+use layercache::{LayerCache, Region};
+use layercache_testkit::RedisServer;
+use serde_json::Value;
+
+/// Runs the CLI on `server` for cache `cache` (blocking in a helper thread).
+async fn cli(server_url: &str, cache: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--url", server_url, "--cache", cache, "--timeout", "2"];
+    all.extend_from_slice(args);
+    let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_layercache-cli"))
+            .args(all)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn instance(server: &RedisServer, cache: &str) -> (LayerCache, Region<str, String>) {
+    let c = LayerCache::builder(cache)
+        .redis_url(server.url())
+        .bus_heartbeat_interval(Duration::from_millis(100))
+        .bus_heartbeat_timeout(Duration::from_secs(2))
+        .l1_write_cooldown(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let r = c.region::<str, String>("users").build().await.unwrap();
+    (c, r)
+}
+
+async fn raw(server: &RedisServer) -> Client {
+    let client = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_a_compressed_tagged_entry_as_text_and_json() {
+    let server = RedisServer::start().unwrap();
+    let (_c, r) = instance(&server, "shop").await;
+    r.entry("42")
+        .tags(&["team:7"])
+        .insert("x".repeat(5000))
+        .await
+        .unwrap();
+
+    let out = cli(&server.url(), "shop", &["--json", "inspect", "users", "42"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["redis_key"], r.redis_key("42").unwrap());
+    assert_eq!(v["compressed"], true);
+    assert_eq!(v["tags"], serde_json::json!(["team:7"]));
+    assert_eq!(v["verdict"], "ok");
+    assert_eq!(v["key_matches"], true);
+    assert_eq!(v["codec"], "bincode");
+    assert!(v["raw_len"].as_u64().unwrap() > 5000);
+    assert!(v["stored_len"].as_u64().unwrap() < 200, "{v}");
+    assert!(v["ttl_ms"].as_u64().unwrap() > 0);
+    assert_eq!(v["tombstone"], false);
+
+    let out = cli(&server.url(), "shop", &["inspect", "users", "42"]).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    for expected in ["lz4", "team:7", "checks      ok", "kind        value"] {
+        assert!(stdout.contains(expected), "{expected:?} not in\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_is_announced_and_applied_by_a_running_instance() {
+    let server = RedisServer::start().unwrap();
+    let (c, r) = instance(&server, "shop").await;
+    r.insert("42", "old".to_owned()).await.unwrap();
+    r.insert("43", "kept".to_owned()).await.unwrap();
+    assert_eq!(*r.get("42").await.unwrap().unwrap(), "old"); // in L1
+
+    let out = cli(
+        &server.url(),
+        "shop",
+        &["--json", "invalidate", "key", "users", "42"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v = json(&out);
+    let (sender, seq) = (
+        v["instance"].as_str().unwrap().to_owned(),
+        v["published_seq"].as_u64().unwrap(),
+    );
+    // The running instance applies the CLI's message (it arrives on the bus: no polling of
+    // Redis), and from then on does not serve the value.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = c.bus_status().unwrap();
+        let applied = status
+            .peers
+            .iter()
+            .find(|(id, _)| id.to_string() == sender)
+            .map(|(_, s)| *s);
+        if applied >= Some(seq) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not applied: {status:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stats = c.stats();
+    assert!(r.get("42").await.unwrap().is_none());
+    assert_eq!(c.stats().l1_hits, stats.l1_hits, "not from L1");
+    assert_eq!(*r.get("43").await.unwrap().unwrap(), "kept");
+    // Redis holds the tombstone.
+    let out = cli(&server.url(), "shop", &["--json", "inspect", "users", "42"]).await;
+    assert_eq!(json(&out)["tombstone"], true);
+
+    // A tag, a region: announced the same way.
+    r.entry("44")
+        .tags(&["t"])
+        .insert("tagged".to_owned())
+        .await
+        .unwrap();
+    let out = cli(&server.url(), "shop", &["invalidate", "tag", "t"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = cli(&server.url(), "shop", &["invalidate", "region", "users"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.get("43").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the region move was not applied");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(r.get("44").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_lists_generations_and_key_counts() {
+    let server = RedisServer::start().unwrap();
+    let (c, users) = instance(&server, "shop").await;
+    let orders = c.region::<str, String>("orders").build().await.unwrap();
+    for i in 0..3 {
+        users.insert(&i.to_string(), "u".to_owned()).await.unwrap();
+    }
+    orders.insert("1", "o".to_owned()).await.unwrap();
+
+    let out = cli(&server.url(), "shop", &["--json", "regions"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v = json(&out);
+    let rows = v["regions"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["region"] == name).unwrap().clone();
+    assert_eq!(row("users")["keys"], 3);
+    assert_eq!(row("orders")["keys"], 1);
+    assert_eq!(row("users")["generation"], users.generation().unwrap());
+    assert_eq!(rows.len(), 2);
+    let out = cli(&server.url(), "shop", &["regions"]).await;
+    assert!(text(&out).0.contains("users"), "{:?}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_message_an_exit_code_and_changes_nothing() {
+    let server = RedisServer::start().unwrap();
+    let (_c, r) = instance(&server, "shop").await;
+    r.insert("42", "v".to_owned()).await.unwrap();
+    let raw = raw(&server).await;
+
+    // Unreachable, with a password: exit 1, the password never shown.
+    let out = cli(
+        "redis://user:hunter2@127.0.0.1:1",
+        "shop",
+        &["invalidate", "tag", "t"],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("user:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stdout.contains("hunter2"));
+
+    // `invalidate all` without --yes: exit 2, nothing changed.
+    let out = cli(&server.url(), "shop", &["invalidate", "all"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--yes"));
+    let key = r.redis_key("42").unwrap();
+    assert!(raw.exists::<bool, _>(&key).await.unwrap());
+
+    // No such region, no such key: exit 3.
+    let out = cli(&server.url(), "shop", &["inspect", "nope", "1"]).await;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).1.contains("no region \"nope\""));
+    let out = cli(&server.url(), "shop", &["invalidate", "region", "nope"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let out = cli(&server.url(), "shop", &["inspect", "users", "missing"]).await;
+    assert_eq!(out.status.code(), Some(3));
+
+    // Another Redis type, bytes that are not ours: exit 4.
+    let _: i64 = raw
+        .custom(
+            CustomCommand::new_static("LPUSH", ClusterHash::FirstKey, false),
+            vec!["a-list", "x"],
+        )
+        .await
+        .unwrap();
+    let out = cli(&server.url(), "shop", &["inspect", "--redis-key", "a-list"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out).1.contains("holds a Redis list"),
+        "{:?}",
+        text(&out)
+    );
+    let _: () = raw.set("plain", "hello", None, None, false).await.unwrap();
+    let out = cli(&server.url(), "shop", &["inspect", "--redis-key", "plain"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(text(&out).1.contains("not a layercache entry"));
+
+    // A damaged envelope: its header is shown, with what is wrong; exit 4.
+    let mut bytes: Vec<u8> = raw.get(&key).await.unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let _: () = raw.set(&key, bytes, None, None, false).await.unwrap();
+    let out = cli(&server.url(), "shop", &["inspect", "users", "42"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stdout.contains("FAILED: checksum"), "{stdout}");
+    assert!(stderr.contains("damaged: checksum"), "{stderr}");
+    // Nothing was changed by any of it.
+    assert!(raw.exists::<bool, _>(&key).await.unwrap());
+}
