@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::{
-    prelude::{Builder, ClientLike, Config, KeysInterface},
+    prelude::{Builder, Client, ClientLike, Config, KeysInterface},
     types::{ClusterHash, CustomCommand},
 };
 use layercache::envelope::{self, Inspection};
@@ -62,8 +62,8 @@ async fn redis_key(cli: &Cli, args: &Args) -> Result<String, Failure> {
     })
 }
 
-pub(crate) async fn run(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), Failure> {
-    let key = redis_key(cli, args).await?;
+/// A plain fred client on the URL (clustered for a cluster URL), connected.
+pub(crate) async fn raw_client(cli: &Cli) -> Result<Client, Failure> {
     let unreachable =
         |e: fred::error::Error| Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)));
     let config = Config::from_url(&cli.url)
@@ -74,7 +74,24 @@ pub(crate) async fn run(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), Fai
         .with_performance_config(|p| p.default_command_timeout = timeout)
         .build()
         .map_err(unreachable)?;
-    client.init().await.map_err(unreachable)?;
+    match tokio::time::timeout(timeout, client.init()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(unreachable(e)),
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(Failure::Redis(format!(
+                "Redis at {} did not answer within {timeout:?}",
+                redact(&cli.url)
+            )))
+        }
+    }
+}
+
+pub(crate) async fn run(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), Failure> {
+    let key = redis_key(cli, args).await?;
+    let unreachable =
+        |e: fred::error::Error| Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)));
+    let client = raw_client(cli).await?;
     let kind: String = client
         .custom(
             CustomCommand::new_static("TYPE", ClusterHash::FirstKey, false),

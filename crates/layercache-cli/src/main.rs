@@ -12,6 +12,8 @@
 //! layercache-cli --cache shop invalidate tag team:7
 //! layercache-cli --cache shop invalidate region users
 //! layercache-cli --cache shop invalidate all --yes
+//! layercache-cli --cache shop watch --no-heartbeats
+//! layercache-cli --cache shop instances
 //! ```
 //!
 //! `--json` prints one JSON object. Exit codes: 0 done; 1 Redis unreachable, refused or
@@ -21,6 +23,7 @@
 
 mod inspect;
 mod output;
+mod watch;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -59,6 +62,14 @@ enum Command {
         /// Skip the key counts (each is a walk of the keyspace).
         #[arg(long)]
         no_count: bool,
+    },
+    /// Print the cache's bus live: senders, sequence numbers, gaps, heartbeats.
+    Watch(watch::Args),
+    /// List the instances heard on the bus (each sends a heartbeat every second by default).
+    Instances {
+        /// How long to listen, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
     /// Invalidate through the cache's protocol, announced to running instances.
     Invalidate {
@@ -254,6 +265,8 @@ async fn run(cli: &Cli, out: &mut Out) -> Result<(), Failure> {
     match &cli.command {
         Command::Inspect(args) => inspect::run(cli, out, args).await,
         Command::Regions { no_count } => regions(cli, out, !no_count).await,
+        Command::Watch(args) => watch::watch(cli, out, args).await,
+        Command::Instances { seconds } => watch::instances(cli, out, *seconds).await,
         Command::Invalidate { what } => invalidate(cli, out, what).await,
     }
 }

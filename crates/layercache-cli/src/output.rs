@@ -67,6 +67,11 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// A note for the person at the terminal (stderr: it never mixes with the output).
+pub(crate) fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// The printer: text or JSON on stdout, errors and progress on stderr.
 #[derive(Debug)]
 pub(crate) struct Out {
@@ -145,6 +150,54 @@ impl Out {
                 "invalidated {what}; announced on the bus by instance {} (message {})",
                 instance.unwrap_or_else(|| "-".to_owned()),
                 seq.map_or_else(|| "-".to_owned(), |s| s.to_string())
+            ));
+        }
+    }
+
+    /// One line of a stream (`watch`): a JSON object per line with `--json`.
+    pub(crate) fn line(&self, value: &Value, text: &str) {
+        if self.json {
+            self.print_json(value);
+        } else {
+            self.print(text);
+        }
+    }
+
+    pub(crate) fn instances(&self, cache: &str, seconds: f64, rows: Vec<Value>, dropped: u64) {
+        if self.json {
+            self.print_json(&json!({
+                "cache": cache,
+                "listened_s": seconds,
+                "instances": rows,
+                "dropped": dropped,
+            }));
+            return;
+        }
+        self.print(&format!(
+            "{} instance(s) heard on the bus of {cache:?} in {seconds} s{}",
+            rows.len(),
+            if dropped > 0 {
+                format!(" ({dropped} undecodable message(s) dropped)")
+            } else {
+                String::new()
+            }
+        ));
+        if rows.is_empty() {
+            return;
+        }
+        self.print(&format!(
+            "{:<32} {:>9} {:>10} {:>10} {:>6} {:>12}",
+            "instance", "messages", "heartbeats", "last seq", "lost", "last heard"
+        ));
+        for r in rows {
+            self.print(&format!(
+                "{:<32} {:>9} {:>10} {:>10} {:>6} {:>9} ms",
+                r["instance"].as_str().unwrap_or_default(),
+                r["messages"],
+                r["heartbeats"],
+                r["last_seq"],
+                r["lost"],
+                r["last_heard_ms_ago"]
             ));
         }
     }

@@ -252,3 +252,107 @@ async fn bad_input_gets_a_clear_message_an_exit_code_and_changes_nothing() {
     // Nothing was changed by any of it.
     assert!(raw.exists::<bool, _>(&key).await.unwrap());
 }
+
+/// A heartbeat from `sender` with sequence number `seq`, as the bus format documents it.
+fn heartbeat(sender: u8, seq: u64) -> Vec<u8> {
+    let mut m = b"LCBM\x01".to_vec();
+    m.extend_from_slice(&[sender; 16]);
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(&0u32.to_le_bytes());
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_bus_and_a_gap_it_was_shown() {
+    let server = RedisServer::start().unwrap();
+    let raw = raw(&server).await;
+    let channel = layercache::bus::channel("shop");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_layercache-cli"))
+        .args(["--url", &server.url(), "--cache", "shop", "--json"])
+        .args(["watch", "--count", "4", "--seconds", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for its subscription.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Vec<fred::types::Value> = raw
+            .custom(
+                CustomCommand::new_static("PUBSUB", ClusterHash::Random, false),
+                vec!["NUMSUB", channel.as_str()],
+            )
+            .await
+            .unwrap();
+        if v.get(1).and_then(fred::types::Value::as_i64) == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CLI never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for bytes in [
+        heartbeat(9, 1),
+        heartbeat(9, 2),
+        b"not ours".to_vec(),
+        heartbeat(9, 5),
+    ] {
+        let _: i64 = raw
+            .custom(
+                CustomCommand::new_static("PUBLISH", ClusterHash::Random, false),
+                vec![
+                    fred::types::Value::from(channel.as_str()),
+                    fred::types::Value::from(bytes.as_slice()),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let lines: Vec<Value> = text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let sender = "09".repeat(16);
+    assert_eq!(lines[0]["sender"], sender.as_str());
+    assert_eq!(lines[0]["heartbeat"], true);
+    assert_eq!(lines[1]["seq"], 2);
+    assert_eq!(lines[1]["lost_before"], 0);
+    assert_eq!(lines[2]["dropped"], 8);
+    assert_eq!(lines[3]["seq"], 5);
+    assert_eq!(lines[3]["lost_before"], 2, "the gap: 3 and 4 never came");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_lists_who_is_on_the_bus() {
+    let server = RedisServer::start().unwrap();
+    let (a, _) = instance(&server, "shop").await;
+    let (b, _) = instance(&server, "shop").await;
+    let out = cli(
+        &server.url(),
+        "shop",
+        &["--json", "instances", "--seconds", "1"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v = json(&out);
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap())
+        .collect();
+    for c in [&a, &b] {
+        let id = c.instance_id().unwrap().to_string();
+        assert!(ids.contains(&id.as_str()), "{id} not in {ids:?}");
+    }
+    assert_eq!(ids.len(), 2);
+    for r in v["instances"].as_array().unwrap() {
+        assert!(r["heartbeats"].as_u64().unwrap() >= 2, "{r}");
+        assert_eq!(r["lost"], 0);
+    }
+}

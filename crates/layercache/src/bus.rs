@@ -38,6 +38,7 @@
 pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod publisher;
+mod wire;
 
 use std::{
     collections::HashMap,
@@ -53,6 +54,7 @@ pub(crate) use message::Entry;
 
 pub use crate::coherence::{CoherenceLossPolicy, FlushReason, InstanceId};
 pub(crate) use crate::sequencer::Sequencer;
+pub use wire::{channel, read_message, NotAMessage, WireEntry, WireMessage};
 
 /// What the bus delivers to, and asks of, the cache it serves (the engine implements it). The
 /// bus knows nothing else of the cache: this is the seam a second backplane plugs into from

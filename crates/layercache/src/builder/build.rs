@@ -14,7 +14,6 @@ use crate::{
     bus::{self, listener::Listener, publisher::Publisher, BusHandle, BusSettings, InstanceId},
     cache::LayerCache,
     engine::{Engine, Settings},
-    envelope::FORMAT_VERSION,
     error::{Error, Result},
     key::validate_name,
     l1::{Capacity, L1},
@@ -207,12 +206,7 @@ impl LayerCacheBuilder {
             self.time_to_live,
             self.l1_write_cooldown,
         );
-        let channel = format!(
-            "{}:{}{}:bus",
-            self.name,
-            crate::key::space::META,
-            FORMAT_VERSION
-        );
+        let channel = bus::channel(&self.name);
         let connected = match self.remote(&counters, &channel).await? {
             Some(connected) => connected,
             None => {
