@@ -46,6 +46,10 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Progress of long walks (key counts, tag invalidations) on stderr: a bar on a terminal
+    /// (`auto`), also plain lines elsewhere (`always`), or none.
+    #[arg(long, value_enum, global = true, default_value = "auto")]
+    progress: output::ShowProgress,
     /// How long to wait for Redis (connecting, and each command), in seconds.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
@@ -195,12 +199,12 @@ async fn regions(cli: &Cli, out: &mut Out, count: bool) -> Result<(), Failure> {
     for r in &found {
         let keys = match (count, r.generation) {
             (true, Some(g)) => {
-                let bar = out.progress(&format!("counting keys of {}", r.name));
+                let mut bar = out.progress(&format!("counting keys of {}", r.name));
                 let n = cache
-                    .count_region_keys(&r.name, r.schema, g, |n| bar.set_position(n))
+                    .count_region_keys(&r.name, r.schema, g, |n| bar.set(n))
                     .await
                     .map_err(|e| Failure::from_cache(&cli.url, &e))?;
-                bar.finish_and_clear();
+                bar.finish();
                 Some(n)
             }
             _ => None,
@@ -239,7 +243,12 @@ async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failu
             format!("key {key:?} of region {name:?}")
         }
         Target::Tag { tag } => {
-            cache.invalidate_tag(tag).await.map_err(fail)?;
+            let mut bar = out.progress(&format!("tag {tag}: entries deleted"));
+            cache
+                .invalidate_tag_with_progress(tag, |n| bar.set(n))
+                .await
+                .map_err(fail)?;
+            bar.finish();
             format!("tag {tag:?}")
         }
         Target::Region {
@@ -274,7 +283,7 @@ async fn run(cli: &Cli, out: &mut Out) -> Result<(), Failure> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut out = Out::new(cli.json);
+    let mut out = Out::new(cli.json, cli.progress);
     match run(&cli, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => out.fail(&failure),

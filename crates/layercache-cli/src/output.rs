@@ -72,15 +72,68 @@ pub(crate) fn note(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
+/// How often plain progress lines are printed.
+const LINE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// When to show progress on long walks (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ShowProgress {
+    /// A progress bar when stderr is a terminal, nothing otherwise.
+    Auto,
+    /// Always: a bar on a terminal, plain lines otherwise (for logs and scripts).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Progress of one long walk, on stderr.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    Bar(ProgressBar),
+    Lines {
+        what: String,
+        last: std::time::Instant,
+        at: u64,
+    },
+    Hidden,
+}
+
+impl Progress {
+    /// `n` done so far.
+    pub(crate) fn set(&mut self, n: u64) {
+        match self {
+            Self::Bar(bar) => bar.set_position(n),
+            Self::Lines { what, last, at } => {
+                *at = n;
+                if last.elapsed() >= LINE_EVERY {
+                    *last = std::time::Instant::now();
+                    note(&format!("{what}: {n}"));
+                }
+            }
+            Self::Hidden => {}
+        }
+    }
+
+    /// The walk ended.
+    pub(crate) fn finish(self) {
+        match self {
+            Self::Bar(bar) => bar.finish_and_clear(),
+            Self::Lines { what, at, .. } => note(&format!("{what}: {at}, done")),
+            Self::Hidden => {}
+        }
+    }
+}
+
 /// The printer: text or JSON on stdout, errors and progress on stderr.
 #[derive(Debug)]
 pub(crate) struct Out {
     json: bool,
+    progress: ShowProgress,
 }
 
 impl Out {
-    pub(crate) fn new(json: bool) -> Self {
-        Self { json }
+    pub(crate) fn new(json: bool, progress: ShowProgress) -> Self {
+        Self { json, progress }
     }
 
     fn print(&self, text: &str) {
@@ -92,19 +145,31 @@ impl Out {
         self.print(&value.to_string());
     }
 
-    /// A progress bar on stderr for a long walk: drawn only on a terminal, never with `--json`.
-    pub(crate) fn progress(&self, what: &str) -> ProgressBar {
-        let target = if self.json {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
-        let bar = ProgressBar::with_draw_target(None, target);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} keys ({per_sec})") {
-            bar.set_style(style);
+    /// Progress on stderr for a long walk (`what`: "counting keys of users"): a bar on a
+    /// terminal; plain lines elsewhere with `--progress always`; nothing with `never`.
+    pub(crate) fn progress(&self, what: &str) -> Progress {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        match (self.progress, terminal) {
+            (ShowProgress::Never, _) | (ShowProgress::Auto, false) => Progress::Hidden,
+            (ShowProgress::Auto | ShowProgress::Always, true) => {
+                let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+                if let Ok(style) =
+                    ProgressStyle::with_template("{spinner} {msg}: {pos} ({per_sec})")
+                {
+                    bar.set_style(style);
+                }
+                bar.set_message(what.to_owned());
+                Progress::Bar(bar)
+            }
+            (ShowProgress::Always, false) => Progress::Lines {
+                what: what.to_owned(),
+                // The first update prints at once; the next ones every 200 ms.
+                last: std::time::Instant::now()
+                    .checked_sub(LINE_EVERY)
+                    .unwrap_or_else(std::time::Instant::now),
+                at: 0,
+            },
         }
-        bar.set_message(what.to_owned());
-        bar
     }
 
     pub(crate) fn regions(&self, cache: &str, rows: Vec<Value>) {

@@ -356,3 +356,67 @@ async fn instances_lists_who_is_on_the_bus() {
         assert_eq!(r["lost"], 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_of_100k_members_shows_its_progress() {
+    let server = RedisServer::start().unwrap();
+    let (_c, r) = instance(&server, "shop").await;
+    r.entry("real")
+        .tags(&["big"])
+        .insert("v".to_owned())
+        .await
+        .unwrap();
+    let raw = raw(&server).await;
+    // 100,000 more members of the tag, planted in one script.
+    let set = "shop:t2:big";
+    let _: i64 = raw
+        .custom(
+            CustomCommand::new_static("EVAL", ClusterHash::Random, false),
+            vec![
+                "for i = 1, 100000 do local k = 'shop:f2:users:s1:g1:m' .. i; \
+                 redis.call('SET', k, 'x'); redis.call('SADD', KEYS[1], k) end return 1",
+                "1",
+                set,
+            ],
+        )
+        .await
+        .unwrap();
+    let before: i64 = raw
+        .custom(
+            CustomCommand::new_static("DBSIZE", ClusterHash::Random, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .unwrap();
+
+    let out = cli(
+        &server.url(),
+        "shop",
+        &["--progress", "always", "invalidate", "tag", "big"],
+    )
+    .await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let counts: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("tag big: entries deleted: "))
+        .map(|l| l.trim_end_matches(", done").parse().unwrap())
+        .collect();
+    assert!(counts.len() >= 2, "{stderr}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert!(counts[0] < 100_001, "{counts:?}");
+    assert!(
+        stderr.contains("tag big: entries deleted: 100001, done"),
+        "{stderr}"
+    );
+    let after: i64 = raw
+        .custom(
+            CustomCommand::new_static("DBSIZE", ClusterHash::Random, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .unwrap();
+    assert!(before - after >= 100_001, "{before} -> {after}");
+    assert!(!raw.exists::<bool, _>(set).await.unwrap());
+    assert!(r.get("real").await.unwrap().is_none());
+}

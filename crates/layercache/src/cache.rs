@@ -235,11 +235,28 @@ impl LayerCache {
     /// a Redis error (after this instance's L1 was updated) only with
     /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.invalidate_tag_with_progress(tag, |_| {}).await
+    }
+
+    /// [`invalidate_tag`](Self::invalidate_tag), calling `progress` with the number of
+    /// tagged entries deleted from Redis so far after every batch (for an operator's tool: a
+    /// tag with a million members is a long walk). Dropping the future stops the walk between
+    /// batches: the tag is already invalidated then (its mark moved first), and what is left
+    /// of its set expires with its members.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_tag`](Self::invalidate_tag).
+    pub async fn invalidate_tag_with_progress(
+        &self,
+        tag: &str,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<()> {
         let inner = &self.inner;
         let tags = validate_tags(&[tag])?.unwrap_or_else(|| Arc::from(Vec::new()));
         let mut result = Ok(());
         if let Some(l2) = &inner.l2 {
-            result = drop_tag(l2, &inner.name, tag).await;
+            result = drop_tag(l2, &inner.name, tag, &mut progress).await;
         }
         inner.tags_invalidated(&tags);
         if result.is_ok() {

@@ -116,14 +116,21 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     fn drop_tag_page<'a>(&'a self, set: &'a str, members: Vec<String>)
         -> BoxFuture<'a, Result<()>>;
     /// Deletes every member of a tag set and takes it out of the set, page by page (a member
-    /// written again meanwhile keeps its membership). By default, pages of
+    /// written again meanwhile keeps its membership), calling `progress` with the number of
+    /// members dropped so far after every page. By default, pages of
     /// [`tag_members_page`](Self::tag_members_page) and [`drop_tag_page`](Self::drop_tag_page).
-    fn drop_tag_members<'a>(&'a self, set: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn drop_tag_members<'a>(
+        &'a self,
+        set: &'a str,
+        progress: &'a mut (dyn FnMut(u64) + Send),
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut cursor = "0".to_owned();
+            let (mut cursor, mut done) = ("0".to_owned(), 0u64);
             loop {
                 let (next, members) = self.tag_members_page(set, &cursor, 500).await?;
+                done += members.len() as u64;
                 self.drop_tag_page(set, members).await?;
+                progress(done);
                 if next == "0" {
                     return Ok(());
                 }

@@ -17,15 +17,21 @@ use crate::{
 /// was (absent); loads are bounded far below a day in practice.
 pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page.
-pub(crate) async fn drop_tag(l2: &Remote, cache: &str, tag: &str) -> Result<()> {
+/// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page
+/// (`progress`: the number deleted so far, after every page).
+pub(crate) async fn drop_tag(
+    l2: &Remote,
+    cache: &str,
+    tag: &str,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<()> {
     l2.set_mark(
         &tag_mark_key(cache, tag),
         token(),
         millis_ceil(TAG_MARK_TTL),
     )
     .await?;
-    l2.drop_tag_members(&tag_key(cache, tag)).await
+    l2.drop_tag_members(&tag_key(cache, tag), progress).await
 }
 
 /// Deletes, in batches (`SCAN … COUNT 1000`, one `UNLINK` per page), the data keys of every

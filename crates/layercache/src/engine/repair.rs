@@ -152,7 +152,7 @@ async fn repair_region(inner: &Engine, l2: &Remote, id: u32) -> Result<()> {
 
 /// A tag: its mark replaced and members removed, then announced.
 async fn repair_tag(inner: &Engine, l2: &Remote, tag: &str) -> Result<()> {
-    drop_tag(l2, &inner.name, tag).await?;
+    drop_tag(l2, &inner.name, tag, &mut |_| {}).await?;
     inner.tags_invalidated(std::slice::from_ref(&tag.to_owned()));
     inner.announce(Entry::Tag(tag.to_owned())).await
 }

@@ -38,8 +38,14 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Empties a tag's member set in every bucket, deleting the members.
-    pub(super) async fn drop_tag_members(&self, set: &str) -> Result<()> {
+    /// Empties a tag's member set in every bucket, deleting the members; `progress` gets the
+    /// number dropped so far after every round (one script per bucket with members left).
+    pub(super) async fn drop_tag_members(
+        &self,
+        set: &str,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<()> {
+        let mut done = 0u64;
         let mut left: Vec<Bucket> = Bucket::all().collect();
         while !left.is_empty() {
             let commands = left
@@ -58,10 +64,19 @@ impl ClusterStore {
                 .await?;
             let mut next = Vec::new();
             for (b, r) in left.into_iter().zip(replies) {
-                if r?.as_i64().ok_or_else(|| unexpected("drop tag bucket"))? > 0 {
+                let (dropped, remaining) = match r? {
+                    Value::Array(v) if v.len() == 2 => (v[0].as_i64(), v[1].as_i64()),
+                    _ => (None, None),
+                };
+                let (Some(dropped), Some(remaining)) = (dropped, remaining) else {
+                    return Err(unexpected("drop tag bucket"));
+                };
+                done += u64::try_from(dropped).unwrap_or(0);
+                if remaining > 0 {
                     next.push(b);
                 }
             }
+            progress(done);
             left = next;
         }
         Ok(())

@@ -127,8 +127,12 @@ impl RemoteStore for ClusterStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn drop_tag_members<'a>(&'a self, set: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(ClusterStore::drop_tag_members(self, set))
+    fn drop_tag_members<'a>(
+        &'a self,
+        set: &'a str,
+        progress: &'a mut (dyn FnMut(u64) + Send),
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ClusterStore::drop_tag_members(self, set, progress))
     }
 
     fn get_or_lock<'a>(
