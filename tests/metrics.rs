@@ -235,6 +235,13 @@ async fn real_traffic_is_exported_under_the_documented_names_and_labels() {
         !gets.is_empty() && gets.iter().all(|s| *s > 0.0),
         "{gets:?}"
     );
+    // The bus's round trip, as each instance measures it on its own messages.
+    let echoes = samples(&r, "layercache_bus_echo_seconds", &[("cache", cache)]);
+    assert!(
+        !echoes.is_empty() && echoes.iter().all(|s| *s > 0.0),
+        "{echoes:?}"
+    );
+    assert!(a.bus_status().unwrap().echo.is_some());
     // Gauges.
     assert_eq!(
         gauge(&r, "layercache_l1_entries", cache),

@@ -100,6 +100,10 @@ pub struct BusStatus {
     /// For every other instance heard from recently: the sequence number of its last message
     /// whose invalidations this instance has applied.
     pub peers: Vec<(InstanceId, u64)>,
+    /// How long this instance's most recent message it heard back took to come back through
+    /// Redis (the bus's round trip: peers hear a message about as soon); `None` before the
+    /// first.
+    pub echo: Option<Duration>,
 }
 
 impl BusStatus {
@@ -127,6 +131,8 @@ pub(crate) struct BusState {
     pub(crate) peers: HashMap<[u8; 16], (u64, std::time::Instant)>,
     /// For each peer: the highest sequence number of ours it has acknowledged.
     pub(crate) acks: HashMap<[u8; 16], u64>,
+    /// The round trip of the last own message heard back.
+    pub(crate) echo: Option<Duration>,
 }
 
 /// One queued announcement.
@@ -236,6 +242,7 @@ impl BusHandle {
             healthy: shared.healthy,
             published_seq: self.sequencer.published.load(Ordering::Acquire),
             peers,
+            echo: shared.echo,
         }
     }
 }

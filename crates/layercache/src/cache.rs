@@ -1,5 +1,8 @@
 //! [`LayerCache`]: the handle users hold; every call goes to the shared [`Engine`].
 
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics_export;
+
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -92,7 +95,7 @@ impl LayerCache {
     /// call it yourself before a scrape for figures that are exact to the moment.
     #[cfg(feature = "metrics")]
     pub fn export_metrics(&self) {
-        crate::metrics::export(&self.inner);
+        metrics_export::export(&self.inner);
     }
 
     /// The number of entries in the in-process tier. moka applies some bookkeeping lazily:
@@ -304,7 +307,7 @@ impl LayerCache {
             l2.quit().await;
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::export(inner);
+        metrics_export::export(inner);
         tracing::info!(cache.name = %inner.name, "layercache shut down");
     }
 }

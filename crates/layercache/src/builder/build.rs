@@ -264,7 +264,7 @@ impl LayerCacheBuilder {
         };
         let publisher = Publisher {
             store: l2.clone(),
-            sequencer,
+            sequencer: sequencer.clone(),
             rx,
             counters: counters.clone(),
             heartbeat: self.bus_heartbeat_interval,
@@ -291,6 +291,7 @@ impl LayerCacheBuilder {
             shutdown: shutdown_rx,
             subscribed,
             acked,
+            sequencer: sequencer.clone(),
         };
         inner.adopt_task(tokio::spawn(publisher.run()));
         inner.adopt_task(home.run(Box::pin(listener.run())));
@@ -317,7 +318,7 @@ fn start_metrics(inner: &Arc<Engine>, every: std::time::Duration) {
             let Some(engine) = engine.upgrade() else {
                 break;
             };
-            crate::metrics::export(&engine);
+            crate::cache::metrics_export::export(&engine);
         }
     });
 }

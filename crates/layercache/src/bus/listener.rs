@@ -36,6 +36,8 @@ pub(crate) struct Listener {
     pub(crate) subscribed: bool,
     /// Woken when a peer acknowledges one of our messages.
     pub(crate) acked: Arc<tokio::sync::Notify>,
+    /// Our sequence numbers and when each recent message was sent (for the echo delay).
+    pub(crate) sequencer: Arc<crate::sequencer::Sequencer>,
 }
 
 impl Listener {
@@ -192,10 +194,16 @@ impl Listener {
         };
         if msg.sender == self.id.0 {
             *last_echo = Instant::now();
+            let echo = self.sequencer.sent_at(msg.seq).map(|t| t.elapsed());
+            #[cfg(feature = "metrics")]
+            if let Some(echo) = echo {
+                crate::metrics::record_echo(inner.name(), echo);
+            }
             let recovered = {
                 let mut shared = self.shared();
                 let was = shared.healthy;
                 shared.healthy = true;
+                shared.echo = echo.or(shared.echo);
                 !was
             };
             if recovered {

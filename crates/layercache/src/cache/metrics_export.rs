@@ -216,7 +216,7 @@ pub(crate) fn export(engine: &Engine) {
             .absolute(engine.counters.flushes[reason.index()].get());
     }
     let l2 = engine.l2.as_ref();
-    let bus = engine.bus.as_ref().map(crate::bus::BusHandle::status);
+    let bus = engine.bus.as_ref().map(|b| b.status());
     #[expect(clippy::cast_precision_loss, reason = "a gauge is an f64")]
     let values = [
         engine.l1.entry_count() as f64,
@@ -282,12 +282,17 @@ mod tests {
             found.insert((g.into(), "gauge".into(), "cache".into()));
         }
         found.insert((
-            super::super::record::LOAD_DURATION.into(),
+            crate::metrics::LOAD_DURATION.into(),
             "histogram".into(),
             with(&["kind"]),
         ));
         found.insert((
-            super::super::record::REDIS_DURATION.into(),
+            crate::metrics::BUS_ECHO.into(),
+            "histogram".into(),
+            "cache".into(),
+        ));
+        found.insert((
+            crate::metrics::REDIS_DURATION.into(),
             "histogram".into(),
             "cache,op".into(),
         ));
