@@ -202,7 +202,9 @@ impl Shared {
                     continue;
                 };
                 let bus = name.ends_with("PUBLISH") || name.ends_with("SUBSCRIBE");
-                if !bus && args.iter().skip(1).any(|a| a.contains(fragment)) {
+                // Presence records (`{cache}:m2:i:{id}`) are the instance's, not the calls'.
+                let presence = args.iter().any(|a| a.contains(":m2:i:"));
+                if !bus && !presence && args.iter().skip(1).any(|a| a.contains(fragment)) {
                     names.push(name);
                 }
             }

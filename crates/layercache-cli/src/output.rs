@@ -239,7 +239,7 @@ impl Out {
             return;
         }
         self.print(&format!(
-            "{} instance(s) heard on the bus of {cache:?} in {seconds} s{}",
+            "{} instance(s) of {cache:?}: presence records in Redis, and the bus heard for {seconds} s{}",
             rows.len(),
             if dropped > 0 {
                 format!(" ({dropped} undecodable message(s) dropped)")
@@ -250,19 +250,33 @@ impl Out {
         if rows.is_empty() {
             return;
         }
+        let cell = |v: &Value| match v {
+            Value::Null => "-".to_owned(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
         self.print(&format!(
-            "{:<32} {:>9} {:>10} {:>10} {:>6} {:>12}",
-            "instance", "messages", "heartbeats", "last seq", "lost", "last heard"
+            "{:<32} {:>8} {:>8} {:>5} {:>10} {:>6} {:<24}",
+            "instance", "version", "up (s)", "heard", "l1 entries", "lost", "last flush"
         ));
         for r in rows {
+            let flush = match (&r["last_flush"], &r["last_flush_s_ago"]) {
+                (Value::String(reason), ago) => format!("{reason}, {} s ago", cell(ago)),
+                _ => "-".to_owned(),
+            };
             self.print(&format!(
-                "{:<32} {:>9} {:>10} {:>10} {:>6} {:>9} ms",
-                r["instance"].as_str().unwrap_or_default(),
-                r["messages"],
-                r["heartbeats"],
-                r["last_seq"],
-                r["lost"],
-                r["last_heard_ms_ago"]
+                "{:<32} {:>8} {:>8} {:>5} {:>10} {:>6} {:<24}",
+                cell(&r["instance"]),
+                cell(&r["version"]),
+                cell(&r["up_s"]),
+                if r["heard"] == Value::Bool(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                cell(&r["l1_entries"]),
+                cell(&r["lost"]),
+                flush
             ));
         }
     }

@@ -197,7 +197,25 @@ pub(crate) async fn watch(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), F
     .await
 }
 
+/// Milliseconds from `at` (Unix milliseconds) to now.
+fn ms_ago(at: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    now.saturating_sub(at)
+}
+
+/// Every instance of the cache: the presence records in Redis (version, start, last flush and
+/// why), joined with what the bus carried while listening (who is alive, gaps).
 pub(crate) async fn instances(cli: &Cli, out: &mut Out, seconds: f64) -> Result<(), Failure> {
+    let cache = crate::connect(cli).await?;
+    let me = cache.instance_id().map(|id| id.to_string());
+    let records = cache
+        .instances_in_redis()
+        .await
+        .map_err(|e| Failure::from_cache(&cli.url, &e));
+    cache.shutdown().await;
+    let records = records?;
     let args = Args {
         count: None,
         seconds: Some(seconds),
@@ -214,20 +232,45 @@ pub(crate) async fn instances(cli: &Cli, out: &mut Out, seconds: f64) -> Result<
     })
     .await?;
     let now = Instant::now();
-    let rows: Vec<serde_json::Value> = heard
-        .senders
-        .iter()
-        .map(|(id, s)| {
+    let mut rows: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for r in records {
+        if Some(&r.id) == me.as_ref() {
+            continue;
+        }
+        rows.insert(
+            r.id.clone(),
             json!({
-                "instance": id.to_string(),
-                "messages": s.messages,
-                "heartbeats": s.heartbeats,
-                "last_seq": s.last_seq,
-                "lost": s.lost,
-                "last_heard_ms_ago": s.last_heard.map(|t| now.duration_since(t).as_millis()),
-            })
-        })
-        .collect();
-    out.instances(&cli.cache, seconds, rows, heard.dropped);
+                "instance": r.id,
+                "version": r.version,
+                "up_s": r.started_ms.map(|s| ms_ago(s) / 1000),
+                "l1_entries": r.l1_entries,
+                "flushes": r.flushes,
+                "last_flush": r.last_flush.as_ref().map(|(reason, _)| reason.clone()),
+                "last_flush_s_ago": r.last_flush.as_ref().map(|(_, at)| ms_ago(*at) / 1000),
+                "regions": r.regions,
+                "heard": false,
+            }),
+        );
+    }
+    for (id, s) in &heard.senders {
+        let id = id.to_string();
+        if Some(&id) == me.as_ref() {
+            continue;
+        }
+        let row = rows
+            .entry(id.clone())
+            .or_insert_with(|| json!({ "instance": id, "version": null }));
+        row["heard"] = json!(true);
+        row["messages"] = json!(s.messages);
+        row["heartbeats"] = json!(s.heartbeats);
+        row["lost"] = json!(s.lost);
+        row["last_heard_ms_ago"] = json!(s.last_heard.map(|t| now.duration_since(t).as_millis()));
+    }
+    out.instances(
+        &cli.cache,
+        seconds,
+        rows.into_values().collect(),
+        heard.dropped,
+    );
     Ok(())
 }

@@ -328,10 +328,30 @@ async fn watch_prints_the_bus_and_a_gap_it_was_shown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_lists_who_is_on_the_bus() {
+async fn instances_lists_who_is_on_the_bus_with_version_and_last_flush() {
     let server = RedisServer::start().unwrap();
     let (a, _) = instance(&server, "shop").await;
     let (b, _) = instance(&server, "shop").await;
+    let (gone, _) = instance(&server, "shop").await;
+    let gone_id = gone.instance_id().unwrap().to_string();
+    gone.shutdown().await;
+    a.clear().await.unwrap(); // every instance flushes its L1: reason "clear"
+    let a_id = a.instance_id().unwrap().to_string();
+    // Presence records are rewritten every five heartbeats (100 ms here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = a.instances_in_redis().await.unwrap();
+        let flushed = records
+            .iter()
+            .filter(|r| r.last_flush.as_ref().is_some_and(|(why, _)| why == "clear"))
+            .count();
+        if flushed == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{records:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     let out = cli(
         &server.url(),
         "shop",
@@ -340,9 +360,8 @@ async fn instances_lists_who_is_on_the_bus() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     let v = json(&out);
-    let ids: Vec<&str> = v["instances"]
-        .as_array()
-        .unwrap()
+    let rows = v["instances"].as_array().unwrap();
+    let ids: Vec<&str> = rows
         .iter()
         .map(|r| r["instance"].as_str().unwrap())
         .collect();
@@ -350,11 +369,26 @@ async fn instances_lists_who_is_on_the_bus() {
         let id = c.instance_id().unwrap().to_string();
         assert!(ids.contains(&id.as_str()), "{id} not in {ids:?}");
     }
-    assert_eq!(ids.len(), 2);
-    for r in v["instances"].as_array().unwrap() {
+    assert!(
+        !ids.contains(&gone_id.as_str()),
+        "a shut-down instance is gone"
+    );
+    assert_eq!(ids.len(), 2, "{rows:?}");
+    for r in rows {
+        assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
+        assert_eq!(r["heard"], true, "{r}");
         assert!(r["heartbeats"].as_u64().unwrap() >= 2, "{r}");
         assert_eq!(r["lost"], 0);
+        assert_eq!(r["last_flush"], "clear", "{r}");
+        assert_eq!(r["regions"], serde_json::json!(["users"]));
     }
+    assert!(rows.iter().any(|r| r["instance"] == a_id.as_str()));
+    let out = cli(&server.url(), "shop", &["instances", "--seconds", "0.5"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("clear, ") && stdout.contains(&a_id),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,6 +400,7 @@ async fn a_tag_of_100k_members_shows_its_progress() {
         .insert("v".to_owned())
         .await
         .unwrap();
+    let real_key = r.redis_key("real").unwrap();
     let raw = raw(&server).await;
     // 100,000 more members of the tag, planted in one script.
     let set = "shop:t2:big";
@@ -416,7 +451,9 @@ async fn a_tag_of_100k_members_shows_its_progress() {
         )
         .await
         .unwrap();
-    assert!(before - after >= 100_001, "{before} -> {after}");
+    // The planted members are gone (other keys come and go: presence records, the mark).
+    assert!(before - after >= 100_000, "{before} -> {after}");
+    assert!(!raw.exists::<bool, _>(&real_key).await.unwrap());
     assert!(!raw.exists::<bool, _>(set).await.unwrap());
     assert!(r.get("real").await.unwrap().is_none());
 }

@@ -83,6 +83,9 @@ pub(crate) trait Receiver: Send + Sync + 'static {
     fn repair(self: Arc<Self>);
     /// Queues an acknowledgement of message `seq` to instance `to` (never waits).
     fn acknowledge(&self, to: [u8; 16], seq: u64);
+    /// Writes this instance's presence record in the background (see
+    /// [`LayerCache::instances_in_redis`](crate::LayerCache::instances_in_redis)).
+    fn report_presence(self: Arc<Self>);
 }
 
 /// A snapshot of the bus as one instance sees it, from

@@ -79,6 +79,10 @@ pub(crate) struct Engine {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Rate limit for warnings about failed Redis calls.
     pub(crate) warnings: crate::telemetry::WarnLimiter,
+    /// When the cache was built, Unix milliseconds (for its presence record).
+    pub(crate) started_ms: u64,
+    /// The last L1 flush: why, and when (Unix milliseconds).
+    pub(crate) last_flush: Mutex<Option<(FlushReason, u64)>>,
 }
 
 /// How long a region generation lives in Redis without being read or bumped (it is renewed by
@@ -114,6 +118,8 @@ impl Engine {
             regions: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             warnings: crate::telemetry::WarnLimiter::default(),
+            started_ms: unix_millis(),
+            last_flush: Mutex::new(None),
         }
     }
 
@@ -139,6 +145,10 @@ impl Engine {
     /// coherence-loss policy unless it is an explicit clear).
     pub(crate) fn flush_l1(&self, reason: FlushReason) {
         self.counters.flushes[reason.index()].incr();
+        *self
+            .last_flush
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((reason, unix_millis()));
         let keep = reason.is_loss()
             && self
                 .bus

@@ -212,6 +212,16 @@ pub(crate) mod space {
     pub(crate) const TAG_MARK: char = 'v';
 }
 
+/// Where an instance's presence record lives: `{cache}:m{format}:i:{instance id}` (a meta key:
+/// never taken for a generation key, which ends in `:gen`).
+pub(crate) fn presence_prefix(cache: &str) -> String {
+    format!(
+        "{cache}:{}{}:i:",
+        space::META,
+        crate::envelope::FORMAT_VERSION
+    )
+}
+
 /// The fixed part of a region's Redis keys, up to and including the last `:`.
 pub(crate) fn region_prefix(
     cache: &str,

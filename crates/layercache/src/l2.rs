@@ -14,7 +14,7 @@ use std::time::Duration;
 use fred::{
     clients::WithOptions,
     prelude::{ClientLike, KeysInterface},
-    types::{ConnectHandle, Expiration, SetOptions, Value},
+    types::{ConnectHandle, Value},
 };
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -249,32 +249,6 @@ impl RedisStore {
         .await
     }
 
-    /// `SET key value PX ttl [NX]`; returns whether the value was written.
-    async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64, nx: bool) -> Result<bool> {
-        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let span = tracing::debug_span!(
-            "layercache.l2.set",
-            db.system = "redis",
-            db.operation.name = "SET",
-            otel.kind = "client",
-            bytes = value.len(),
-            nx
-        );
-        let reply: Value = self
-            .bounded("redis SET", |c| {
-                c.set(
-                    key,
-                    value,
-                    Some(Expiration::PX(px)),
-                    nx.then_some(SetOptions::NX),
-                    false,
-                )
-            })
-            .instrument(span)
-            .await?;
-        Ok(!reply.is_null())
-    }
-
     /// Writes as its [`WriteCondition`] says: a plain `SET` (`NX`) when nothing else is asked
     /// of it, else the fill script — conditional on what the key holds, for a load on its
     /// tags' marks being what it read before it ran, and with a fence on the region's
@@ -333,6 +307,15 @@ impl RemoteStore for RedisStore {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(RedisStore::get(self, key))
+    }
+
+    fn set_meta<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.set(key, value, ttl_ms, false).await.map(|_| ()) })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {

@@ -233,7 +233,7 @@ pub use codec::Postcard;
 pub use codec::{Bincode, Codec};
 pub use envelope::Corruption;
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use inventory::RegionInRedis;
+pub use inventory::{InstanceInRedis, RegionInRedis};
 pub use key::CacheKey;
 pub use options::{
     EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, DEFAULT_LOADER_HARD_TIMEOUT,

@@ -49,6 +49,18 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The bytes at `key`, if any.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+    /// The bytes at a meta key (outside the data space: a generation, a presence record),
+    /// named as is: never placed in a bucket.
+    fn get_meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        self.get(key)
+    }
+    /// Sets a meta key, named as is, for `ttl_ms`.
+    fn set_meta<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>>;
     /// The bytes at each of `keys`, in their order (`None`: nothing, or another type), in as
     /// few round trips as the store allows — bounded commands of at most [`MAX_BATCH`] keys
     /// each, so no single one blocks the store for long.

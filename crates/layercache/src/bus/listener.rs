@@ -20,6 +20,9 @@ const PEER_EXPIRY_FACTOR: u32 = 10;
 /// its TTL in Redis).
 const GENERATION_REFRESH_TICKS: u64 = 30;
 
+/// Every how many heartbeat ticks the instance writes its presence record (at the first).
+const PRESENCE_TICKS: u64 = 5;
+
 pub(crate) struct Listener {
     /// The cache it serves.
     pub(crate) inner: Weak<dyn Receiver>,
@@ -168,6 +171,9 @@ impl Listener {
         }
         let all = ticks % GENERATION_REFRESH_TICKS == 0;
         inner.clone().refresh_generations(all);
+        if ticks % PRESENCE_TICKS == 0 {
+            inner.clone().report_presence();
+        }
         inner.clone().repair();
         broken
     }

@@ -9,6 +9,35 @@ use crate::{
     stats::Counters,
 };
 
+/// How long a presence record outlives its last write (written every five heartbeats).
+pub(crate) const PRESENCE_TTL_MS: u64 = 30_000;
+
+impl Engine {
+    /// This instance's presence record: `key=value` pairs separated by spaces (see
+    /// [`LayerCache::instances_in_redis`](crate::LayerCache::instances_in_redis)).
+    pub(crate) fn presence_record(&self) -> String {
+        let last_flush = *self
+            .last_flush
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let flushes: u64 = self.counters.flushes.iter().map(|c| c.get()).sum();
+        let mut regions: Vec<String> = self.all_regions().iter().map(|r| r.name.clone()).collect();
+        regions.sort();
+        regions.dedup();
+        let mut record = format!(
+            "version={} started_ms={} l1_entries={} flushes={flushes} regions={}",
+            env!("CARGO_PKG_VERSION"),
+            self.started_ms,
+            self.l1.entry_count(),
+            regions.join(",")
+        );
+        if let Some((reason, at)) = last_flush {
+            record.push_str(&format!(" last_flush={}@{at}", reason.as_str()));
+        }
+        record
+    }
+}
+
 impl Receiver for Engine {
     fn name(&self) -> &str {
         &self.name
@@ -58,6 +87,20 @@ impl Receiver for Engine {
 
     fn repair(self: Arc<Self>) {
         crate::engine::repair::spawn_repair(&self);
+    }
+
+    fn report_presence(self: Arc<Self>) {
+        let (Some(l2), Some(bus)) = (self.l2.clone(), self.bus.as_ref()) else {
+            return;
+        };
+        let key = format!("{}{}", crate::key::presence_prefix(&self.name), bus.id);
+        let record = self.presence_record();
+        self.adopt_task(tokio::spawn(async move {
+            // Best effort: a failed write shows as a missing record, never as an error.
+            let _ = l2
+                .set_meta(&key, record.into_bytes(), PRESENCE_TTL_MS)
+                .await;
+        }));
     }
 
     /// Queued to the publisher, never awaited; if the queue is full the sender times out and

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fred::{
     prelude::{ClientLike, KeysInterface},
-    types::{Expiration, Value},
+    types::{Expiration, SetOptions, Value},
 };
 
 use tracing::Instrument;
@@ -107,6 +107,38 @@ impl RedisStore {
                 v => v.as_bytes().map(<[u8]>::to_vec),
             })
             .collect())
+    }
+
+    /// `SET key value PX ttl [NX]`; returns whether the value was written.
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        nx: bool,
+    ) -> Result<bool> {
+        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let span = tracing::debug_span!(
+            "layercache.l2.set",
+            db.system = "redis",
+            db.operation.name = "SET",
+            otel.kind = "client",
+            bytes = value.len(),
+            nx
+        );
+        let reply: Value = self
+            .bounded("redis SET", |c| {
+                c.set(
+                    key,
+                    value,
+                    Some(Expiration::PX(px)),
+                    nx.then_some(SetOptions::NX),
+                    false,
+                )
+            })
+            .instrument(span)
+            .await?;
+        Ok(!reply.is_null())
     }
 
     /// Sets a tag's mark to a new random token (`SET … PX`).

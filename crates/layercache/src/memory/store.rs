@@ -57,6 +57,18 @@ impl RemoteStore for MemoryStore {
         ready(self.server.run("get", |k| k.get(key)))
     }
 
+    fn set_meta<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready(self.server.run("set meta", |k| {
+            k.set(key, value, Some(ttl_ms));
+            Ok(())
+        }))
+    }
+
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
         ready(self.server.run("get many", |k| {
             Ok(keys.iter().map(|key| k.get_lenient(key)).collect())

@@ -31,6 +31,19 @@ impl RemoteStore for ClusterStore {
         Box::pin(async move { self.inner.get(&place(key).1).await })
     }
 
+    fn get_meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(self.inner.get(key))
+    }
+
+    fn set_meta<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.inner.set(key, value, ttl_ms, false).await.map(|_| ()) })
+    }
+
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
         let span = tracing::debug_span!(
             "layercache.l2.get_many",
