@@ -457,3 +457,30 @@ async fn a_tag_of_100k_members_shows_its_progress() {
     assert!(!raw.exists::<bool, _>(set).await.unwrap());
     assert!(r.get("real").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_refused_clearly_and_never_shown() {
+    let server = RedisServer::builder()
+        .arg("requirepass", "right-one")
+        .start()
+        .unwrap();
+    let url = format!("redis://:wrong-one@127.0.0.1:{}", server.port());
+    for args in [
+        &["regions"][..],
+        &["inspect", "--redis-key", "k"][..],
+        &["invalidate", "tag", "t"][..],
+    ] {
+        let out = cli(&url, "shop", args).await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(":***@127.0.0.1"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("wrong-one") && !stdout.contains("wrong-one"),
+            "{stderr}"
+        );
+    }
+    // The right one works.
+    let url = format!("redis://:right-one@127.0.0.1:{}", server.port());
+    let out = cli(&url, "shop", &["regions"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+}
