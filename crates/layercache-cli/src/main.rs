@@ -260,7 +260,12 @@ async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failu
             format!("region {name:?}")
         }
         Target::All { .. } => {
-            cache.clear().await.map_err(fail)?;
+            let mut bar = out.progress("clear: outdated keys deleted");
+            cache
+                .clear_with_progress(|n| bar.set(n))
+                .await
+                .map_err(fail)?;
+            bar.finish();
             "every entry".to_owned()
         }
     };

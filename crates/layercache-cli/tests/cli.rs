@@ -484,3 +484,43 @@ async fn a_wrong_password_is_refused_clearly_and_never_shown() {
     let out = cli(&url, "shop", &["regions"]).await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_with_yes_clears_every_instance_and_shows_its_walk() {
+    let server = RedisServer::start().unwrap();
+    let (c, r) = instance(&server, "shop").await;
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    let results = r
+        .insert_many(keys.iter().map(|k| (k.as_str(), "v".to_owned())))
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    assert!(r.get("k1").await.unwrap().is_some());
+
+    let out = cli(
+        &server.url(),
+        "shop",
+        &["--progress", "always", "invalidate", "all", "--yes"],
+    )
+    .await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let done: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("clear: outdated keys deleted: ")?
+                .strip_suffix(", done")
+        })
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .parse()
+        .unwrap();
+    assert_eq!(done, 3000, "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.flushes(layercache::FlushReason::Clear) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the instance never heard the clear"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(r.get("k1").await.unwrap().is_none());
+}

@@ -184,6 +184,18 @@ impl LayerCache {
     /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate). A region whose generation could not be moved stops using
     /// Redis until it has read its generation again.
     pub async fn clear(&self) -> Result<()> {
+        self.clear_with_progress(|_| {}).await
+    }
+
+    /// [`clear`](Self::clear), calling `progress` with the number of outdated data keys
+    /// deleted from Redis so far after every batch (for an operator's tool: a big keyspace is
+    /// a long walk). Dropping the future during the walk is safe: every region has moved to a
+    /// new generation by then, and the keys left behind expire by their TTL.
+    ///
+    /// # Errors
+    ///
+    /// As [`clear`](Self::clear).
+    pub async fn clear_with_progress(&self, mut progress: impl FnMut(u64) + Send) -> Result<()> {
         let inner = &self.inner;
         let mut result = Ok(());
         let mut moved = Vec::new();
@@ -208,7 +220,7 @@ impl LayerCache {
             announced = inner.announce(Entry::All).await;
         }
         if let (Some(l2), Ok(())) = (&inner.l2, &result) {
-            result = delete_outdated(l2, &inner.name, &moved).await;
+            result = delete_outdated(l2, &inner.name, &moved, &mut progress).await;
         }
         if result.is_err() || announced.is_err() {
             // Not confirmed: moved again (and announced) once Redis answers; until then no

@@ -42,9 +42,10 @@ pub(crate) async fn delete_outdated(
     l2: &Remote,
     cache: &str,
     moved: &[(String, u32, u64)],
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<()> {
     let prefix = format!("{cache}:{}{FORMAT_VERSION}:", crate::key::space::DATA);
-    let mut cursor = "0".to_owned();
+    let (mut cursor, mut deleted) = ("0".to_owned(), 0u64);
     loop {
         let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
         let old: Vec<String> = keys
@@ -57,7 +58,9 @@ pub(crate) async fn delete_outdated(
                 })
             })
             .collect();
+        deleted += old.len() as u64;
         l2.delete_many(old).await?;
+        progress(deleted);
         if next == "0" {
             return Ok(());
         }
