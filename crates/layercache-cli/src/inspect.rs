@@ -66,6 +66,22 @@ async fn redis_key(cli: &Cli, args: &Args) -> Result<String, Failure> {
 pub(crate) async fn raw_client(cli: &Cli) -> Result<Client, Failure> {
     let unreachable =
         |e: fred::error::Error| Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)));
+    let scheme = cli.url.split_once("://").map_or("", |(s, _)| s);
+    if !matches!(
+        scheme,
+        "redis"
+            | "rediss"
+            | "redis-cluster"
+            | "rediss-cluster"
+            | "redis-sentinel"
+            | "rediss-sentinel"
+    ) {
+        return Err(Failure::Usage(format!(
+            "the URL {} is not a Redis URL: use redis://, rediss://, redis-cluster:// or \
+             redis-sentinel://",
+            redact(&cli.url)
+        )));
+    }
     let config = Config::from_url(&cli.url)
         .map_err(|e| Failure::Usage(format!("the URL {} is not valid: {e}", redact(&cli.url))))?;
     let timeout = Duration::from_secs(cli.timeout.max(1));

@@ -62,6 +62,7 @@ enum Command {
     /// Show one entry: the envelope header, TTL, tags, checksum verdict and payload.
     Inspect(inspect::Args),
     /// List every region of the cache found in Redis, with its generation and key count.
+    #[command(alias = "generations")]
     Regions {
         /// Skip the key counts (each is a walk of the keyspace).
         #[arg(long)]

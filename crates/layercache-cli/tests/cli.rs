@@ -203,6 +203,20 @@ async fn bad_input_gets_a_clear_message_an_exit_code_and_changes_nothing() {
     assert!(stderr.contains("user:***@127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("hunter2") && !stdout.contains("hunter2"));
 
+    // A URL that is not one: exit 2, said so.
+    for args in [&["regions"][..], &["inspect", "--redis-key", "k"][..]] {
+        let out = cli("ftp://127.0.0.1:1", "shop", args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
+        assert!(
+            text(&out).1.contains("ftp://127.0.0.1:1"),
+            "{:?}",
+            text(&out)
+        );
+    }
+    // `generations` is `regions`.
+    let out = cli(&server.url(), "shop", &["--json", "generations"]).await;
+    assert_eq!(json(&out)["regions"][0]["region"], "users");
+
     // `invalidate all` without --yes: exit 2, nothing changed.
     let out = cli(&server.url(), "shop", &["invalidate", "all"]).await;
     assert_eq!(out.status.code(), Some(2));
