@@ -12,6 +12,9 @@
 //!   L1: GET, envelope check, decode, L1 fill), against a fred `GET` plus bincode decode into an
 //!   `Arc` over the same number of keys.
 //!
+//! - `write`: `Region::insert` (one conditional write script, its bus message pipelined)
+//!   against a bincode encode and a fred `SET … PX`. Target: ≤ 1.3×.
+//!
 //! - `batch_get`: `Region::get_many` of 100 keys answered by Redis (same setup as `l2_hit`),
 //!   against 100 sequential `Region::get` of the same keys. Target: ≤ 1/15 of the time.
 //! - `batch_load`: `Region::get_or_load_many` of 100 keys neither tier has (one batch-loader
@@ -21,7 +24,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `batch_get`, `batch_load`, `batch_write`) for one.
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `write`, `batch_get`, `batch_load`, `batch_write`) for one.
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
@@ -181,6 +184,56 @@ fn l2_hit(rounds: usize) {
         .await;
         r.report("l2_hit", 1.2);
         setup.check();
+    });
+    drop(server);
+}
+
+/// `Region::insert` (encode, envelope, the conditional write script with its bus message
+/// pipelined, L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
+/// hand-written cache-aside write costs.
+fn write(rounds: usize) {
+    let (server, rt, setup) = l2_bench();
+    rt.block_on(async {
+        let r = interleave(
+            rounds,
+            1_000,
+            |i| {
+                let setup = &setup;
+                async move {
+                    let key = setup.keys[i % L2_KEYS].as_str();
+                    setup
+                        .region
+                        .insert(key, support::profile())
+                        .await
+                        .expect("insert");
+                }
+            },
+            |i| {
+                let setup = &setup;
+                async move {
+                    let bytes = bincode::serde::encode_to_vec(
+                        support::profile(),
+                        bincode::config::standard(),
+                    )
+                    .expect("encode");
+                    let key = setup.raw_keys[i % L2_KEYS].as_str();
+                    let _: () = fred::prelude::KeysInterface::set(
+                        &setup.raw,
+                        key,
+                        bytes,
+                        Some(fred::types::Expiration::PX(60_000)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .expect("set");
+                }
+            },
+        )
+        .await;
+        r.report("write", 1.3);
+        let stats = setup.cache.stats();
+        assert!(stats.l2_writes > 0 && stats.l2_errors == 0, "{stats:?}");
     });
     drop(server);
 }
@@ -353,6 +406,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "write") {
+        write(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "batch_write") {
         batch_write(rounds);

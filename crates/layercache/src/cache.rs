@@ -302,6 +302,7 @@ impl LayerCache {
         if inner.journal.len() > 0 {
             tracing::warn!(cache.name = %inner.name, pending = inner.journal.len(), "shutting down with writes redis has not confirmed; other instances may serve their old values until their TTL");
         }
+        let _ = inner.closing.send(true);
         if let Some(bus) = &inner.bus {
             bus.stop();
         }

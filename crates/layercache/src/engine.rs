@@ -83,6 +83,8 @@ pub(crate) struct Engine {
     pub(crate) started_ms: u64,
     /// The last L1 flush: why, and when (Unix milliseconds).
     pub(crate) last_flush: Mutex<Option<(FlushReason, u64)>>,
+    /// Set by `shutdown()`: background loops of the cache's own (the metrics export) end.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long a region generation lives in Redis without being read or bumped (it is renewed by
@@ -120,6 +122,7 @@ impl Engine {
             warnings: crate::telemetry::WarnLimiter::default(),
             started_ms: unix_millis(),
             last_flush: Mutex::new(None),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 

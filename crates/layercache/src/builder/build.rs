@@ -303,24 +303,29 @@ impl LayerCacheBuilder {
 }
 
 /// Exports the cache's metrics every `every` while the cache lives (not at all for zero). The
-/// task holds only a weak reference: it ends when the cache is dropped.
+/// task holds only a weak reference: it ends when the cache is dropped or shut down.
 #[cfg(feature = "metrics")]
 fn start_metrics(inner: &Arc<Engine>, every: std::time::Duration) {
     if every.is_zero() {
         return;
     }
     let engine = Arc::downgrade(inner);
-    tokio::spawn(async move {
+    let mut closing = inner.closing.subscribe();
+    inner.adopt_task(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                // `shutdown()` exports once more itself.
+                _ = closing.changed() => break,
+            }
             let Some(engine) = engine.upgrade() else {
                 break;
             };
             crate::cache::metrics_export::export(&engine);
         }
-    });
+    }));
 }
 
 /// A connected shared tier: the store, the bus subscription (not yet subscribed) and where its
