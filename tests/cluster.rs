@@ -323,3 +323,46 @@ async fn bad_cluster_input_fails_clearly_or_starts_degraded() {
     assert!(e.to_string().contains("use redis-cluster://"), "{e}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// What operators' tools read (regions, key counts, presence records) works on a cluster: meta
+/// keys are read and written as named, data keys counted on every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_key_counts_and_presence_records_are_read_on_a_cluster() {
+    let cluster = cluster();
+    let a = instance(&cluster, "inventory").await;
+    let b = instance(&cluster, "inventory").await;
+    let r = region(&a).await;
+    for i in 0..60 {
+        r.insert(&format!("k{i}"), "v".to_owned()).await.unwrap();
+    }
+    let regions = a.regions_in_redis().await.unwrap();
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    assert_eq!(regions[0].name, "items");
+    assert_eq!(regions[0].generation, r.generation(), "{regions:?}");
+    let mut pages = 0;
+    let n = a
+        .count_region_keys("items", 1, r.generation().unwrap(), |_| pages += 1)
+        .await
+        .unwrap();
+    assert_eq!(n, 60);
+    assert!(pages >= 1);
+    let ids: Vec<String> = [&a, &b]
+        .iter()
+        .map(|c| c.instance_id().unwrap().to_string())
+        .collect();
+    wait_until("both presence records", WAIT, || {
+        let (a, ids) = (a.clone(), ids.clone());
+        async move {
+            let found = a.instances_in_redis().await.unwrap();
+            ids.iter().all(|id| found.iter().any(|i| &i.id == id))
+        }
+    })
+    .await;
+    b.shutdown().await;
+    let found = a.instances_in_redis().await.unwrap();
+    assert!(
+        !found.iter().any(|i| i.id == ids[1]),
+        "a shut-down instance's record is gone: {found:?}"
+    );
+    a.shutdown().await;
+}
