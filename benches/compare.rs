@@ -234,6 +234,21 @@ fn write(rounds: usize) {
         r.report("write", 1.3);
         let stats = setup.cache.stats();
         assert!(stats.l2_writes > 0 && stats.l2_errors == 0, "{stats:?}");
+        // Where the time goes on the server: Redis's own time per call of each command.
+        let info: String = fred::interfaces::ClientLike::custom(
+            &setup.raw,
+            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+            vec!["commandstats"],
+        )
+        .await
+        .expect("info");
+        for line in info.lines().filter(|l| {
+            ["cmdstat_set:", "cmdstat_evalsha:", "cmdstat_publish:"]
+                .iter()
+                .any(|c| l.starts_with(c))
+        }) {
+            println!("  redis {line}");
+        }
     });
     drop(server);
 }

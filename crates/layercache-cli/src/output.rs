@@ -72,6 +72,15 @@ pub(crate) fn note(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
+/// A JSON value as a table cell: `-` for null, strings without quotes.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// How often plain progress lines are printed.
 const LINE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -186,11 +195,6 @@ impl Out {
             "region", "schema", "generation", "keys"
         ));
         for r in rows {
-            let cell = |v: &Value| match v {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
             self.print(&format!(
                 "{:<24} {:>7} {:>16} {:>10}",
                 cell(&r["region"]),
@@ -250,11 +254,6 @@ impl Out {
         if rows.is_empty() {
             return;
         }
-        let cell = |v: &Value| match v {
-            Value::Null => "-".to_owned(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
         self.print(&format!(
             "{:<32} {:>8} {:>8} {:>5} {:>10} {:>6} {:<24}",
             "instance", "version", "up (s)", "heard", "l1 entries", "lost", "last flush"

@@ -371,6 +371,26 @@ impl Engine {
         }
     }
 
+    /// Every (region, schema) with a generation key in Redis, any instance's (a `SCAN` of the
+    /// cache's meta keys), sorted.
+    pub(crate) async fn regions_with_generation_keys(
+        &self,
+        l2: &Remote,
+    ) -> Result<Vec<(String, u32)>> {
+        let prefix = format!("{}:{}{FORMAT_VERSION}:", self.name, crate::key::space::META);
+        let mut found: Vec<(String, u32)> = Vec::new();
+        crate::walks::scan_all(l2, &prefix, |keys| {
+            found.extend(
+                keys.iter()
+                    .filter_map(|k| parse_generation_key(&self.name, k)),
+            );
+        })
+        .await?;
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     /// Moves the generation of every region forward in Redis: this instance's regions and
     /// every region with a generation key (`SCAN`). Records each (region, schema, new
     /// generation) in `moved`. A local region whose bump failed forgets its generation (it is
@@ -385,21 +405,10 @@ impl Engine {
             .iter()
             .map(|r| (r.name.clone(), r.schema))
             .collect();
-        let prefix = format!("{}:{}{FORMAT_VERSION}:", self.name, crate::key::space::META);
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
-            for key in keys {
-                if let Some(found) = parse_generation_key(&self.name, &key) {
-                    if !regions.contains(&found) {
-                        regions.push(found);
-                    }
-                }
+        for found in self.regions_with_generation_keys(l2).await? {
+            if !regions.contains(&found) {
+                regions.push(found);
             }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
         let mut result = Ok(());
         for (region, schema) in regions {

@@ -5,7 +5,8 @@ use crate::{
     cache::LayerCache,
     envelope::FORMAT_VERSION,
     error::{Error, ErrorKind, Result},
-    key::{generation_key, parse_generation_key, presence_prefix, region_prefix, space},
+    key::{generation_key, presence_prefix, region_prefix, space},
+    walks::scan_all,
 };
 
 /// A region found in Redis by [`LayerCache::regions_in_redis`]: any instance of the cache
@@ -97,15 +98,7 @@ impl LayerCache {
         let l2 = inner.l2.as_ref().ok_or_else(no_redis)?;
         let prefix = presence_prefix(&inner.name);
         let mut keys: Vec<String> = Vec::new();
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, page) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
-            keys.extend(page);
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
+        scan_all(l2, &prefix, |page| keys.extend(page)).await?;
         keys.sort();
         keys.dedup();
         let mut found = Vec::with_capacity(keys.len());
@@ -133,24 +126,7 @@ impl LayerCache {
     pub async fn regions_in_redis(&self) -> Result<Vec<RegionInRedis>> {
         let inner = &self.inner;
         let l2 = inner.l2.as_ref().ok_or_else(no_redis)?;
-        let prefix = format!("{}:{}{FORMAT_VERSION}:", inner.name, space::META);
-        let mut found: Vec<(String, u32)> = Vec::new();
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
-            for key in keys {
-                if let Some(region) = parse_generation_key(&inner.name, &key) {
-                    if !found.contains(&region) {
-                        found.push(region);
-                    }
-                }
-            }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
-        found.sort();
+        let found = inner.regions_with_generation_keys(l2).await?;
         let mut regions = Vec::with_capacity(found.len());
         for (name, schema) in found {
             let bytes = l2
@@ -191,16 +167,13 @@ impl LayerCache {
             "{}g{generation}:",
             region_prefix(&inner.name, space::DATA, FORMAT_VERSION, region, schema)
         );
-        let (mut count, mut cursor) = (0u64, "0".to_owned());
-        loop {
-            let (next, keys) = l2.scan_prefix(&prefix, &cursor, 1000).await?;
+        let mut count = 0u64;
+        scan_all(l2, &prefix, |keys| {
             count += keys.len() as u64;
             progress(count);
-            if next == "0" {
-                return Ok(count);
-            }
-            cursor = next;
-        }
+        })
+        .await?;
+        Ok(count)
     }
 }
 

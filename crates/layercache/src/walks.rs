@@ -17,6 +17,24 @@ use crate::{
 /// was (absent); loads are bounded far below a day in practice.
 pub(crate) const TAG_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Walks every key starting with `prefix` (`SCAN … COUNT 1000`, on every primary of a
+/// cluster), handing each page to `page` (a key may be seen twice, as with `SCAN`).
+pub(crate) async fn scan_all(
+    l2: &Remote,
+    prefix: &str,
+    mut page: impl FnMut(Vec<String>),
+) -> Result<()> {
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys) = l2.scan_prefix(prefix, &cursor, 1000).await?;
+        page(keys);
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 /// The Redis side of `invalidate_tag`: replace the mark, then delete the members page by page
 /// (`progress`: the number deleted so far, after every page).
 pub(crate) async fn drop_tag(
