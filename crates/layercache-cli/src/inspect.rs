@@ -62,10 +62,14 @@ async fn redis_key(cli: &Cli, args: &Args) -> Result<String, Failure> {
     })
 }
 
+/// A failed call to Redis, with the URL redacted.
+fn unreachable(cli: &Cli, e: &fred::error::Error) -> Failure {
+    Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)))
+}
+
 /// A plain fred client on the URL (clustered for a cluster URL), connected.
 pub(crate) async fn raw_client(cli: &Cli) -> Result<Client, Failure> {
-    let unreachable =
-        |e: fred::error::Error| Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)));
+    let unreachable = |e| unreachable(cli, &e);
     let scheme = cli.url.split_once("://").map_or("", |(s, _)| s);
     if !matches!(
         scheme,
@@ -105,8 +109,7 @@ pub(crate) async fn raw_client(cli: &Cli) -> Result<Client, Failure> {
 
 pub(crate) async fn run(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), Failure> {
     let key = redis_key(cli, args).await?;
-    let unreachable =
-        |e: fred::error::Error| Failure::Redis(format!("Redis at {}: {e}", redact(&cli.url)));
+    let unreachable = |e| unreachable(cli, &e);
     let client = raw_client(cli).await?;
     let kind: String = client
         .custom(
@@ -151,7 +154,8 @@ pub(crate) async fn run(cli: &Cli, out: &mut Out, args: &Args) -> Result<(), Fai
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -72,10 +72,7 @@ impl Heard {
 fn key_text(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
-        _ => format!(
-            "0x{}",
-            key.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
+        _ => format!("0x{}", crate::inspect::hex(key)),
     }
 }
 

@@ -319,7 +319,7 @@ impl LayerCache {
         if let (Some(l2), Some(bus)) = (&inner.l2, &inner.bus) {
             // The presence record goes with the instance (a 1 ms lifetime: a meta key is set,
             // never placed, so this works the same on a cluster).
-            let key = format!("{}{}", crate::key::presence_prefix(&inner.name), bus.id);
+            let key = crate::key::presence_key(&inner.name, bus.id);
             let _ = l2.set_meta(&key, b"stopped".to_vec(), 1).await;
         }
         if let Some(l2) = &inner.l2 {

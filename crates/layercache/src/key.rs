@@ -222,6 +222,11 @@ pub(crate) fn presence_prefix(cache: &str) -> String {
     )
 }
 
+/// An instance's presence record key: [`presence_prefix`] and its id (hex).
+pub(crate) fn presence_key(cache: &str, id: impl std::fmt::Display) -> String {
+    format!("{}{id}", presence_prefix(cache))
+}
+
 /// The fixed part of a region's Redis keys, up to and including the last `:`.
 pub(crate) fn region_prefix(
     cache: &str,

@@ -93,7 +93,7 @@ impl Receiver for Engine {
         let (Some(l2), Some(bus)) = (self.l2.clone(), self.bus.as_ref()) else {
             return;
         };
-        let key = format!("{}{}", crate::key::presence_prefix(&self.name), bus.id);
+        let key = crate::key::presence_key(&self.name, bus.id);
         let record = self.presence_record();
         self.adopt_task(tokio::spawn(async move {
             // Best effort: a failed write shows as a missing record, never as an error.
