@@ -561,9 +561,30 @@ async fn child(a: Args, variant: Variant) {
         }
         let key = format!("k{k}");
         let now = source.versions[k].load(Ordering::SeqCst);
-        for i in &inst {
-            if i.peek(&key).await.is_some_and(|v| v < now) {
+        for (n, i) in inst.iter().enumerate() {
+            if let Some(v) = i.peek(&key).await.filter(|v| *v < now) {
                 still += 1;
+                // What the parent prints, so a still-stale key can be looked into.
+                let since = source.epoch.elapsed().as_nanos() as u64
+                    - source.committed_at[k].load(Ordering::SeqCst);
+                println!(
+                    "STILL {key} on instance {n}: serves v{v}, source v{now}, written last by {} {} ms ago",
+                    source.writer[k].load(Ordering::Relaxed),
+                    since / 1_000_000
+                );
+                for (m, j) in inst.iter().enumerate() {
+                    if let Instance::Layer(r, _) = j {
+                        let l1 = j.peek(&key).await;
+                        let x = r.explain(key.as_str()).await;
+                        println!("STILL   instance {m}: serves {l1:?}: {x:?}");
+                    }
+                }
+                // Redis, read by an instance with an empty L1.
+                let (cold, cold_caches) = instances(&a, variant, &url).await;
+                println!("STILL   Redis holds {:?}", cold[0].peek(&key).await);
+                for c in cold_caches {
+                    c.shutdown().await;
+                }
                 break;
             }
         }
@@ -585,6 +606,9 @@ async fn child(a: Args, variant: Variant) {
         rss_mib: peak_rss_kib() as f64 / 1024.0,
     };
     for c in caches {
+        if std::env::var_os("LOADGEN_STATS").is_some() {
+            println!("STATS {}", c.stats());
+        }
         c.shutdown().await;
     }
     println!("{}", slice.line());
@@ -717,6 +741,9 @@ async fn parent(a: Args) {
                 slice.age_p99_us,
                 slice.still_stale
             );
+            for l in stdout.lines().filter(|l| l.starts_with("STILL")) {
+                println!("  {l}");
+            }
             slices.push(slice);
         }
     }

@@ -14,7 +14,7 @@
 //! staler value).
 
 use std::{
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ pub(crate) struct Cooldown {
     /// When each slot was last written, in ns since `epoch` plus one (zero: never).
     slots: Box<[AtomicU64]>,
     epoch: Instant,
-    hasher: RandomState,
+    hasher: crate::l1::KeyHasher,
 }
 
 impl std::fmt::Debug for Cooldown {
@@ -50,7 +50,7 @@ impl Cooldown {
             period_ns,
             slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
-            hasher: RandomState::new(),
+            hasher: crate::l1::KeyHasher::default(),
         }
     }
 

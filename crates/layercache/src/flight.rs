@@ -8,7 +8,6 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -19,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::{
     error::{Error, ErrorKind},
-    l1::L1Key,
+    l1::{KeyMap, L1Key},
 };
 
 /// What a flight hands to its waiters: the value, or `None` when nothing was found and there
@@ -37,12 +36,12 @@ struct Registered {
 
 /// A write's pending L1 fill, waiting for its Redis write: poisoned by any later write,
 /// invalidation (local or received) or flush of its key.
-type Tickets = HashMap<L1Key, Vec<(u64, Arc<AtomicBool>)>>;
+type Tickets = KeyMap<L1Key, Vec<(u64, Arc<AtomicBool>)>>;
 
 /// The flights of one cache, keyed like L1, and the writes waiting to fill L1.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<L1Key, Registered>>,
+    map: Mutex<KeyMap<L1Key, Registered>>,
     tickets: Mutex<Tickets>,
     next_id: AtomicU64,
 }
@@ -64,7 +63,7 @@ pub(crate) enum Join<V> {
 }
 
 impl Flights {
-    fn lock(&self) -> MutexGuard<'_, HashMap<L1Key, Registered>> {
+    fn lock(&self) -> MutexGuard<'_, KeyMap<L1Key, Registered>> {
         // The map holds no invariant a panic could break mid-way; keep going.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }

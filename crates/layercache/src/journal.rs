@@ -25,7 +25,7 @@ use std::{
     },
 };
 
-use crate::l1::L1Key;
+use crate::l1::{KeyMap, L1Key};
 
 /// What a key's repair writes: a tombstone with the region's lifetimes and codec id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub(crate) fn region_of(key: &[u8]) -> Option<u32> {
 
 #[derive(Debug, Default)]
 struct State {
-    keys: HashMap<L1Key, (u64, Tombstone)>,
+    keys: KeyMap<L1Key, (u64, Tombstone)>,
     regions: HashMap<u32, u64>,
     tags: HashMap<String, u64>,
     clear: Option<u64>,

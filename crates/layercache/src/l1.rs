@@ -22,6 +22,17 @@ use crate::cooldown::Cooldown;
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
 
+/// The hasher of every per-key table on the hot path (L1, flights, write tickets, the journal,
+/// the cooldown): foldhash with a random per-process seed. *Chosen for speed*: SipHash (the
+/// standard library's default, and moka's) was ~5 % of a service workload's CPU and a tenth of
+/// an L1 hit; foldhash hashes a short key in a few nanoseconds. It is keyed (random seeds), so
+/// colliding keys cannot be chosen without first learning the seed from the process's
+/// behaviour — the same trade hashbrown's default makes. See docs/BENCHMARKS.md.
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
+
+/// A `HashMap` with [`KeyHasher`].
+pub(crate) type KeyMap<K, V> = std::collections::HashMap<K, V, KeyHasher>;
+
 /// When an entry stops being fresh and when it should be refreshed, for entries that need
 /// the clock on a hit (fail-safe, early refresh, XFetch). Plain entries have none: moka's
 /// expiry is their whole story and a hit reads no clock.
@@ -162,7 +173,7 @@ const TAG_TABLE_PRUNE_AT: usize = 4096;
 /// The in-process tier.
 #[derive(Clone)]
 pub(crate) struct L1 {
-    cache: Cache<L1Key, L1Entry>,
+    cache: Cache<L1Key, L1Entry, KeyHasher>,
     by_bytes: bool,
     tags: Arc<TagTable>,
     max_lifetime: Duration,
@@ -198,7 +209,7 @@ impl L1 {
             b = b.time_to_idle(tti);
         }
         Self {
-            cache: b.build(),
+            cache: b.build_with_hasher(KeyHasher::default()),
             by_bytes,
             tags: Arc::new(TagTable::default()),
             max_lifetime,
