@@ -12,6 +12,9 @@
 //!   L1: GET, envelope check, decode, L1 fill), against a fred `GET` plus bincode decode into an
 //!   `Arc` over the same number of keys.
 //!
+//! - `load`: `Region::get_or_load` of a key neither tier holds (`GET`, loader, fill script, L1
+//!   fill), against a fred `GET` that finds nothing, a bincode encode and a `SET … PX`: the
+//!   miss path of hand-written cache-aside.
 //! - `write`: `Region::insert` (one conditional write script, its bus message pipelined)
 //!   against a bincode encode and a fred `SET … PX`. Target: ≤ 1.3×.
 //!
@@ -24,7 +27,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `write`, `batch_get`, `batch_load`, `batch_write`) for one.
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `load`, `write`, `batch_get`, `batch_load`, `batch_write`) for one.
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
@@ -253,6 +256,68 @@ fn write(rounds: usize) {
     drop(server);
 }
 
+/// The miss path: `Region::get_or_load` of a key neither tier holds (a `GET` that finds
+/// nothing, the loader, the conditional fill script, the L1 fill) against what hand-written
+/// cache-aside does on a miss: a fred `GET` that finds nothing, then a bincode encode and a
+/// `SET … PX` of the loaded value. Every operation is a key of its own.
+fn load(rounds: usize) {
+    let (server, rt, setup) = l2_bench();
+    rt.block_on(async {
+        let r = interleave(
+            rounds,
+            1_000,
+            |i| {
+                let setup = &setup;
+                async move {
+                    let key = format!("miss:{i}");
+                    let v = setup
+                        .region
+                        .get_or_load(key.as_str(), |_| async {
+                            Ok::<_, std::io::Error>(support::profile())
+                        })
+                        .await
+                        .expect("get_or_load");
+                    std::hint::black_box(v);
+                }
+            },
+            |i| {
+                let setup = &setup;
+                async move {
+                    let key = format!("raw:miss:{i}");
+                    let got: Option<Vec<u8>> =
+                        fred::prelude::KeysInterface::get(&setup.raw, key.as_str())
+                            .await
+                            .expect("get");
+                    assert!(got.is_none());
+                    let bytes = bincode::serde::encode_to_vec(
+                        support::profile(),
+                        bincode::config::standard(),
+                    )
+                    .expect("encode");
+                    let _: () = fred::prelude::KeysInterface::set(
+                        &setup.raw,
+                        key.as_str(),
+                        bytes,
+                        Some(fred::types::Expiration::PX(60_000)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .expect("set");
+                }
+            },
+        )
+        .await;
+        r.report("load", 1.3);
+        let stats = setup.cache.stats();
+        assert!(
+            stats.loads >= (rounds as u64) * 1_000 && stats.l2_errors == 0,
+            "{stats:?}"
+        );
+    });
+    drop(server);
+}
+
 /// Keys per batch.
 const BATCH: usize = 100;
 
@@ -421,6 +486,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "load") {
+        load(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "write") {
         write(rounds);

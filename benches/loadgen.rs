@@ -16,12 +16,22 @@
 //! `--cluster` runs everything on a local six-node Redis Cluster instead of one server (CPU
 //! per operation then counts all six redis-server processes).
 //!
+//! `--charts DIR` writes `loadgen-latency.svg` (read-latency CDF per system) and
+//! `loadgen-throughput-cpu.svg` (throughput beside CPU per operation) into `DIR`, relative to
+//! the workspace root (`--charts docs/img` regenerates the ones docs/BENCHMARKS.md shows).
+//!
+//! `--no-doorkeeper` turns off the L1 doorkeeper (`LayerCacheBuilder::l1_doorkeeper`).
+//!
 //! Other flags: `--keys`, `--tasks`, `--write-pct`, `--l1` (entries), `--value-bytes`,
 //! `--bus-thread`. Cache-aside, the baseline, always runs.
 //!
 //! Each slice (one variant for `--secs`) runs in a child process of its own (so its peak RSS
 //! and CPU are its own), after a warm-up of half its length, against a redis-server started by
-//! the test kit and emptied between slices. Variants alternate within each round.
+//! the test kit and emptied between slices. Variants alternate within each round. Before the
+//! warm-up every key is read once through the system's own read path, so Redis holds the whole
+//! key space, as in a service that has been running a while (`--cold` skips it: then the
+//! slice is a cold start, where most reads of Redis are loads of keys never seen before —
+//! how this harness ran before 2026-12-03).
 //!
 //! - A **write** commits a new version of the key to the source (an atomic counter per key),
 //!   then `insert`s the value carrying it (or `invalidate`s the key; cache-aside `SET`s it).
@@ -61,6 +71,9 @@ use layercache::{LayerCache, Region};
 use layercache_testkit::{RedisCluster, RedisServer};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+#[path = "loadgen/chart.rs"]
+mod chart;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -115,6 +128,12 @@ struct Args {
     lock: bool,
     /// The variants to run (`--variants a,b`; cache-aside, the baseline, always runs).
     variants: Vec<Variant>,
+    /// Where to write the SVG charts (`--charts DIR`; relative to the workspace root).
+    charts: Option<String>,
+    /// Start with Redis empty (`--cold`) instead of every key read through once.
+    cold: bool,
+    /// `LayerCacheBuilder::l1_doorkeeper(false)` (`--no-doorkeeper`).
+    no_doorkeeper: bool,
 }
 
 fn args() -> Args {
@@ -133,6 +152,9 @@ fn args() -> Args {
         cooldown_ms: None,
         lock: false,
         variants: Variant::ALL.to_vec(),
+        charts: None,
+        cold: false,
+        no_doorkeeper: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -149,6 +171,7 @@ fn args() -> Args {
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
             "--url" => a.url = Some(v.clone()),
             "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
+            "--charts" => a.charts = Some(v.clone()),
             "--cluster" => {
                 a.cluster = true;
                 i += 1;
@@ -156,6 +179,16 @@ fn args() -> Args {
             }
             "--lock" => {
                 a.lock = true;
+                i += 1;
+                continue;
+            }
+            "--cold" => {
+                a.cold = true;
+                i += 1;
+                continue;
+            }
+            "--no-doorkeeper" => {
+                a.no_doorkeeper = true;
                 i += 1;
                 continue;
             }
@@ -381,6 +414,8 @@ struct Slice {
     cpu_us: f64,
     redis_cpu_us: f64,
     rss_mib: f64,
+    /// Read latency (µs) at each of `chart::cdf_points()` (its own `CDF` line).
+    cdf: Vec<f64>,
 }
 
 impl Slice {
@@ -425,6 +460,7 @@ impl Slice {
             cpu_us: f[11],
             redis_cpu_us: f[12],
             rss_mib: f[13],
+            cdf: Vec::new(),
         })
     }
 }
@@ -452,6 +488,9 @@ async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec
                 if let Some(ms) = a.cooldown_ms {
                     b = b.l1_write_cooldown(Duration::from_millis(ms));
                 }
+                if a.no_doorkeeper {
+                    b = b.l1_doorkeeper(false);
+                }
                 let cache = b.build().await.unwrap();
                 let r = cache
                     .region::<str, Val>("v")
@@ -467,6 +506,27 @@ async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec
     (out, caches)
 }
 
+/// Reads every key once through the system's own read path (64 tasks, alternating
+/// instances), so Redis holds the whole key space: the state of a service that has been
+/// running a while, rather than its first seconds, when nearly every read of a new key is a
+/// load.
+async fn prefill(inst: &[Instance], source: &Arc<Source>, keys: usize) {
+    let mut fills = Vec::new();
+    for t in 0..64 {
+        let (inst, source) = (inst.to_vec(), source.clone());
+        fills.push(tokio::spawn(async move {
+            for k in (t..keys).step_by(64) {
+                inst[k % inst.len()]
+                    .read(&format!("k{k}"), k, &source)
+                    .await;
+            }
+        }));
+    }
+    for f in fills {
+        f.await.unwrap();
+    }
+}
+
 async fn child(a: Args, variant: Variant) {
     let url = a.url.clone().unwrap();
     let redis_pids = std::env::var("LOADGEN_REDIS_PID").unwrap_or_default();
@@ -474,6 +534,9 @@ async fn child(a: Args, variant: Variant) {
     let source = Arc::new(Source::new(a.keys, a.value_bytes));
     let zipf = Arc::new(Zipf::new(a.keys, 0.99));
     let (inst, caches) = instances(&a, variant, &url).await;
+    if !a.cold {
+        prefill(&inst, &source, a.keys).await;
+    }
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -604,6 +667,10 @@ async fn child(a: Args, variant: Variant) {
         cpu_us: cpu.as_secs_f64() * 1e6,
         redis_cpu_us: rcpu.as_secs_f64() * 1e6,
         rss_mib: peak_rss_kib() as f64 / 1024.0,
+        cdf: chart::cdf_points()
+            .into_iter()
+            .map(|p| f64::from(pct(&lat, p)))
+            .collect(),
     };
     for c in caches {
         if std::env::var_os("LOADGEN_STATS").is_some() {
@@ -612,6 +679,8 @@ async fn child(a: Args, variant: Variant) {
         c.shutdown().await;
     }
     println!("{}", slice.line());
+    let cdf: Vec<String> = slice.cdf.iter().map(ToString::to_string).collect();
+    println!("CDF {}", cdf.join(" "));
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -669,8 +738,10 @@ async fn parent(a: Args) {
     let mut results: Vec<(Variant, Vec<Slice>)> =
         a.variants.iter().map(|v| (*v, Vec::new())).collect();
     println!(
-        "loadgen: {} keys (Zipf 0.99), {} B values, {} % writes, {} tasks over 2 instances, L1 {} entries, {} s per slice (+{} s warm-up), {} rounds{}",
-        a.keys, a.value_bytes, a.write_pct, a.tasks, a.l1, a.secs, a.secs / 2.0, a.rounds,
+        "loadgen: {} keys (Zipf 0.99), {} B values, {} % writes, {} tasks over 2 instances, L1 {} entries, {} s per slice (+{} s warm-up{}), {} rounds{}",
+        a.keys, a.value_bytes, a.write_pct, a.tasks, a.l1, a.secs, a.secs / 2.0,
+        if a.cold { ", Redis empty at the start" } else { ", every key read once before" },
+        a.rounds,
         match a.bus_thread {
             Some(true) => ", bus listener on its own thread",
             Some(false) => ", bus listener on the service's runtime",
@@ -719,11 +790,13 @@ async fn parent(a: Args) {
                         .flatten(),
                 )
                 .args(a.lock.then_some("--lock"))
+                .args(a.cold.then_some("--cold"))
+                .args(a.no_doorkeeper.then_some("--no-doorkeeper"))
                 .env("LOADGEN_REDIS_PID", target.pids())
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let Some(slice) = stdout.lines().find_map(Slice::parse) else {
+            let Some(mut slice) = stdout.lines().find_map(Slice::parse) else {
                 panic!(
                     "{} failed: {}\n{}",
                     variant.name(),
@@ -741,6 +814,15 @@ async fn parent(a: Args) {
                 slice.age_p99_us,
                 slice.still_stale
             );
+            slice.cdf = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("CDF "))
+                .map(|l| {
+                    l.split_whitespace()
+                        .map(|x| x.parse().unwrap_or(0.0))
+                        .collect()
+                })
+                .unwrap_or_default();
             for l in stdout.lines().filter(|l| l.starts_with("STILL")) {
                 println!("  {l}");
             }
@@ -790,6 +872,61 @@ async fn parent(a: Args) {
         );
     }
     println!("(medians over rounds; \"still stale\" is the worst round)");
+    if let Some(dir) = &a.charts {
+        write_charts(&a, dir, &results);
+    }
+}
+
+/// Writes the run's SVG charts into `dir` (relative to the workspace root): the read-latency
+/// CDF of each system (medians over rounds, point by point), and throughput beside CPU per
+/// operation.
+fn write_charts(a: &Args, dir: &str, results: &[(Variant, Vec<Slice>)]) {
+    let series: Vec<chart::Series> = results
+        .iter()
+        .map(|(variant, slices)| chart::Series {
+            name: variant.name().to_owned(),
+            cdf: (0..chart::cdf_points().len())
+                .map(|i| {
+                    median(
+                        slices
+                            .iter()
+                            .filter_map(|s| s.cdf.get(i).copied())
+                            .collect(),
+                    )
+                })
+                .collect(),
+            ops: median(slices.iter().map(|s| s.ops / s.secs).collect()),
+            cpu: (
+                median(slices.iter().map(|s| s.cpu_us / s.ops).collect()),
+                median(slices.iter().map(|s| s.redis_cpu_us / s.ops).collect()),
+            ),
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let workload = format!(
+        "{} tasks on 2 instances, {} % writes, Zipf 0.99 over {} keys, {} B values{}",
+        a.tasks,
+        a.write_pct,
+        a.keys,
+        a.value_bytes,
+        if a.cluster { ", Redis Cluster" } else { "" }
+    );
+    for (file, svg) in [
+        (
+            "loadgen-latency.svg",
+            chart::latency_cdf(&series, &format!("Read latency — {workload}")),
+        ),
+        (
+            "loadgen-throughput-cpu.svg",
+            chart::throughput_and_cpu(&series, &format!("Throughput and CPU — {workload}")),
+        ),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, svg).unwrap();
+        println!("wrote {}", path.display());
+    }
 }
 
 fn main() {

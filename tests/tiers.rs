@@ -671,7 +671,56 @@ async fn explain_follows_a_key_through_both_tiers(shared: &Shared) {
     b.shutdown().await;
 }
 
+/// The doorkeeper: while L1 is full, a value read from Redis goes in L1 at its key's second
+/// read from Redis, not its first; while L1 has room, or with the doorkeeper off, at the first.
+async fn a_full_l1_takes_a_key_read_from_redis_at_its_second_read(shared: &Shared) {
+    use layercache::{Held, NextGet};
+    let writer = shared.builder("door").build().await.unwrap();
+    let w = writer.region::<str, u64>("r").build().await.unwrap();
+    for i in 0..8u64 {
+        w.insert(&format!("k{i}"), i).await.unwrap();
+    }
+    for door in [true, false] {
+        let reader = shared
+            .builder("door")
+            .max_capacity(4)
+            .l1_write_cooldown(Duration::ZERO)
+            .l1_doorkeeper(door)
+            .build()
+            .await
+            .unwrap();
+        let r = reader.region::<str, u64>("r").build().await.unwrap();
+        // Room in L1: the first read from Redis fills it.
+        for i in 0..4u64 {
+            assert_eq!(r.get(&format!("k{i}")).await.unwrap().as_deref(), Some(&i));
+            assert_eq!(r.explain(&format!("k{i}")).await.next_get, NextGet::FromL1);
+        }
+        reader.run_pending_tasks().await;
+        assert_eq!(reader.l1_entry_count(), 4, "L1 is full");
+        assert_eq!(reader.stats().l1_door_skips, 0);
+
+        // Full: k4's first read from Redis leaves L1 alone (with the doorkeeper on).
+        assert_eq!(r.get("k4").await.unwrap().as_deref(), Some(&4));
+        let why = r.explain("k4").await;
+        if door {
+            assert_eq!(why.l1, Held::Nothing, "{why:?}");
+            assert_eq!(why.next_get, NextGet::FromRedis, "{why:?}");
+            assert_eq!(reader.stats().l1_door_skips, 1);
+            // Its second read puts it in (moka's own policy then decides what stays).
+            assert_eq!(r.get("k4").await.unwrap().as_deref(), Some(&4));
+            assert_eq!(reader.stats().l1_door_skips, 1);
+            assert_eq!(reader.stats().l2_hits, 6);
+        } else {
+            assert!(matches!(why.l1, Held::Entry(_)), "{why:?}");
+            assert_eq!(reader.stats().l1_door_skips, 0);
+        }
+        reader.shutdown().await;
+    }
+    writer.shutdown().await;
+}
+
 on_redis_and_cluster!(
+    a_full_l1_takes_a_key_read_from_redis_at_its_second_read,
     an_l1_hit_sends_no_command_to_redis,
     values_round_trip_through_both_tiers_and_a_second_instance,
     a_schema_bump_turns_old_entries_into_misses,

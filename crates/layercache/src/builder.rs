@@ -3,6 +3,7 @@
 
 mod build;
 mod bus_options;
+mod l1_options;
 #[cfg(feature = "metrics")]
 mod metrics_options;
 
@@ -41,6 +42,7 @@ pub struct LayerCacheBuilder {
     time_to_live: Duration,
     time_to_idle: Option<Duration>,
     l1_write_cooldown: Duration,
+    l1_doorkeeper: bool,
     entry_options: EntryOptions,
     compression_threshold: usize,
     max_value_bytes: usize,
@@ -80,6 +82,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("time_to_live", &self.time_to_live)
             .field("time_to_idle", &self.time_to_idle)
             .field("l1_write_cooldown", &self.l1_write_cooldown)
+            .field("l1_doorkeeper", &self.l1_doorkeeper)
             .field("entry_options", &self.entry_options)
             .field("compression_threshold", &self.compression_threshold)
             .field("max_value_bytes", &self.max_value_bytes)
@@ -130,6 +133,7 @@ impl LayerCacheBuilder {
             time_to_live: Duration::from_secs(60),
             time_to_idle: None,
             l1_write_cooldown: DEFAULT_L1_WRITE_COOLDOWN,
+            l1_doorkeeper: true,
             entry_options: EntryOptions::new(),
             compression_threshold: 1024,
             max_value_bytes: 16 << 20,

@@ -30,7 +30,7 @@ pub(crate) struct Cooldown {
     /// When each slot was last written, in ns since `epoch` plus one (zero: never).
     slots: Box<[AtomicU64]>,
     epoch: Instant,
-    hasher: crate::l1::KeyHasher,
+    hasher: crate::hashing::KeyHasher,
 }
 
 impl std::fmt::Debug for Cooldown {
@@ -50,7 +50,7 @@ impl Cooldown {
             period_ns,
             slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
-            hasher: crate::l1::KeyHasher::default(),
+            hasher: crate::hashing::KeyHasher::default(),
         }
     }
 

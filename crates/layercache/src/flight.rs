@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::{
     error::{Error, ErrorKind},
-    l1::{KeyMap, L1Key},
+    hashing::KeyMap,
+    l1::L1Key,
 };
 
 /// What a flight hands to its waiters: the value, or `None` when nothing was found and there

@@ -25,7 +25,7 @@ use std::{
     },
 };
 
-use crate::l1::{KeyMap, L1Key};
+use crate::{hashing::KeyMap, l1::L1Key};
 
 /// What a key's repair writes: a tombstone with the region's lifetimes and codec id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

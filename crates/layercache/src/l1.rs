@@ -17,21 +17,12 @@ use std::{
 
 use moka::{future::Cache, Expiry};
 
-use crate::cooldown::Cooldown;
+use crate::{cooldown::Cooldown, doorkeeper::Doorkeeper};
 
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
 
-/// The hasher of every per-key table on the hot path (L1, flights, write tickets, the journal,
-/// the cooldown): foldhash with a random per-process seed. *Chosen for speed*: SipHash (the
-/// standard library's default, and moka's) was ~5 % of a service workload's CPU and a tenth of
-/// an L1 hit; foldhash hashes a short key in a few nanoseconds. It is keyed (random seeds), so
-/// colliding keys cannot be chosen without first learning the seed from the process's
-/// behaviour — the same trade hashbrown's default makes. See docs/BENCHMARKS.md.
-pub(crate) type KeyHasher = foldhash::fast::RandomState;
-
-/// A `HashMap` with [`KeyHasher`].
-pub(crate) type KeyMap<K, V> = std::collections::HashMap<K, V, KeyHasher>;
+use crate::hashing::KeyHasher;
 
 /// When an entry stops being fresh and when it should be refreshed, for entries that need
 /// the clock on a hit (fail-safe, early refresh, XFetch). Plain entries have none: moka's
@@ -179,6 +170,10 @@ pub(crate) struct L1 {
     max_lifetime: Duration,
     /// Keys another instance wrote a moment ago, kept out for a while.
     cooldown: Arc<Cooldown>,
+    /// Values read from Redis while L1 is full go in at their key's second read (`None`: off).
+    door: Option<Arc<Doorkeeper>>,
+    /// The capacity (entries, or bytes when weighed by bytes).
+    max: u64,
 }
 
 impl std::fmt::Debug for L1 {
@@ -196,6 +191,7 @@ impl L1 {
         time_to_idle: Option<Duration>,
         max_lifetime: Duration,
         cooldown: Duration,
+        doorkeeper: bool,
     ) -> Self {
         let (max, by_bytes) = match capacity {
             Capacity::Entries(n) => (n, false),
@@ -214,7 +210,26 @@ impl L1 {
             tags: Arc::new(TagTable::default()),
             max_lifetime,
             cooldown: Arc::new(Cooldown::new(cooldown)),
+            door: doorkeeper.then(|| Arc::new(Doorkeeper::new())),
+            max,
         }
+    }
+
+    /// Whether a value just read from Redis may go in L1: always while L1 has room; when it is
+    /// full, only at its key's second read from Redis within the doorkeeper's window (see
+    /// [`crate::doorkeeper`]).
+    pub(crate) fn admits_from_redis(&self, key: &[u8]) -> bool {
+        let Some(door) = &self.door else {
+            return true;
+        };
+        // moka's counts lag its table by a few operations: "full" is approximate, as is the
+        // capacity itself.
+        let used = if self.by_bytes {
+            self.cache.weighted_size()
+        } else {
+            self.cache.entry_count()
+        };
+        used < self.max || door.seen_again(key)
     }
 
     /// The current tag epoch: record it when a read or write begins, as the entry's `tag_epoch`.
@@ -288,6 +303,11 @@ impl L1 {
     /// to expire.)
     pub(crate) fn usable(&self, entry: &L1Entry) -> bool {
         !self.tag_invalidated(entry)
+    }
+
+    /// Whether L1 holds an entry for `key` (usable or not), without counting as a read.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.cache.contains_key(key)
     }
 
     pub(crate) async fn insert(&self, key: L1Key, entry: L1Entry) {

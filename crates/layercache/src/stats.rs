@@ -81,6 +81,7 @@ pub(crate) struct Counters {
     pub(crate) l2_repair_bypasses: Counter,
     pub(crate) l2_versions_refused: Counter,
     pub(crate) l1_cooldown_skips: Counter,
+    pub(crate) l1_door_skips: Counter,
     pub(crate) generation_repairs: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
@@ -131,6 +132,7 @@ impl Counters {
             l2_repair_bypasses: self.l2_repair_bypasses.get(),
             l2_versions_refused: self.l2_versions_refused.get(),
             l1_cooldown_skips: self.l1_cooldown_skips.get(),
+            l1_door_skips: self.l1_door_skips.get(),
             generation_repairs: self.generation_repairs.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
@@ -234,6 +236,10 @@ pub struct Stats {
     /// Values served but not put in L1 because another instance wrote their key within the
     /// [`l1_write_cooldown`](crate::LayerCacheBuilder::l1_write_cooldown).
     pub l1_cooldown_skips: u64,
+    /// Values read from Redis while L1 was full, not put in L1 because it was their key's
+    /// first read from Redis within the doorkeeper's window (see
+    /// [`LayerCacheBuilder::l1_doorkeeper`](crate::LayerCacheBuilder::l1_doorkeeper)).
+    pub l1_door_skips: u64,
     /// Region generations found in Redis below one already used here (lost and created again
     /// by an instance whose clock is behind), moved forward and announced.
     pub generation_repairs: u64,
@@ -284,6 +290,7 @@ impl Stats {
         self.l2_repair_bypasses += other.l2_repair_bypasses;
         self.l2_versions_refused += other.l2_versions_refused;
         self.l1_cooldown_skips += other.l1_cooldown_skips;
+        self.l1_door_skips += other.l1_door_skips;
         self.generation_repairs += other.generation_repairs;
         self.l1_flushes += other.l1_flushes;
         for (mine, theirs) in self
@@ -335,6 +342,7 @@ impl std::fmt::Display for Stats {
                     ("coalesced", self.coalesced),
                     ("negative hits", self.negative_hits),
                     ("kept out of l1 (cooldown)", self.l1_cooldown_skips),
+                    ("kept out of l1 (doorkeeper)", self.l1_door_skips),
                 ],
             ),
             (

@@ -205,6 +205,7 @@ impl LayerCacheBuilder {
             self.time_to_idle,
             self.time_to_live,
             self.l1_write_cooldown,
+            self.l1_doorkeeper,
         );
         let channel = bus::channel(&self.name);
         let connected = match self.remote(&counters, &channel).await? {

@@ -3,10 +3,12 @@
 //! decides what happens in what order (`Fetch::work`); the steps are in `fetch/steps.rs`.
 
 mod batch;
+mod lock_guard;
+mod panics;
 mod steps;
 
 pub(super) use batch::BatchLoadFn;
-use steps::LockGuard;
+use lock_guard::LockGuard;
 
 use std::{
     any::Any,
@@ -443,6 +445,14 @@ where
             stale_since: None,
             version: d.meta.version,
         };
+        let key = leader.key();
+        // A full L1 takes a key read from Redis at its second read in the doorkeeper's window
+        // (hot path: the long tail no longer churns moka); an entry it holds (one being
+        // refreshed) is always replaced.
+        if !self.cache.l1.admits_from_redis(key) && !self.cache.l1.contains(key) {
+            self.counters().l1_door_skips.incr();
+            return value;
+        }
         fill(self, leader, erase(&value), options, life).await;
         value
     }

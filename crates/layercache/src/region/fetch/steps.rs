@@ -22,7 +22,12 @@ use crate::{
     remote::{Filled, Remote, WriteCondition},
 };
 
-use super::{erase, fill, FillContext, Lock, Mode};
+use super::{
+    erase, fill,
+    lock_guard::LockGuard,
+    panics::{CatchPanic, LoadAborted},
+    FillContext, Lock, Mode,
+};
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -198,10 +203,15 @@ where
             Err(e) => {
                 self.counters().load_errors.incr();
                 let what = match e {
-                    LoadAborted::Panicked => "the loader panicked",
-                    LoadAborted::Cancelled => "the loader was cancelled",
+                    LoadAborted::Panicked => {
+                        tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader panicked");
+                        "the loader panicked"
+                    }
+                    LoadAborted::Cancelled => {
+                        tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "the loader was cancelled");
+                        "the loader was cancelled"
+                    }
                 };
-                tracing::error!(cache.name = %cache.name, region = %self.shared.state.name, "{what}");
                 Err(Error::new(ErrorKind::Loader, what))
             }
         }
@@ -447,94 +457,4 @@ pub(super) struct Prepared<V> {
     /// The encoded entry and the mode to write it with, when it goes to Redis.
     pub(super) write: Option<(crate::envelope::Encoded, crate::remote::WriteMode)>,
     raw_len: usize,
-}
-
-/// A held distributed lock: renewed in the background until released or dropped.
-pub(super) struct LockGuard {
-    l2: Remote,
-    key: String,
-    token: String,
-    renewal: tokio::task::JoinHandle<()>,
-    released: bool,
-}
-
-impl LockGuard {
-    pub(super) fn new(l2: &Remote, key: String, token: String, ttl: Duration) -> Self {
-        let renewal = {
-            let (l2, key, token) = (l2.clone(), key.clone(), token.clone());
-            tokio::spawn(async move {
-                let ttl_ms = millis_ceil(ttl);
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if matches!(l2.renew_lock(&key, &token, ttl_ms).await, Ok(false)) {
-                        return; // lost it (expired and taken): nothing left to renew
-                    }
-                }
-            })
-        };
-        Self {
-            l2: l2.clone(),
-            key,
-            token,
-            renewal,
-            released: false,
-        }
-    }
-
-    pub(super) async fn release(mut self) {
-        self.renewal.abort();
-        self.released = true;
-        let _ = self.l2.release_lock(&self.key, &self.token).await;
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        self.renewal.abort();
-        if self.released {
-            return;
-        }
-        // Dropped without release (the fetch failed or was cancelled on its way): release it
-        // in the background rather than make other instances wait for it to expire.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (l2, key, token) = (
-                self.l2.clone(),
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.token),
-            );
-            drop(rt.spawn(async move {
-                let _ = l2.release_lock(&key, &token).await;
-            }));
-        }
-    }
-}
-
-/// How a loader ended without an answer.
-enum LoadAborted {
-    Panicked,
-    /// Its task was cancelled (the runtime is shutting down).
-    Cancelled,
-}
-
-/// A loader's future, its panics caught: what a task of its own would give, without the task.
-struct CatchPanic<F>(F);
-
-impl<F: std::future::Future + Unpin> std::future::Future for CatchPanic<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = &mut self.0;
-        // A panicking loader leaves nothing of ours half-updated: its future is dropped with
-        // the fetch's answer (an error), never polled again.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            std::pin::Pin::new(inner).poll(cx)
-        })) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    }
 }
