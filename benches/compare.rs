@@ -191,6 +191,22 @@ fn l2_hit(rounds: usize) {
     drop(server);
 }
 
+/// What hand-written cache-aside does to store a value: a bincode encode and a `SET … PX`.
+async fn raw_write(setup: &L2Setup, key: &str) {
+    let bytes = bincode::serde::encode_to_vec(support::profile(), bincode::config::standard())
+        .expect("encode");
+    let _: () = fred::prelude::KeysInterface::set(
+        &setup.raw,
+        key,
+        bytes,
+        Some(fred::types::Expiration::PX(60_000)),
+        None,
+        false,
+    )
+    .await
+    .expect("set");
+}
+
 /// `Region::insert` (encode, envelope, the conditional write script with its bus message
 /// pipelined, L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
 /// hand-written cache-aside write costs.
@@ -214,22 +230,7 @@ fn write(rounds: usize) {
             |i| {
                 let setup = &setup;
                 async move {
-                    let bytes = bincode::serde::encode_to_vec(
-                        support::profile(),
-                        bincode::config::standard(),
-                    )
-                    .expect("encode");
-                    let key = setup.raw_keys[i % L2_KEYS].as_str();
-                    let _: () = fred::prelude::KeysInterface::set(
-                        &setup.raw,
-                        key,
-                        bytes,
-                        Some(fred::types::Expiration::PX(60_000)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .expect("set");
+                    raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()).await;
                 }
             },
         )
@@ -289,21 +290,7 @@ fn load(rounds: usize) {
                             .await
                             .expect("get");
                     assert!(got.is_none());
-                    let bytes = bincode::serde::encode_to_vec(
-                        support::profile(),
-                        bincode::config::standard(),
-                    )
-                    .expect("encode");
-                    let _: () = fred::prelude::KeysInterface::set(
-                        &setup.raw,
-                        key.as_str(),
-                        bytes,
-                        Some(fred::types::Expiration::PX(60_000)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .expect("set");
+                    raw_write(setup, &key).await;
                 }
             },
         )

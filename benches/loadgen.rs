@@ -906,21 +906,24 @@ fn write_charts(a: &Args, dir: &str, results: &[(Variant, Vec<Slice>)]) {
     let dir = root.join(dir);
     std::fs::create_dir_all(&dir).unwrap();
     let workload = format!(
-        "{} tasks on 2 instances, {} % writes, Zipf 0.99 over {} keys, {} B values{}",
+        "{} tasks on 2 instances, {} % writes, Zipf 0.99 over {} keys, {} B values, L1 {} entries, medians of {} rounds{}{}",
         a.tasks,
         a.write_pct,
         a.keys,
         a.value_bytes,
+        a.l1,
+        a.rounds,
+        if a.cold { ", cold start" } else { "" },
         if a.cluster { ", Redis Cluster" } else { "" }
     );
     for (file, svg) in [
         (
             "loadgen-latency.svg",
-            chart::latency_cdf(&series, &format!("Read latency — {workload}")),
+            chart::latency_cdf(&series, &workload),
         ),
         (
             "loadgen-throughput-cpu.svg",
-            chart::throughput_and_cpu(&series, &format!("Throughput and CPU — {workload}")),
+            chart::throughput_and_cpu(&series, &workload),
         ),
     ] {
         let path = dir.join(file);

@@ -42,20 +42,23 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn header(w: u32, h: u32, title: &str) -> String {
+/// The picture's frame, its title, and the workload it shows (a second, smaller line).
+fn header(w: u32, h: u32, title: &str, workload: &str) -> String {
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
          <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
-        w / 2,
-        escape(title)
+         <text x=\"{x}\" y=\"20\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\" font-weight=\"bold\">{}</text>\n\
+         <text x=\"{x}\" y=\"37\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"11\" fill=\"#555\">{}</text>\n",
+        escape(title),
+        escape(workload),
+        x = w / 2,
     )
 }
 
 /// The read-latency CDF of each series.
-pub(crate) fn latency_cdf(series: &[Series], title: &str) -> String {
-    let (w, h) = (720u32, 420u32);
-    let (left, right, top, bottom) = (70.0, 180.0, 40.0, 50.0);
+pub(crate) fn latency_cdf(series: &[Series], workload: &str) -> String {
+    let (w, h) = (720u32, 440u32);
+    let (left, right, top, bottom) = (70.0, 180.0, 60.0, 50.0);
     let pw = f64::from(w) - left - right;
     let ph = f64::from(h) - top - bottom;
     // x: log10 of µs, whole decades covering every value (at least 1 µs .. 10 ms).
@@ -68,7 +71,7 @@ pub(crate) fn latency_cdf(series: &[Series], title: &str) -> String {
     let points = cdf_points();
     let nines = |p: f64| -(1.0 - p).max(1e-4).log10();
     let y = |p: f64| top + ph * (1.0 - nines(p) / 4.0);
-    let mut svg = header(w, h, title);
+    let mut svg = header(w, h, "Read latency", workload);
     // Grid and axes.
     for d in 0..=decades as u32 {
         let gx = x(10f64.powi(d as i32));
@@ -87,6 +90,7 @@ pub(crate) fn latency_cdf(series: &[Series], title: &str) -> String {
     }
     for (p, label) in [
         (0.0, "0"),
+        (0.5, "50"),
         (0.9, "90"),
         (0.99, "99"),
         (0.999, "99.9"),
@@ -142,11 +146,11 @@ pub(crate) fn latency_cdf(series: &[Series], title: &str) -> String {
 
 /// Operations per second (left) and CPU per operation, process and redis-server stacked
 /// (right), one bar per series.
-pub(crate) fn throughput_and_cpu(series: &[Series], title: &str) -> String {
-    let (w, h) = (760u32, 360u32);
-    let (top, bottom) = (40.0, 110.0);
+pub(crate) fn throughput_and_cpu(series: &[Series], workload: &str) -> String {
+    let (w, h) = (760u32, 380u32);
+    let (top, bottom) = (70.0, 110.0);
     let ph = f64::from(h) - top - bottom;
-    let mut svg = header(w, h, title);
+    let mut svg = header(w, h, "Throughput and CPU per operation", workload);
     let panel = |svg: &mut String, left: f64, label: &str, values: &[(f64, f64)]| {
         let pw = 300.0;
         let max = values.iter().map(|(a, b)| a + b).fold(0.0f64, f64::max);
@@ -218,7 +222,7 @@ pub(crate) fn throughput_and_cpu(series: &[Series], title: &str) -> String {
     panel(
         &mut svg,
         440.0,
-        "CPU µs per operation (solid: process, light: redis-server)",
+        "CPU µs per operation (solid: process; light: redis)",
         &cpu,
     );
     svg.push_str("</svg>\n");
