@@ -14,7 +14,10 @@ use std::time::Duration;
 use crate::{
     coherence::CoherenceLossPolicy,
     l2::redact_url,
-    options::{EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN},
+    options::{
+        EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN,
+        DEFAULT_OFFLOAD_THRESHOLD,
+    },
 };
 
 /// The longest `max_key_bytes` accepted (1 MiB).
@@ -46,6 +49,7 @@ pub struct LayerCacheBuilder {
     entry_options: EntryOptions,
     compression_threshold: usize,
     max_value_bytes: usize,
+    offload_threshold: usize,
     l2_command_timeout: Duration,
     l2_suspect_timeout: Duration,
     l2_connect_timeout: Duration,
@@ -86,6 +90,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("entry_options", &self.entry_options)
             .field("compression_threshold", &self.compression_threshold)
             .field("max_value_bytes", &self.max_value_bytes)
+            .field("offload_threshold", &self.offload_threshold)
             .field("l2_command_timeout", &self.l2_command_timeout)
             .field("l2_suspect_timeout", &self.l2_suspect_timeout)
             .field("l2_connect_timeout", &self.l2_connect_timeout)
@@ -137,6 +142,7 @@ impl LayerCacheBuilder {
             entry_options: EntryOptions::new(),
             compression_threshold: 1024,
             max_value_bytes: 16 << 20,
+            offload_threshold: DEFAULT_OFFLOAD_THRESHOLD,
             l2_command_timeout: Duration::from_millis(500),
             l2_suspect_timeout: Duration::from_millis(100),
             l2_connect_timeout: Duration::from_secs(5),

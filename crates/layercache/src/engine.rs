@@ -33,6 +33,9 @@ pub(crate) struct Settings {
     pub(crate) entry_options: EntryOptions,
     pub(crate) compression_threshold: usize,
     pub(crate) max_value_bytes: usize,
+    /// Values whose encoded form reaches this many bytes are encoded and decoded on tokio's
+    /// blocking pool.
+    pub(crate) offload_threshold: usize,
     pub(crate) error_policy: L2ErrorPolicy,
     pub(crate) command_timeout: Duration,
     pub(crate) lock_ttl: Duration,

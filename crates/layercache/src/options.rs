@@ -17,6 +17,10 @@ pub const DEFAULT_LOADER_HARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// 10 ms.
 pub const DEFAULT_L1_WRITE_COOLDOWN: Duration = Duration::from_millis(10);
 
+/// The default [`LayerCacheBuilder::offload_threshold`](crate::LayerCacheBuilder::offload_threshold):
+/// 64 KiB.
+pub const DEFAULT_OFFLOAD_THRESHOLD: usize = 64 << 10;
+
 /// The longest timeout, wait or interval any option accepts (`l2_command_timeout`,
 /// `lock_wait`, `loader_hard_timeout`, `bus_heartbeat_timeout`, …): 1 day.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);

@@ -11,6 +11,7 @@ mod builder;
 mod entry;
 mod explain;
 mod fetch;
+mod offload;
 mod read;
 mod store;
 mod write;
@@ -64,6 +65,9 @@ struct RegionCore<C> {
     fingerprint: u64,
     entry_options: EntryOptions,
     codec: C,
+    /// The encoded size of the region's last value written or loaded: a write encodes off the
+    /// async workers while it is at least `offload_threshold`.
+    last_raw_len: std::sync::atomic::AtomicUsize,
 }
 
 /// A typed view of a [`LayerCache`](crate::LayerCache): entries of one kind, with key type

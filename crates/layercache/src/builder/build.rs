@@ -192,6 +192,7 @@ impl LayerCacheBuilder {
             entry_options: self.entry_options,
             compression_threshold: self.compression_threshold,
             max_value_bytes: self.max_value_bytes,
+            offload_threshold: self.offload_threshold,
             error_policy: self.l2_error_policy,
             command_timeout: self.l2_command_timeout,
             lock_ttl: self.lock_ttl,

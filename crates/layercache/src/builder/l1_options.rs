@@ -1,4 +1,5 @@
-//! Options of [`LayerCacheBuilder`] for the in-process tier's admission.
+//! Options of [`LayerCacheBuilder`] for the hot path: the in-process tier's admission, and
+//! where large values are encoded.
 
 use super::LayerCacheBuilder;
 
@@ -16,6 +17,23 @@ impl LayerCacheBuilder {
     /// Default: `true`.
     pub fn l1_doorkeeper(mut self, on: bool) -> Self {
         self.l1_doorkeeper = on;
+        self
+    }
+
+    /// Values whose encoded form has at least this many bytes are encoded (serialized,
+    /// compressed, checksummed) and decoded on tokio's blocking pool (`spawn_blocking`), so a
+    /// large value never holds an async worker for long: at ~170 MiB/s a 64 KiB value takes
+    /// ~0.4 ms, and every other task on that worker waits (see `docs/BENCHMARKS.md` for where
+    /// it pays). A read knows the size from the bytes Redis returned; a write cannot know it
+    /// before encoding, so a region encodes off the workers once one of its values reached the
+    /// threshold (regions hold values of similar sizes), and on them again once one is below
+    /// it. Applies to every read of Redis (`get_many` too), to loads and to single-key
+    /// writes; `insert_many` encodes on the worker.
+    /// `usize::MAX` keeps everything on the workers.
+    ///
+    /// Default: [`DEFAULT_OFFLOAD_THRESHOLD`](crate::DEFAULT_OFFLOAD_THRESHOLD) (64 KiB).
+    pub fn offload_threshold(mut self, bytes: usize) -> Self {
+        self.offload_threshold = bytes;
         self
     }
 }

@@ -103,6 +103,7 @@ where
                 fingerprint: crate::fingerprint::of::<V>(),
                 entry_options,
                 codec: self.codec,
+                last_raw_len: std::sync::atomic::AtomicUsize::new(0),
             }),
             cache: inner,
             _types: PhantomData,

@@ -316,7 +316,7 @@ where
         let found = match read {
             Ok(Some(bytes)) => {
                 match self
-                    .found_in_redis(leader, options, mode, at, &bytes, &rkey, fallback)
+                    .found_in_redis(leader, options, mode, at, bytes, &rkey, fallback)
                     .await
                 {
                     Ok(value) => return Ok(Read::Served(value)),
@@ -362,12 +362,14 @@ where
         options: &EntryOptions,
         mode: Mode,
         (generation, tag_epoch): (u64, u64),
-        bytes: &[u8],
+        bytes: Vec<u8>,
         rkey: &str,
         fallback: &mut Option<Stale<V>>,
     ) -> Result<Option<Arc<V>>, RedisHeld> {
         let cache = &self.cache;
-        let d = match self.decode(bytes, rkey) {
+        let (decoded, bytes) = self.decode_read(bytes, rkey).await;
+        let bytes = &bytes[..];
+        let d = match decoded {
             Ok(d) => d,
             Err(reason) => {
                 self.counters().decode_errors[reason.index()].incr();

@@ -221,8 +221,9 @@ where
                 read_at,
                 fence,
             };
-            let mut ready =
-                self.prepare_loaded(&leader, &rkey, &redis, value, None, &options, took);
+            let mut ready = self
+                .prepare_loaded(&leader, &rkey, &redis, value, None, &options, took)
+                .await;
             if let Some((enc, mode)) = ready.as_mut().and_then(|p| p.write.take()) {
                 self.count_write(&enc);
                 batch_fence = batch_fence.or(fence);
@@ -363,7 +364,7 @@ where
                             &options,
                             Mode::Caller,
                             epoch,
-                            &bytes,
+                            bytes,
                             &rkey,
                             &mut fallbacks[at],
                         )

@@ -257,8 +257,9 @@ where
         generation: u64,
         tag_epoch: u64,
     ) -> Outcome<V> {
-        let Some(mut prepared) =
-            self.prepare_loaded(leader, rkey, &redis, value, tags.as_deref(), options, took)
+        let Some(mut prepared) = self
+            .prepare_loaded(leader, rkey, &redis, value, tags.as_deref(), options, took)
+            .await
         else {
             return Ok(None);
         };
@@ -298,7 +299,7 @@ where
         clippy::too_many_arguments,
         reason = "the fetch's state, passed through"
     )]
-    pub(super) fn prepare_loaded(
+    pub(super) async fn prepare_loaded(
         &self,
         leader: &Leader<V>,
         rkey: &str,
@@ -326,7 +327,7 @@ where
         let mut raw_len = 0;
         let mut write = None;
         if fill_mode.is_some() || cache.l1.by_bytes() {
-            match self.encode(value.as_deref(), &plan, tags, rkey) {
+            match self.encode_value(value.as_ref(), &plan, tags, rkey).await {
                 Ok(enc) => {
                     raw_len = enc.raw_len;
                     if let (Some(mode), false) = (fill_mode, leader.is_poisoned()) {

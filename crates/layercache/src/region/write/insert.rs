@@ -80,9 +80,14 @@ where
             None => None,
         };
         let rk = known.map(|g| region.shared.state.data_key(g, &k[4..]));
+        let value = Arc::new(value);
         let encoded = if cache.l2.is_some() || cache.l1.by_bytes() {
             let key = rk.as_deref().unwrap_or("");
-            Some(region.encode(Some(&value), &plan, tags.as_deref(), key)?)
+            Some(
+                region
+                    .encode_value(Some(&value), &plan, tags.as_deref(), key)
+                    .await?,
+            )
         } else {
             None
         };
@@ -100,7 +105,7 @@ where
             options: *options,
             plan,
             tags,
-            value: Arc::new(value),
+            value,
             version,
             known,
             rk,
