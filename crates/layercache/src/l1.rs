@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moka::{future::Cache, Expiry};
+use moka::{future::Cache, ops::compute::Op, Expiry};
 
 use crate::{cooldown::Cooldown, doorkeeper::Doorkeeper};
 
@@ -310,8 +310,34 @@ impl L1 {
         self.cache.contains_key(key)
     }
 
-    pub(crate) async fn insert(&self, key: L1Key, entry: L1Entry) {
-        self.cache.insert(key, entry).await;
+    /// Puts an entry in unless `refused()` holds at the moment it goes in (its fill was
+    /// poisoned: a write of the key was applied since its read began); returns whether it went
+    /// in. The check and the put run under moka's lock of the key, which
+    /// [`remove`](Self::remove) takes too. A write is applied as "poison, then remove", so a
+    /// fill either goes in before the removal (which then takes it out) or sees the poison:
+    /// no read that begins after the removal can meet the older value. (A plain insert
+    /// followed by a check of the poison left a window between the two where it could: the
+    /// coherence checker found it.)
+    pub(crate) async fn insert_unless(
+        &self,
+        key: L1Key,
+        entry: L1Entry,
+        refused: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut put = false;
+        self.cache
+            .entry(key)
+            .and_compute_with(|_| {
+                let op = if refused() {
+                    Op::Nop
+                } else {
+                    put = true;
+                    Op::Put(entry)
+                };
+                std::future::ready(op)
+            })
+            .await;
+        put
     }
 
     /// Another instance wrote `key`: keeps it out of L1 for the cooldown (see
@@ -326,8 +352,14 @@ impl L1 {
         !self.cooldown.cooling(key)
     }
 
+    /// Removes `key`, under moka's lock of the key (see [`insert_unless`](Self::insert_unless)).
     pub(crate) async fn remove(&self, key: &[u8]) {
-        self.cache.invalidate(key).await;
+        self.cache
+            .entry(Box::from(key))
+            .and_compute_with(|held| {
+                std::future::ready(if held.is_some() { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     pub(crate) fn clear(&self) {

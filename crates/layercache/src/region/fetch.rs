@@ -468,8 +468,8 @@ fn erase<V: Send + Sync + 'static>(value: &Option<Arc<V>>) -> Arc<dyn Any + Send
     }
 }
 
-/// Puts an entry in L1 unless the flight was poisoned; if it was poisoned while the entry
-/// went in, takes it out again (the invalidation may have run its own removal first).
+/// Puts an entry in L1 unless the flight was poisoned, checked as it goes in (under the key's
+/// lock: see `L1::insert_unless`).
 async fn fill<K, V, C>(
     r: &Region<K, V, C>,
     leader: &Leader<V>,
@@ -492,8 +492,8 @@ async fn fill<K, V, C>(
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
         return;
     };
-    r.cache.l1.insert(key.into(), entry).await;
-    if leader.is_poisoned() {
-        r.cache.l1.remove(key).await;
-    }
+    r.cache
+        .l1
+        .insert_unless(key.into(), entry, || leader.is_poisoned())
+        .await;
 }

@@ -248,12 +248,12 @@ where
                 return true;
             }
         }
-        cache.l1.insert(Box::from(&**k), entry).await;
-        if self.ticket.is_poisoned() {
-            // Something newer arrived while the entry went in: drop it rather than keep an
-            // older value than Redis holds.
-            cache.l1.remove(k).await;
-        }
+        // Something newer may arrive while the entry goes in: then it stays out (see
+        // `L1::insert_unless`), rather than keep an older value than Redis holds.
+        cache
+            .l1
+            .insert_unless(Box::from(&**k), entry, || self.ticket.is_poisoned())
+            .await;
         false
     }
 }
