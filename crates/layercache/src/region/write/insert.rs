@@ -249,11 +249,14 @@ where
             }
         }
         // Something newer may arrive while the entry goes in: then it stays out (see
-        // `L1::insert_unless`), rather than keep an older value than Redis holds.
-        cache
+        // `L1::insert_unless`), and whatever L1 holds goes too, as above.
+        let put = cache
             .l1
             .insert_unless(Box::from(&**k), entry, || self.ticket.is_poisoned())
             .await;
+        if !put {
+            cache.l1.remove(k).await;
+        }
         false
     }
 }
