@@ -17,12 +17,10 @@ use std::{
 
 use moka::{future::Cache, ops::compute::Op, Expiry};
 
-use crate::{cooldown::Cooldown, doorkeeper::Doorkeeper};
+use crate::{cooldown::Cooldown, doorkeeper::Doorkeeper, hashing::KeyHasher};
 
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
-
-use crate::hashing::KeyHasher;
 
 /// When an entry stops being fresh and when it should be refreshed, for entries that need
 /// the clock on a hit (fail-safe, early refresh, XFetch). Plain entries have none: moka's
