@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::{
     error::{Error, ErrorKind},
     hashing::KeyMap,
-    l1::L1Key,
+    l1::{FillGuard, L1Key},
 };
 
 /// What a flight hands to its waiters: the value, or `None` when nothing was found and there
@@ -220,6 +220,11 @@ impl WriteTicket {
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
     }
+
+    /// The ticket's poison flag, for the L1 entry its write fills (see `L1::insert_guarded`).
+    pub(crate) fn guard(&self) -> &FillGuard {
+        &self.poisoned
+    }
 }
 
 impl Drop for WriteTicket {
@@ -299,6 +304,11 @@ impl<V> Leader<V> {
     /// Whether a write or invalidation has happened since the flight began.
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The flight's poison flag, for the L1 entry it fills (see `L1::insert_guarded`).
+    pub(crate) fn guard(&self) -> &FillGuard {
+        &self.poisoned
     }
 
     /// Hands the outcome to every waiter and unregisters the flight.

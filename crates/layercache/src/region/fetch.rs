@@ -468,8 +468,8 @@ fn erase<V: Send + Sync + 'static>(value: &Option<Arc<V>>) -> Arc<dyn Any + Send
     }
 }
 
-/// Puts an entry in L1 unless the flight was poisoned, checked as it goes in (under the key's
-/// lock: see `L1::insert_unless`).
+/// Puts an entry in L1 unless the flight was poisoned; the entry carries the flight's poison
+/// flag, so it is never served once a write overtakes the fill (see `L1::insert_guarded`).
 async fn fill<K, V, C>(
     r: &Region<K, V, C>,
     leader: &Leader<V>,
@@ -492,8 +492,5 @@ async fn fill<K, V, C>(
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
         return;
     };
-    r.cache
-        .l1
-        .insert_unless(key.into(), entry, || leader.is_poisoned())
-        .await;
+    r.cache.l1.insert_guarded(key, entry, leader.guard()).await;
 }

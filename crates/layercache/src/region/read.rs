@@ -12,7 +12,7 @@ use crate::{
     flight::{self, Join},
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
-    l1::{EntryExtras, L1Entry},
+    l1::{guard_set, EntryExtras, L1Entry},
     options::EntryOptions,
 };
 
@@ -244,6 +244,10 @@ where
         };
         // An entry filled under an older generation belongs to an invalidated key space.
         if entry.generation != self.shared.state.generation_raw() {
+            return Hit::Miss;
+        }
+        // Put in by a fill that a write overtook (see `L1::insert_guarded`).
+        if guard_set(&entry) {
             return Hit::Miss;
         }
         if let Some(extra) = entry.extra.as_deref() {

@@ -349,6 +349,7 @@ where
             negative: life.negative,
             version: life.version,
             extra,
+            guard: None,
         })
     }
 }

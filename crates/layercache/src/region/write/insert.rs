@@ -248,12 +248,9 @@ where
                 return true;
             }
         }
-        // Something newer may arrive while the entry goes in: then it stays out (see
-        // `L1::insert_unless`), and whatever L1 holds goes too, as above.
-        let put = cache
-            .l1
-            .insert_unless(Box::from(&**k), entry, || self.ticket.is_poisoned())
-            .await;
+        // Something newer may arrive while the entry goes in: then it is never served and goes
+        // out again (see `L1::insert_guarded`), and whatever L1 holds goes too, as above.
+        let put = cache.l1.insert_guarded(k, entry, self.ticket.guard()).await;
         if !put {
             cache.l1.remove(k).await;
         }
