@@ -16,13 +16,19 @@ use support::{caught_up, cluster, cluster_builder, cluster_keys, wait_until};
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn instance(cluster: &RedisCluster, name: &str) -> LayerCache {
-    instance_with(cluster, name, ClusterBus::Plain).await
+    instance_with(cluster, name, ClusterBus::Plain, 1).await
 }
 
-async fn instance_with(cluster: &RedisCluster, name: &str, bus: ClusterBus) -> LayerCache {
+async fn instance_with(
+    cluster: &RedisCluster,
+    name: &str,
+    bus: ClusterBus,
+    pool: usize,
+) -> LayerCache {
     cluster_builder(cluster, name)
         .bus_heartbeat_interval(Duration::from_millis(200))
         .cluster_bus(bus)
+        .l2_pool_size(pool)
         .build()
         .await
         .unwrap()
@@ -89,19 +95,20 @@ async fn a_regions_keys_spread_over_every_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_invalidations_tags_and_generations_reach_the_other_instance() {
-    reach_the_other_instance(ClusterBus::Plain, "coherent").await;
+    reach_the_other_instance(ClusterBus::Plain, "coherent", 1).await;
 }
 
-/// The same on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+/// The same on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with a pool of three clustered
+/// clients (`l2_pool_size`): the bus on the first, commands on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_on_sharded_pub_sub() {
-    reach_the_other_instance(ClusterBus::Sharded, "sharded").await;
+async fn the_same_on_sharded_pub_sub_with_a_pool() {
+    reach_the_other_instance(ClusterBus::Sharded, "sharded", 3).await;
 }
 
-async fn reach_the_other_instance(bus: ClusterBus, name: &str) {
+async fn reach_the_other_instance(bus: ClusterBus, name: &str, pool: usize) {
     let cluster = cluster();
-    let a = instance_with(&cluster, name, bus).await;
-    let b = instance_with(&cluster, name, bus).await;
+    let a = instance_with(&cluster, name, bus, pool).await;
+    let b = instance_with(&cluster, name, bus, pool).await;
     let (ra, rb) = (region(&a).await, region(&b).await);
     // Both subscribers are where the option says: on the channel's shard (sharded), or on some
     // node (plain).

@@ -15,6 +15,7 @@ mod support;
 use std::{
     sync::Mutex,
     thread::{self, ThreadId},
+    time::Duration,
 };
 
 use fred::prelude::KeysInterface;
@@ -193,4 +194,115 @@ async fn damaged_large_entries_are_misses_off_the_worker_too() {
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     cache.shutdown().await;
     small_max.shutdown().await;
+}
+
+/// The connections of `CLIENT LIST` opened since `before` (their ids), as `(id, cmd, is a
+/// subscriber)`.
+async fn new_connections(raw: &fred::prelude::Client, before: &[u64]) -> Vec<(u64, String, bool)> {
+    let list = support::cmd(raw, "CLIENT", &["LIST"]).await;
+    let list = list.as_string().unwrap();
+    list.lines()
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let id: u64 = field("id").parse().ok()?;
+            let subscriber = field("flags").contains('P');
+            (!before.contains(&id)).then(|| (id, field("cmd"), subscriber))
+        })
+        .collect()
+}
+
+/// [`new_connections`], once the instance's bus subscriber has subscribed (it does so in the
+/// background).
+async fn instance_connections(
+    raw: &fred::prelude::Client,
+    before: &[u64],
+) -> Vec<(u64, String, bool)> {
+    support::wait_until(
+        "the bus subscriber to subscribe",
+        Duration::from_secs(10),
+        || async {
+            new_connections(raw, before)
+                .await
+                .iter()
+                .filter(|c| c.2)
+                .count()
+                == 1
+        },
+    )
+    .await;
+    new_connections(raw, before).await
+}
+
+/// With `l2_pool_size(3)`, an instance opens three command connections besides its bus
+/// subscriber; reads go round-robin over two of them, and the bus (every `PUBLISH`: the
+/// announcements pipelined with writes, the heartbeats) stays on the third, so a large value
+/// being read never holds a bus message behind it.
+#[tokio::test]
+async fn a_pool_spreads_reads_and_keeps_the_bus_on_its_own_connection() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let ids = |c: &[(u64, String, bool)]| c.iter().map(|(id, _, _)| *id).collect::<Vec<_>>();
+    let before = ids(&new_connections(&raw, &[]).await);
+
+    let writer = builder(&server, "pool")
+        .l2_pool_size(3)
+        .build()
+        .await
+        .unwrap();
+    let mine = instance_connections(&raw, &before).await;
+    assert_eq!(mine.iter().filter(|c| c.2).count(), 1, "{mine:?}");
+    assert_eq!(mine.iter().filter(|c| !c.2).count(), 3, "{mine:?}");
+    let w = writer.region::<str, String>("r").build().await.unwrap();
+    for i in 0..20 {
+        w.insert(&format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    let writers = instance_connections(&raw, &before).await;
+    let publishing: Vec<_> = writers
+        .iter()
+        .filter(|c| !c.2 && c.1 == "publish")
+        .collect();
+    assert_eq!(
+        publishing.len(),
+        1,
+        "every announcement leaves from the main connection: {writers:?}"
+    );
+
+    let before = ids(&new_connections(&raw, &[]).await);
+    let reader = builder(&server, "pool")
+        .l2_pool_size(3)
+        .build()
+        .await
+        .unwrap();
+    let r = reader.region::<str, String>("r").build().await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            r.get(&format!("k{i}")).await.unwrap().as_deref(),
+            Some(&format!("v{i}"))
+        );
+    }
+    let readers = instance_connections(&raw, &before).await;
+    let reading = readers.iter().filter(|c| !c.2 && c.1 == "get").count();
+    assert_eq!(
+        reading, 2,
+        "reads take the two command connections in turn: {readers:?}"
+    );
+
+    // A pool of one: everything on the one connection, as before.
+    let before = ids(&new_connections(&raw, &[]).await);
+    let single = builder(&server, "pool").build().await.unwrap();
+    let s = single.region::<str, String>("r").build().await.unwrap();
+    assert_eq!(
+        s.get("k1").await.unwrap().as_deref().map(String::as_str),
+        Some("v1")
+    );
+    let one = instance_connections(&raw, &before).await;
+    assert_eq!(one.iter().filter(|c| !c.2).count(), 1, "{one:?}");
+    writer.shutdown().await;
+    reader.shutdown().await;
+    single.shutdown().await;
 }

@@ -54,6 +54,7 @@ pub struct LayerCacheBuilder {
     l2_suspect_timeout: Duration,
     l2_connect_timeout: Duration,
     l2_max_command_buffer: usize,
+    l2_pool_size: usize,
     l2_repair_capacity: usize,
     ack_writes: Option<Duration>,
     l2_reconnect_min: Duration,
@@ -95,6 +96,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_suspect_timeout", &self.l2_suspect_timeout)
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("l2_max_command_buffer", &self.l2_max_command_buffer)
+            .field("l2_pool_size", &self.l2_pool_size)
             .field("l2_repair_capacity", &self.l2_repair_capacity)
             .field("ack_writes", &self.ack_writes)
             .field("l2_reconnect_min", &self.l2_reconnect_min)
@@ -147,6 +149,7 @@ impl LayerCacheBuilder {
             l2_suspect_timeout: Duration::from_millis(100),
             l2_connect_timeout: Duration::from_secs(5),
             l2_max_command_buffer: 10_000,
+            l2_pool_size: 1,
             l2_repair_capacity: 10_000,
             ack_writes: None,
             l2_reconnect_min: Duration::from_millis(100),
@@ -525,6 +528,12 @@ mod tests {
         assert!(config_error(b().l2_suspect_timeout(Duration::ZERO))
             .await
             .contains("l2_suspect_timeout"));
+        assert!(config_error(b().l2_pool_size(0))
+            .await
+            .contains("l2_pool_size"));
+        assert!(config_error(b().l2_pool_size(65))
+            .await
+            .contains("l2_pool_size"));
     }
 
     #[tokio::test]

@@ -35,9 +35,10 @@ struct Registered {
     rx: Box<dyn Any + Send + Sync>,
 }
 
-/// A write's pending L1 fill, waiting for its Redis write: poisoned by any later write,
-/// invalidation (local or received) or flush of its key.
-type Tickets = KeyMap<L1Key, Vec<(u64, Arc<AtomicBool>)>>;
+/// A write's pending L1 fill, waiting for its Redis write: poisoned by any later write (but a
+/// versioned one of an older version), invalidation (local or received) or flush of its key.
+/// Each is `(id, source version, poison flag)`.
+type Tickets = KeyMap<L1Key, Vec<(u64, Option<u64>, Arc<AtomicBool>)>>;
 
 /// The flights of one cache, keyed like L1, and the writes waiting to fill L1.
 #[derive(Default)]
@@ -123,9 +124,30 @@ impl Flights {
     pub(crate) fn poison(&self, key: &[u8]) {
         self.poison_fetch(key);
         if let Some(waiting) = self.tickets().remove(key) {
-            for (_, poisoned) in waiting {
+            for (_, _, poisoned) in waiting {
                 poisoned.store(true, Ordering::Release);
             }
+        }
+    }
+
+    /// [`poison`](Self::poison) for the start of a write of source version `version`: pending
+    /// writes of a newer version keep their fill (Redis will keep theirs over this one, and so
+    /// must L1: their L1 entry carries their flag, see `L1::insert_guarded`).
+    pub(crate) fn poison_for_write(&self, key: &[u8], version: Option<u64>) {
+        self.poison_fetch(key);
+        let mut tickets = self.tickets();
+        let Some(waiting) = tickets.get_mut(key) else {
+            return;
+        };
+        waiting.retain(|(_, theirs, poisoned)| {
+            let newer = matches!((version, theirs), (Some(mine), Some(theirs)) if *theirs > mine);
+            if !newer {
+                poisoned.store(true, Ordering::Release);
+            }
+            newer
+        });
+        if waiting.is_empty() {
+            tickets.remove(key);
         }
     }
 
@@ -150,7 +172,7 @@ impl Flights {
         self.tickets().retain(|key, waiting| {
             let hit = key.starts_with(prefix);
             if hit {
-                for (_, poisoned) in waiting.iter() {
+                for (_, _, poisoned) in waiting.iter() {
                     poisoned.store(true, Ordering::Release);
                 }
             }
@@ -164,7 +186,7 @@ impl Flights {
             reg.poisoned.store(true, Ordering::Release);
         }
         for (_, waiting) in self.tickets().drain() {
-            for (_, poisoned) in waiting {
+            for (_, _, poisoned) in waiting {
                 poisoned.store(true, Ordering::Release);
             }
         }
@@ -174,13 +196,13 @@ impl Flights {
     /// must not happen if anything newer touched the key meanwhile (another write's start, an
     /// invalidation applied, a flush), or L1 would keep an older value than Redis with no
     /// message left to correct it.
-    pub(crate) fn ticket(self: &Arc<Self>, key: &[u8]) -> WriteTicket {
+    pub(crate) fn ticket(self: &Arc<Self>, key: &[u8], version: Option<u64>) -> WriteTicket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let poisoned = Arc::new(AtomicBool::new(false));
         self.tickets()
             .entry(key.into())
             .or_default()
-            .push((id, poisoned.clone()));
+            .push((id, version, poisoned.clone()));
         WriteTicket {
             flights: self.clone(),
             key: key.into(),
@@ -231,7 +253,7 @@ impl Drop for WriteTicket {
     fn drop(&mut self) {
         let mut tickets = self.flights.tickets();
         if let Some(waiting) = tickets.get_mut(&self.key) {
-            waiting.retain(|(id, _)| *id != self.id);
+            waiting.retain(|(id, _, _)| *id != self.id);
             if waiting.is_empty() {
                 tickets.remove(&self.key);
             }
@@ -416,21 +438,47 @@ mod tests {
     #[test]
     fn a_write_ticket_is_poisoned_by_a_later_write_or_flush_not_by_its_own_fetch_poison() {
         let f = Arc::new(Flights::default());
-        let t = f.ticket(b"k");
+        let t = f.ticket(b"k", None);
         f.poison_fetch(b"k");
         assert!(!t.is_poisoned(), "the write's own second poison");
         f.poison(b"other");
         assert!(!t.is_poisoned());
         f.poison(b"k");
         assert!(t.is_poisoned(), "a later write or invalidation of the key");
-        let t2 = f.ticket(b"k");
+        let t2 = f.ticket(b"k", None);
         f.poison_prefix(b"k");
         assert!(t2.is_poisoned(), "a generation move");
-        let t3 = f.ticket(b"k");
+        let t3 = f.ticket(b"k", None);
         f.poison_all();
         assert!(t3.is_poisoned(), "a flush");
         drop((t, t2, t3));
         assert!(f.tickets().is_empty(), "tickets unregister on drop");
+    }
+
+    #[test]
+    fn a_versioned_write_spares_the_fill_of_a_newer_version_only() {
+        let f = Arc::new(Flights::default());
+        let v5 = f.ticket(b"k", Some(5));
+        let plain = f.ticket(b"k", None);
+        let v3 = f.ticket(b"k", Some(3));
+        f.poison_for_write(b"k", Some(4));
+        assert!(!v5.is_poisoned(), "a newer version keeps its fill");
+        assert!(
+            plain.is_poisoned(),
+            "an unversioned write loses to any later write"
+        );
+        assert!(v3.is_poisoned(), "an older version loses");
+        f.poison_for_write(b"k", Some(5));
+        assert!(
+            v5.is_poisoned(),
+            "the same version again: the later one wins"
+        );
+        let v7 = f.ticket(b"k", Some(7));
+        f.poison_for_write(b"k", None);
+        assert!(
+            v7.is_poisoned(),
+            "an unversioned write replaces any version"
+        );
     }
 
     #[tokio::test]

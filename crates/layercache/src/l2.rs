@@ -14,11 +14,11 @@ use std::time::Duration;
 use fred::{
     clients::WithOptions,
     prelude::{ClientLike, KeysInterface},
-    types::{ConnectHandle, Value},
+    types::Value,
 };
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
 };
 
 use tracing::Instrument;
@@ -36,36 +36,38 @@ mod cluster;
 mod connect;
 mod keyspace;
 mod pipeline;
+mod pool;
 mod scripts;
 mod subscriber;
 
 use connect::end_task;
 pub(crate) use connect::{connect_store, redact_url, L2Settings};
 use pipeline::pipeline_outcome;
+pub(crate) use pool::{Conn, Lane};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
 
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
 
-/// A connected Redis client.
+/// A connected Redis client: `l2_pool_size` connections. The first (*main*) one carries the
+/// bus: its messages and heartbeats, and the writes pipelined with their announcement (one
+/// connection keeps a sender's messages in sequence order). With a pool of one it carries
+/// everything; with more, the others carry every other command, in turn, so a large value
+/// read never holds a bus message or a heartbeat behind it.
 #[derive(Clone)]
 pub(crate) struct RedisStore {
-    client: fred::prelude::Client,
-    /// The client with the command timeout, failing at once while disconnected (instead of
-    /// queueing for the reconnect: a write queued there would land long after its caller was
-    /// told it failed).
-    normal: WithOptions<fred::prelude::Client>,
-    /// The same with the suspect timeout, for calls made while Redis is suspect.
-    wary: WithOptions<fred::prelude::Client>,
+    main: Arc<Conn>,
+    /// The command connections besides the main one (empty with a pool of one).
+    pool: Arc<[Conn]>,
+    /// Round-robin position over `pool`.
+    turn: Arc<AtomicUsize>,
     timeout: Duration,
     suspect_timeout: Duration,
     /// The last call failed with an outage error, and none has succeeded since.
     suspect: Arc<AtomicBool>,
     breaker: Arc<Breaker>,
     counters: Arc<Counters>,
-    /// The client's connection task, awaited by [`quit`](Self::quit).
-    task: Arc<Mutex<Option<ConnectHandle>>>,
     /// On a cluster: publish with `SPUBLISH` (the bus on sharded pub/sub).
     sharded_bus: bool,
     /// The cache's name (a label of the round-trip histogram of the `metrics` feature).
@@ -79,7 +81,8 @@ pub(crate) struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("connected", &self.client.is_connected())
+            .field("connected", &self.is_connected())
+            .field("pool", &(1 + self.pool.len()))
             .field("timeout", &self.timeout)
             .field("suspect_timeout", &self.suspect_timeout)
             .finish()
@@ -129,11 +132,6 @@ fn map_err(what: &'static str, e: fred::error::Error) -> Error {
 }
 
 impl RedisStore {
-    /// Whether the client is connected right now.
-    pub(crate) fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
     /// Whether the circuit breaker is open.
     pub(crate) fn breaker_open(&self) -> bool {
         self.breaker.is_open()
@@ -150,7 +148,22 @@ impl RedisStore {
         F: FnOnce(&'s WithOptions<fred::prelude::Client>) -> Fut,
         Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
     {
-        if !self.client.is_connected() {
+        self.bounded_on(Lane::Commands, what, command).await
+    }
+
+    /// [`bounded`](Self::bounded) on the connection of `lane`.
+    async fn bounded_on<'s, T, F, Fut>(
+        &'s self,
+        lane: Lane,
+        what: &'static str,
+        command: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(&'s WithOptions<fred::prelude::Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
+    {
+        let conn = self.conn(lane);
+        if !conn.client.is_connected() {
             self.counters.l2_disconnected_skips.incr();
             return Err(Error::new(
                 ErrorKind::Unavailable,
@@ -165,9 +178,9 @@ impl RedisStore {
             ));
         }
         let (client, timeout) = if self.suspect.load(Ordering::Acquire) {
-            (&self.wary, self.suspect_timeout)
+            (&conn.wary, self.suspect_timeout)
         } else {
-            (&self.normal, self.timeout)
+            (&conn.normal, self.timeout)
         };
         // fred's own timeout (the same duration) must fire first: only then does fred mark the
         // command timed out and drop it from its reconnect queue. Dropping the future from out
@@ -276,21 +289,6 @@ impl RedisStore {
             .instrument(span)
             .await?;
         Ok(filled(written))
-    }
-
-    /// Closes the connection and waits (at most the command timeout, and a second at least)
-    /// for the client's connection task to end.
-    pub(crate) async fn quit(&self) {
-        let within = self.timeout.max(Duration::from_secs(1));
-        let _ = tokio::time::timeout(within, self.client.quit()).await;
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            end_task(task, within).await;
-        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     stats::Counters,
 };
 
-use super::{LayerCacheBuilder, MAX_KEY_BYTES, REDIS_MAX_STRING};
+use super::{l1_options::MAX_L2_POOL_SIZE, LayerCacheBuilder, MAX_KEY_BYTES, REDIS_MAX_STRING};
 
 impl LayerCacheBuilder {
     fn capacity(&self) -> Capacity {
@@ -105,6 +105,12 @@ impl LayerCacheBuilder {
         }
         if self.l2_max_command_buffer == 0 {
             return Err(Error::config("l2_max_command_buffer must be at least 1"));
+        }
+        if !(1..=MAX_L2_POOL_SIZE).contains(&self.l2_pool_size) {
+            return Err(Error::config(format!(
+                "l2_pool_size is {}; it must be between 1 and {MAX_L2_POOL_SIZE}",
+                self.l2_pool_size
+            )));
         }
         if self.bus_heartbeat_interval.is_zero() {
             return Err(Error::config(
@@ -364,6 +370,7 @@ impl LayerCacheBuilder {
             startup: self.l2_startup,
             sharded_bus: self.cluster_bus == crate::ClusterBus::Sharded,
             cache_name: self.name.as_str().into(),
+            pool_size: self.l2_pool_size,
         };
         let breaker = Breaker::new(
             BreakerSettings {

@@ -1,7 +1,10 @@
-//! Options of [`LayerCacheBuilder`] for the hot path: the in-process tier's admission, and
-//! where large values are encoded.
+//! Options of [`LayerCacheBuilder`] for the hot path: the in-process tier's admission, where
+//! large values are encoded, and how many connections carry commands to Redis.
 
 use super::LayerCacheBuilder;
+
+/// The most connections [`LayerCacheBuilder::l2_pool_size`] accepts.
+pub(super) const MAX_L2_POOL_SIZE: usize = 64;
 
 impl LayerCacheBuilder {
     /// While the in-process tier is full, a value read from Redis is put in it only at its
@@ -34,6 +37,24 @@ impl LayerCacheBuilder {
     /// Default: [`DEFAULT_OFFLOAD_THRESHOLD`](crate::DEFAULT_OFFLOAD_THRESHOLD) (64 KiB).
     pub fn offload_threshold(mut self, bytes: usize) -> Self {
         self.offload_threshold = bytes;
+        self
+    }
+
+    /// How many connections to Redis carry commands (besides the bus's subscriber, which
+    /// always has its own). With one, every command shares it: fred pipelines the commands of
+    /// all tasks on it, and on this project's measurements one connection served small
+    /// values as fast as several (see `docs/BENCHMARKS.md`). With two or more, the first
+    /// carries only the invalidation bus — its messages and heartbeats, and each write
+    /// pipelined with its announcement (one connection keeps a sender's messages in order) —
+    /// and the others carry every other command in turn: a large value being read never
+    /// holds a bus message or a heartbeat behind it, and reads of large values spread over
+    /// several sockets. On a Redis Cluster each is a clustered client (one socket per node).
+    ///
+    /// Between 1 and 64.
+    ///
+    /// Default: 1.
+    pub fn l2_pool_size(mut self, connections: usize) -> Self {
+        self.l2_pool_size = connections;
         self
     }
 }

@@ -107,7 +107,7 @@ impl ClusterStore {
     /// The client, sending to one node.
     fn on_node(&self, node: Server) -> fred::clients::WithOptions<fred::prelude::Client> {
         self.inner
-            .client
+            .command_client()
             .with_options(&fred::types::config::Options {
                 cluster_node: Some(node),
                 timeout: Some(self.inner.timeout),

@@ -2,7 +2,10 @@
 //! its timeouts, reconnect policy and command buffer.
 
 use std::{
-    sync::{atomic::AtomicBool, Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -38,6 +41,8 @@ pub(crate) struct L2Settings {
     pub(crate) sharded_bus: bool,
     /// The cache's name (a label of the Redis round-trip histogram).
     pub(crate) cache_name: Arc<str>,
+    /// How many connections carry commands (`l2_pool_size`, at least 1).
+    pub(crate) pool_size: usize,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for L2Settings {
             .field("reconnect_max", &self.reconnect_max)
             .field("tls_ca_pem", &self.tls_ca_pem.is_some())
             .field("sharded_bus", &self.sharded_bus)
+            .field("pool_size", &self.pool_size)
             .finish()
     }
 }
@@ -199,26 +205,58 @@ impl super::RedisStore {
         breaker: Breaker,
         counters: Arc<Counters>,
     ) -> Result<Self> {
-        let (client, task) = connect_client(s, None).await?;
         let suspect_timeout = s.suspect_timeout.min(s.command_timeout);
-        let options = |timeout| Options {
-            timeout: Some(timeout),
-            fail_fast: true,
-            ..Default::default()
+        let conn = |(client, task): (fred::prelude::Client, ConnectHandle)| {
+            let options = |timeout| Options {
+                timeout: Some(timeout),
+                fail_fast: true,
+                ..Default::default()
+            };
+            super::Conn {
+                normal: client.with_options(&options(s.command_timeout)),
+                wary: client.with_options(&options(suspect_timeout)),
+                client,
+                task: Mutex::new(Some(task)),
+            }
         };
-        Ok(Self {
-            normal: client.with_options(&options(s.command_timeout)),
-            wary: client.with_options(&options(suspect_timeout)),
-            client,
+        // The main connection first (a configuration error shows there), then the others side
+        // by side, so a degraded start waits one connect timeout, not one per connection.
+        let main = conn(connect_client(s, None).await?);
+        let mut others = tokio::task::JoinSet::new();
+        for i in 1..s.pool_size.max(1) {
+            let s = s.clone();
+            others.spawn(async move { (i, connect_client(&s, None).await) });
+        }
+        let mut pool = Vec::with_capacity(s.pool_size.saturating_sub(1));
+        let mut failed = None;
+        while let Some(joined) = others.join_next().await {
+            match joined {
+                Ok((i, Ok(c))) => pool.push((i, conn(c))),
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(e) => {
+                    failed =
+                        Some(Error::new(ErrorKind::Closed, "connecting to redis").with_source(e))
+                }
+            }
+        }
+        pool.sort_by_key(|(i, _)| *i);
+        let store = Self {
+            main: Arc::new(main),
+            pool: pool.into_iter().map(|(_, c)| c).collect(),
+            turn: Arc::new(AtomicUsize::new(0)),
             timeout: s.command_timeout,
             suspect_timeout,
             suspect: Arc::new(AtomicBool::new(false)),
             breaker: Arc::new(breaker),
             counters,
-            task: Arc::new(Mutex::new(Some(task))),
             sharded_bus: s.sharded_bus,
             cache_name: s.cache_name.clone(),
-        })
+        };
+        if let Some(e) = failed {
+            store.quit().await;
+            return Err(e);
+        }
+        Ok(store)
     }
 }
 
@@ -247,7 +285,7 @@ pub(crate) async fn connect_store(
             e
         }
     })?;
-    if store.client.is_clustered() {
+    if store.main_client().is_clustered() {
         return Ok(Arc::new(super::cluster::ClusterStore::new(store).await?));
     }
     // A node of a cluster named by a plain URL would answer every other key with `MOVED`: say

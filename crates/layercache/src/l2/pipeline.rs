@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::{
     evalsha, fill_batch_command, fill_command, fill_span, filled, is_noscript, is_outage, map_err,
-    RedisStore, Script, SCRIPTS,
+    Lane, RedisStore, Script, SCRIPTS,
 };
 use crate::{
     error::Result,
@@ -246,10 +246,10 @@ impl RedisStore {
         message: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
     ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
         let expected = 1 + usize::from(script.is_some());
-        let clustered = self.client.is_clustered();
+        let clustered = self.main_client().is_clustered();
         let mut taken = 0;
         let replies = self
-            .bounded(what, |c| {
+            .bounded_on(Lane::Bus, what, |c| {
                 let pipeline = Pipeline::from(c.clone());
                 let script = script.map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)));
                 sequencer.next(|seq| {

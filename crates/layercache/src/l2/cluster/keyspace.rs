@@ -107,7 +107,7 @@ impl ClusterStore {
     pub(super) fn primaries(&self) -> Vec<Server> {
         let mut nodes = self
             .inner
-            .client
+            .main_client()
             .cached_cluster_state()
             .map(|s| s.unique_primary_nodes())
             .unwrap_or_default();

@@ -95,8 +95,8 @@ where
         let tag_epoch = cache.l1.tag_epoch();
         // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
         // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
-        cache.flights.poison(&k);
-        let ticket = cache.flights.ticket(&k);
+        cache.flights.poison_for_write(&k, version);
+        let ticket = cache.flights.ticket(&k, version);
         let started = cache.journal.stamp();
         let (logical, refresh_in) = region.life_of_plan(options, &plan);
         let mut insert = Self {
