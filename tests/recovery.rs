@@ -844,3 +844,42 @@ async fn the_bus_listener_on_its_own_thread_or_as_a_task_keeps_instances_coheren
         a.shutdown().await;
     }
 }
+
+/// A plain read runs in its caller's task: cancelling that caller while its Redis read is in
+/// flight must not fail the readers that joined it — they read again and get the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_joined_to_a_cancelled_read_read_again() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = slowed_instance(&proxy, "cancelled").await;
+    let ra = region(&a).await;
+    let b = instance(&server, "cancelled").await;
+    region(&b).await.insert("k", 7).await.unwrap();
+    // B's announcement must not reach A during A's reads (it would end A's first read).
+    caught_up(&a, &b).await;
+    proxy.set_command_latency(Duration::from_millis(400));
+    let leader = {
+        let ra = ra.clone();
+        tokio::spawn(async move { ra.get("k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let joined = {
+        let ra = ra.clone();
+        tokio::spawn(async move { ra.get("k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        joined.await.unwrap().unwrap().as_deref(),
+        Some(&7),
+        "the joined read read again"
+    );
+    assert!(
+        a.stats().coalesced >= 1,
+        "precondition: the second read joined the first"
+    );
+    proxy.set_command_latency(Duration::ZERO);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -161,6 +161,10 @@ where
                     self.counters().coalesced.incr();
                     match flight::wait(rx).await {
                         Ok(None) if load.is_some() => continue,
+                        // The leader went away without an answer: a plain read's leader runs
+                        // in its caller's task (below) and ends with it if that caller is
+                        // cancelled. Try again (at worst, lead).
+                        Err(e) if e.kind() == ErrorKind::Closed => continue,
                         other => return other,
                     }
                 }
@@ -185,6 +189,12 @@ where
                 region = %self.shared.state.name,
                 level = tracing::field::Empty,
             );
+            if task.load.is_none() && task.fallback.is_none() {
+                // Hot-path note: a plain read (no loader) runs in the caller's task — a spawn
+                // cost ~7 % of the process's CPU on reads answered by Redis. Cancelling the
+                // caller ends the read; its waiters then try again (above).
+                return task.run(leader).instrument(span).await;
+            }
             let handle = runtime.spawn(task.run(leader).instrument(span));
             if let Some(answer) = answer {
                 return flight::wait(answer).await;
