@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::{
     codec::Codec,
     error::{BoxError, Error, ErrorKind, Result},
-    flight::{self, Join},
+    flight::{self, Join, Outcome},
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
     l1::{guard_set, EntryExtras, L1Entry},
@@ -17,7 +17,7 @@ use crate::{
 };
 
 use super::{
-    fetch::{Fetch, Mode},
+    fetch::{Fetch, Mode, Step},
     Load, LoadFn, Region, Stale, MAX_REJOINS,
 };
 
@@ -189,26 +189,33 @@ where
                 region = %self.shared.state.name,
                 level = tracing::field::Empty,
             );
-            if task.load.is_none() && task.fallback.is_none() {
-                // Hot-path note: a plain read (no loader) runs in the caller's task — a spawn
-                // cost ~7 % of the process's CPU on reads answered by Redis. Cancelling the
-                // caller ends the read; its waiters then try again (above).
-                return task.run(leader).instrument(span).await;
+            if answer.is_none() {
+                // Hot-path note: the Redis read runs in the caller's task, and only a load
+                // that follows is spawned (a spawn per read cost ~7 % of the process's CPU on
+                // reads answered by Redis). Cancelling the caller during the read ends it;
+                // its waiters then try again (above). A load, once started, runs to its end
+                // whoever waits.
+                let mut task = task;
+                let after = match task.read(&leader).instrument(span.clone()).await {
+                    Ok(Step::Served(value)) => return leader.finish(Ok(value)),
+                    Err(e) => return leader.finish(Err(e)),
+                    Ok(Step::Load(after)) => after,
+                };
+                if task.load.is_none() {
+                    let outcome = task.load(&leader, after).await;
+                    return leader.finish(outcome);
+                }
+                let load = async move {
+                    let outcome = task.load(&leader, after).await;
+                    leader.finish(outcome)
+                };
+                return joined(runtime.spawn(load.instrument(span)).await);
             }
             let handle = runtime.spawn(task.run(leader).instrument(span));
             if let Some(answer) = answer {
                 return flight::wait(answer).await;
             }
-            return match handle.await {
-                Ok(outcome) => outcome,
-                Err(e) if e.is_panic() => {
-                    Err(Error::new(ErrorKind::Internal, "the fetch task panicked"))
-                }
-                Err(_) => Err(Error::new(
-                    ErrorKind::Closed,
-                    "the fetch task was cancelled (its runtime is shutting down)",
-                )),
-            };
+            return joined(handle.await);
         }
         Ok(None)
     }
@@ -383,4 +390,18 @@ pub(super) enum Hit<V> {
     /// Only a stale value (fail-safe fallback).
     Stale(Stale<V>),
     Miss,
+}
+
+/// A fetch task's outcome as its caller sees it.
+fn joined<V>(
+    done: std::result::Result<Outcome<V>, tokio::task::JoinError>,
+) -> Result<Option<Arc<V>>> {
+    match done {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => Err(Error::new(ErrorKind::Internal, "the fetch task panicked")),
+        Err(_) => Err(Error::new(
+            ErrorKind::Closed,
+            "the fetch task was cancelled (its runtime is shutting down)",
+        )),
+    }
 }
