@@ -858,26 +858,30 @@ async fn readers_joined_to_a_cancelled_read_read_again() {
     // B's announcement must not reach A during A's reads (it would end A's first read).
     caught_up(&a, &b).await;
     proxy.set_command_latency(Duration::from_millis(400));
-    let leader = {
-        let ra = ra.clone();
-        tokio::spawn(async move { ra.get("k").await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The leading read, polled once here: it misses L1, leads the key's flight and waits on
+    // its Redis read (if it did not lead, the wait below for the second read to join times out).
+    let mut leader = Box::pin(ra.get("k"));
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut leader)
+            .await
+            .is_err(),
+        "precondition: the read waits on the slowed Redis"
+    );
     let joined = {
         let ra = ra.clone();
         tokio::spawn(async move { ra.get("k").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    leader.abort();
-    assert!(leader.await.unwrap_err().is_cancelled());
+    wait_until("the second read to join the first", WAIT, || {
+        let a = a.clone();
+        async move { a.stats().coalesced >= 1 }
+    })
+    .await;
+    // Cancelled: the leading caller's future is dropped mid-read.
+    drop(leader);
     assert_eq!(
         joined.await.unwrap().unwrap().as_deref(),
         Some(&7),
         "the joined read read again"
-    );
-    assert!(
-        a.stats().coalesced >= 1,
-        "precondition: the second read joined the first"
     );
     proxy.set_command_latency(Duration::ZERO);
     a.shutdown().await;
