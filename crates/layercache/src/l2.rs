@@ -43,7 +43,7 @@ mod subscriber;
 use connect::end_task;
 pub(crate) use connect::{connect_store, redact_url, L2Settings};
 use pipeline::pipeline_outcome;
-pub(crate) use pool::{Conn, Lane};
+use pool::{Conn, Lane};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
 

@@ -62,11 +62,11 @@ where
     /// other callers' loaders are dropped unused. The shared load runs as its own task, so a
     /// caller that is cancelled (its future dropped) does not cancel it for the others — this
     /// is why the loader must be `Send + 'static`. (The Redis read before it runs in the
-    /// leading caller's task; if that caller is cancelled, the others read again.) A loader that fails or panics gives every
-    /// waiting caller an [`ErrorKind::Loader`] error and caches nothing (unless fail-safe
-    /// serves a stale value); the next call runs a loader again. With
-    /// [`EntryOptions::distributed_lock`], one instance loads while the others wait for its
-    /// value.
+    /// leading caller's task; if that caller is cancelled, the others read again.) A loader
+    /// that fails or panics gives every waiting caller an [`ErrorKind::Loader`] error and
+    /// caches nothing (unless fail-safe serves a stale value); the next call runs a loader
+    /// again. With [`EntryOptions::distributed_lock`], one instance loads while the others
+    /// wait for its value.
     ///
     /// # Errors
     ///
