@@ -531,8 +531,17 @@ mod tls {
 /// connection is back, where it would land long after its caller was told it failed (and could
 /// overwrite a newer value written meanwhile by another instance).
 async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it(shared: &mut Shared) {
-    let cache = LayerCache::builder("replay")
+    // One connection, and a pool of three (the bus on one, commands on the others: each
+    // reconnects on its own).
+    for (name, pool) in [("replay", 1), ("replaypool", 3)] {
+        not_replayed(shared, name, pool).await;
+    }
+}
+
+async fn not_replayed(shared: &mut Shared, name: &str, pool: usize) {
+    let cache = LayerCache::builder(name)
         .redis_url(shared.url())
+        .l2_pool_size(pool)
         .l2_command_timeout(TIMEOUT)
         .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
         // Keep the breaker shut: every write below goes to fred and times out there.
@@ -564,7 +573,7 @@ async fn writes_that_timed_out_during_an_outage_are_not_replayed_after_it(shared
     .await;
     assert_ne!(r.generation(), before, "the repair moved the generation");
     let replayed: Vec<String> = shared
-        .data_keys("replay")
+        .data_keys(name)
         .await
         .into_iter()
         .filter(|k| k.contains("lost"))
