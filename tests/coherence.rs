@@ -1187,3 +1187,60 @@ async fn a_key_another_instance_wrote_is_read_from_redis_during_the_cooldown(sha
     assert_eq!(rw.get("own").await.unwrap().as_deref(), Some(&3));
     assert_eq!(served(&writer, before), (1, 0));
 }
+
+/// On one server a plain `insert` runs no script: its `SET` and the fence's `GET` of the
+/// region's generation go in one pipeline with its announcement. The fence holds without the
+/// script's atomicity: when the generation key is gone (lost, as after a `FLUSHALL` or a restart
+/// without persistence), the `GET` finds nothing, the write counts as fenced and goes again
+/// under the generation read anew. It is not lost: a fresh instance reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_insert_runs_no_script_and_a_lost_generation_does_not_lose_it() {
+    let shared = Shared::Redis(redis());
+    // No heartbeats: every few, the bus renews the generation with a script.
+    let quiet = || {
+        shared.build(
+            shared
+                .builder("plain")
+                .bus_heartbeat_interval(Duration::from_secs(3600))
+                .bus_heartbeat_timeout(Duration::from_secs(7200)),
+        )
+    };
+    let a = quiet().await;
+    let ra = region(&a).await;
+    ra.insert("warm", 0).await.unwrap();
+    let calls = |name: &'static str| shared.command_calls(name);
+    let (evals, sets, gets) = (
+        calls("evalsha").await,
+        calls("set").await,
+        calls("get").await,
+    );
+    ra.insert("k", 1).await.unwrap();
+    assert_eq!(
+        calls("evalsha").await - evals,
+        0,
+        "a plain insert runs no script"
+    );
+    assert_eq!(calls("set").await - sets, 1);
+    assert_eq!(calls("get").await - gets, 1, "the fence's read");
+
+    let raw = shared.raw().await;
+    let generation_keys: Vec<String> = support::all_keys(&raw)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("plain:m") && k.ends_with(":gen"))
+        .collect();
+    assert_eq!(generation_keys.len(), 1, "{generation_keys:?}");
+    let before = ra.generation().unwrap();
+    cmd(&raw, "DEL", &[generation_keys[0].as_str()]).await;
+    ra.insert("k", 2).await.unwrap();
+    let after = ra.generation().unwrap();
+    assert!(after > before, "the write did not read the generation anew");
+    let fresh = quiet().await;
+    let rf = region(&fresh).await;
+    assert_eq!(
+        rf.get("k").await.unwrap().as_deref(),
+        Some(&2),
+        "the write was lost"
+    );
+    assert_eq!(rf.generation(), Some(after));
+}

@@ -64,7 +64,8 @@ async fn redis_calls_are_client_spans_with_the_database_conventions() {
         get.span_context.trace_id(),
         "one trace"
     );
-    // A's fill: the conditional write runs as a script.
+    // A's fill: a write over nothing, fenced on the region's generation, needs no script
+    // (`SET … NX` and the generation's `GET`, pipelined).
     let fill = spans
         .iter()
         .find(|s| s.name == "layercache.l2.set")
@@ -72,8 +73,10 @@ async fn redis_calls_are_client_spans_with_the_database_conventions() {
     assert_eq!(fill.span_kind, SpanKind::Client);
     assert_eq!(
         attribute(fill, "db.operation.name"),
-        Some(&Value::from("EVALSHA"))
+        Some(&Value::from("SET"))
     );
+    assert_eq!(attribute(fill, "mode"), Some(&Value::from("nx")));
+    assert_eq!(attribute(fill, "fenced"), Some(&Value::from(true)));
     // The cache's own spans are not client spans and carry no database attributes.
     let load = spans
         .iter()

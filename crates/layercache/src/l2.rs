@@ -34,6 +34,7 @@ use crate::{
 
 mod cluster;
 mod connect;
+mod fenced_set;
 mod keyspace;
 mod pipeline;
 mod pool;
@@ -110,6 +111,19 @@ fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
         "layercache.l2.set",
         db.system = "redis",
         db.operation.name = "EVALSHA",
+        otel.kind = "client",
+        mode = condition.mode.name(),
+        fenced = condition.fence.is_some(),
+        announced
+    )
+}
+
+/// The span of a plain write sent without a script (see [`fenced_set`]).
+fn set_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
+    tracing::debug_span!(
+        "layercache.l2.set",
+        db.system = "redis",
+        db.operation.name = "SET",
         otel.kind = "client",
         mode = condition.mode.name(),
         fenced = condition.fence.is_some(),
@@ -263,24 +277,23 @@ impl RedisStore {
     }
 
     /// Writes as its [`WriteCondition`] says: a plain `SET` (`NX`) when nothing else is asked
-    /// of it, else the fill script — conditional on what the key holds, for a load on its
-    /// tags' marks being what it read before it ran, and with a fence on the region's
-    /// generation; with tag bookkeeping.
+    /// of it (with a fence: pipelined with a `GET` of the generation, see [`fenced_set`]), else
+    /// the fill script — conditional on what the key holds, for a load on its tags' marks being
+    /// what it read before it ran, and with a fence on the region's generation; with tag
+    /// bookkeeping.
     pub(crate) async fn fill(&self, write: Write<'_>) -> Result<Filled> {
         let condition = write.condition;
-        if matches!(condition.mode, WriteMode::Set | WriteMode::Nx)
-            && condition.fence.is_none()
-            && condition.version.is_none()
-            && condition.marks.is_empty()
-            && write.tags.is_empty()
-        {
-            let nx = *condition.mode == WriteMode::Nx;
-            let written = self.set(write.key, write.value, write.ttl_ms, nx).await?;
-            return Ok(if written {
-                Filled::Written
-            } else {
-                Filled::Refused
-            });
+        if fenced_set::plain(&write) {
+            let Some(fence) = condition.fence else {
+                let nx = *condition.mode == WriteMode::Nx;
+                let written = self.set(write.key, write.value, write.ttl_ms, nx).await?;
+                return Ok(if written {
+                    Filled::Written
+                } else {
+                    Filled::Refused
+                });
+            };
+            return self.fenced_set(write, fence).await;
         }
         let (keys, args) = fill_command(write);
         let span = fill_span(&condition, false);

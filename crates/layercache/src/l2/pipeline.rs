@@ -9,8 +9,8 @@ use fred::{
 use tracing::Instrument;
 
 use super::{
-    evalsha, fill_batch_command, fill_command, fill_span, filled, is_noscript, is_outage, map_err,
-    Lane, RedisStore, Script, SCRIPTS,
+    evalsha, fenced_set, fill_batch_command, fill_command, fill_span, filled, is_noscript,
+    is_outage, map_err, Lane, RedisStore, Script, SCRIPTS,
 };
 use crate::{
     error::Result,
@@ -117,7 +117,7 @@ impl RedisStore {
         let (taken, replies) = self
             .sequenced(
                 "redis PUBLISH",
-                None,
+                Vec::new(),
                 announcement.sequencer,
                 announcement.message,
             )
@@ -128,6 +128,36 @@ impl RedisStore {
             None => Err(map_err("redis PUBLISH", unexpected("PUBLISH"))),
         });
         (taken, result)
+    }
+
+    /// A plain write with a fence and no announcement: `SET` and the generation's `GET`
+    /// pipelined (see [`fenced_set`]).
+    pub(super) async fn fenced_set(&self, write: Write<'_>, fence: u64) -> Result<Filled> {
+        let what = "redis SET + GET (generation)";
+        let span = super::set_span(&write.condition, false);
+        let commands = fenced_set::commands(write);
+        let replies = self
+            .bounded(what, |c| {
+                let pipeline = Pipeline::from(c.clone());
+                let queued: Result<(), _> = commands
+                    .into_iter()
+                    .map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)))
+                    .collect();
+                async move {
+                    queued?;
+                    let replies = pipeline.try_all::<Value>().await;
+                    pipeline_outcome(replies, 2, what)
+                }
+            })
+            .instrument(span)
+            .await?;
+        let mut replies = replies.into_iter();
+        let (Some(set), Some(generation)) = (replies.next(), replies.next()) else {
+            return Err(map_err(what, unexpected("SET + GET")));
+        };
+        let set = set.map_err(|e| map_err("redis SET", e))?;
+        let generation = generation.map_err(|e| map_err("redis GET (generation)", e))?;
+        Ok(fenced_set::outcome(&set, Some(&generation), Some(fence)))
     }
 
     /// A write (the fill script, as [`fill`](Self::fill)) and its announcement on the bus in
@@ -144,6 +174,32 @@ impl RedisStore {
         announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
         let condition = write.condition;
+        if fenced_set::plain(&write) {
+            // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.
+            let what = "redis SET + PUBLISH";
+            let Announcement { sequencer, message } = announcement;
+            let commands = fenced_set::commands(write);
+            let (taken, replies) = self
+                .sequenced(what, commands, sequencer, message)
+                .instrument(super::set_span(&condition, true))
+                .await;
+            let mut replies = replies?;
+            let published = replies
+                .pop()
+                .ok_or_else(|| map_err(what, unexpected("SET + PUBLISH")))?
+                .map(|_| taken)
+                .map_err(|e| map_err("redis PUBLISH", e));
+            let mut replies = replies.into_iter();
+            let (Some(set), generation) = (replies.next(), replies.next()) else {
+                return Err(map_err(what, unexpected("SET + PUBLISH")));
+            };
+            let set = set.map_err(|e| map_err("redis SET", e))?;
+            let generation = generation
+                .transpose()
+                .map_err(|e| map_err("redis GET (generation)", e))?;
+            let filled = fenced_set::outcome(&set, generation.as_ref(), condition.fence);
+            return Ok((filled, published));
+        }
         let (keys, args) = fill_command(write);
         let span = fill_span(&condition, true);
         let what = "redis EVALSHA (fill) + PUBLISH";
@@ -212,7 +268,7 @@ impl RedisStore {
         let first_key = keys.first().cloned();
         let command = evalsha(script, keys, args);
         let (mut taken, mut replies) = self
-            .sequenced(what, Some(command.clone()), sequencer, message)
+            .sequenced(what, vec![command.clone()], sequencer, message)
             .await;
         if let Ok([Err(e), _]) = replies.as_deref() {
             if is_noscript(e) {
@@ -221,7 +277,7 @@ impl RedisStore {
                 // it only made other instances drop a copy.
                 self.load_script(script, first_key.as_deref()).await?;
                 (taken, replies) = self
-                    .sequenced(what, Some(command), sequencer, message)
+                    .sequenced(what, vec![command], sequencer, message)
                     .await;
             }
         }
@@ -234,24 +290,28 @@ impl RedisStore {
         Ok((written, published))
     }
 
-    /// Sends `script` (if any) and a bus message in one pipeline, bounded like every call: the
-    /// message's sequence number is taken, and the pipeline handed to the connection, under
-    /// the sequencer's lock. Returns the number taken (0 when the call was skipped) and every
-    /// reply, or the error that stood for all of them (a timeout, a lost connection).
+    /// Sends `commands` (none, a script, or a write's `SET` and fence) and a bus message in one
+    /// pipeline, bounded like every call: the message's sequence number is taken, and the
+    /// pipeline handed to the connection, under the sequencer's lock. Returns the number taken
+    /// (0 when the call was skipped) and every reply, the message's last, or the error that
+    /// stood for all of them (a timeout, a lost connection).
     async fn sequenced(
         &self,
         what: &'static str,
-        script: Option<(fred::types::CustomCommand, Vec<Value>)>,
+        commands: fenced_set::Commands,
         sequencer: &Sequencer,
         message: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
     ) -> (u64, Result<Vec<Result<Value, fred::error::Error>>>) {
-        let expected = 1 + usize::from(script.is_some());
+        let expected = 1 + commands.len();
         let clustered = self.main_client().is_clustered();
         let mut taken = 0;
         let replies = self
             .bounded_on(Lane::Bus, what, |c| {
                 let pipeline = Pipeline::from(c.clone());
-                let script = script.map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)));
+                let queued: Vec<_> = commands
+                    .into_iter()
+                    .map(|(cmd, args)| queue(pipeline.custom::<(), _>(cmd, args)))
+                    .collect();
                 sequencer.next(|seq| {
                     taken = seq;
                     let publish = if clustered {
@@ -281,7 +341,7 @@ impl RedisStore {
                         )
                     };
                     primed(async move {
-                        script.transpose()?;
+                        queued.into_iter().collect::<Result<(), _>>()?;
                         publish?;
                         let replies = pipeline.try_all::<Value>().await;
                         pipeline_outcome(replies, expected, what)
