@@ -20,8 +20,8 @@
 //!
 //! ## How a write flows
 //!
-//! [`Region::insert`] encodes once, writes the key with its TTL (a script fenced on the
-//! region's generation), puts the value in L1 unless something newer touched the key
+//! [`Region::insert`] encodes once, writes the key with its TTL (fenced on the region's
+//! generation: a `SET` and a read of the generation pipelined, or a script), puts the value in L1 unless something newer touched the key
 //! meanwhile, and announces the change on the invalidation bus ([`bus`]); [`Region::invalidate`] replaces
 //! the key with a *tombstone* (a miss for every reader that no earlier load can overwrite),
 //! drops it from L1 and announces it. Either one *poisons* fetches of that key already running

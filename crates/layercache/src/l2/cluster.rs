@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 
 use fred::{
-    clients::Pipeline,
     prelude::ClientLike,
     types::{config::Server, ClusterHash, CustomCommand, Value},
 };
@@ -154,16 +153,12 @@ impl ClusterStore {
         commands: &[Command],
     ) -> Result<Vec<Result<Value, fred::error::Error>>> {
         let n = commands.len();
+        // Each a command of its own, not a fred `Pipeline` (see `send_each`): a timed-out
+        // pipeline's commands would be sent again after a reconnect.
         self.inner
             .bounded(what, |c| {
-                let pipeline = Pipeline::from(c.clone());
-                async move {
-                    for (cmd, args) in commands {
-                        pipeline.custom::<(), _>(cmd.clone(), args.clone()).await?;
-                    }
-                    let replies = pipeline.try_all::<Value>().await;
-                    super::pipeline_outcome(replies, n, what)
-                }
+                let sent = super::pipeline::send_each(c, commands.to_vec());
+                async move { super::pipeline_outcome(super::pipeline::replies(sent).await, n, what) }
             })
             .await
     }

@@ -28,8 +28,8 @@ where
 {
     /// Stores `value` under `key` in both tiers with the region's entry options.
     ///
-    /// The value is encoded once, written to Redis with its TTL (a script that writes only
-    /// while the region's generation is the one the key was made for), put in the in-process
+    /// The value is encoded once, written to Redis with its TTL (counted as written only while
+    /// the region's generation is the one the key was made for), put in the in-process
     /// tier, and announced on the bus so other instances drop their copy. Fetches of `key`
     /// already running will not overwrite it; and if something newer touches the key while
     /// the Redis write is in flight (another write, an invalidation received from another
