@@ -216,6 +216,35 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// A plain fenced write on bucket `b` without a script (see `fenced_set`): the `SET` and
+    /// the `GET` of the bucket's generation copy, pipelined. A copy found behind the fence (the
+    /// bucket's first write under this generation) is caught up; the write then stands as it
+    /// landed, in the live key space (the catch-up checks the region's generation is the fence).
+    async fn fenced_set(
+        &self,
+        b: Bucket,
+        generation_key: &str,
+        fence: u64,
+        commands: super::fenced_set::Commands,
+    ) -> Result<Filled> {
+        let what = "redis SET + GET (generation)";
+        let mut replies = self.pipelined(what, commands).await?.into_iter();
+        let (Some(set), Some(copy), None) = (replies.next(), replies.next(), replies.next()) else {
+            return Err(unexpected("SET + GET"));
+        };
+        let (set, copy) = (set?, copy?);
+        let filled = super::fenced_set::outcome(&set, Some(&copy), Some(fence));
+        if filled == Filled::Fenced
+            && super::fenced_set::behind(&copy, fence)
+            && self
+                .catch_up(b, generation_key, fence, generation_ttl_ms())
+                .await?
+        {
+            return Ok(super::fenced_set::outcome(&set, None, None));
+        }
+        Ok(filled)
+    }
+
     /// The fill script on one bucket's keys; a fence found behind is caught up once.
     async fn fill(&self, write: Write<'_>) -> Result<Filled> {
         let (b, key) = place(write.key);
@@ -227,6 +256,20 @@ impl ClusterStore {
             .collect();
         let tags: Vec<String> = write.tags.iter().map(|t| b.tag_set(t)).collect();
         let copy = b.generation_copy(write.generation_key);
+        if let (true, Some(fence)) = (super::fenced_set::plain(&write), condition.fence) {
+            let commands = super::fenced_set::commands(Write {
+                key: &key,
+                value: write.value,
+                ttl_ms: write.ttl_ms,
+                tags: Vec::new(),
+                condition,
+                generation_key: &copy,
+            });
+            return self
+                .fenced_set(b, write.generation_key, fence, commands)
+                .instrument(super::set_span(&condition, false))
+                .await;
+        }
         let span = super::fill_span(&condition, false);
         let (keys, args) = fill_command(Write {
             key: &key,

@@ -77,6 +77,15 @@ pub(super) fn outcome(set: &Value, generation: Option<&Value>, fence: Option<u64
     }
 }
 
+/// Whether the generation read after the write is missing or below the fence (a lost
+/// generation; on a cluster, a bucket's copy not caught up yet), rather than moved past it.
+pub(super) fn behind(generation: &Value, fence: u64) -> bool {
+    generation
+        .as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_none_or(|g| g < fence)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +153,13 @@ mod tests {
             Filled::Fenced
         );
         assert_eq!(outcome(&ok, None, None), Filled::Written);
+    }
+
+    #[test]
+    fn a_missing_or_lower_generation_is_behind_a_higher_one_moved() {
+        assert!(behind(&Value::Null, 7));
+        assert!(behind(&Value::from("6"), 7));
+        assert!(!behind(&Value::from("7"), 7));
+        assert!(!behind(&Value::from("8"), 7));
     }
 }
