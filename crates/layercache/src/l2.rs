@@ -105,12 +105,17 @@ fn is_outage(e: &fred::error::Error) -> bool {
     }
 }
 
-/// The span of one run of the fill script (`announced`: pipelined with its bus message).
-fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
+/// The span of one conditional write: `operation` is `EVALSHA` for the fill script, `SET` for
+/// a plain write sent without it (see [`fenced_set`]); `announced`: sent with its bus message.
+fn write_span(
+    operation: &'static str,
+    condition: &WriteCondition<'_>,
+    announced: bool,
+) -> tracing::Span {
     tracing::debug_span!(
         "layercache.l2.set",
         db.system = "redis",
-        db.operation.name = "EVALSHA",
+        db.operation.name = operation,
         otel.kind = "client",
         mode = condition.mode.name(),
         fenced = condition.fence.is_some(),
@@ -118,17 +123,14 @@ fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
     )
 }
 
-/// The span of a plain write sent without a script (see [`fenced_set`]).
+/// [`write_span`] of one run of the fill script.
+fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
+    write_span("EVALSHA", condition, announced)
+}
+
+/// [`write_span`] of a plain write sent without a script.
 fn set_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
-    tracing::debug_span!(
-        "layercache.l2.set",
-        db.system = "redis",
-        db.operation.name = "SET",
-        otel.kind = "client",
-        mode = condition.mode.name(),
-        fenced = condition.fence.is_some(),
-        announced
-    )
+    write_span("SET", condition, announced)
 }
 
 /// Whether a Redis error is a `NOSCRIPT` reply: the server does not have the script.
