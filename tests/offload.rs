@@ -306,3 +306,70 @@ async fn a_pool_spreads_reads_and_keeps_the_bus_on_its_own_connection() {
     reader.shutdown().await;
     single.shutdown().await;
 }
+
+/// With a pool, a large write does not hold the bus behind its transfer: it goes on a command
+/// connection, and its announcement on the bus connection after Redis answered it, so other
+/// instances still drop their copy only once the new value is there. (Small writes stay
+/// together with their announcement on the bus connection: the test above.)
+#[tokio::test]
+async fn with_a_pool_a_large_write_leaves_the_bus_connection_to_the_bus() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let before: Vec<u64> = new_connections(&raw, &[])
+        .await
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let writer = builder(&server, "large")
+        .l2_pool_size(3)
+        .build()
+        .await
+        .unwrap();
+    let mine = instance_connections(&raw, &before).await;
+    let reader = builder(&server, "large").build().await.unwrap();
+    let (w, r) = (
+        writer.region::<str, String>("r").build().await.unwrap(),
+        reader.region::<str, String>("r").build().await.unwrap(),
+    );
+    w.insert("k", "small".to_owned()).await.unwrap();
+    support::caught_up(&reader, &writer).await;
+    assert_eq!(
+        r.get("k").await.unwrap().as_deref().map(String::as_str),
+        Some("small")
+    );
+    let commands_before: Vec<(u64, String)> = new_connections(&raw, &before)
+        .await
+        .into_iter()
+        .filter(|c| !c.2 && mine.iter().any(|m| m.0 == c.0))
+        .map(|c| (c.0, c.1))
+        .collect();
+
+    // Random letters: LZ4 cannot shrink them below the threshold.
+    let mut rng = StdRng::seed_from_u64(7);
+    let large: String = (0..256 * 1024)
+        .map(|_| char::from(rng.gen_range(b'a'..=b'z')))
+        .collect();
+    w.insert("k", large.clone()).await.unwrap();
+    let after = new_connections(&raw, &before).await;
+    let changed: Vec<&(u64, String, bool)> = after
+        .iter()
+        .filter(|c| !c.2 && !commands_before.iter().any(|b| b.0 == c.0 && b.1 == c.1))
+        .filter(|c| mine.iter().any(|m| m.0 == c.0))
+        .collect();
+    assert!(
+        changed.iter().any(|c| c.1 == "get"),
+        "the write (its SET, then its fence's GET) went on a command connection: {after:?}"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|c| !c.2 && mine.iter().any(|m| m.0 == c.0) && c.1 == "publish")
+            .count(),
+        1,
+        "its announcement left from the bus connection: {after:?}"
+    );
+    support::caught_up(&reader, &writer).await;
+    assert_eq!(r.get("k").await.unwrap().as_deref(), Some(&large));
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

@@ -48,7 +48,10 @@ impl LayerCacheBuilder {
     /// pipelined with its announcement (one connection keeps a sender's messages in order) —
     /// and the others carry every other command in turn: a large value being read never
     /// holds a bus message or a heartbeat behind it, and reads of large values spread over
-    /// several sockets. On a Redis Cluster each is a clustered client (one socket per node).
+    /// several sockets. A write of 64 KiB or more (stored) goes on a command connection too,
+    /// and its announcement on the bus connection once Redis answered it: two round trips
+    /// instead of one, but no heartbeat waits behind its transfer. On a Redis Cluster each is a
+    /// clustered client (one socket per node).
     ///
     /// Between 1 and 64.
     ///

@@ -181,6 +181,15 @@ impl RedisStore {
         write: Write<'_>,
         announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
+        if self.has_command_lanes() && write.value.len() >= super::LARGE_WRITE_BYTES {
+            // A large write must not hold the bus (heartbeats, other writes' announcements)
+            // behind its transfer: it goes on a command connection, and its announcement on the
+            // bus connection once Redis answered (two round trips; the announcement still
+            // follows the write).
+            let filled = self.fill(write).await?;
+            let (taken, published) = self.publish_sequenced(announcement).await;
+            return Ok((filled, published.map(|()| taken)));
+        }
         let condition = write.condition;
         if fenced_set::plain(&write) {
             // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.

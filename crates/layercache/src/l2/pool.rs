@@ -49,6 +49,11 @@ impl RedisStore {
         &self.main
     }
 
+    /// Whether commands have connections of their own (`l2_pool_size` of 2 or more).
+    pub(super) fn has_command_lanes(&self) -> bool {
+        !self.pool.is_empty()
+    }
+
     /// The main connection's client (for what all connections share: the topology).
     pub(super) fn main_client(&self) -> &fred::prelude::Client {
         &self.main.client
