@@ -17,6 +17,8 @@
 //!   miss path of hand-written cache-aside.
 //! - `write`: `Region::insert` (a `SET`, the fence's `GET` of the region's generation and the
 //!   bus message, pipelined) against a bincode encode and a fred `SET … PX`. Target: ≤ 1.3×.
+//! - `write_announced`: the same `insert` against a `SET … PX` and a `PUBLISH` sent together,
+//!   on a channel another connection of the process subscribes to (informational).
 //!
 //! - `batch_get`: `Region::get_many` of 100 keys answered by Redis (same setup as `l2_hit`),
 //!   against 100 sequential `Region::get` of the same keys. Target: ≤ 1/15 of the time.
@@ -27,7 +29,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `load`, `write`, `batch_get`, `batch_load`, `batch_write`) for one.
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one.
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
@@ -207,8 +209,8 @@ async fn raw_write(setup: &L2Setup, key: &str) {
     .expect("set");
 }
 
-/// `Region::insert` (encode, envelope, the conditional write script with its bus message
-/// pipelined, L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
+/// `Region::insert` (encode, envelope, the fenced `SET` with its bus message sent together,
+/// L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
 /// hand-written cache-aside write costs.
 fn write(rounds: usize) {
     let (server, rt, setup) = l2_bench();
@@ -458,6 +460,76 @@ fn batch_write(rounds: usize) {
     drop(server);
 }
 
+/// `Region::insert` against what a hand-written write that tells other instances costs: a
+/// bincode encode, a fred `SET … PX` and a `PUBLISH` of a 40-byte message, sent together, on a
+/// channel that another connection of this process (on a thread of its own, as layercache's bus
+/// listener) subscribes to. Informational: the target is against the bare `SET`.
+fn write_announced(rounds: usize) {
+    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
+    let (server, rt, setup) = l2_bench();
+    let url = server.url();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let sub = Builder::from_config(Config::from_url(&url).expect("url"))
+                .build()
+                .expect("client");
+            sub.init().await.expect("connect");
+            let mut rx = sub.message_rx();
+            sub.subscribe("raw-bus").await.expect("subscribe");
+            ready_tx.send(()).expect("ready");
+            let drain = async {
+                while let Ok(m) = rx.recv().await {
+                    std::hint::black_box(m);
+                }
+            };
+            tokio::select! {
+                () = drain => {}
+                _ = stop_rx => {}
+            }
+        });
+    });
+    ready_rx.recv().expect("the subscriber is ready");
+    rt.block_on(async {
+        let r = interleave(
+            rounds,
+            1_000,
+            |i| {
+                let setup = &setup;
+                async move {
+                    let key = setup.keys[i % L2_KEYS].as_str();
+                    setup
+                        .region
+                        .insert(key, support::profile())
+                        .await
+                        .expect("insert");
+                }
+            },
+            |i| {
+                let setup = &setup;
+                async move {
+                    let message = vec![7u8; 40];
+                    let ((), published) = tokio::join!(
+                        raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()),
+                        setup.raw.publish::<(), _, _>("raw-bus", message)
+                    );
+                    published.expect("publish");
+                }
+            },
+        )
+        .await;
+        r.report("write_announced", 1.3);
+    });
+    drop(stop_tx);
+    listener.join().expect("the listener thread");
+    drop(server);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
@@ -484,6 +556,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "write") {
         write(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "write_announced") {
+        write_announced(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "batch_write") {
         batch_write(rounds);

@@ -48,12 +48,6 @@ use pool::{Conn, Lane};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
 pub(crate) use subscriber::RedisSubscriber;
 
-/// With `l2_pool_size` of 2 or more, a write whose stored bytes reach this goes on a command
-/// connection and its announcement after it, instead of both together on the bus connection:
-/// heartbeats and other announcements do not queue behind its transfer. (Smaller writes keep
-/// the one round trip.)
-pub(crate) const LARGE_WRITE_BYTES: usize = 64 * 1024;
-
 /// How much later than fred's own command timeout our backstop timeout fires.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(50);
 

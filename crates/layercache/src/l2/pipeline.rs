@@ -181,7 +181,7 @@ impl RedisStore {
         write: Write<'_>,
         announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
-        if self.has_command_lanes() && write.value.len() >= super::LARGE_WRITE_BYTES {
+        if self.has_command_lanes() && write.value.len() >= super::pool::LARGE_WRITE_BYTES {
             // A large write must not hold the bus (heartbeats, other writes' announcements)
             // behind its transfer: it goes on a command connection, and its announcement on the
             // bus connection once Redis answered (two round trips; the announcement still

@@ -9,6 +9,12 @@ use fred::{clients::WithOptions, prelude::ClientLike, types::ConnectHandle};
 
 use super::{end_task, RedisStore};
 
+/// With `l2_pool_size` of 2 or more, a write whose stored bytes reach this goes on a command
+/// connection and its announcement after it, instead of both together on the bus connection:
+/// heartbeats and other announcements do not queue behind its transfer. (Smaller writes keep
+/// the one round trip.)
+pub(crate) const LARGE_WRITE_BYTES: usize = 64 * 1024;
+
 /// One connection to Redis (a fred client and its connection task).
 pub(crate) struct Conn {
     pub(super) client: fred::prelude::Client,
