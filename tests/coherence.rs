@@ -590,7 +590,13 @@ async fn a_flood_beyond_the_buffer_is_detected_flushed_and_survived(shared: &Sha
         async move { a.flushes(FlushReason::Lag) >= 1 }
     })
     .await;
-    assert!(a.stats().bus_dropped > 0);
+    // The buffer reports the lag before the messages still in it, which are then counted as
+    // not ours (on a loaded machine the listener may not have counted any before the lag).
+    wait_until("A to count the flood's messages as not ours", WAIT, || {
+        let a = a.clone();
+        async move { a.stats().bus_dropped > 0 }
+    })
+    .await;
 
     // The listener keeps working for later messages.
     rb.insert("k", 2).await.unwrap();
