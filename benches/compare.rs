@@ -209,6 +209,16 @@ async fn raw_write(setup: &L2Setup, key: &str) {
     .expect("set");
 }
 
+/// Our side of the write comparisons: `Region::insert` of the profile value under key `i`.
+async fn insert(setup: &L2Setup, i: usize) {
+    let key = setup.keys[i % L2_KEYS].as_str();
+    setup
+        .region
+        .insert(key, support::profile())
+        .await
+        .expect("insert");
+}
+
 /// `Region::insert` (encode, envelope, the fenced `SET` with its bus message sent together,
 /// L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
 /// hand-written cache-aside write costs.
@@ -218,23 +228,8 @@ fn write(rounds: usize) {
         let r = interleave(
             rounds,
             1_000,
-            |i| {
-                let setup = &setup;
-                async move {
-                    let key = setup.keys[i % L2_KEYS].as_str();
-                    setup
-                        .region
-                        .insert(key, support::profile())
-                        .await
-                        .expect("insert");
-                }
-            },
-            |i| {
-                let setup = &setup;
-                async move {
-                    raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()).await;
-                }
-            },
+            |i| insert(&setup, i),
+            |i| raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()),
         )
         .await;
         r.report("write", 1.3);
@@ -460,6 +455,17 @@ fn batch_write(rounds: usize) {
     drop(server);
 }
 
+/// The baseline of `write_announced`: a `SET … PX` and a `PUBLISH` of a 40-byte message on the
+/// subscribed channel, sent together.
+async fn raw_write_announced(setup: &L2Setup, i: usize) {
+    let message = vec![7u8; 40];
+    let ((), published) = tokio::join!(
+        raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()),
+        fred::prelude::PubsubInterface::publish::<(), _, _>(&setup.raw, "raw-bus", message)
+    );
+    published.expect("publish");
+}
+
 /// `Region::insert` against what a hand-written write that tells other instances costs: a
 /// bincode encode, a fred `SET … PX` and a `PUBLISH` of a 40-byte message, sent together, on a
 /// channel that another connection of this process (on a thread of its own, as layercache's bus
@@ -499,28 +505,8 @@ fn write_announced(rounds: usize) {
         let r = interleave(
             rounds,
             1_000,
-            |i| {
-                let setup = &setup;
-                async move {
-                    let key = setup.keys[i % L2_KEYS].as_str();
-                    setup
-                        .region
-                        .insert(key, support::profile())
-                        .await
-                        .expect("insert");
-                }
-            },
-            |i| {
-                let setup = &setup;
-                async move {
-                    let message = vec![7u8; 40];
-                    let ((), published) = tokio::join!(
-                        raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()),
-                        setup.raw.publish::<(), _, _>("raw-bus", message)
-                    );
-                    published.expect("publish");
-                }
-            },
+            |i| insert(&setup, i),
+            |i| raw_write_announced(&setup, i),
         )
         .await;
         r.report("write_announced", 1.3);
