@@ -249,12 +249,6 @@ impl ClusterStore {
     async fn fill(&self, write: Write<'_>) -> Result<Filled> {
         let (b, key) = place(write.key);
         let condition = write.condition;
-        let marks: Vec<(String, Option<Vec<u8>>)> = condition
-            .marks
-            .iter()
-            .map(|(k, v)| (b.mark(k), v.clone()))
-            .collect();
-        let tags: Vec<String> = write.tags.iter().map(|t| b.tag_set(t)).collect();
         let copy = b.generation_copy(write.generation_key);
         if let (true, Some(fence)) = (super::fenced_set::plain(&write), condition.fence) {
             let commands = super::fenced_set::commands(Write {
@@ -270,6 +264,12 @@ impl ClusterStore {
                 .instrument(super::set_span(&condition, false))
                 .await;
         }
+        let marks: Vec<(String, Option<Vec<u8>>)> = condition
+            .marks
+            .iter()
+            .map(|(k, v)| (b.mark(k), v.clone()))
+            .collect();
+        let tags: Vec<String> = write.tags.iter().map(|t| b.tag_set(t)).collect();
         let span = super::fill_span(&condition, false);
         let (keys, args) = fill_command(Write {
             key: &key,

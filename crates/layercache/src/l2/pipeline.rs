@@ -88,6 +88,27 @@ where
     replies
 }
 
+/// What the replies of a plain write's [`fenced_set::commands`] (its `SET`, and with a fence
+/// the generation's `GET`) say.
+fn plain_outcome(
+    replies: Vec<Result<Value, fred::error::Error>>,
+    fence: Option<u64>,
+    what: &'static str,
+) -> Result<Filled> {
+    let mut replies = replies.into_iter();
+    let (Some(set), generation, None) = (replies.next(), replies.next(), replies.next()) else {
+        return Err(map_err(what, unexpected(what)));
+    };
+    if fence.is_some() != generation.is_some() {
+        return Err(map_err(what, unexpected(what)));
+    }
+    let set = set.map_err(|e| map_err("redis SET", e))?;
+    let generation = generation
+        .transpose()
+        .map_err(|e| map_err("redis GET (generation)", e))?;
+    Ok(fenced_set::outcome(&set, generation.as_ref(), fence))
+}
+
 /// A future polled once by [`primed`].
 pub(super) enum Primed<F: std::future::Future> {
     Done(Option<F::Output>),
@@ -159,13 +180,7 @@ impl RedisStore {
             })
             .instrument(span)
             .await?;
-        let mut replies = replies.into_iter();
-        let (Some(set), Some(generation)) = (replies.next(), replies.next()) else {
-            return Err(map_err(what, unexpected("SET + GET")));
-        };
-        let set = set.map_err(|e| map_err("redis SET", e))?;
-        let generation = generation.map_err(|e| map_err("redis GET (generation)", e))?;
-        Ok(fenced_set::outcome(&set, Some(&generation), Some(fence)))
+        plain_outcome(replies, Some(fence), what)
     }
 
     /// A write (the fill script, as [`fill`](Self::fill)) and its announcement on the bus in
@@ -206,15 +221,7 @@ impl RedisStore {
                 .ok_or_else(|| map_err(what, unexpected("SET + PUBLISH")))?
                 .map(|_| taken)
                 .map_err(|e| map_err("redis PUBLISH", e));
-            let mut replies = replies.into_iter();
-            let (Some(set), generation) = (replies.next(), replies.next()) else {
-                return Err(map_err(what, unexpected("SET + PUBLISH")));
-            };
-            let set = set.map_err(|e| map_err("redis SET", e))?;
-            let generation = generation
-                .transpose()
-                .map_err(|e| map_err("redis GET (generation)", e))?;
-            let filled = fenced_set::outcome(&set, generation.as_ref(), condition.fence);
+            let filled = plain_outcome(replies, condition.fence, what)?;
             return Ok((filled, published));
         }
         let (keys, args) = fill_command(write);
