@@ -104,7 +104,7 @@ async fn entries_expire_after_their_l1_lifetime() {
     let region = cache.region::<str, u8>("r").build().await.unwrap();
     region
         .entry("short")
-        .options(&EntryOptions::new().ttl(Duration::from_millis(50)))
+        .options(&EntryOptions::new().ttl(Duration::from_millis(200)))
         .insert(1)
         .await
         .unwrap();
@@ -120,6 +120,41 @@ async fn entries_expire_after_their_l1_lifetime() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(region.get("long").await.unwrap().is_some());
+}
+
+/// A fail-safe value lives in L1 past the cache-wide bound (`time_to_live`), which ends every
+/// entry of the table that serves hits: a kept copy is the fallback then. A later write without
+/// fail-safe takes the kept copy away with it.
+#[tokio::test]
+async fn a_fail_safe_value_outlives_the_l1_bound_as_the_fallback() {
+    let cache = LayerCache::builder("fs-bound")
+        .time_to_live(Duration::from_millis(150))
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u64>("r").build().await.unwrap();
+    let keep = EntryOptions::new()
+        .ttl(Duration::from_millis(100))
+        .fail_safe_max_age(Duration::from_secs(60))
+        .fail_safe_throttle(Duration::from_millis(1));
+    let load = |outcome: Result<u64, &'static str>| {
+        move |_: String| async move { outcome.map_err(std::io::Error::other) }
+    };
+    let first = region.entry("k").options(&keep).or_load(load(Ok(1))).await;
+    assert_eq!(*first.unwrap(), 1);
+    // Well past the bound: the first table no longer has the key.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = region.entry("k").options(&keep).or_load(load(Err("down"))).await;
+    assert_eq!(*stale.unwrap(), 1, "the kept copy is the fallback");
+    assert!(cache.stats().fail_safe_serves >= 1, "{:?}", cache.stats());
+
+    // A plain write replaces the value: nothing of the old one may come back as a fallback.
+    let plain = EntryOptions::new().ttl(Duration::from_millis(100));
+    region.entry("k").options(&plain).insert(2).await.unwrap();
+    assert_eq!(region.get("k").await.unwrap().as_deref(), Some(&2));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gone = region.entry("k").options(&keep).or_load(load(Err("down"))).await;
+    assert_eq!(gone.unwrap_err().kind(), ErrorKind::Loader);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,7 +223,13 @@ impl LayerCacheBuilder {
 
     /// The longest any entry stays in the in-process tier, whatever its own options say. This
     /// bounds how long an instance can serve a value after another instance changed it, should
-    /// every other mechanism fail.
+    /// every other mechanism fail. (A value kept for fail-safe,
+    /// [`EntryOptions::fail_safe_max_age`](crate::EntryOptions::fail_safe_max_age), stays
+    /// longer as a copy that is only ever served stale, as the fallback of a failed load.)
+    ///
+    /// It is also the one lifetime of the table that serves L1 hits: an entry that must go
+    /// sooner carries a deadline of its own on a coarse clock, set 16 ms early (so it may leave
+    /// up to ~32 ms before its lifetime ends, never after).
     ///
     /// At most [`MAX_LIFETIME`](crate::MAX_LIFETIME) (10 years).
     ///

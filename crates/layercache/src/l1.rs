@@ -4,6 +4,21 @@
 //! region's id followed by the user key's bytes; its value is the decoded value behind an
 //! `Arc`, type-erased, with the lifetime and weight chosen at insert time. This module knows
 //! nothing of Redis.
+//!
+//! # Lifetimes without per-entry expiry on the hit path
+//!
+//! moka's per-entry expiry (its `Expiry` trait) costs every hit ~45 ns (moka calls it and
+//! converts instants on each read), 0.15× of a raw moka hit. So the cache that serves hits has
+//! one time to live, the cache-wide bound ([`LayerCacheBuilder::time_to_live`]); an entry that
+//! must go sooner (a shorter `ttl`, a Redis entry with less time left) carries a deadline on a
+//! cheap clock ([`clock`]), checked by the hit. An entry that must stay *longer* than the bound
+//! (a fail-safe copy kept past its expiry) is also put in a second cache with per-entry
+//! expiry, the *kept* table, which a read looks in only when the first misses and only once
+//! something was ever kept.
+//!
+//! [`LayerCacheBuilder::time_to_live`]: crate::LayerCacheBuilder::time_to_live
+
+pub(crate) mod clock;
 
 use std::{
     any::Any,
@@ -52,9 +67,23 @@ pub(crate) struct SlidingState {
     pub(crate) ttl_ms: u64,
     /// When Redis was last told.
     pub(crate) last: std::sync::Mutex<Instant>,
+    /// The L1 lifetime each read starts over (within the cache-wide bound).
+    pub(crate) life: Duration,
+    /// When the entry goes unless read before ([`clock`] ticks).
+    pub(crate) until: AtomicU64,
 }
 
 impl SlidingState {
+    /// A read: whether the entry is still alive, and if so its lifetime starts over.
+    pub(crate) fn read(&self) -> bool {
+        if clock::now() >= self.until.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.until
+            .store(clock::deadline(self.life), Ordering::Relaxed);
+        true
+    }
+
     /// Whether Redis is due an extension now (and if so, records that it is being sent).
     pub(crate) fn due(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,8 +110,11 @@ pub(crate) struct EntryExtras {
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
-    /// Physical lifetime in moka (logical lifetime plus any fail-safe keep).
+    /// Physical lifetime (logical lifetime plus any fail-safe keep).
     pub(crate) ttl: Duration,
+    /// For an entry that lives shorter than the cache-wide bound: when it goes ([`clock`]
+    /// ticks). `None`: the bound ends it (moka's time to live), or sliding state does.
+    pub(crate) expires: Option<clock::Ticks>,
     /// The region generation the value was read or written under.
     pub(crate) generation: u64,
     /// The tag epoch when the read or write that produced the value began: a tag invalidated
@@ -114,6 +146,8 @@ impl std::fmt::Debug for L1Entry {
     }
 }
 
+/// The kept table's expiry: each entry's own lifetime, started over by each read of a sliding
+/// entry.
 struct PerEntryTtl;
 
 impl Expiry<L1Key, L1Entry> for PerEntryTtl {
@@ -148,6 +182,12 @@ impl Expiry<L1Key, L1Entry> for PerEntryTtl {
     }
 }
 
+/// Whether the entry's own lifetime is over (it may still be in moka until the bound ends it).
+#[inline]
+pub(crate) fn expired(entry: &L1Entry) -> bool {
+    entry.expires.is_some_and(|d| clock::now() >= d)
+}
+
 /// Whether the entry's fill was poisoned after it went in (see [`L1::insert_guarded`]).
 #[inline]
 pub(crate) fn guard_set(entry: &L1Entry) -> bool {
@@ -178,7 +218,12 @@ const TAG_TABLE_PRUNE_AT: usize = 4096;
 /// The in-process tier.
 #[derive(Clone)]
 pub(crate) struct L1 {
+    /// Every entry, each for at most the cache-wide bound (one moka time to live).
     cache: Cache<L1Key, L1Entry, KeyHasher>,
+    /// Copies of the entries that live past the bound (fail-safe keeps), with per-entry expiry.
+    kept: Cache<L1Key, L1Entry, KeyHasher>,
+    /// Whether anything was ever put in `kept` (until then no read or removal looks there).
+    keeps: Arc<AtomicBool>,
     by_bytes: bool,
     tags: Arc<TagTable>,
     max_lifetime: Duration,
@@ -213,13 +258,20 @@ impl L1 {
         };
         let mut b = Cache::builder()
             .max_capacity(max)
+            .time_to_live(max_lifetime)
+            .weigher(|_k: &L1Key, v: &L1Entry| v.weight);
+        let mut kept = Cache::builder()
+            .max_capacity(max)
             .expire_after(PerEntryTtl)
             .weigher(|_k: &L1Key, v: &L1Entry| v.weight);
         if let Some(tti) = time_to_idle {
             b = b.time_to_idle(tti);
+            kept = kept.time_to_idle(tti);
         }
         Self {
             cache: b.build_with_hasher(KeyHasher::default()),
+            kept: kept.build_with_hasher(KeyHasher::default()),
+            keeps: Arc::new(AtomicBool::new(false)),
             by_bytes,
             tags: Arc::new(TagTable::default()),
             max_lifetime,
@@ -302,8 +354,13 @@ impl L1 {
         }
     }
 
-    /// Looks an entry up. The caller must check it with [`usable`](Self::usable) before
-    /// serving it. This returns moka's own future, with no wrapper of ours around it: on the
+    /// The cache-wide bound on an entry's life in L1.
+    pub(crate) fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
+    }
+
+    /// Looks an entry up in the table that serves hits. The caller must check it with
+    /// [`usable`](Self::usable) before serving it. This returns moka's own future, with no wrapper of ours around it: on the
     /// hit path every layer of future is a copy of moka's (large) one.
     pub(crate) fn get<'a>(
         &'a self,
@@ -312,16 +369,40 @@ impl L1 {
         self.cache.get(key)
     }
 
-    /// Whether a looked-up entry may be served: none of its tags was invalidated after it
-    /// was born. (An unusable entry is left to be overwritten by the fetch that follows, or
-    /// to expire.)
+    /// Whether anything was ever kept past the bound (so a miss should look in the kept
+    /// table, see [`get_kept`](Self::get_kept)).
+    #[inline]
+    pub(crate) fn keeps(&self) -> bool {
+        self.keeps.load(Ordering::Acquire)
+    }
+
+    /// Looks an entry up in the kept table (entries living past the bound: fail-safe copies).
+    /// For a read that missed the first table and wants a fail-safe fallback.
+    pub(crate) async fn get_kept(&self, key: &[u8]) -> Option<L1Entry> {
+        if !self.keeps() {
+            return None;
+        }
+        self.kept.get(key).await
+    }
+
+    /// Looks an entry up in either table (off the hot path).
+    pub(crate) async fn get_any(&self, key: &[u8]) -> Option<L1Entry> {
+        match self.cache.get(key).await {
+            Some(e) => Some(e),
+            None => self.get_kept(key).await,
+        }
+    }
+
+    /// Whether a looked-up entry may be served: its own lifetime is not over, its fill was not
+    /// poisoned, and none of its tags was invalidated after it was born. (An unusable entry is
+    /// left to be overwritten by the fetch that follows, or to expire.)
     pub(crate) fn usable(&self, entry: &L1Entry) -> bool {
-        !guard_set(entry) && !self.tag_invalidated(entry)
+        !expired(entry) && !guard_set(entry) && !self.tag_invalidated(entry)
     }
 
     /// Whether L1 holds an entry for `key` (usable or not), without counting as a read.
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
-        self.cache.contains_key(key)
+        self.cache.contains_key(key) || (self.keeps() && self.kept.contains_key(key))
     }
 
     /// Puts an entry in for a fill whose poison flag is `guard`, unless the flag is already
@@ -345,9 +426,17 @@ impl L1 {
             return false;
         }
         entry.guard = Some(guard.clone());
+        if entry.ttl > self.max_lifetime {
+            // Lives past the bound: a copy goes in the kept table too (same value, same flag).
+            self.keeps.store(true, Ordering::Release);
+            self.kept.insert(Box::from(key), entry.clone()).await;
+        } else if self.keeps() {
+            // An older kept copy must not outlive this value as a fallback.
+            self.kept.invalidate(key).await;
+        }
         self.cache.insert(Box::from(key), entry).await;
         if guard.load(Ordering::Acquire) {
-            self.cache.invalidate(key).await;
+            self.remove(key).await;
             return false;
         }
         true
@@ -365,25 +454,33 @@ impl L1 {
         !self.cooldown.cooling(key)
     }
 
-    /// Removes `key`.
+    /// Removes `key` (from both tables).
     pub(crate) async fn remove(&self, key: &[u8]) {
         self.cache.invalidate(key).await;
+        if self.keeps() {
+            self.kept.invalidate(key).await;
+        }
     }
 
     pub(crate) fn clear(&self) {
         self.cache.invalidate_all();
+        self.kept.invalidate_all();
     }
 
+    /// Entries in the table that serves hits (kept copies past the bound are not counted: each
+    /// is the copy of an entry counted here, or a fail-safe fallback only).
     pub(crate) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
 
+    /// The weight of the table that serves hits (as [`entry_count`](Self::entry_count)).
     pub(crate) fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
     }
 
     pub(crate) async fn sync(&self) {
         self.cache.run_pending_tasks().await;
+        self.kept.run_pending_tasks().await;
     }
 }
 
@@ -395,6 +492,7 @@ mod tests {
         L1Entry {
             value: Arc::new(7u32),
             ttl: Duration::from_secs(60),
+            expires: None,
             generation: 0,
             tag_epoch: 0,
             weight: 1,

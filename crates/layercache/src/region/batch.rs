@@ -198,7 +198,12 @@ where
                 answers.push(None);
                 continue;
             }
-            let answer = match self.classify(&k, self.cache.l1.get(&k).await) {
+            let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
+            if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
+                // A fail-safe copy kept past the cache-wide bound, as the fallback.
+                hit = self.classify(&k, self.cache.l1.get_kept(&k).await);
+            }
+            let answer = match hit {
                 Hit::Fresh(v) | Hit::Refresh(v, _) => Some(Ok(Some(v))),
                 Hit::Negative => Some(Ok(None)),
                 hit @ (Hit::Stale(_) | Hit::Miss) => {

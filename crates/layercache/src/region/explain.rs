@@ -8,7 +8,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{codec::Codec, freshness::unix_millis, key::CacheKey, l1::L1Entry, region::Region};
+use crate::{codec::Codec, freshness::unix_millis, key::CacheKey, l1::{expired, L1Entry}, region::Region};
 
 /// What one key looks like right now, from [`Region::explain`]. `Debug` shows it all;
 /// `Display` is a few readable lines.
@@ -183,8 +183,10 @@ where
             (Some(l2), Some(rk)) => Some(l2.locate(rk)),
             _ => None,
         };
-        let l1 = match cache.l1.get(&k).await {
+        let l1 = match cache.l1.get_any(&k).await {
+            // An entry whose own lifetime ended is gone for every read (moka frees it later).
             None => Held::Nothing,
+            Some(e) if expired(&e) => Held::Nothing,
             Some(e) if e.generation != state.generation_raw() => {
                 Held::Unusable("filled under an older generation of the region".to_owned())
             }

@@ -12,7 +12,7 @@ use crate::{
     flight::{self, Join, Outcome},
     freshness::{rand01, xfetch},
     key::{validate_tags, CacheKey},
-    l1::{guard_set, EntryExtras, L1Entry},
+    l1::{expired, guard_set, EntryExtras, L1Entry},
     options::EntryOptions,
 };
 
@@ -102,7 +102,12 @@ where
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
         self.check_key(&k)?;
-        let fallback = match self.classify(&k, self.cache.l1.get(&k).await) {
+        let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
+        if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
+            // A fail-safe copy kept past the cache-wide bound, as the fallback.
+            hit = self.classify(&k, Box::pin(self.cache.l1.get_kept(&k)).await);
+        }
+        let fallback = match hit {
             Hit::Fresh(v) => return Ok(Some(v)),
             Hit::Refresh(v, created_ms) => {
                 let load = Load {
@@ -264,6 +269,10 @@ where
         if entry.generation != self.shared.state.generation_raw() {
             return Hit::Miss;
         }
+        // Lived shorter than the cache-wide bound, and that life is over.
+        if expired(&entry) {
+            return Hit::Miss;
+        }
         // Put in by a fill that a write overtook (see `L1::insert_guarded`).
         if guard_set(&entry) {
             return Hit::Miss;
@@ -287,6 +296,9 @@ where
     #[cold]
     fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &EntryExtras) -> Hit<V> {
         if !self.cache.l1.usable(entry) {
+            return Hit::Miss;
+        }
+        if extra.slide.as_ref().is_some_and(|s| !s.read()) {
             return Hit::Miss;
         }
         if entry.negative {

@@ -2,7 +2,7 @@
 
 use std::{
     any::Any,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     freshness::unix_millis,
     key::{tag_key, CacheKey},
-    l1::{EntryExtras, Freshness, L1Entry, SlidingState},
+    l1::{clock, EntryExtras, Freshness, L1Entry, SlidingState},
     options::{millis_ceil, EntryOptions},
     remote::{Announcement, Filled, Write, WriteCondition, WriteMode},
 };
@@ -332,7 +332,12 @@ where
             interval,
             ttl_ms: millis_ceil(options.get_ttl() + options.keep_after_expiry()),
             last: Mutex::new(now),
+            life: physical,
+            until: AtomicU64::new(clock::deadline(physical)),
         });
+        // Shorter than the cache-wide bound: a deadline of its own (sliding state keeps its own).
+        let expires = (slide.is_none() && physical < self.cache.l1.max_lifetime())
+            .then(|| clock::deadline(physical));
         let extra = (life.tags.is_some() || fresh.is_some() || slide.is_some()).then(|| {
             Arc::new(EntryExtras {
                 tags: life.tags,
@@ -343,6 +348,7 @@ where
         Some(L1Entry {
             value,
             ttl: physical,
+            expires,
             generation: life.generation,
             tag_epoch: life.tag_epoch,
             weight: self.cache.l1.weight(key_len, life.raw_len),

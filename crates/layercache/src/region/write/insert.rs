@@ -243,7 +243,7 @@ where
         if let Some(v) = self.version {
             // A versioned write never replaces a newer version in L1 (read from Redis or
             // written by another task of this instance).
-            let held = cache.l1.get(k).await.filter(|e| cache.l1.usable(e));
+            let held = cache.l1.get_any(k).await.filter(|e| cache.l1.usable(e));
             if held.and_then(|e| e.version).is_some_and(|held| held > v) {
                 return true;
             }
