@@ -144,7 +144,11 @@ async fn a_fail_safe_value_outlives_the_l1_bound_as_the_fallback() {
     assert_eq!(*first.unwrap(), 1);
     // Well past the bound: the first table no longer has the key.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let stale = region.entry("k").options(&keep).or_load(load(Err("down"))).await;
+    let stale = region
+        .entry("k")
+        .options(&keep)
+        .or_load(load(Err("down")))
+        .await;
     assert_eq!(*stale.unwrap(), 1, "the kept copy is the fallback");
     assert!(cache.stats().fail_safe_serves >= 1, "{:?}", cache.stats());
 
@@ -153,7 +157,11 @@ async fn a_fail_safe_value_outlives_the_l1_bound_as_the_fallback() {
     region.entry("k").options(&plain).insert(2).await.unwrap();
     assert_eq!(region.get("k").await.unwrap().as_deref(), Some(&2));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let gone = region.entry("k").options(&keep).or_load(load(Err("down"))).await;
+    let gone = region
+        .entry("k")
+        .options(&keep)
+        .or_load(load(Err("down")))
+        .await;
     assert_eq!(gone.unwrap_err().kind(), ErrorKind::Loader);
 }
 

@@ -8,7 +8,13 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{codec::Codec, freshness::unix_millis, key::CacheKey, l1::{expired, L1Entry}, region::Region};
+use crate::{
+    codec::Codec,
+    freshness::unix_millis,
+    key::CacheKey,
+    l1::{expired, L1Entry},
+    region::Region,
+};
 
 /// What one key looks like right now, from [`Region::explain`]. `Debug` shows it all;
 /// `Display` is a few readable lines.
