@@ -113,8 +113,9 @@ pub(crate) struct L1Entry {
     /// Physical lifetime (logical lifetime plus any fail-safe keep).
     pub(crate) ttl: Duration,
     /// For an entry that lives shorter than the cache-wide bound: when it goes ([`clock`]
-    /// ticks). `None`: the bound ends it (moka's time to live), or sliding state does.
-    pub(crate) expires: Option<clock::Ticks>,
+    /// ticks). [`clock::NEVER`]: the bound ends it (moka's time to live), or sliding state
+    /// does. (Not an `Option`: 8 bytes less on every entry.)
+    pub(crate) expires: clock::Ticks,
     /// The region generation the value was read or written under.
     pub(crate) generation: u64,
     /// The tag epoch when the read or write that produced the value began: a tag invalidated
@@ -185,7 +186,7 @@ impl Expiry<L1Key, L1Entry> for PerEntryTtl {
 /// Whether the entry's own lifetime is over (it may still be in moka until the bound ends it).
 #[inline]
 pub(crate) fn expired(entry: &L1Entry) -> bool {
-    entry.expires.is_some_and(|d| clock::now() >= d)
+    entry.expires != clock::NEVER && clock::now() >= entry.expires
 }
 
 /// Whether the entry's fill was poisoned after it went in (see [`L1::insert_guarded`]).
@@ -492,7 +493,7 @@ mod tests {
         L1Entry {
             value: Arc::new(7u32),
             ttl: Duration::from_secs(60),
-            expires: None,
+            expires: clock::NEVER,
             generation: 0,
             tag_epoch: 0,
             weight: 1,

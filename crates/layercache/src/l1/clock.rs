@@ -12,6 +12,9 @@ use std::time::Duration;
 /// A point on the coarse clock, in its ticks (2^-32 s).
 pub(crate) type Ticks = u64;
 
+/// "No deadline of its own".
+pub(crate) const NEVER: Ticks = Ticks::MAX;
+
 /// How far the coarse clock may lag the precise one (at least one kernel tick everywhere we
 /// run): deadlines are set this much early.
 pub(crate) const SLACK: Duration = Duration::from_millis(16);

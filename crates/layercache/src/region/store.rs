@@ -336,8 +336,11 @@ where
             until: AtomicU64::new(clock::deadline(physical)),
         });
         // Shorter than the cache-wide bound: a deadline of its own (sliding state keeps its own).
-        let expires = (slide.is_none() && physical < self.cache.l1.max_lifetime())
-            .then(|| clock::deadline(physical));
+        let expires = if slide.is_none() && physical < self.cache.l1.max_lifetime() {
+            clock::deadline(physical)
+        } else {
+            clock::NEVER
+        };
         let extra = (life.tags.is_some() || fresh.is_some() || slide.is_some()).then(|| {
             Arc::new(EntryExtras {
                 tags: life.tags,
