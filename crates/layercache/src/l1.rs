@@ -540,4 +540,46 @@ mod tests {
         assert!(l1.insert_guarded(b"j", entry(), &other).await);
         assert!(l1.contains(b"j"));
     }
+
+    #[tokio::test]
+    async fn an_entry_living_past_the_bound_is_kept_and_a_shorter_write_takes_the_copy_away() {
+        let l1 = l1();
+        let guard: FillGuard = Arc::new(AtomicBool::new(false));
+        assert!(!l1.keeps(), "nothing kept yet: misses do not look");
+        let mut long = entry();
+        long.ttl = Duration::from_secs(3600);
+        assert!(l1.insert_guarded(b"k", long, &guard).await);
+        assert!(l1.keeps());
+        assert!(
+            l1.get_kept(b"k").await.is_some(),
+            "a copy in the kept table"
+        );
+        assert!(l1.get(b"k").await.is_some(), "and the entry in the first");
+        // A value that lives within the bound replaces it: no old copy stays as a fallback.
+        assert!(l1.insert_guarded(b"k", entry(), &guard).await);
+        assert!(l1.get_kept(b"k").await.is_none());
+        // A removal takes both.
+        let mut long = entry();
+        long.ttl = Duration::from_secs(3600);
+        assert!(l1.insert_guarded(b"j", long, &guard).await);
+        l1.remove(b"j").await;
+        assert!(l1.get_any(b"j").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_its_own_deadline_is_not_usable() {
+        let l1 = l1();
+        let guard: FillGuard = Arc::new(AtomicBool::new(false));
+        let mut short = entry();
+        short.expires = clock::now();
+        assert!(l1.insert_guarded(b"k", short, &guard).await);
+        let held = l1.get(b"k").await.expect("still in moka until the bound");
+        assert!(expired(&held));
+        assert!(!l1.usable(&held));
+        let mut fresh = entry();
+        fresh.expires = clock::deadline(Duration::from_secs(60));
+        assert!(l1.insert_guarded(b"j", fresh, &guard).await);
+        let held = l1.get(b"j").await.expect("in");
+        assert!(!expired(&held) && l1.usable(&held));
+    }
 }
