@@ -99,7 +99,10 @@ impl LayerCache {
     }
 
     /// The number of entries in the in-process tier. moka applies some bookkeeping lazily:
-    /// call [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure.
+    /// call [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure. An entry
+    /// whose own lifetime ended counts until it is read again, evicted or
+    /// [`time_to_live`](crate::LayerCacheBuilder::time_to_live) ends it; the copies of fail-safe
+    /// values kept past `time_to_live` (a second table of the same capacity) do not count.
     pub fn l1_entry_count(&self) -> u64 {
         self.inner.l1.entry_count()
     }
