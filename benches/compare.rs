@@ -8,6 +8,8 @@
 //!
 //! - `l1_hit`: `Region::get` answered by L1, against a moka `future::Cache<String, Arc<V>>`
 //!   `get` (default settings) of the same value.
+//! - `l1_hit_deadline`: the same for an entry whose `ttl` (50 s) is shorter than the cache-wide
+//!   L1 bound (60 s), so each hit also reads the coarse clock for the entry's own deadline.
 //! - `l2_hit`: `Region::get` answered by Redis (5,000 keys through a 50-entry L1, so reads miss
 //!   L1: GET, envelope check, decode, L1 fill), against a fred `GET` plus bincode decode into an
 //!   `Arc` over the same number of keys.
@@ -29,7 +31,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
@@ -129,6 +131,22 @@ where
 }
 
 fn l1_hit(rounds: usize) {
+    l1_hit_of(rounds, "l1_hit", "user:42", None);
+}
+
+/// `l1_hit` of an entry that lives shorter than the cache-wide L1 bound, so each hit checks its
+/// own deadline on the coarse clock.
+fn l1_hit_deadline(rounds: usize) {
+    let short = layercache::EntryOptions::new().ttl(Duration::from_secs(50));
+    l1_hit_of(rounds, "l1_hit_deadline", "user:short", Some(short));
+}
+
+fn l1_hit_of(
+    rounds: usize,
+    name: &str,
+    key: &'static str,
+    options: Option<layercache::EntryOptions>,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -136,14 +154,23 @@ fn l1_hit(rounds: usize) {
         .expect("tokio runtime");
     rt.block_on(async {
         let (cache, region, moka_cache) = l1_setup().await;
+        if let Some(options) = options {
+            region
+                .entry(key)
+                .options(&options)
+                .insert(support::profile())
+                .await
+                .expect("insert");
+        }
+        let misses = cache.stats().misses;
         let r = interleave(
             rounds,
             20_000,
             |_| {
                 let region = &region;
                 async move {
-                    let v = region.get("user:42").await.expect("get");
-                    std::hint::black_box(v);
+                    let v = region.get(key).await.expect("get");
+                    std::hint::black_box(v.expect("an L1 hit"));
                 }
             },
             |_| {
@@ -155,8 +182,9 @@ fn l1_hit(rounds: usize) {
             },
         )
         .await;
-        r.report("l1_hit", 1.2);
+        r.report(name, 1.2);
         assert!(cache.stats().l1_hits > 0);
+        assert_eq!(cache.stats().misses, misses, "every read was an L1 hit");
     });
 }
 
@@ -532,6 +560,9 @@ fn main() {
     let only = std::env::var("COMPARE_ONLY").ok();
     if only.as_deref().is_none_or(|o| o == "l1_hit") {
         l1_hit(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "l1_hit_deadline") {
+        l1_hit_deadline(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "l2_hit") {
         l2_hit(rounds);
