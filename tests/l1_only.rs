@@ -110,16 +110,28 @@ async fn entries_expire_after_their_l1_lifetime() {
         .unwrap();
     region.insert("long", 2).await.unwrap();
     assert!(region.get("short").await.unwrap().is_some());
-    // moka keeps its own (real) clock: wait, with a deadline, for the short entry to lapse.
+    // L1 keeps its own (real) clock: wait, with a deadline, for the short entry to lapse.
+    eventually("the expired entry to stop being served", || async {
+        region.get("short").await.unwrap().is_none()
+    })
+    .await;
+    assert!(region.get("long").await.unwrap().is_some());
+}
+
+/// Polls `cond` until it holds, failing the test after 10 s (L1 lifetimes run on real clocks).
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while region.get("short").await.unwrap().is_some() {
+    while !cond().await {
         assert!(
             std::time::Instant::now() < deadline,
-            "expired entry still served"
+            "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(region.get("long").await.unwrap().is_some());
 }
 
 /// A fail-safe value lives in L1 past the cache-wide bound (`time_to_live`), which ends every
@@ -142,8 +154,12 @@ async fn a_fail_safe_value_outlives_the_l1_bound_as_the_fallback() {
     };
     let first = region.entry("k").options(&keep).or_load(load(Ok(1))).await;
     assert_eq!(*first.unwrap(), 1);
-    // Well past the bound: the first table no longer has the key.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the bound: the first table no longer has the key.
+    eventually("the bound to end the first table's entry", || async {
+        cache.run_pending_tasks().await;
+        cache.l1_entry_count() == 0
+    })
+    .await;
     let stale = region
         .entry("k")
         .options(&keep)
@@ -156,7 +172,10 @@ async fn a_fail_safe_value_outlives_the_l1_bound_as_the_fallback() {
     let plain = EntryOptions::new().ttl(Duration::from_millis(100));
     region.entry("k").options(&plain).insert(2).await.unwrap();
     assert_eq!(region.get("k").await.unwrap().as_deref(), Some(&2));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually("the plain value's own lifetime to end", || async {
+        region.get("k").await.unwrap().is_none()
+    })
+    .await;
     let gone = region
         .entry("k")
         .options(&keep)
