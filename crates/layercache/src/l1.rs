@@ -361,8 +361,9 @@ impl L1 {
     }
 
     /// Looks an entry up in the table that serves hits. The caller must check it with
-    /// [`usable`](Self::usable) before serving it. This returns moka's own future, with no wrapper of ours around it: on the
-    /// hit path every layer of future is a copy of moka's (large) one.
+    /// [`usable`](Self::usable) before serving it. This returns moka's own future, with no
+    /// wrapper of ours around it: on the hit path every layer of future is a copy of moka's
+    /// (large) one.
     pub(crate) fn get<'a>(
         &'a self,
         key: &'a [u8],

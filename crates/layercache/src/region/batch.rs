@@ -200,8 +200,7 @@ where
             }
             let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
             if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
-                // A fail-safe copy kept past the cache-wide bound, as the fallback.
-                hit = self.classify(&k, self.cache.l1.get_kept(&k).await);
+                hit = self.classify_kept(&k).await;
             }
             let answer = match hit {
                 Hit::Fresh(v) | Hit::Refresh(v, _) => Some(Ok(Some(v))),

@@ -104,8 +104,8 @@ where
         self.check_key(&k)?;
         let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
         if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
-            // A fail-safe copy kept past the cache-wide bound, as the fallback.
-            hit = self.classify(&k, Box::pin(self.cache.l1.get_kept(&k)).await);
+            // Boxed: the kept table's lookup must not be part of every hit's future.
+            hit = Box::pin(self.classify_kept(&k)).await;
         }
         let fallback = match hit {
             Hit::Fresh(v) => return Ok(Some(v)),
@@ -289,6 +289,12 @@ where
         };
         self.counters().l1_hits.incr();
         Hit::Fresh(value)
+    }
+
+    /// [`classify`](Self::classify) of what the kept table holds for `k`: after a miss, the
+    /// fail-safe copy kept past the cache-wide bound, as the fallback.
+    pub(super) async fn classify_kept(&self, k: &[u8]) -> Hit<V> {
+        self.classify(k, self.cache.l1.get_kept(k).await)
     }
 
     /// The rest of [`classify`](Self::classify), for entries with tags, freshness or sliding
