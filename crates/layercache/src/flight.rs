@@ -14,7 +14,7 @@ use std::{
     },
 };
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::{
     error::{Error, ErrorKind},
@@ -26,13 +26,48 @@ use crate::{
 /// was no loader.
 pub(crate) type Outcome<V> = Result<Option<Arc<V>>, Error>;
 
-type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
+/// A flight's answer, shared by its leader and its waiters.
+///
+/// Hot-path note: one allocation and one wake-up per flight. (A `tokio::sync::watch` channel
+/// allocated ~0.5 KiB and woke eight notifiers on every answer, whether or not anyone waited:
+/// every plain Redis read leads a flight of its own.)
+pub(crate) struct SlotShared<V> {
+    outcome: Mutex<Option<Outcome<V>>>,
+    notify: Notify,
+}
+
+impl<V> SlotShared<V> {
+    fn new() -> Self {
+        Self {
+            outcome: Mutex::new(None),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Outcome<V>>> {
+        // A slot holds no invariant a panic could break mid-way; keep going.
+        self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the answer (only if none was given yet, unless `replace`) and wakes every waiter.
+    fn answer(&self, outcome: Outcome<V>, replace: bool) {
+        {
+            let mut cur = self.lock();
+            if replace || cur.is_none() {
+                *cur = Some(outcome);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+type Slot<V> = Arc<SlotShared<V>>;
 
 struct Registered {
     id: u64,
     poisoned: Arc<AtomicBool>,
-    /// A `Slot<V>` for the region's value type.
-    rx: Box<dyn Any + Send + Sync>,
+    /// A `SlotShared<V>` for the region's value type.
+    rx: Arc<dyn Any + Send + Sync>,
 }
 
 /// A write's pending L1 fill, waiting for its Redis write: poisoned by any later write (but a
@@ -77,13 +112,13 @@ impl Flights {
     pub(crate) fn join<V: Send + Sync + 'static>(self: &Arc<Self>, key: &[u8]) -> Join<V> {
         let mut map = self.lock();
         if let Some(reg) = map.get(key) {
-            if let Some(rx) = reg.rx.downcast_ref::<Slot<V>>() {
-                return Join::Wait(rx.clone());
+            if let Ok(rx) = reg.rx.clone().downcast::<SlotShared<V>>() {
+                return Join::Wait(rx);
             }
             // Same key under another value type: cannot share; lead an unregistered flight.
             return Join::Lead(Leader::detached(self.clone(), key));
         }
-        let (tx, rx) = watch::channel(None);
+        let slot: Slot<V> = Arc::new(SlotShared::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let poisoned = Arc::new(AtomicBool::new(false));
         map.insert(
@@ -91,7 +126,7 @@ impl Flights {
             Registered {
                 id,
                 poisoned: poisoned.clone(),
-                rx: Box::new(rx.clone()),
+                rx: slot.clone(),
             },
         );
         Join::Lead(Leader {
@@ -99,8 +134,8 @@ impl Flights {
             key: key.into(),
             id: Some(id),
             poisoned,
-            tx: Some(tx),
-            rx,
+            open: true,
+            slot,
         })
     }
 
@@ -261,14 +296,18 @@ impl Drop for WriteTicket {
     }
 }
 
-/// Waits for a flight's outcome.
-pub(crate) async fn wait<V>(mut rx: Slot<V>) -> Outcome<V> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone().unwrap_or(Ok(None)),
-        Err(_) => Err(Error::new(
-            ErrorKind::Closed,
-            "the fetch for this key was dropped",
-        )),
+/// Waits for a flight's outcome. (Every leader answers, if only with an error when it is
+/// dropped unfinished.)
+pub(crate) async fn wait<V>(slot: Slot<V>) -> Outcome<V> {
+    loop {
+        let notified = slot.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an answer given in between still wakes us.
+        notified.as_mut().enable();
+        if let Some(outcome) = slot.lock().as_ref() {
+            return outcome.clone();
+        }
+        notified.await;
     }
 }
 
@@ -279,8 +318,9 @@ pub(crate) struct Leader<V> {
     key: L1Key,
     id: Option<u64>,
     poisoned: Arc<AtomicBool>,
-    tx: Option<watch::Sender<Option<Outcome<V>>>>,
-    rx: Slot<V>,
+    /// Not answered for good yet.
+    open: bool,
+    slot: Slot<V>,
 }
 
 impl<V> std::fmt::Debug for Leader<V> {
@@ -293,28 +333,27 @@ impl<V> std::fmt::Debug for Leader<V> {
 
 impl<V> Leader<V> {
     fn detached(flights: Arc<Flights>, key: &[u8]) -> Self {
-        let (tx, rx) = watch::channel(None);
         Self {
             flights,
             key: key.into(),
             id: None,
             poisoned: Arc::new(AtomicBool::new(true)),
-            tx: Some(tx),
-            rx,
+            open: true,
+            slot: Arc::new(SlotShared::new()),
         }
     }
 
     /// A receiver for this flight's outcome (the leader's own caller waits on it too, so an
     /// early answer reaches it as it reaches everyone).
     pub(crate) fn subscribe(&self) -> Slot<V> {
-        self.rx.clone()
+        self.slot.clone()
     }
 
     /// Answers every waiter now, but keeps the flight registered: it goes on (a load past its
     /// soft timeout) and later callers get the same answer until it finishes.
     pub(crate) fn answer_early(&self, outcome: Outcome<V>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Some(outcome));
+        if self.open {
+            self.slot.answer(outcome, true);
         }
     }
 
@@ -343,23 +382,16 @@ impl<V> Leader<V> {
         if let Some(id) = self.id.take() {
             self.flights.unregister(&self.key, id);
         }
-        if let Some(tx) = self.tx.take() {
+        if std::mem::take(&mut self.open) {
             // An early answer stands: those who got it were served; later joiners got it too.
-            tx.send_if_modified(|cur| {
-                if cur.is_none() {
-                    *cur = Some(outcome);
-                    true
-                } else {
-                    false
-                }
-            });
+            self.slot.answer(outcome, false);
         }
     }
 }
 
 impl<V> Drop for Leader<V> {
     fn drop(&mut self) {
-        if self.tx.is_some() || self.id.is_some() {
+        if self.open || self.id.is_some() {
             self.publish(Err(Error::new(
                 ErrorKind::Closed,
                 "the fetch ended without a result (its runtime shut down, or it panicked)",
