@@ -8,6 +8,8 @@
 //!
 //! - `l1_hit`: `Region::get` answered by L1, against a moka `future::Cache<String, Arc<V>>`
 //!   `get` (default settings) of the same value.
+//! - `l1_hit_sync`: the same against moka's synchronous `sync::Cache<String, Arc<V>>` `get`
+//!   (no future): layercache's L1 is a `sync::Cache`, so this shows our own code's cost alone.
 //! - `l1_hit_deadline`: the same for an entry whose `ttl` (50 s) is shorter than the cache-wide
 //!   L1 bound (60 s), so each hit also reads the coarse clock for the entry's own deadline.
 //! - `l2_hit`: `Region::get` answered by Redis (5,000 keys through a 50-entry L1, so reads miss
@@ -31,7 +33,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
@@ -131,14 +133,20 @@ where
 }
 
 fn l1_hit(rounds: usize) {
-    l1_hit_of(rounds, "l1_hit", "user:42", None);
+    l1_hit_of(rounds, "l1_hit", "user:42", None, false);
+}
+
+/// `l1_hit` against moka's synchronous cache (`moka::sync::Cache::get`, no future), which is
+/// what layercache's L1 is built on: the comparison that shows only our own code's cost.
+fn l1_hit_sync(rounds: usize) {
+    l1_hit_of(rounds, "l1_hit_sync", "user:42", None, true);
 }
 
 /// `l1_hit` of an entry that lives shorter than the cache-wide L1 bound, so each hit checks its
 /// own deadline on the coarse clock.
 fn l1_hit_deadline(rounds: usize) {
     let short = layercache::EntryOptions::new().ttl(Duration::from_secs(50));
-    l1_hit_of(rounds, "l1_hit_deadline", "user:short", Some(short));
+    l1_hit_of(rounds, "l1_hit_deadline", "user:short", Some(short), false);
 }
 
 fn l1_hit_of(
@@ -146,6 +154,7 @@ fn l1_hit_of(
     name: &str,
     key: &'static str,
     options: Option<layercache::EntryOptions>,
+    sync_baseline: bool,
 ) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -153,7 +162,7 @@ fn l1_hit_of(
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let (cache, region, moka_cache) = l1_setup().await;
+        let (cache, region, moka_cache, moka_sync) = l1_setup().await;
         if let Some(options) = options {
             region
                 .entry(key)
@@ -174,9 +183,13 @@ fn l1_hit_of(
                 }
             },
             |_| {
-                let moka_cache = &moka_cache;
+                let (moka_cache, moka_sync) = (&moka_cache, &moka_sync);
                 async move {
-                    let v = moka_cache.get("user:42").await;
+                    let v = if sync_baseline {
+                        moka_sync.get("user:42")
+                    } else {
+                        moka_cache.get("user:42").await
+                    };
                     std::hint::black_box(v);
                 }
             },
@@ -560,6 +573,9 @@ fn main() {
     let only = std::env::var("COMPARE_ONLY").ok();
     if only.as_deref().is_none_or(|o| o == "l1_hit") {
         l1_hit(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "l1_hit_sync") {
+        l1_hit_sync(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "l1_hit_deadline") {
         l1_hit_deadline(rounds);

@@ -33,7 +33,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn l1_hit(c: &mut Criterion) {
     let rt = runtime();
-    let (_cache, region, moka_cache) = rt.block_on(l1_setup());
+    let (_cache, region, moka_cache, _) = rt.block_on(l1_setup());
     let mut g = c.benchmark_group("l1_hit");
     g.throughput(Throughput::Elements(1));
     g.bench_function("layercache", |b| {

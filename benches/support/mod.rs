@@ -28,11 +28,13 @@ pub(crate) fn profile() -> Profile {
     }
 }
 
-/// An L1-only cache holding `user:42`, and a raw moka cache holding the same value.
+/// An L1-only cache holding `user:42`, and raw moka caches (the async one and the
+/// synchronous one) holding the same value.
 pub(crate) async fn l1_setup() -> (
     LayerCache,
     Region<str, Profile>,
     moka::future::Cache<String, Arc<Profile>>,
+    moka::sync::Cache<String, Arc<Profile>>,
 ) {
     let cache = LayerCache::builder("bench").build().await.expect("cache");
     let region = cache
@@ -45,7 +47,9 @@ pub(crate) async fn l1_setup() -> (
     moka_cache
         .insert("user:42".to_owned(), Arc::new(profile()))
         .await;
-    (cache, region, moka_cache)
+    let moka_sync: moka::sync::Cache<String, Arc<Profile>> = moka::sync::Cache::new(10_000);
+    moka_sync.insert("user:42".to_owned(), Arc::new(profile()));
+    (cache, region, moka_cache, moka_sync)
 }
 
 /// Keys the L2 comparisons cycle through: far more than their L1 holds, so reads miss L1.

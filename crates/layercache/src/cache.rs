@@ -115,7 +115,7 @@ impl LayerCache {
 
     /// Runs the in-process tier's pending maintenance (evictions, counts) now.
     pub async fn run_pending_tasks(&self) {
-        self.inner.l1.sync().await;
+        self.inner.l1.sync();
     }
 
     /// Drops every entry of this instance's in-process tier (Redis is untouched), and keeps

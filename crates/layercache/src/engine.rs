@@ -180,7 +180,7 @@ impl Engine {
                         k.extend_from_slice(key);
                         self.flights.poison(&k);
                         self.l1.written_elsewhere(&k);
-                        self.l1.remove(&k).await;
+                        self.l1.remove(&k);
                     }
                 }
                 Entry::Region {

@@ -198,9 +198,9 @@ where
                 answers.push(None);
                 continue;
             }
-            let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
+            let mut hit = self.classify(&k, self.cache.l1.get(&k));
             if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
-                hit = self.classify_kept(&k).await;
+                hit = self.classify_kept(&k);
             }
             let answer = match hit {
                 Hit::Fresh(v) | Hit::Refresh(v, _) => Some(Ok(Some(v))),

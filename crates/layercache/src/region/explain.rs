@@ -189,7 +189,7 @@ where
             (Some(l2), Some(rk)) => Some(l2.locate(rk)),
             _ => None,
         };
-        let l1 = match cache.l1.get_any(&k).await {
+        let l1 = match cache.l1.get_any(&k) {
             // An entry whose own lifetime ended is gone for every read (moka frees it later).
             None => Held::Nothing,
             Some(e) if expired(&e) => Held::Nothing,

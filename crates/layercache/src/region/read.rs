@@ -44,7 +44,7 @@ where
     {
         let k = self.l1_key(key);
         self.check_key(&k)?;
-        match self.classify(&k, self.cache.l1.get(&k).await) {
+        match self.classify(&k, self.cache.l1.get(&k)) {
             Hit::Fresh(v) | Hit::Refresh(v, _) => return Ok(Some(v)),
             Hit::Negative => return Ok(None),
             Hit::Stale(_) | Hit::Miss => {}
@@ -102,10 +102,9 @@ where
         let tags = validate_tags(tags)?;
         let k = self.l1_key(key);
         self.check_key(&k)?;
-        let mut hit = self.classify(&k, self.cache.l1.get(&k).await);
+        let mut hit = self.classify(&k, self.cache.l1.get(&k));
         if matches!(hit, Hit::Miss) && self.cache.l1.keeps() {
-            // Boxed: the kept table's lookup must not be part of every hit's future.
-            hit = Box::pin(self.classify_kept(&k)).await;
+            hit = self.classify_kept(&k);
         }
         let fallback = match hit {
             Hit::Fresh(v) => return Ok(Some(v)),
@@ -293,8 +292,8 @@ where
 
     /// [`classify`](Self::classify) of what the kept table holds for `k`: after a miss, the
     /// fail-safe copy kept past the cache-wide bound, as the fallback.
-    pub(super) async fn classify_kept(&self, k: &[u8]) -> Hit<V> {
-        self.classify(k, self.cache.l1.get_kept(k).await)
+    pub(super) fn classify_kept(&self, k: &[u8]) -> Hit<V> {
+        self.classify(k, self.cache.l1.get_kept(k))
     }
 
     /// The rest of [`classify`](Self::classify), for entries with tags, freshness or sliding

@@ -191,7 +191,7 @@ where
         cache.flights.poison(&k);
         // Dropped before the write travels: this instance's readers stop serving the old value
         // at once, and their Redis reads go out on the same connection after the tombstone.
-        cache.l1.remove(&k).await;
+        cache.l1.remove(&k);
         let started = cache.journal.stamp();
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
@@ -227,7 +227,7 @@ where
             }
             cache.flights.poison(&k);
         }
-        cache.l1.remove(&k).await;
+        cache.l1.remove(&k);
         self.settle_write(&k, started, confirmed, announced, result)
             .await
     }

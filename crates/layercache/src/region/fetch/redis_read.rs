@@ -316,5 +316,5 @@ pub(super) async fn fill<K, V, C>(
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
         return;
     };
-    r.cache.l1.insert_guarded(key, entry, leader.guard()).await;
+    r.cache.l1.insert_guarded(key, entry, leader.guard());
 }

@@ -128,7 +128,7 @@ where
             }
             cache.flights.poison(&k);
             // Dropped before the write travels (see `invalidate`).
-            cache.l1.remove(&k).await;
+            cache.l1.remove(&k);
             let started = cache.journal.stamp();
             removing.push((at, k, started));
         }
@@ -210,7 +210,7 @@ where
                 }
                 cache.flights.poison(&k);
             }
-            cache.l1.remove(&k).await;
+            cache.l1.remove(&k);
             answers[at] = Some(
                 self.settle_write(&k, started, confirmed, announced, result)
                     .await,

@@ -182,7 +182,7 @@ where
                 region.counters().l2_versions_refused.incr();
                 tracing::debug!(cache.name = %cache.name, region = %region.shared.state.name, "redis holds a newer source version; the write is refused");
                 if !self.ticket.is_poisoned() {
-                    cache.l1.remove(&self.k).await;
+                    cache.l1.remove(&self.k);
                 }
             } else {
                 self.fill_l1(generation).await;
@@ -227,7 +227,7 @@ where
             // before this write landed there: drop whatever L1 holds, so the next read goes to
             // Redis (the checker found this on a cluster, where a write fenced by a generation
             // move it had not heard of yet takes a few round trips).
-            cache.l1.remove(k).await;
+            cache.l1.remove(k);
             return false;
         }
         let Some(entry) = self.region.l1_entry(k.len(), value, &self.options, life) else {
@@ -237,22 +237,22 @@ where
             // Another instance wrote the key a moment ago: it lives in Redis only for now (and
             // whatever L1 held is older than this write).
             self.region.counters().l1_cooldown_skips.incr();
-            cache.l1.remove(k).await;
+            cache.l1.remove(k);
             return false;
         }
         if let Some(v) = self.version {
             // A versioned write never replaces a newer version in L1 (read from Redis or
             // written by another task of this instance).
-            let held = cache.l1.get_any(k).await.filter(|e| cache.l1.usable(e));
+            let held = cache.l1.get_any(k).filter(|e| cache.l1.usable(e));
             if held.and_then(|e| e.version).is_some_and(|held| held > v) {
                 return true;
             }
         }
         // Something newer may arrive while the entry goes in: then it is never served and goes
         // out again (see `L1::insert_guarded`), and whatever L1 holds goes too, as above.
-        let put = cache.l1.insert_guarded(k, entry, self.ticket.guard()).await;
+        let put = cache.l1.insert_guarded(k, entry, self.ticket.guard());
         if !put {
-            cache.l1.remove(k).await;
+            cache.l1.remove(k);
         }
         false
     }
