@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use layercache::{EntryOptions, ErrorKind, LayerCache};
+use layercache::{EntryOptions, ErrorKind, Held, LayerCache};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +116,31 @@ async fn entries_expire_after_their_l1_lifetime() {
     })
     .await;
     assert!(region.get("long").await.unwrap().is_some());
+}
+
+/// A sliding entry that nobody reads goes once its lifetime (`ttl`, started over by each read)
+/// has run, and `explain` (which looks without extending) says so, as `get` does.
+#[tokio::test]
+async fn explain_shows_a_sliding_entry_gone_once_it_went_unread() {
+    let cache = LayerCache::builder("local")
+        .time_to_live(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u8>("r").build().await.unwrap();
+    let sliding = EntryOptions::new()
+        .ttl(Duration::from_millis(200))
+        .sliding(Duration::from_millis(50));
+    region.entry("s").options(&sliding).insert(1).await.unwrap();
+    assert!(
+        matches!(region.explain("s").await.l1, Held::Entry(_)),
+        "held while its sliding lifetime runs"
+    );
+    eventually("explain to show the unread sliding entry gone", || async {
+        region.explain("s").await.l1 == Held::Nothing
+    })
+    .await;
+    assert_eq!(region.get("s").await.unwrap(), None, "and get agrees");
 }
 
 /// Polls `cond` until it holds, failing the test after 10 s (L1 lifetimes run on real clocks).

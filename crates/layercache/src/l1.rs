@@ -34,9 +34,14 @@
 //! [`LayerCacheBuilder::time_to_live`]: crate::LayerCacheBuilder::time_to_live
 
 pub(crate) mod clock;
+mod entry;
+
+use entry::PerEntryTtl;
+pub(crate) use entry::{
+    expired, guard_set, slid_out, EntryExtras, FillGuard, Freshness, L1Entry, SlidingState,
+};
 
 use std::{
-    any::Any,
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -45,173 +50,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moka::{sync::Cache, Expiry};
+use moka::sync::Cache;
 
 use crate::{cooldown::Cooldown, doorkeeper::Doorkeeper, hashing::KeyHasher};
 
 /// An L1 key: the region id (4 bytes, little-endian) followed by the user key's bytes.
 pub(crate) type L1Key = Box<[u8]>;
-
-/// When an entry stops being fresh and when it should be refreshed, for entries that need
-/// the clock on a hit (fail-safe, early refresh, XFetch). Plain entries have none: moka's
-/// expiry is their whole story and a hit reads no clock.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Freshness {
-    /// Logical expiry: past it the value is stale, kept only as a fail-safe fallback.
-    pub(crate) expires: Instant,
-    /// Soft expiry: past it a `get_or_load` hit starts a background refresh.
-    pub(crate) refresh_at: Option<Instant>,
-    /// How long the value took to load (XFetch's delta).
-    pub(crate) delta: Duration,
-    /// XFetch's beta (0: off).
-    pub(crate) beta: f64,
-    /// When the value was created (Unix ms): a refresh that finds a newer one in Redis uses
-    /// it instead of loading.
-    pub(crate) created_ms: u64,
-    /// For a stale value re-served by fail-safe: when it first went stale (the fail-safe
-    /// maximum age counts from there, not from the throttle).
-    pub(crate) stale_since: Option<Instant>,
-}
-
-/// Sliding-expiration state shared by the copies of one entry.
-#[derive(Debug)]
-pub(crate) struct SlidingState {
-    /// Redis is told at most once per interval.
-    pub(crate) interval: Duration,
-    /// The lifetime each extension sets, in ms.
-    pub(crate) ttl_ms: u64,
-    /// When Redis was last told.
-    pub(crate) last: std::sync::Mutex<Instant>,
-    /// The L1 lifetime each read starts over (within the cache-wide bound).
-    pub(crate) life: Duration,
-    /// When the entry goes unless read before ([`clock`] ticks).
-    pub(crate) until: AtomicU64,
-}
-
-impl SlidingState {
-    /// A read: whether the entry is still alive, and if so its lifetime starts over.
-    pub(crate) fn read(&self) -> bool {
-        if clock::now() >= self.until.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.until
-            .store(clock::deadline(self.life), Ordering::Relaxed);
-        true
-    }
-
-    /// Whether Redis is due an extension now (and if so, records that it is being sent).
-    pub(crate) fn due(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.elapsed() >= self.interval {
-            *last = Instant::now();
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The parts of an L1 entry that most entries do not have, behind one pointer so the common
-/// entry stays small (moka clones the entry on every hit).
-#[derive(Debug)]
-pub(crate) struct EntryExtras {
-    /// The entry's tags, if any.
-    pub(crate) tags: Option<Arc<[String]>>,
-    pub(crate) fresh: Option<Freshness>,
-    pub(crate) slide: Option<SlidingState>,
-}
-
-/// An L1 value.
-#[derive(Clone)]
-pub(crate) struct L1Entry {
-    pub(crate) value: Arc<dyn Any + Send + Sync>,
-    /// Physical lifetime (logical lifetime plus any fail-safe keep).
-    pub(crate) ttl: Duration,
-    /// For an entry that lives shorter than the cache-wide bound: when it goes ([`clock`]
-    /// ticks). [`clock::NEVER`]: the bound ends it (moka's time to live), or sliding state
-    /// does. (Not an `Option`: 8 bytes less on every entry.)
-    pub(crate) expires: clock::Ticks,
-    /// The region generation the value was read or written under.
-    pub(crate) generation: u64,
-    /// The tag epoch when the read or write that produced the value began: a tag invalidated
-    /// after that makes the entry invalid.
-    pub(crate) tag_epoch: u64,
-    pub(crate) weight: u32,
-    /// A cached "not found".
-    pub(crate) negative: bool,
-    /// The source version the value was written with (`insert_versioned`), if any: a
-    /// versioned write never replaces a newer one in L1.
-    pub(crate) version: Option<u64>,
-    /// Tags, freshness and sliding state, for the entries that have any.
-    pub(crate) extra: Option<Arc<EntryExtras>>,
-    /// The poison flag of the fill that put the entry in (see
-    /// [`insert_guarded`](L1::insert_guarded)): once set, the entry is never served.
-    pub(crate) guard: Option<FillGuard>,
-}
-
-/// A fill's poison flag, set when a write or invalidation of its key is applied after the
-/// fill's read began (the flight's or write ticket's own flag, shared).
-pub(crate) type FillGuard = Arc<AtomicBool>;
-
-impl std::fmt::Debug for L1Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("L1Entry")
-            .field("ttl", &self.ttl)
-            .field("weight", &self.weight)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The kept table's expiry: each entry's own lifetime, started over by each read of a sliding
-/// entry.
-struct PerEntryTtl;
-
-impl Expiry<L1Key, L1Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &L1Key, v: &L1Entry, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &L1Key,
-        v: &L1Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.ttl)
-    }
-
-    fn expire_after_read(
-        &self,
-        _: &L1Key,
-        v: &L1Entry,
-        _: Instant,
-        left: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        // Sliding entries start their lifetime over on every read.
-        if v.extra.as_ref().is_some_and(|x| x.slide.is_some()) {
-            Some(v.ttl)
-        } else {
-            left
-        }
-    }
-}
-
-/// Whether the entry's own lifetime is over (it may still be in moka until the bound ends it).
-#[inline]
-pub(crate) fn expired(entry: &L1Entry) -> bool {
-    entry.expires != clock::NEVER && clock::now() >= entry.expires
-}
-
-/// Whether the entry's fill was poisoned after it went in (see [`L1::insert_guarded`]).
-#[inline]
-pub(crate) fn guard_set(entry: &L1Entry) -> bool {
-    entry
-        .guard
-        .as_ref()
-        .is_some_and(|g| g.load(Ordering::Acquire))
-}
 
 /// How L1 capacity is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,11 +250,12 @@ impl L1 {
         }
     }
 
-    /// Whether a looked-up entry may be served: its own lifetime is not over, its fill was not
-    /// poisoned, and none of its tags was invalidated after it was born. (An unusable entry is
-    /// left to be overwritten by the fetch that follows, or to expire.)
+    /// Whether a looked-up entry may be served: its own lifetime is not over (nor, for a
+    /// sliding entry, its sliding lifetime), its fill was not poisoned, and none of its tags was
+    /// invalidated after it was born. (An unusable entry is left to be overwritten by the fetch
+    /// that follows, or to expire.)
     pub(crate) fn usable(&self, entry: &L1Entry) -> bool {
-        !expired(entry) && !guard_set(entry) && !self.tag_invalidated(entry)
+        !expired(entry) && !slid_out(entry) && !guard_set(entry) && !self.tag_invalidated(entry)
     }
 
     /// Whether L1 holds an entry for `key` (usable or not), without counting as a read.
@@ -585,5 +430,36 @@ mod tests {
         assert!(l1.insert_guarded(b"j", fresh, &guard));
         let held = l1.get(b"j").expect("in");
         assert!(!expired(&held) && l1.usable(&held));
+    }
+
+    #[test]
+    fn a_sliding_entry_unread_for_its_lifetime_is_not_usable() {
+        let l1 = l1();
+        let guard: FillGuard = Arc::new(AtomicBool::new(false));
+        let sliding = |until| {
+            let mut e = entry();
+            e.extra = Some(Arc::new(EntryExtras {
+                tags: None,
+                fresh: None,
+                slide: Some(SlidingState {
+                    interval: Duration::from_secs(1),
+                    ttl_ms: 60_000,
+                    last: std::sync::Mutex::new(Instant::now()),
+                    life: Duration::from_secs(60),
+                    until: AtomicU64::new(until),
+                }),
+            }));
+            e
+        };
+        assert!(l1.insert_guarded(b"gone", sliding(clock::now()), &guard));
+        let held = l1.get(b"gone").expect("still in moka until the bound");
+        assert!(slid_out(&held) && !l1.usable(&held));
+        assert!(l1.insert_guarded(
+            b"live",
+            sliding(clock::deadline(Duration::from_secs(60))),
+            &guard
+        ));
+        let held = l1.get(b"live").expect("in");
+        assert!(!slid_out(&held) && l1.usable(&held));
     }
 }

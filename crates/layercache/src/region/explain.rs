@@ -12,7 +12,7 @@ use crate::{
     codec::Codec,
     freshness::unix_millis,
     key::CacheKey,
-    l1::{expired, L1Entry},
+    l1::{expired, guard_set, slid_out, L1Entry},
     region::Region,
 };
 
@@ -190,12 +190,16 @@ where
             _ => None,
         };
         let l1 = match cache.l1.get_any(&k) {
-            // An entry whose own lifetime ended is gone for every read (moka frees it later).
+            // An entry whose own (or sliding) lifetime ended is gone for every read (moka frees
+            // it later).
             None => Held::Nothing,
-            Some(e) if expired(&e) => Held::Nothing,
+            Some(e) if expired(&e) || slid_out(&e) => Held::Nothing,
             Some(e) if e.generation != state.generation_raw() => {
                 Held::Unusable("filled under an older generation of the region".to_owned())
             }
+            Some(e) if guard_set(&e) => Held::Unusable(
+                "a write or invalidation overtook the read that put it in".to_owned(),
+            ),
             Some(e) if !cache.l1.usable(&e) => {
                 Held::Unusable("one of its tags was invalidated since".to_owned())
             }
