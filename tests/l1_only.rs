@@ -96,12 +96,7 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
 
 #[tokio::test]
 async fn entries_expire_after_their_l1_lifetime() {
-    let cache = LayerCache::builder("local")
-        .time_to_live(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
-    let region = cache.region::<str, u8>("r").build().await.unwrap();
+    let (_cache, region) = local_region().await;
     region
         .entry("short")
         .options(&EntryOptions::new().ttl(Duration::from_millis(200)))
@@ -122,12 +117,7 @@ async fn entries_expire_after_their_l1_lifetime() {
 /// has run, and `explain` (which looks without extending) says so, as `get` does.
 #[tokio::test]
 async fn explain_shows_a_sliding_entry_gone_once_it_went_unread() {
-    let cache = LayerCache::builder("local")
-        .time_to_live(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
-    let region = cache.region::<str, u8>("r").build().await.unwrap();
+    let (_cache, region) = local_region().await;
     let sliding = EntryOptions::new()
         .ttl(Duration::from_millis(200))
         .sliding(Duration::from_millis(50));
@@ -141,6 +131,17 @@ async fn explain_shows_a_sliding_entry_gone_once_it_went_unread() {
     })
     .await;
     assert_eq!(region.get("s").await.unwrap(), None, "and get agrees");
+}
+
+/// An L1-only cache with a 60 s bound, and a region of `u8` values in it.
+async fn local_region() -> (LayerCache, layercache::Region<str, u8>) {
+    let cache = LayerCache::builder("local")
+        .time_to_live(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let region = cache.region::<str, u8>("r").build().await.unwrap();
+    (cache, region)
 }
 
 /// Polls `cond` until it holds, failing the test after 10 s (L1 lifetimes run on real clocks).
