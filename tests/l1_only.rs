@@ -96,7 +96,7 @@ async fn get_or_load_coalesces_and_retries_after_errors() {
 
 #[tokio::test]
 async fn entries_expire_after_their_l1_lifetime() {
-    let (_cache, region) = local_region().await;
+    let (cache, region) = local_region().await;
     region
         .entry("short")
         .options(&EntryOptions::new().ttl(Duration::from_millis(200)))
@@ -111,13 +111,17 @@ async fn entries_expire_after_their_l1_lifetime() {
     })
     .await;
     assert!(region.get("long").await.unwrap().is_some());
+    // The read that found it past its lifetime took it out: it holds no memory (nor a place
+    // in a full L1) until the 60 s bound.
+    cache.run_pending_tasks().await;
+    assert_eq!(cache.l1_entry_count(), 1, "only the long entry is left");
 }
 
 /// A sliding entry that nobody reads goes once its lifetime (`ttl`, started over by each read)
 /// has run, and `explain` (which looks without extending) says so, as `get` does.
 #[tokio::test]
 async fn explain_shows_a_sliding_entry_gone_once_it_went_unread() {
-    let (_cache, region) = local_region().await;
+    let (cache, region) = local_region().await;
     let sliding = EntryOptions::new()
         .ttl(Duration::from_millis(200))
         .sliding(Duration::from_millis(50));
@@ -131,6 +135,8 @@ async fn explain_shows_a_sliding_entry_gone_once_it_went_unread() {
     })
     .await;
     assert_eq!(region.get("s").await.unwrap(), None, "and get agrees");
+    cache.run_pending_tasks().await;
+    assert_eq!(cache.l1_entry_count(), 0, "and took it out");
 }
 
 /// An L1-only cache with a 60 s bound, and a region of `u8` values in it.

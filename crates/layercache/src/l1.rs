@@ -307,6 +307,15 @@ impl L1 {
         !self.cooldown.cooling(key)
     }
 
+    /// Takes out an entry of the first table that a read found past its own (or sliding)
+    /// lifetime, so it holds no memory, and does not count toward a full table, until the
+    /// bound would have ended it. It may take out a fresher entry put in since the read looked:
+    /// a miss then, never a stale read.
+    #[cold]
+    pub(crate) fn drop_dead(&self, key: &[u8]) {
+        self.cache.invalidate(key);
+    }
+
     /// Removes `key` (from both tables).
     pub(crate) fn remove(&self, key: &[u8]) {
         self.cache.invalidate(key);

@@ -270,6 +270,7 @@ where
         }
         // Lived shorter than the cache-wide bound, and that life is over.
         if expired(&entry) {
+            self.cache.l1.drop_dead(k);
             return Hit::Miss;
         }
         // Put in by a fill that a write overtook (see `L1::insert_guarded`).
@@ -300,10 +301,12 @@ where
     /// state: kept out of line so plain hits stay short.
     #[cold]
     fn classify_extra(&self, k: &[u8], entry: &L1Entry, extra: &EntryExtras) -> Hit<V> {
-        if !self.cache.l1.usable(entry) {
+        // A sliding entry unread for its whole lifetime is gone; a read starts it over.
+        if extra.slide.as_ref().is_some_and(|s| !s.read()) {
+            self.cache.l1.drop_dead(k);
             return Hit::Miss;
         }
-        if extra.slide.as_ref().is_some_and(|s| !s.read()) {
+        if !self.cache.l1.usable(entry) {
             return Hit::Miss;
         }
         if entry.negative {
