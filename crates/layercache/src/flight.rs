@@ -437,6 +437,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_that_waits_before_the_answer_is_woken_by_it() {
+        let f = Arc::new(Flights::default());
+        let Join::Lead(leader) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        let Join::Wait(rx) = f.join::<u32>(b"k") else {
+            panic!()
+        };
+        let waiter = tokio::spawn(wait(rx));
+        // Let the waiter run until it waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "no answer yet");
+        let _ = leader.finish(Ok(Some(Arc::new(9))));
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the answer wakes the waiter");
+        assert_eq!(*woken.unwrap().unwrap().unwrap(), 9);
+    }
+
+    #[tokio::test]
     async fn dropped_leader_answers_waiters_with_an_error() {
         let f = Arc::new(Flights::default());
         let Join::Lead(leader) = f.join::<u32>(b"k") else {
