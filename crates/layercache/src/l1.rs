@@ -183,7 +183,7 @@ impl L1 {
     }
 
     /// Whether a tag of the entry was invalidated after the entry was born.
-    fn tag_invalidated(&self, entry: &L1Entry) -> bool {
+    pub(crate) fn tag_invalidated(&self, entry: &L1Entry) -> bool {
         let Some(tags) = entry.extra.as_ref().and_then(|x| x.tags.as_ref()) else {
             return false;
         };

@@ -18,6 +18,9 @@ use crate::{
     key::CacheKey,
 };
 
+/// One answer per position of a batch (`None`: not answered yet).
+type Answers<V> = Vec<Option<Result<Option<Arc<V>>>>>;
+
 /// The distinct keys of a batch that L1 did not answer, and where each was asked.
 struct Misses<O, V> {
     keys: Vec<Vec<u8>>,
@@ -59,7 +62,7 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized + 'k,
     {
-        let (mut answers, misses) = self.answer_from_l1(keys, |_| ()).await;
+        let (mut answers, misses) = self.answer_from_l1(keys, |_| ());
         if misses.keys.is_empty() {
             return finish(answers);
         }
@@ -124,7 +127,7 @@ where
         R: IntoIterator<Item = (Q::Owned, V)>,
         E: Into<BoxError> + Send + 'static,
     {
-        let (mut answers, misses) = self.answer_from_l1(keys, |q: &Q| q.to_owned()).await;
+        let (mut answers, misses) = self.answer_from_l1(keys, |q: &Q| q.to_owned());
         if misses.keys.is_empty() {
             return finish(answers);
         }
@@ -169,11 +172,11 @@ where
     }
 
     /// Answers what L1 can (and every key's own error), and gathers the distinct rest.
-    async fn answer_from_l1<'k, Q, I, O>(
+    fn answer_from_l1<'k, Q, I, O>(
         &self,
         keys: I,
         own: impl Fn(&Q) -> O,
-    ) -> (Vec<Option<Result<Option<Arc<V>>>>>, Misses<O, V>)
+    ) -> (Answers<V>, Misses<O, V>)
     where
         I: IntoIterator<Item = &'k Q>,
         Q: CacheKey + ?Sized + 'k,
@@ -223,7 +226,7 @@ where
     }
 }
 
-fn finish<V>(answers: Vec<Option<Result<Option<Arc<V>>>>>) -> Vec<Result<Option<Arc<V>>>> {
+fn finish<V>(answers: Answers<V>) -> Vec<Result<Option<Arc<V>>>> {
     answers
         .into_iter()
         .map(|a| {

@@ -306,7 +306,8 @@ where
             self.cache.l1.drop_dead(k);
             return Hit::Miss;
         }
-        if !self.cache.l1.usable(entry) {
+        // (`classify` already checked the entry's own deadline and its fill's flag.)
+        if self.cache.l1.tag_invalidated(entry) {
             return Hit::Miss;
         }
         if entry.negative {

@@ -277,7 +277,7 @@ where
             self.counters().l1_door_skips.incr();
             return value;
         }
-        fill(self, leader, erase(&value), options, life).await;
+        fill(self, leader, erase(&value), options, life);
         value
     }
 }
@@ -294,7 +294,7 @@ pub(super) fn erase<V: Send + Sync + 'static>(
 
 /// Puts an entry in L1 unless the flight was poisoned; the entry carries the flight's poison
 /// flag, so it is never served once a write overtakes the fill (see `L1::insert_guarded`).
-pub(super) async fn fill<K, V, C>(
+pub(super) fn fill<K, V, C>(
     r: &Region<K, V, C>,
     leader: &Leader<V>,
     value: Arc<dyn Any + Send + Sync>,

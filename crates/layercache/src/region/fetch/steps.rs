@@ -408,7 +408,7 @@ where
             stale_since: None,
             version: None,
         };
-        fill(self, leader, erase(&value), options, life).await;
+        fill(self, leader, erase(&value), options, life);
         Ok(value)
     }
 
@@ -446,7 +446,7 @@ where
             version: None,
         };
         let value: Arc<dyn Any + Send + Sync> = stale.value.clone();
-        fill(self, leader, value, options, life).await;
+        fill(self, leader, value, options, life);
         Ok(Some(stale.value))
     }
 }

@@ -121,7 +121,7 @@ where
             older: false,
         };
         // Without Redis, versions are compared in L1.
-        insert.older = insert.fill_l1(insert.generation).await && cache.l2.is_none();
+        insert.older = insert.fill_l1(insert.generation) && cache.l2.is_none();
         Ok(insert)
     }
 
@@ -185,7 +185,7 @@ where
                     cache.l1.remove(&self.k);
                 }
             } else {
-                self.fill_l1(generation).await;
+                self.fill_l1(generation);
             }
         }
         if older && cache.l2.is_none() {
@@ -203,7 +203,7 @@ where
 
     /// Puts the value in L1 under `generation`, unless something newer touched the key;
     /// returns whether L1 holds a newer source version (the entry was not put in).
-    async fn fill_l1(&self, generation: u64) -> bool {
+    fn fill_l1(&self, generation: u64) -> bool {
         let cache = &self.region.cache;
         let k = &self.k;
         let life = L1Life {
