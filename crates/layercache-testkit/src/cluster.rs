@@ -23,7 +23,8 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 /// Nodes run with `cluster-node-timeout 1000` (a primary killed is failed over in about two
 /// seconds) and `repl-diskless-sync-delay 0` (a replica syncs at once: the cluster is ready in
 /// about two seconds instead of seven). Persistence is off, so a restarted node comes back empty
-/// but with its cluster identity (`nodes.conf` stays in its directory).
+/// but with its cluster identity (`nodes.conf` stays in its directory). A primary emptied by
+/// [`reshard`](RedisCluster::reshard) stays a primary (`cluster-allow-replica-migration no`).
 ///
 /// ```no_run
 /// let cluster = layercache_testkit::RedisCluster::start().expect("redis cluster");
@@ -50,6 +51,12 @@ fn node_args() -> Vec<(&'static str, &'static str)> {
         // A replica may serve nothing but its primary's data, and a cluster missing a slot's
         // owner keeps serving the slots it still has (as managed services do).
         ("cluster-require-full-coverage", "no"),
+        // A primary whose last slot is moved away stays an (empty) primary. With the default
+        // (`yes`), Redis 7 turns it into a replica of the node that took its last slot, some
+        // time after the reshard has returned: a second topology change, which a test of
+        // resharding would count as errors "after the move". (It also stops replicas
+        // migrating to orphaned primaries; with one replica per primary none ever would.)
+        ("cluster-allow-replica-migration", "no"),
     ]
 }
 
