@@ -262,8 +262,9 @@ async fn batches_share_flights_with_single_callers_and_each_other() {
     c.shutdown().await;
 }
 
-/// `insert_many` and `invalidate_many`: one script run and one bus message per chunk, every
-/// other instance's copy dropped, each key's own answer.
+/// `insert_many` and `invalidate_many`: one round trip and one bus message per chunk (a `SET`
+/// per entry and the fence's `GET`, no script), every other instance's copy dropped, each
+/// key's own answer.
 async fn batch_writes(shared: &Shared, raw: Option<&fred::prelude::Client>) {
     let instance = || {
         shared
@@ -285,14 +286,17 @@ async fn batch_writes(shared: &Shared, raw: Option<&fred::prelude::Client>) {
         .await;
     }
     ub.insert(&1, "old".into()).await.unwrap();
-    // The batch script's first run on a server loads it (`NOSCRIPT`, then again): not counted.
+    // A first batch (on a cluster it also lays out the region's generation copies).
     ua.insert_many([(&0, "warm-up".to_owned())]).await;
     support::caught_up(&a, &b).await;
     assert_eq!(value(&ub.get_many(&[1]).await[0]).as_deref(), Some("old")); // in B's L1
 
-    let evals = match raw {
-        Some(raw) => command_calls(raw, "evalsha").await,
-        None => 0,
+    let (evals, sets) = match raw {
+        Some(raw) => (
+            command_calls(raw, "evalsha").await,
+            command_calls(raw, "set").await,
+        ),
+        None => (0, 0),
     };
     let seq = a.bus_status().unwrap().published_seq;
     let done = ua
@@ -309,11 +313,8 @@ async fn batch_writes(shared: &Shared, raw: Option<&fred::prelude::Client>) {
         "one message"
     );
     if let Some(raw) = raw {
-        assert_eq!(
-            command_calls(raw, "evalsha").await - evals,
-            1,
-            "one script run"
-        );
+        assert_eq!(command_calls(raw, "evalsha").await - evals, 0, "no script");
+        assert_eq!(command_calls(raw, "set").await - sets, 3, "a SET per entry");
     }
     support::caught_up(&b, &a).await;
     let got: Vec<Option<String>> = ub.get_many(&[1, 2, 3]).await.iter().map(value).collect();
@@ -351,7 +352,7 @@ async fn batch_writes(shared: &Shared, raw: Option<&fred::prelude::Client>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_writes_are_one_script_and_one_message() {
+async fn batch_writes_are_one_round_trip_and_one_message() {
     let server = redis();
     let raw = raw_client(&server).await;
     batch_writes(&Shared::Redis(server), Some(&raw)).await;
@@ -367,6 +368,93 @@ async fn batch_writes_in_memory() {
     batch_writes(&Shared::Memory(MemoryServer::new()), None).await;
 }
 
+/// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's
+/// generation after them (the fence). When the generation key is gone (a `FLUSHALL`, a restart
+/// without persistence), that `GET` finds nothing: every entry of an `insert_many` counts as
+/// fenced and is written again under the generation read anew, so none is lost. A batch load's
+/// fills are cache fills: fenced, they stay out of Redis (counted as lost fills) and the
+/// generation is read anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    // No heartbeats: every few, the bus renews the generation.
+    let quiet = || {
+        shared
+            .builder("lost")
+            .bus_heartbeat_interval(Duration::from_secs(3600))
+            .bus_heartbeat_timeout(Duration::from_secs(7200))
+            .build()
+    };
+    let a = quiet().await.unwrap();
+    let r = users(&a).await;
+    r.insert_many([(&0, "warm-up".to_owned())]).await;
+    let generation_key = support::all_keys(&raw)
+        .await
+        .into_iter()
+        .find(|k| k.starts_with("lost:") && k.ends_with(":gen"))
+        .expect("the region's generation key");
+    let load = |ids: Vec<u64>| {
+        std::future::ready(Ok::<_, std::io::Error>(
+            ids.into_iter()
+                .map(|i| (i, format!("u{i}")))
+                .collect::<Vec<_>>(),
+        ))
+    };
+
+    // A batch load's fills over nothing: a `SET NX` each and the fence, no script.
+    let (evals, sets) = (
+        command_calls(&raw, "evalsha").await,
+        command_calls(&raw, "set").await,
+    );
+    let got = r.get_or_load_many(&[10, 11], load).await;
+    assert_eq!(
+        got.iter().map(value).collect::<Vec<_>>(),
+        [Some("u10".into()), Some("u11".into())]
+    );
+    assert_eq!(command_calls(&raw, "evalsha").await - evals, 0);
+    assert_eq!(command_calls(&raw, "set").await - sets, 2);
+
+    let before = r.generation().unwrap();
+    support::cmd(&raw, "DEL", &[generation_key.as_str()]).await;
+    let done = r
+        .insert_many([(&1, "one".to_owned()), (&2, "two".to_owned())])
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let after = r.generation().unwrap();
+    assert!(after > before, "the batch did not read the generation anew");
+    // A fresh instance reads the rewritten batch.
+    let fresh = quiet().await.unwrap();
+    let rf = users(&fresh).await;
+    assert_eq!(rf.generation(), Some(after));
+    let got: Vec<Option<String>> = rf.get_many(&[1, 2]).await.iter().map(value).collect();
+    assert_eq!(
+        got,
+        [Some("one".to_owned()), Some("two".to_owned())],
+        "the batch was lost"
+    );
+    fresh.shutdown().await;
+
+    // (Losing the generation again abandons the key space once more: 1 and 2 with it.)
+    support::cmd(&raw, "DEL", &[generation_key.as_str()]).await;
+    let lost = a.stats().l2_fills_lost;
+    let got = r.get_or_load_many(&[3, 4], load).await;
+    let got: Vec<Option<String>> = got.iter().map(value).collect();
+    assert_eq!(got, [Some("u3".to_owned()), Some("u4".to_owned())]);
+    assert_eq!(a.stats().l2_fills_lost - lost, 2, "both fills fenced");
+    let now = r.generation().unwrap();
+    assert!(now > after, "the load did not read the generation anew");
+    // Neither fill is in the live key space: a fresh instance finds nothing.
+    let fresh = quiet().await.unwrap();
+    let rf = users(&fresh).await;
+    assert_eq!(rf.generation(), Some(now));
+    let got: Vec<Option<String>> = rf.get_many(&[3, 4]).await.iter().map(value).collect();
+    assert_eq!(got, [None, None]);
+    a.shutdown().await;
+    fresh.shutdown().await;
+}
+
 /// Thousands of keys go in chunks (reads: 1,000 keys; writes: 200); when the store is down, every key is
 /// journaled and repaired once it is back, before anything stale can be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,14 +462,28 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     let server = redis();
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
-    let c = shared.builder("big").build().await.unwrap();
+    // No heartbeat during the counts (every few, the bus renews the generation).
+    let c = shared
+        .builder("big")
+        .bus_heartbeat_interval(Duration::from_secs(3600))
+        .bus_heartbeat_timeout(Duration::from_secs(7200))
+        .build()
+        .await
+        .unwrap();
     let r = users(&c).await;
     let keys: Vec<u64> = (0..2500).collect();
-    r.insert_many([(&0, "warm-up".to_owned())]).await; // loads the batch script
-    let evals = command_calls(&raw, "evalsha").await;
+    r.insert_many([(&0, "warm-up".to_owned())]).await;
+    let (evals, sets, gets) = (
+        command_calls(&raw, "evalsha").await,
+        command_calls(&raw, "set").await,
+        command_calls(&raw, "get").await,
+    );
     let done = r.insert_many(keys.iter().map(|k| (k, k.to_string()))).await;
     assert!(done.iter().all(Result::is_ok));
-    assert_eq!(command_calls(&raw, "evalsha").await - evals, 13);
+    // 13 chunks of at most 200: a `SET` per entry, the fence's `GET` once per chunk.
+    assert_eq!(command_calls(&raw, "evalsha").await - evals, 0);
+    assert_eq!(command_calls(&raw, "set").await - sets, 2500);
+    assert_eq!(command_calls(&raw, "get").await - gets, 13);
     c.clear_l1();
     let got = r.get_many(&keys).await;
     assert!(got
@@ -430,7 +532,7 @@ async fn a_hundred_thousand_keys_in_one_call() {
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
     // No heartbeat during the test: every few heartbeats the bus renews the region's
-    // generation with a script, which the EVALSHA count below would see.
+    // generation, which the command counts below would see.
     let c = shared
         .builder("huge")
         .bus_heartbeat_interval(Duration::from_secs(3600))
@@ -444,8 +546,9 @@ async fn a_hundred_thousand_keys_in_one_call() {
     support::cmd(&raw, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await;
     support::cmd(&raw, "CONFIG", &["SET", "slowlog-max-len", "100000"]).await;
     support::cmd(&raw, "SLOWLOG", &["RESET"]).await;
-    let (evals, mgets) = (
-        command_calls(&raw, "evalsha").await,
+    let (sets, gets, mgets) = (
+        command_calls(&raw, "set").await,
+        command_calls(&raw, "get").await,
         command_calls(&raw, "mget").await,
     );
     let done = r
@@ -456,10 +559,15 @@ async fn a_hundred_thousand_keys_in_one_call() {
     c.clear_l1();
     let got = r.get_many(&keys).await;
     assert!(got.iter().all(|v| value(v).as_deref() == Some("v")));
-    assert_eq!(command_calls(&raw, "evalsha").await - evals, 500);
+    assert_eq!(command_calls(&raw, "set").await - sets, 100_000);
+    assert_eq!(
+        command_calls(&raw, "get").await - gets,
+        500,
+        "a fence per 200 writes"
+    );
     assert_eq!(command_calls(&raw, "mget").await - mgets, 100);
     let log = support::slow_log(&raw).await;
-    for name in ["EVALSHA", "MGET"] {
+    for name in ["SET", "GET", "MGET"] {
         let mut took: Vec<Duration> = log
             .iter()
             .filter(|(_, n)| n == name)

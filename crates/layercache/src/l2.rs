@@ -133,6 +133,18 @@ fn set_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
     write_span("SET", condition, announced)
 }
 
+/// The span of a batch write: `operation` is `EVALSHA` (the batch script) or `SET` (a plain
+/// batch sent without one).
+fn set_many_span(operation: &'static str, entries: usize) -> tracing::Span {
+    tracing::debug_span!(
+        "layercache.l2.set_many",
+        db.system = "redis",
+        db.operation.name = operation,
+        otel.kind = "client",
+        entries
+    )
+}
+
 /// Whether a Redis error is a `NOSCRIPT` reply: the server does not have the script.
 fn is_noscript_reply(e: &Error) -> bool {
     e.to_string().contains("NOSCRIPT")

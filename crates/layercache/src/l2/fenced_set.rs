@@ -13,12 +13,16 @@
 //! reports it, and the caller writes again under the current generation; the copy left in the
 //! abandoned key space is never read and expires with its TTL.
 //!
+//! A batch of plain writes (`insert_many`, `get_or_load_many`'s fills over nothing) goes the
+//! same way: a `SET` per entry, then one `GET` of the generation key, so the `GET` answering the
+//! fence shows every `SET` before it landed in the live key space.
+//!
 //! Hot-path note: Redis 7.0 charged ~29 µs for the fill script against ~5 µs for a `SET` on this
 //! machine (`INFO commandstats`); the `GET` of a short key adds ~1 µs. See docs/BENCHMARKS.md.
 
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use crate::remote::{Filled, Write, WriteMode};
+use crate::remote::{BatchWrite, Filled, Write, WriteMode};
 
 /// The commands of a write with a plain condition, or `None` when the condition needs the fill
 /// script. The generation key's `GET` comes last when there is a fence.
@@ -53,6 +57,51 @@ pub(super) fn commands(write: Write<'_>) -> Commands {
         commands.push((
             CustomCommand::new_static("GET", slot(write.generation_key), false),
             vec![Value::from(write.generation_key)],
+        ));
+    }
+    commands
+}
+
+/// Whether every entry of `batch` is plain: "set" or "set if absent", no source version (a
+/// batch carries no tags or marks).
+pub(super) fn plain_batch(batch: &BatchWrite<'_>) -> bool {
+    batch.entries.iter().all(plain_entry)
+}
+
+/// Whether one entry of a batch is plain (see [`plain_batch`]).
+pub(super) fn plain_entry(entry: &crate::remote::BatchEntry) -> bool {
+    matches!(entry.mode, WriteMode::Set | WriteMode::Nx) && entry.version.is_none()
+}
+
+/// The `SET … PX ttl [NX]` of every entry of a plain batch, in order, and, with a fence, the
+/// `GET` of the generation key after them.
+pub(super) fn batch_commands(batch: BatchWrite<'_>) -> Commands {
+    let mut commands = Vec::with_capacity(batch.entries.len() + 1);
+    for e in batch.entries {
+        let condition = crate::remote::WriteCondition {
+            mode: &e.mode,
+            marks: &[],
+            fence: None,
+            version: None,
+        };
+        commands.extend(self::commands(Write {
+            key: &e.key,
+            value: e.value,
+            ttl_ms: e.ttl_ms,
+            tags: Vec::new(),
+            condition,
+            generation_key: batch.generation_key,
+        }));
+    }
+    if batch.fence.is_some() {
+        let key = batch.generation_key;
+        commands.push((
+            CustomCommand::new_static(
+                "GET",
+                ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+                false,
+            ),
+            vec![Value::from(key)],
         ));
     }
     commands
@@ -153,6 +202,42 @@ mod tests {
             Filled::Fenced
         );
         assert_eq!(outcome(&ok, None, None), Filled::Written);
+    }
+
+    fn batch(modes: Vec<WriteMode>, fence: Option<u64>) -> BatchWrite<'static> {
+        BatchWrite {
+            entries: modes
+                .into_iter()
+                .enumerate()
+                .map(|(i, mode)| crate::remote::BatchEntry {
+                    key: format!("lc:r:7:k{i}"),
+                    value: b"v".to_vec(),
+                    ttl_ms: 500,
+                    mode,
+                    version: None,
+                })
+                .collect(),
+            fence,
+            generation_key: "lc:r:gen",
+        }
+    }
+
+    #[test]
+    fn a_plain_batch_is_a_set_per_entry_then_the_fence() {
+        let b = batch(vec![WriteMode::Nx, WriteMode::Set, WriteMode::Nx], Some(7));
+        assert!(plain_batch(&b));
+        let c = batch_commands(b);
+        assert_eq!(c.len(), 4);
+        let arity: Vec<usize> = c.iter().map(|(_, a)| a.len()).collect();
+        assert_eq!(arity, [5, 4, 5, 1], "SET … NX, SET, SET … NX, GET");
+        assert_eq!(c[1].1[0].as_str().as_deref(), Some("lc:r:7:k1"));
+        assert_eq!(c[3].1[0].as_str().as_deref(), Some("lc:r:gen"));
+        assert_eq!(batch_commands(batch(vec![WriteMode::Set], None)).len(), 1);
+        let cas = WriteMode::Cas(crate::remote::SeenEntry::of(b"x"));
+        assert!(!plain_batch(&batch(vec![WriteMode::Nx, cas], Some(7))));
+        let mut versioned = batch(vec![WriteMode::Set], Some(7));
+        versioned.entries[0].version = Some(3);
+        assert!(!plain_batch(&versioned));
     }
 
     #[test]

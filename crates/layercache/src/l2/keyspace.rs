@@ -210,13 +210,12 @@ impl RedisStore {
             generation_key,
         } = batch;
         let mut results = Vec::with_capacity(entries.len());
-        let span = tracing::debug_span!(
-            "layercache.l2.set_many",
-            db.system = "redis",
-            db.operation.name = "EVALSHA",
-            otel.kind = "client",
-            entries = entries.len()
-        );
+        let operation = if entries.iter().all(super::fenced_set::plain_entry) {
+            "SET"
+        } else {
+            "EVALSHA"
+        };
+        let span = super::set_many_span(operation, entries.len());
         async {
             while !entries.is_empty() {
                 let rest = entries.split_off(entries.len().min(crate::remote::MAX_BATCH_WRITE));
@@ -225,6 +224,12 @@ impl RedisStore {
                     fence,
                     generation_key,
                 };
+                if super::fenced_set::plain_batch(&chunk) {
+                    // No script (see `fenced_set`): a `SET` per entry, then the fence's `GET`.
+                    results.extend(self.fill_batch_plain(chunk).await?);
+                    entries = rest;
+                    continue;
+                }
                 let (keys, args) = fill_batch_command(&mut chunk);
                 let replies: Vec<i64> = self
                     .script(

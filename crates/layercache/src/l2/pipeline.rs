@@ -142,7 +142,54 @@ pub(super) fn unexpected(what: &str) -> fred::error::Error {
     )
 }
 
+/// What the replies of a plain batch's [`fenced_set::batch_commands`] say, one per entry: every
+/// `SET`'s reply (`nil`: a `SET NX` found the key taken), then with a fence the generation's
+/// `GET`. An error reply to any `SET` fails the batch (as an error inside the batch script did).
+fn plain_batch_outcome(
+    mut replies: Vec<Result<Value, fred::error::Error>>,
+    n: usize,
+    fence: Option<u64>,
+    what: &'static str,
+) -> Result<Vec<Filled>> {
+    if replies.len() != n + usize::from(fence.is_some()) {
+        return Err(map_err(what, unexpected(what)));
+    }
+    let generation = match fence {
+        Some(_) => Some(
+            replies
+                .pop()
+                .transpose()
+                .map_err(|e| map_err("redis GET (generation)", e))?
+                .unwrap_or(Value::Null),
+        ),
+        None => None,
+    };
+    replies
+        .into_iter()
+        .map(|set| {
+            let set = set.map_err(|e| map_err("redis SET", e))?;
+            Ok(fenced_set::outcome(&set, generation.as_ref(), fence))
+        })
+        .collect()
+}
+
 impl RedisStore {
+    /// A plain batch (see [`fenced_set::plain_batch`]) without a script: a `SET` per entry and
+    /// the fence's `GET`, handed to the connection back to back.
+    pub(super) async fn fill_batch_plain(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
+        let what = "redis SET × n + GET (generation)";
+        let (n, fence) = (batch.entries.len(), batch.fence);
+        let commands = fenced_set::batch_commands(batch);
+        let expected = commands.len();
+        let replies = self
+            .bounded(what, |c| {
+                let sent = send_each(c, commands);
+                async move { pipeline_outcome(replies(sent).await, expected, what) }
+            })
+            .await?;
+        plain_batch_outcome(replies, n, fence, what)
+    }
+
     /// `PUBLISH` of a bus message numbered by `sequencer`: the number is taken and the command
     /// handed to the connection under the sequencer's lock, so messages reach Redis in number
     /// order. Returns the number (0 when the call was skipped before one was taken) and the
@@ -248,14 +295,26 @@ impl RedisStore {
         announcement: Announcement<'_>,
     ) -> Result<(Vec<Filled>, Result<u64>)> {
         let n = batch.entries.len();
+        if fenced_set::plain_batch(&batch) {
+            // No script: a `SET` per entry, the fence's `GET` and the `PUBLISH`, back to back.
+            let what = "redis SET × n + PUBLISH";
+            let Announcement { sequencer, message } = announcement;
+            let fence = batch.fence;
+            let commands = fenced_set::batch_commands(batch);
+            let (taken, replies) = self
+                .sequenced(what, commands, sequencer, message)
+                .instrument(super::set_many_span("SET", n))
+                .await;
+            let mut replies = replies?;
+            let published = replies
+                .pop()
+                .ok_or_else(|| map_err(what, unexpected("SET × n + PUBLISH")))?
+                .map(|_| taken)
+                .map_err(|e| map_err("redis PUBLISH", e));
+            return Ok((plain_batch_outcome(replies, n, fence, what)?, published));
+        }
         let (keys, args) = fill_batch_command(&mut batch);
-        let span = tracing::debug_span!(
-            "layercache.l2.set_many",
-            db.system = "redis",
-            db.operation.name = "EVALSHA",
-            otel.kind = "client",
-            entries = n
-        );
+        let span = super::set_many_span("EVALSHA", n);
         let what = "redis EVALSHA (fill batch) + PUBLISH";
         let (reply, published) = self
             .script_announced(what, &SCRIPTS.fill_batch, keys, args, announcement)
