@@ -455,6 +455,55 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
     fresh.shutdown().await;
 }
 
+/// On a cluster each bucket keeps its own copy of the region's generation, laid out by the
+/// bucket's first write under it. A new region's first batch finds every copy missing (behind
+/// the fence): each bucket is caught up and its entries stand — a batch load's fills too, which
+/// would otherwise be dropped as fenced. After `invalidate_all` (which raises the copies), a
+/// batch of plain writes lands under the new generation. A fresh instance reads it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_batch_on_a_cluster_catches_every_bucket_up() {
+    let shared = Shared::Cluster(support::cluster());
+    let a = shared.builder("catch").build().await.unwrap();
+    let r = users(&a).await;
+    let keys: Vec<u64> = (0..300).collect();
+    let read = |r: Region<u64, String>, keys: Vec<u64>, want: &'static str| async move {
+        let got = r.get_many(&keys).await;
+        let wrong: Vec<(usize, Option<String>)> = got
+            .iter()
+            .map(value)
+            .enumerate()
+            .filter(|(i, v)| v.as_deref() != Some(format!("{want}{i}").as_str()))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    };
+
+    let lost = a.stats().l2_fills_lost;
+    let got = r
+        .get_or_load_many(&keys, |ids: Vec<u64>| {
+            std::future::ready(Ok::<_, std::io::Error>(
+                ids.into_iter()
+                    .map(|i| (i, format!("loaded{i}")))
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .await;
+    assert!(got.iter().all(|v| value(v).is_some()));
+    assert_eq!(a.stats().l2_fills_lost, lost, "a fill was fenced");
+    let fresh = shared.builder("catch").build().await.unwrap();
+    let rf = users(&fresh).await;
+    read(rf.clone(), keys.clone(), "loaded").await;
+
+    r.invalidate_all().await.unwrap();
+    let done = r
+        .insert_many(keys.iter().map(|k| (k, format!("new{k}"))))
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    support::caught_up(&fresh, &a).await;
+    read(rf, keys, "new").await;
+    a.shutdown().await;
+    fresh.shutdown().await;
+}
+
 /// Thousands of keys go in chunks (reads: 1,000 keys; writes: 200); when the store is down, every key is
 /// journaled and repaired once it is back, before anything stale can be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,9 +26,7 @@ use tracing::Instrument;
 use crate::{
     breaker::{Breaker, Verdict},
     error::{Error, ErrorKind, Result},
-    remote::{
-        Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write, WriteCondition, WriteMode,
-    },
+    remote::{Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write, WriteMode},
     stats::Counters,
 };
 
@@ -39,6 +37,7 @@ mod keyspace;
 mod pipeline;
 mod pool;
 mod scripts;
+mod spans;
 mod subscriber;
 
 use connect::end_task;
@@ -46,6 +45,7 @@ pub(crate) use connect::{connect_store, redact_url, L2Settings};
 use pipeline::pipeline_outcome;
 use pool::{Conn, Lane};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};
+use spans::{fill_span, set_many_span, set_span};
 pub(crate) use subscriber::RedisSubscriber;
 
 /// How much later than fred's own command timeout our backstop timeout fires.
@@ -103,46 +103,6 @@ fn is_outage(e: &fred::error::Error) -> bool {
         K::Unknown => e.details().contains("channel closed"),
         _ => false,
     }
-}
-
-/// The span of one conditional write: `operation` is `EVALSHA` for the fill script, `SET` for
-/// a plain write sent without it (see [`fenced_set`]); `announced`: sent with its bus message.
-fn write_span(
-    operation: &'static str,
-    condition: &WriteCondition<'_>,
-    announced: bool,
-) -> tracing::Span {
-    tracing::debug_span!(
-        "layercache.l2.set",
-        db.system = "redis",
-        db.operation.name = operation,
-        otel.kind = "client",
-        mode = condition.mode.name(),
-        fenced = condition.fence.is_some(),
-        announced
-    )
-}
-
-/// [`write_span`] of one run of the fill script.
-fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
-    write_span("EVALSHA", condition, announced)
-}
-
-/// [`write_span`] of a plain write sent without a script.
-fn set_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
-    write_span("SET", condition, announced)
-}
-
-/// The span of a batch write: `operation` is `EVALSHA` (the batch script) or `SET` (a plain
-/// batch sent without one).
-fn set_many_span(operation: &'static str, entries: usize) -> tracing::Span {
-    tracing::debug_span!(
-        "layercache.l2.set_many",
-        db.system = "redis",
-        db.operation.name = operation,
-        otel.kind = "client",
-        entries
-    )
 }
 
 /// Whether a Redis error is a `NOSCRIPT` reply: the server does not have the script.

@@ -37,6 +37,7 @@ use crate::{
 
 mod keyspace;
 pub(crate) mod placement;
+mod plain_batch;
 mod seam;
 
 use placement::{place, Bucket};
@@ -315,13 +316,9 @@ impl ClusterStore {
             generation_key,
         } = batch;
         let n = entries.len();
-        let span = tracing::debug_span!(
-            "layercache.l2.set_many",
-            db.system = "redis",
-            db.operation.name = "EVALSHA",
-            otel.kind = "client",
-            entries = n
-        );
+        // Plain entries under a fence go without a script (see `fenced_set`).
+        let plain = fence.is_some() && entries.iter().all(super::fenced_set::plain_entry);
+        let span = super::set_many_span(if plain { "SET" } else { "EVALSHA" }, n);
         async {
             // Per bucket, the entries' positions and the entries (keys placed).
             let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<crate::remote::BatchEntry>)> =
@@ -333,7 +330,7 @@ impl ClusterStore {
                 g.0.push(i);
                 g.1.push(e);
             }
-            let mut chunks: Vec<(Bucket, Vec<usize>, Vec<crate::remote::BatchEntry>)> = Vec::new();
+            let mut chunks: Vec<plain_batch::Chunk> = Vec::new();
             for (b, (mut at, mut es)) in groups {
                 while !es.is_empty() {
                     let k = es.len().min(crate::remote::MAX_BATCH_WRITE);
@@ -343,6 +340,11 @@ impl ClusterStore {
                     es = rest_e;
                     at = rest_at;
                 }
+            }
+            if let (true, Some(fence)) = (plain, fence) {
+                return self
+                    .fill_plain_chunks(chunks, n, fence, generation_key)
+                    .await;
             }
             // Built once: sent again after a catch-up, a command clones reference-counted bytes.
             let mut pending: Vec<(Bucket, Vec<usize>, Command)> = chunks
