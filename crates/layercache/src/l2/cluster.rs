@@ -305,8 +305,10 @@ impl ClusterStore {
         .await
     }
 
-    /// Batch fills: one script per bucket (and per [`MAX_BATCH_WRITE`] entries), pipelined; a
-    /// bucket whose fence was behind is caught up and sent again once.
+    /// Batch fills, per bucket (and per [`MAX_BATCH_WRITE`] entries), pipelined: plain entries
+    /// under a fence as a `SET` each and the `GET` of the bucket's generation copy (see
+    /// `plain_batch`), others as one script; a bucket whose fence was behind is caught up (and
+    /// its script sent again once).
     ///
     /// [`MAX_BATCH_WRITE`]: crate::remote::MAX_BATCH_WRITE
     async fn fill_many(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {

@@ -200,7 +200,9 @@ impl RedisStore {
         parse_scan_reply(reply, "SSCAN")
     }
 
-    /// Several writes of one region: one `fill_batch.lua` run per [`MAX_BATCH_WRITE`] entries.
+    /// Several writes of one region, one round trip per [`MAX_BATCH_WRITE`] entries: a `SET` per
+    /// entry and the fence's `GET` when every entry is plain (see `fenced_set`), else one
+    /// `fill_batch.lua` run.
     ///
     /// [`MAX_BATCH_WRITE`]: crate::remote::MAX_BATCH_WRITE
     pub(crate) async fn fill_batch(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
