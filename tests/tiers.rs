@@ -719,7 +719,52 @@ async fn a_full_l1_takes_a_key_read_from_redis_at_its_second_read(shared: &Share
     writer.shutdown().await;
 }
 
+/// A key a full L1 holds, taken out because another instance wrote it, goes back in at its
+/// first read from Redis: it left for the write, not for want of room. (Keys this instance
+/// loaded never passed the doorkeeper; before, each write elsewhere cost such a hot key one
+/// more Redis read, and every reader of it meanwhile.)
+async fn a_key_written_elsewhere_goes_back_into_a_full_l1_at_its_first_read(shared: &Shared) {
+    use layercache::{Held, NextGet};
+    let writer = shared.builder("door-back").build().await.unwrap();
+    let w = writer.region::<str, u64>("r").build().await.unwrap();
+    let reader = shared
+        .builder("door-back")
+        .max_capacity(4)
+        .l1_write_cooldown(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let r = reader.region::<str, u64>("r").build().await.unwrap();
+    for i in 0..4u64 {
+        let got = r
+            .get_or_load(&format!("k{i}"), move |_| async move {
+                Ok::<_, std::io::Error>(i)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*got, i);
+    }
+    reader.run_pending_tasks().await;
+    assert_eq!(reader.l1_entry_count(), 4, "L1 is full");
+
+    w.insert("k0", 100).await.unwrap();
+    support::caught_up(&reader, &writer).await;
+    assert_eq!(
+        r.explain("k0").await.l1,
+        Held::Nothing,
+        "the write took it out"
+    );
+    assert_eq!(r.get("k0").await.unwrap().as_deref(), Some(&100));
+    let why = r.explain("k0").await;
+    assert!(matches!(why.l1, Held::Entry(_)), "{why:?}");
+    assert_eq!(why.next_get, NextGet::FromL1, "{why:?}");
+    assert_eq!(reader.stats().l1_door_skips, 0);
+    reader.shutdown().await;
+    writer.shutdown().await;
+}
+
 on_redis_and_cluster!(
+    a_key_written_elsewhere_goes_back_into_a_full_l1_at_its_first_read,
     a_full_l1_takes_a_key_read_from_redis_at_its_second_read,
     an_l1_hit_sends_no_command_to_redis,
     values_round_trip_through_both_tiers_and_a_second_instance,

@@ -11,7 +11,9 @@
 //!
 //! Only reads from Redis pass the door, and only while L1 is full: below capacity every value
 //! goes in (nothing would be evicted for it), and values this instance loaded or wrote always
-//! go in. Skipping an L1 fill is always safe: the next read goes to Redis.
+//! go in. A key L1 holds when another instance's write takes it out is marked: it left for the
+//! write, not for want of room, and its next read from Redis puts it back. Skipping an L1 fill
+//! is always safe: the next read goes to Redis.
 //!
 //! The bits are a fixed array of atomic words: constant memory (8 KiB), no lock. They are
 //! cleared every `BITS / 2` marks (a window of the last ~32,000 Redis reads), so a key must be
@@ -73,6 +75,11 @@ impl Doorkeeper {
             }
         }
         false
+    }
+
+    /// Marks `key` as read within the window: its next read from Redis may go in L1.
+    pub(crate) fn mark(&self, key: &[u8]) {
+        let _ = self.seen_again(key);
     }
 }
 

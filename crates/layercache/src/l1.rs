@@ -299,6 +299,15 @@ impl L1 {
     /// [`crate::cooldown`]). The caller removes it.
     pub(crate) fn written_elsewhere(&self, key: &[u8]) {
         self.cooldown.written_elsewhere(key);
+        // A copy held here goes out for a write, not for want of room: the key keeps its place
+        // at the door, so its next read from Redis puts it back at once. (A key that came in
+        // by a load or a write of this instance never passed the door: without this, each
+        // write elsewhere cost a hot key one more Redis read, and its readers with it.)
+        if let Some(door) = &self.door {
+            if self.contains(key) {
+                door.mark(key);
+            }
+        }
     }
 
     /// Whether `key` may be put in L1 now (it is not cooling down after another instance's
