@@ -516,6 +516,7 @@ async fn an_insert_during_a_slow_load_wins(shared: &Shared) {
     // The slow caller's read began before the insert; it may see "old" itself...
     assert_eq!(&*slow.await.unwrap().unwrap(), "old");
     // ...but "old" must not land in either tier afterwards.
+    assert_eq!(cache.stats().l1_fills_overtaken, 1, "{}", cache.stats());
     assert_eq!(&*region.get("k").await.unwrap().unwrap(), "new");
     let other = shared.builder("race").build().await.unwrap();
     let r2 = other.region::<str, String>("r").build().await.unwrap();

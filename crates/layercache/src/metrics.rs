@@ -25,6 +25,7 @@
 //! | `layercache_coalesced_total` | counter | `cache`, `region` | reads that joined a fetch or load already running |
 //! | `layercache_l1_cooldown_skips_total` | counter | `cache`, `region` | values served but kept out of L1 (another instance wrote the key a moment ago) |
 //! | `layercache_l1_door_skips_total` | counter | `cache`, `region` | values read from Redis while L1 was full, kept out of it at their key's first read (the doorkeeper) |
+//! | `layercache_l1_fills_overtaken_total` | counter | `cache`, `region` | values read or loaded but kept out of L1 because a write of their key overtook the fetch |
 //! | `layercache_loads_total` | counter | `cache`, `region`, `kind` (`caller`, `refresh`) | loader runs: on a caller's path, or an early refresh |
 //! | `layercache_load_errors_total` | counter | `cache`, `region` | loader runs that failed, panicked or passed their hard timeout |
 //! | `layercache_load_timeouts_total` | counter | `cache`, `region`, `kind` (`soft`, `hard`) | loads past their soft timeout (a stale value was served) or abandoned at the hard one |

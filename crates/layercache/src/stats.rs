@@ -82,6 +82,7 @@ pub(crate) struct Counters {
     pub(crate) l2_versions_refused: Counter,
     pub(crate) l1_cooldown_skips: Counter,
     pub(crate) l1_door_skips: Counter,
+    pub(crate) l1_fills_overtaken: Counter,
     pub(crate) generation_repairs: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
@@ -132,6 +133,7 @@ impl Counters {
             l2_repair_bypasses: self.l2_repair_bypasses.get(),
             l2_versions_refused: self.l2_versions_refused.get(),
             l1_cooldown_skips: self.l1_cooldown_skips.get(),
+            l1_fills_overtaken: self.l1_fills_overtaken.get(),
             l1_door_skips: self.l1_door_skips.get(),
             generation_repairs: self.generation_repairs.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
@@ -240,6 +242,10 @@ pub struct Stats {
     /// first read from Redis within the doorkeeper's window (see
     /// [`LayerCacheBuilder::l1_doorkeeper`](crate::LayerCacheBuilder::l1_doorkeeper)).
     pub l1_door_skips: u64,
+    /// Values read from Redis or loaded, served to their callers but not kept in L1 because a
+    /// write of their key (here, or another instance's, announced) overtook the fetch: the
+    /// next read fetches again. Many per write on a write-hot key.
+    pub l1_fills_overtaken: u64,
     /// Region generations found in Redis below one already used here (lost and created again
     /// by an instance whose clock is behind), moved forward and announced.
     pub generation_repairs: u64,
@@ -290,6 +296,7 @@ impl Stats {
         self.l2_repair_bypasses += other.l2_repair_bypasses;
         self.l2_versions_refused += other.l2_versions_refused;
         self.l1_cooldown_skips += other.l1_cooldown_skips;
+        self.l1_fills_overtaken += other.l1_fills_overtaken;
         self.l1_door_skips += other.l1_door_skips;
         self.generation_repairs += other.generation_repairs;
         self.l1_flushes += other.l1_flushes;
@@ -343,6 +350,7 @@ impl std::fmt::Display for Stats {
                     ("negative hits", self.negative_hits),
                     ("kept out of l1 (cooldown)", self.l1_cooldown_skips),
                     ("kept out of l1 (doorkeeper)", self.l1_door_skips),
+                    ("kept out of l1 (overtaken)", self.l1_fills_overtaken),
                 ],
             ),
             (

@@ -28,6 +28,9 @@ pub(super) const COUNTERS: &[CounterSpec] = &[
         s.l1_cooldown_skips
     }),
     spec("layercache_l1_door_skips_total", &[], |s| s.l1_door_skips),
+    spec("layercache_l1_fills_overtaken_total", &[], |s| {
+        s.l1_fills_overtaken
+    }),
     spec("layercache_loads_total", &[("kind", "caller")], |s| s.loads),
     spec("layercache_loads_total", &[("kind", "refresh")], |s| {
         s.refreshes

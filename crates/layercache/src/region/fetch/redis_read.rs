@@ -306,6 +306,7 @@ pub(super) fn fill<K, V, C>(
     C: Codec,
 {
     if leader.is_poisoned() {
+        r.counters().l1_fills_overtaken.incr();
         return;
     }
     let key = leader.key();
@@ -316,5 +317,7 @@ pub(super) fn fill<K, V, C>(
     let Some(entry) = r.l1_entry(key.len(), value, options, life) else {
         return;
     };
-    r.cache.l1.insert_guarded(key, entry, leader.guard());
+    if !r.cache.l1.insert_guarded(key, entry, leader.guard()) {
+        r.counters().l1_fills_overtaken.incr();
+    }
 }
