@@ -131,6 +131,58 @@ async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
     );
 }
 
+/// The same for a batch: cut off from Redis, A's `insert_many` answers `Ok` for every key
+/// (journaled) and serves the new values at once; once the link heals the repairs run, and
+/// neither B nor a new instance ever reads an old value back. The batch's commands that timed
+/// out are not replayed after the reconnect either: a later batch's values stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_insert_made_while_cut_off_is_repaired_not_undone() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = via(&proxy, "cutm", Duration::from_millis(300)).await;
+    let b = instance(&server, "cutm").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let keys = ["k0", "k1", "k2", "k3", "k4"];
+    let source = Arc::new(AtomicU64::new(1));
+    let done = ra.insert_many(keys.iter().map(|k| (*k, 1))).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    caught_up(&b, &a).await;
+    for k in keys {
+        assert_eq!(read(&rb, k, &source).await, 1);
+    }
+
+    proxy.cut();
+    source.store(2, Ordering::SeqCst);
+    let done = ra.insert_many(keys.iter().map(|k| (*k, 2))).await;
+    assert!(done.iter().all(Result::is_ok), "journaled: {done:?}");
+    assert_eq!(a.pending_repairs(), keys.len());
+    for k in keys {
+        assert_eq!(read(&ra, k, &source).await, 2);
+    }
+
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    for k in keys {
+        assert_eq!(
+            read(&rb, k, &source).await,
+            2,
+            "B kept the old value of {k}"
+        );
+        assert_eq!(read(&ra, k, &source).await, 2, "A read the old {k} back");
+    }
+    // A later batch stands: nothing of the one cut off lands after it.
+    source.store(3, Ordering::SeqCst);
+    let done = ra.insert_many(keys.iter().map(|k| (*k, 3))).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = instance(&server, "cutm").await;
+    let rc = region(&c).await;
+    for k in keys {
+        assert_eq!(rc.get(k).await.unwrap().as_deref(), Some(&3), "{k}");
+    }
+}
+
 /// While a write is unconfirmed, its key is not served from Redis. `CLIENT PAUSE … WRITE` holds
 /// A's tombstone in Redis (it times out, and lands later) while reads still answer: A must not
 /// read the old value that Redis still holds.
