@@ -42,6 +42,18 @@ fn recording(calls: &Calls) -> impl FnMut(Vec<u64>) -> Rows + Send + 'static {
     }
 }
 
+/// A cache that sends no heartbeat during its test: every few, the bus renews the region's
+/// generation, which the tests' command counts would see.
+async fn quiet_cache(shared: &Shared, name: &str) -> LayerCache {
+    shared
+        .builder(name)
+        .bus_heartbeat_interval(Duration::from_secs(3600))
+        .bus_heartbeat_timeout(Duration::from_secs(7200))
+        .build()
+        .await
+        .unwrap()
+}
+
 fn value(r: &layercache::Result<Option<Arc<String>>>) -> Option<String> {
     r.as_ref().unwrap().as_deref().cloned()
 }
@@ -379,15 +391,8 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
     let server = redis();
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
-    // No heartbeats: every few, the bus renews the generation.
-    let quiet = || {
-        shared
-            .builder("lost")
-            .bus_heartbeat_interval(Duration::from_secs(3600))
-            .bus_heartbeat_timeout(Duration::from_secs(7200))
-            .build()
-    };
-    let a = quiet().await.unwrap();
+    let quiet = || quiet_cache(&shared, "lost");
+    let a = quiet().await;
     let r = users(&a).await;
     r.insert_many([(&0, "warm-up".to_owned())]).await;
     let generation_key = support::all_keys(&raw)
@@ -424,17 +429,25 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
     assert!(done.iter().all(Result::is_ok), "{done:?}");
     let after = r.generation().unwrap();
     assert!(after > before, "the batch did not read the generation anew");
+    // What a fresh instance reads: its generation and the values of `keys`.
+    let fresh_read = |keys: &'static [u64]| {
+        let fresh = quiet();
+        async move {
+            let fresh = fresh.await;
+            let rf = users(&fresh).await;
+            let got: Vec<Option<String>> = rf.get_many(keys).await.iter().map(value).collect();
+            fresh.shutdown().await;
+            (rf.generation(), got)
+        }
+    };
     // A fresh instance reads the rewritten batch.
-    let fresh = quiet().await.unwrap();
-    let rf = users(&fresh).await;
-    assert_eq!(rf.generation(), Some(after));
-    let got: Vec<Option<String>> = rf.get_many(&[1, 2]).await.iter().map(value).collect();
+    let (generation, got) = fresh_read(&[1, 2]).await;
+    assert_eq!(generation, Some(after));
     assert_eq!(
         got,
         [Some("one".to_owned()), Some("two".to_owned())],
         "the batch was lost"
     );
-    fresh.shutdown().await;
 
     // (Losing the generation again abandons the key space once more: 1 and 2 with it.)
     support::cmd(&raw, "DEL", &[generation_key.as_str()]).await;
@@ -446,13 +459,8 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
     let now = r.generation().unwrap();
     assert!(now > after, "the load did not read the generation anew");
     // Neither fill is in the live key space: a fresh instance finds nothing.
-    let fresh = quiet().await.unwrap();
-    let rf = users(&fresh).await;
-    assert_eq!(rf.generation(), Some(now));
-    let got: Vec<Option<String>> = rf.get_many(&[3, 4]).await.iter().map(value).collect();
-    assert_eq!(got, [None, None]);
+    assert_eq!(fresh_read(&[3, 4]).await, (Some(now), vec![None, None]));
     a.shutdown().await;
-    fresh.shutdown().await;
 }
 
 /// On a cluster each bucket keeps its own copy of the region's generation, laid out by the
@@ -511,14 +519,7 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     let server = redis();
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
-    // No heartbeat during the counts (every few, the bus renews the generation).
-    let c = shared
-        .builder("big")
-        .bus_heartbeat_interval(Duration::from_secs(3600))
-        .bus_heartbeat_timeout(Duration::from_secs(7200))
-        .build()
-        .await
-        .unwrap();
+    let c = quiet_cache(&shared, "big").await;
     let r = users(&c).await;
     let keys: Vec<u64> = (0..2500).collect();
     r.insert_many([(&0, "warm-up".to_owned())]).await;
@@ -580,15 +581,7 @@ async fn a_hundred_thousand_keys_in_one_call() {
     let server = redis();
     let raw = raw_client(&server).await;
     let shared = Shared::Redis(server);
-    // No heartbeat during the test: every few heartbeats the bus renews the region's
-    // generation, which the command counts below would see.
-    let c = shared
-        .builder("huge")
-        .bus_heartbeat_interval(Duration::from_secs(3600))
-        .bus_heartbeat_timeout(Duration::from_secs(7200))
-        .build()
-        .await
-        .unwrap();
+    let c = quiet_cache(&shared, "huge").await;
     let r = users(&c).await;
     r.insert_many([(&0, "warm-up".to_owned())]).await;
     let keys: Vec<u64> = (0..100_000).collect();

@@ -256,18 +256,10 @@ impl RedisStore {
         if fenced_set::plain(&write) {
             // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.
             let what = "redis SET + PUBLISH";
-            let Announcement { sequencer, message } = announcement;
-            let commands = fenced_set::commands(write);
-            let (taken, replies) = self
-                .sequenced(what, commands, sequencer, message)
+            let (replies, published) = self
+                .plain_announced(what, fenced_set::commands(write), announcement)
                 .instrument(super::set_span(&condition, true))
-                .await;
-            let mut replies = replies?;
-            let published = replies
-                .pop()
-                .ok_or_else(|| map_err(what, unexpected("SET + PUBLISH")))?
-                .map(|_| taken)
-                .map_err(|e| map_err("redis PUBLISH", e));
+                .await?;
             let filled = plain_outcome(replies, condition.fence, what)?;
             return Ok((filled, published));
         }
@@ -298,19 +290,11 @@ impl RedisStore {
         if fenced_set::plain_batch(&batch) {
             // No script: a `SET` per entry, the fence's `GET` and the `PUBLISH`, back to back.
             let what = "redis SET × n + PUBLISH";
-            let Announcement { sequencer, message } = announcement;
             let fence = batch.fence;
-            let commands = fenced_set::batch_commands(batch);
-            let (taken, replies) = self
-                .sequenced(what, commands, sequencer, message)
+            let (replies, published) = self
+                .plain_announced(what, fenced_set::batch_commands(batch), announcement)
                 .instrument(super::set_many_span("SET", n))
-                .await;
-            let mut replies = replies?;
-            let published = replies
-                .pop()
-                .ok_or_else(|| map_err(what, unexpected("SET × n + PUBLISH")))?
-                .map(|_| taken)
-                .map_err(|e| map_err("redis PUBLISH", e));
+                .await?;
             return Ok((plain_batch_outcome(replies, n, fence, what)?, published));
         }
         let (keys, args) = fill_batch_command(&mut batch);
@@ -330,6 +314,26 @@ impl RedisStore {
             ));
         }
         Ok((written.into_iter().map(filled).collect(), published))
+    }
+
+    /// Plain commands (a write's `SET`s and fence) and their announcement, back to back on the
+    /// bus connection: the commands' replies, and what became of the announcement (its
+    /// sequence number; an error there is the announcement's alone).
+    async fn plain_announced(
+        &self,
+        what: &'static str,
+        commands: fenced_set::Commands,
+        announcement: Announcement<'_>,
+    ) -> Result<(Vec<Result<Value, fred::error::Error>>, Result<u64>)> {
+        let Announcement { sequencer, message } = announcement;
+        let (taken, replies) = self.sequenced(what, commands, sequencer, message).await;
+        let mut replies = replies?;
+        let published = replies
+            .pop()
+            .ok_or_else(|| map_err(what, unexpected(what)))?
+            .map(|_| taken)
+            .map_err(|e| map_err("redis PUBLISH", e));
+        Ok((replies, published))
     }
 
     /// A script and its announcement on the bus in one round trip: `EVALSHA` and `PUBLISH`
