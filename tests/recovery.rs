@@ -38,6 +38,33 @@ async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
         .unwrap()
 }
 
+/// Two instances of one cache: A linked to Redis through a proxy the test can cut (300 ms
+/// command timeout), B directly. Holds the server and the proxy for the test's length.
+struct CutOff {
+    server: layercache_testkit::RedisServer,
+    proxy: Proxy,
+    a: LayerCache,
+    b: LayerCache,
+    ra: Region<str, u64>,
+    rb: Region<str, u64>,
+}
+
+async fn cut_off(name: &str) -> CutOff {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = via(&proxy, name, Duration::from_millis(300)).await;
+    let b = instance(&server, name).await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    CutOff {
+        server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    }
+}
+
 /// Reads through to `source` (the source of truth).
 async fn read(r: &Region<str, u64>, key: &str, source: &Arc<AtomicU64>) -> u64 {
     let s = source.clone();
@@ -61,11 +88,14 @@ async fn repaired(cache: &LayerCache) {
 /// neither A nor B nor a new instance ever reads the old value back from Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidate_made_while_cut_off_is_repaired_not_undone() {
-    let server = redis();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let a = via(&proxy, "cut", Duration::from_millis(300)).await;
-    let b = instance(&server, "cut").await;
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let CutOff {
+        server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    } = cut_off("cut").await;
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
     assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&1));
@@ -99,11 +129,14 @@ async fn an_invalidate_made_while_cut_off_is_repaired_not_undone() {
 /// overwrite a newer value).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
-    let server = redis();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let a = via(&proxy, "cuti", Duration::from_millis(300)).await;
-    let b = instance(&server, "cuti").await;
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let CutOff {
+        server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    } = cut_off("cuti").await;
     let source = Arc::new(AtomicU64::new(1));
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
@@ -137,11 +170,14 @@ async fn an_insert_made_while_cut_off_is_repaired_not_undone() {
 /// out are not replayed after the reconnect either: a later batch's values stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_insert_made_while_cut_off_is_repaired_not_undone() {
-    let server = redis();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let a = via(&proxy, "cutm", Duration::from_millis(300)).await;
-    let b = instance(&server, "cutm").await;
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let CutOff {
+        server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    } = cut_off("cutm").await;
     let keys = ["k0", "k1", "k2", "k3", "k4"];
     let source = Arc::new(AtomicU64::new(1));
     let done = ra.insert_many(keys.iter().map(|k| (*k, 1))).await;
@@ -171,11 +207,13 @@ async fn a_batch_insert_made_while_cut_off_is_repaired_not_undone() {
         );
         assert_eq!(read(&ra, k, &source).await, 2, "A read the old {k} back");
     }
-    // A later batch stands: nothing of the one cut off lands after it.
+    // A later batch stands: nothing of the one cut off lands after it. (No wait needed: a
+    // client replays what it queued when it reconnects, before anything sent since, so a
+    // replay of the cut-off batch would have reached Redis ahead of this batch on the same
+    // connection, whose replies have come back.)
     source.store(3, Ordering::SeqCst);
     let done = ra.insert_many(keys.iter().map(|k| (*k, 3))).await;
     assert!(done.iter().all(Result::is_ok), "{done:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let c = instance(&server, "cutm").await;
     let rc = region(&c).await;
     for k in keys {
@@ -290,11 +328,15 @@ async fn a_full_journal_moves_the_region_generation() {
 /// read back as it was (which would bring every old entry back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidate_all_made_while_cut_off_is_repaired_not_undone() {
-    let server = redis();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let a = via(&proxy, "cutall", Duration::from_millis(300)).await;
-    let b = instance(&server, "cutall").await;
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    // (The server is only held: the test reads Redis through the instances.)
+    let CutOff {
+        server: _server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    } = cut_off("cutall").await;
     ra.insert("k", 1).await.unwrap();
     caught_up(&b, &a).await;
     assert_eq!(rb.get("k").await.unwrap().as_deref(), Some(&1));
