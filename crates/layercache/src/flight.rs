@@ -404,15 +404,21 @@ impl<V> Drop for Leader<V> {
 mod tests {
     use super::*;
 
+    /// The first join of `k` leads its flight, the second waits on it.
+    fn lead_and_wait(f: &Arc<Flights>) -> (Leader<u32>, Slot<u32>) {
+        let Join::Lead(leader) = f.join::<u32>(b"k") else {
+            panic!("the first join leads")
+        };
+        let Join::Wait(rx) = f.join::<u32>(b"k") else {
+            panic!("the second join waits")
+        };
+        (leader, rx)
+    }
+
     #[tokio::test]
     async fn second_caller_waits_and_gets_the_leaders_value() {
         let f = Arc::new(Flights::default());
-        let Join::Lead(leader) = f.join::<u32>(b"k") else {
-            panic!("first caller must lead")
-        };
-        let Join::Wait(rx) = f.join::<u32>(b"k") else {
-            panic!("second caller must wait")
-        };
+        let (leader, rx) = lead_and_wait(&f);
         let _ = leader.finish(Ok(Some(Arc::new(7))));
         assert_eq!(*wait(rx).await.unwrap().unwrap(), 7);
         // Unregistered after finishing: the next caller leads.
@@ -439,12 +445,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_waits_before_the_answer_is_woken_by_it() {
         let f = Arc::new(Flights::default());
-        let Join::Lead(leader) = f.join::<u32>(b"k") else {
-            panic!()
-        };
-        let Join::Wait(rx) = f.join::<u32>(b"k") else {
-            panic!()
-        };
+        let (leader, rx) = lead_and_wait(&f);
         let waiter = tokio::spawn(wait(rx));
         // Let the waiter run until it waits.
         for _ in 0..10 {
@@ -461,12 +462,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_leader_answers_waiters_with_an_error() {
         let f = Arc::new(Flights::default());
-        let Join::Lead(leader) = f.join::<u32>(b"k") else {
-            panic!()
-        };
-        let Join::Wait(rx) = f.join::<u32>(b"k") else {
-            panic!()
-        };
+        let (leader, rx) = lead_and_wait(&f);
         drop(leader);
         assert_eq!(wait(rx).await.unwrap_err().kind(), ErrorKind::Closed);
         assert!(matches!(f.join::<u32>(b"k"), Join::Lead(_)));
