@@ -42,27 +42,43 @@ pub(super) fn plain(write: &Write<'_>) -> bool {
 
 /// The `SET … PX ttl [NX]` of a plain write and, with a fence, the `GET` of the generation key.
 pub(super) fn commands(write: Write<'_>) -> Commands {
-    let slot = |key: &str| ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()));
-    let mut args = vec![
-        Value::from(write.key),
-        Value::Bytes(write.value.into()),
-        Value::from("PX"),
-        Value::from(write.ttl_ms.to_string()),
-    ];
-    if *write.condition.mode == WriteMode::Nx {
-        args.push(Value::from("NX"));
-    }
-    let mut commands = vec![(
-        CustomCommand::new_static("SET", slot(write.key), false),
-        args,
+    let mut commands = vec![set(
+        write.key,
+        write.value,
+        write.ttl_ms,
+        write.condition.mode,
     )];
     if write.condition.fence.is_some() {
-        commands.push((
-            CustomCommand::new_static("GET", slot(write.generation_key), false),
-            vec![Value::from(write.generation_key)],
-        ));
+        commands.push(generation_get(write.generation_key));
     }
     commands
+}
+
+/// The command's hash slot: where a cluster sends it.
+fn slot(key: &str) -> ClusterHash {
+    ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
+}
+
+/// `SET key value PX ttl`, with `NX` for "set if absent".
+fn set(key: &str, value: Vec<u8>, ttl_ms: u64, mode: &WriteMode) -> (CustomCommand, Vec<Value>) {
+    let mut args = vec![
+        Value::from(key),
+        Value::Bytes(value.into()),
+        Value::from("PX"),
+        Value::from(ttl_ms.to_string()),
+    ];
+    if *mode == WriteMode::Nx {
+        args.push(Value::from("NX"));
+    }
+    (CustomCommand::new_static("SET", slot(key), false), args)
+}
+
+/// The fence's read: `GET` of the generation key.
+fn generation_get(key: &str) -> (CustomCommand, Vec<Value>) {
+    (
+        CustomCommand::new_static("GET", slot(key), false),
+        vec![Value::from(key)],
+    )
 }
 
 /// Whether every entry of `batch` is plain: "set" or "set if absent", no source version (a
@@ -79,33 +95,13 @@ pub(super) fn plain_entry(entry: &crate::remote::BatchEntry) -> bool {
 /// The `SET … PX ttl [NX]` of every entry of a plain batch, in order, and, with a fence, the
 /// `GET` of the generation key after them.
 pub(super) fn batch_commands(batch: BatchWrite<'_>) -> Commands {
-    let mut commands = Vec::with_capacity(batch.entries.len() + 1);
-    for e in batch.entries {
-        let condition = crate::remote::WriteCondition {
-            mode: &e.mode,
-            marks: &[],
-            fence: None,
-            version: None,
-        };
-        commands.extend(self::commands(Write {
-            key: &e.key,
-            value: e.value,
-            ttl_ms: e.ttl_ms,
-            tags: Vec::new(),
-            condition,
-            generation_key: batch.generation_key,
-        }));
-    }
+    let mut commands: Commands = batch
+        .entries
+        .into_iter()
+        .map(|e| set(&e.key, e.value, e.ttl_ms, &e.mode))
+        .collect();
     if batch.fence.is_some() {
-        let key = batch.generation_key;
-        commands.push((
-            CustomCommand::new_static(
-                "GET",
-                ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
-                false,
-            ),
-            vec![Value::from(key)],
-        ));
+        commands.push(generation_get(batch.generation_key));
     }
     commands
 }
