@@ -9,12 +9,13 @@ mod support;
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use layercache::{memory::MemoryServer, ErrorKind, LayerCache, Region};
-use support::{command_calls, raw_client, redis, Shared};
+use support::{cmd, command_calls, raw_client, redis, Shared};
 use tokio::sync::Notify;
 
 type Calls = Arc<Mutex<Vec<Vec<u64>>>>;
@@ -694,5 +695,146 @@ async fn a_failed_batch_load_falls_back_to_stale_values() {
     assert!(got
         .iter()
         .all(|g| g.as_ref().is_err_and(|e| e.kind() == ErrorKind::Loader)));
+    c.shutdown().await;
+}
+
+/// Polls every future in order, in this task, until all are done: each enters the cache before
+/// any Redis reply is handled. Their outputs, in order.
+async fn together<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, o) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *o = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// A cache with `coalescing` reads in flight before the rest are coalesced, holding `v{k}` for
+/// every key of `keys` in Redis and nothing in L1.
+async fn coalescing_cache(
+    shared: &Shared,
+    name: &str,
+    coalescing: usize,
+    keys: &[u64],
+) -> (LayerCache, Region<u64, String>) {
+    let c = shared
+        .builder(name)
+        .l2_read_coalescing(coalescing)
+        .l2_command_timeout(Duration::from_secs(5))
+        .bus_heartbeat_interval(Duration::from_secs(3600))
+        .bus_heartbeat_timeout(Duration::from_secs(7200))
+        .build()
+        .await
+        .unwrap();
+    let r = users(&c).await;
+    let values: Vec<(u64, String)> = keys.iter().map(|k| (*k, format!("v{k}"))).collect();
+    let written = r
+        .insert_many(values.iter().map(|(k, v)| (k, v.clone())))
+        .await;
+    assert!(written.iter().all(Result::is_ok));
+    c.clear_l1();
+    (c, r)
+}
+
+/// Reads beyond `l2_read_coalescing` in flight wait and go out together as `MGET`s (at most
+/// 128 keys each), each answered with its own key's value; with coalescing off, every read is
+/// its own `GET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_are_coalesced_each_answered_with_its_own_value() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let keys: Vec<u64> = (0..300).collect();
+    for (name, coalescing) in [("co", 1), ("alone", 0)] {
+        let (c, r) = coalescing_cache(&shared, name, coalescing, &keys).await;
+        let (mgets, gets) = (
+            command_calls(&raw, "mget").await,
+            command_calls(&raw, "get").await,
+        );
+        // Redis holds every reply back for a moment: on a busy machine, the first read's reply
+        // could otherwise come back before the others were first polled, and free its slot.
+        cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
+        let reads = together(keys.iter().map(|k| r.get(k)).collect());
+        let got = tokio::time::timeout(Duration::from_secs(10), reads)
+            .await
+            .expect("reads were stranded");
+        for (k, g) in keys.iter().zip(&got) {
+            assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
+        }
+        let stats = c.stats();
+        let (mgets, gets) = (
+            command_calls(&raw, "mget").await - mgets,
+            command_calls(&raw, "get").await - gets,
+        );
+        assert_eq!(stats.l2_errors, 0, "{stats}");
+        if coalescing == 1 {
+            // The first read went alone; the 299 behind it in one MGET of 128, then the rest.
+            assert_eq!(
+                stats.l2_reads_coalesced, 299,
+                "gets {gets}, mgets {mgets}, {stats}"
+            );
+            assert_eq!((gets, mgets), (1, 3), "{stats}");
+        } else {
+            assert_eq!(stats.l2_reads_coalesced, 0, "{stats}");
+            assert_eq!((gets, mgets), (300, 0), "{stats}");
+        }
+        c.shutdown().await;
+    }
+}
+
+/// The read holding the slot is cancelled while the others wait behind it: they are sent and
+/// answered all the same (the slot hands them on when it is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_read_does_not_strand_the_reads_queued_behind_it() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let keys: Vec<u64> = (0..50).collect();
+    let (c, r) = coalescing_cache(&shared, "cancel", 1, &keys).await;
+    // No reply comes back before the first read is cancelled, however busy the machine.
+    cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
+    let mut first = Box::pin(r.get(&keys[0]));
+    // The first read takes the only slot and sends its GET.
+    std::future::poll_fn(|cx| {
+        assert!(first.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let rest = together(keys[1..].iter().map(|k| r.get(k)).collect());
+    let mut rest = Box::pin(rest);
+    // The others queue behind it ...
+    std::future::poll_fn(|cx| {
+        assert!(rest.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // ... and it is cancelled before its reply is handled.
+    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(10), rest)
+        .await
+        .expect("the queued reads were stranded");
+    for (k, g) in keys[1..].iter().zip(&got) {
+        assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
+    }
+    assert_eq!(c.stats().l2_reads_coalesced, 49, "{}", c.stats());
     c.shutdown().await;
 }

@@ -16,7 +16,7 @@ use crate::{
     l2::redact_url,
     options::{
         EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN,
-        DEFAULT_OFFLOAD_THRESHOLD,
+        DEFAULT_L2_READ_COALESCING, DEFAULT_OFFLOAD_THRESHOLD,
     },
 };
 
@@ -55,6 +55,7 @@ pub struct LayerCacheBuilder {
     l2_connect_timeout: Duration,
     l2_max_command_buffer: usize,
     l2_pool_size: usize,
+    l2_read_coalescing: usize,
     l2_repair_capacity: usize,
     ack_writes: Option<Duration>,
     l2_reconnect_min: Duration,
@@ -97,6 +98,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("l2_max_command_buffer", &self.l2_max_command_buffer)
             .field("l2_pool_size", &self.l2_pool_size)
+            .field("l2_read_coalescing", &self.l2_read_coalescing)
             .field("l2_repair_capacity", &self.l2_repair_capacity)
             .field("ack_writes", &self.ack_writes)
             .field("l2_reconnect_min", &self.l2_reconnect_min)
@@ -150,6 +152,7 @@ impl LayerCacheBuilder {
             l2_connect_timeout: Duration::from_secs(5),
             l2_max_command_buffer: 10_000,
             l2_pool_size: 1,
+            l2_read_coalescing: DEFAULT_L2_READ_COALESCING,
             l2_repair_capacity: 10_000,
             ack_writes: None,
             l2_reconnect_min: Duration::from_millis(100),

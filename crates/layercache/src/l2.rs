@@ -31,6 +31,7 @@ use crate::{
 };
 
 mod cluster;
+mod coalesce;
 mod connect;
 mod fenced_set;
 mod keyspace;
@@ -71,6 +72,8 @@ pub(crate) struct RedisStore {
     counters: Arc<Counters>,
     /// On a cluster: publish with `SPUBLISH` (the bus on sharded pub/sub).
     sharded_bus: bool,
+    /// Concurrent reads coalesced into `MGET`s (one server, `l2_read_coalescing` above 0).
+    coalescer: Option<Arc<coalesce::Coalescer>>,
     /// The cache's name (a label of the round-trip histogram of the `metrics` feature).
     #[cfg_attr(
         not(feature = "metrics"),
@@ -291,7 +294,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
-        Box::pin(RedisStore::get(self, key))
+        Box::pin(self.coalesced_get(key))
     }
 
     fn set_meta<'a>(

@@ -34,6 +34,7 @@
 //! | `layercache_load_locks_total` | counter | `cache`, `region`, `outcome` (`acquired`, `waited`, `taken_over`) | distributed load locks taken, waited for, or given up on |
 //! | `layercache_redis_errors_total` | counter | `cache`, `region`, `kind` (`timeout`, `breaker_open`, `disconnected`, `other`) | Redis calls that failed or were skipped |
 //! | `layercache_redis_writes_total` | counter | `cache`, `region` | values written to Redis |
+//! | `layercache_redis_reads_coalesced_total` | counter | `cache`, `region` | Redis reads that waited for reads in flight and were answered by one shared `MGET` (`l2_read_coalescing`) |
 //! | `layercache_redis_bytes_total` | counter | `cache`, `region`, `stage` (`raw`, `stored`) | bytes written to Redis, before and after compression |
 //! | `layercache_redis_compressed_writes_total` | counter | `cache`, `region` | values written compressed |
 //! | `layercache_redis_extends_total` | counter | `cache`, `region` | sliding-expiration extensions sent |

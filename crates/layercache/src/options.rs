@@ -21,6 +21,10 @@ pub const DEFAULT_L1_WRITE_COOLDOWN: Duration = Duration::from_millis(10);
 /// 64 KiB.
 pub const DEFAULT_OFFLOAD_THRESHOLD: usize = 64 << 10;
 
+/// The default [`LayerCacheBuilder::l2_read_coalescing`](crate::LayerCacheBuilder::l2_read_coalescing):
+/// 1 read in flight before the others are coalesced.
+pub const DEFAULT_L2_READ_COALESCING: usize = 1;
+
 /// The longest timeout, wait or interval any option accepts (`l2_command_timeout`,
 /// `lock_wait`, `loader_hard_timeout`, `bus_heartbeat_timeout`, …): 1 day.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);

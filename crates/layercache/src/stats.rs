@@ -75,6 +75,7 @@ pub(crate) struct Counters {
     pub(crate) breaker_opens: Counter,
     pub(crate) breaker_rejections: Counter,
     pub(crate) l2_disconnected_skips: Counter,
+    pub(crate) l2_reads_coalesced: Counter,
     pub(crate) l2_repairs_recorded: Counter,
     pub(crate) l2_repairs_done: Counter,
     pub(crate) l2_repair_overflows: Counter,
@@ -127,6 +128,7 @@ impl Counters {
             breaker_opens: self.breaker_opens.get(),
             breaker_rejections: self.breaker_rejections.get(),
             l2_disconnected_skips: self.l2_disconnected_skips.get(),
+            l2_reads_coalesced: self.l2_reads_coalesced.get(),
             l2_repairs_recorded: self.l2_repairs_recorded.get(),
             l2_repairs_done: self.l2_repairs_done.get(),
             l2_repair_overflows: self.l2_repair_overflows.get(),
@@ -222,6 +224,9 @@ pub struct Stats {
     /// Redis calls skipped at once because the connection was known to be down (reconnecting;
     /// each also counted in `l2_errors`).
     pub l2_disconnected_skips: u64,
+    /// Redis reads that waited for others in flight and were answered by one shared `MGET`
+    /// (see `LayerCacheBuilder::l2_read_coalescing`).
+    pub l2_reads_coalesced: u64,
     /// Writes and invalidations Redis did not confirm (failed, timed out or skipped), recorded
     /// in the write journal for repair.
     pub l2_repairs_recorded: u64,
@@ -290,6 +295,7 @@ impl Stats {
         self.breaker_opens += other.breaker_opens;
         self.breaker_rejections += other.breaker_rejections;
         self.l2_disconnected_skips += other.l2_disconnected_skips;
+        self.l2_reads_coalesced += other.l2_reads_coalesced;
         self.l2_repairs_recorded += other.l2_repairs_recorded;
         self.l2_repairs_done += other.l2_repairs_done;
         self.l2_repair_overflows += other.l2_repair_overflows;
@@ -383,6 +389,7 @@ impl std::fmt::Display for Stats {
                     ("breaker opens", self.breaker_opens),
                     ("breaker rejections", self.breaker_rejections),
                     ("skipped while disconnected", self.l2_disconnected_skips),
+                    ("reads coalesced", self.l2_reads_coalesced),
                     ("older versions refused", self.l2_versions_refused),
                     ("generation repairs", self.generation_repairs),
                     ("codec errors", self.codec_errors),

@@ -371,6 +371,7 @@ impl LayerCacheBuilder {
             sharded_bus: self.cluster_bus == crate::ClusterBus::Sharded,
             cache_name: self.name.as_str().into(),
             pool_size: self.l2_pool_size,
+            read_coalescing: self.l2_read_coalescing,
         };
         let breaker = Breaker::new(
             BreakerSettings {

@@ -60,4 +60,26 @@ impl LayerCacheBuilder {
         self.l2_pool_size = connections;
         self
     }
+
+    /// How many reads of single keys go to one Redis server at once (per connection of
+    /// [`l2_pool_size`](Self::l2_pool_size)) before the others are coalesced: a read that
+    /// arrives while this many are in flight waits in a queue, and the
+    /// queue goes out as one `MGET` as soon as one of them comes back (at most 128 keys per
+    /// `MGET`). Sparse reads are plain `GET`s as before and wait for no timer; under load, one
+    /// command carries many keys, which saves client and Redis CPU per read (see
+    /// `docs/BENCHMARKS.md`). Counted in [`Stats::l2_reads_coalesced`](crate::Stats).
+    ///
+    /// One difference a coalesced read has: a key holding another Redis type (not written by
+    /// layercache) reads as nothing, where a `GET` would have failed with `WRONGTYPE` and a
+    /// load replaced it; a load's fill over it is refused, and the next read that goes alone
+    /// replaces it. Does nothing on a Redis Cluster (an `MGET` must stay within one slot).
+    /// Sliding-expiration reads and reads under the load lock are never coalesced.
+    ///
+    /// `0` turns coalescing off.
+    ///
+    /// Default: [`DEFAULT_L2_READ_COALESCING`](crate::DEFAULT_L2_READ_COALESCING).
+    pub fn l2_read_coalescing(mut self, max_in_flight: usize) -> Self {
+        self.l2_read_coalescing = max_in_flight;
+        self
+    }
 }

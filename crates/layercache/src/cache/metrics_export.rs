@@ -85,6 +85,9 @@ pub(super) const COUNTERS: &[CounterSpec] = &[
             .saturating_sub(s.l2_disconnected_skips)
     }),
     spec("layercache_redis_writes_total", &[], |s| s.l2_writes),
+    spec("layercache_redis_reads_coalesced_total", &[], |s| {
+        s.l2_reads_coalesced
+    }),
     spec("layercache_redis_bytes_total", &[("stage", "raw")], |s| {
         s.bytes_raw
     }),

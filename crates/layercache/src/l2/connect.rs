@@ -43,6 +43,9 @@ pub(crate) struct L2Settings {
     pub(crate) cache_name: Arc<str>,
     /// How many connections carry commands (`l2_pool_size`, at least 1).
     pub(crate) pool_size: usize,
+    /// How many reads go to one server at once before the rest are coalesced into `MGET`s
+    /// (`l2_read_coalescing`; 0: never).
+    pub(crate) read_coalescing: usize,
 }
 
 impl std::fmt::Debug for L2Settings {
@@ -57,6 +60,7 @@ impl std::fmt::Debug for L2Settings {
             .field("tls_ca_pem", &self.tls_ca_pem.is_some())
             .field("sharded_bus", &self.sharded_bus)
             .field("pool_size", &self.pool_size)
+            .field("read_coalescing", &self.read_coalescing)
             .finish()
     }
 }
@@ -250,6 +254,12 @@ impl super::RedisStore {
             breaker: Arc::new(breaker),
             counters,
             sharded_bus: s.sharded_bus,
+            // Coalescing bounds the reads in flight per store: with a pool, per connection.
+            coalescer: (s.read_coalescing > 0).then(|| {
+                Arc::new(super::coalesce::Coalescer::new(
+                    s.read_coalescing.saturating_mul(s.pool_size.max(1)),
+                ))
+            }),
             cache_name: s.cache_name.clone(),
         };
         if let Some(e) = failed {
@@ -286,6 +296,9 @@ pub(crate) async fn connect_store(
         }
     })?;
     if store.main_client().is_clustered() {
+        // An `MGET` must stay within one slot: reads are not coalesced on a cluster.
+        let mut store = store;
+        store.coalescer = None;
         return Ok(Arc::new(super::cluster::ClusterStore::new(store).await?));
     }
     // A node of a cluster named by a plain URL would answer every other key with `MOVED`: say
