@@ -736,6 +736,17 @@ async fn coalescing_cache(
     coalescing: usize,
     keys: &[u64],
 ) -> (LayerCache, Region<u64, String>) {
+    coalescing_cache_of(shared, name, coalescing, keys, |k| format!("v{k}")).await
+}
+
+/// [`coalescing_cache`] holding `value(k)` for every key.
+async fn coalescing_cache_of(
+    shared: &Shared,
+    name: &str,
+    coalescing: usize,
+    keys: &[u64],
+    value: impl Fn(u64) -> String,
+) -> (LayerCache, Region<u64, String>) {
     let c = shared
         .builder(name)
         .l2_read_coalescing(coalescing)
@@ -746,7 +757,7 @@ async fn coalescing_cache(
         .await
         .unwrap();
     let r = users(&c).await;
-    let values: Vec<(u64, String)> = keys.iter().map(|k| (*k, format!("v{k}"))).collect();
+    let values: Vec<(u64, String)> = keys.iter().map(|k| (*k, value(*k))).collect();
     let written = r
         .insert_many(values.iter().map(|(k, v)| (k, v.clone())))
         .await;
@@ -836,5 +847,60 @@ async fn a_cancelled_read_does_not_strand_the_reads_queued_behind_it() {
         assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
     }
     assert_eq!(c.stats().l2_reads_coalesced, 49, "{}", c.stats());
+    c.shutdown().await;
+}
+
+/// About 600 KiB of letters and digits that LZ4 cannot shrink much, different for every `k`.
+fn big_value(k: u64) -> String {
+    let mut x = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..600 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let c = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                [(x % 62) as usize];
+            char::from(c)
+        })
+        .collect()
+}
+
+/// Large values make small batches: with values of ~600 KiB, every read queued behind the
+/// first goes out in an `MGET` of its own (the first one's size set the running average), and
+/// once the sizes are known, reads go alone as `GET`s — no `MGET` of many large values that
+/// would hold Redis or outlast the command timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_not_coalesced_into_one_big_mget() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let keys: Vec<u64> = (0..20).collect();
+    let (c, r) = coalescing_cache_of(&shared, "big", 1, &keys, big_value).await;
+    for round in 0..2 {
+        c.clear_l1();
+        let (mgets, gets) = (
+            command_calls(&raw, "mget").await,
+            command_calls(&raw, "get").await,
+        );
+        // (See the first coalescing test: no reply before every read was first polled.)
+        cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
+        let reads = together(keys.iter().map(|k| r.get(k)).collect());
+        let got = tokio::time::timeout(Duration::from_secs(20), reads)
+            .await
+            .expect("reads were stranded");
+        for (k, g) in keys.iter().zip(&got) {
+            assert!(value(g) == Some(big_value(*k)), "key {k}");
+        }
+        let (mgets, gets) = (
+            command_calls(&raw, "mget").await - mgets,
+            command_calls(&raw, "get").await - gets,
+        );
+        let stats = c.stats();
+        if round == 0 {
+            assert_eq!((gets, mgets), (1, 19), "one value per MGET: {stats}");
+        } else {
+            assert_eq!((gets, mgets), (20, 0), "reads go alone: {stats}");
+        }
+    }
     c.shutdown().await;
 }

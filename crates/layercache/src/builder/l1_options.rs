@@ -64,8 +64,9 @@ impl LayerCacheBuilder {
     /// How many reads of single keys go to one Redis server at once (per connection of
     /// [`l2_pool_size`](Self::l2_pool_size)) before the others are coalesced: a read that
     /// arrives while this many are in flight waits in a queue, and the
-    /// queue goes out as one `MGET` as soon as one of them comes back (at most 128 keys per
-    /// `MGET`). Sparse reads are plain `GET`s as before and wait for no timer; under load, one
+    /// queue goes out as one `MGET` as soon as one of them comes back (at most 128 keys, and
+    /// about 512 KiB of values by the sizes read lately: values that large on their own are
+    /// read alone). Sparse reads are plain `GET`s as before and wait for no timer; under load, one
     /// command carries many keys, which saves client and Redis CPU per read (see
     /// `docs/BENCHMARKS.md`). Counted in [`Stats::l2_reads_coalesced`](crate::Stats).
     ///

@@ -19,10 +19,18 @@
 //!   `WRONGTYPE`), so a load's fill over it is refused (`SET … NX`) instead of replacing it;
 //!   the next read that goes alone finds the type and replaces it.
 //!
+//! - **Bounded in bytes**: an `MGET` carries at most about [`MAX_COALESCED_BYTES`], going by
+//!   the sizes of the values read lately (a running average), so a batch of large values
+//!   neither holds Redis nor outlasts the command timeout; when values are that large on their
+//!   own, reads go alone (pipelined by fred, as without coalescing).
+//!
 //! Hot-path note: the queue is a `std::sync::Mutex` held for a push or a swap, never across an
-//! await.
+//! await; the size average is one relaxed atomic.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc, Mutex, PoisonError,
+};
 
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -32,6 +40,10 @@ use crate::error::{Error, Result};
 
 /// The most keys one coalesced `MGET` carries.
 const MAX_COALESCED: usize = 128;
+
+/// About the most bytes of values one coalesced `MGET` is expected to carry (by the running
+/// average of value sizes): 128 values of 4 KiB, 8 of 64 KiB, one of 512 KiB or more.
+const MAX_COALESCED_BYTES: usize = 512 << 10;
 
 /// The answer a queued read waits for.
 type Answer = Result<Option<Vec<u8>>>;
@@ -53,6 +65,8 @@ struct State {
 pub(super) struct Coalescer {
     state: Mutex<State>,
     max_in_flight: usize,
+    /// A running average of the sizes of values read (0: none read yet).
+    typical: AtomicUsize,
 }
 
 /// Whether a read goes out now, or waits for a coalesced one.
@@ -69,7 +83,30 @@ impl Coalescer {
         Self {
             state: Mutex::new(State::default()),
             max_in_flight: max_in_flight.max(1),
+            typical: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts the size of a value read into the running average (weight 1/8; races between
+    /// readers lose an update, which an average can afford).
+    pub(super) fn observe(&self, len: usize) {
+        let old = self.typical.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            len.max(1)
+        } else {
+            old - old / 8 + len / 8
+        };
+        self.typical.store(new, Ordering::Relaxed);
+    }
+
+    /// Whether values are so large that each would fill an `MGET` on its own: reads go alone.
+    pub(super) fn bypassed(&self) -> bool {
+        self.typical.load(Ordering::Relaxed) >= MAX_COALESCED_BYTES
+    }
+
+    /// How many keys the next `MGET` may carry.
+    fn batch_keys(&self) -> usize {
+        (MAX_COALESCED_BYTES / self.typical.load(Ordering::Relaxed).max(1)).clamp(1, MAX_COALESCED)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -93,17 +130,18 @@ impl Coalescer {
     }
 
     /// Gives back a slot: when reads are queued, the slot stays taken and their batch (at most
-    /// [`MAX_COALESCED`]) is returned, for the caller to send; else the slot is freed.
+    /// [`MAX_COALESCED`] keys, fewer for large values) is returned, for the caller to send; else the slot is freed.
     pub(super) fn release(&self) -> Option<Vec<Waiting>> {
         let mut state = self.lock();
         if state.queue.is_empty() {
             state.in_flight = state.in_flight.saturating_sub(1);
             return None;
         }
-        if state.queue.len() <= MAX_COALESCED {
+        let keys = self.batch_keys();
+        if state.queue.len() <= keys {
             return Some(std::mem::take(&mut state.queue));
         }
-        let rest = state.queue.split_off(MAX_COALESCED);
+        let rest = state.queue.split_off(keys);
         Some(std::mem::replace(&mut state.queue, rest))
     }
 
@@ -140,8 +178,12 @@ impl RedisStore {
     /// A `GET` of `key`, coalesced with the reads in flight beside it when the store has a
     /// [`Coalescer`] (see the module's documentation).
     pub(super) async fn coalesced_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let Some(coalescer) = &self.coalescer else {
-            return self.get(key).await;
+        let Some(coalescer) = self.coalescer.as_ref().filter(|c| !c.bypassed()) else {
+            let read = self.get(key).await;
+            if let (Some(c), Ok(Some(value))) = (&self.coalescer, &read) {
+                c.observe(value.len());
+            }
+            return read;
         };
         match coalescer.enter(key) {
             Turn::Go => {
@@ -149,7 +191,11 @@ impl RedisStore {
                     store: self,
                     coalescer,
                 };
-                self.get(key).await
+                let read = self.get(key).await;
+                if let Ok(Some(value)) = &read {
+                    coalescer.observe(value.len());
+                }
+                read
             }
             Turn::Wait(answer) => match answer.await {
                 Ok(answer) => {
@@ -183,8 +229,13 @@ impl RedisStore {
                 .mget("redis MGET (coalesced)", keys)
                 .instrument(span)
                 .await;
-            answer(batch, outcome);
             let Some(c) = &held.0 else { return };
+            if let Ok(values) = &outcome {
+                for v in values.iter().flatten() {
+                    c.observe(v.len());
+                }
+            }
+            answer(batch, outcome);
             match c.release() {
                 Some(next) => batch = next,
                 None => {
@@ -272,6 +323,30 @@ mod tests {
         assert_eq!(c.release().map(|b| b.len()), Some(5));
         assert!(c.release().is_none());
         assert!(matches!(c.enter("again"), Turn::Go));
+    }
+
+    #[test]
+    fn large_values_make_smaller_batches_then_go_alone() {
+        let c = Coalescer::new(1);
+        assert_eq!(c.batch_keys(), MAX_COALESCED, "nothing read yet");
+        c.observe(1024);
+        assert_eq!(c.batch_keys(), MAX_COALESCED);
+        assert!(!c.bypassed());
+        for _ in 0..64 {
+            c.observe(64 << 10);
+        }
+        assert!((8..=9).contains(&c.batch_keys()), "{}", c.batch_keys());
+        assert!(!c.bypassed());
+        for _ in 0..64 {
+            c.observe(1 << 20);
+        }
+        assert_eq!(c.batch_keys(), 1);
+        assert!(c.bypassed());
+        for _ in 0..64 {
+            c.observe(100);
+        }
+        assert!(!c.bypassed(), "small values again");
+        assert_eq!(c.batch_keys(), MAX_COALESCED);
     }
 
     #[tokio::test]
