@@ -904,3 +904,45 @@ async fn large_values_are_not_coalesced_into_one_big_mget() {
     }
     c.shutdown().await;
 }
+
+/// Redis hangs (`CLIENT PAUSE`) under many concurrent reads: the read in flight times out, the
+/// reads queued behind it are each answered (a miss, by the default error policy) and none is
+/// stranded, every one is counted as a Redis error, and the breaker opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_reads_behind_a_hung_redis_are_answered_and_open_the_breaker() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = shared
+        .builder("hang")
+        .l2_read_coalescing(1)
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_cooldown(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let r = users(&c).await;
+    cmd(&raw, "CLIENT", &["PAUSE", "5000", "ALL"]).await;
+    let mut reads = tokio::task::JoinSet::new();
+    for key in 0..500u64 {
+        let r = r.clone();
+        reads.spawn(async move { r.get(&key).await });
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut n = 0;
+        while let Some(read) = reads.join_next().await {
+            assert!(matches!(read.unwrap(), Ok(None)));
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("reads were stranded behind the hung redis");
+    assert_eq!(answered, 500);
+    let stats = c.stats();
+    // (Besides the reads, a bus heartbeat or the generation's renewal may fail too.)
+    assert!(stats.l2_errors >= 500, "{stats}");
+    assert!(stats.breaker_opens >= 1, "{stats}");
+    cmd(&raw, "CLIENT", &["UNPAUSE"]).await;
+    c.shutdown().await;
+}

@@ -10,7 +10,8 @@
 //!   plain `GET` from the caller's task, as without coalescing (two uncontended lock
 //!   operations more).
 //! - **Nothing waits for a timer**: a queued read waits only for a read already in flight to
-//!   come back, never for a batch to fill.
+//!   come back, never for a batch to fill; and never longer than the command timeout (the
+//!   suspect timeout while Redis is suspect), as a `GET` of its own would.
 //! - **Cancellation-safe**: the read that frees a slot hands the queue to a task of its own
 //!   (spawned once per `MGET`, not per key), which runs to the end whoever waits; a waiter
 //!   whose batch was lost (its task gone without an answer) reads on its own.
@@ -36,7 +37,8 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::RedisStore;
-use crate::error::{Error, Result};
+use crate::breaker::Verdict;
+use crate::error::{Error, ErrorKind, Result};
 
 /// The most keys one coalesced `MGET` carries.
 const MAX_COALESCED: usize = 128;
@@ -197,14 +199,37 @@ impl RedisStore {
                 }
                 read
             }
-            Turn::Wait(answer) => match answer.await {
-                Ok(answer) => {
-                    self.counters.l2_reads_coalesced.incr();
-                    answer
+            Turn::Wait(answer) => {
+                // A queued read waits no longer than a `GET` of its own would have: behind a
+                // Redis that hangs, the read in flight and then the queue's `MGET` would each
+                // take their timeout.
+                let bound = if self.suspect.load(Ordering::Acquire) {
+                    self.suspect_timeout
+                } else {
+                    self.timeout
+                };
+                match tokio::time::timeout(bound, answer).await {
+                    Ok(Ok(answer)) => {
+                        self.counters.l2_reads_coalesced.incr();
+                        answer
+                    }
+                    // The batch was lost (its task ended without answering): read alone.
+                    Ok(Err(_)) => self.get(key).await,
+                    Err(_) => {
+                        // As a `GET` of its own that timed out: evidence of an outage, for the
+                        // suspect bound and the breaker (never taking a half-open probe).
+                        self.suspect.store(true, Ordering::Release);
+                        let permit = self.breaker.permit();
+                        if permit.verdict() == Verdict::Call {
+                            permit.record(true);
+                        }
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("redis GET (coalesced) took longer than {bound:?}"),
+                        ))
+                    }
                 }
-                // The batch was lost (its task ended without answering): read alone.
-                Err(_) => self.get(key).await,
-            },
+            }
         }
     }
 
