@@ -946,3 +946,22 @@ async fn coalesced_reads_behind_a_hung_redis_are_answered_and_open_the_breaker()
     cmd(&raw, "CLIENT", &["UNPAUSE"]).await;
     c.shutdown().await;
 }
+
+/// On a Redis Cluster, reads are never coalesced (an `MGET` across slots fails with
+/// `CROSSSLOT`): concurrent reads are each answered with their own value, without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_not_coalesced_on_a_cluster() {
+    let shared = Shared::Cluster(support::cluster());
+    let keys: Vec<u64> = (0..300).collect();
+    let (c, r) = coalescing_cache(&shared, "co-cluster", 1, &keys).await;
+    let reads = together(keys.iter().map(|k| r.get(k)).collect());
+    let got = tokio::time::timeout(Duration::from_secs(20), reads)
+        .await
+        .expect("reads were stranded");
+    for (k, g) in keys.iter().zip(&got) {
+        assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
+    }
+    let stats = c.stats();
+    assert_eq!((stats.l2_errors, stats.l2_reads_coalesced), (0, 0), "{stats}");
+    c.shutdown().await;
+}
