@@ -728,6 +728,34 @@ async fn together<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     out.into_iter().map(Option::unwrap).collect()
 }
 
+/// Reads every key of `keys` at once (see [`together`]) while Redis holds its replies back for
+/// a moment — on a busy machine, the first read's reply could otherwise come back before the
+/// others were first polled, and free its slot — and checks each read found `expected(k)`.
+/// The `GET`s and `MGET`s it took.
+async fn read_all_at_once(
+    raw: &fred::prelude::Client,
+    r: &Region<u64, String>,
+    keys: &[u64],
+    expected: impl Fn(u64) -> String,
+) -> (u64, u64) {
+    let (gets, mgets) = (
+        command_calls(raw, "get").await,
+        command_calls(raw, "mget").await,
+    );
+    cmd(raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
+    let reads = together(keys.iter().map(|k| r.get(k)).collect());
+    let got = tokio::time::timeout(Duration::from_secs(20), reads)
+        .await
+        .expect("reads were stranded");
+    for (k, g) in keys.iter().zip(&got) {
+        assert!(value(g) == Some(expected(*k)), "key {k}");
+    }
+    (
+        command_calls(raw, "get").await - gets,
+        command_calls(raw, "mget").await - mgets,
+    )
+}
+
 /// A cache with `coalescing` reads in flight before the rest are coalesced, holding `v{k}` for
 /// every key of `keys` in Redis and nothing in L1.
 async fn coalescing_cache(
@@ -777,25 +805,8 @@ async fn concurrent_reads_are_coalesced_each_answered_with_its_own_value() {
     let keys: Vec<u64> = (0..300).collect();
     for (name, coalescing) in [("co", 1), ("alone", 0)] {
         let (c, r) = coalescing_cache(&shared, name, coalescing, &keys).await;
-        let (mgets, gets) = (
-            command_calls(&raw, "mget").await,
-            command_calls(&raw, "get").await,
-        );
-        // Redis holds every reply back for a moment: on a busy machine, the first read's reply
-        // could otherwise come back before the others were first polled, and free its slot.
-        cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
-        let reads = together(keys.iter().map(|k| r.get(k)).collect());
-        let got = tokio::time::timeout(Duration::from_secs(10), reads)
-            .await
-            .expect("reads were stranded");
-        for (k, g) in keys.iter().zip(&got) {
-            assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
-        }
+        let (gets, mgets) = read_all_at_once(&raw, &r, &keys, |k| format!("v{k}")).await;
         let stats = c.stats();
-        let (mgets, gets) = (
-            command_calls(&raw, "mget").await - mgets,
-            command_calls(&raw, "get").await - gets,
-        );
         assert_eq!(stats.l2_errors, 0, "{stats}");
         if coalescing == 1 {
             // The first read went alone; the 299 behind it in one MGET of 128, then the rest.
@@ -878,23 +889,7 @@ async fn large_values_are_not_coalesced_into_one_big_mget() {
     let (c, r) = coalescing_cache_of(&shared, "big", 1, &keys, big_value).await;
     for round in 0..2 {
         c.clear_l1();
-        let (mgets, gets) = (
-            command_calls(&raw, "mget").await,
-            command_calls(&raw, "get").await,
-        );
-        // (See the first coalescing test: no reply before every read was first polled.)
-        cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
-        let reads = together(keys.iter().map(|k| r.get(k)).collect());
-        let got = tokio::time::timeout(Duration::from_secs(20), reads)
-            .await
-            .expect("reads were stranded");
-        for (k, g) in keys.iter().zip(&got) {
-            assert!(value(g) == Some(big_value(*k)), "key {k}");
-        }
-        let (mgets, gets) = (
-            command_calls(&raw, "mget").await - mgets,
-            command_calls(&raw, "get").await - gets,
-        );
+        let (gets, mgets) = read_all_at_once(&raw, &r, &keys, big_value).await;
         let stats = c.stats();
         if round == 0 {
             assert_eq!((gets, mgets), (1, 19), "one value per MGET: {stats}");
@@ -962,6 +957,10 @@ async fn reads_are_not_coalesced_on_a_cluster() {
         assert_eq!(value(g), Some(format!("v{k}")), "key {k}");
     }
     let stats = c.stats();
-    assert_eq!((stats.l2_errors, stats.l2_reads_coalesced), (0, 0), "{stats}");
+    assert_eq!(
+        (stats.l2_errors, stats.l2_reads_coalesced),
+        (0, 0),
+        "{stats}"
+    );
     c.shutdown().await;
 }
