@@ -964,3 +964,53 @@ async fn reads_are_not_coalesced_on_a_cluster() {
     );
     c.shutdown().await;
 }
+
+/// A key of another Redis type (not written by layercache) looks like nothing to a coalesced
+/// read (`MGET`), where a `GET` fails with `WRONGTYPE` and the load overwrites it. The load's
+/// fill "if absent" is refused; the key is then checked and deleted in one step (counted as a
+/// wrong-type entry), so the next load fills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_type_seen_by_a_coalesced_read_is_replaced_by_the_next_load() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let (c, r) = coalescing_cache(&shared, "foreign", 1, &[1, 2]).await;
+    // Key 2's data key: its name (the one ending in ":2"), now holding a list.
+    let foreign = shared
+        .data_keys("foreign")
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(":2"))
+        .unwrap();
+    cmd(&raw, "DEL", &[foreign.as_str()]).await;
+    cmd(&raw, "RPUSH", &[foreign.as_str(), "not", "ours"]).await;
+    let key_type = |raw: fred::prelude::Client, key: String| async move {
+        cmd(&raw, "TYPE", &[key.as_str()])
+            .await
+            .as_string()
+            .unwrap()
+    };
+    let load = |k: u64| async move { Ok::<_, std::io::Error>(format!("loaded {k}")) };
+
+    // Key 1 goes alone; key 2 waits behind it and is read by an MGET.
+    cmd(&raw, "CLIENT", &["PAUSE", "300", "ALL"]).await;
+    let reads = together(vec![r.get_or_load(&1, load), r.get_or_load(&2, load)]);
+    let got = tokio::time::timeout(Duration::from_secs(20), reads)
+        .await
+        .expect("reads were stranded");
+    assert_eq!(*got[0].as_ref().unwrap().as_ref(), "v1");
+    assert_eq!(*got[1].as_ref().unwrap().as_ref(), "loaded 2");
+    let stats = c.stats();
+    assert_eq!(stats.l2_reads_coalesced, 1, "{stats}");
+    assert_eq!(stats.decode_errors, 1, "{stats}");
+    assert_eq!(key_type(raw.clone(), foreign.clone()).await, "none");
+
+    // The next load (alone) fills the key; a fresh read finds the value there.
+    c.clear_l1();
+    let again = r.get_or_load(&2, load).await.unwrap();
+    assert_eq!(*again, "loaded 2");
+    assert_eq!(key_type(raw.clone(), foreign.clone()).await, "string");
+    c.clear_l1();
+    assert_eq!(value(&r.get(&2).await), Some("loaded 2".to_owned()));
+    c.shutdown().await;
+}

@@ -74,11 +74,8 @@ pub(crate) struct RedisStore {
     sharded_bus: bool,
     /// Concurrent reads coalesced into `MGET`s (one server, `l2_read_coalescing` above 0).
     coalescer: Option<Arc<coalesce::Coalescer>>,
-    /// The cache's name (a label of the round-trip histogram of the `metrics` feature).
-    #[cfg_attr(
-        not(feature = "metrics"),
-        expect(dead_code, reason = "read by the metrics feature")
-    )]
+    /// The cache's name (in events, and a label of the round-trip histogram of the `metrics`
+    /// feature).
     cache_name: Arc<str>,
 }
 
@@ -349,7 +346,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn fill<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Filled>> {
-        Box::pin(RedisStore::fill(self, write))
+        Box::pin(self.fill_past_foreign(write))
     }
 
     fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {

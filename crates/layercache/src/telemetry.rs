@@ -27,6 +27,8 @@
 //! | `could not read the region generation` | event | warn | `cache.name`, `region`, `error`, `suppressed` | rate-limited as `redis call failed` |
 //! | `layercache shut down` | event | info | `cache.name` | `shutdown()` ended every task |
 //! | `unusable entry in redis, treated as a miss` | event | warn | `cache.name`, `region`, `reason`, `bytes` | a corrupt or foreign entry ([`Corruption`](crate::Corruption)) |
+//! | `another redis type at a data key; deleted` | event | warn | `cache.name`, `reason` | a fill "if absent" was refused by a key of another Redis type that a coalesced read (`MGET`) saw as nothing: deleted, the next load fills it |
+//! | `checking a refused fill's key failed` | event | debug | `error` | the check above failed (the key stays as it is) |
 //! | `loaded value not written to redis` | event | warn | `cache.name`, `region`, `error` | a loaded value above `max_value_bytes` |
 //! | `the loader panicked` | event | error | `cache.name`, `region` | a loader panic (callers get an error) |
 //! | `redis circuit breaker opened: calls skip redis until a probe succeeds` | event | warn | `cache.name`, `failures`, `cooldown` | the breaker opened |

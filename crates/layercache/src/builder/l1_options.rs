@@ -72,8 +72,8 @@ impl LayerCacheBuilder {
     ///
     /// One difference a coalesced read has: a key holding another Redis type (not written by
     /// layercache) reads as nothing, where a `GET` would have failed with `WRONGTYPE` and a
-    /// load replaced it; a load's fill over it is refused, and the next read that goes alone
-    /// replaces it. Does nothing on a Redis Cluster (an `MGET` must stay within one slot).
+    /// load replaced it; a load's fill over it is refused, and then deletes it (one more round
+    /// trip, on refused fills only), so the next load fills it. Does nothing on a Redis Cluster (an `MGET` must stay within one slot).
     /// Sliding-expiration reads and reads under the load lock are never coalesced.
     ///
     /// `0` turns coalescing off.

@@ -17,8 +17,9 @@
 //!   whose batch was lost (its task gone without an answer) reads on its own.
 //! - **Same answers**: an `MGET` reads each key as a `GET` at the same moment would, with one
 //!   difference: a key holding another Redis type reads as nothing (`GET` fails with
-//!   `WRONGTYPE`), so a load's fill over it is refused (`SET … NX`) instead of replacing it;
-//!   the next read that goes alone finds the type and replaces it.
+//!   `WRONGTYPE`, and the load that follows overwrites it), so a load's fill over it is
+//!   refused (`SET … NX`); the refused fill then deletes it, checked and deleted in one step
+//!   ([`RedisStore::fill_past_foreign`]), and the next load fills it.
 //!
 //! - **Bounded in bytes**: an `MGET` carries at most about [`MAX_COALESCED_BYTES`], going by
 //!   the sizes of the values read lately (a running average), so a batch of large values
@@ -36,9 +37,10 @@ use std::sync::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::RedisStore;
+use super::{scripts::SCRIPTS, RedisStore};
 use crate::breaker::Verdict;
 use crate::error::{Error, ErrorKind, Result};
+use crate::remote::{Filled, WriteMode};
 
 /// The most keys one coalesced `MGET` carries.
 const MAX_COALESCED: usize = 128;
@@ -269,6 +271,48 @@ impl RedisStore {
                 }
             }
         }
+    }
+}
+
+impl RedisStore {
+    /// [`fill`](RedisStore::fill), and after a fill "if absent" that was refused while reads
+    /// are coalesced: if the key holds another Redis type — which an `MGET` reads as nothing,
+    /// where a `GET` would have failed and the load overwritten it — deletes it (checked and
+    /// deleted in one step), so the next load fills it. One more round trip, on refused fills
+    /// only (a race with another writer, or this).
+    pub(super) async fn fill_past_foreign(
+        &self,
+        write: crate::remote::Write<'_>,
+    ) -> Result<Filled> {
+        let key = write.key;
+        let nx = *write.condition.mode == WriteMode::Nx;
+        let filled = self.fill(write).await?;
+        if filled == Filled::Refused && nx && self.coalescer.is_some() {
+            let dropped: Result<i64> = self
+                .script(
+                    "redis EVALSHA (drop foreign)",
+                    &SCRIPTS.drop_foreign,
+                    vec![key.to_owned()],
+                    Vec::new(),
+                )
+                .await;
+            match dropped {
+                Ok(n) if n > 0 => {
+                    let reason = crate::envelope::Corruption::WrongType;
+                    self.counters.decode_errors[reason.index()].incr();
+                    tracing::warn!(
+                        cache.name = %self.cache_name,
+                        reason = %reason,
+                        "another redis type at a data key; deleted"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "checking a refused fill's key failed")
+                }
+            }
+        }
+        Ok(filled)
     }
 }
 

@@ -48,11 +48,13 @@ pub(crate) struct Scripts {
     pub(crate) get_or_lock: Script,
     pub(crate) raise_generation: Script,
     pub(crate) drop_tag_bucket: Script,
+    /// Deletes a key holding another Redis type (see `drop_foreign.lua`).
+    pub(crate) drop_foreign: Script,
 }
 
 impl Scripts {
     /// Every script (to load them all on a cluster's primaries).
-    pub(crate) fn all(&self) -> [&Script; 10] {
+    pub(crate) fn all(&self) -> [&Script; 11] {
         [
             &self.fill,
             &self.load_generation,
@@ -64,6 +66,7 @@ impl Scripts {
             &self.get_or_lock,
             &self.raise_generation,
             &self.drop_tag_bucket,
+            &self.drop_foreign,
         ]
     }
 }
@@ -80,6 +83,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     get_or_lock: Script::new(include_str!("scripts/get_or_lock.lua")),
     raise_generation: Script::new(include_str!("scripts/raise_generation.lua")),
     drop_tag_bucket: Script::new(include_str!("scripts/drop_tag_bucket.lua")),
+    drop_foreign: Script::new(include_str!("scripts/drop_foreign.lua")),
 });
 
 /// `EVALSHA` of `script` as a custom command (so it carries the client's options: timeout,
