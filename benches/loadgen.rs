@@ -9,6 +9,7 @@
 //! cargo bench -p layercache-benches --bench loadgen -- --secs 10 --rounds 5
 //! cargo bench -p layercache-benches --bench loadgen -- --no-bus-thread   # listener on the runtime
 //! cargo bench -p layercache-benches --bench loadgen -- --cooldown-ms 0    # no L1 write cooldown
+//! cargo bench -p layercache-benches --bench loadgen -- --read-coalescing 0   # a GET per read
 //! cargo bench -p layercache-benches --bench loadgen -- --variants versioned,invalidate
 //! cargo bench -p layercache-benches --bench loadgen -- --variants invalidate --lock
 //! ```
@@ -124,6 +125,8 @@ struct Args {
     bus_thread: Option<bool>,
     /// `LayerCacheBuilder::l1_write_cooldown` in ms (the library's default when absent).
     cooldown_ms: Option<u64>,
+    /// `LayerCacheBuilder::l2_read_coalescing` (the library's default when absent).
+    read_coalescing: Option<usize>,
     /// Loads under the distributed load lock (`--lock`).
     lock: bool,
     /// The variants to run (`--variants a,b`; cache-aside, the baseline, always runs).
@@ -150,6 +153,7 @@ fn args() -> Args {
         cluster: false,
         bus_thread: None,
         cooldown_ms: None,
+        read_coalescing: None,
         lock: false,
         variants: Variant::ALL.to_vec(),
         charts: None,
@@ -171,6 +175,7 @@ fn args() -> Args {
             "--child" => a.child = Some(Variant::parse(&v).unwrap()),
             "--url" => a.url = Some(v.clone()),
             "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
+            "--read-coalescing" => a.read_coalescing = Some(v.parse().unwrap()),
             "--charts" => a.charts = Some(v.clone()),
             "--cluster" => {
                 a.cluster = true;
@@ -488,6 +493,9 @@ async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec
                 if let Some(ms) = a.cooldown_ms {
                     b = b.l1_write_cooldown(Duration::from_millis(ms));
                 }
+                if let Some(n) = a.read_coalescing {
+                    b = b.l2_read_coalescing(n);
+                }
                 if a.no_doorkeeper {
                     b = b.l1_doorkeeper(false);
                 }
@@ -751,6 +759,9 @@ async fn parent(a: Args) {
     if let Some(ms) = a.cooldown_ms {
         println!("l1_write_cooldown: {ms} ms");
     }
+    if let Some(n) = a.read_coalescing {
+        println!("l2_read_coalescing: {n}");
+    }
     if a.lock {
         println!("loads under the distributed load lock");
     }
@@ -786,6 +797,12 @@ async fn parent(a: Args) {
                 .args(
                     a.cooldown_ms
                         .map(|ms| ["--cooldown-ms".to_owned(), ms.to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
+                .args(
+                    a.read_coalescing
+                        .map(|n| ["--read-coalescing".to_owned(), n.to_string()])
                         .into_iter()
                         .flatten(),
                 )

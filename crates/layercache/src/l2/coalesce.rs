@@ -9,9 +9,9 @@
 //! - **Sparse reads pay nothing**: while fewer than `max_in_flight` are in flight, a read is a
 //!   plain `GET` from the caller's task, as without coalescing (two uncontended lock
 //!   operations more).
-//! - **Nothing waits for a timer**: a queued read waits only for a read already in flight to
-//!   come back, never for a batch to fill; and never longer than the command timeout (the
-//!   suspect timeout while Redis is suspect), as a `GET` of its own would.
+//! - **No batching delay**: a queued read waits only for a read already in flight to come
+//!   back, never for a batch to fill; and never longer than the command timeout (the suspect
+//!   timeout while Redis is suspect), as a `GET` of its own would.
 //! - **Cancellation-safe**: the read that frees a slot hands the queue to a task of its own
 //!   (spawned once per `MGET`, not per key), which runs to the end whoever waits; a waiter
 //!   whose batch was lost (its task gone without an answer) reads on its own.
@@ -20,7 +20,6 @@
 //!   `WRONGTYPE`, and the load that follows overwrites it), so a load's fill over it is
 //!   refused (`SET … NX`); the refused fill then deletes it, checked and deleted in one step
 //!   ([`RedisStore::fill_past_foreign`]), and the next load fills it.
-//!
 //! - **Bounded in bytes**: an `MGET` carries at most about [`MAX_COALESCED_BYTES`], going by
 //!   the sizes of the values read lately (a running average), so a batch of large values
 //!   neither holds Redis nor outlasts the command timeout; when values are that large on their
