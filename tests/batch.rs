@@ -554,6 +554,17 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     ])
     .await;
     server.set_available(false);
+    // The subscription fails and L1 is flushed (it can no longer hear of changes): wait for
+    // that first, or the flush could land after the insert below and drop its value from L1.
+    support::wait_until(
+        "the flush for the disconnection",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { c.flushes(layercache::FlushReason::Disconnect) > 0 }
+        },
+    )
+    .await;
     let done = r.invalidate_many(&[1, 2]).await;
     assert!(done.iter().all(Result::is_ok), "journaled: {done:?}");
     // An insert the store never got: `Ok`, served here at once, journaled.
