@@ -99,7 +99,11 @@ impl Coalescer {
         } else {
             old - old / 8 + len / 8
         };
-        self.typical.store(new, Ordering::Relaxed);
+        // Hot-path note: a steady size leaves the average as it is; skipping the store then
+        // keeps every read from writing one shared cache line.
+        if new != old {
+            self.typical.store(new, Ordering::Relaxed);
+        }
     }
 
     /// Whether values are so large that each would fill an `MGET` on its own: reads go alone.
