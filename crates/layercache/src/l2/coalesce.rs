@@ -185,24 +185,19 @@ impl RedisStore {
     /// A `GET` of `key`, coalesced with the reads in flight beside it when the store has a
     /// [`Coalescer`] (see the module's documentation).
     pub(super) async fn coalesced_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let Some(coalescer) = self.coalescer.as_ref().filter(|c| !c.bypassed()) else {
-            let read = self.get(key).await;
-            if let (Some(c), Ok(Some(value))) = (&self.coalescer, &read) {
-                c.observe(value.len());
-            }
-            return read;
+        let Some(coalescer) = &self.coalescer else {
+            return self.get(key).await;
         };
+        if coalescer.bypassed() {
+            return self.get_alone(coalescer, key).await;
+        }
         match coalescer.enter(key) {
             Turn::Go => {
                 let _slot = Slot {
                     store: self,
                     coalescer,
                 };
-                let read = self.get(key).await;
-                if let Ok(Some(value)) = &read {
-                    coalescer.observe(value.len());
-                }
-                read
+                self.get_alone(coalescer, key).await
             }
             Turn::Wait(answer) => {
                 // A queued read waits no longer than a `GET` of its own would have: behind a
@@ -236,6 +231,15 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// A `GET` of its own, its value's size counted in the running average.
+    async fn get_alone(&self, coalescer: &Coalescer, key: &str) -> Result<Option<Vec<u8>>> {
+        let read = self.get(key).await;
+        if let Ok(Some(value)) = &read {
+            coalescer.observe(value.len());
+        }
+        read
     }
 
     /// Sends queued reads as `MGET`s, one batch after another, until the queue is empty; then
@@ -275,9 +279,7 @@ impl RedisStore {
             }
         }
     }
-}
 
-impl RedisStore {
     /// [`fill`](RedisStore::fill), and after a fill "if absent" that was refused while reads
     /// are coalesced: if the key holds another Redis type — which an `MGET` reads as nothing,
     /// where a `GET` would have failed and the load overwritten it — deletes it (checked and
