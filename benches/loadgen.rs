@@ -23,6 +23,10 @@
 //!
 //! `--no-doorkeeper` turns off the L1 doorkeeper (`LayerCacheBuilder::l1_doorkeeper`).
 //!
+//! `LOADGEN_STATS=1` makes a layercache child print each instance's `Stats` when the measured
+//! window begins (`STATS0 …`) and as it ends (`STATS …`): their difference is the window's own
+//! (L1 hits, Redis reads, why values were kept out of L1).
+//!
 //! Other flags: `--keys`, `--tasks`, `--write-pct`, `--l1` (entries), `--value-bytes`,
 //! `--bus-thread`. Cache-aside, the baseline, always runs.
 //!
@@ -595,11 +599,17 @@ async fn child(a: Args, variant: Variant) {
     let loads0 = source.loads.load(Ordering::Relaxed);
     let cpu0 = cpu_time("self");
     let rcpu0 = redis_cpu();
+    if std::env::var_os("LOADGEN_STATS").is_some() {
+        for c in &caches {
+            println!("STATS0 {}", c.stats());
+        }
+    }
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
     measuring.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
+    let window_stats: Vec<layercache::Stats> = caches.iter().map(LayerCache::stats).collect();
     let cpu = cpu_time("self").saturating_sub(cpu0);
     let rcpu = redis_cpu().saturating_sub(rcpu0);
     let loads = source.loads.load(Ordering::Relaxed) - loads0;
@@ -680,10 +690,12 @@ async fn child(a: Args, variant: Variant) {
             .map(|p| f64::from(pct(&lat, p)))
             .collect(),
     };
-    for c in caches {
-        if std::env::var_os("LOADGEN_STATS").is_some() {
-            println!("STATS {}", c.stats());
+    if std::env::var_os("LOADGEN_STATS").is_some() {
+        for stats in &window_stats {
+            println!("STATS {stats}");
         }
+    }
+    for c in caches {
         c.shutdown().await;
     }
     println!("{}", slice.line());

@@ -636,6 +636,39 @@ async fn a_hundred_thousand_keys_in_one_call() {
         }
     }
 
+    // A batch load over 100,000 keys, half of them in the cache: one loader call with exactly
+    // the 50,000 others, answered in reverse order and with one key twice (the last value
+    // counts). Matching its rows to the keys asked used to take time quadratic in their number.
+    let mixed: Vec<u64> = (50_000..150_000).collect();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let sets = command_calls(&raw, "set").await;
+    let got = r
+        .get_or_load_many(&mixed, move |ids: Vec<u64>| {
+            seen.lock().unwrap().push(ids.len());
+            let mut rows: Vec<(u64, String)> = ids
+                .into_iter()
+                .rev()
+                .map(|id| (id, format!("l{id}")))
+                .collect();
+            rows.insert(0, (100_000, "first".to_owned()));
+            std::future::ready(Ok::<_, std::io::Error>(rows))
+        })
+        .await;
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![50_000],
+        "one call, the missing keys"
+    );
+    for (id, v) in mixed.iter().zip(&got) {
+        let want = match *id {
+            id if id < 100_000 => "v".to_owned(),
+            id => format!("l{id}"),
+        };
+        assert_eq!(value(v), Some(want), "key {id}");
+    }
+    assert_eq!(command_calls(&raw, "set").await - sets, 50_000);
+
     // A batch loader that returns keys it was not asked for: they are ignored.
     let got = r
         .get_or_load_many(&[200_000], |_ids: Vec<u64>| async {

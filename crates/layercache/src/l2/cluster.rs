@@ -95,7 +95,7 @@ impl ClusterStore {
                     .bounded("redis SCRIPT LOAD (cluster node)", |_| {
                         client.custom(
                             CustomCommand::new_static("SCRIPT", ClusterHash::Random, false),
-                            vec![Value::from("LOAD"), Value::from(script.lua)],
+                            vec![Value::from_static_str("LOAD"), Value::from(script.lua)],
                         )
                     })
                     .await?;

@@ -64,11 +64,11 @@ fn set(key: &str, value: Vec<u8>, ttl_ms: u64, mode: &WriteMode) -> (CustomComma
     let mut args = vec![
         Value::from(key),
         Value::Bytes(value.into()),
-        Value::from("PX"),
+        Value::from_static_str("PX"),
         Value::from(ttl_ms.to_string()),
     ];
     if *mode == WriteMode::Nx {
-        args.push(Value::from("NX"));
+        args.push(Value::from_static_str("NX"));
     }
     (CustomCommand::new_static("SET", slot(key), false), args)
 }

@@ -26,7 +26,7 @@ impl RedisStore {
             .bounded("redis SCRIPT LOAD", |c| {
                 c.custom(
                     fred::types::CustomCommand::new_static("SCRIPT", node, false),
-                    vec![Value::from("LOAD"), Value::from(script.lua)],
+                    vec![Value::from_static_str("LOAD"), Value::from(script.lua)],
                 )
             })
             .await?;
@@ -51,7 +51,7 @@ impl RedisStore {
         );
         let args: Vec<Value> = vec![
             Value::from(key),
-            Value::from("PX"),
+            Value::from_static_str("PX"),
             Value::from(ttl_ms.to_string()),
         ];
         let r: Option<Vec<u8>> = self
@@ -182,7 +182,7 @@ impl RedisStore {
         let args: Vec<Value> = vec![
             Value::from(key),
             Value::from(cursor),
-            Value::from("COUNT"),
+            Value::from_static_str("COUNT"),
             Value::from(count.to_string()),
         ];
         let reply: Value = self

@@ -4,7 +4,6 @@
 
 use std::{
     borrow::Borrow,
-    collections::HashMap,
     future::Future,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -15,6 +14,7 @@ use super::{fetch::BatchLoadFn, read::Hit, Region, Stale};
 use crate::{
     codec::Codec,
     error::{BoxError, Result},
+    hashing::KeyMap,
     key::CacheKey,
 };
 
@@ -28,7 +28,9 @@ struct Misses<O, V> {
     fallbacks: Vec<Option<Stale<V>>>,
     owned: Vec<O>,
     positions: Vec<Vec<usize>>,
-    index: HashMap<Vec<u8>, usize>,
+    /// Hot-path note: a [`KeyMap`] (foldhash), as every per-key table; the standard
+    /// library's SipHash was a visible share of a batch's CPU.
+    index: KeyMap<Vec<u8>, usize>,
 }
 
 impl<K, V, C> Region<K, V, C>
@@ -142,10 +144,23 @@ where
             Arc::new(Mutex::new(owned.into_iter().map(Some).collect()));
         let region = self.clone();
         let mut batch_loader = batch_loader;
+        // Shared by every call of the loader (there may be a second one), not copied.
+        let index = Arc::new(index);
         let load: BatchLoadFn<V> = Box::new(move |asked: Vec<usize>| {
+            // Whether each position was asked of this call: one lookup per row the loader
+            // returns (a search of `asked` per row made 100,000 keys quadratic).
+            let mut wanted = vec![false; index.len()];
             let keys: Vec<Q::Owned> = {
                 let mut owned = owned.lock().unwrap_or_else(PoisonError::into_inner);
-                asked.iter().filter_map(|at| owned[*at].take()).collect()
+                asked
+                    .iter()
+                    .filter_map(|at| {
+                        if let Some(w) = wanted.get_mut(*at) {
+                            *w = true;
+                        }
+                        owned.get_mut(*at)?.take()
+                    })
+                    .collect()
             };
             let load = batch_loader(keys);
             let (region, index) = (region.clone(), index.clone());
@@ -155,7 +170,9 @@ where
                 let mut unasked = 0;
                 for (key, value) in rows {
                     match index.get(&*region.l1_key(key.borrow())) {
-                        Some(at) if asked.contains(at) => found.push((*at, value)),
+                        Some(&at) if wanted.get(at).copied().unwrap_or(false) => {
+                            found.push((at, value));
+                        }
                         _ => unasked += 1,
                     }
                 }
@@ -187,7 +204,7 @@ where
             fallbacks: Vec::new(),
             owned: Vec::new(),
             positions: Vec::new(),
-            index: HashMap::new(),
+            index: KeyMap::default(),
         };
         let keys: Vec<&Q> = keys.into_iter().collect();
         for (at, key) in keys.into_iter().enumerate() {

@@ -26,7 +26,7 @@ impl ClusterStore {
                     vec![
                         Value::from(b.mark(key)),
                         Value::from(token.as_str()),
-                        Value::from("PX"),
+                        Value::from_static_str("PX"),
                         Value::from(ttl_ms.to_string()),
                     ],
                 )

@@ -198,23 +198,21 @@ where
                 return;
             }
         };
-        found.sort_by_key(|(at, _)| *at);
+        // The value for each position, the last the loader gave when it repeated a key (a
+        // table by position: taking each from a sorted list made 100,000 keys quadratic).
+        let mut by_at: Vec<Option<V>> = outcomes.iter().map(|_| None).collect();
+        for (at, value) in found.drain(..) {
+            if let Some(slot) = by_at.get_mut(at) {
+                *slot = Some(value);
+            }
+        }
         // Every write in one batch command: one round trip, one script run per 200 keys.
         let mut prepared = Vec::with_capacity(to_load.len());
         let mut entries = Vec::new();
         let mut slots = Vec::new();
         let mut batch_fence = None;
         for (at, leader, (held, rkey, fence)) in to_load {
-            // The last value the loader gave for this key (it may repeat one).
-            let value = match found.binary_search_by_key(&at, |(a, _)| *a) {
-                Ok(mut i) => {
-                    while found.get(i + 1).is_some_and(|(a, _)| *a == at) {
-                        i += 1;
-                    }
-                    Some(found.remove(i).1)
-                }
-                Err(_) => None,
-            };
+            let value = by_at.get_mut(at).and_then(Option::take);
             let redis = FillContext {
                 found: held,
                 marks: &[],
