@@ -424,10 +424,27 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
 
     let before = r.generation().unwrap();
     support::cmd(&raw, "DEL", &[generation_key.as_str()]).await;
-    let done = r
-        .insert_many([(&1, "one".to_owned()), (&2, "two".to_owned())])
-        .await;
+    let calls = |name: &'static str| command_calls(&raw, name);
+    let (sets, gets, evals) = (
+        calls("set").await,
+        calls("get").await,
+        calls("evalsha").await,
+    );
+    // Keys 1 and 2, and 40 more.
+    let more: Vec<u64> = (100..140).collect();
+    let items = [(&1, "one".to_owned()), (&2, "two".to_owned())]
+        .into_iter()
+        .chain(more.iter().map(|k| (k, format!("v{k}"))));
+    let done = r.insert_many(items).await;
+    assert_eq!(done.len(), 42);
     assert!(done.iter().all(Result::is_ok), "{done:?}");
+    // Fenced as a whole, written again as a whole: one read of the new generation (the
+    // script that restores it, whose own `GET` and `SET` of the generation count too), the
+    // 42 `SET`s twice and one fence `GET` each time — not a generation read and a write per
+    // key.
+    assert_eq!(calls("evalsha").await - evals, 1, "one generation read");
+    assert_eq!(calls("set").await - sets, 2 * 42 + 1);
+    assert_eq!(calls("get").await - gets, 3);
     let after = r.generation().unwrap();
     assert!(after > before, "the batch did not read the generation anew");
     // What a fresh instance reads: its generation and the values of `keys`.
@@ -461,6 +478,30 @@ async fn a_plain_batch_whose_generation_was_lost_is_written_again() {
     assert!(now > after, "the load did not read the generation anew");
     // Neither fill is in the live key space: a fresh instance finds nothing.
     assert_eq!(fresh_read(&[3, 4]).await, (Some(now), vec![None, None]));
+
+    // A batch of invalidations whose generation was lost: its tombstones are fenced as a
+    // whole and written again as a whole, under the generation Redis has now.
+    let gone: Vec<u64> = (200..242).collect();
+    support::cmd(&raw, "DEL", &[generation_key.as_str()]).await;
+    let (sets, gets, evals) = (
+        calls("set").await,
+        calls("get").await,
+        calls("evalsha").await,
+    );
+    let done = r.invalidate_many(&gone).await;
+    assert_eq!(done.len(), 42);
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(calls("evalsha").await - evals, 1, "one generation read");
+    assert_eq!(calls("set").await - sets, 2 * 42 + 1);
+    assert_eq!(calls("get").await - gets, 3);
+    let tombstones_at = r.generation().unwrap();
+    assert!(tombstones_at > now);
+    let live = support::all_keys(&raw)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(&format!(":g{tombstones_at}:")))
+        .count();
+    assert_eq!(live, 42, "the tombstones are in the live key space");
     a.shutdown().await;
 }
 
