@@ -24,6 +24,7 @@
 )]
 
 mod support;
+mod support_write;
 
 use std::{alloc::System, future::Future};
 
@@ -173,19 +174,7 @@ fn main() {
         let base = per_op(|i| {
             let setup = &setup;
             async move {
-                let bytes =
-                    bincode::serde::encode_to_vec(support::profile(), bincode::config::standard())
-                        .expect("encode");
-                let _: () = fred::prelude::KeysInterface::set(
-                    &setup.raw,
-                    setup.raw_keys[i % L2_KEYS].as_str(),
-                    bytes,
-                    Some(fred::types::Expiration::PX(60_000)),
-                    None,
-                    false,
-                )
-                .await
-                .expect("set");
+                support_write::raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()).await;
             }
         })
         .await;

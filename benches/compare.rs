@@ -40,6 +40,7 @@
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
 mod support;
+mod support_write;
 
 use std::time::{Duration, Instant};
 
@@ -239,22 +240,6 @@ fn l2_hit(rounds: usize) {
     drop(server);
 }
 
-/// What hand-written cache-aside does to store a value: a bincode encode and a `SET … PX`.
-async fn raw_write(setup: &L2Setup, key: &str) {
-    let bytes = bincode::serde::encode_to_vec(support::profile(), bincode::config::standard())
-        .expect("encode");
-    let _: () = fred::prelude::KeysInterface::set(
-        &setup.raw,
-        key,
-        bytes,
-        Some(fred::types::Expiration::PX(60_000)),
-        None,
-        false,
-    )
-    .await
-    .expect("set");
-}
-
 /// Our side of the write comparisons: `Region::insert` of the profile value under key `i`.
 async fn insert(setup: &L2Setup, i: usize) {
     let key = setup.keys[i % L2_KEYS].as_str();
@@ -275,7 +260,7 @@ fn write(rounds: usize) {
             rounds,
             1_000,
             |i| insert(&setup, i),
-            |i| raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()),
+            |i| support_write::raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()),
         )
         .await;
         r.report("write", 1.3);
@@ -338,7 +323,7 @@ fn load(rounds: usize) {
                             .await
                             .expect("get");
                     assert!(got.is_none());
-                    raw_write(setup, &key).await;
+                    support_write::raw_write(setup, &key).await;
                 }
             },
         )
@@ -506,7 +491,7 @@ fn batch_write(rounds: usize) {
 async fn raw_write_announced(setup: &L2Setup, i: usize) {
     let message = vec![7u8; 40];
     let ((), published) = tokio::join!(
-        raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()),
+        support_write::raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()),
         fred::prelude::PubsubInterface::publish::<(), _, _>(&setup.raw, "raw-bus", message)
     );
     published.expect("publish");
