@@ -381,6 +381,58 @@ async fn batch_writes_in_memory() {
     batch_writes(&Shared::Memory(MemoryServer::new()), None).await;
 }
 
+/// A batch read of a region with sliding expiration reads and extends every key in one step
+/// each (`GETEX … PX`, no batch form), answers in order, and counts each extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_batch_read_extends_every_key_it_reads() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = quiet_cache(&shared, "slide").await;
+    let options = layercache::EntryOptions::new()
+        .ttl(Duration::from_secs(10))
+        .sliding(Duration::from_millis(300));
+    let r = c
+        .region::<u64, String>("user")
+        .entry_options(options)
+        .build()
+        .await
+        .unwrap();
+    let keys: Vec<u64> = (0..20).collect();
+    let done = r
+        .insert_many(keys.iter().map(|k| (k, format!("s{k}"))))
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    // Redis's TTLs run down to 2 s, and L1 forgets them: the batch must go to Redis.
+    let rkeys: Vec<String> = keys.iter().map(|k| r.redis_key(k).unwrap()).collect();
+    for k in &rkeys {
+        cmd(&raw, "PEXPIRE", &[k.as_str(), "2000"]).await;
+    }
+    c.clear_l1();
+    let (getex, extends) = (command_calls(&raw, "getex").await, c.stats().l2_extends);
+    let asked: Vec<u64> = keys.iter().copied().chain([99]).collect();
+    let got: Vec<Option<String>> = r.get_many(&asked).await.iter().map(value).collect();
+    let want: Vec<Option<String>> = keys
+        .iter()
+        .map(|k| Some(format!("s{k}")))
+        .chain([None])
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        command_calls(&raw, "getex").await - getex,
+        21,
+        "a GETEX per key"
+    );
+    assert_eq!(c.stats().l2_extends - extends, 21);
+    for k in &rkeys {
+        let pttl: i64 = fred::prelude::KeysInterface::pttl(&raw, k.as_str())
+            .await
+            .unwrap();
+        assert!(pttl > 5_000, "{k} not extended: {pttl} ms left");
+    }
+    c.shutdown().await;
+}
+
 /// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's
 /// generation after them (the fence). When the generation key is gone (a `FLUSHALL`, a restart
 /// without persistence), that `GET` finds nothing: every entry of an `insert_many` counts as

@@ -303,6 +303,7 @@ where
         };
         let mut out = Vec::with_capacity(led.len());
         let mut reads = Vec::with_capacity(led.len());
+        let mut rkeys = Vec::with_capacity(led.len());
         for (at, leader) in led {
             // A write of this key that Redis did not confirm waits for its repair.
             if cache.journal.blocks(leader.key()) {
@@ -310,17 +311,17 @@ where
                 out.push(load(|| RedisHeld::Down, None)((at, leader)));
                 continue;
             }
-            let rkey = self.shared.state.data_key(g, &leader.key()[4..]);
-            reads.push((at, leader, rkey));
+            rkeys.push(self.shared.state.data_key(g, &leader.key()[4..]));
+            reads.push((at, leader));
         }
-        let rkeys: Vec<String> = reads.iter().map(|(_, _, k)| k.clone()).collect();
         let values = match options.get_sliding() {
             None => l2.get_many(&rkeys).await,
             Some(_) => {
                 let ttl = millis_ceil(options.get_ttl() + options.keep_after_expiry());
                 self.counters().l2_extends.add(rkeys.len() as u64);
                 let tasks: Vec<_> = rkeys
-                    .into_iter()
+                    .iter()
+                    .cloned()
                     .map(|k| {
                         let l2 = l2.clone();
                         tokio::spawn(async move { l2.get_and_touch(&k, ttl).await })
@@ -343,7 +344,7 @@ where
         let values = match values {
             Ok(v) => v,
             Err(e) => {
-                let leaders = reads.into_iter().map(|(at, leader, _)| (at, leader));
+                let leaders = reads.into_iter();
                 return match self.l2_failed("get_many", e) {
                     Err(e) => Err((leaders.collect(), e)),
                     Ok(()) => {
@@ -353,7 +354,7 @@ where
                 };
             }
         };
-        for ((at, leader, rkey), bytes) in reads.into_iter().zip(values) {
+        for (((at, leader), rkey), bytes) in reads.into_iter().zip(rkeys).zip(values) {
             let after = match bytes {
                 Some(bytes) => {
                     let found = self
