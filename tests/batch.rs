@@ -679,8 +679,9 @@ async fn big_batches_are_chunked_and_an_outage_is_repaired() {
     c.shutdown().await;
 }
 
-/// 100,000 keys in one call: chunked so that no single command holds Redis for long (the
-/// longest is reported, not asserted: speed is measured in the benches).
+/// 100,000 keys in one call — `insert_many`, `get_many`, `get_or_load_many` (half of them
+/// cached) and `invalidate_many`: chunked so that no single command holds Redis for long (the
+/// longest is reported, not asserted: speed is measured in the benches), every key answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_keys_in_one_call() {
     let server = redis();
@@ -773,6 +774,21 @@ async fn a_hundred_thousand_keys_in_one_call() {
         .await;
     assert_eq!(value(&got[0]).as_deref(), Some("asked"));
     assert_eq!(value(&r.get_many(&[7]).await[0]).as_deref(), Some("v"));
+
+    // And 100,000 invalidations in one call: a tombstone each, a fence per 200, every key
+    // answered, and nothing found after.
+    let (sets, gets) = (
+        command_calls(&raw, "set").await,
+        command_calls(&raw, "get").await,
+    );
+    let done = r.invalidate_many(&keys).await;
+    assert_eq!(done.len(), 100_000);
+    assert!(done.iter().all(Result::is_ok));
+    assert_eq!(command_calls(&raw, "set").await - sets, 100_000);
+    assert_eq!(command_calls(&raw, "get").await - gets, 500);
+    c.clear_l1();
+    let got = r.get_many(&keys).await;
+    assert!(got.iter().all(|v| value(v).is_none()));
     c.shutdown().await;
 }
 
