@@ -159,25 +159,10 @@ fn main() {
         .await;
         report("get_many", ours.per(BATCH), base.per(BATCH), "key");
 
-        let ours = per_op(|i| {
-            let setup = &setup;
-            async move {
-                let key = setup.keys[i % L2_KEYS].as_str();
-                setup
-                    .region
-                    .insert(key, support::profile())
-                    .await
-                    .expect("insert");
-            }
-        })
-        .await;
-        let base = per_op(|i| {
-            let setup = &setup;
-            async move {
-                support_write::raw_write(setup, setup.raw_keys[i % L2_KEYS].as_str()).await;
-            }
-        })
-        .await;
+        let ours = per_op(|i| support_write::insert(&setup, i)).await;
+        let base =
+            per_op(|i| support_write::raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()))
+                .await;
         report("insert", ours, base, "write");
     });
     drop(server);

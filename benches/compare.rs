@@ -240,16 +240,6 @@ fn l2_hit(rounds: usize) {
     drop(server);
 }
 
-/// Our side of the write comparisons: `Region::insert` of the profile value under key `i`.
-async fn insert(setup: &L2Setup, i: usize) {
-    let key = setup.keys[i % L2_KEYS].as_str();
-    setup
-        .region
-        .insert(key, support::profile())
-        .await
-        .expect("insert");
-}
-
 /// `Region::insert` (encode, envelope, the fenced `SET` with its bus message sent together,
 /// L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
 /// hand-written cache-aside write costs.
@@ -259,7 +249,7 @@ fn write(rounds: usize) {
         let r = interleave(
             rounds,
             1_000,
-            |i| insert(&setup, i),
+            |i| support_write::insert(&setup, i),
             |i| support_write::raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()),
         )
         .await;
@@ -536,7 +526,7 @@ fn write_announced(rounds: usize) {
         let r = interleave(
             rounds,
             1_000,
-            |i| insert(&setup, i),
+            |i| support_write::insert(&setup, i),
             |i| raw_write_announced(&setup, i),
         )
         .await;

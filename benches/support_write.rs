@@ -1,8 +1,8 @@
-//! The cache-aside write the write comparisons measure against (`compare`, `allocs`).
+//! The two sides of the write comparisons (`compare`, `allocs`).
 
 use fred::prelude::KeysInterface;
 
-use crate::support::{profile, L2Setup};
+use crate::support::{profile, L2Setup, L2_KEYS};
 
 /// What hand-written cache-aside does to store a value: a bincode encode and a `SET … PX`.
 pub(crate) async fn raw_write(setup: &L2Setup, key: &str) {
@@ -19,4 +19,10 @@ pub(crate) async fn raw_write(setup: &L2Setup, key: &str) {
         )
         .await
         .expect("set");
+}
+
+/// Our side of the write comparisons: `Region::insert` of the profile value under key `i`.
+pub(crate) async fn insert(setup: &L2Setup, i: usize) {
+    let key = setup.keys[i % L2_KEYS].as_str();
+    setup.region.insert(key, profile()).await.expect("insert");
 }

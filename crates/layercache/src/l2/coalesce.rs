@@ -137,7 +137,8 @@ impl Coalescer {
     }
 
     /// Gives back a slot: when reads are queued, the slot stays taken and their batch (at most
-    /// [`MAX_COALESCED`] keys, fewer for large values) is returned, for the caller to send; else the slot is freed.
+    /// [`MAX_COALESCED`] keys, fewer for large values) is returned, for the caller to send;
+    /// else the slot is freed.
     pub(super) fn release(&self) -> Option<Vec<Waiting>> {
         let mut state = self.lock();
         if state.queue.is_empty() {

@@ -109,11 +109,12 @@ where
             let mut items = Vec::new();
             let mut again = Vec::new();
             for (at, mut insert) in fenced {
-                insert.known = g;
-                insert.rk = g.map(|g| self.shared.state.data_key(g, &insert.k[4..]));
-                let encoded = insert.rk.as_deref().map(|rk| insert.encode_for(rk));
-                match (insert.rk.clone(), encoded) {
-                    (Some(rk), Some(Ok(enc))) => {
+                if let Err(e) = self.rekey(&mut insert, g) {
+                    answers[at] = Some(insert.end(Some(Err(e))).await.map(|_| ()));
+                    continue;
+                }
+                match (insert.rk.take(), insert.encoded.take()) {
+                    (Some(rk), Some(enc)) => {
                         items.push(Item {
                             k: insert.k.to_vec(),
                             rk,
@@ -122,11 +123,12 @@ where
                         });
                         again.push((at, insert));
                     }
-                    (_, Some(Err(e))) => {
-                        answers[at] = Some(insert.end(Some(Err(e))).await.map(|_| ()));
-                    }
                     // No generation to write under: as `insert` would, alone.
-                    _ => single.push((at, insert)),
+                    (rk, enc) => {
+                        insert.rk = rk;
+                        insert.encoded = enc;
+                        single.push((at, insert));
+                    }
                 }
             }
             let written = self.write_batch(items, g).await;
@@ -383,16 +385,22 @@ where
     /// An insert whose batch write was fenced: under the generation Redis has now, alone.
     async fn rewrite(&self, insert: &mut Insert<'_, K, V, C>) -> Option<Written> {
         self.cache.refresh_generation(&self.shared.state).await;
-        let g = self.shared.state.generation();
-        insert.known = g;
-        insert.rk = g.map(|g| self.shared.state.data_key(g, &insert.k[4..]));
-        if let Some(rk) = &insert.rk {
-            match insert.encode_for(rk) {
-                Ok(enc) => insert.encoded = Some(enc),
-                Err(e) => return Some(Err(e)),
-            }
+        if let Err(e) = self.rekey(insert, self.shared.state.generation()) {
+            return Some(Err(e));
         }
         insert.write().await
+    }
+
+    /// Points `insert` at generation `g`: its Redis key, and its value encoded for that key
+    /// (neither when there is no generation to write under).
+    fn rekey(&self, insert: &mut Insert<'_, K, V, C>, g: Option<u64>) -> Result<()> {
+        insert.known = g;
+        insert.rk = g.map(|g| self.shared.state.data_key(g, &insert.k[4..]));
+        insert.encoded = match &insert.rk {
+            Some(rk) => Some(insert.encode_for(rk)?),
+            None => None,
+        };
+        Ok(())
     }
 }
 
