@@ -27,10 +27,15 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// Hot keys of the failover test; the resharding test uses more, so that many move.
 const KEYS: u64 = 64;
 
+/// An instance whose commands time out after 300 ms (a dead primary is noticed quickly).
 async fn instance(url: &str, name: &str) -> LayerCache {
+    instance_with_timeout(url, name, Duration::from_millis(300)).await
+}
+
+async fn instance_with_timeout(url: &str, name: &str, command_timeout: Duration) -> LayerCache {
     LayerCache::builder(name)
         .redis_url(url)
-        .l2_command_timeout(Duration::from_millis(300))
+        .l2_command_timeout(command_timeout)
         .l2_connect_timeout(Duration::from_secs(5))
         .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .l2_breaker_cooldown(Duration::from_millis(300))
@@ -270,8 +275,13 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
 async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let a = instance(&cluster.url(), "reshard").await;
-    let b = instance(&cluster.url(), "reshard").await;
+    // No node dies here, so nothing is gained by timing out quickly; a short timeout only
+    // measured this machine (six servers, the resharding tool and the load on two cores: once
+    // eight commands took over 300 ms mid-migration, which opened a breaker whose rejections
+    // count as errors). What this test bounds is the errors the migration itself causes.
+    let slow_ok = Duration::from_secs(3);
+    let a = instance_with_timeout(&cluster.url(), "reshard", slow_ok).await;
+    let b = instance_with_timeout(&cluster.url(), "reshard", slow_ok).await;
     let ra = a.region::<u64, u64>("items").build().await.unwrap();
     let rb = b.region::<u64, u64>("items").build().await.unwrap();
     // A thousand keys, all in Redis before the move, so that many are mid-migration while

@@ -246,10 +246,10 @@ impl Engine {
     pub(crate) async fn refresh_generation(&self, state: &RegionState) {
         let Some(l2) = &self.l2 else { return };
         let initial = unix_millis().max(state.generation_floor());
-        match l2
+        let loaded = l2
             .load_generation(&state.generation_key, initial, GENERATION_TTL)
-            .await
-        {
+            .await;
+        match loaded {
             Ok(g) if g < state.highest_seen() => {
                 // Below a generation this instance has used: the key was lost (FLUSHALL, a
                 // restart empty, eviction) and created again by an instance whose clock is
@@ -274,6 +274,8 @@ impl Engine {
                 }
             }
         }
+        // After the raise: a heartbeat seeing this region read yet unknown retries it.
+        state.mark_read();
     }
 
     /// Moves a region's generation in Redis past its current value and above every generation

@@ -4,7 +4,7 @@
 
 use std::{
     any::TypeId,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use crate::{
@@ -30,6 +30,10 @@ pub(crate) struct RegionState {
     generation: AtomicU64,
     /// The highest generation ever seen, even after it was forgotten: a floor for the next one.
     highest: AtomicU64,
+    /// Whether a generation read has ended (either way) since the region was registered: until
+    /// then the read `RegionBuilder::build` makes is the only one (the heartbeat's retry of
+    /// unknown generations waits for it, or a new region would be read twice).
+    read_once: AtomicBool,
     /// The counters of what this region's calls did (the cache's stats sum them with its own).
     pub(crate) counters: crate::stats::Counters,
 }
@@ -58,6 +62,7 @@ impl RegionState {
             generation_key: generation_key(cache, name, schema),
             generation: AtomicU64::new(if with_redis { UNKNOWN_GENERATION } else { 0 }),
             highest: AtomicU64::new(0),
+            read_once: AtomicBool::new(!with_redis),
             counters: crate::stats::Counters::default(),
         }
     }
@@ -81,6 +86,17 @@ impl RegionState {
     /// bumps may have been missed). The region bypasses Redis until it is read again.
     pub(crate) fn forget_generation(&self) {
         self.generation.store(UNKNOWN_GENERATION, Ordering::Release);
+    }
+
+    /// Whether the heartbeat should read the generation again: it is unknown, and not because
+    /// the first read (by `RegionBuilder::build`) is still under way.
+    pub(crate) fn needs_generation_retry(&self) -> bool {
+        self.generation().is_none() && self.read_once.load(Ordering::Acquire)
+    }
+
+    /// Records that a generation read has ended (answered or failed).
+    pub(crate) fn mark_read(&self) {
+        self.read_once.store(true, Ordering::Release);
     }
 
     /// The highest generation this instance has seen for the region.
@@ -123,5 +139,30 @@ impl RegionState {
     /// The load-lock key of a user key at generation `g`.
     pub(crate) fn lock_key(&self, generation: u64, key: &[u8]) -> String {
         keyed(&self.lock_base, generation, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(with_redis: bool) -> RegionState {
+        RegionState::new(0, "c", "r", (TypeId::of::<u8>(), 1, 0), with_redis)
+    }
+
+    #[test]
+    fn a_new_region_is_retried_only_after_its_first_read_ended_without_a_generation() {
+        let r = region(true);
+        // The build's own read is under way: the heartbeat leaves it alone.
+        assert!(!r.needs_generation_retry());
+        r.mark_read();
+        // That read failed (nothing raised): now the heartbeat retries.
+        assert!(r.needs_generation_retry());
+        assert!(r.raise_generation(7));
+        assert!(!r.needs_generation_retry());
+        r.forget_generation();
+        assert!(r.needs_generation_retry());
+        // Without Redis the generation is local and known from the start.
+        assert!(!region(false).needs_generation_retry());
     }
 }

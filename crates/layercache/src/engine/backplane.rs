@@ -71,7 +71,7 @@ impl Receiver for Engine {
         let regions: Vec<_> = self
             .all_regions()
             .into_iter()
-            .filter(|r| all || r.generation().is_none())
+            .filter(|r| all || r.needs_generation_retry())
             .collect();
         if regions.is_empty() {
             return;
