@@ -26,6 +26,8 @@
 //!
 //! - `batch_get`: `Region::get_many` of 100 keys answered by Redis (same setup as `l2_hit`),
 //!   against 100 sequential `Region::get` of the same keys. Target: ≤ 1/15 of the time.
+//! - `batch_get_raw`: the same `get_many(100)` against one fred `MGET` of the 100 keys and
+//!   100 bincode decodes (informational: the floor under the batch read).
 //! - `batch_load`: `Region::get_or_load_many` of 100 keys neither tier has (one batch-loader
 //!   call), against 100 concurrent `Region::get_or_load` of other such keys (100 loader calls).
 //!   Target: ≤ 1/5 of the time.
@@ -33,7 +35,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
@@ -366,6 +368,55 @@ fn batch_get(rounds: usize) {
     drop(server);
 }
 
+/// `get_many(100)` against one fred `MGET` of 100 keys and 100 bincode decodes: what the
+/// batch read costs beyond the command and the decode (informational: no target).
+fn batch_get_raw(rounds: usize) {
+    let (server, rt, setup) = l2_bench();
+    rt.block_on(async {
+        let r = interleave(
+            rounds,
+            20,
+            |i| {
+                let keys: Vec<&str> = (0..BATCH)
+                    .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
+                    .collect();
+                let setup = &setup;
+                async move {
+                    let got = setup.region.get_many(keys).await;
+                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
+                    std::hint::black_box(got);
+                }
+            },
+            |i| {
+                let keys: Vec<String> = (0..BATCH)
+                    .map(|j| setup.raw_keys[(i * BATCH + j) % L2_KEYS].clone())
+                    .collect();
+                let setup = &setup;
+                async move {
+                    let rows: Vec<Option<Vec<u8>>> =
+                        fred::interfaces::KeysInterface::mget(&setup.raw, keys)
+                            .await
+                            .expect("mget");
+                    let values: Vec<std::sync::Arc<support::Profile>> = rows
+                        .into_iter()
+                        .map(|b| {
+                            let b = b.expect("found");
+                            let (v, _): (support::Profile, usize) =
+                                bincode::serde::decode_from_slice(&b, bincode::config::standard())
+                                    .expect("decode");
+                            std::sync::Arc::new(v)
+                        })
+                        .collect();
+                    std::hint::black_box(values);
+                }
+            },
+        )
+        .await;
+        r.report("batch_get_raw", 1.1);
+    });
+    drop(server);
+}
+
 fn batch_load(rounds: usize) {
     let (server, rt, setup) = l2_bench();
     rt.block_on(async {
@@ -560,6 +611,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_get") {
         batch_get(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_get_raw") {
+        batch_get_raw(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);
