@@ -333,27 +333,30 @@ fn load(rounds: usize) {
 /// Keys per batch.
 const BATCH: usize = 100;
 
+/// The keys of batch `i` (cycling over the keys Redis holds).
+fn batch_keys(setup: &L2Setup, i: usize) -> Vec<&str> {
+    (0..BATCH)
+        .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
+        .collect()
+}
+
+/// The layercache side of `batch_get` and `batch_get_raw`: `get_many` of batch `i`, every key
+/// found.
+async fn batch_read(setup: &L2Setup, i: usize) {
+    let got = setup.region.get_many(batch_keys(setup, i)).await;
+    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
+    std::hint::black_box(got);
+}
+
 fn batch_get(rounds: usize) {
     let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let batch = |i: usize| -> Vec<&str> {
-            (0..BATCH)
-                .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
-                .collect()
-        };
         let r = interleave(
             rounds,
             20,
+            |i| batch_read(&setup, i),
             |i| {
-                let (setup, keys) = (&setup, batch(i));
-                async move {
-                    let got = setup.region.get_many(keys).await;
-                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
-                    std::hint::black_box(got);
-                }
-            },
-            |i| {
-                let (setup, keys) = (&setup, batch(i));
+                let (setup, keys) = (&setup, batch_keys(&setup, i));
                 async move {
                     for k in keys {
                         let v = setup.region.get(k).await.expect("get");
@@ -376,17 +379,7 @@ fn batch_get_raw(rounds: usize) {
         let r = interleave(
             rounds,
             20,
-            |i| {
-                let keys: Vec<&str> = (0..BATCH)
-                    .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].as_str())
-                    .collect();
-                let setup = &setup;
-                async move {
-                    let got = setup.region.get_many(keys).await;
-                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
-                    std::hint::black_box(got);
-                }
-            },
+            |i| batch_read(&setup, i),
             |i| {
                 let keys: Vec<String> = (0..BATCH)
                     .map(|j| setup.raw_keys[(i * BATCH + j) % L2_KEYS].clone())

@@ -46,13 +46,14 @@ fn recording(calls: &Calls) -> impl FnMut(Vec<u64>) -> Rows + Send + 'static {
 /// A cache that sends no heartbeat during its test: every few, the bus renews the region's
 /// generation, which the tests' command counts would see.
 async fn quiet_cache(shared: &Shared, name: &str) -> LayerCache {
-    shared
-        .builder(name)
+    quiet(shared.builder(name)).build().await.unwrap()
+}
+
+/// `builder` with no heartbeat after the first (see [`quiet_cache`]).
+fn quiet(builder: layercache::LayerCacheBuilder) -> layercache::LayerCacheBuilder {
+    builder
         .bus_heartbeat_interval(Duration::from_secs(3600))
         .bus_heartbeat_timeout(Duration::from_secs(7200))
-        .build()
-        .await
-        .unwrap()
 }
 
 fn value(r: &layercache::Result<Option<Arc<String>>>) -> Option<String> {
@@ -150,14 +151,14 @@ async fn a_batch_is_one_mget_per_thousand_keys() {
     // cluster starting) is answered key by key, which the GET count below would see. And no
     // heartbeat after the first (as `quiet_cache`): the bus's periodic generation renewal
     // would show in the count too.
-    let c = shared
-        .builder("m")
-        .l2_command_timeout(Duration::from_secs(5))
-        .bus_heartbeat_interval(Duration::from_secs(3600))
-        .bus_heartbeat_timeout(Duration::from_secs(7200))
-        .build()
-        .await
-        .unwrap();
+    let c = quiet(
+        shared
+            .builder("m")
+            .l2_command_timeout(Duration::from_secs(5)),
+    )
+    .build()
+    .await
+    .unwrap();
     let r = users(&c).await;
     let keys: Vec<u64> = (0..2500).collect();
     let (mgets, gets) = (

@@ -246,10 +246,10 @@ impl Engine {
     pub(crate) async fn refresh_generation(&self, state: &RegionState) {
         let Some(l2) = &self.l2 else { return };
         let initial = unix_millis().max(state.generation_floor());
-        let loaded = l2
+        match l2
             .load_generation(&state.generation_key, initial, GENERATION_TTL)
-            .await;
-        match loaded {
+            .await
+        {
             Ok(g) if g < state.highest_seen() => {
                 // Below a generation this instance has used: the key was lost (FLUSHALL, a
                 // restart empty, eviction) and created again by an instance whose clock is
