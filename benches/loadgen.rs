@@ -21,7 +21,8 @@
 //! `loadgen-throughput-cpu.svg` (throughput beside CPU per operation) into `DIR`, relative to
 //! the workspace root (`--charts docs/img` regenerates the ones docs/BENCHMARKS.md shows).
 //!
-//! `--no-doorkeeper` turns off the L1 doorkeeper (`LayerCacheBuilder::l1_doorkeeper`).
+//! `--no-doorkeeper` turns off the L1 doorkeeper (`LayerCacheBuilder::l1_doorkeeper`);
+//! `--bus-buffer N` sets `LayerCacheBuilder::bus_buffer`.
 //!
 //! `LOADGEN_STATS=1` makes a layercache child print each instance's `Stats` when the measured
 //! window begins (`STATS0 …`) and as it ends (`STATS …`): their difference is the window's own
@@ -131,6 +132,8 @@ struct Args {
     cooldown_ms: Option<u64>,
     /// `LayerCacheBuilder::l2_read_coalescing` (the library's default when absent).
     read_coalescing: Option<usize>,
+    /// `LayerCacheBuilder::bus_buffer` (`--bus-buffer N`; the library's default when absent).
+    bus_buffer: Option<usize>,
     /// Loads under the distributed load lock (`--lock`).
     lock: bool,
     /// The variants to run (`--variants a,b`; cache-aside, the baseline, always runs).
@@ -158,6 +161,7 @@ fn args() -> Args {
         bus_thread: None,
         cooldown_ms: None,
         read_coalescing: None,
+        bus_buffer: None,
         lock: false,
         variants: Variant::ALL.to_vec(),
         charts: None,
@@ -180,6 +184,7 @@ fn args() -> Args {
             "--url" => a.url = Some(v.clone()),
             "--cooldown-ms" => a.cooldown_ms = Some(v.parse().unwrap()),
             "--read-coalescing" => a.read_coalescing = Some(v.parse().unwrap()),
+            "--bus-buffer" => a.bus_buffer = Some(v.parse().unwrap()),
             "--charts" => a.charts = Some(v.clone()),
             "--cluster" => {
                 a.cluster = true;
@@ -503,6 +508,9 @@ async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec
                 if a.no_doorkeeper {
                     b = b.l1_doorkeeper(false);
                 }
+                if let Some(n) = a.bus_buffer {
+                    b = b.bus_buffer(n);
+                }
                 let cache = b.build().await.unwrap();
                 let r = cache
                     .region::<str, Val>("v")
@@ -774,6 +782,9 @@ async fn parent(a: Args) {
     if let Some(n) = a.read_coalescing {
         println!("l2_read_coalescing: {n}");
     }
+    if let Some(n) = a.bus_buffer {
+        println!("bus_buffer: {n}");
+    }
     if a.lock {
         println!("loads under the distributed load lock");
     }
@@ -815,6 +826,12 @@ async fn parent(a: Args) {
                 .args(
                     a.read_coalescing
                         .map(|n| ["--read-coalescing".to_owned(), n.to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
+                .args(
+                    a.bus_buffer
+                        .map(|n| ["--bus-buffer".to_owned(), n.to_string()])
                         .into_iter()
                         .flatten(),
                 )

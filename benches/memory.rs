@@ -11,8 +11,12 @@
 //! lets moka's housekeeping settle, then reports:
 //! - **heap**: bytes live on the heap (a counting global allocator), minus what was live
 //!   before the cache was built: what the cache itself holds, exactly;
+//! - **peak heap**: the most bytes live at once (same allocator), so a peak RSS above the heap
+//!   at the end is told apart from a transient peak;
 //! - **peak RSS** (`VmHWM`) and **RSS** at the end (`VmRSS`): what the operating system gave
-//!   the process, allocator overhead and all.
+//!   the process, allocator overhead and all; and the end's RSS split into anonymous memory
+//!   (heap, stacks) and file-backed pages (mostly the binary's code: the more of it runs, the
+//!   more is resident — a Redis client runs more of it than an L1 alone).
 //!
 //! Sides: `moka` (a `moka::future::Cache<String, Arc<V>>` with the capacity, default
 //! settings), `layercache-l1` (a `LayerCache` without Redis: the L1 alone), `layercache`
@@ -111,9 +115,12 @@ async fn child(side: &str, entries: usize, value_bytes: usize, url: Option<Strin
 fn report(side: &str, before: usize) {
     let heap = ALLOC.allocated().saturating_sub(before);
     println!(
-        "RESULT {side} {heap} {} {}",
+        "RESULT {side} {heap} {} {} {} {} {}",
         status_kib("VmHWM:"),
-        status_kib("VmRSS:")
+        status_kib("VmRSS:"),
+        status_kib("RssAnon:"),
+        status_kib("RssFile:"),
+        ALLOC.max_allocated().saturating_sub(before),
     );
 }
 
@@ -142,8 +149,8 @@ fn main() {
     let exe = std::env::current_exe().unwrap();
     println!("memory: {entries} entries of {value_bytes} B (each value an Arc of its own)");
     println!();
-    println!("| side | heap MiB | heap bytes / entry | × moka | peak RSS MiB | × moka | RSS at the end MiB |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| side | heap MiB | peak heap MiB | heap bytes / entry | × moka | peak RSS MiB | × moka | RSS at the end MiB | of it anonymous | of it file-backed (code) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut base: Option<(f64, f64)> = None;
     for side in SIDES {
         server.command(&["FLUSHALL"]).unwrap();
@@ -173,16 +180,20 @@ fn main() {
             .map(|x| x.parse().unwrap())
             .collect();
         let (heap, hwm, rss) = (f[0], f[1] * 1024.0, f[2] * 1024.0);
+        let (anon, file, peak_heap) = (f[3] * 1024.0, f[4] * 1024.0, f[5]);
         let (bh, br) = *base.get_or_insert((heap, hwm));
         let mib = |b: f64| b / (1024.0 * 1024.0);
         println!(
-            "| {side} | {:.1} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} |",
+            "| {side} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
             mib(heap),
+            mib(peak_heap),
             heap / entries as f64,
             heap / bh,
             mib(hwm),
             hwm / br,
-            mib(rss)
+            mib(rss),
+            mib(anon),
+            mib(file)
         );
     }
     drop(server);

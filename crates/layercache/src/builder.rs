@@ -160,7 +160,7 @@ impl LayerCacheBuilder {
             l2_error_policy: L2ErrorPolicy::Fallback,
             bus_heartbeat_interval: Duration::from_secs(1),
             bus_heartbeat_timeout: Duration::from_secs(3),
-            bus_buffer: 4096,
+            bus_buffer: crate::DEFAULT_BUS_BUFFER,
             bus_thread: true,
             cluster_bus: bus_options::ClusterBus::Sharded,
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,

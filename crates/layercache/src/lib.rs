@@ -238,8 +238,9 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use inventory::{InstanceInRedis, RegionInRedis};
 pub use key::CacheKey;
 pub use options::{
-    EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_L1_WRITE_COOLDOWN, DEFAULT_L2_READ_COALESCING,
-    DEFAULT_LOADER_HARD_TIMEOUT, DEFAULT_OFFLOAD_THRESHOLD, MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
+    EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_BUS_BUFFER, DEFAULT_L1_WRITE_COOLDOWN,
+    DEFAULT_L2_READ_COALESCING, DEFAULT_LOADER_HARD_TIMEOUT, DEFAULT_OFFLOAD_THRESHOLD,
+    MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
 pub use region::{
     EntryRequest, EntryState, Explanation, Held, LoadContext, NextGet, Region, RegionBuilder,

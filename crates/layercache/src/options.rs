@@ -25,6 +25,17 @@ pub const DEFAULT_OFFLOAD_THRESHOLD: usize = 64 << 10;
 /// 1 read in flight before the others are coalesced.
 pub const DEFAULT_L2_READ_COALESCING: usize = 1;
 
+/// The default [`LayerCacheBuilder::bus_buffer`](crate::LayerCacheBuilder::bus_buffer): 512
+/// messages.
+///
+/// Sized from measurements (`docs/BENCHMARKS.md`, "What a cache costs before its first
+/// entry"): the Redis client allocates every slot of this queue up front, ten times over (one
+/// queue per kind of client event), ~600 bytes of heap per message of capacity — 2.9 MiB per
+/// cache at 4096, 0.7 MiB at 512. Under `loadgen` at 50 % writes (~10,000 bus messages a
+/// second reaching each instance, the listener on its own thread or on the service's runtime)
+/// 64 messages of room were enough and 16–32 were not: 512 leaves eight times that margin.
+pub const DEFAULT_BUS_BUFFER: usize = 512;
+
 /// The longest timeout, wait or interval any option accepts (`l2_command_timeout`,
 /// `lock_wait`, `loader_hard_timeout`, `bus_heartbeat_timeout`, …): 1 day.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);

@@ -59,9 +59,15 @@ impl LayerCacheBuilder {
     /// How many received bus messages may wait for the listener. A listener that falls
     /// further behind loses messages, notices (`Lagged`) and flushes L1.
     ///
+    /// The Redis client allocates this room up front, once per kind of client event, at about
+    /// 600 bytes of heap per message (2.9 MiB per cache at 4096): raise it only if
+    /// [`LayerCache::flushes`](crate::LayerCache::flushes) counts any for
+    /// [`FlushReason::Lag`](crate::FlushReason::Lag).
+    ///
     /// At most [`MAX_QUEUE`](crate::MAX_QUEUE) (2^20).
     ///
-    /// Default: 4096 messages (each carries up to 1024 invalidations).
+    /// Default: [`DEFAULT_BUS_BUFFER`](crate::DEFAULT_BUS_BUFFER), 512 messages (each carries
+    /// up to 1024 invalidations).
     pub fn bus_buffer(mut self, messages: usize) -> Self {
         self.bus_buffer = messages;
         self
