@@ -243,26 +243,43 @@ impl RedisStore {
         write: Write<'_>,
         announcement: Announcement<'_>,
     ) -> Result<(Filled, Result<u64>)> {
+        // Hot-path note: the rarer paths are boxed, so that the common one (a plain write) is
+        // a small future — this one is itself boxed behind the remote store's trait, and a
+        // future of several KiB (a fred command's, held inline) costs every write an
+        // allocation past the allocator's per-thread cache and its copy.
         if self.has_command_lanes() && write.value.len() >= super::pool::LARGE_WRITE_BYTES {
             // A large write must not hold the bus (heartbeats, other writes' announcements)
             // behind its transfer: it goes on a command connection, and its announcement on the
             // bus connection once Redis answered (two round trips; the announcement still
             // follows the write).
-            let filled = self.fill(write).await?;
-            let (taken, published) = self.publish_sequenced(announcement).await;
-            return Ok((filled, published.map(|()| taken)));
+            return Box::pin(async move {
+                let filled = self.fill(write).await?;
+                let (taken, published) = self.publish_sequenced(announcement).await;
+                Ok((filled, published.map(|()| taken)))
+            })
+            .await;
         }
+        if !fenced_set::plain(&write) {
+            return Box::pin(self.fill_script_announced(write, announcement)).await;
+        }
+        // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.
         let condition = write.condition;
-        if fenced_set::plain(&write) {
-            // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.
-            let what = "redis SET + PUBLISH";
-            let (replies, published) = self
-                .plain_announced(what, fenced_set::commands(write), announcement)
-                .instrument(super::set_span(&condition, true))
-                .await?;
-            let filled = plain_outcome(replies, condition.fence, what)?;
-            return Ok((filled, published));
-        }
+        let what = "redis SET + PUBLISH";
+        let (replies, published) = self
+            .plain_announced(what, fenced_set::commands(write), announcement)
+            .instrument(super::set_span(&condition, true))
+            .await?;
+        let filled = plain_outcome(replies, condition.fence, what)?;
+        Ok((filled, published))
+    }
+
+    /// [`fill_announced`](Self::fill_announced) of a write that needs the fill script.
+    async fn fill_script_announced(
+        &self,
+        write: Write<'_>,
+        announcement: Announcement<'_>,
+    ) -> Result<(Filled, Result<u64>)> {
+        let condition = write.condition;
         let (keys, args) = fill_command(write);
         let span = fill_span(&condition, true);
         let what = "redis EVALSHA (fill) + PUBLISH";

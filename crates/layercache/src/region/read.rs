@@ -207,7 +207,8 @@ where
                     Ok(Step::Load(after)) => after,
                 };
                 if task.load.is_none() {
-                    let outcome = task.load(&leader, after).await;
+                    // Boxed: the load path's future must not be part of every Redis read's.
+                    let outcome = Box::pin(task.load(&leader, after)).await;
                     return leader.finish(outcome);
                 }
                 let load = async move {
