@@ -59,8 +59,8 @@ impl LayerCacheBuilder {
     /// How many received bus messages may wait for the listener. A listener that falls
     /// further behind loses messages, notices (`Lagged`) and flushes L1.
     ///
-    /// The Redis client allocates this room up front, once per kind of client event, at about
-    /// 600 bytes of heap per message (2.9 MiB per cache at 4096): raise it only if
+    /// The room is allocated up front (its cost and how the default was sized:
+    /// [`DEFAULT_BUS_BUFFER`](crate::DEFAULT_BUS_BUFFER)): raise it only if
     /// [`LayerCache::flushes`](crate::LayerCache::flushes) counts any for
     /// [`FlushReason::Lag`](crate::FlushReason::Lag).
     ///
