@@ -24,6 +24,16 @@ pub(crate) enum BusEvent {
     Failed(String),
     /// The transport is gone for good.
     Closed,
+    /// Server-assisted tracking: Redis reports these keys modified (by any client but this
+    /// instance's tracked connection).
+    Invalidated(Vec<String>),
+    /// Server-assisted tracking: Redis reports its database emptied (`FLUSHALL`, `FLUSHDB`).
+    ServerFlushed,
+    /// Server-assisted tracking: the tracked connection came back (its tracking is off until
+    /// turned on again).
+    TrackerReconnected,
+    /// Server-assisted tracking: the tracked connection failed (repeats while it stays down).
+    TrackerFailed(String),
 }
 
 /// One subscription to the cache's bus channel. Made before the channel is subscribed, so
@@ -38,6 +48,23 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
     /// Closes the subscription (bounded in time).
     fn close(&mut self, within: Duration) -> BoxFuture<'_, ()>;
+    /// Whether the transport also reports writes through server-assisted tracking (then
+    /// [`track`](Self::track) and [`tracking_intact`](Self::tracking_intact) do something).
+    ///
+    /// Default: `false`.
+    fn tracks(&self) -> bool {
+        false
+    }
+    /// Turns tracking on (again) for the tracked connection, pointed at this subscription's
+    /// current connection, waiting at most `within` for each command.
+    fn track(&self, _within: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Whether the tracked connection's tracking is on and pointed at this subscription's
+    /// current connection (an error when Redis did not answer).
+    fn tracking_intact(&self, _within: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// Where the listener runs, chosen by the transport (Redis: a task, or a thread of its own

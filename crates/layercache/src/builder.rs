@@ -65,6 +65,7 @@ pub struct LayerCacheBuilder {
     bus_heartbeat_timeout: Duration,
     bus_buffer: usize,
     bus_thread: bool,
+    server_assisted_tracking: bool,
     cluster_bus: bus_options::ClusterBus,
     coherence_loss_policy: CoherenceLossPolicy,
     lock_ttl: Duration,
@@ -108,6 +109,7 @@ impl std::fmt::Debug for LayerCacheBuilder {
             .field("bus_heartbeat_timeout", &self.bus_heartbeat_timeout)
             .field("bus_buffer", &self.bus_buffer)
             .field("bus_thread", &self.bus_thread)
+            .field("server_assisted_tracking", &self.server_assisted_tracking)
             .field("cluster_bus", &self.cluster_bus)
             .field("coherence_loss_policy", &self.coherence_loss_policy)
             .field("lock_ttl", &self.lock_ttl)
@@ -162,6 +164,7 @@ impl LayerCacheBuilder {
             bus_heartbeat_timeout: Duration::from_secs(3),
             bus_buffer: crate::DEFAULT_BUS_BUFFER,
             bus_thread: true,
+            server_assisted_tracking: false,
             cluster_bus: bus_options::ClusterBus::Sharded,
             coherence_loss_policy: CoherenceLossPolicy::FlushAll,
             lock_ttl: Duration::from_secs(10),

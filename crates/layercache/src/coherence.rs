@@ -22,11 +22,20 @@ pub enum FlushReason {
     Recovered,
     /// `clear()` was called on some instance.
     Clear,
+    /// With [`server_assisted_tracking`](crate::LayerCacheBuilder::server_assisted_tracking):
+    /// the connection whose writes Redis tracks reconnected, or its tracking was found off or
+    /// pointing at an old subscriber connection. Writes made meanwhile were not reported; the
+    /// flush follows turning tracking on again.
+    TrackingLost,
+    /// With [`server_assisted_tracking`](crate::LayerCacheBuilder::server_assisted_tracking):
+    /// Redis reported that its database was emptied (`FLUSHALL`, `FLUSHDB`). Always flushes,
+    /// whatever the [`CoherenceLossPolicy`]: every entry is gone from Redis.
+    ServerFlush,
 }
 
 impl FlushReason {
     /// Every reason, in counter order.
-    pub const ALL: [FlushReason; 7] = [
+    pub const ALL: [FlushReason; 9] = [
         Self::Disconnect,
         Self::Reconnect,
         Self::Lag,
@@ -34,6 +43,8 @@ impl FlushReason {
         Self::HeartbeatMissed,
         Self::Recovered,
         Self::Clear,
+        Self::TrackingLost,
+        Self::ServerFlush,
     ];
 
     /// A stable lowercase name for logs and metrics.
@@ -46,6 +57,8 @@ impl FlushReason {
             Self::HeartbeatMissed => "heartbeat_missed",
             Self::Recovered => "recovered",
             Self::Clear => "clear",
+            Self::TrackingLost => "tracking_lost",
+            Self::ServerFlush => "server_flush",
         }
     }
 
@@ -55,7 +68,7 @@ impl FlushReason {
 
     /// Whether the flush follows a loss of coherence (and so obeys the loss policy).
     pub(crate) fn is_loss(self) -> bool {
-        !matches!(self, Self::Clear)
+        !matches!(self, Self::Clear | Self::ServerFlush)
     }
 }
 

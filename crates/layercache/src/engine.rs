@@ -45,6 +45,15 @@ pub(crate) struct Settings {
     pub(crate) ack_timeout: Option<Duration>,
     /// How many keys the write journal remembers one by one.
     pub(crate) repair_capacity: usize,
+    /// Server-assisted tracking reports writes of data keys to other instances.
+    pub(crate) tracking: bool,
+}
+
+impl Settings {
+    /// Whether writes of data keys go without a bus message (tracking reports them; no acks).
+    pub(crate) fn writes_tracked(&self) -> bool {
+        self.tracking && self.ack_timeout.is_none()
+    }
 }
 
 /// What failed in [`Engine::move_generation`].

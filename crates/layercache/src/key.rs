@@ -338,6 +338,55 @@ pub(crate) fn parse_data_key<'a>(cache: &str, key: &'a str) -> Option<(&'a str, 
     Some((region, schema, generation))
 }
 
+/// `{cache}:f{format}:`: the start of every data key of a cache (what server-assisted tracking
+/// watches).
+pub(crate) fn data_space_prefix(cache: &str) -> String {
+    format!("{cache}:{}{FORMAT_VERSION}:", space::DATA)
+}
+
+/// The region and the user key's bytes of a data key
+/// (`{cache}:f{format}:{region}:s{schema}:g{generation}:{escaped key}`): what an invalidation
+/// Redis reports for a data key (server-assisted tracking) is applied as. `None` for any other
+/// key, or an escaped key that is not one [`escape_into`] writes.
+pub(crate) fn parse_data_key_entry<'a>(cache: &str, key: &'a str) -> Option<(&'a str, Vec<u8>)> {
+    let (region, _, _) = parse_data_key(cache, key)?;
+    let escaped = key.splitn(6, ':').nth(5)?;
+    Some((region, unescape(escaped)?))
+}
+
+/// The bytes [`escape_into`] escaped into `escaped`; `None` if it holds a byte escaping never
+/// leaves plain or a `%` not followed by two upper-case hex digits.
+pub(crate) fn unescape(escaped: &str) -> Option<Vec<u8>> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            let byte = (hi << 4) | lo;
+            if is_plain(byte) {
+                return None;
+            }
+            out.push(byte);
+            i += 3;
+        } else if is_plain(b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +517,38 @@ mod tests {
         assert_eq!(parse_data_key("shop", "shop:f2:user:s3:x12:k"), None);
         assert_eq!(parse_data_key("shop", "shop:t2:user:s3:g12:k"), None);
         assert_eq!(parse_data_key("shopx", &key), None);
+    }
+
+    #[test]
+    fn data_keys_parse_back_to_their_region_and_user_key() {
+        let base = region_prefix("shop", space::DATA, FORMAT_VERSION, "user", 3);
+        let users: [&[u8]; 7] = [
+            b"",
+            b"a:b:c",
+            b"{x}*",
+            b"%41",
+            b"\x00\xff",
+            "ключ".as_bytes(),
+            b"42",
+        ];
+        for user in users {
+            let key = keyed(&base, 1_700_000_000_000, user);
+            assert_eq!(
+                parse_data_key_entry("shop", &key),
+                Some(("user", user.to_vec())),
+                "{key}"
+            );
+        }
+        for other in [
+            "shop:f2:user:s3:g12",
+            "shop:m2:user:s3:gen",
+            "shop:f2:user:s3:g12:%4",
+            "shop:f2:user:s3:g12:%41",
+            "shop:f2:user:s3:g12:%2a",
+            "shop:f2:user:s3:g12:a b",
+            "other:f2:user:s3:g12:k",
+        ] {
+            assert_eq!(parse_data_key_entry("shop", other), None, "{other}");
+        }
     }
 }

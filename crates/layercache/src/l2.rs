@@ -40,6 +40,7 @@ mod pool;
 mod scripts;
 mod spans;
 mod subscriber;
+mod tracking;
 
 use connect::end_task;
 pub(crate) use connect::{connect_store, redact_url, L2Settings};
@@ -462,6 +463,11 @@ impl RemoteStore for RedisStore {
 
     fn quit<'a>(&'a self) -> BoxFuture<'a, ()> {
         Box::pin(RedisStore::quit(self))
+    }
+
+    fn tracking_client(&self) -> Option<fred::prelude::Client> {
+        // With one connection every command goes through the main one.
+        (!self.has_command_lanes()).then(|| self.main_client().clone())
     }
 }
 

@@ -204,6 +204,13 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     fn delete_many<'a>(&'a self, keys: Vec<String>) -> BoxFuture<'a, Result<()>>;
     /// Closes the connection (bounded in time).
     fn quit<'a>(&'a self) -> BoxFuture<'a, ()>;
+    /// The connection whose writes server-assisted tracking leaves out (`NOLOOP`): every
+    /// write of a data key goes through it. `None` where tracking is not supported.
+    ///
+    /// Default: `None`.
+    fn tracking_client(&self) -> Option<fred::prelude::Client> {
+        None
+    }
 }
 
 /// One conditional write of an entry ([`RemoteStore::fill`]).

@@ -46,6 +46,11 @@
 //! | `the lifetime a loader set is invalid with the call's options; the call's is used` | event | warn | `cache.name`, `region`, `error` | a `LoadContext::set_ttl` the call's options reject |
 //! | `bus re-subscribe failed; retrying` | event | warn | `cache.name`, `error` | `SUBSCRIBE` after a reconnection failed |
 //! | `bus re-subscribe failed` | event | debug | `cache.name`, `error` | `SUBSCRIBE` again while connected but deaf to our own heartbeats failed (tried once per heartbeat tick) |
+//! | `Redis reports its database emptied` | event | warn | `cache.name` | with server-assisted tracking: `FLUSHALL`/`FLUSHDB` reported; L1 flushed (`server_flush`) |
+//! | `tracked connection error` | event | warn | `cache.name`, `error` | with server-assisted tracking: the tracked (main) connection failed; L1 flushed once (`tracking_lost`) |
+//! | `server-assisted tracking found off; turning it on again` | event | warn | `cache.name` | the heartbeat tick's `CLIENT TRACKINGINFO` found tracking off or pointed at an old subscriber |
+//! | `turning on server-assisted tracking failed; retried at the next heartbeat tick` | event | warn | `cache.name`, `error` | `CLIENT TRACKING ON` failed (the tracked connection is down) |
+//! | `reading the tracking state failed` | event | debug | `cache.name`, `error` | the tick's `CLIENT TRACKINGINFO` got no answer; L1 flushed once |
 //! | `own bus heartbeat is back` | event | info | `cache.name` | the self-echo returned after a miss (L1 is flushed once more) |
 //! | `redis unreachable at start; running degraded until it answers` | event | warn | `error` or `timeout` | `L2Startup::Degraded` and no connection at `build()` |
 //! | `region generation raised by the bus` | event | debug | `cache.name`, `region`, `generation` | another instance moved a region's generation |

@@ -172,10 +172,40 @@ impl LayerCacheBuilder {
                 )));
             }
         }
+        if self.server_assisted_tracking {
+            self.validate_tracking()?;
+        }
         if self.max_key_bytes > MAX_KEY_BYTES {
             return Err(Error::config(format!(
                 "max_key_bytes is {}; it must be at most {MAX_KEY_BYTES} (1 MiB)",
                 self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where server-assisted tracking works: one server or Sentinel, one connection.
+    fn validate_tracking(&self) -> Result<()> {
+        #[cfg(feature = "memory")]
+        if self.memory_server.is_some() {
+            return Err(Error::config(
+                "server_assisted_tracking needs Redis (redis_url), not a memory server",
+            ));
+        }
+        let clustered = self.redis_url.as_deref().is_some_and(|url| {
+            url.split_once("://")
+                .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
+        });
+        if clustered {
+            return Err(Error::config(
+                "server_assisted_tracking is not supported on a Redis Cluster yet",
+            ));
+        }
+        if self.l2_pool_size != 1 {
+            return Err(Error::config(format!(
+                "server_assisted_tracking needs l2_pool_size 1 (it is {}): writes from the \
+                 other connections would be reported back to the writer",
+                self.l2_pool_size
             )));
         }
         Ok(())
@@ -206,6 +236,7 @@ impl LayerCacheBuilder {
             max_key_bytes: self.max_key_bytes,
             repair_capacity: self.l2_repair_capacity,
             ack_timeout: self.ack_writes,
+            tracking: self.server_assisted_tracking,
         };
         let l1 = L1::new(
             self.capacity(),
@@ -233,7 +264,11 @@ impl LayerCacheBuilder {
         // Degraded start without a connection: the listener subscribes once it connects.
         let subscribed = if subscriber.is_connected() {
             // Part of connecting: bounded by the connect timeout.
-            match subscriber.subscribe(self.l2_connect_timeout).await {
+            let subscribed = match subscriber.subscribe(self.l2_connect_timeout).await {
+                Ok(()) => subscriber.track(self.l2_connect_timeout).await,
+                Err(e) => Err(e),
+            };
+            match subscribed {
                 Ok(()) => true,
                 Err(_) if self.l2_startup == L2Startup::Degraded => false,
                 Err(e) => {
@@ -392,6 +427,21 @@ impl LayerCacheBuilder {
             ),
         );
         match (store, subscriber) {
+            (Ok(store), Ok((mut subscriber, home))) if self.server_assisted_tracking => {
+                let Some(client) = store.tracking_client() else {
+                    subscriber.close(self.l2_command_timeout).await;
+                    store.quit().await;
+                    return Err(Error::config(
+                        "server_assisted_tracking is not supported on a Redis Cluster yet",
+                    ));
+                };
+                subscriber.track_writes_of(client, crate::key::data_space_prefix(&self.name));
+                Ok(Some(Connected {
+                    store,
+                    subscriber: Box::new(subscriber),
+                    home,
+                }))
+            }
             (Ok(store), Ok((subscriber, home))) => Ok(Some(Connected {
                 store,
                 subscriber: Box::new(subscriber),

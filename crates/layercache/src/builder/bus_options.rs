@@ -87,6 +87,43 @@ impl LayerCacheBuilder {
         self
     }
 
+    /// Server-assisted tracking: Redis itself tells every instance of each write of the cache's
+    /// data keys (`CLIENT TRACKING … BCAST PREFIX {cache}:f{format}: NOLOOP`, reported to the
+    /// bus subscriber's connection), instead of the writer publishing a bus message per
+    /// written key. What it changes:
+    ///
+    /// - A plain `insert`, `invalidate` or batch write sends no `PUBLISH`, and the writer's own
+    ///   listener is not woken by its own write (`NOLOOP`): on this project's machine a lone
+    ///   `insert` went from ~2.1× to ~1.7× a bare `SET`, and the service workload gained ~8 %
+    ///   throughput (`docs/BENCHMARKS.md`).
+    /// - Writes by **any** Redis client are reported: a `DEL` or `SET` of a data key by
+    ///   another program, a key's expiry or eviction, and `FLUSHALL`/`FLUSHDB` (every instance
+    ///   flushes L1: [`FlushReason::ServerFlush`](crate::FlushReason::ServerFlush)).
+    /// - Tracking is a connection's state. When the writing connection reconnects, or tracking
+    ///   is found off or pointed at an old subscriber connection (checked every
+    ///   [`bus_heartbeat_interval`](Self::bus_heartbeat_interval)), it is turned on again and
+    ///   L1 is flushed ([`FlushReason::TrackingLost`](crate::FlushReason::TrackingLost));
+    ///   when the subscriber reconnects, tracking is pointed at its new connection before the
+    ///   usual flush.
+    /// - Loads' fills and sliding reads' expiry updates are writes too: other instances drop
+    ///   their copy of such a key (it costs them a read of Redis, never a stale value).
+    /// - Region invalidations, tags, `clear`, heartbeats, and writes acknowledged with
+    ///   [`ack_writes`](Self::ack_writes) still travel on the bus.
+    ///
+    /// Every instance of the cache should use the same setting: an instance without tracking
+    /// still announces its writes on the bus (instances with tracking apply them too), but
+    /// does not hear of writes made by instances with tracking.
+    ///
+    /// Needs one Redis server or Sentinel (not a Redis Cluster yet) and
+    /// [`l2_pool_size`](Self::l2_pool_size) 1 (with a pool, the writes of the other
+    /// connections would be reported back to the writer); `build()` says so otherwise.
+    ///
+    /// Default: `false` (every write is announced on the bus).
+    pub fn server_assisted_tracking(mut self, enabled: bool) -> Self {
+        self.server_assisted_tracking = enabled;
+        self
+    }
+
     /// What to do with L1 when invalidations may have been missed (disconnect, reconnect,
     /// lag, sequence gap, missed heartbeat).
     ///

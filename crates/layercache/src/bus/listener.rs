@@ -56,11 +56,14 @@ impl Listener {
         // Errors repeat while the server is down (every reconnect attempt): flush on the
         // first one only, and again once reconnected.
         let mut connected = self.subscribed;
+        // Whether the tracked connection's tracking is known to be on (the build turned it on
+        // when it subscribed; a failure there is repaired by the first tick).
+        let mut tracking = self.subscribed;
         if !self.subscribed && self.subscriber.is_connected() {
             // Connected between the degraded start and the reconnect stream above: join now
             // (a later connection shows on that stream).
             if let Some(inner) = self.inner.upgrade() {
-                self.join(&inner).await;
+                tracking = self.join(&inner).await;
                 last_echo = Instant::now();
                 connected = true;
             }
@@ -78,6 +81,28 @@ impl Listener {
                         let Some(inner) = self.inner.upgrade() else { break };
                         self.handle(&inner, None, &mut last_echo).await;
                     }
+                    BusEvent::Invalidated(keys) => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracked_writes(&*inner, &keys).await;
+                    }
+                    BusEvent::ServerFlushed => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracing::warn!(cache.name = %inner.name(), "Redis reports its database emptied");
+                        inner.forget_generations();
+                        self.lost(&inner, FlushReason::ServerFlush);
+                    }
+                    BusEvent::TrackerReconnected => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracking = self.retrack(&inner).await;
+                    }
+                    BusEvent::TrackerFailed(error) => {
+                        let Some(inner) = self.inner.upgrade() else { break };
+                        tracing::warn!(cache.name = %inner.name(), error = %error, "tracked connection error");
+                        if tracking {
+                            tracking = false;
+                            inner.flush(FlushReason::TrackingLost);
+                        }
+                    }
                     BusEvent::Lagged(missed) => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracing::warn!(cache.name = %inner.name(), missed, "bus listener lagged; messages lost");
@@ -85,7 +110,7 @@ impl Listener {
                     }
                     BusEvent::Reconnected => {
                         let Some(inner) = self.inner.upgrade() else { break };
-                        self.join(&inner).await;
+                        tracking = self.join(&inner).await;
                         last_echo = Instant::now();
                         connected = true;
                     }
@@ -102,6 +127,9 @@ impl Listener {
                 _ = tick.tick() => {
                     ticks += 1;
                     let Some(inner) = self.inner.upgrade() else { break };
+                    if self.subscriber.tracks() && connected {
+                        tracking = self.check_tracking(&inner, tracking).await;
+                    }
                     let broken = self.on_tick(&inner, last_echo, ticks);
                     if broken && connected {
                         // Connected, yet our own heartbeats do not come back: the server may
@@ -119,15 +147,63 @@ impl Listener {
         self.subscriber.close(within).await;
     }
 
-    /// After a (re)connection: subscribes, then — messages published while we were away are
-    /// lost — forgets the generations we knew (Redis may even have restarted empty), re-reads
-    /// them, and flushes.
-    async fn join(&self, inner: &Arc<dyn Receiver>) {
+    /// After a (re)connection: subscribes, points tracking (if any) at the new connection,
+    /// then — messages published while we were away are lost — forgets the generations we
+    /// knew (Redis may even have restarted empty), re-reads them, and flushes. Returns whether
+    /// tracking is on.
+    async fn join(&self, inner: &Arc<dyn Receiver>) -> bool {
         self.resubscribe(&**inner).await;
+        let tracking = self.track(&**inner).await;
         inner.forget_generations();
         self.lost(inner, FlushReason::Reconnect);
         self.shared().healthy = true;
         inner.clone().repair();
+        tracking
+    }
+
+    /// Turns tracking on (again): true when it is. Writes of other instances made while it
+    /// was off were not reported, so every caller flushes afterwards (never before: a value
+    /// read between the flush and tracking's return would not hear of a write).
+    async fn track(&self, inner: &dyn Receiver) -> bool {
+        match self.subscriber.track(self.command_timeout).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(cache.name = %inner.name(), error = %e, "turning on server-assisted tracking failed; retried at the next heartbeat tick");
+                false
+            }
+        }
+    }
+
+    /// The tracked connection came back, or its tracking was found off: turns it on, then
+    /// flushes. Returns whether tracking is on.
+    async fn retrack(&self, inner: &Arc<dyn Receiver>) -> bool {
+        let on = self.track(&**inner).await;
+        self.lost(inner, FlushReason::TrackingLost);
+        on
+    }
+
+    /// Once per tick with tracking: whether the tracked connection's tracking is still on and
+    /// pointed here (a reconnection whose event was missed, a `CLIENT TRACKING OFF` by someone
+    /// else, a subscriber connection replaced); if not, turns it on again and flushes. When
+    /// Redis does not answer, flushes once (as for a failed connection). Returns whether
+    /// tracking is on.
+    async fn check_tracking(&self, inner: &Arc<dyn Receiver>, on: bool) -> bool {
+        match self.subscriber.tracking_intact(self.command_timeout).await {
+            Ok(true) => true,
+            Ok(false) => {
+                if on {
+                    tracing::warn!(cache.name = %inner.name(), "server-assisted tracking found off; turning it on again");
+                }
+                self.retrack(inner).await
+            }
+            Err(e) => {
+                tracing::debug!(cache.name = %inner.name(), error = %e, "reading the tracking state failed");
+                if on {
+                    inner.flush(FlushReason::TrackingLost);
+                }
+                false
+            }
+        }
     }
 
     /// Flushes for a loss of coherence and re-reads every region's generation in the
@@ -257,5 +333,25 @@ impl Listener {
         if msg.entries.contains(&message::Entry::AckPlease) {
             inner.acknowledge(msg.sender, msg.seq);
         }
+    }
+}
+
+/// Applies the data keys Redis reports written (server-assisted tracking) as key
+/// invalidations; other keys under the prefix are ignored.
+async fn tracked_writes(inner: &dyn Receiver, keys: &[String]) {
+    let counters = inner.counters();
+    counters.bus_received.incr();
+    let entries: Vec<message::Entry> = keys
+        .iter()
+        .filter_map(|k| {
+            let (region, key) = crate::key::parse_data_key_entry(inner.name(), k)?;
+            Some(message::Entry::Key {
+                region: region.to_owned(),
+                key,
+            })
+        })
+        .collect();
+    if !entries.is_empty() {
+        inner.apply(&entries).await;
     }
 }

@@ -7,10 +7,13 @@
 
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{ClientInterface, ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
-use super::connect::{connect_client, end_task, L2Settings};
+use super::{
+    connect::{connect_client, end_task, L2Settings},
+    tracking::{invalidation, next_of, Tracker, TRACKING_CHANNEL},
+};
 use crate::{
     backplane::{BusEvent, ListenerHome, Subscriber},
     error::{Error, ErrorKind, Result},
@@ -29,6 +32,8 @@ pub(crate) struct RedisSubscriber {
     errors: Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
     /// Subscribe with `SSUBSCRIBE` (a cluster's sharded pub/sub).
     sharded: bool,
+    /// Server-assisted tracking of the store's main connection, reported here.
+    tracker: Option<Tracker>,
 }
 
 impl RedisSubscriber {
@@ -57,19 +62,45 @@ impl RedisSubscriber {
                 sharded: settings.sharded_bus && client.is_clustered(),
                 client,
                 channel,
+                tracker: None,
             },
             home,
         ))
+    }
+
+    /// Has Redis report the writes of `client` (the store's main connection) to this
+    /// subscription: every key under `prefix` written by another connection. Takes the
+    /// client's reconnection and error streams now; tracking itself is turned on by
+    /// [`Subscriber::track`], once subscribed.
+    pub(crate) fn track_writes_of(&mut self, client: fred::prelude::Client, prefix: String) {
+        self.tracker = Some(Tracker::new(client, prefix));
+    }
+
+    /// This subscription's current connection id (fred reads it at every connection).
+    fn connection_id(&self) -> Result<i64> {
+        self.client
+            .connection_ids()
+            .values()
+            .next()
+            .copied()
+            .ok_or_else(|| Error::new(ErrorKind::Closed, "the bus subscriber is not connected"))
     }
 }
 
 impl Subscriber for RedisSubscriber {
     fn next_event(&mut self) -> BoxFuture<'_, BusEvent> {
         Box::pin(async move {
+            let tracking = self.tracker.is_some();
+            let (tracker_reconnects, tracker_errors) = match &mut self.tracker {
+                Some(t) => (Some(&mut t.reconnects), Some(&mut t.errors)),
+                None => (None, None),
+            };
+            let (mut tracker_reconnects, mut tracker_errors) = (tracker_reconnects, tracker_errors);
             loop {
                 tokio::select! {
                     biased;
                     m = self.messages.recv() => return match m {
+                        Ok(msg) if tracking && msg.channel == TRACKING_CHANNEL => invalidation(msg.value),
                         Ok(msg) => match msg.value.as_bytes() {
                             Some(bytes) => BusEvent::Message(bytes.to_vec()),
                             None => BusEvent::Foreign,
@@ -85,6 +116,15 @@ impl Subscriber for RedisSubscriber {
                         Err(RecvError::Closed) => return BusEvent::Closed,
                         Err(RecvError::Lagged(_)) => {}
                         Ok((error, _)) => return BusEvent::Failed(error.to_string()),
+                    },
+                    r = next_of(tracker_reconnects.as_deref_mut()) => return match r {
+                        Err(RecvError::Closed) => BusEvent::Closed,
+                        _ => BusEvent::TrackerReconnected,
+                    },
+                    e = next_of(tracker_errors.as_deref_mut()) => match e {
+                        Err(RecvError::Closed) => return BusEvent::Closed,
+                        Err(RecvError::Lagged(_)) => {}
+                        Ok((error, _)) => return BusEvent::TrackerFailed(error.to_string()),
                     },
                 }
             }
@@ -102,6 +142,10 @@ impl Subscriber for RedisSubscriber {
             let subscribed = async {
                 if self.sharded {
                     patient.ssubscribe(self.channel.as_str()).await
+                } else if self.tracker.is_some() {
+                    patient
+                        .subscribe(vec![self.channel.as_str(), TRACKING_CHANNEL])
+                        .await
                 } else {
                     patient.subscribe(self.channel.as_str()).await
                 }
@@ -126,6 +170,28 @@ impl Subscriber for RedisSubscriber {
     fn close(&mut self, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = tokio::time::timeout(within, self.client.quit()).await;
+        })
+    }
+
+    fn tracks(&self) -> bool {
+        self.tracker.is_some()
+    }
+
+    fn track(&self, within: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            match &self.tracker {
+                Some(tracker) => tracker.track(self.connection_id()?, within).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn tracking_intact(&self, within: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            match &self.tracker {
+                Some(tracker) => tracker.intact(self.connection_id()?, within).await,
+                None => Ok(true),
+            }
         })
     }
 }

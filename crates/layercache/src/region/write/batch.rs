@@ -256,7 +256,10 @@ where
                 })
                 .collect();
         };
-        let bus = self.cache.bus.as_ref();
+        // With server-assisted tracking, Redis tells the other instances itself.
+        let bus = (!self.cache.settings.writes_tracked())
+            .then_some(self.cache.bus.as_ref())
+            .flatten();
         let mut results = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {

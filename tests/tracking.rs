@@ -1,0 +1,325 @@
+//! Server-assisted tracking (`server_assisted_tracking(true)`): Redis reports every write of a
+//! data key to the other instances, against a real redis-server, including the faults that
+//! turn tracking off (a killed writing connection, a killed subscriber, `FLUSHALL`).
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+
+use std::time::Duration;
+
+use fred::prelude::Client;
+use layercache::{ErrorKind, FlushReason, LayerCache, Region};
+use support::{
+    builder, cmd, command_calls, data_keys, fast_bus, raw_client, redis, region, wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn tracked(server: &layercache_testkit::RedisServer, name: &str) -> LayerCache {
+    fast_bus(builder(server, name))
+        .server_assisted_tracking(true)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until `r` serves `expected` for `key` (from whichever tier).
+async fn serves(r: &Region<str, u64>, key: &'static str, expected: Option<u64>, what: &str) {
+    wait_until(what, WAIT, || {
+        let r = r.clone();
+        async move { r.get(key).await.unwrap().map(|v| *v) == expected }
+    })
+    .await;
+}
+
+/// Waits until `key` is in `c`'s L1 with `expected` (a read answered from L1): only an
+/// invalidation can make that instance serve another value afterwards. (A read right after
+/// another instance's write may fill L1 before that write's invalidation arrives, which then
+/// drops the copy: so it is read until a copy stays.)
+async fn in_l1(c: &LayerCache, r: &Region<str, u64>, key: &'static str, expected: u64) {
+    wait_until(&format!("{key} = {expected} in L1"), WAIT, || {
+        let (c, r) = (c.clone(), r.clone());
+        async move {
+            let first = r.get(key).await.unwrap().map(|v| *v);
+            let hits = c.stats().l1_hits;
+            let second = r.get(key).await.unwrap().map(|v| *v);
+            first == Some(expected) && second == Some(expected) && c.stats().l1_hits == hits + 1
+        }
+    })
+    .await;
+}
+
+/// The ids of the connections with tracking on (`CLIENT LIST` flag `t`).
+async fn tracking_connections(raw: &Client) -> Vec<String> {
+    let list = cmd(raw, "CLIENT", &["LIST"]).await.as_string().unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('t'))
+        })
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_other_instances_without_a_publish() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let (a, b) = (tracked(&server, "tr").await, tracked(&server, "tr").await);
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+
+    let publishes = command_calls(&raw, "publish").await;
+    for v in 2..=201 {
+        ra.insert("k", v).await.unwrap();
+    }
+    serves(&rb, "k", Some(201), "B to drop its copy of k").await;
+    in_l1(&b, &rb, "k", 201).await;
+    ra.invalidate("k").await.unwrap();
+    serves(&rb, "k", None, "B to drop k after invalidate").await;
+
+    // A batch: every key B holds is dropped.
+    let keys: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let all = |v: u64| {
+        let keys = keys.clone();
+        move |got: Vec<layercache::Result<Option<std::sync::Arc<u64>>>>| {
+            got.len() == keys.len() && got.iter().all(|g| matches!(g, Ok(Some(x)) if **x == v))
+        }
+    };
+    let written = ra.insert_many(keys.iter().map(|k| (k.as_str(), 1))).await;
+    assert!(written.iter().all(Result::is_ok));
+    wait_until("B to read the batch", WAIT, || {
+        let (rb, keys, all1) = (rb.clone(), keys.clone(), all(1));
+        async move { all1(rb.get_many(keys.iter().map(String::as_str)).await) }
+    })
+    .await;
+    for k in ["m0", "m25", "m49"] {
+        in_l1(&b, &rb, k, 1).await;
+    }
+    let written = ra.insert_many(keys.iter().map(|k| (k.as_str(), 2))).await;
+    assert!(written.iter().all(Result::is_ok));
+    wait_until("B to drop every key of the batch", WAIT, || {
+        let (rb, keys, all2) = (rb.clone(), keys.clone(), all(2));
+        async move { all2(rb.get_many(keys.iter().map(String::as_str)).await) }
+    })
+    .await;
+
+    // 251 writes announced by Redis itself: what was published is the two instances'
+    // heartbeats (every 100 ms), not one message per write.
+    let published = command_calls(&raw, "publish").await - publishes;
+    assert!(published < 100, "{published} PUBLISH calls for 251 writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_is_not_told_of_its_own_writes() {
+    let server = redis();
+    let (a, b) = (tracked(&server, "own").await, tracked(&server, "own").await);
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    rb.insert("z", 1).await.unwrap();
+    in_l1(&a, &ra, "z", 1).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        ra.insert(k, 7).await.unwrap();
+    }
+    // Redis reports in order: once A hears of B's later write, it has heard everything it
+    // would ever hear of its own.
+    rb.insert("z", 2).await.unwrap();
+    serves(&ra, "z", Some(2), "A to hear of B's write").await;
+    let before = a.stats();
+    for k in &keys {
+        assert_eq!(ra.get(k).await.unwrap().map(|v| *v), Some(7));
+    }
+    let after = a.stats();
+    assert_eq!(
+        after.l1_hits - before.l1_hits,
+        100,
+        "A dropped its own writes"
+    );
+    assert_eq!(after.l2_hits, before.l2_hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_another_program_are_reported() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let b = tracked(&server, "other").await;
+    let rb = region(&b).await;
+    rb.insert("k", 1).await.unwrap();
+    rb.insert("j", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+    in_l1(&b, &rb, "j", 1).await;
+    let key = data_keys(&raw)
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(":k"))
+        .unwrap();
+    // A DEL by another client: B drops k and finds nothing in Redis.
+    cmd(&raw, "DEL", &[&key]).await;
+    serves(&rb, "k", None, "B to drop k deleted by another client").await;
+    in_l1(&b, &rb, "j", 1).await;
+    assert_eq!(b.flushes(FlushReason::TrackingLost), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_flushes_every_instance() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let (a, b) = (
+        tracked(&server, "flush").await,
+        tracked(&server, "flush").await,
+    );
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&a, &ra, "k", 1).await;
+    in_l1(&b, &rb, "k", 1).await;
+    cmd(&raw, "FLUSHALL", &[]).await;
+    for (c, r) in [(&a, &ra), (&b, &rb)] {
+        wait_until("a flush for FLUSHALL", WAIT, || {
+            let c = c.clone();
+            async move { c.flushes(FlushReason::ServerFlush) >= 1 }
+        })
+        .await;
+        assert_eq!(r.get("k").await.unwrap(), None);
+    }
+    // And tracking still works afterwards.
+    ra.insert("k", 2).await.unwrap();
+    in_l1(&b, &rb, "k", 2).await;
+    ra.insert("k", 3).await.unwrap();
+    serves(&rb, "k", Some(3), "B to hear of a write after FLUSHALL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let (a, b) = (
+        tracked(&server, "kill").await,
+        tracked(&server, "kill").await,
+    );
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    let before = tracking_connections(&raw).await;
+    assert_eq!(before.len(), 2, "one tracked connection per instance");
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+
+    // Kill both tracked connections: Redis forgets their tracking.
+    for id in &before {
+        cmd(&raw, "CLIENT", &["KILL", "ID", id]).await;
+    }
+    for c in [&a, &b] {
+        wait_until("a flush for lost tracking", WAIT, || {
+            let c = c.clone();
+            async move { c.flushes(FlushReason::TrackingLost) >= 1 }
+        })
+        .await;
+    }
+    wait_until(
+        "tracking to be on again on two new connections",
+        WAIT,
+        || {
+            let (raw, before) = (raw.clone(), before.clone());
+            async move {
+                let now = tracking_connections(&raw).await;
+                now.len() == 2 && now.iter().all(|id| !before.contains(id))
+            }
+        },
+    )
+    .await;
+    // Flushed (so nothing written meanwhile is served), and told of writes again.
+    ra.insert("k", 2).await.unwrap();
+    in_l1(&b, &rb, "k", 2).await;
+    ra.insert("k", 3).await.unwrap();
+    serves(
+        &rb,
+        "k",
+        Some(3),
+        "B to hear of A's write after the reconnection",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_has_tracking_pointed_at_its_new_connection() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let (a, b) = (tracked(&server, "sub").await, tracked(&server, "sub").await);
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+    cmd(&raw, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
+    // Written while B's subscriber is gone: B must not serve 1 afterwards.
+    ra.insert("k", 2).await.unwrap();
+    wait_until("B to re-subscribe and flush", WAIT, || {
+        let b = b.clone();
+        async move { b.flushes(FlushReason::Reconnect) >= 1 }
+    })
+    .await;
+    serves(&rb, "k", Some(2), "B to read k again").await;
+    in_l1(&b, &rb, "k", 2).await;
+    ra.insert("k", 3).await.unwrap();
+    serves(
+        &rb,
+        "k",
+        Some(3),
+        "B to hear of A's write on its new subscriber",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_is_refused_where_it_cannot_work() {
+    let pooled = LayerCache::builder("c")
+        .redis_url("redis://127.0.0.1:1")
+        .l2_pool_size(2)
+        .server_assisted_tracking(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(pooled.kind(), ErrorKind::Config);
+    assert!(pooled.to_string().contains("l2_pool_size"), "{pooled}");
+    let clustered = LayerCache::builder("c")
+        .redis_url("redis-cluster://127.0.0.1:1")
+        .server_assisted_tracking(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(clustered.kind(), ErrorKind::Config);
+    assert!(clustered.to_string().contains("Cluster"), "{clustered}");
+    let memory = LayerCache::builder("c")
+        .memory_server(&layercache::memory::MemoryServer::new())
+        .server_assisted_tracking(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(memory.kind(), ErrorKind::Config);
+}
+
+/// A tracked instance and one without tracking on the same cache: the untracked one's writes
+/// still reach the tracked one (on the bus), so a mixed deployment during a rollout keeps the
+/// tracked side coherent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untracked_instance_still_reaches_a_tracked_one() {
+    let server = redis();
+    let a = fast_bus(builder(&server, "mixed")).build().await.unwrap();
+    let b = tracked(&server, "mixed").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+    ra.insert("k", 2).await.unwrap();
+    serves(
+        &rb,
+        "k",
+        Some(2),
+        "B to hear of the untracked instance's write",
+    )
+    .await;
+}
