@@ -112,7 +112,7 @@ fn main() {
     });
     let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
-        let setup = L2Setup::new(&server).await;
+        let setup = L2Setup::new(&server, false).await;
         let ours = per_op(|i| {
             let setup = &setup;
             async move {

@@ -21,6 +21,8 @@
 //!   miss path of hand-written cache-aside.
 //! - `write`: `Region::insert` (a `SET`, the fence's `GET` of the region's generation and the
 //!   bus message, pipelined) against a bincode encode and a fred `SET … PX`. Target: ≤ 1.3×.
+//! - `write_tracked`: the same `insert` with `server_assisted_tracking` (no `PUBLISH`), against
+//!   the same `SET`.
 //! - `write_announced`: the same `insert` against a `SET … PX` and a `PUBLISH` sent together,
 //!   on a channel another connection of the process subscribes to (informational).
 //!
@@ -35,7 +37,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_tracked`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
@@ -207,12 +209,17 @@ fn l1_hit_of(
 /// A redis-server, a current-thread runtime (one thread runs the caller, the fetch tasks and
 /// fred's connection task), and the L2 comparisons' setup on them.
 fn l2_bench() -> (RedisServer, tokio::runtime::Runtime, L2Setup) {
+    l2_bench_with(false)
+}
+
+/// [`l2_bench`], with the cache's `server_assisted_tracking` set to `tracking`.
+fn l2_bench_with(tracking: bool) -> (RedisServer, tokio::runtime::Runtime, L2Setup) {
     let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let setup = rt.block_on(L2Setup::new(&server));
+    let setup = rt.block_on(L2Setup::new(&server, tracking));
     (server, rt, setup)
 }
 
@@ -246,7 +253,19 @@ fn l2_hit(rounds: usize) {
 /// L1 fill) against a bincode encode and a fred `SET … PX` of the same value: what a
 /// hand-written cache-aside write costs.
 fn write(rounds: usize) {
-    let (server, rt, setup) = l2_bench();
+    write_with(rounds, false);
+}
+
+/// `write` with `server_assisted_tracking`: the write sends no `PUBLISH` (Redis reports it to
+/// other instances itself; there are none here) — against the same fred `SET`.
+fn write_tracked(rounds: usize) {
+    write_with(rounds, true);
+}
+
+/// `write`, the cache built with `server_assisted_tracking(tracking)`.
+fn write_with(rounds: usize, tracking: bool) {
+    let name = if tracking { "write_tracked" } else { "write" };
+    let (server, rt, setup) = l2_bench_with(tracking);
     rt.block_on(async {
         let r = interleave(
             rounds,
@@ -255,7 +274,7 @@ fn write(rounds: usize) {
             |i| support_write::raw_write(&setup, setup.raw_keys[i % L2_KEYS].as_str()),
         )
         .await;
-        r.report("write", 1.3);
+        r.report(name, 1.3);
         let stats = setup.cache.stats();
         assert!(stats.l2_writes > 0 && stats.l2_errors == 0, "{stats:?}");
         // Where the time goes on the server: Redis's own time per call of each command.
@@ -616,6 +635,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "write") {
         write(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "write_tracked") {
+        write_tracked(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "write_announced") {
         write_announced(rounds);

@@ -22,7 +22,8 @@
 //! the workspace root (`--charts docs/img` regenerates the ones docs/BENCHMARKS.md shows).
 //!
 //! `--no-doorkeeper` turns off the L1 doorkeeper (`LayerCacheBuilder::l1_doorkeeper`);
-//! `--bus-buffer N` sets `LayerCacheBuilder::bus_buffer`.
+//! `--bus-buffer N` sets `LayerCacheBuilder::bus_buffer`; `--tracking` turns on
+//! `LayerCacheBuilder::server_assisted_tracking`.
 //!
 //! `LOADGEN_STATS=1` makes a layercache child print each instance's `Stats` when the measured
 //! window begins (`STATS0 …`) and as it ends (`STATS …`): their difference is the window's own
@@ -144,6 +145,8 @@ struct Args {
     cold: bool,
     /// `LayerCacheBuilder::l1_doorkeeper(false)` (`--no-doorkeeper`).
     no_doorkeeper: bool,
+    /// `LayerCacheBuilder::server_assisted_tracking(true)` (`--tracking`).
+    tracking: bool,
 }
 
 fn args() -> Args {
@@ -167,6 +170,7 @@ fn args() -> Args {
         charts: None,
         cold: false,
         no_doorkeeper: false,
+        tracking: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -203,6 +207,11 @@ fn args() -> Args {
             }
             "--no-doorkeeper" => {
                 a.no_doorkeeper = true;
+                i += 1;
+                continue;
+            }
+            "--tracking" => {
+                a.tracking = true;
                 i += 1;
                 continue;
             }
@@ -511,6 +520,9 @@ async fn instances(a: &Args, variant: Variant, url: &str) -> (Vec<Instance>, Vec
                 if let Some(n) = a.bus_buffer {
                     b = b.bus_buffer(n);
                 }
+                if a.tracking {
+                    b = b.server_assisted_tracking(true);
+                }
                 let cache = b.build().await.unwrap();
                 let r = cache
                     .region::<str, Val>("v")
@@ -785,6 +797,9 @@ async fn parent(a: Args) {
     if let Some(n) = a.bus_buffer {
         println!("bus_buffer: {n}");
     }
+    if a.tracking {
+        println!("server-assisted tracking");
+    }
     if a.lock {
         println!("loads under the distributed load lock");
     }
@@ -838,6 +853,7 @@ async fn parent(a: Args) {
                 .args(a.lock.then_some("--lock"))
                 .args(a.cold.then_some("--cold"))
                 .args(a.no_doorkeeper.then_some("--no-doorkeeper"))
+                .args(a.tracking.then_some("--tracking"))
                 .env("LOADGEN_REDIS_PID", target.pids())
                 .output()
                 .unwrap();

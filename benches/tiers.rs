@@ -61,7 +61,7 @@ fn l2_hit(c: &mut Criterion) {
         .expect("tokio runtime");
     // L1 holds 50 entries; the benchmark cycles through 5,000 keys, so nearly every read
     // misses L1 and is served by Redis, with the L1 fill a real L2 hit does.
-    let setup = rt.block_on(L2Setup::new(&server));
+    let setup = rt.block_on(L2Setup::new(&server, false));
     let mut g = c.benchmark_group("l2_hit");
     g.throughput(Throughput::Elements(1));
     // Loopback round trips vary with scheduling: sample longer than the L1 group.

@@ -73,10 +73,11 @@ pub(crate) struct L2Setup {
 
 impl L2Setup {
     /// Fills Redis for both sides.
-    pub(crate) async fn new(server: &RedisServer) -> Self {
+    pub(crate) async fn new(server: &RedisServer, tracking: bool) -> Self {
         let cache = LayerCache::builder("bench")
             .redis_url(server.url())
             .max_capacity(50)
+            .server_assisted_tracking(tracking)
             .build()
             .await
             .expect("cache");

@@ -18,6 +18,8 @@
 //! | our own heartbeat did not come back in time | self-echo watchdog | [`FlushReason::HeartbeatMissed`] |
 //! | it came back after being missed | self-echo watchdog | [`FlushReason::Recovered`] |
 //! | someone called `clear()` | an `all` message | [`FlushReason::Clear`] |
+//! | with tracking: the tracked connection failed, reconnected, or its tracking was found off | its error and reconnect streams, `CLIENT TRACKINGINFO` each tick | [`FlushReason::TrackingLost`] |
+//! | with tracking: Redis emptied its database (`FLUSHALL`) | a null invalidation | [`FlushReason::ServerFlush`] |
 //!
 //! Every instance publishes a heartbeat (an empty message) each
 //! [`bus_heartbeat_interval`](crate::LayerCacheBuilder::bus_heartbeat_interval).
@@ -30,6 +32,9 @@
 //! message. Either way a message's sequence number is taken, and its command handed to the
 //! connection, under one lock, so one sender's messages reach Redis in sequence
 //! order and receivers' gap detection holds.
+//! With [`server_assisted_tracking`](crate::LayerCacheBuilder::server_assisted_tracking), Redis
+//! reports the writes of data keys itself (on the subscriber's connection, in order with the
+//! bus's messages), and plain writes publish nothing.
 //! The listener applies a message with in-memory work only (it never waits on Redis per
 //! message). It runs as a task on the runtime that built the cache, or, with
 //! [`bus_thread`](crate::LayerCacheBuilder::bus_thread), on a thread of its own together with
