@@ -331,3 +331,146 @@ async fn an_untracked_instance_still_reaches_a_tracked_one() {
     )
     .await;
 }
+
+/// A restart of the (empty) server: every connection is new, connection ids start again from
+/// low numbers (an id tracking pointed at before may now be another client's), and Redis
+/// forgot every registration. Both instances must end up tracked again, pointed at their own
+/// subscriber, without serving what they held before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_tracked_again_by_every_instance() {
+    let mut server = redis();
+    let (a, b) = (tracked(&server, "rs").await, tracked(&server, "rs").await);
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    rb.insert("j", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+    in_l1(&a, &ra, "j", 1).await;
+
+    server.restart().unwrap();
+    for c in [&a, &b] {
+        wait_until("a reconnect flush", WAIT, || {
+            let c = c.clone();
+            async move { c.flushes(FlushReason::Reconnect) >= 1 }
+        })
+        .await;
+    }
+    // What each held is gone with the restart: neither serves it.
+    serves(&rb, "k", None, "B to drop k").await;
+    serves(&ra, "j", None, "A to drop j").await;
+    let raw = raw_client(&server).await;
+    wait_until("both instances tracked again", WAIT, || {
+        let raw = raw.clone();
+        async move { tracking_connections(&raw).await.len() == 2 }
+    })
+    .await;
+    // Each hears of the other's writes again, in both directions.
+    ra.insert("k", 2).await.unwrap();
+    rb.insert("j", 2).await.unwrap();
+    in_l1(&b, &rb, "k", 2).await;
+    in_l1(&a, &ra, "j", 2).await;
+    ra.insert("k", 3).await.unwrap();
+    rb.insert("j", 3).await.unwrap();
+    serves(
+        &rb,
+        "k",
+        Some(3),
+        "B to hear of A's write after the restart",
+    )
+    .await;
+    serves(
+        &ra,
+        "j",
+        Some(3),
+        "A to hear of B's write after the restart",
+    )
+    .await;
+}
+
+/// Three tracked instances, two writers (`insert` and `invalidate` from any instance, each key's
+/// writes in order), four readers filling every L1 all the time. Once the writers are done,
+/// every instance converges on the last write of every key: an invalidation lost or applied
+/// before a racing fill would leave an older copy in some L1 for good (the L1 lifetime here is
+/// the default minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_converge_on_every_instance() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    };
+    const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+    let server = redis();
+    let mut caches = Vec::new();
+    let mut regions = Vec::new();
+    for _ in 0..3 {
+        let c = tracked(&server, "conv").await;
+        regions.push(region(&c).await);
+        caches.push(c);
+    }
+    // The last write of each key: Some(v) for an insert, None for an invalidate.
+    let last: Arc<Vec<Mutex<Option<u64>>>> =
+        Arc::new(KEYS.iter().map(|_| Mutex::new(None)).collect());
+    let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+        Arc::new(KEYS.iter().map(|_| tokio::sync::Mutex::new(())).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..4usize {
+        let (regions, stop) = (regions.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = r;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let _ = regions[n % 3].get(KEYS[(n * 7 + r) % 4]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (regions, last, locks) = (regions.clone(), last.clone(), locks.clone());
+        writers.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9u64 + w;
+            for i in 0..300u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % 4) as usize;
+                let inst = ((x >> 8) % 3) as usize;
+                let _row = locks[k].lock().await;
+                let v = w * 1_000_000 + i + 1;
+                if (x >> 16).is_multiple_of(5) {
+                    regions[inst].invalidate(KEYS[k]).await.unwrap();
+                    *last[k].lock().unwrap() = None;
+                } else {
+                    regions[inst].insert(KEYS[k], v).await.unwrap();
+                    *last[k].lock().unwrap() = Some(v);
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+    for (i, r) in regions.iter().enumerate() {
+        for (k, key) in KEYS.iter().enumerate() {
+            let expected = *last[k].lock().unwrap();
+            wait_until(
+                &format!("instance {i} to serve the last write of {key}"),
+                WAIT,
+                || {
+                    let r = r.clone();
+                    async move { r.get(key).await.unwrap().map(|v| *v) == expected }
+                },
+            )
+            .await;
+        }
+    }
+    // And none of it was a flush: every copy was dropped by an invalidation.
+    for c in &caches {
+        assert_eq!(c.flushes(FlushReason::TrackingLost), 0);
+        assert_eq!(c.stats().l1_flushes, 0);
+    }
+}
