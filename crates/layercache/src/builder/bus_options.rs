@@ -94,8 +94,9 @@ impl LayerCacheBuilder {
     ///
     /// - A plain `insert`, `invalidate` or batch write sends no `PUBLISH`, and the writer's own
     ///   listener is not woken by its own write (`NOLOOP`): on this project's machine a lone
-    ///   `insert` went from ~2.1× to ~1.7× a bare `SET`, and the service workload gained ~8 %
-    ///   throughput (`docs/BENCHMARKS.md`).
+    ///   `insert` went from ~2.15× to ~1.6× a bare `SET`, and the service workload with plain
+    ///   `insert`s gained ~4 % throughput at ~3 % less CPU per operation
+    ///   (`docs/BENCHMARKS.md`).
     /// - Writes by **any** Redis client are reported: a `DEL` or `SET` of a data key by
     ///   another program, a key's expiry or eviction, and `FLUSHALL`/`FLUSHDB` (every instance
     ///   flushes L1: [`FlushReason::ServerFlush`](crate::FlushReason::ServerFlush)).
@@ -106,7 +107,12 @@ impl LayerCacheBuilder {
     ///   when the subscriber reconnects, tracking is pointed at its new connection before the
     ///   usual flush.
     /// - Loads' fills and sliding reads' expiry updates are writes too: other instances drop
-    ///   their copy of such a key (it costs them a read of Redis, never a stale value).
+    ///   their copy of such a key (it costs them a read of Redis, never a stale value). And on
+    ///   Redis 7.0 `NOLOOP` does not cover writes made inside a script — the writes with tags,
+    ///   a source version or a compare-and-set — so the writer drops its own copy of those and
+    ///   reads it from Redis once more. On the service workload with `insert_versioned` or
+    ///   `invalidate` this cost about as much as the `PUBLISH`es saved (same throughput, fewer
+    ///   L1 hits, fewer stale reads).
     /// - Region invalidations, tags, `clear`, heartbeats, and writes acknowledged with
     ///   [`ack_writes`](Self::ack_writes) still travel on the bus.
     ///
