@@ -30,7 +30,8 @@ async fn tracked(server: &layercache_testkit::RedisServer, name: &str) -> LayerC
 async fn serves(r: &Region<str, u64>, key: &'static str, expected: Option<u64>, what: &str) {
     wait_until(what, WAIT, || {
         let r = r.clone();
-        async move { r.get(key).await.unwrap().map(|v| *v) == expected }
+        // An error (Redis still reconnecting, under `Propagate`) is "not yet".
+        async move { matches!(r.get(key).await, Ok(v) if v.as_deref().copied() == expected) }
     })
     .await;
 }
@@ -43,9 +44,9 @@ async fn in_l1(c: &LayerCache, r: &Region<str, u64>, key: &'static str, expected
     wait_until(&format!("{key} = {expected} in L1"), WAIT, || {
         let (c, r) = (c.clone(), r.clone());
         async move {
-            let first = r.get(key).await.unwrap().map(|v| *v);
+            let first = r.get(key).await.ok().flatten().map(|v| *v);
             let hits = c.stats().l1_hits;
-            let second = r.get(key).await.unwrap().map(|v| *v);
+            let second = r.get(key).await.ok().flatten().map(|v| *v);
             first == Some(expected) && second == Some(expected) && c.stats().l1_hits == hits + 1
         }
     })
@@ -473,4 +474,93 @@ async fn concurrent_writers_and_readers_converge_on_every_instance() {
         assert_eq!(c.flushes(FlushReason::TrackingLost), 0);
         assert_eq!(c.stats().l1_flushes, 0);
     }
+}
+
+/// Sentinel: the primary killed, the replica promoted. Both instances follow it, are tracked
+/// on the new primary (tracking is per connection: the replica never had it), and neither
+/// serves what it held before the failover once another instance wrote the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_tracked_on_the_new_primary() {
+    let mut sentinel = layercache_testkit::RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
+    let tracked_on = |url: String| async move {
+        LayerCache::builder("sentinel")
+            .redis_url(url)
+            .l2_command_timeout(Duration::from_millis(300))
+            .l2_connect_timeout(Duration::from_secs(5))
+            .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .l2_breaker_cooldown(Duration::from_millis(300))
+            .bus_heartbeat_interval(Duration::from_millis(100))
+            .bus_heartbeat_timeout(Duration::from_secs(1))
+            .l1_write_cooldown(Duration::ZERO)
+            // `Ok` means written (under the default `Fallback` a write Redis did not take
+            // returns `Ok` too, and its repair writes a tombstone once Redis answers).
+            .l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+            .server_assisted_tracking(true)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (
+        tracked_on(sentinel.url()).await,
+        tracked_on(sentinel.url()).await,
+    );
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+
+    let old = sentinel.primary_port().unwrap();
+    sentinel.kill(0);
+    let (sentinel, new) = tokio::task::spawn_blocking(move || {
+        let new = sentinel
+            .wait_failover(old, Duration::from_secs(30))
+            .unwrap();
+        (sentinel, new)
+    })
+    .await
+    .unwrap();
+    assert_eq!(new, sentinel.server(1).port());
+    // A writes once it has followed the sentinels (its first attempts may fail meanwhile).
+    wait_until(
+        "A to write on the new primary",
+        Duration::from_secs(20),
+        || {
+            let ra = ra.clone();
+            async move { ra.insert("k", 2).await.is_ok() }
+        },
+    )
+    .await;
+    serves(
+        &rb,
+        "k",
+        Some(2),
+        "B to drop the copy it held before the failover",
+    )
+    .await;
+    let tracked = |server: &layercache_testkit::RedisServer| {
+        let list = server.command(&["CLIENT", "LIST"]).unwrap();
+        list.lines()
+            .filter(|l| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix("flags="))
+                    .is_some_and(|f| f.contains('t'))
+            })
+            .count()
+    };
+    wait_until("both instances tracked on the new primary", WAIT, || {
+        let n = tracked(sentinel.server(1));
+        async move { n == 2 }
+    })
+    .await;
+    in_l1(&b, &rb, "k", 2).await;
+    ra.insert("k", 3).await.unwrap();
+    serves(
+        &rb,
+        "k",
+        Some(3),
+        "B to hear of A's write on the new primary",
+    )
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(sentinel);
 }
