@@ -252,6 +252,11 @@ async fn real_traffic_is_exported_under_the_documented_names_and_labels() {
     assert_eq!(gauge(&r, "layercache_bus_healthy", cache), 1.0);
     assert_eq!(gauge(&r, "layercache_bus_peers", cache), 1.0, "B");
     assert_eq!(gauge(&r, "layercache_write_repairs_pending", cache), 0.0);
+    assert_eq!(
+        gauge(&r, "layercache_tracking_active", cache),
+        0.0,
+        "not configured"
+    );
 
     // B's export: its L2 hit and its decode error, by reason.
     b.export_metrics();

@@ -118,6 +118,9 @@ async fn writes_reach_other_instances_without_a_publish() {
     // heartbeats (every 100 ms), not one message per write.
     let published = command_calls(&raw, "publish").await - publishes;
     assert!(published < 100, "{published} PUBLISH calls for 251 writes");
+    for c in [&a, &b] {
+        assert_eq!(c.bus_status().unwrap().tracking, Some(true));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

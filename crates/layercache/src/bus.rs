@@ -112,6 +112,10 @@ pub struct BusStatus {
     /// Redis (the bus's round trip: peers hear a message about as soon); `None` before the
     /// first.
     pub echo: Option<Duration>,
+    /// With [`server_assisted_tracking`](crate::LayerCacheBuilder::server_assisted_tracking):
+    /// whether Redis is tracking this instance's connection now (`false` while it is being
+    /// turned on again after a reconnection); `None` without it.
+    pub tracking: Option<bool>,
 }
 
 impl BusStatus {
@@ -141,6 +145,8 @@ pub(crate) struct BusState {
     pub(crate) acks: HashMap<[u8; 16], u64>,
     /// The round trip of the last own message heard back.
     pub(crate) echo: Option<Duration>,
+    /// Whether server-assisted tracking is on (`None`: not configured).
+    pub(crate) tracking: Option<bool>,
 }
 
 /// One queued announcement.
@@ -251,6 +257,7 @@ impl BusHandle {
             published_seq: self.sequencer.published.load(Ordering::Acquire),
             peers,
             echo: shared.echo,
+            tracking: shared.tracking,
         }
     }
 }

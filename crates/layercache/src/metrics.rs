@@ -56,6 +56,7 @@
 //! | `layercache_write_repairs_pending` | gauge | `cache` | writes Redis has not confirmed, waiting for repair |
 //! | `layercache_bus_healthy` | gauge | `cache` | 1 while this instance's own heartbeats come back |
 //! | `layercache_bus_peers` | gauge | `cache` | other instances heard from recently |
+//! | `layercache_tracking_active` | gauge | `cache` | 1 while Redis tracks this instance's writes for the others (`server_assisted_tracking`); 0 while it is being turned on again, and always without the option |
 //! | `layercache_load_duration_seconds` | histogram | `cache`, `region`, `kind` (`caller`, `refresh`) | loader run time, failures and timeouts included |
 //! | `layercache_bus_echo_seconds` | histogram | `cache` | how long this instance's bus messages take to come back to it through Redis: the delivery lag its peers see |
 //! | `layercache_redis_command_duration_seconds` | histogram | `cache`, `op` (the command as errors name it: `redis GET`, `redis fill` …) | Redis round trips, failures included (calls skipped by the breaker or a known-down connection are not timed) |

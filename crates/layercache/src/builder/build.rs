@@ -288,6 +288,7 @@ impl LayerCacheBuilder {
         let published = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Mutex::new(bus::BusState {
             healthy: subscribed,
+            tracking: subscriber.tracks().then_some(subscribed),
             ..Default::default()
         }));
         let bus_settings = BusSettings {

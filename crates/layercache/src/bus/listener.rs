@@ -64,6 +64,7 @@ impl Listener {
             // (a later connection shows on that stream).
             if let Some(inner) = self.inner.upgrade() {
                 tracking = self.join(&inner).await;
+                self.publish_tracking(tracking);
                 last_echo = Instant::now();
                 connected = true;
             }
@@ -94,12 +95,14 @@ impl Listener {
                     BusEvent::TrackerReconnected => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracking = self.retrack(&inner).await;
+                        self.publish_tracking(tracking);
                     }
                     BusEvent::TrackerFailed(error) => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracing::warn!(cache.name = %inner.name(), error = %error, "tracked connection error");
                         if tracking {
                             tracking = false;
+                            self.publish_tracking(tracking);
                             inner.flush(FlushReason::TrackingLost);
                         }
                     }
@@ -111,6 +114,7 @@ impl Listener {
                     BusEvent::Reconnected => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracking = self.join(&inner).await;
+                        self.publish_tracking(tracking);
                         last_echo = Instant::now();
                         connected = true;
                     }
@@ -129,6 +133,7 @@ impl Listener {
                     let Some(inner) = self.inner.upgrade() else { break };
                     if self.subscriber.tracks() && connected {
                         tracking = self.check_tracking(&inner, tracking).await;
+                        self.publish_tracking(tracking);
                     }
                     let broken = self.on_tick(&inner, last_echo, ticks);
                     if broken && connected {
@@ -159,6 +164,13 @@ impl Listener {
         self.shared().healthy = true;
         inner.clone().repair();
         tracking
+    }
+
+    /// Shows whether tracking is on in [`BusStatus`](super::BusStatus) (with tracking only).
+    fn publish_tracking(&self, on: bool) {
+        if self.subscriber.tracks() {
+            self.shared().tracking = Some(on);
+        }
     }
 
     /// Turns tracking on (again): true when it is. Writes of other instances made while it

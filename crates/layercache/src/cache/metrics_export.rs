@@ -159,7 +159,7 @@ pub(super) const DECODE_ERRORS: &str = "layercache_decode_errors_total";
 /// L1 flushes by reason (cache-wide: no `region`).
 pub(super) const FLUSHES: &str = "layercache_l1_flushes_total";
 /// The gauges, cache-wide.
-pub(super) const GAUGES: [&str; 7] = [
+pub(super) const GAUGES: [&str; 8] = [
     "layercache_l1_entries",
     "layercache_l1_weighted_size",
     "layercache_redis_connected",
@@ -167,6 +167,7 @@ pub(super) const GAUGES: [&str; 7] = [
     "layercache_write_repairs_pending",
     "layercache_bus_healthy",
     "layercache_bus_peers",
+    "layercache_tracking_active",
 ];
 
 /// The labels of one series.
@@ -233,6 +234,7 @@ pub(crate) fn export(engine: &Engine) {
         engine.journal.len() as f64,
         flag(bus.as_ref().is_some_and(|b| b.healthy)),
         bus.as_ref().map_or(0, |b| b.peers.len()) as f64,
+        flag(bus.as_ref().is_some_and(|b| b.tracking == Some(true))),
     ];
     for (name, value) in GAUGES.into_iter().zip(values) {
         ::metrics::gauge!(name, labels(cache, None, &[])).set(value);
