@@ -567,3 +567,38 @@ async fn a_sentinel_failover_is_tracked_on_the_new_primary() {
     b.shutdown().await;
     drop(sentinel);
 }
+
+/// A degraded start (Redis down at `build()`): tracking cannot be turned on then; it is once
+/// both connections reach Redis, before the instance's first flush, and it then hears of
+/// another instance's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_start_is_tracked_once_redis_answers() {
+    let mut server = redis();
+    server.kill();
+    let b = fast_bus(builder(&server, "deg"))
+        .l2_startup(layercache::L2Startup::Degraded)
+        .l2_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .server_assisted_tracking(true)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(b.bus_status().unwrap().tracking, Some(false));
+    server.restart().unwrap();
+    wait_until("B to join Redis with tracking on", WAIT, || {
+        let b = b.clone();
+        async move { b.l2_connected() && b.bus_status().unwrap().tracking == Some(true) }
+    })
+    .await;
+    let a = tracked(&server, "deg").await;
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    wait_until("B to know its generation", WAIT, || {
+        let rb = rb.clone();
+        async move { rb.generation().is_some() }
+    })
+    .await;
+    ra.insert("k", 1).await.unwrap();
+    in_l1(&b, &rb, "k", 1).await;
+    ra.insert("k", 2).await.unwrap();
+    serves(&rb, "k", Some(2), "B to hear of A's write").await;
+}
