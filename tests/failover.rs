@@ -357,7 +357,7 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut sentinel = RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
+    let sentinel = RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
     let a = instance(&sentinel.url(), "sentinel").await;
     let b = instance(&sentinel.url(), "sentinel").await;
     let ra = a.region::<u64, u64>("items").build().await.unwrap();
@@ -368,15 +368,7 @@ async fn a_sentinel_failover_under_load_is_followed_and_coherence_holds_after() 
     let old = sentinel.primary_port().unwrap();
     assert_eq!(old, sentinel.server(0).port());
     let killed_at = Instant::now();
-    sentinel.kill(0);
-    let (sentinel, new) = tokio::task::spawn_blocking(move || {
-        let new = sentinel
-            .wait_failover(old, Duration::from_secs(30))
-            .unwrap();
-        (sentinel, new)
-    })
-    .await
-    .unwrap();
+    let (sentinel, new) = support::fail_over(sentinel, old).await;
     let promoted_at = Instant::now();
     assert_eq!(new, sentinel.server(1).port());
     eprintln!("sentinel failover took {:?}", promoted_at - killed_at);

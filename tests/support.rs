@@ -675,3 +675,21 @@ pub(crate) async fn slow_log(raw: &Client) -> Vec<(Duration, String)> {
         })
         .collect()
 }
+
+/// Kills the Sentinel setup's primary (server 0, which must be the one at `old`) and waits (at
+/// most 30 s) until the sentinels have promoted another; returns the setup and the new
+/// primary's port.
+pub(crate) async fn fail_over(
+    mut sentinel: layercache_testkit::RedisSentinel,
+    old: u16,
+) -> (layercache_testkit::RedisSentinel, u16) {
+    sentinel.kill(0);
+    tokio::task::spawn_blocking(move || {
+        let new = sentinel
+            .wait_failover(old, Duration::from_secs(30))
+            .unwrap();
+        (sentinel, new)
+    })
+    .await
+    .unwrap()
+}

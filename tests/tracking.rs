@@ -26,6 +26,34 @@ async fn tracked(server: &layercache_testkit::RedisServer, name: &str) -> LayerC
         .unwrap()
 }
 
+/// Two tracked instances of cache `name` and their regions.
+async fn pair(
+    server: &layercache_testkit::RedisServer,
+    name: &str,
+) -> (LayerCache, LayerCache, Region<str, u64>, Region<str, u64>) {
+    let (a, b) = (tracked(server, name).await, tracked(server, name).await);
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    (a, b, ra, rb)
+}
+
+/// Waits until `c` has flushed L1 for `reason` at least once.
+async fn flushed(c: &LayerCache, reason: FlushReason) {
+    wait_until(&format!("a flush for {reason}"), WAIT, || {
+        let c = c.clone();
+        async move { c.flushes(reason) >= 1 }
+    })
+    .await;
+}
+
+/// Checks that `rb`'s instance `b` hears of `ra`'s writes: `from` in B's L1, then `from + 1`
+/// written by A and served by B.
+async fn still_reported(ra: &Region<str, u64>, b: &LayerCache, rb: &Region<str, u64>, from: u64) {
+    ra.insert("k", from).await.unwrap();
+    in_l1(b, rb, "k", from).await;
+    ra.insert("k", from + 1).await.unwrap();
+    serves(rb, "k", Some(from + 1), "B to hear of A's write").await;
+}
+
 /// Waits until `r` serves `expected` for `key` (from whichever tier).
 async fn serves(r: &Region<str, u64>, key: &'static str, expected: Option<u64>, what: &str) {
     wait_until(what, WAIT, || {
@@ -74,8 +102,7 @@ async fn tracking_connections(raw: &Client) -> Vec<String> {
 async fn writes_reach_other_instances_without_a_publish() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let (a, b) = (tracked(&server, "tr").await, tracked(&server, "tr").await);
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (a, b, ra, rb) = pair(&server, "tr").await;
     ra.insert("k", 1).await.unwrap();
     in_l1(&b, &rb, "k", 1).await;
 
@@ -126,8 +153,7 @@ async fn writes_reach_other_instances_without_a_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_is_not_told_of_its_own_writes() {
     let server = redis();
-    let (a, b) = (tracked(&server, "own").await, tracked(&server, "own").await);
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (a, _b, ra, rb) = pair(&server, "own").await;
     rb.insert("z", 1).await.unwrap();
     in_l1(&a, &ra, "z", 1).await;
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
@@ -177,39 +203,24 @@ async fn writes_by_another_program_are_reported() {
 async fn flushall_flushes_every_instance() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let (a, b) = (
-        tracked(&server, "flush").await,
-        tracked(&server, "flush").await,
-    );
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (a, b, ra, rb) = pair(&server, "flush").await;
     ra.insert("k", 1).await.unwrap();
     in_l1(&a, &ra, "k", 1).await;
     in_l1(&b, &rb, "k", 1).await;
     cmd(&raw, "FLUSHALL", &[]).await;
     for (c, r) in [(&a, &ra), (&b, &rb)] {
-        wait_until("a flush for FLUSHALL", WAIT, || {
-            let c = c.clone();
-            async move { c.flushes(FlushReason::ServerFlush) >= 1 }
-        })
-        .await;
+        flushed(c, FlushReason::ServerFlush).await;
         assert_eq!(r.get("k").await.unwrap(), None);
     }
     // And tracking still works afterwards.
-    ra.insert("k", 2).await.unwrap();
-    in_l1(&b, &rb, "k", 2).await;
-    ra.insert("k", 3).await.unwrap();
-    serves(&rb, "k", Some(3), "B to hear of a write after FLUSHALL").await;
+    still_reported(&ra, &b, &rb, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let (a, b) = (
-        tracked(&server, "kill").await,
-        tracked(&server, "kill").await,
-    );
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (a, b, ra, rb) = pair(&server, "kill").await;
     let before = tracking_connections(&raw).await;
     assert_eq!(before.len(), 2, "one tracked connection per instance");
     ra.insert("k", 1).await.unwrap();
@@ -222,11 +233,7 @@ async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
     }
     ra.insert("k", 2).await.unwrap();
     for c in [&a, &b] {
-        wait_until("a flush for lost tracking", WAIT, || {
-            let c = c.clone();
-            async move { c.flushes(FlushReason::TrackingLost) >= 1 }
-        })
-        .await;
+        flushed(c, FlushReason::TrackingLost).await;
     }
     wait_until(
         "tracking to be on again on two new connections",
@@ -247,44 +254,30 @@ async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
         "B to drop the copy it held before the kill",
     )
     .await;
+    for c in [&a, &b] {
+        wait_until("the status to show tracking on again", WAIT, || {
+            let c = c.clone();
+            async move { c.bus_status().unwrap().tracking == Some(true) }
+        })
+        .await;
+    }
     // And it is told of writes again.
-    in_l1(&b, &rb, "k", 2).await;
-    ra.insert("k", 3).await.unwrap();
-    serves(
-        &rb,
-        "k",
-        Some(3),
-        "B to hear of A's write after the reconnection",
-    )
-    .await;
+    still_reported(&ra, &b, &rb, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscriber_has_tracking_pointed_at_its_new_connection() {
     let server = redis();
     let raw = raw_client(&server).await;
-    let (a, b) = (tracked(&server, "sub").await, tracked(&server, "sub").await);
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (_a, b, ra, rb) = pair(&server, "sub").await;
     ra.insert("k", 1).await.unwrap();
     in_l1(&b, &rb, "k", 1).await;
     cmd(&raw, "CLIENT", &["KILL", "TYPE", "pubsub"]).await;
     // Written while B's subscriber is gone: B must not serve 1 afterwards.
     ra.insert("k", 2).await.unwrap();
-    wait_until("B to re-subscribe and flush", WAIT, || {
-        let b = b.clone();
-        async move { b.flushes(FlushReason::Reconnect) >= 1 }
-    })
-    .await;
+    flushed(&b, FlushReason::Reconnect).await;
     serves(&rb, "k", Some(2), "B to read k again").await;
-    in_l1(&b, &rb, "k", 2).await;
-    ra.insert("k", 3).await.unwrap();
-    serves(
-        &rb,
-        "k",
-        Some(3),
-        "B to hear of A's write on its new subscriber",
-    )
-    .await;
+    still_reported(&ra, &b, &rb, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +327,8 @@ async fn an_untracked_instance_still_reaches_a_tracked_one() {
         "B to hear of the untracked instance's write",
     )
     .await;
+    assert_eq!(a.bus_status().unwrap().tracking, None);
+    assert_eq!(b.bus_status().unwrap().tracking, Some(true));
 }
 
 /// A restart of the (empty) server: every connection is new, connection ids start again from
@@ -343,8 +338,7 @@ async fn an_untracked_instance_still_reaches_a_tracked_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_tracked_again_by_every_instance() {
     let mut server = redis();
-    let (a, b) = (tracked(&server, "rs").await, tracked(&server, "rs").await);
-    let (ra, rb) = (region(&a).await, region(&b).await);
+    let (a, b, ra, rb) = pair(&server, "rs").await;
     ra.insert("k", 1).await.unwrap();
     rb.insert("j", 1).await.unwrap();
     in_l1(&b, &rb, "k", 1).await;
@@ -352,11 +346,7 @@ async fn a_restarted_server_is_tracked_again_by_every_instance() {
 
     server.restart().unwrap();
     for c in [&a, &b] {
-        wait_until("a reconnect flush", WAIT, || {
-            let c = c.clone();
-            async move { c.flushes(FlushReason::Reconnect) >= 1 }
-        })
-        .await;
+        flushed(c, FlushReason::Reconnect).await;
     }
     // What each held is gone with the restart: neither serves it.
     serves(&rb, "k", None, "B to drop k").await;
@@ -484,7 +474,7 @@ async fn concurrent_writers_and_readers_converge_on_every_instance() {
 /// serves what it held before the failover once another instance wrote the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_is_tracked_on_the_new_primary() {
-    let mut sentinel = layercache_testkit::RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
+    let sentinel = layercache_testkit::RedisSentinel::start().unwrap_or_else(|e| panic!("{e}"));
     let tracked_on = |url: String| async move {
         LayerCache::builder("sentinel")
             .redis_url(url)
@@ -512,15 +502,7 @@ async fn a_sentinel_failover_is_tracked_on_the_new_primary() {
     in_l1(&b, &rb, "k", 1).await;
 
     let old = sentinel.primary_port().unwrap();
-    sentinel.kill(0);
-    let (sentinel, new) = tokio::task::spawn_blocking(move || {
-        let new = sentinel
-            .wait_failover(old, Duration::from_secs(30))
-            .unwrap();
-        (sentinel, new)
-    })
-    .await
-    .unwrap();
+    let (sentinel, new) = support::fail_over(sentinel, old).await;
     assert_eq!(new, sentinel.server(1).port());
     // A writes once it has followed the sentinels (its first attempts may fail meanwhile).
     wait_until(
@@ -597,8 +579,5 @@ async fn a_degraded_start_is_tracked_once_redis_answers() {
         async move { rb.generation().is_some() }
     })
     .await;
-    ra.insert("k", 1).await.unwrap();
-    in_l1(&b, &rb, "k", 1).await;
-    ra.insert("k", 2).await.unwrap();
-    serves(&rb, "k", Some(2), "B to hear of A's write").await;
+    still_reported(&ra, &b, &rb, 1).await;
 }

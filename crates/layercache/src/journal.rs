@@ -12,6 +12,14 @@
 //!   never the value it failed to write, since another instance may have written a newer one
 //!   meanwhile — or moves the region's generation, and announces it on the bus.
 //!
+//! A key's repair and a write of the same key exclude each other (a lock per stripe of keys:
+//! writes share it, a repair takes it alone): the repair waits for the writes in flight to
+//! settle, writes its tombstone only if the key is still pending (a later write Redis confirmed
+//! has replaced whatever the failed one left, and settled the repair), and a write that begins
+//! meanwhile waits for the tombstone. Without it a repair run that had read the key as pending
+//! could write its tombstone over a later write that had already returned `Ok` (seen in a
+//! Sentinel failover under load: `tests/tracking.rs`).
+//!
 //! It is bounded: a key that does not fit turns into a repair of its whole region (a generation
 //! move), which covers every key of the region at once.
 //!
@@ -25,7 +33,15 @@ use std::{
     },
 };
 
-use crate::{hashing::KeyMap, l1::L1Key};
+use std::hash::BuildHasher;
+
+use crate::{
+    hashing::{KeyHasher, KeyMap},
+    l1::L1Key,
+};
+
+/// How many stripes of keys writes and repairs exclude each other on.
+const STRIPES: usize = 64;
 
 /// What a key's repair writes: a tombstone with the region's lifetimes and codec id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +107,10 @@ pub(crate) struct Journal {
     /// A repair run is going on (one at a time).
     running: AtomicBool,
     state: Mutex<State>,
+    /// Writes of a key hold its stripe shared, its repair alone (see the module's docs).
+    stripes: Box<[tokio::sync::RwLock<()>]>,
+    /// Picks a key's stripe.
+    hasher: KeyHasher,
 }
 
 impl Journal {
@@ -101,7 +121,50 @@ impl Journal {
             clock: AtomicU64::new(1),
             running: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            hasher: KeyHasher::default(),
         }
+    }
+
+    fn stripe(&self, key: &[u8]) -> usize {
+        // The modulo keeps the index in range whatever the hash.
+        (self.hasher.hash_one(key) % STRIPES as u64) as usize
+    }
+
+    /// Held by a write of `key` from before its stamp is taken until it has settled in the
+    /// journal (confirmed, or recorded for repair): a repair of the key waits for it, and it
+    /// waits for a repair of the key that is writing its tombstone. A task holds at most one
+    /// set of stripes at a time ([`writing_all`](Self::writing_all) for a batch): taking one
+    /// again while a repair waits for it would wait for ever.
+    pub(crate) async fn writing(&self, key: &[u8]) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.stripes[self.stripe(key)].read().await
+    }
+
+    /// The stripes of `keys`, each once and in order, for a batch of writes (see
+    /// [`writing`](Self::writing)).
+    pub(crate) async fn writing_all<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Vec<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(|k| self.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.stripes[s].read().await);
+        }
+        guards
+    }
+
+    /// Held by the repair of `key` while it checks that the key is still pending and writes
+    /// its tombstone: no write of the key is in flight meanwhile.
+    pub(crate) async fn repairing(&self, key: &[u8]) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.stripes[self.stripe(key)].write().await
+    }
+
+    /// Whether `key` itself is pending (a later confirmed write removes it).
+    pub(crate) fn holds_key(&self, key: &[u8]) -> bool {
+        self.len() != 0 && self.lock().keys.contains_key(key)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -288,6 +351,46 @@ mod tests {
         retention: Duration::ZERO,
         codec: 1,
     };
+
+    #[tokio::test]
+    async fn a_keys_repair_waits_for_its_writes_and_its_writes_for_the_repair() {
+        let j = Journal::new(10);
+        let k = key(1, b"a");
+        let other = (0..1000u32)
+            .map(|i| key(1, &i.to_le_bytes()))
+            .find(|o| j.stripe(o) != j.stripe(&k))
+            .unwrap();
+        let write = j.writing(&k).await;
+        let within = Duration::from_millis(20);
+        assert!(
+            tokio::time::timeout(within, j.repairing(&k)).await.is_err(),
+            "a repair went ahead of a write in flight"
+        );
+        // Another stripe's repair does not wait; writes share a stripe.
+        drop(
+            tokio::time::timeout(within, j.repairing(&other))
+                .await
+                .unwrap(),
+        );
+        let second = tokio::time::timeout(within, j.writing(&k)).await.unwrap();
+        drop((write, second));
+        let repair = j.repairing(&k).await;
+        assert!(
+            tokio::time::timeout(within, j.writing(&k)).await.is_err(),
+            "a write went ahead of the repair"
+        );
+        assert!(tokio::time::timeout(within, j.writing_all([&other[..]]))
+            .await
+            .is_ok());
+        drop(repair);
+        assert_eq!(j.writing_all([&k[..], &k[..], &other[..]]).await.len(), 2);
+        // A confirmed later write leaves nothing for the repair to do.
+        assert!(!j.holds_key(&k));
+        j.record(Pending::Key(k.clone(), T));
+        assert!(j.holds_key(&k));
+        j.confirmed(&k, j.stamp());
+        assert!(!j.holds_key(&k));
+    }
 
     #[test]
     fn a_recorded_key_blocks_reads_until_settled() {

@@ -88,6 +88,12 @@ async fn repair_key(inner: &Engine, l2: &Remote, key: &L1Key, tombstone: &Tombst
         // A region this instance never registered cannot have been written: nothing to do.
         return Ok(());
     };
+    // No write of the key in flight while the tombstone is decided and written; one that
+    // Redis confirmed since the run's snapshot replaced whatever the failed one left.
+    let _repairing = inner.journal.repairing(key).await;
+    if !inner.journal.holds_key(key) {
+        return Ok(());
+    }
     const ATTEMPTS: usize = 3;
     for _ in 0..ATTEMPTS {
         let generation = match state.generation() {

@@ -109,7 +109,7 @@ where
     where
         Q: CacheKey + ?Sized,
     {
-        let mut insert = Insert::begin(self, key, value, options, tags, version).await?;
+        let mut insert = Insert::begin(self, key, value, options, tags, version, true).await?;
         let written = insert.write().await;
         insert.end(written).await
     }
@@ -192,6 +192,11 @@ where
         // Dropped before the write travels: this instance's readers stop serving the old value
         // at once, and their Redis reads go out on the same connection after the tombstone.
         cache.l1.remove(&k);
+        // Held until the write settled: a repair of the key never writes over it.
+        let writing = match &cache.l2 {
+            Some(_) => Some(cache.journal.writing(&k).await),
+            None => None,
+        };
         let started = cache.journal.stamp();
         let mut result = Ok(());
         let mut confirmed = cache.l2.is_none();
@@ -228,8 +233,11 @@ where
             cache.flights.poison(&k);
         }
         cache.l1.remove(&k);
-        self.settle_write(&k, started, confirmed, announced, result)
-            .await
+        let settled = self
+            .settle_write(&k, started, confirmed, announced, result)
+            .await;
+        drop(writing);
+        settled
     }
 
     /// Invalidates every entry of the region, on every instance, in O(1): the region's

@@ -60,9 +60,21 @@ where
         let mut answers: Vec<Option<Result<()>>> = Vec::new();
         let mut inserts = Vec::new();
         let options = self.shared.entry_options;
+        let items: Vec<(&Q, V)> = items.into_iter().collect();
+        // Every key's stripe, held until the batch settled (see `Journal::writing`).
+        let _writing = match &self.cache.l2 {
+            Some(_) => {
+                let keys: Vec<KeyBuf> = items.iter().map(|(k, _)| self.l1_key(*k)).collect();
+                self.cache
+                    .journal
+                    .writing_all(keys.iter().map(|k| &k[..]))
+                    .await
+            }
+            None => Vec::new(),
+        };
         for (at, (key, value)) in items.into_iter().enumerate() {
             answers.push(None);
-            match Insert::begin(self, key, value, &options, &[], None).await {
+            match Insert::begin(self, key, value, &options, &[], None, false).await {
                 Ok(insert) => inserts.push((at, insert)),
                 Err(e) => answers[at] = Some(Err(e)),
             }
@@ -159,13 +171,26 @@ where
         let cache = &self.cache;
         let mut answers: Vec<Option<Result<()>>> = Vec::new();
         let mut removing: Vec<(usize, KeyBuf, u64)> = Vec::new();
+        let mut valid = Vec::new();
         for (at, key) in keys.into_iter().enumerate() {
             answers.push(None);
             let k = self.l1_key(key);
-            if let Err(e) = self.check_key(&k) {
-                answers[at] = Some(Err(e));
-                continue;
+            match self.check_key(&k) {
+                Ok(()) => valid.push((at, k)),
+                Err(e) => answers[at] = Some(Err(e)),
             }
+        }
+        // Every key's stripe, held until the batch settled (see `Journal::writing`).
+        let _writing = match &cache.l2 {
+            Some(_) => {
+                cache
+                    .journal
+                    .writing_all(valid.iter().map(|(_, k)| &k[..]))
+                    .await
+            }
+            None => Vec::new(),
+        };
+        for (at, k) in valid {
             cache.flights.poison(&k);
             // Dropped before the write travels (see `invalidate`).
             cache.l1.remove(&k);

@@ -49,6 +49,10 @@ pub(in crate::region) struct Insert<'r, K: ?Sized, V, C> {
     generation: u64,
     /// Refused as older than what L1 holds (no Redis tier).
     older: bool,
+    /// The key's stripe, held shared until the write has settled (`Journal::writing`): a
+    /// repair of the key never writes its tombstone over this write. `None` without a Redis
+    /// tier, or when the caller holds it (a batch).
+    writing: Option<tokio::sync::RwLockReadGuard<'r, ()>>,
 }
 
 impl<'r, K, V, C> Insert<'r, K, V, C>
@@ -67,6 +71,7 @@ where
         options: &EntryOptions,
         tags: &[&str],
         version: Option<u64>,
+        take_stripe: bool,
     ) -> Result<Self> {
         options.validate()?;
         let tags = validate_tags(tags)?;
@@ -93,6 +98,10 @@ where
         };
         let raw_len = encoded.as_ref().map_or(0, |e| e.raw_len);
         let tag_epoch = cache.l1.tag_epoch();
+        let writing = match (&cache.l2, take_stripe) {
+            (Some(_), true) => Some(cache.journal.writing(&k).await),
+            _ => None,
+        };
         // Anything older touching the key loses (fetches, other writes waiting to fill L1); this
         // write's own L1 fill is lost in turn to anything newer (see `Flights::ticket`).
         cache.flights.poison_for_write(&k, version);
@@ -119,6 +128,7 @@ where
             created_ms: crate::freshness::unix_millis(),
             generation: region.shared.state.generation_raw(),
             older: false,
+            writing,
         };
         // Without Redis, versions are compared in L1.
         insert.older = insert.fill_l1(insert.generation) && cache.l2.is_none();
@@ -192,13 +202,19 @@ where
             region.counters().l2_versions_refused.incr();
         }
         let Self {
-            k, ticket, started, ..
+            k,
+            ticket,
+            started,
+            writing,
+            ..
         } = self;
         drop(ticket);
-        region
+        let settled = region
             .settle_write(&k, started, confirmed, announced, result)
             .await
-            .map(|()| !older)
+            .map(|()| !older);
+        drop(writing);
+        settled
     }
 
     /// Puts the value in L1 under `generation`, unless something newer touched the key;
