@@ -581,3 +581,23 @@ async fn a_degraded_start_is_tracked_once_redis_answers() {
     .await;
     still_reported(&ra, &b, &rb, 1).await;
 }
+
+/// The listener as a task on the service's runtime (`bus_thread(false)`) instead of on a
+/// thread of its own: tracking is turned on, and writes are reported, the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_works_with_the_listener_on_the_callers_runtime() {
+    let server = redis();
+    let on_runtime = || {
+        fast_bus(builder(&server, "rt"))
+            .bus_thread(false)
+            .server_assisted_tracking(true)
+            .build()
+    };
+    let (a, b) = (on_runtime().await.unwrap(), on_runtime().await.unwrap());
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    still_reported(&ra, &b, &rb, 1).await;
+    still_reported(&rb, &a, &ra, 3).await;
+    for c in [&a, &b] {
+        assert_eq!(c.bus_status().unwrap().tracking, Some(true));
+    }
+}
