@@ -94,9 +94,7 @@ impl LayerCacheBuilder {
     ///
     /// - A plain `insert`, `invalidate` or batch write sends no `PUBLISH`, and the writer's own
     ///   listener is not woken by its own write (`NOLOOP`): on this project's machine a lone
-    ///   `insert` went from ~2.15× to ~1.6× a bare `SET`, and the service workload with plain
-    ///   `insert`s gained ~4 % throughput at ~3 % less CPU per operation
-    ///   (`docs/BENCHMARKS.md`).
+    ///   `insert` went from ~2.15× to ~1.6× a bare `SET` (`docs/BENCHMARKS.md`).
     /// - Writes by **any** Redis client are reported: a `DEL` or `SET` of a data key by
     ///   another program, a key's expiry or eviction, and `FLUSHALL`/`FLUSHDB` (every instance
     ///   flushes L1: [`FlushReason::ServerFlush`](crate::FlushReason::ServerFlush)).
@@ -110,9 +108,12 @@ impl LayerCacheBuilder {
     ///   their copy of such a key (it costs them a read of Redis, never a stale value). And on
     ///   Redis 7.0 `NOLOOP` does not cover writes made inside a script — the writes with tags,
     ///   a source version or a compare-and-set — so the writer drops its own copy of those and
-    ///   reads it from Redis once more. On the service workload with `insert_versioned` or
-    ///   `invalidate` this cost about as much as the `PUBLISH`es saved (same throughput, fewer
-    ///   L1 hits, fewer stale reads).
+    ///   reads it from Redis once more.
+    ///
+    /// It is not a throughput option: on the service workload of `benches/loadgen` plain
+    /// `insert`s gained ~4 % in alternating pairs and nothing in a full run, and a workload
+    /// that invalidates and reloads often lost a quarter of its throughput (every load's fill
+    /// reaches the other instances, which drop their copy); stale reads fell throughout.
     /// - Region invalidations, tags, `clear`, heartbeats, and writes acknowledged with
     ///   [`ack_writes`](Self::ack_writes) still travel on the bus.
     ///
