@@ -49,13 +49,6 @@ pub(crate) struct Settings {
     pub(crate) tracking: bool,
 }
 
-impl Settings {
-    /// Whether writes of data keys go without a bus message (tracking reports them; no acks).
-    pub(crate) fn writes_tracked(&self) -> bool {
-        self.tracking && self.ack_timeout.is_none()
-    }
-}
-
 /// What failed in [`Engine::move_generation`].
 #[derive(Debug)]
 pub(crate) enum GenerationMoveFailed {
@@ -236,6 +229,13 @@ impl Engine {
     /// they fill neither tier.
     pub(crate) fn generation_moved(&self, state: &RegionState) {
         self.flights.poison_prefix(&state.id.to_le_bytes());
+    }
+
+    /// The bus a write of data keys announces itself on: none when server-assisted tracking
+    /// reports such writes itself (and no acknowledgement is asked for).
+    pub(crate) fn key_bus(&self) -> Option<&BusHandle> {
+        let tracked = self.settings.tracking && self.settings.ack_timeout.is_none();
+        self.bus.as_ref().filter(|_| !tracked)
     }
 
     /// Announces an invalidation on the bus (if there is one) and waits until it was

@@ -192,11 +192,11 @@ impl LayerCacheBuilder {
                 "server_assisted_tracking needs Redis (redis_url), not a memory server",
             ));
         }
-        let clustered = self.redis_url.as_deref().is_some_and(|url| {
-            url.split_once("://")
-                .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
-        });
-        if clustered {
+        if self
+            .redis_url
+            .as_deref()
+            .is_some_and(crate::l2::is_cluster_url)
+        {
             return Err(Error::config(
                 "server_assisted_tracking is not supported on a Redis Cluster yet",
             ));

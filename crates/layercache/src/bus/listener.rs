@@ -63,8 +63,7 @@ impl Listener {
             // Connected between the degraded start and the reconnect stream above: join now
             // (a later connection shows on that stream).
             if let Some(inner) = self.inner.upgrade() {
-                tracking = self.join(&inner).await;
-                self.publish_tracking(tracking);
+                tracking = self.publish_tracking(self.join(&inner).await);
                 last_echo = Instant::now();
                 connected = true;
             }
@@ -94,15 +93,13 @@ impl Listener {
                     }
                     BusEvent::TrackerReconnected => {
                         let Some(inner) = self.inner.upgrade() else { break };
-                        tracking = self.retrack(&inner).await;
-                        self.publish_tracking(tracking);
+                        tracking = self.publish_tracking(self.retrack(&inner).await);
                     }
                     BusEvent::TrackerFailed(error) => {
                         let Some(inner) = self.inner.upgrade() else { break };
                         tracing::warn!(cache.name = %inner.name(), error = %error, "tracked connection error");
                         if tracking {
-                            tracking = false;
-                            self.publish_tracking(tracking);
+                            tracking = self.publish_tracking(false);
                             inner.flush(FlushReason::TrackingLost);
                         }
                     }
@@ -113,8 +110,7 @@ impl Listener {
                     }
                     BusEvent::Reconnected => {
                         let Some(inner) = self.inner.upgrade() else { break };
-                        tracking = self.join(&inner).await;
-                        self.publish_tracking(tracking);
+                        tracking = self.publish_tracking(self.join(&inner).await);
                         last_echo = Instant::now();
                         connected = true;
                     }
@@ -132,8 +128,7 @@ impl Listener {
                     ticks += 1;
                     let Some(inner) = self.inner.upgrade() else { break };
                     if self.subscriber.tracks() && connected {
-                        tracking = self.check_tracking(&inner, tracking).await;
-                        self.publish_tracking(tracking);
+                        tracking = self.publish_tracking(self.check_tracking(&inner, tracking).await);
                     }
                     let broken = self.on_tick(&inner, last_echo, ticks);
                     if broken && connected {
@@ -166,11 +161,13 @@ impl Listener {
         tracking
     }
 
-    /// Shows whether tracking is on in [`BusStatus`](super::BusStatus) (with tracking only).
-    fn publish_tracking(&self, on: bool) {
+    /// Shows whether tracking is on in [`BusStatus`](super::BusStatus) (with tracking only);
+    /// returns `on`.
+    fn publish_tracking(&self, on: bool) -> bool {
         if self.subscriber.tracks() {
             self.shared().tracking = Some(on);
         }
+        on
     }
 
     /// Turns tracking on (again): true when it is. Writes of other instances made while it

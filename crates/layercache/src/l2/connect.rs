@@ -270,6 +270,12 @@ impl super::RedisStore {
     }
 }
 
+/// Whether `url` names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
+pub(crate) fn is_cluster_url(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
+}
+
 /// Connects the remote store the URL names: one server (or a Sentinel-managed primary) or a
 /// Redis Cluster.
 pub(crate) async fn connect_store(
@@ -277,10 +283,7 @@ pub(crate) async fn connect_store(
     breaker: Breaker,
     counters: Arc<Counters>,
 ) -> Result<crate::remote::Remote> {
-    let clustered_url = s
-        .url
-        .split_once("://")
-        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"));
+    let clustered_url = is_cluster_url(&s.url);
     let store = super::RedisStore::connect(s, breaker, counters).await.map_err(|e| {
         if clustered_url && e.to_string().contains("cluster state") {
             Error::new(

@@ -91,11 +91,10 @@ impl Subscriber for RedisSubscriber {
     fn next_event(&mut self) -> BoxFuture<'_, BusEvent> {
         Box::pin(async move {
             let tracking = self.tracker.is_some();
-            let (tracker_reconnects, tracker_errors) = match &mut self.tracker {
+            let (mut tracker_reconnects, mut tracker_errors) = match &mut self.tracker {
                 Some(t) => (Some(&mut t.reconnects), Some(&mut t.errors)),
                 None => (None, None),
             };
-            let (mut tracker_reconnects, mut tracker_errors) = (tracker_reconnects, tracker_errors);
             loop {
                 tokio::select! {
                     biased;

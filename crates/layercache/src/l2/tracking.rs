@@ -45,10 +45,7 @@ impl Tracker {
     /// Turns tracking on, reported to connection `redirect`, waiting at most `within` per
     /// command.
     pub(super) async fn track(&self, redirect: i64, within: Duration) -> Result<()> {
-        let patient = self.client.with_options(&fred::types::config::Options {
-            timeout: Some(within),
-            ..Default::default()
-        });
+        let patient = self.within(within);
         let failed = |e: fred::error::Error| {
             Error::new(ErrorKind::Redis, "turning on server-assisted tracking").with_source(e)
         };
@@ -76,14 +73,18 @@ impl Tracker {
         Ok(())
     }
 
+    /// The tracked connection, its commands bounded by `within` (not by the command timeout).
+    fn within(&self, within: Duration) -> fred::clients::WithOptions<fred::prelude::Client> {
+        self.client.with_options(&fred::types::config::Options {
+            timeout: Some(within),
+            ..Default::default()
+        })
+    }
+
     /// Whether tracking is on and reported to connection `redirect` (`CLIENT TRACKINGINFO`).
     pub(super) async fn intact(&self, redirect: i64, within: Duration) -> Result<bool> {
         let info: fred::types::Value = self
-            .client
-            .with_options(&fred::types::config::Options {
-                timeout: Some(within),
-                ..Default::default()
-            })
+            .within(within)
             .custom(client_command(), vec!["TRACKINGINFO"])
             .await
             .map_err(|e| {
@@ -98,8 +99,8 @@ impl Tracker {
 pub(super) fn invalidation(value: fred::types::Value) -> BusEvent {
     match value {
         fred::types::Value::Array(keys) => BusEvent::Invalidated(
-            keys.iter()
-                .filter_map(fred::types::Value::as_string)
+            keys.into_iter()
+                .filter_map(fred::types::Value::into_string)
                 .collect(),
         ),
         fred::types::Value::Null => BusEvent::ServerFlushed,

@@ -225,11 +225,7 @@ where
             fence: Some(generation),
             version: plan.version,
         };
-        // With server-assisted tracking, Redis tells the other instances itself.
-        let bus = (!self.cache.settings.writes_tracked())
-            .then_some(self.cache.bus.as_ref())
-            .flatten();
-        let (Some(l2), Some(bus)) = (&self.cache.l2, bus) else {
+        let (Some(l2), Some(bus)) = (&self.cache.l2, self.cache.key_bus()) else {
             let filled = self.write_l2(rk, enc, plan, tags, guard).await?;
             return Ok((filled, Ok(0)));
         };

@@ -281,10 +281,7 @@ where
                 })
                 .collect();
         };
-        // With server-assisted tracking, Redis tells the other instances itself.
-        let bus = (!self.cache.settings.writes_tracked())
-            .then_some(self.cache.bus.as_ref())
-            .flatten();
+        let bus = self.cache.key_bus();
         let mut results = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
