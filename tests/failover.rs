@@ -131,6 +131,11 @@ impl Load {
         .await;
     }
 
+    /// Operations done so far.
+    fn done(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
     async fn stop(self) -> (u64, Vec<(Instant, String)>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
@@ -309,6 +314,7 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
             .map_or(0, |(_, k)| k)
     };
     let before = (count(&cluster, from), count(&cluster, to));
+    let ops_before = load.done();
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.reshard(from, to, 5461).unwrap();
         cluster
@@ -319,12 +325,13 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     // Errors inside the migration are allowed, counted and journaled (a `PUBLISH` of the bus
     // while the channel's own slot moves may fail once); after it, none.
     let during = (redis_errors(&a), redis_errors(&b));
+    let ops_during = load.done() - ops_before;
     // Not a wait for something: the load goes on over the new slot map, and must not fail.
     load.runs(1000).await;
     let (ops, caller_errors) = load.stop().await;
     eprintln!(
         "keys on the two primaries before {before:?}, after {after:?}; {ops} operations; \
-         redis errors during the migration {during:?}"
+         redis errors during the migration {during:?} in {ops_during} operations"
     );
     // Keys moved (data, generation copies, marks: whatever lived in those slots).
     assert!(after.0 + 100 < before.0, "{before:?} -> {after:?}");
@@ -341,6 +348,10 @@ async fn resharding_under_load_loses_no_call_and_coherence_holds() {
     // `MOVED` and `ASK` were followed, and scripts on keys mid-migration (`TRYAGAIN`) retried:
     // callers saw no error, the store at most a few, and none once the slots had moved.
     assert!(caller_errors.is_empty(), "{caller_errors:?}");
+    // (fred's default budgets, three writes and five redirections per command, gave 0-5
+    // errors per run here, "too many failed write attempts" and "too many redirections" while
+    // a slot's owner changed under stale slot maps; the store raises them on a cluster, and
+    // ten runs saw none.)
     assert!(during.0 + during.1 <= 4, "{}\n{}", a.stats(), b.stats());
     assert_eq!((redis_errors(&a), redis_errors(&b)), during);
     wait_until("every repair done", Duration::from_secs(10), || {

@@ -106,11 +106,21 @@ pub(crate) async fn connect_client(
     }
     // Degraded start: the first connection goes through the reconnect policy too.
     config.fail_fast = s.startup == L2Startup::FailFast;
+    let clustered = config.server.is_clustered();
     let mut b = Builder::from_config(config);
     b.with_connection_config(|c| {
         c.connection_timeout = s.connect_timeout;
         c.internal_command_timeout = s.command_timeout.max(Duration::from_secs(1));
         c.max_command_buffer_len = s.max_command_buffer;
+        if clustered {
+            // fred counts every write of a command, redirected ones included, against
+            // `max_command_attempts` (3 by default), so a command that meets `ASK`, then
+            // `MOVED`, then a retried `TRYAGAIN` while its slot migrates failed with "too many
+            // failed write attempts" long before its redirection budget (5) ran out: a few
+            // errors per resharding (tests/failover.rs). One write plus one per redirection.
+            c.max_redirections = c.max_redirections.max(10);
+            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
+        }
     })
     .with_performance_config(|p| {
         p.default_command_timeout = s.command_timeout;
