@@ -32,6 +32,7 @@ use crate::{
 
 mod cluster;
 mod coalesce;
+mod command;
 mod connect;
 mod fenced_set;
 mod keyspace;

@@ -51,11 +51,12 @@ pub(crate) struct ClusterStore {
     inner: RedisStore,
 }
 
-/// One command of a pipeline: a script or a plain command, with its arguments.
-type Command = (CustomCommand, Vec<Value>);
+/// One command of a pipeline: a script, a plain command routed by its slot, or a write's
+/// `SET`s and fence.
+type Command = super::command::Cmd;
 
 fn command(name: &'static str, slot: u16, args: Vec<Value>) -> Command {
-    (
+    Command::Custom(
         CustomCommand::new_static(name, ClusterHash::Custom(slot), false),
         args,
     )

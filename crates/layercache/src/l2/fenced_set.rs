@@ -23,13 +23,14 @@
 //! Hot-path note: Redis 7.0 charged ~29 µs for the fill script against ~5 µs for a `SET` on this
 //! machine (`INFO commandstats`); the `GET` of a short key adds ~1 µs. See docs/BENCHMARKS.md.
 
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 
+use super::command::Cmd;
 use crate::remote::{BatchWrite, Filled, Write, WriteMode};
 
 /// The commands of a write with a plain condition, or `None` when the condition needs the fill
 /// script. The generation key's `GET` comes last when there is a fence.
-pub(super) type Commands = Vec<(CustomCommand, Vec<Value>)>;
+pub(super) type Commands = Vec<Cmd>;
 
 /// Whether `write` asks nothing of the key beyond "set" or "set if absent" and the fence.
 pub(super) fn plain(write: &Write<'_>) -> bool {
@@ -43,10 +44,11 @@ pub(super) fn plain(write: &Write<'_>) -> bool {
 /// The `SET … PX ttl [NX]` of a plain write and, with a fence, the `GET` of the generation key.
 pub(super) fn commands(write: Write<'_>) -> Commands {
     let mut commands = vec![set(
-        write.key,
+        write.key.to_owned(),
         write.value,
         write.ttl_ms,
         write.condition.mode,
+        true,
     )];
     if write.condition.fence.is_some() {
         commands.push(generation_get(write.generation_key));
@@ -54,31 +56,20 @@ pub(super) fn commands(write: Write<'_>) -> Commands {
     commands
 }
 
-/// The command's hash slot: where a cluster sends it.
-fn slot(key: &str) -> ClusterHash {
-    ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
-}
-
 /// `SET key value PX ttl`, with `NX` for "set if absent".
-fn set(key: &str, value: Vec<u8>, ttl_ms: u64, mode: &WriteMode) -> (CustomCommand, Vec<Value>) {
-    let mut args = vec![
-        Value::from(key),
-        Value::Bytes(value.into()),
-        Value::from_static_str("PX"),
-        Value::from(ttl_ms.to_string()),
-    ];
-    if *mode == WriteMode::Nx {
-        args.push(Value::from_static_str("NX"));
+fn set(key: String, value: Vec<u8>, ttl_ms: u64, mode: &WriteMode, first: bool) -> Cmd {
+    Cmd::Set {
+        first,
+        key,
+        value: value.into(),
+        ttl_ms,
+        nx: *mode == WriteMode::Nx,
     }
-    (CustomCommand::new_static("SET", slot(key), false), args)
 }
 
 /// The fence's read: `GET` of the generation key.
-fn generation_get(key: &str) -> (CustomCommand, Vec<Value>) {
-    (
-        CustomCommand::new_static("GET", slot(key), false),
-        vec![Value::from(key)],
-    )
+fn generation_get(key: &str) -> Cmd {
+    Cmd::Get(key.to_owned())
 }
 
 /// Whether every entry of `batch` is plain: "set" or "set if absent", no source version (a
@@ -98,7 +89,7 @@ pub(super) fn batch_commands(batch: BatchWrite<'_>) -> Commands {
     let mut commands: Commands = batch
         .entries
         .into_iter()
-        .map(|e| set(&e.key, e.value, e.ttl_ms, &e.mode))
+        .map(|e| set(e.key, e.value, e.ttl_ms, &e.mode, false))
         .collect();
     if batch.fence.is_some() {
         commands.push(generation_get(batch.generation_key));
@@ -182,8 +173,18 @@ mod tests {
     fn the_fence_adds_a_get_of_the_generation_key_and_nx_its_flag() {
         let c = commands(write(&WriteMode::Nx, Some(7)));
         assert_eq!(c.len(), 2);
-        assert_eq!(c[0].1.len(), 5, "SET key value PX ttl NX");
-        assert_eq!(c[1].1[0].as_str().as_deref(), Some("lc:r:gen"));
+        assert!(
+            matches!(&c[0], Cmd::Set { key, ttl_ms: 500, nx: true, first: true, .. } if key == "lc:r:7:k"),
+            "{c:?}"
+        );
+        assert!(matches!(&c[1], Cmd::Get(k) if k == "lc:r:gen"), "{c:?}");
+        assert!(
+            matches!(
+                &commands(write(&WriteMode::Set, Some(7)))[0],
+                Cmd::Set { nx: false, .. }
+            ),
+            "SET without NX"
+        );
         assert_eq!(commands(write(&WriteMode::Set, None)).len(), 1);
     }
 
@@ -232,10 +233,25 @@ mod tests {
         assert!(plain_batch(&b));
         let c = batch_commands(b);
         assert_eq!(c.len(), 4);
-        let arity: Vec<usize> = c.iter().map(|(_, a)| a.len()).collect();
-        assert_eq!(arity, [5, 4, 5, 1], "SET … NX, SET, SET … NX, GET");
-        assert_eq!(c[1].1[0].as_str().as_deref(), Some("lc:r:7:k1"));
-        assert_eq!(c[3].1[0].as_str().as_deref(), Some("lc:r:gen"));
+        let shape: Vec<(&str, bool)> = c
+            .iter()
+            .map(|c| (c.name(), matches!(c, Cmd::Set { nx: true, .. })))
+            .collect();
+        assert_eq!(
+            shape,
+            [("SET", true), ("SET", false), ("SET", true), ("GET", false)],
+            "SET … NX, SET, SET … NX, GET"
+        );
+        assert!(
+            matches!(&c[1], Cmd::Set { key, .. } if key == "lc:r:7:k1"),
+            "{c:?}"
+        );
+        // A batch's `SET`s leave together (none is sent alone first).
+        assert!(
+            !c.iter().any(|c| matches!(c, Cmd::Set { first: true, .. })),
+            "{c:?}"
+        );
+        assert!(matches!(&c[3], Cmd::Get(k) if k == "lc:r:gen"), "{c:?}");
         assert_eq!(batch_commands(batch(vec![WriteMode::Set], None)).len(), 1);
         let cas = WriteMode::Cas(crate::remote::SeenEntry::of(b"x"));
         assert!(!plain_batch(&batch(vec![WriteMode::Nx, cas], Some(7))));

@@ -1,10 +1,15 @@
 //! A write and its bus announcement in one round trip: the command and the `PUBLISH` pipelined
 //! on the data connection, numbered under the bus sequencer's lock.
 
-use fred::{prelude::ClientLike, types::Value};
+use fred::{
+    interfaces::{KeysInterface, PubsubInterface},
+    prelude::ClientLike,
+    types::Value,
+};
 use tracing::Instrument;
 
 use super::{
+    command::{Cmd, Sent},
     evalsha, fenced_set, fill_batch_command, fill_command, fill_span, filled, is_noscript,
     is_outage, map_err, Lane, RedisStore, Script, SCRIPTS,
 };
@@ -46,10 +51,9 @@ pub(super) fn pipeline_outcome(
 /// (fred hands a command to its router on the first poll, synchronously), and returns it to be
 /// awaited later. Used under the bus sequencer's lock: the order in which commands reach the
 /// connection is then the order of their sequence numbers.
-fn primed<F: std::future::Future>(future: F) -> Primed<F> {
-    let mut future = Box::pin(future);
+fn primed<F: std::future::Future + Unpin>(mut future: F) -> Primed<F> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
+    match std::pin::Pin::new(&mut future).poll(&mut cx) {
         std::task::Poll::Ready(v) => Primed::Done(Some(v)),
         std::task::Poll::Pending => Primed::Running(future),
     }
@@ -64,22 +68,23 @@ fn primed<F: std::future::Future>(future: F) -> Primed<F> {
 /// a write its caller was told had failed would land after the outage (the fill script hid this
 /// after a restart, where the replayed `EVALSHA` met an empty script cache; a plain `SET` does
 /// not — `tests/faults.rs`). Each command of its own carries its own timeout and is dropped
-/// once it passed. And fred flushes the socket after every command of a pipeline, while
-/// commands handed over back to back usually leave in one write.
-pub(super) fn send_each<'c, C: ClientLike>(
-    c: &'c C,
-    commands: fenced_set::Commands,
-) -> Vec<Primed<impl std::future::Future<Output = Result<Value, fred::error::Error>> + 'c>> {
+/// once it passed. And fred flushes the socket after every command of a pipeline, while its
+/// own commands handed over back to back usually leave in one write (custom ones do not: see
+/// [`Cmd`]).
+pub(super) fn send_each<'c, C>(c: &'c C, commands: fenced_set::Commands) -> Vec<Primed<Sent<'c>>>
+where
+    C: ClientLike + KeysInterface + PubsubInterface + Sync,
+{
     commands
         .into_iter()
-        .map(|(cmd, args)| primed(c.custom::<Value, _>(cmd, args)))
+        .map(|command| primed(command.send(c)))
         .collect()
 }
 
 /// The replies of [`send_each`]'s commands, in order.
 pub(super) async fn replies<F>(sent: Vec<Primed<F>>) -> Vec<Result<Value, fred::error::Error>>
 where
-    F: std::future::Future<Output = Result<Value, fred::error::Error>>,
+    F: std::future::Future<Output = Result<Value, fred::error::Error>> + Unpin,
 {
     let mut replies = Vec::with_capacity(sent.len());
     for reply in sent {
@@ -112,10 +117,10 @@ fn plain_outcome(
 /// A future polled once by [`primed`].
 pub(super) enum Primed<F: std::future::Future> {
     Done(Option<F::Output>),
-    Running(std::pin::Pin<Box<F>>),
+    Running(F),
 }
 
-impl<F: std::future::Future> std::future::Future for Primed<F>
+impl<F: std::future::Future + Unpin> std::future::Future for Primed<F>
 where
     F::Output: Unpin,
 {
@@ -130,7 +135,7 @@ where
                 Some(v) => std::task::Poll::Ready(v),
                 None => std::task::Poll::Pending,
             },
-            Self::Running(f) => f.as_mut().poll(cx),
+            Self::Running(f) => std::pin::Pin::new(f).poll(cx),
         }
     }
 }
@@ -370,7 +375,8 @@ impl RedisStore {
     ) -> Result<(Value, Result<u64>)> {
         let Announcement { sequencer, message } = announcement;
         let first_key = keys.first().cloned();
-        let command = evalsha(script, keys, args);
+        let (name, all) = evalsha(script, keys, args);
+        let command = Cmd::Custom(name, all);
         let (mut taken, mut replies) = self
             .sequenced(what, vec![command.clone()], sequencer, message)
             .await;
@@ -413,25 +419,11 @@ impl RedisStore {
             .bounded_on(Lane::Bus, what, |c| {
                 sequencer.next(|seq| {
                     taken = seq;
-                    // On a cluster, always through the node owning the channel's slot: one
-                    // sender's messages leave from one connection, in sequence order.
-                    let name = if clustered && self.sharded_bus {
-                        "SPUBLISH"
-                    } else {
-                        "PUBLISH"
-                    };
-                    commands.push((
-                        fred::types::CustomCommand::new_static(
-                            name,
-                            fred::types::ClusterHash::Custom(fred::util::redis_keyslot(
-                                sequencer.channel.as_bytes(),
-                            )),
-                            false,
-                        ),
-                        vec![
-                            Value::from(sequencer.channel.as_str()),
-                            Value::Bytes(message(seq).into()),
-                        ],
+                    commands.push(announce(
+                        clustered,
+                        self.sharded_bus,
+                        &sequencer.channel,
+                        message(seq),
                     ));
                     let sent = send_each(c, commands);
                     async move { pipeline_outcome(replies(sent).await, expected, what) }
@@ -442,5 +434,30 @@ impl RedisStore {
             sequencer.sent(taken);
         }
         (taken, replies)
+    }
+}
+
+/// The command that sends a bus message. On a cluster, always through the node owning the
+/// channel's slot (one sender's messages leave from one connection, in sequence order):
+/// `SPUBLISH` is routed so by fred, a plain `PUBLISH` only as a custom command (fred sends its
+/// own to a random node).
+fn announce(clustered: bool, sharded: bool, channel: &str, message: Vec<u8>) -> Cmd {
+    match (clustered, sharded) {
+        (true, true) => Cmd::Spublish {
+            channel: channel.to_owned(),
+            message: message.into(),
+        },
+        (true, false) => Cmd::Custom(
+            fred::types::CustomCommand::new_static(
+                "PUBLISH",
+                fred::types::ClusterHash::Custom(fred::util::redis_keyslot(channel.as_bytes())),
+                false,
+            ),
+            vec![Value::from(channel), Value::Bytes(message.into())],
+        ),
+        (false, _) => Cmd::Publish {
+            channel: channel.to_owned(),
+            message: message.into(),
+        },
     }
 }

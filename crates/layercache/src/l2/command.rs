@@ -1,0 +1,131 @@
+//! The commands a write hands to the connection back to back ([`send_each`]): its `SET`s, the
+//! fence's `GET`, its announcement, or a script.
+//!
+//! Hot-path note: fred 10.1 flushes the socket after every *custom* command
+//! (`CommandKind::_Custom` is in its `should_flush` list), but after one of its own commands
+//! only when nothing else is queued behind it. Sent as custom commands, a write's `SET`, its
+//! fence's `GET` and its `PUBLISH` left in three socket writes and came back in three reads
+//! (13.8 system calls per `insert` against 6.8 for a fred `SET`, `strace -c`), and a batch of
+//! 100 `SET`s in 100 writes. So `GET`, `PUBLISH`/`SPUBLISH` and a batch's `SET`s go as fred's
+//! own commands, and leave together. A single write's `SET` still goes first and alone
+//! ([`Cmd::Set`] with `first`): Redis starts on it while the client encodes the rest, and a
+//! lone write measured ~20 % slower when all three left in one write (`compare` `write`, two
+//! cores on loopback); the fence and the announcement follow it in one write. Scripts stay
+//! custom (fred flushes after an `EVALSHA` anyway), and so do commands that must reach a node
+//! chosen by hash slot where fred's own would not (a `PUBLISH` on a cluster: fred sends its own
+//! to a random node). See docs/BENCHMARKS.md, "Commands that leave together".
+//!
+//! [`send_each`]: super::pipeline::send_each
+
+use std::{future::Future, pin::Pin};
+
+use bytes::Bytes;
+use fred::{
+    interfaces::{KeysInterface, PubsubInterface},
+    prelude::ClientLike,
+    types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value},
+};
+
+/// One command of a write, sent on its own (see the module's note).
+#[derive(Debug, Clone)]
+pub(crate) enum Cmd {
+    /// `SET key value PX ttl_ms`, with `NX` when `nx`.
+    Set {
+        /// The data key.
+        key: String,
+        /// The stored bytes.
+        value: Bytes,
+        /// The time to live in milliseconds.
+        ttl_ms: u64,
+        /// Set only if absent.
+        nx: bool,
+        /// Sent at once, alone, as a custom command (a single write's `SET`: see the module's
+        /// note); otherwise as fred's own `SET`, which leaves with what is queued behind it.
+        first: bool,
+    },
+    /// `GET key` (the fence's read of a generation key).
+    Get(String),
+    /// `PUBLISH channel message` on one server (fred routes its own `PUBLISH` to a random node
+    /// of a cluster: there it goes as [`Cmd::Custom`], by the channel's slot).
+    Publish {
+        /// The bus channel.
+        channel: String,
+        /// The message.
+        message: Bytes,
+    },
+    /// `SPUBLISH channel message` (sharded pub/sub: routed by the channel's slot).
+    Spublish {
+        /// The bus channel.
+        channel: String,
+        /// The message.
+        message: Bytes,
+    },
+    /// Any other command, as fred's custom command (which fred flushes at once).
+    Custom(CustomCommand, Vec<Value>),
+}
+
+/// A command handed to the client, to be awaited.
+pub(super) type Sent<'c> =
+    Pin<Box<dyn Future<Output = Result<Value, fred::error::Error>> + Send + 'c>>;
+
+impl Cmd {
+    /// Sends the command through `c` (fred hands it to its router on the first poll).
+    pub(super) fn send<'c, C>(self, c: &'c C) -> Sent<'c>
+    where
+        C: ClientLike + KeysInterface + PubsubInterface + Sync,
+    {
+        match self {
+            Self::Set {
+                key,
+                value,
+                ttl_ms,
+                nx,
+                first: true,
+            } => {
+                let slot = ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()));
+                let mut args = Vec::with_capacity(5);
+                args.push(Value::from(key));
+                args.push(Value::Bytes(value));
+                args.push(Value::from_static_str("PX"));
+                args.push(Value::from(ttl_ms.to_string()));
+                if nx {
+                    args.push(Value::from_static_str("NX"));
+                }
+                Box::pin(c.custom::<Value, _>(CustomCommand::new_static("SET", slot, false), args))
+            }
+            Self::Set {
+                key,
+                value,
+                ttl_ms,
+                nx,
+                first: false,
+            } => Box::pin(c.set::<Value, _, _>(
+                key,
+                value,
+                Some(Expiration::PX(i64::try_from(ttl_ms).unwrap_or(i64::MAX))),
+                nx.then_some(SetOptions::NX),
+                false,
+            )),
+            Self::Get(key) => Box::pin(c.get::<Value, _>(key)),
+            Self::Publish { channel, message } => {
+                Box::pin(c.publish::<Value, _, _>(channel, message))
+            }
+            Self::Spublish { channel, message } => {
+                Box::pin(c.spublish::<Value, _, _>(channel, message))
+            }
+            Self::Custom(cmd, args) => Box::pin(c.custom::<Value, _>(cmd, args)),
+        }
+    }
+
+    /// The command's name, for tests and logs.
+    #[cfg(test)]
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Self::Set { .. } => "SET",
+            Self::Get(_) => "GET",
+            Self::Publish { .. } => "PUBLISH",
+            Self::Spublish { .. } => "SPUBLISH",
+            Self::Custom(cmd, _) => &cmd.cmd,
+        }
+    }
+}
