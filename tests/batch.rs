@@ -378,6 +378,52 @@ async fn batch_writes_are_one_round_trip_and_one_message() {
     batch_writes(&Shared::Redis(server), Some(&raw)).await;
 }
 
+/// Concurrent single writes leave together too: only a write that is alone sends its `SET`
+/// first and on its own (Redis starts on it while the rest is encoded); among others, that
+/// early flush would be one more socket write per write. 50 concurrent `insert`s on one thread
+/// (so all are queued before fred's router runs): Redis reads them in a few reads, where every
+/// `SET` sent alone took one read each at least.
+#[tokio::test]
+async fn concurrent_writes_reach_redis_in_a_few_socket_reads() {
+    let server = redis();
+    let raw = raw_client(&server).await;
+    let shared = Shared::Redis(server);
+    let c = quiet_cache(&shared, "together").await;
+    let users = users(&c).await;
+    users.insert(&0, "warm-up".to_owned()).await.unwrap();
+    let mut reads = Vec::new();
+    for round in 0..5 {
+        let sets = command_calls(&raw, "set").await;
+        let before = info_stat(&raw, "total_reads_processed").await;
+        let writes = (0..50u64).map(|k| {
+            let users = users.clone();
+            async move { users.insert(&k, format!("u{k}.{round}")).await }
+        });
+        for r in together(writes.collect()).await {
+            r.unwrap();
+        }
+        // The `INFO` below is one read of its own.
+        reads.push(info_stat(&raw, "total_reads_processed").await - before - 1);
+        assert_eq!(
+            command_calls(&raw, "set").await - sets,
+            50,
+            "a SET per write"
+        );
+    }
+    let got = users.get_many(&[0, 49]).await;
+    assert_eq!(
+        got.iter().map(value).collect::<Vec<_>>(),
+        [Some("u0.4".to_owned()), Some("u49.4".to_owned())]
+    );
+    let mut sorted = reads.clone();
+    sorted.sort_unstable();
+    assert!(
+        sorted[2] <= 5,
+        "socket reads per 50 concurrent writes: {reads:?}"
+    );
+    c.shutdown().await;
+}
+
 /// What Redis reports in `INFO stats` under `name`.
 async fn info_stat(raw: &fred::prelude::Client, name: &str) -> u64 {
     let info = cmd(raw, "INFO", &["stats"]).await.as_string().unwrap();

@@ -79,6 +79,8 @@ pub(crate) struct RedisStore {
     /// The cache's name (in events, and a label of the round-trip histogram of the `metrics`
     /// feature).
     cache_name: Arc<str>,
+    /// Single writes in flight (see [`command::Writing`]).
+    writes: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for RedisStore {

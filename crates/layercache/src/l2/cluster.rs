@@ -253,14 +253,17 @@ impl ClusterStore {
         let condition = write.condition;
         let copy = b.generation_copy(write.generation_key);
         if let (true, Some(fence)) = (super::fenced_set::plain(&write), condition.fence) {
-            let commands = super::fenced_set::commands(Write {
-                key: &key,
-                value: write.value,
-                ttl_ms: write.ttl_ms,
-                tags: Vec::new(),
-                condition,
-                generation_key: &copy,
-            });
+            let commands = super::fenced_set::commands(
+                Write {
+                    key: &key,
+                    value: write.value,
+                    ttl_ms: write.ttl_ms,
+                    tags: Vec::new(),
+                    condition,
+                    generation_key: &copy,
+                },
+                true,
+            );
             return self
                 .fenced_set(b, write.generation_key, fence, commands)
                 .instrument(super::set_span(&condition, false))

@@ -7,17 +7,24 @@
 //! fence's `GET` and its `PUBLISH` left in three socket writes and came back in three reads
 //! (13.8 system calls per `insert` against 6.8 for a fred `SET`, `strace -c`), and a batch of
 //! 100 `SET`s in 100 writes. So `GET`, `PUBLISH`/`SPUBLISH` and a batch's `SET`s go as fred's
-//! own commands, and leave together. A single write's `SET` still goes first and alone
-//! ([`Cmd::Set`] with `first`): Redis starts on it while the client encodes the rest, and a
-//! lone write measured ~20 % slower when all three left in one write (`compare` `write`, two
-//! cores on loopback); the fence and the announcement follow it in one write. Scripts stay
-//! custom (fred flushes after an `EVALSHA` anyway), and so do commands that must reach a node
-//! chosen by hash slot where fred's own would not (a `PUBLISH` on a cluster: fred sends its own
-//! to a random node). See docs/BENCHMARKS.md, "Commands that leave together".
+//! own commands, and leave together. A single write's `SET` goes first and alone when no
+//! other single write is in flight ([`Cmd::Set`] with `first`, decided by [`Writing`]): Redis
+//! starts on it while the client encodes the rest, and a lone write measured ~20 % slower when
+//! all three left in one write (`compare` `write`, two cores on loopback). Among concurrent
+//! writes that early flush is one more socket write each, so there it is not made (100
+//! concurrent `insert`s: 4–13 % less CPU); the fence and the announcement follow in one write
+//! either way. Scripts stay custom (fred flushes after an `EVALSHA` anyway), and so do commands
+//! that must reach a node chosen by hash slot where fred's own would not (a `PUBLISH` on a
+//! cluster: fred sends its own to a random node). See docs/BENCHMARKS.md, "Commands that leave
+//! together".
 //!
 //! [`send_each`]: super::pipeline::send_each
 
-use std::{future::Future, pin::Pin};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use bytes::Bytes;
 use fred::{
@@ -39,8 +46,9 @@ pub(crate) enum Cmd {
         ttl_ms: u64,
         /// Set only if absent.
         nx: bool,
-        /// Sent at once, alone, as a custom command (a single write's `SET`: see the module's
-        /// note); otherwise as fred's own `SET`, which leaves with what is queued behind it.
+        /// Sent at once, alone, as a custom command (a single write's `SET` while no other is in
+        /// flight: see the module's note); otherwise as fred's own `SET`, which leaves with what
+        /// is queued behind it.
         first: bool,
     },
     /// `GET key` (the fence's read of a generation key).
@@ -127,5 +135,25 @@ impl Cmd {
             Self::Spublish { .. } => "SPUBLISH",
             Self::Custom(cmd, _) => &cmd.cmd,
         }
+    }
+}
+
+/// A single write in flight, counted while it lasts: whether its `SET` leaves alone first
+/// ([`Cmd::Set`] `first`) depends on whether it is alone. A lone write gains from Redis starting
+/// on its `SET` early; among concurrent writes, the early flush is one more socket write each,
+/// and their commands leave together better.
+pub(super) struct Writing<'a>(&'a AtomicUsize);
+
+impl<'a> Writing<'a> {
+    /// Counts a write in; the flag says whether no other single write was in flight.
+    pub(super) fn enter(writes: &'a AtomicUsize) -> (Self, bool) {
+        let before = writes.fetch_add(1, Ordering::AcqRel);
+        (Self(writes), before == 0)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -271,6 +271,7 @@ impl super::RedisStore {
                 ))
             }),
             cache_name: s.cache_name.clone(),
+            writes: Arc::new(AtomicUsize::new(0)),
         };
         if let Some(e) = failed {
             store.quit().await;

@@ -42,13 +42,13 @@ pub(super) fn plain(write: &Write<'_>) -> bool {
 }
 
 /// The `SET … PX ttl [NX]` of a plain write and, with a fence, the `GET` of the generation key.
-pub(super) fn commands(write: Write<'_>) -> Commands {
+pub(super) fn commands(write: Write<'_>, alone: bool) -> Commands {
     let mut commands = vec![set(
         write.key.to_owned(),
         write.value,
         write.ttl_ms,
         write.condition.mode,
-        true,
+        alone,
     )];
     if write.condition.fence.is_some() {
         commands.push(generation_get(write.generation_key));
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_fence_adds_a_get_of_the_generation_key_and_nx_its_flag() {
-        let c = commands(write(&WriteMode::Nx, Some(7)));
+        let c = commands(write(&WriteMode::Nx, Some(7)), true);
         assert_eq!(c.len(), 2);
         assert!(
             matches!(&c[0], Cmd::Set { key, ttl_ms: 500, nx: true, first: true, .. } if key == "lc:r:7:k"),
@@ -180,12 +180,16 @@ mod tests {
         assert!(matches!(&c[1], Cmd::Get(k) if k == "lc:r:gen"), "{c:?}");
         assert!(
             matches!(
-                &commands(write(&WriteMode::Set, Some(7)))[0],
-                Cmd::Set { nx: false, .. }
+                &commands(write(&WriteMode::Set, Some(7)), false)[0],
+                Cmd::Set {
+                    nx: false,
+                    first: false,
+                    ..
+                }
             ),
-            "SET without NX"
+            "SET without NX; among other writes, not sent alone first"
         );
-        assert_eq!(commands(write(&WriteMode::Set, None)).len(), 1);
+        assert_eq!(commands(write(&WriteMode::Set, None), true).len(), 1);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use fred::{
 use tracing::Instrument;
 
 use super::{
-    command::{Cmd, Sent},
+    command::{Cmd, Sent, Writing},
     evalsha, fenced_set, fill_batch_command, fill_command, fill_span, filled, is_noscript,
     is_outage, map_err, Lane, RedisStore, Script, SCRIPTS,
 };
@@ -224,7 +224,8 @@ impl RedisStore {
     pub(super) async fn fenced_set(&self, write: Write<'_>, fence: u64) -> Result<Filled> {
         let what = "redis SET + GET (generation)";
         let span = super::set_span(&write.condition, false);
-        let commands = fenced_set::commands(write);
+        let (_writing, alone) = Writing::enter(&self.writes);
+        let commands = fenced_set::commands(write, alone);
         let replies = self
             .bounded(what, |c| {
                 let sent = send_each(c, commands);
@@ -270,8 +271,9 @@ impl RedisStore {
         // No script: `SET` (and the fence's `GET`) and the `PUBLISH`, pipelined.
         let condition = write.condition;
         let what = "redis SET + PUBLISH";
+        let (_writing, alone) = Writing::enter(&self.writes);
         let (replies, published) = self
-            .plain_announced(what, fenced_set::commands(write), announcement)
+            .plain_announced(what, fenced_set::commands(write, alone), announcement)
             .instrument(super::set_span(&condition, true))
             .await?;
         let filled = plain_outcome(replies, condition.fence, what)?;
