@@ -418,22 +418,25 @@ impl ClusterStore {
     ///
     /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<Value>)> = BTreeMap::new();
+        let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<String>)> = BTreeMap::new();
         for (i, k) in keys.iter().enumerate() {
             let (b, placed) = place(k);
             let g = groups.entry(b).or_default();
             g.0.push(i);
-            g.1.push(Value::from(placed));
+            g.1.push(placed);
         }
         let mut positions = Vec::new();
         let mut commands = Vec::new();
-        for (b, (at, ks)) in groups {
+        // fred's own `MGET`, routed by the first key (every key of a group carries its
+        // bucket's tag): the groups for one node leave in one socket write, where as custom
+        // commands each was flushed alone (see `l2/command.rs`).
+        for (at, ks) in groups.into_values() {
             for (at, ks) in at
                 .chunks(crate::remote::MAX_BATCH)
                 .zip(ks.chunks(crate::remote::MAX_BATCH))
             {
                 positions.push(at.to_vec());
-                commands.push(command("MGET", b.slot(), ks.to_vec()));
+                commands.push(Command::Mget(ks.to_vec()));
             }
         }
         let replies = self.pipelined("redis MGET", commands).await?;

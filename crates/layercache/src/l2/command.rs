@@ -13,7 +13,9 @@
 //! all three left in one write (`compare` `write`, two cores on loopback). Among concurrent
 //! writes that early flush is one more socket write each, so there it is not made (100
 //! concurrent `insert`s: 4–13 % less CPU); the fence and the announcement follow in one write
-//! either way. Scripts stay custom (fred flushes after an `EVALSHA` anyway), and so do commands
+//! either way. On a cluster, the commands sent per bucket (`MGET`, a tag mark's `SET`,
+//! `UNLINK`) go as fred's own too: fred routes them by their first key, which carries the
+//! bucket's tag. Scripts stay custom (fred flushes after an `EVALSHA` anyway), and so do commands
 //! that must reach a node chosen by hash slot where fred's own would not (a `PUBLISH` on a
 //! cluster: fred sends its own to a random node). See docs/BENCHMARKS.md, "Commands that leave
 //! together".
@@ -68,6 +70,10 @@ pub(crate) enum Cmd {
         /// The message.
         message: Bytes,
     },
+    /// `MGET keys…` (on a cluster: keys of one slot, which fred routes by the first).
+    Mget(Vec<String>),
+    /// `UNLINK keys…` (on a cluster: keys of one slot, which fred routes by the first).
+    Unlink(Vec<String>),
     /// Any other command, as fred's custom command (which fred flushes at once).
     Custom(CustomCommand, Vec<Value>),
 }
@@ -115,6 +121,8 @@ impl Cmd {
                 false,
             )),
             Self::Get(key) => Box::pin(c.get::<Value, _>(key)),
+            Self::Mget(keys) => Box::pin(c.mget::<Value, _>(keys)),
+            Self::Unlink(keys) => Box::pin(c.unlink::<Value, _>(keys)),
             Self::Publish { channel, message } => {
                 Box::pin(c.publish::<Value, _, _>(channel, message))
             }
@@ -131,6 +139,8 @@ impl Cmd {
         match self {
             Self::Set { .. } => "SET",
             Self::Get(_) => "GET",
+            Self::Mget(_) => "MGET",
+            Self::Unlink(_) => "UNLINK",
             Self::Publish { .. } => "PUBLISH",
             Self::Spublish { .. } => "SPUBLISH",
             Self::Custom(cmd, _) => &cmd.cmd,

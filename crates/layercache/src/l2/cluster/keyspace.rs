@@ -9,27 +9,26 @@ use fred::{
 };
 
 use super::{
-    command,
     placement::{place, Bucket},
     script_command, unexpected, ClusterStore, TAG_PAGE,
 };
-use crate::{error::Result, l2::SCRIPTS};
+use crate::{
+    error::Result,
+    l2::{command::Cmd, SCRIPTS},
+};
 
 impl ClusterStore {
     /// Replaces a tag group's mark in every bucket.
     pub(super) async fn set_mark(&self, key: &str, token: String, ttl_ms: u64) -> Result<()> {
+        // fred's own `SET`s (routed by the mark's key, which carries its bucket's tag): a
+        // node's share leaves in a few socket writes, not one per bucket.
         let commands = Bucket::all()
-            .map(|b| {
-                command(
-                    "SET",
-                    b.slot(),
-                    vec![
-                        Value::from(b.mark(key)),
-                        Value::from(token.as_str()),
-                        Value::from_static_str("PX"),
-                        Value::from(ttl_ms.to_string()),
-                    ],
-                )
+            .map(|b| Cmd::Set {
+                key: b.mark(key),
+                value: token.clone().into(),
+                ttl_ms,
+                nx: false,
+                first: false,
             })
             .collect();
         for r in self.pipelined("redis SET (tag marks)", commands).await? {
@@ -149,18 +148,16 @@ impl ClusterStore {
 
     /// `UNLINK` per slot, pipelined.
     pub(super) async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
-        let mut groups: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+        let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         for k in keys {
             let (_, placed) = place(&k);
             groups
                 .entry(fred::util::redis_keyslot(placed.as_bytes()))
                 .or_default()
-                .push(Value::from(placed));
+                .push(placed);
         }
-        let commands = groups
-            .into_iter()
-            .map(|(slot, ks)| command("UNLINK", slot, ks))
-            .collect();
+        // fred's own `UNLINK`, routed by the first key (all of one slot).
+        let commands = groups.into_values().map(Cmd::Unlink).collect();
         for r in self.pipelined("redis UNLINK", commands).await? {
             r?;
         }
