@@ -395,7 +395,14 @@ impl Drop for RedisServer {
         if std::thread::panicking() {
             let log = self.log();
             if !log.is_empty() {
-                eprintln!("--- redis-server log (port {}) ---\n{log}", self.port);
+                // Not `eprintln!`: it panics when stderr is gone (a test's output piped into
+                // `head`), and a panic while panicking aborts before the other servers of a
+                // cluster are dropped — they were left running.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "--- redis-server log (port {}) ---\n{log}",
+                    self.port
+                );
             }
         }
         self.kill();
