@@ -133,7 +133,7 @@ impl Cmd {
         }
     }
 
-    /// The command's name, for tests and logs.
+    /// The command's name (for the tests).
     #[cfg(test)]
     pub(super) fn name(&self) -> &str {
         match self {
