@@ -55,20 +55,13 @@ pub(crate) struct ClusterStore {
 /// `SET`s and fence.
 type Command = super::command::Cmd;
 
-fn command(name: &'static str, slot: u16, args: Vec<Value>) -> Command {
-    Command::Custom(
-        CustomCommand::new_static(name, ClusterHash::Custom(slot), false),
-        args,
-    )
-}
-
 fn script_command(script: &Script, slot: u16, keys: Vec<String>, args: Vec<Value>) -> Command {
     let mut all = Vec::with_capacity(2 + keys.len() + args.len());
     all.push(Value::from(script.sha1.as_str()));
     all.push(Value::from(keys.len().to_string()));
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args);
-    command("EVALSHA", slot, all)
+    Command::by_slot("EVALSHA", slot, all)
 }
 
 fn unexpected(what: &'static str) -> Error {

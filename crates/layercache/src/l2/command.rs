@@ -83,6 +83,15 @@ pub(super) type Sent<'c> =
     Pin<Box<dyn Future<Output = Result<Value, fred::error::Error>> + Send + 'c>>;
 
 impl Cmd {
+    /// `name args…` as a custom command sent to the node owning `slot` (on one server: the
+    /// server), flushed at once.
+    pub(super) fn by_slot(name: &'static str, slot: u16, args: Vec<Value>) -> Self {
+        Self::Custom(
+            CustomCommand::new_static(name, ClusterHash::Custom(slot), false),
+            args,
+        )
+    }
+
     /// Sends the command through `c` (fred hands it to its router on the first poll).
     pub(super) fn send<'c, C>(self, c: &'c C) -> Sent<'c>
     where
@@ -96,7 +105,7 @@ impl Cmd {
                 nx,
                 first: true,
             } => {
-                let slot = ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()));
+                let slot = fred::util::redis_keyslot(key.as_bytes());
                 let mut args = Vec::with_capacity(5);
                 args.push(Value::from(key));
                 args.push(Value::Bytes(value));
@@ -105,7 +114,7 @@ impl Cmd {
                 if nx {
                     args.push(Value::from_static_str("NX"));
                 }
-                Box::pin(c.custom::<Value, _>(CustomCommand::new_static("SET", slot, false), args))
+                Self::by_slot("SET", slot, args).send(c)
             }
             Self::Set {
                 key,

@@ -449,12 +449,9 @@ fn announce(clustered: bool, sharded: bool, channel: &str, message: Vec<u8>) -> 
             channel: channel.to_owned(),
             message: message.into(),
         },
-        (true, false) => Cmd::Custom(
-            fred::types::CustomCommand::new_static(
-                "PUBLISH",
-                fred::types::ClusterHash::Custom(fred::util::redis_keyslot(channel.as_bytes())),
-                false,
-            ),
+        (true, false) => Cmd::by_slot(
+            "PUBLISH",
+            fred::util::redis_keyslot(channel.as_bytes()),
             vec![Value::from(channel), Value::Bytes(message.into())],
         ),
         (false, _) => Cmd::Publish {
