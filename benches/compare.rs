@@ -30,6 +30,8 @@
 //!   against 100 sequential `Region::get` of the same keys. Target: ≤ 1/15 of the time.
 //! - `batch_get_raw`: the same `get_many(100)` against one fred `MGET` of the 100 keys and
 //!   100 bincode decodes (informational: the floor under the batch read).
+//! - `batch_get_sliding`: `get_many(100)` on a region with sliding expiration (each key read
+//!   is extended in Redis) against the same on a region without (informational).
 //! - `batch_load`: `Region::get_or_load_many` of 100 keys neither tier has (one batch-loader
 //!   call), against 100 concurrent `Region::get_or_load` of other such keys (100 loader calls).
 //!   Target: ≤ 1/5 of the time.
@@ -37,7 +39,7 @@
 //!   `Region::insert` (each its own script run and bus message).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_tracked`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_tracked`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_get_sliding`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
@@ -277,28 +279,35 @@ fn write_with(rounds: usize, tracking: bool) {
         r.report(name, 1.3);
         let stats = setup.cache.stats();
         assert!(stats.l2_writes > 0 && stats.l2_errors == 0, "{stats:?}");
-        // Where the time goes on the server: Redis's own time per call of each command.
-        let info: String = fred::interfaces::ClientLike::custom(
-            &setup.raw,
-            fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
-            vec!["commandstats"],
-        )
-        .await
-        .expect("info");
-        for line in info.lines().filter(|l| {
-            [
-                "cmdstat_set:",
-                "cmdstat_get:",
-                "cmdstat_evalsha:",
-                "cmdstat_publish:",
-            ]
-            .iter()
-            .any(|c| l.starts_with(c))
-        }) {
-            println!("  redis {line}");
-        }
+        print_commandstats(&setup).await;
     });
     drop(server);
+}
+
+/// Where the time goes on the server: Redis's own time per call of the commands a cache sends.
+async fn print_commandstats(setup: &L2Setup) {
+    let info: String = fred::interfaces::ClientLike::custom(
+        &setup.raw,
+        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+        vec!["commandstats"],
+    )
+    .await
+    .expect("info");
+    for line in info.lines().filter(|l| {
+        [
+            "cmdstat_set:",
+            "cmdstat_get:",
+            "cmdstat_mget:",
+            "cmdstat_getex:",
+            "cmdstat_pexpire:",
+            "cmdstat_evalsha:",
+            "cmdstat_publish:",
+        ]
+        .iter()
+        .any(|c| l.starts_with(c))
+    }) {
+        println!("  redis {line}");
+    }
 }
 
 /// The miss path: `Region::get_or_load` of a key neither tier holds (a `GET` that finds
@@ -429,6 +438,54 @@ fn batch_get_raw(rounds: usize) {
     drop(server);
 }
 
+/// `get_many(100)` on a region with sliding expiration (every key read is extended in Redis)
+/// against `get_many(100)` of the same keys on a region without: what sliding costs a batch
+/// read (informational: no target).
+fn batch_get_sliding(rounds: usize) {
+    let (server, rt, setup) = l2_bench();
+    rt.block_on(async {
+        let options = layercache::EntryOptions::new()
+            .ttl(Duration::from_secs(3600))
+            .sliding(Duration::from_millis(1));
+        let sliding = setup
+            .cache
+            .region::<str, support::Profile>("s")
+            .entry_options(options)
+            .build()
+            .await
+            .expect("region");
+        for chunk in setup.keys.chunks(1_000) {
+            let done = sliding
+                .insert_many(chunk.iter().map(|k| (k.as_str(), support::profile())))
+                .await;
+            assert!(done.iter().all(Result::is_ok));
+        }
+        setup.cache.clear_l1();
+        let extends = setup.cache.stats().l2_extends;
+        let r = interleave(
+            rounds,
+            20,
+            |i| {
+                let (sliding, keys) = (&sliding, batch_keys(&setup, i));
+                async move {
+                    let got = sliding.get_many(keys).await;
+                    assert!(got.iter().all(|v| matches!(v, Ok(Some(_)))));
+                    std::hint::black_box(got);
+                }
+            },
+            |i| batch_read(&setup, i),
+        )
+        .await;
+        r.report("batch_get_sliding", 1.1);
+        println!(
+            "batch_get_sliding: {} extensions sent",
+            setup.cache.stats().l2_extends - extends
+        );
+        print_commandstats(&setup).await;
+    });
+    drop(server);
+}
+
 fn batch_load(rounds: usize) {
     let (server, rt, setup) = l2_bench();
     rt.block_on(async {
@@ -491,6 +548,7 @@ fn batch_load(rounds: usize) {
             loads.load(std::sync::atomic::Ordering::Relaxed),
             n * BATCH
         );
+        print_commandstats(&setup).await;
     });
     drop(server);
 }
@@ -626,6 +684,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_get_raw") {
         batch_get_raw(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_get_sliding") {
+        batch_get_sliding(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);

@@ -39,6 +39,7 @@ mod keyspace;
 mod pipeline;
 mod pool;
 mod scripts;
+mod sliding;
 mod spans;
 mod subscriber;
 mod tracking;
@@ -325,6 +326,14 @@ impl RemoteStore for RedisStore {
             }
             .instrument(span),
         )
+    }
+
+    fn get_and_touch_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        Box::pin(self.get_and_touch_chunks(keys, ttl_ms))
     }
 
     fn get_or_lock<'a>(

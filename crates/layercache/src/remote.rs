@@ -66,6 +66,13 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// few round trips as the store allows — bounded commands of at most [`MAX_BATCH`] keys
     /// each, so no single one blocks the store for long.
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
+    /// [`get_many`](Self::get_many) for sliding expiration: the bytes at each of `keys`, every
+    /// key found given `ttl_ms` more to live, in as few round trips as the store allows.
+    fn get_and_touch_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
     /// The bytes at `key`, if any, giving the key `ttl_ms` more to live in the same step
     /// (sliding expiration).
     fn get_and_touch<'a>(

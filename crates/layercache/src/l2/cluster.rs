@@ -411,6 +411,25 @@ impl ClusterStore {
     ///
     /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_many(keys, None).await
+    }
+
+    /// [`get_many`](Self::get_many), each key found given `ttl_ms` more to live: a `PEXPIRE`
+    /// per key after its bucket's `MGET`, on the same node (fred routes both by the key), so
+    /// Redis runs it after the read (see [`RedisStore::mget_and_touch`]).
+    ///
+    /// [`RedisStore::mget_and_touch`]: super::RedisStore::mget_and_touch
+    async fn get_and_touch_many(
+        &self,
+        keys: &[String],
+        ttl_ms: u64,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_many(keys, Some(ttl_ms)).await
+    }
+
+    /// The `MGET`s of [`get_many`](Self::get_many), with a `PEXPIRE` of every key after them
+    /// when `touch` is given.
+    async fn read_many(&self, keys: &[String], touch: Option<u64>) -> Result<Vec<Option<Vec<u8>>>> {
         let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<String>)> = BTreeMap::new();
         for (i, k) in keys.iter().enumerate() {
             let (b, placed) = place(k);
@@ -432,7 +451,20 @@ impl ClusterStore {
                 commands.push(Command::Mget(ks.to_vec()));
             }
         }
-        let replies = self.pipelined("redis MGET", commands).await?;
+        let reads = commands.len();
+        if let Some(ttl_ms) = touch {
+            let touches = keys.iter().map(|k| Command::Pexpire {
+                key: place(k).1,
+                ttl_ms,
+            });
+            commands.extend(touches);
+        }
+        let what = "redis MGET (+ PEXPIRE × n when sliding)";
+        let mut replies = self.pipelined(what, commands).await?;
+        // An extension that failed fails the read, as a `GETEX` that failed would.
+        if let Some(e) = replies.drain(reads..).find_map(Result::err) {
+            return Err(e);
+        }
         let mut out = vec![None; keys.len()];
         for (at, reply) in positions.into_iter().zip(replies) {
             let values = match reply? {

@@ -74,6 +74,13 @@ pub(crate) enum Cmd {
     Mget(Vec<String>),
     /// `UNLINK keys…` (on a cluster: keys of one slot, which fred routes by the first).
     Unlink(Vec<String>),
+    /// `PEXPIRE key ttl_ms` (a sliding batch read's extension of a key it read).
+    Pexpire {
+        /// The data key.
+        key: String,
+        /// The new time to live in milliseconds.
+        ttl_ms: u64,
+    },
     /// Any other command, as fred's custom command (which fred flushes at once).
     Custom(CustomCommand, Vec<Value>),
 }
@@ -132,6 +139,11 @@ impl Cmd {
             Self::Get(key) => Box::pin(c.get::<Value, _>(key)),
             Self::Mget(keys) => Box::pin(c.mget::<Value, _>(keys)),
             Self::Unlink(keys) => Box::pin(c.unlink::<Value, _>(keys)),
+            Self::Pexpire { key, ttl_ms } => Box::pin(c.pexpire::<Value, _>(
+                key,
+                i64::try_from(ttl_ms).unwrap_or(i64::MAX),
+                None,
+            )),
             Self::Publish { channel, message } => {
                 Box::pin(c.publish::<Value, _, _>(channel, message))
             }
@@ -150,6 +162,7 @@ impl Cmd {
             Self::Get(_) => "GET",
             Self::Mget(_) => "MGET",
             Self::Unlink(_) => "UNLINK",
+            Self::Pexpire { .. } => "PEXPIRE",
             Self::Publish { .. } => "PUBLISH",
             Self::Spublish { .. } => "SPUBLISH",
             Self::Custom(cmd, _) => &cmd.cmd,

@@ -14,6 +14,27 @@ use super::{fill_batch_command, filled, RedisStore, Script, SCRIPTS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::remote::{BatchWrite, Filled};
 
+/// The values of an `MGET` of `n` keys: for each, its bytes, or `None` (nothing, or another
+/// type).
+pub(super) fn mget_values(reply: Value, n: usize) -> Result<Vec<Option<Vec<u8>>>> {
+    let values = match reply {
+        Value::Array(values) => values,
+        // One key: fred may hand back the single value itself.
+        other if n == 1 => vec![other],
+        _ => return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply")),
+    };
+    if values.len() != n {
+        return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply length"));
+    }
+    Ok(values
+        .into_iter()
+        .map(|v| match v {
+            Value::Null => None,
+            v => v.as_bytes().map(<[u8]>::to_vec),
+        })
+        .collect())
+}
+
 impl RedisStore {
     /// `SCRIPT LOAD` of one script (after a `NOSCRIPT`), on the node that answered it: the one
     /// owning `key`'s slot on a cluster (a promoted replica starts without the scripts its
@@ -39,47 +60,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `GETEX key PX ttl`: reads and extends in one command (sliding expiration).
-    pub(crate) async fn getex(&self, key: &str, ttl_ms: u64) -> Result<Option<Vec<u8>>> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get",
-            db.system = "redis",
-            db.operation.name = "GETEX",
-            otel.kind = "client",
-            hit = tracing::field::Empty,
-            sliding = true
-        );
-        let args: Vec<Value> = vec![
-            Value::from(key),
-            Value::from_static_str("PX"),
-            Value::from(ttl_ms.to_string()),
-        ];
-        let r: Option<Vec<u8>> = self
-            .bounded("redis GETEX", |c| {
-                c.custom(
-                    fred::types::CustomCommand::new_static(
-                        "GETEX",
-                        fred::types::ClusterHash::FirstKey,
-                        false,
-                    ),
-                    args,
-                )
-            })
-            .instrument(span.clone())
-            .await?;
-        span.record("hit", r.is_some());
-        Ok(r)
-    }
-
-    /// `PEXPIRE key ttl`.
-    pub(crate) async fn pexpire(&self, key: &str, ttl_ms: u64) -> Result<()> {
-        let ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let _: i64 = self
-            .bounded("redis PEXPIRE", |c| c.pexpire(key, ms, None))
-            .await?;
-        Ok(())
-    }
-
     /// `MGET`: for each key, its value, or `None` (nothing, or another type).
     pub(crate) async fn mget(
         &self,
@@ -91,22 +71,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let reply: Value = self.bounded(what, |c| c.mget(keys)).await?;
-        let values = match reply {
-            Value::Array(values) => values,
-            // One key: fred may hand back the single value itself.
-            other if n == 1 => vec![other],
-            _ => return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply")),
-        };
-        if values.len() != n {
-            return Err(Error::new(ErrorKind::Redis, "unexpected MGET reply length"));
-        }
-        Ok(values
-            .into_iter()
-            .map(|v| match v {
-                Value::Null => None,
-                v => v.as_bytes().map(<[u8]>::to_vec),
-            })
-            .collect())
+        mget_values(reply, n)
     }
 
     /// `SET key value PX ttl [NX]`; returns whether the value was written.

@@ -75,6 +75,25 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
+    fn get_and_touch_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        ready(self.server.run("get and touch many", |k| {
+            Ok(keys
+                .iter()
+                .map(|key| {
+                    let value = k.get_lenient(key);
+                    if value.is_some() {
+                        k.expire(key, ttl_ms);
+                    }
+                    value
+                })
+                .collect())
+        }))
+    }
+
     fn get_or_lock<'a>(
         &'a self,
         key: &'a str,

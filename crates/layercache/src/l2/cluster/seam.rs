@@ -55,6 +55,22 @@ impl RemoteStore for ClusterStore {
         Box::pin(ClusterStore::get_many(self, keys).instrument(span))
     }
 
+    fn get_and_touch_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+        let span = tracing::debug_span!(
+            "layercache.l2.get_many",
+            db.system = "redis",
+            db.operation.name = "MGET",
+            otel.kind = "client",
+            keys = keys.len(),
+            sliding = true
+        );
+        Box::pin(ClusterStore::get_and_touch_many(self, keys, ttl_ms).instrument(span))
+    }
+
     fn get_and_touch<'a>(
         &'a self,
         key: &'a str,

@@ -270,8 +270,8 @@ where
         }
     }
 
-    /// Reads the keys this batch leads from Redis in one round trip (a `GETEX` each with
-    /// sliding expiration, which has no batch form), and serves what is fresh. `Err`: the error
+    /// Reads the keys this batch leads from Redis in one round trip (with sliding expiration,
+    /// each key found extended in the same round trip), and serves what is fresh. `Err`: the error
     /// every flight ends with (the `Propagate` policy).
     async fn read_many(
         &self,
@@ -319,26 +319,7 @@ where
             Some(_) => {
                 let ttl = millis_ceil(options.get_ttl() + options.keep_after_expiry());
                 self.counters().l2_extends.add(rkeys.len() as u64);
-                let tasks: Vec<_> = rkeys
-                    .iter()
-                    .cloned()
-                    .map(|k| {
-                        let l2 = l2.clone();
-                        tokio::spawn(async move { l2.get_and_touch(&k, ttl).await })
-                    })
-                    .collect();
-                let mut values = Ok(Vec::with_capacity(tasks.len()));
-                for task in tasks {
-                    let value = task.await.unwrap_or_else(|_| {
-                        Err(Error::new(ErrorKind::Internal, "a read task panicked"))
-                    });
-                    if let (Ok(all), Ok(v)) = (&mut values, value.as_ref()) {
-                        all.push(v.clone());
-                    } else if let (Ok(_), Err(e)) = (&values, value) {
-                        values = Err(e);
-                    }
-                }
-                values
+                l2.get_and_touch_many(&rkeys, ttl).await
             }
         };
         let values = match values {
