@@ -561,6 +561,83 @@ async fn a_sliding_batch_read_extends_every_key_it_reads_on_a_cluster() {
     sliding_batch_read(&Shared::Cluster(support::cluster())).await;
 }
 
+/// On a cluster, a batch read that one primary does not answer fails only the keys that
+/// primary holds: the other primaries' keys are served from Redis. Under the default error
+/// policy the failed keys are misses (a batch load asks its loader for exactly them); under
+/// `Propagate` each is its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_one_cluster_node_does_not_answer_fails_only_its_keys() {
+    let cluster = support::cluster();
+    let shared = Shared::Cluster(cluster.clone());
+    let link = shared.slow_link().await;
+    let short = |b: layercache::LayerCacheBuilder| {
+        quiet(b)
+            .l2_command_timeout(Duration::from_millis(300))
+            .l1_write_cooldown(Duration::ZERO)
+    };
+    let fallback = link.instance_with("partial", short).await;
+    let propagate = link
+        .instance_with("partial", |b| {
+            short(b).l2_error_policy(layercache::L2ErrorPolicy::Propagate)
+        })
+        .await;
+    let (rf, rp) = (users(&fallback).await, users(&propagate).await);
+    let keys: Vec<u64> = (0..60).collect();
+    let done = rf
+        .insert_many(keys.iter().map(|k| (k, format!("v{k}"))))
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let stalled = cluster.primaries()[0];
+    let held: Vec<u64> = keys
+        .iter()
+        .copied()
+        .filter(|k| {
+            let rkey = rf.redis_key(k).unwrap();
+            // A key of another node is answered `MOVED` (an error here).
+            cluster
+                .command(stalled, &["EXISTS", &rkey])
+                .is_ok_and(|held| held.trim() == "1")
+        })
+        .collect();
+    assert!(
+        !held.is_empty() && held.len() < keys.len(),
+        "the stalled primary holds {} of {} keys",
+        held.len(),
+        keys.len()
+    );
+    fallback.clear_l1();
+    propagate.clear_l1();
+    link.set_node_latency(stalled, Duration::from_secs(3));
+
+    let calls = Calls::default();
+    let got = rf.get_or_load_many(&keys, recording(&calls)).await;
+    for (k, v) in keys.iter().zip(&got) {
+        let want = if held.contains(k) {
+            format!("u{k}")
+        } else {
+            format!("v{k}")
+        };
+        assert_eq!(value(v), Some(want), "key {k}");
+    }
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![held.clone()],
+        "the loader's calls"
+    );
+
+    let got = rp.get_many(&keys).await;
+    for (k, v) in keys.iter().zip(&got) {
+        if held.contains(k) {
+            assert!(v.is_err(), "key {k} of the stalled primary: {v:?}");
+        } else {
+            assert_eq!(value(v), Some(format!("v{k}")), "key {k}");
+        }
+    }
+    link.set_node_latency(stalled, Duration::ZERO);
+    fallback.shutdown().await;
+    propagate.shutdown().await;
+}
+
 /// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's
 /// generation after them (the fence). When the generation key is gone (a `FLUSHALL`, a restart
 /// without persistence), that `GET` finds nothing: every entry of an `insert_many` counts as

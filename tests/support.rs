@@ -455,13 +455,24 @@ impl SlowLink<'_> {
     /// An instance whose every link goes through the slowed path (generous timeouts, a fast
     /// bus whose heartbeats tolerate the latency the tests add).
     pub(crate) async fn instance(&self, name: &str) -> LayerCache {
+        self.instance_with(name, |b| b).await
+    }
+
+    /// [`instance`](Self::instance), its builder changed by `configure` first.
+    pub(crate) async fn instance_with(
+        &self,
+        name: &str,
+        configure: impl Fn(LayerCacheBuilder) -> LayerCacheBuilder,
+    ) -> LayerCache {
         let builder = |url: String| {
-            LayerCache::builder(name)
-                .redis_url(url)
-                .l2_command_timeout(Duration::from_secs(5))
-                .l2_connect_timeout(Duration::from_secs(5))
-                .bus_heartbeat_interval(Duration::from_millis(100))
-                .bus_heartbeat_timeout(Duration::from_secs(10))
+            configure(
+                LayerCache::builder(name)
+                    .redis_url(url)
+                    .l2_command_timeout(Duration::from_secs(5))
+                    .l2_connect_timeout(Duration::from_secs(5))
+                    .bus_heartbeat_interval(Duration::from_millis(100))
+                    .bus_heartbeat_timeout(Duration::from_secs(10)),
+            )
         };
         match &self.kind {
             SlowKind::Proxy(proxy) => builder(proxy.url()).build().await.unwrap(),
@@ -491,6 +502,15 @@ impl SlowLink<'_> {
                 );
                 built.unwrap()
             }
+        }
+    }
+
+    /// Delays every chunk of data on the slowed links to node `index` of a cluster, both ways
+    /// (zero: none).
+    pub(crate) fn set_node_latency(&self, index: usize, latency: Duration) {
+        match &self.kind {
+            SlowKind::Cluster(cluster) => cluster.proxies()[index].set_marked_latency(latency),
+            SlowKind::Proxy(_) => panic!("one server has no nodes"),
         }
     }
 

@@ -155,6 +155,23 @@ impl RedisStore {
         F: FnOnce(&'s WithOptions<fred::prelude::Client>) -> Fut,
         Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
     {
+        self.bounded_judged(lane, what, command, |_| false).await
+    }
+
+    /// [`bounded_on`](Self::bounded_on), for an answer that may still carry an outage
+    /// (`outage_in`: the replies of several commands, one of which timed out). Such an answer
+    /// is returned, and counted against the breaker as the failure it also is.
+    async fn bounded_judged<'s, T, F, Fut>(
+        &'s self,
+        lane: Lane,
+        what: &'static str,
+        command: F,
+        outage_in: impl FnOnce(&T) -> bool,
+    ) -> Result<T>
+    where
+        F: FnOnce(&'s WithOptions<fred::prelude::Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
+    {
         let conn = self.conn(lane);
         if !conn.client.is_connected() {
             self.counters.l2_disconnected_skips.incr();
@@ -204,8 +221,9 @@ impl RedisStore {
                 format!("{what} took longer than {timeout:?}"),
             )),
         };
-        self.suspect.store(result.is_err(), Ordering::Release);
-        permit.record(result.is_err());
+        let failed = result.as_ref().map_or(true, outage_in);
+        self.suspect.store(failed, Ordering::Release);
+        permit.record(failed);
         result
     }
 
@@ -308,7 +326,7 @@ impl RemoteStore for RedisStore {
         Box::pin(async move { self.set(key, value, ttl_ms, false).await.map(|_| ()) })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<crate::remote::Read>> {
         let span = tracing::debug_span!(
             "layercache.l2.get_many",
             db.system = "redis",
@@ -318,11 +336,8 @@ impl RemoteStore for RedisStore {
         );
         Box::pin(
             async move {
-                let mut values = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(crate::remote::MAX_BATCH) {
-                    values.extend(self.mget("redis MGET", chunk.to_vec()).await?);
-                }
-                Ok(values)
+                crate::remote::read_chunks(keys, |chunk| self.mget("redis MGET", chunk.to_vec()))
+                    .await
             }
             .instrument(span),
         )
@@ -332,7 +347,7 @@ impl RemoteStore for RedisStore {
         &'a self,
         keys: &'a [String],
         ttl_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    ) -> BoxFuture<'a, Vec<crate::remote::Read>> {
         Box::pin(self.get_and_touch_chunks(keys, ttl_ms))
     }
 

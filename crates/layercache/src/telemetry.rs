@@ -9,7 +9,7 @@
 //! | `layercache.get` | span | debug | `cache.name`, `region`, `level` (`l2`, `loader`, `none`) | an L1 miss: the flight that reads Redis and maybe loads |
 //! | `layercache.get_many` | span | debug | `cache.name`, `region`, `keys` | the fetch of a batch's L1 misses (`get_many`, `get_or_load_many`) |
 //! | `layercache.l2.get` | span | debug | OTel: `db.system`, `db.operation.name` (`GET`, `GETEX`, `EVALSHA`), `otel.kind`; `hit`, `bytes`; `sliding` (`GETEX`); `locked` (the read that takes the load lock when it finds nothing) | one read of an entry |
-//! | `layercache.l2.get_many` | span | debug | OTel (`MGET`); `keys` | a batch read (`MGET`s of at most 1,000 keys) |
+//! | `layercache.l2.get_many` | span | debug | OTel (`MGET`); `keys`; `sliding` (a `PEXPIRE` per key with each `MGET`) | a batch read (`MGET`s of at most 1,000 keys) |
 //! | `layercache.l2.get_coalesced` | span | debug | OTel (`MGET`); `keys` | single-key reads that waited for reads in flight, sent together (`l2_read_coalescing`; on a task of its own, so outside the readers' spans) |
 //! | `layercache.l2.set` | span | debug | OTel (`SET`, `EVALSHA`); `bytes`, `nx` (plain `SET`); `mode` (`set`, `nx`, `cas`), `fenced`, `announced` (a conditional write: the fill script, or on one server a plain fenced write's `SET`; `announced`: pipelined with the bus message) | one write to Redis |
 //! | `layercache.l2.set_many` | span | debug | OTel (`EVALSHA`); `entries` | a batch of writes (`fill_batch.lua`, one run per 200 entries) |

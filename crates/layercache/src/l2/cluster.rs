@@ -38,6 +38,7 @@ use crate::{
 mod keyspace;
 pub(crate) mod placement;
 mod plain_batch;
+mod reads;
 mod seam;
 
 use placement::{place, Bucket};
@@ -405,84 +406,6 @@ impl ClusterStore {
         }
         .instrument(span)
         .await
-    }
-
-    /// `MGET` per bucket (and per [`MAX_BATCH`] keys), pipelined; values in the keys' order.
-    ///
-    /// [`MAX_BATCH`]: crate::remote::MAX_BATCH
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.read_many(keys, None).await
-    }
-
-    /// [`get_many`](Self::get_many), each key found given `ttl_ms` more to live: a `PEXPIRE`
-    /// per key after its bucket's `MGET`, on the same node (fred routes both by the key), so
-    /// Redis runs it after the read (see [`RedisStore::mget_and_touch`]).
-    ///
-    /// [`RedisStore::mget_and_touch`]: super::RedisStore::mget_and_touch
-    async fn get_and_touch_many(
-        &self,
-        keys: &[String],
-        ttl_ms: u64,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        self.read_many(keys, Some(ttl_ms)).await
-    }
-
-    /// The `MGET`s of [`get_many`](Self::get_many), with a `PEXPIRE` of every key after them
-    /// when `touch` is given.
-    async fn read_many(&self, keys: &[String], touch: Option<u64>) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut groups: BTreeMap<Bucket, (Vec<usize>, Vec<String>)> = BTreeMap::new();
-        for (i, k) in keys.iter().enumerate() {
-            let (b, placed) = place(k);
-            let g = groups.entry(b).or_default();
-            g.0.push(i);
-            g.1.push(placed);
-        }
-        let mut positions = Vec::new();
-        let mut commands = Vec::new();
-        // fred's own `MGET`, routed by the first key (every key of a group carries its
-        // bucket's tag): the groups for one node leave in one socket write, where as custom
-        // commands each was flushed alone (see `l2/command.rs`).
-        for (at, ks) in groups.into_values() {
-            for (at, ks) in at
-                .chunks(crate::remote::MAX_BATCH)
-                .zip(ks.chunks(crate::remote::MAX_BATCH))
-            {
-                positions.push(at.to_vec());
-                commands.push(Command::Mget(ks.to_vec()));
-            }
-        }
-        let reads = commands.len();
-        if let Some(ttl_ms) = touch {
-            let touches = keys.iter().map(|k| Command::Pexpire {
-                key: place(k).1,
-                ttl_ms,
-            });
-            commands.extend(touches);
-        }
-        let what = "redis MGET (+ PEXPIRE × n when sliding)";
-        let mut replies = self.pipelined(what, commands).await?;
-        // An extension that failed fails the read, as a `GETEX` that failed would.
-        if let Some(e) = replies.drain(reads..).find_map(Result::err) {
-            return Err(e);
-        }
-        let mut out = vec![None; keys.len()];
-        for (at, reply) in positions.into_iter().zip(replies) {
-            let values = match reply? {
-                Value::Array(v) => v,
-                other if at.len() == 1 => vec![other],
-                _ => return Err(unexpected("MGET")),
-            };
-            if values.len() != at.len() {
-                return Err(unexpected("MGET"));
-            }
-            for (i, v) in at.into_iter().zip(values) {
-                out[i] = match v {
-                    Value::Null => None,
-                    v => v.as_bytes().map(<[u8]>::to_vec),
-                };
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -64,7 +64,7 @@ impl RedisStore {
         &self,
         keys: &[String],
         ttl_ms: u64,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    ) -> Vec<crate::remote::Read> {
         let span = tracing::debug_span!(
             "layercache.l2.get_many",
             db.system = "redis",
@@ -73,15 +73,9 @@ impl RedisStore {
             keys = keys.len(),
             sliding = true
         );
-        async {
-            let mut values = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(crate::remote::MAX_BATCH) {
-                values.extend(self.mget_and_touch(chunk, ttl_ms).await?);
-            }
-            Ok(values)
-        }
-        .instrument(span)
-        .await
+        async { crate::remote::read_chunks(keys, |chunk| self.mget_and_touch(chunk, ttl_ms)).await }
+            .instrument(span)
+            .await
     }
 
     /// A sliding batch read: for each of `keys` (at most [`MAX_BATCH`]), its value, each key

@@ -6,7 +6,7 @@ use super::MemoryServer;
 use crate::{
     error::Result,
     options::millis_ceil,
-    remote::{Announcement, BatchWrite, BoxFuture, Filled, RemoteStore, Write},
+    remote::{each_read, Announcement, BatchWrite, BoxFuture, Filled, Read, RemoteStore, Write},
 };
 
 /// A cache's handle on a [`MemoryServer`].
@@ -69,18 +69,19 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
-        ready(self.server.run("get many", |k| {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<Read>> {
+        let read = self.server.run("get many", |k| {
             Ok(keys.iter().map(|key| k.get_lenient(key)).collect())
-        }))
+        });
+        ready(each_read(keys.len(), read))
     }
 
     fn get_and_touch_many<'a>(
         &'a self,
         keys: &'a [String],
         ttl_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
-        ready(self.server.run("get and touch many", |k| {
+    ) -> BoxFuture<'a, Vec<Read>> {
+        let read = self.server.run("get and touch many", |k| {
             Ok(keys
                 .iter()
                 .map(|key| {
@@ -91,7 +92,8 @@ impl RemoteStore for MemoryStore {
                     value
                 })
                 .collect())
-        }))
+        });
+        ready(each_read(keys.len(), read))
     }
 
     fn get_or_lock<'a>(

@@ -43,7 +43,9 @@ where
     /// of at most 1,000 keys), filling L1. One answer per key, in the order asked: the value,
     /// `Ok(None)` when neither tier has it, or that key's own error (e.g.
     /// [`ErrorKind::KeyTooLarge`](crate::ErrorKind::KeyTooLarge); a Redis error only with
-    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate)). A key asked twice is
+    /// [`L2ErrorPolicy::Propagate`](crate::L2ErrorPolicy::Propagate)). A Redis failure is the
+    /// failure of the keys its command carried only: on a Redis Cluster, a primary that does not
+    /// answer fails the keys it holds, and the other keys are served. A key asked twice is
     /// fetched once. Keys another call is fetching are waited for, not fetched twice.
     ///
     /// ```

@@ -44,7 +44,7 @@ impl RemoteStore for ClusterStore {
         Box::pin(async move { self.inner.set(key, value, ttl_ms, false).await.map(|_| ()) })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<crate::remote::Read>> {
         let span = tracing::debug_span!(
             "layercache.l2.get_many",
             db.system = "redis",
@@ -59,7 +59,7 @@ impl RemoteStore for ClusterStore {
         &'a self,
         keys: &'a [String],
         ttl_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>> {
+    ) -> BoxFuture<'a, Vec<crate::remote::Read>> {
         let span = tracing::debug_span!(
             "layercache.l2.get_many",
             db.system = "redis",

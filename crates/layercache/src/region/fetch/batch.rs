@@ -38,6 +38,8 @@ enum After<V> {
     Served(Option<Arc<V>>),
     /// To load: what Redis held, the key, the generation it was made for.
     Load(RedisHeld, String, Option<u64>),
+    /// The key could not be read, and the error policy says so to its callers.
+    Failed(Error),
 }
 
 /// A key this batch leads: its position, its flight, and what its read came to.
@@ -157,6 +159,7 @@ where
         for (at, leader, after) in read {
             match after {
                 After::Served(value) => outcomes[at] = Some(leader.finish(Ok(value))),
+                After::Failed(e) => outcomes[at] = Some(leader.finish(Err(e))),
                 After::Load(held, rkey, fence) => {
                     self.counters().misses.incr();
                     to_load.push((at, leader, (held, rkey, fence)));
@@ -322,22 +325,20 @@ where
                 l2.get_and_touch_many(&rkeys, ttl).await
             }
         };
-        let values = match values {
-            Ok(v) => v,
-            Err(e) => {
-                let leaders = reads.into_iter();
-                return match self.l2_failed("get_many", e) {
-                    Err(e) => Err((leaders.collect(), e)),
-                    Ok(()) => {
-                        out.extend(leaders.map(load(|| RedisHeld::Down, Some(g))));
-                        Ok(out)
-                    }
-                };
-            }
+        let n = reads.len();
+        let values = if values.len() == n {
+            values
+        } else {
+            let e = Error::new(ErrorKind::Internal, "a batch read answered too few keys");
+            vec![Err(e); n]
         };
-        for (((at, leader), rkey), bytes) in reads.into_iter().zip(rkeys).zip(values) {
-            let after = match bytes {
-                Some(bytes) => {
+        // A key the store could not read (its command failed: on a cluster, its node did not
+        // answer) is that key's failure alone; the others are served. The failure is counted and
+        // logged once per batch, and the error policy decides for every such key.
+        let mut policy: Option<Result<(), Error>> = None;
+        for (((at, leader), rkey), read) in reads.into_iter().zip(rkeys).zip(values) {
+            let after = match read {
+                Ok(Some(bytes)) => {
                     let found = self
                         .found_in_redis(
                             &leader,
@@ -354,7 +355,15 @@ where
                         Err(held) => After::Load(held, rkey, Some(g)),
                     }
                 }
-                None => After::Load(RedisHeld::Nothing, rkey, Some(g)),
+                Ok(None) => After::Load(RedisHeld::Nothing, rkey, Some(g)),
+                Err(e) => {
+                    let verdict =
+                        policy.get_or_insert_with(|| self.l2_failed("get_many", e.clone()));
+                    match verdict {
+                        Err(_) => After::Failed(e),
+                        Ok(()) => After::Load(RedisHeld::Down, String::new(), Some(g)),
+                    }
+                }
             };
             out.push((at, leader, after));
         }
