@@ -201,10 +201,31 @@ async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked() 
         })
         .await;
     assert_eq!(got[0].as_ref().unwrap_err().kind(), ErrorKind::Loader);
+
+    // A batch loader that never finishes is abandoned at its hard timeout, counted as one.
+    let hard = c.stats().hard_timeouts;
+    let quick = c
+        .region::<u64, String>("user")
+        .entry_options(
+            layercache::EntryOptions::new().loader_hard_timeout(Duration::from_millis(100)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let got = quick
+        .get_or_load_many(&[4], |_ids: Vec<u64>| {
+            std::future::pending::<Result<Vec<(u64, String)>, std::io::Error>>()
+        })
+        .await;
+    let e = got[0].as_ref().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Loader);
+    assert!(e.to_string().contains("hard timeout"), "{e}");
+    assert_eq!(c.stats().hard_timeouts - hard, 1);
+
     // Nothing was cached for the failed keys: the next call loads them.
     let calls = Calls::default();
-    r.get_or_load_many(&[2, 3], recording(&calls)).await;
-    assert_eq!(*calls.lock().unwrap(), [vec![2, 3]]);
+    r.get_or_load_many(&[2, 3, 4], recording(&calls)).await;
+    assert_eq!(*calls.lock().unwrap(), [vec![2, 3, 4]]);
     c.shutdown().await;
 }
 
@@ -636,6 +657,133 @@ async fn a_batch_read_one_cluster_node_does_not_answer_fails_only_its_keys() {
     link.set_node_latency(stalled, Duration::ZERO);
     fallback.shutdown().await;
     propagate.shutdown().await;
+}
+
+/// A batch load past its loader's soft timeout answers like a single load: every key with a
+/// stale value at hand gets it at the soft timeout (and the load lands later, in both tiers);
+/// while one key has no stale value, the batch waits for the load and answers every key fresh.
+async fn batch_soft_timeout(shared: &Shared) {
+    let c = quiet_cache(shared, "bsoft").await;
+    let options = layercache::EntryOptions::new()
+        .ttl(Duration::from_millis(100))
+        .fail_safe_max_age(Duration::from_secs(30))
+        .loader_soft_timeout(Duration::from_millis(50))
+        .loader_hard_timeout(Duration::from_secs(20));
+    let r = c
+        .region::<u64, String>("user")
+        .entry_options(options)
+        .build()
+        .await
+        .unwrap();
+    let rows = |tag: &'static str| {
+        move |ids: Vec<u64>| {
+            std::future::ready(Ok::<_, std::io::Error>(
+                ids.into_iter()
+                    .map(|i| (i, format!("{tag}{i}")))
+                    .collect::<Vec<_>>(),
+            ))
+        }
+    };
+    let got = r.get_or_load_many(&[1, 2, 3], rows("a")).await;
+    assert!(got.iter().all(|v| value(v).is_some()), "{got:?}");
+    // Wait (by reading) for the values to go stale: a plain batch read then misses all three.
+    let misses = c.stats().misses;
+    support::wait_until("the values to expire", Duration::from_secs(10), || {
+        let (c, r) = (c.clone(), r.clone());
+        async move {
+            let _ = r.get_many(&[1, 2, 3]).await;
+            c.stats().misses >= misses + 3
+        }
+    })
+    .await;
+    let gated = |tag: &'static str| {
+        let release = Arc::new(Notify::new());
+        let gate = release.clone();
+        let load = move |ids: Vec<u64>| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok::<_, std::io::Error>(
+                    ids.into_iter()
+                        .map(|i| (i, format!("{tag}{i}")))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        (release, load)
+    };
+    let (soft, serves) = (c.stats().soft_timeouts, c.stats().fail_safe_serves);
+    let (release, load) = gated("b");
+    // Bounded, so that a batch that does not answer early fails here rather than hanging.
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        r.get_or_load_many(&[1, 2, 3], load),
+    )
+    .await
+    .expect("no answer at the soft timeout");
+    let got: Vec<Option<String>> = got.iter().map(value).collect();
+    let stale: Vec<Option<String>> = (1..=3).map(|i| Some(format!("a{i}"))).collect();
+    assert_eq!(got, stale, "the stale values come back at the soft timeout");
+    assert_eq!(
+        c.stats().soft_timeouts - soft,
+        1,
+        "one load, one soft timeout"
+    );
+    assert_eq!(c.stats().fail_safe_serves - serves, 3);
+    release.notify_one();
+    support::wait_until(
+        "the background load to land",
+        Duration::from_secs(10),
+        || {
+            let r = r.clone();
+            async move {
+                let got: Vec<Option<String>> =
+                    r.get_many(&[1, 2, 3]).await.iter().map(value).collect();
+                got == (1..=3).map(|i| Some(format!("b{i}"))).collect::<Vec<_>>()
+            }
+        },
+    )
+    .await;
+
+    // Key 4 has no stale value: the batch waits for its load, and every key comes back fresh.
+    support::wait_until(
+        "the values to expire again",
+        Duration::from_secs(10),
+        || {
+            let (c, r) = (c.clone(), r.clone());
+            let misses = c.stats().misses;
+            async move {
+                let _ = r.get_many(&[1]).await;
+                c.stats().misses > misses
+            }
+        },
+    )
+    .await;
+    let (release, load) = gated("c");
+    let batch = tokio::spawn({
+        let r = r.clone();
+        async move { r.get_or_load_many(&[1, 4], load).await }
+    });
+    support::wait_until("the soft timeout", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { c.stats().soft_timeouts > soft + 1 }
+    })
+    .await;
+    assert!(!batch.is_finished(), "answered before key 4 was loaded");
+    release.notify_one();
+    let got: Vec<Option<String>> = batch.await.unwrap().iter().map(value).collect();
+    assert_eq!(got, [Some("c1".to_owned()), Some("c4".to_owned())]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_load_past_its_soft_timeout_answers_stale_values() {
+    batch_soft_timeout(&Shared::Redis(redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_load_past_its_soft_timeout_answers_stale_values_in_memory() {
+    batch_soft_timeout(&Shared::Memory(MemoryServer::new())).await;
 }
 
 /// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's

@@ -96,7 +96,13 @@ where
     /// after that read ends, in a second call with just those keys.
     ///
     /// A failed batch load serves each key's stale value when fail-safe allows (as a single
-    /// load would). Not (yet) for batches: tags and the distributed load lock.
+    /// load would). The region's loader timeouts apply to the batch loader as to a single
+    /// load: past [`EntryOptions::loader_soft_timeout`](crate::EntryOptions::loader_soft_timeout)
+    /// every key with a stale value at hand is answered with it (so are single callers waiting
+    /// on it) while the load goes on and fills both tiers when it ends — this call returns then
+    /// if that answers every key it asked, and waits for the load otherwise; past
+    /// [`loader_hard_timeout`](crate::EntryOptions::loader_hard_timeout) the load is abandoned.
+    /// Not (yet) for batches: tags and the distributed load lock.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

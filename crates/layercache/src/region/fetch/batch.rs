@@ -42,6 +42,10 @@ enum After<V> {
     Failed(Error),
 }
 
+/// Where a batch's answers go when they come early (every key answered, some with a stale value,
+/// while the load goes on past its soft timeout).
+type Early<V> = tokio::sync::oneshot::Sender<Vec<Outcome<V>>>;
+
 /// A key this batch leads: its position, its flight, and what its read came to.
 type Led<V> = (usize, Leader<V>, After<V>);
 
@@ -68,8 +72,20 @@ where
             keys = keys.len(),
         );
         let n = keys.len();
-        let task = tokio::spawn(region.batch(keys, fallbacks, load).instrument(span));
-        match task.await {
+        let (early_tx, early_rx) = tokio::sync::oneshot::channel();
+        let mut task = tokio::spawn(
+            region
+                .batch(keys, fallbacks, load, early_tx)
+                .instrument(span),
+        );
+        // Past the loader's soft timeout, with a stale value for every key still loading, the
+        // batch answers early (see `lead`) and goes on in its task.
+        let joined = tokio::select! {
+            biased;
+            joined = &mut task => joined,
+            Ok(early) = early_rx => return early,
+        };
+        match joined {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 let error = if e.is_panic() {
@@ -87,6 +103,7 @@ where
         keys: Vec<Vec<u8>>,
         mut fallbacks: Vec<Option<Stale<V>>>,
         mut load: Option<BatchLoadFn<V>>,
+        early: Early<V>,
     ) -> Vec<Outcome<V>> {
         fallbacks.resize_with(keys.len(), || None);
         let mut outcomes: Vec<Option<Outcome<V>>> = keys.iter().map(|_| None).collect();
@@ -98,7 +115,9 @@ where
                 Join::Wait(rx) => waiting.push((at, rx)),
             }
         }
-        self.lead(led, &mut load, &mut outcomes, &mut fallbacks)
+        // An early answer needs every key answered: not while others' flights have some.
+        let mut early = waiting.is_empty().then_some(early);
+        self.lead(led, &mut load, &mut outcomes, &mut fallbacks, &mut early)
             .await;
         // Only now (this batch's flights have finished): the keys others were fetching.
         let mut again = Vec::new();
@@ -118,7 +137,7 @@ where
                     Join::Wait(rx) => outcomes[at] = Some(flight::wait(rx).await),
                 }
             }
-            self.lead(led, &mut load, &mut outcomes, &mut fallbacks)
+            self.lead(led, &mut load, &mut outcomes, &mut fallbacks, &mut None)
                 .await;
         }
         outcomes
@@ -128,13 +147,16 @@ where
     }
 
     /// Reads the keys this batch leads in one round trip, loads what missed in one call, and
-    /// finishes their flights.
+    /// finishes their flights. Past the loader's soft timeout every key with a stale value at
+    /// hand is answered with it (its flight's waiters too) while the load goes on, as a single
+    /// load does; when that answers the whole batch, the caller gets it through `early`.
     async fn lead(
         &self,
         led: Vec<(usize, Leader<V>)>,
         load: &mut Option<BatchLoadFn<V>>,
         outcomes: &mut [Option<Outcome<V>>],
         fallbacks: &mut [Option<Stale<V>>],
+        early: &mut Option<Early<V>>,
     ) {
         if led.is_empty() {
             return;
@@ -178,7 +200,33 @@ where
         self.counters().loads.incr();
         let started = Instant::now();
         let asked: Vec<usize> = to_load.iter().map(|(at, _, _)| *at).collect();
-        let loaded = run_batch_loader(loader(asked), options.get_loader_hard_timeout()).await;
+        let soft = options
+            .get_loader_soft_timeout()
+            .filter(|_| to_load.iter().any(|(at, _, _)| fallbacks[*at].is_some()));
+        let answer_stale = || {
+            self.counters().soft_timeouts.incr();
+            let mut answers: Vec<Option<Outcome<V>>> = outcomes.to_vec();
+            for (at, leader, _) in &to_load {
+                if let Some(stale) = &fallbacks[*at] {
+                    self.counters().fail_safe_serves.incr();
+                    let answer = Ok(Some(stale.value.clone()));
+                    leader.answer_early(answer.clone());
+                    answers[*at] = Some(answer);
+                }
+            }
+            let every: Option<Vec<Outcome<V>>> = answers.into_iter().collect();
+            if let (Some(answers), Some(tx)) = (every, early.take()) {
+                let _ = tx.send(answers);
+            }
+        };
+        let hard = options.get_loader_hard_timeout();
+        let loaded = run_batch_loader(loader(asked), soft, hard, answer_stale).await;
+        if loaded
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains(HARD_TIMEOUT))
+        {
+            self.counters().hard_timeouts.incr();
+        }
         let took = started.elapsed();
         let mut found = match loaded {
             Ok((found, unasked)) => {
@@ -371,24 +419,36 @@ where
     }
 }
 
-/// Runs a batch loader as its own task (so a panic is caught), within the hard timeout.
+/// What a batch loader that passed its hard timeout fails with.
+const HARD_TIMEOUT: &str = "the batch loader passed its hard timeout";
+
+/// Runs a batch loader as its own task (so a panic is caught): past `soft` (if given), calls
+/// `past_soft` and goes on waiting; past `hard` (counted from the start), aborts it.
 async fn run_batch_loader<T: Send + 'static>(
     load: BoxFuture<'static, Result<T, BoxError>>,
-    hard_timeout: Option<Duration>,
+    soft: Option<Duration>,
+    hard: Option<Duration>,
+    past_soft: impl FnOnce(),
 ) -> Result<T, Error> {
+    let started = tokio::time::Instant::now();
     let mut handle = tokio::spawn(load);
-    let joined = match hard_timeout {
-        Some(h) => match tokio::time::timeout(h, &mut handle).await {
+    let mut joined = None;
+    if let Some(soft) = soft {
+        match tokio::time::timeout(soft, &mut handle).await {
+            Ok(r) => joined = Some(r),
+            Err(_) => past_soft(),
+        }
+    }
+    let joined = match (joined, hard) {
+        (Some(r), _) => r,
+        (None, Some(h)) => match tokio::time::timeout_at(started + h, &mut handle).await {
             Ok(r) => r,
             Err(_) => {
                 handle.abort();
-                return Err(Error::new(
-                    ErrorKind::Loader,
-                    "the batch loader passed its hard timeout",
-                ));
+                return Err(Error::new(ErrorKind::Loader, HARD_TIMEOUT));
             }
         },
-        None => handle.await,
+        (None, None) => handle.await,
     };
     match joined {
         Ok(Ok(v)) => Ok(v),
