@@ -178,7 +178,15 @@ async fn a_batch_is_one_mget_per_thousand_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked() {
-    let shared = Shared::Redis(redis());
+    failing_batch_loaders(&Shared::Redis(redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked_on_a_cluster() {
+    failing_batch_loaders(&Shared::Cluster(support::cluster())).await;
+}
+
+async fn failing_batch_loaders(shared: &Shared) {
     let c = shared.builder("f").build().await.unwrap();
     let r = users(&c).await;
     r.insert(&1, "one".into()).await.unwrap();
@@ -233,7 +241,15 @@ async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked() 
 /// each key once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_share_flights_with_single_callers_and_each_other() {
-    let shared = Shared::Redis(redis());
+    shared_flights(&Shared::Redis(redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_share_flights_with_single_callers_and_each_other_on_a_cluster() {
+    shared_flights(&Shared::Cluster(support::cluster())).await;
+}
+
+async fn shared_flights(shared: &Shared) {
     let c = shared.builder("o").build().await.unwrap();
     let r = users(&c).await;
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
