@@ -601,15 +601,18 @@ async fn a_sliding_batch_read_extends_every_key_it_reads_on_a_cluster() {
 /// On a cluster, a batch read that one primary does not answer fails only the keys that
 /// primary holds: the other primaries' keys are served from Redis. Under the default error
 /// policy the failed keys are misses (a batch load asks its loader for exactly them); under
-/// `Propagate` each is its own error.
+/// `Propagate` each is its own error. Batch writes likewise: only that primary's keys fail (or,
+/// under the default policy, are journaled and repaired once it answers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_read_one_cluster_node_does_not_answer_fails_only_its_keys() {
+async fn a_batch_that_one_cluster_node_does_not_answer_fails_only_its_keys() {
     let cluster = support::cluster();
     let shared = Shared::Cluster(cluster.clone());
     let link = shared.slow_link().await;
+    // Heartbeats on (every 100 ms): they start the repair runs. Timeouts far below the stall
+    // (10 s) and far above a healthy node's answer, suspect or not.
     let short = |b: layercache::LayerCacheBuilder| {
-        quiet(b)
-            .l2_command_timeout(Duration::from_secs(1))
+        b.l2_command_timeout(Duration::from_secs(1))
+            .l2_suspect_timeout(Duration::from_secs(1))
             .l1_write_cooldown(Duration::ZERO)
     };
     let fallback = link.instance_with("partial", short).await;
@@ -672,7 +675,45 @@ async fn a_batch_read_one_cluster_node_does_not_answer_fails_only_its_keys() {
             assert_eq!(value(v), Some(format!("v{k}")), "key {k}");
         }
     }
+
+    // Writes too: each bucket's commands are its keys' outcome. Under `Propagate` only the
+    // stalled primary's keys fail; under the default policy every key is `Ok` and only those
+    // are journaled for repair.
+    let done = rp
+        .insert_many(keys.iter().map(|k| (k, format!("p{k}"))))
+        .await;
+    for (k, d) in keys.iter().zip(&done) {
+        assert_eq!(d.is_err(), held.contains(k), "key {k}: {d:?}");
+    }
+    let recorded = fallback.stats().l2_repairs_recorded;
+    let done = rf
+        .insert_many(keys.iter().map(|k| (k, format!("w{k}"))))
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(
+        fallback.stats().l2_repairs_recorded - recorded,
+        held.len() as u64,
+        "journaled: the stalled primary's keys only"
+    );
+
     link.set_node_latency(stalled, Duration::ZERO);
+    support::wait_until("the repairs", Duration::from_secs(20), || {
+        let fallback = fallback.clone();
+        async move { fallback.pending_repairs() == 0 }
+    })
+    .await;
+    // Every key written by the default-policy instance reads back as written, or (the repaired
+    // ones: a tombstone) as nothing — never as an older value.
+    propagate.clear_l1();
+    let got = rp.get_many(&keys).await;
+    for (k, v) in keys.iter().zip(&got) {
+        let v = value(v);
+        let written = v.as_deref() == Some(format!("w{k}").as_str());
+        assert!(
+            written || (v.is_none() && held.contains(k)),
+            "key {k}: {v:?}"
+        );
+    }
     fallback.shutdown().await;
     propagate.shutdown().await;
 }

@@ -22,6 +22,16 @@ use crate::{error::Result, sequencer::Sequencer};
 /// A boxed future, as the seam's methods return them (the seam is used as a trait object).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What became of each entry of a batch write, in order: its outcome, or why it is not known (the
+/// command that carried it failed: on a cluster, its node did not answer — the other nodes'
+/// entries stand). An error of the whole call (nothing sent) is the outer `Result`'s.
+pub(crate) type BatchFilled = Vec<Result<Filled>>;
+
+/// Every entry's outcome known: [`BatchFilled`] of a batch written in one step.
+pub(crate) fn each_filled(filled: Vec<Filled>) -> BatchFilled {
+    filled.into_iter().map(Ok).collect()
+}
+
 /// What a batch read found at one key: its bytes, nothing, or why it could not be read.
 pub(crate) type Read = Result<Option<Vec<u8>>>;
 
@@ -127,7 +137,7 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     /// version, under one generation fence: in as few round trips as the store allows (Redis:
     /// one round trip per [`MAX_BATCH_WRITE`] entries — a `SET` each and the fence's `GET` when
     /// every entry is plain, else one script run). One result per entry, in order.
-    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>>;
+    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<BatchFilled>>;
     /// [`fill`](Self::fill) and its announcement on the bus in one step: the announcement
     /// takes the sender's next sequence number and reaches receivers right after the write.
     /// Returns what became of the write and of the announcement (its sequence number; an
@@ -143,7 +153,7 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         batch: BatchWrite<'a>,
         announcement: Announcement<'a>,
-    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>>;
+    ) -> BoxFuture<'a, Result<(BatchFilled, Result<u64>)>>;
     /// Publishes a bus message numbered by the announcement's sequencer. Returns the number
     /// (0 when the call was skipped before one was taken) and the outcome.
     fn publish<'a>(&'a self, announcement: Announcement<'a>) -> BoxFuture<'a, (u64, Result<()>)>;

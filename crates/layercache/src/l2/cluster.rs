@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::{fill_batch_command, fill_command, map_err, RedisStore, Script, SCRIPTS};
 use crate::{
     error::{Error, ErrorKind, Result},
-    remote::{BatchWrite, Filled, Write},
+    remote::{BatchFilled, BatchWrite, Filled, Write},
 };
 
 mod keyspace;
@@ -119,10 +119,30 @@ impl ClusterStore {
         what: &'static str,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Value>>> {
+        self.pipelined_with(what, commands, false).await
+    }
+
+    /// [`pipelined`](Self::pipelined) where each command has its own outcome: a node that did
+    /// not answer fails its commands only (and counts against the breaker), where `pipelined`
+    /// fails the call.
+    async fn pipelined_each(
+        &self,
+        what: &'static str,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Value>>> {
+        self.pipelined_with(what, commands, true).await
+    }
+
+    async fn pipelined_with(
+        &self,
+        what: &'static str,
+        commands: Vec<Command>,
+        each: bool,
+    ) -> Result<Vec<Result<Value>>> {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        let mut replies = self.send(what, &commands).await?;
+        let mut replies = self.send(what, &commands, each).await?;
         let missing: Vec<usize> = replies
             .iter()
             .enumerate()
@@ -132,7 +152,7 @@ impl ClusterStore {
         if !missing.is_empty() {
             self.load_scripts().await?;
             let again: Vec<Command> = missing.iter().map(|&i| commands[i].clone()).collect();
-            let answers = self.send(what, &again).await?;
+            let answers = self.send(what, &again, each).await?;
             for (i, answer) in missing.into_iter().zip(answers) {
                 replies[i] = answer;
             }
@@ -143,12 +163,31 @@ impl ClusterStore {
             .collect())
     }
 
+    /// Sends `commands` at once; with `each`, every reply stands on its own (an outage among
+    /// them still counts against the breaker), else an outage fails the call.
     async fn send(
         &self,
         what: &'static str,
         commands: &[Command],
+        each: bool,
     ) -> Result<Vec<Result<Value, fred::error::Error>>> {
         let n = commands.len();
+        if each {
+            return self
+                .inner
+                .bounded_judged(
+                    super::Lane::Commands,
+                    what,
+                    |c| {
+                        let sent = super::pipeline::send_each(c, commands.to_vec());
+                        async move {
+                            Ok::<_, fred::error::Error>(super::pipeline::replies(sent).await)
+                        }
+                    },
+                    |replies| replies.iter().any(|r| r.as_ref().is_err_and(super::is_outage)),
+                )
+                .await;
+        }
         // Each a command of its own, not a fred `Pipeline` (see `send_each`): a timed-out
         // pipeline's commands would be sent again after a reconnect.
         self.inner
@@ -309,7 +348,7 @@ impl ClusterStore {
     /// its script sent again once).
     ///
     /// [`MAX_BATCH_WRITE`]: crate::remote::MAX_BATCH_WRITE
-    async fn fill_many(&self, batch: BatchWrite<'_>) -> Result<Vec<Filled>> {
+    async fn fill_many(&self, batch: BatchWrite<'_>) -> Result<BatchFilled> {
         let BatchWrite {
             entries,
             fence,
@@ -364,38 +403,48 @@ impl ClusterStore {
                     )
                 })
                 .collect();
-            let mut out = vec![Filled::Refused; n];
+            // Each bucket's script is its entries' outcome: one that failed (its node did not
+            // answer) fails its own entries only.
+            let mut out: BatchFilled = vec![Ok(Filled::Refused); n];
             for attempt in 0..2 {
                 let commands = pending.iter().map(|(_, _, c)| c.clone()).collect();
                 let replies = self
-                    .pipelined("redis EVALSHA (fill batch)", commands)
+                    .pipelined_each("redis EVALSHA (fill batch)", commands)
                     .await?;
                 let mut behind = Vec::new();
                 for ((b, at, c), reply) in pending.into_iter().zip(replies) {
-                    let codes = reply?
-                        .convert::<Vec<i64>>()
-                        .map_err(|e| map_err("redis EVALSHA (fill batch)", e))?;
-                    if codes.len() != at.len() {
-                        return Err(unexpected("fill batch"));
-                    }
+                    let codes = reply.and_then(|r| {
+                        r.convert::<Vec<i64>>()
+                            .map_err(|e| map_err("redis EVALSHA (fill batch)", e))
+                    });
+                    let codes = match codes {
+                        Ok(codes) if codes.len() == at.len() => codes,
+                        Ok(_) => Err(unexpected("fill batch"))?,
+                        Err(e) => {
+                            fail(&mut out, &at, &e);
+                            continue;
+                        }
+                    };
                     if attempt == 0 && fence.is_some() && codes.first() == Some(&-3) {
                         behind.push((b, at, c));
                         continue;
                     }
                     for (i, code) in at.into_iter().zip(codes) {
-                        out[i] = super::filled(code);
+                        out[i] = Ok(super::filled(code));
                     }
                 }
                 let Some(fence) = fence else { break };
                 pending = Vec::new();
                 for (b, at, c) in behind {
                     let ttl = generation_ttl_ms();
-                    if self.catch_up(b, generation_key, fence, ttl).await? {
-                        pending.push((b, at, c));
-                    } else {
-                        for i in at {
-                            out[i] = Filled::Fenced;
+                    match self.catch_up(b, generation_key, fence, ttl).await {
+                        Ok(true) => pending.push((b, at, c)),
+                        Ok(false) => {
+                            for i in at {
+                                out[i] = Ok(Filled::Fenced);
+                            }
                         }
+                        Err(e) => fail(&mut out, &at, &e),
                     }
                 }
                 if pending.is_empty() {
@@ -406,6 +455,15 @@ impl ClusterStore {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Fails the entries at positions `at` with `e`.
+fn fail(out: &mut BatchFilled, at: &[usize], e: &Error) {
+    for &i in at {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Err(e.clone());
+        }
     }
 }
 

@@ -6,7 +6,10 @@ use super::MemoryServer;
 use crate::{
     error::Result,
     options::millis_ceil,
-    remote::{each_read, Announcement, BatchWrite, BoxFuture, Filled, Read, RemoteStore, Write},
+    remote::{
+        each_filled, each_read, Announcement, BatchFilled, BatchWrite, BoxFuture, Filled, Read,
+        RemoteStore, Write,
+    },
 };
 
 /// A cache's handle on a [`MemoryServer`].
@@ -132,22 +135,26 @@ impl RemoteStore for MemoryStore {
         ready(self.server.run("fill", |k| k.fill(write)))
     }
 
-    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {
-        ready(self.server.run("fill many", |k| k.fill_many(batch)))
+    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<BatchFilled>> {
+        ready(
+            self.server
+                .run("fill many", |k| k.fill_many(batch))
+                .map(each_filled),
+        )
     }
 
     fn fill_many_announced<'a>(
         &'a self,
         batch: BatchWrite<'a>,
         announcement: Announcement<'a>,
-    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>> {
+    ) -> BoxFuture<'a, Result<(BatchFilled, Result<u64>)>> {
         if let Err(e) = self.server.check("fill many") {
             return ready(Err(e));
         }
         let (seq, filled, sent) = self.announce(announcement, || {
             self.server.run("fill many", |k| k.fill_many(batch))
         });
-        ready(filled.map(|f| (f, sent.map(|()| seq))))
+        ready(filled.map(|f| (each_filled(f), sent.map(|()| seq))))
     }
 
     fn fill_announced<'a>(

@@ -8,7 +8,7 @@ use super::{generation_ttl_ms, placement::Bucket, unexpected, ClusterStore};
 use crate::{
     error::Result,
     l2::fenced_set,
-    remote::{BatchEntry, BatchWrite, Filled},
+    remote::{BatchEntry, BatchFilled, BatchWrite, Filled},
 };
 
 /// One chunk of a batch: its bucket, the entries' positions in the batch, the entries (keys
@@ -27,7 +27,7 @@ impl ClusterStore {
         n: usize,
         fence: u64,
         generation_key: &str,
-    ) -> Result<Vec<Filled>> {
+    ) -> Result<BatchFilled> {
         let mut commands = Vec::new();
         let mut layout = Vec::with_capacity(chunks.len());
         for (b, at, entries) in chunks {
@@ -39,29 +39,46 @@ impl ClusterStore {
             }));
             layout.push((b, at));
         }
+        // Each bucket's commands are its entries' outcome: a bucket whose node did not answer
+        // fails its own entries only (its `SET`s may or may not have landed: not known).
         let mut replies = self
-            .pipelined("redis SET × n + GET (generation)", commands)
+            .pipelined_each("redis SET × n + GET (generation)", commands)
             .await?
             .into_iter();
-        let mut out = vec![Filled::Refused; n];
+        let mut out: BatchFilled = vec![Ok(Filled::Refused); n];
         for (b, at) in layout {
-            let sets: Vec<Value> = replies.by_ref().take(at.len()).collect::<Result<_>>()?;
+            let sets: Result<Vec<Value>> = replies.by_ref().take(at.len()).collect();
             let copy = replies
                 .next()
-                .ok_or_else(|| unexpected("SET × n + GET"))??;
-            if sets.len() != at.len() {
-                return Err(unexpected("SET × n + GET"));
-            }
-            let caught_up = fenced_set::behind(&copy, fence)
-                && self
+                .unwrap_or_else(|| Err(unexpected("SET × n + GET")));
+            let (sets, copy) = match (sets, copy) {
+                (Ok(sets), Ok(copy)) if sets.len() == at.len() => (sets, copy),
+                (Ok(_), Ok(_)) => return Err(unexpected("SET × n + GET")),
+                (Err(e), _) | (_, Err(e)) => {
+                    super::fail(&mut out, &at, &e);
+                    continue;
+                }
+            };
+            let caught_up = if fenced_set::behind(&copy, fence) {
+                match self
                     .catch_up(b, generation_key, fence, generation_ttl_ms())
-                    .await?;
+                    .await
+                {
+                    Ok(caught_up) => caught_up,
+                    Err(e) => {
+                        super::fail(&mut out, &at, &e);
+                        continue;
+                    }
+                }
+            } else {
+                false
+            };
             for (i, set) in at.into_iter().zip(&sets) {
-                out[i] = if caught_up {
+                out[i] = Ok(if caught_up {
                     fenced_set::outcome(set, None, None)
                 } else {
                     fenced_set::outcome(set, Some(&copy), Some(fence))
-                };
+                });
             }
         }
         Ok(out)

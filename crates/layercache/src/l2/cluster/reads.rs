@@ -9,45 +9,9 @@ use super::{
     placement::{place, Bucket},
     unexpected, ClusterStore, Command,
 };
-use crate::{
-    error::Result,
-    l2::map_err,
-    remote::{each_read, Read},
-};
+use crate::remote::{each_read, Read};
 
 impl ClusterStore {
-    /// Sends read commands at once (each to its slot's node) and returns their replies in
-    /// order, each its own outcome: a node that did not answer fails its commands only (and
-    /// counts against the breaker).
-    async fn send_reads(
-        &self,
-        what: &'static str,
-        commands: Vec<Command>,
-    ) -> Result<Vec<Result<Value>>> {
-        let replies =
-            self.inner
-                .bounded_judged(
-                    crate::l2::Lane::Commands,
-                    what,
-                    |c| {
-                        let sent = crate::l2::pipeline::send_each(c, commands);
-                        async move {
-                            Ok::<_, fred::error::Error>(crate::l2::pipeline::replies(sent).await)
-                        }
-                    },
-                    |replies| {
-                        replies
-                            .iter()
-                            .any(|r| r.as_ref().is_err_and(crate::l2::is_outage))
-                    },
-                )
-                .await?;
-        Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(|e| map_err(what, e)))
-            .collect())
-    }
-
     /// `MGET` per bucket (and per [`MAX_BATCH`] keys), pipelined; values in the keys' order.
     /// A bucket whose `MGET` failed (its node did not answer) fails its own keys only.
     ///
@@ -98,7 +62,7 @@ impl ClusterStore {
             commands.extend(touches);
         }
         let what = "redis MGET (+ PEXPIRE × n when sliding)";
-        let mut replies = match self.send_reads(what, commands).await {
+        let mut replies = match self.pipelined_each(what, commands).await {
             Ok(replies) if replies.len() == reads + touch.map_or(0, |_| keys.len()) => replies,
             Ok(_) => return each_read(keys.len(), Err(unexpected("MGET"))),
             Err(e) => return each_read(keys.len(), Err(e)),

@@ -87,7 +87,10 @@ impl RemoteStore for ClusterStore {
         Box::pin(ClusterStore::fill(self, write))
     }
 
-    fn fill_many<'a>(&'a self, batch: BatchWrite<'a>) -> BoxFuture<'a, Result<Vec<Filled>>> {
+    fn fill_many<'a>(
+        &'a self,
+        batch: BatchWrite<'a>,
+    ) -> BoxFuture<'a, Result<crate::remote::BatchFilled>> {
         Box::pin(ClusterStore::fill_many(self, batch))
     }
 
@@ -107,7 +110,7 @@ impl RemoteStore for ClusterStore {
         &'a self,
         batch: BatchWrite<'a>,
         announcement: Announcement<'a>,
-    ) -> BoxFuture<'a, Result<(Vec<Filled>, Result<u64>)>> {
+    ) -> BoxFuture<'a, Result<(crate::remote::BatchFilled, Result<u64>)>> {
         Box::pin(async move {
             let filled = ClusterStore::fill_many(self, batch).await?;
             let (seq, published) = self.inner.publish_sequenced(announcement).await;

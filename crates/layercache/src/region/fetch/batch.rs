@@ -298,7 +298,7 @@ where
             match l2.fill_many(batch).await {
                 Ok(results) => {
                     for (slot, result) in slots.into_iter().zip(results) {
-                        written[slot] = Some(Ok(result));
+                        written[slot] = Some(result);
                     }
                 }
                 Err(e) => {

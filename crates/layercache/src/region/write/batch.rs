@@ -336,7 +336,13 @@ where
             };
             match outcome {
                 Ok((filled, published)) if filled.len() == n => {
-                    results.extend(filled.into_iter().map(|f| Ok((g, f, published.clone()))));
+                    // An entry whose command failed (its node did not answer) is that entry's
+                    // failure alone.
+                    results.extend(
+                        filled
+                            .into_iter()
+                            .map(|f| f.map(|f| (g, f, published.clone()))),
+                    );
                 }
                 Ok(_) => results.extend((0..n).map(|_| {
                     Err(Error::new(
