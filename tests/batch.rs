@@ -845,6 +845,158 @@ async fn a_batch_load_past_its_soft_timeout_answers_stale_values_in_memory() {
     batch_soft_timeout(&Shared::Memory(MemoryServer::new())).await;
 }
 
+/// Under the load lock, two instances' batch loads of the same keys load each key once: the
+/// second takes the locks of the keys only it asked for (loading those), waits for the first to
+/// fill the others and serves the first's values; a lock its holder lets go without a fill is
+/// taken and the key loaded.
+async fn batch_load_lock(shared: &Shared) {
+    let options = layercache::EntryOptions::new().distributed_lock(true);
+    let region = |c: LayerCache| async move {
+        c.region::<u64, String>("user")
+            .entry_options(options)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (
+        quiet_cache(shared, "blk").await,
+        quiet_cache(shared, "blk").await,
+    );
+    let (ra, rb) = (region(a.clone()).await, region(b.clone()).await);
+    let (a_calls, b_calls) = (Calls::default(), Calls::default());
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let first = {
+        let (ra, a_calls, started, release) = (
+            ra.clone(),
+            a_calls.clone(),
+            started.clone(),
+            release.clone(),
+        );
+        tokio::spawn(async move {
+            ra.get_or_load_many(&[1, 2, 3], move |ids: Vec<u64>| {
+                a_calls.lock().unwrap().push(ids.clone());
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(
+                        ids.into_iter()
+                            .map(|i| (i, format!("a{i}")))
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    let waits = b.stats().lock_waits;
+    let second = {
+        let (rb, b_calls) = (rb.clone(), b_calls.clone());
+        tokio::spawn(async move {
+            rb.get_or_load_many(&[1, 2, 3, 4], recording(&b_calls))
+                .await
+        })
+    };
+    support::wait_until(
+        "the second batch to load its own key",
+        Duration::from_secs(10),
+        || {
+            let b_calls = b_calls.clone();
+            async move { !b_calls.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    assert_eq!(
+        *b_calls.lock().unwrap(),
+        [vec![4]],
+        "the second batch loaded only key 4"
+    );
+    assert_eq!(b.stats().lock_waits - waits, 3);
+    release.notify_one();
+    let got: Vec<Option<String>> = second.await.unwrap().iter().map(value).collect();
+    let want: Vec<Option<String>> = ["a1", "a2", "a3", "u4"]
+        .iter()
+        .map(|v| Some((*v).to_owned()))
+        .collect();
+    assert_eq!(got, want, "the first batch's values");
+    assert!(first.await.unwrap().iter().all(|v| value(v).is_some()));
+    assert_eq!(*b_calls.lock().unwrap(), [vec![4]], "no second call");
+    assert_eq!(a_calls.lock().unwrap().len(), 1);
+
+    // A holder whose load fails lets its locks go without a fill: the waiting batch takes
+    // them and loads the keys itself (a second call), well before `lock_wait`.
+    a.clear_l1();
+    b.clear_l1();
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let failing = {
+        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            ra.get_or_load_many(&[10, 11], move |_ids: Vec<u64>| {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Err::<Vec<(u64, String)>, _>(std::io::Error::other("db down"))
+                }
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    let b_calls = Calls::default();
+    let second = {
+        let (rb, b_calls) = (rb.clone(), b_calls.clone());
+        tokio::spawn(async move {
+            rb.get_or_load_many(&[10, 11, 12], recording(&b_calls))
+                .await
+        })
+    };
+    support::wait_until(
+        "the second batch to load its own key",
+        Duration::from_secs(10),
+        || {
+            let b_calls = b_calls.clone();
+            async move { !b_calls.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    release.notify_one();
+    assert!(failing.await.unwrap().iter().all(Result::is_err));
+    let got: Vec<Option<String>> = second.await.unwrap().iter().map(value).collect();
+    assert_eq!(
+        got,
+        [
+            Some("u10".to_owned()),
+            Some("u11".to_owned()),
+            Some("u12".to_owned())
+        ]
+    );
+    assert_eq!(*b_calls.lock().unwrap(), [vec![12], vec![10, 11]]);
+    assert_eq!(
+        b.stats().lock_takeovers,
+        0,
+        "taken when let go, not after lock_wait"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_loads_under_the_load_lock_load_each_key_once() {
+    batch_load_lock(&Shared::Redis(redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_loads_under_the_load_lock_load_each_key_once_on_a_cluster() {
+    batch_load_lock(&Shared::Cluster(support::cluster())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_loads_under_the_load_lock_load_each_key_once_in_memory() {
+    batch_load_lock(&Shared::Memory(MemoryServer::new())).await;
+}
+
 /// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's
 /// generation after them (the fence). When the generation key is gone (a `FLUSHALL`, a restart
 /// without persistence), that `GET` finds nothing: every entry of an `insert_many` counts as

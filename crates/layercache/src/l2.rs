@@ -353,6 +353,15 @@ impl RemoteStore for RedisStore {
         Box::pin(RedisStore::try_lock(self, key, token, ttl_ms))
     }
 
+    fn try_lock_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Vec<Result<bool>>> {
+        Box::pin(RedisStore::try_lock_many(self, keys, token, ttl_ms))
+    }
+
     fn renew_lock<'a>(
         &'a self,
         key: &'a str,

@@ -263,7 +263,9 @@ impl EntryOptions {
     /// instance loads while the others wait, re-reading Redis with back-off until the value
     /// appears or their wait runs out (then they load themselves: the holder may have died).
     /// See [`lock_ttl`](crate::LayerCacheBuilder::lock_ttl) and
-    /// [`lock_wait`](crate::LayerCacheBuilder::lock_wait).
+    /// [`lock_wait`](crate::LayerCacheBuilder::lock_wait). A batch load
+    /// ([`Region::get_or_load_many`](crate::Region::get_or_load_many)) takes the locks of all its
+    /// keys in one round trip and waits for the others' holders together.
     ///
     /// Default: off (single flight per instance only).
     #[must_use]

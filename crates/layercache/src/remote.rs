@@ -223,6 +223,14 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         token: &'a str,
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<bool>>;
+    /// [`try_lock`](Self::try_lock) of every lock in `keys` at once (one round trip): for each,
+    /// whether it was taken, or why that is not known.
+    fn try_lock_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Vec<Result<bool>>>;
     /// Extends a lock if it still holds `token`; returns whether it did.
     fn renew_lock<'a>(
         &'a self,

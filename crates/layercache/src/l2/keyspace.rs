@@ -223,6 +223,56 @@ impl RedisStore {
         self.set(key, token.as_bytes().to_vec(), ttl_ms, true).await
     }
 
+    /// Takes the load locks `keys` for `ttl_ms` where nobody holds them: a `SET key token NX PX
+    /// ttl` each, sent together (one round trip; on a cluster fred routes each by its key). For
+    /// each, whether it was taken, or why that is not known.
+    pub(crate) async fn try_lock_many(
+        &self,
+        keys: &[String],
+        token: &str,
+        ttl_ms: u64,
+    ) -> Vec<Result<bool>> {
+        let what = "redis SET NX × n (load locks)";
+        let n = keys.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let value = bytes::Bytes::copy_from_slice(token.as_bytes());
+        let commands: super::fenced_set::Commands = keys
+            .iter()
+            .map(|key| super::command::Cmd::Set {
+                key: key.clone(),
+                value: value.clone(),
+                ttl_ms,
+                nx: true,
+                first: false,
+            })
+            .collect();
+        let replies = self
+            .bounded_judged(
+                super::Lane::Commands,
+                what,
+                |c| {
+                    let sent = super::pipeline::send_each(c, commands);
+                    async move { Ok::<_, fred::error::Error>(super::pipeline::replies(sent).await) }
+                },
+                |replies| {
+                    replies
+                        .iter()
+                        .any(|r| r.as_ref().is_err_and(super::is_outage))
+                },
+            )
+            .await;
+        match replies {
+            Ok(replies) if replies.len() == n => replies
+                .into_iter()
+                .map(|r| r.map(|v| !v.is_null()).map_err(|e| super::map_err(what, e)))
+                .collect(),
+            Ok(_) => vec![Err(Error::new(ErrorKind::Redis, "unexpected SET NX replies")); n],
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     /// `get_or_lock.lua`: the entry, or the load lock when there is none.
     pub(crate) async fn get_or_lock(
         &self,

@@ -234,6 +234,24 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
+    fn try_lock_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Vec<Result<bool>>> {
+        let taken = self.server.run("lock many", |k| {
+            Ok(keys
+                .iter()
+                .map(|key| k.set_nx(key, token.as_bytes().to_vec(), ttl_ms))
+                .collect::<Vec<bool>>())
+        });
+        ready(match taken {
+            Ok(taken) => taken.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e); keys.len()],
+        })
+    }
+
     fn renew_lock<'a>(
         &'a self,
         key: &'a str,

@@ -102,7 +102,12 @@ where
     /// on it) while the load goes on and fills both tiers when it ends — this call returns then
     /// if that answers every key it asked, and waits for the load otherwise; past
     /// [`loader_hard_timeout`](crate::EntryOptions::loader_hard_timeout) the load is abandoned.
-    /// Not (yet) for batches: tags and the distributed load lock.
+    ///
+    /// Under [`EntryOptions::distributed_lock`](crate::EntryOptions::distributed_lock) the batch
+    /// takes the load locks of the keys it is about to load in one round trip, loads those, waits
+    /// for the instances holding the others to fill them, and loads in a second call what they
+    /// did not (a lock let go without a fill is taken; past `lock_wait` the keys load without
+    /// it). Not (yet) for batches: tags.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -3,6 +3,8 @@
 //! decides what happens in what order (`Fetch::work`); the steps are in `fetch/steps.rs`.
 
 mod batch;
+mod batch_locks;
+mod batch_read;
 mod lock_guard;
 mod panics;
 mod redis_read;

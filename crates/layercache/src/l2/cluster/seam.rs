@@ -190,6 +190,18 @@ impl RemoteStore for ClusterStore {
         Box::pin(async move { self.inner.try_lock(&place(key).1, token, ttl_ms).await })
     }
 
+    fn try_lock_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        token: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Vec<Result<bool>>> {
+        Box::pin(async move {
+            let placed: Vec<String> = keys.iter().map(|k| place(k).1).collect();
+            self.inner.try_lock_many(&placed, token, ttl_ms).await
+        })
+    }
+
     fn renew_lock<'a>(
         &'a self,
         key: &'a str,

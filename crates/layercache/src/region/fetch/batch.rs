@@ -14,13 +14,12 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use super::{FillContext, Mode, RedisHeld};
+use super::{FillContext, RedisHeld};
 use crate::{
     codec::Codec,
     error::{BoxError, Error, ErrorKind},
     flight::{self, Join, Leader, Outcome},
     key::CacheKey,
-    options::millis_ceil,
     region::{Region, Stale},
     remote::{BatchEntry, BatchWrite, BoxFuture, Filled},
 };
@@ -33,7 +32,7 @@ pub(in crate::region) type BatchLoadFn<V> = Box<
 >;
 
 /// What the Redis read of a key this batch leads came to.
-enum After<V> {
+pub(super) enum After<V> {
     /// A fresh value (or a cached "not found"), put in L1.
     Served(Option<Arc<V>>),
     /// To load: what Redis held, the key, the generation it was made for.
@@ -46,8 +45,22 @@ enum After<V> {
 /// while the load goes on past its soft timeout).
 type Early<V> = tokio::sync::oneshot::Sender<Vec<Outcome<V>>>;
 
+/// A key to load: its position, its flight, and what Redis held, its Redis key, the generation
+/// its read was made under.
+pub(super) type ToLoad<V> = (usize, Leader<V>, (RedisHeld, String, Option<u64>));
+
+/// What a batch's loads and fills are made under: the region's options, the generation and tag
+/// epoch of its read, and when the read began.
+#[derive(Clone, Copy)]
+pub(super) struct LoadContext {
+    pub(super) options: crate::options::EntryOptions,
+    pub(super) generation: u64,
+    pub(super) tag_epoch: u64,
+    pub(super) read_at: Instant,
+}
+
 /// A key this batch leads: its position, its flight, and what its read came to.
-type Led<V> = (usize, Leader<V>, After<V>);
+pub(super) type Led<V> = (usize, Leader<V>, After<V>);
 
 impl<K, V, C> Region<K, V, C>
 where
@@ -197,6 +210,56 @@ where
         if to_load.is_empty() {
             return;
         }
+        let ctx = LoadContext {
+            options,
+            generation,
+            tag_epoch,
+            read_at,
+        };
+        if !options.get_distributed_lock() {
+            self.load_and_settle(to_load, loader, outcomes, fallbacks, early, &ctx)
+                .await;
+            return;
+        }
+        // Under the load lock: this batch loads the keys whose lock it took (or could not
+        // ask for), then waits for the instances holding the others to fill them, and loads
+        // (in a second call) what they did not fill in time.
+        let (mine, theirs, locks) = self.lock_many(to_load).await;
+        let early = if theirs.is_empty() { early } else { &mut None };
+        self.load_and_settle(mine, loader, outcomes, fallbacks, early, &ctx)
+            .await;
+        if let Some(locks) = locks {
+            locks.release().await;
+        }
+        let (left, locks) = self.wait_for_holders(theirs, outcomes, &ctx).await;
+        self.load_and_settle(left, loader, outcomes, fallbacks, &mut None, &ctx)
+            .await;
+        if let Some(locks) = locks {
+            locks.release().await;
+        }
+    }
+
+    /// Loads `to_load` with one call of `loader`, writes what it found to both tiers in one
+    /// batch command, and finishes the keys' flights (see [`lead`](Self::lead) for the soft
+    /// timeout and `early`).
+    async fn load_and_settle(
+        &self,
+        to_load: Vec<ToLoad<V>>,
+        loader: &mut BatchLoadFn<V>,
+        outcomes: &mut [Option<Outcome<V>>],
+        fallbacks: &mut [Option<Stale<V>>],
+        early: &mut Option<Early<V>>,
+        ctx: &LoadContext,
+    ) {
+        if to_load.is_empty() {
+            return;
+        }
+        let LoadContext {
+            options,
+            generation,
+            tag_epoch,
+            read_at,
+        } = *ctx;
         self.counters().loads.incr();
         let started = Instant::now();
         let asked: Vec<usize> = to_load.iter().map(|(at, _, _)| *at).collect();
@@ -319,103 +382,6 @@ where
             };
             outcomes[at] = Some(leader.finish(outcome));
         }
-    }
-
-    /// Reads the keys this batch leads from Redis in one round trip (with sliding expiration,
-    /// each key found extended in the same round trip), and serves what is fresh. `Err`: the error
-    /// every flight ends with (the `Propagate` policy).
-    async fn read_many(
-        &self,
-        led: Vec<(usize, Leader<V>)>,
-        epoch: (u64, u64),
-        fallbacks: &mut [Option<Stale<V>>],
-    ) -> Result<Vec<Led<V>>, (Vec<(usize, Leader<V>)>, Error)> {
-        let cache = &self.cache;
-        let options = self.shared.entry_options;
-        let load = |held: fn() -> RedisHeld, fence| {
-            move |(at, leader): (usize, Leader<V>)| {
-                (at, leader, After::Load(held(), String::new(), fence))
-            }
-        };
-        let Some(l2) = &cache.l2 else {
-            return Ok(led.into_iter().map(load(|| RedisHeld::Off, None)).collect());
-        };
-        let g = match self.l2_generation() {
-            Ok(g) => g,
-            Err(e) => {
-                return match self.l2_failed("get_many", e) {
-                    Err(e) => Err((led, e)),
-                    Ok(()) => Ok(led
-                        .into_iter()
-                        .map(load(|| RedisHeld::Down, None))
-                        .collect()),
-                }
-            }
-        };
-        let mut out = Vec::with_capacity(led.len());
-        let mut reads = Vec::with_capacity(led.len());
-        let mut rkeys = Vec::with_capacity(led.len());
-        for (at, leader) in led {
-            // A write of this key that Redis did not confirm waits for its repair.
-            if cache.journal.blocks(leader.key()) {
-                self.counters().l2_repair_bypasses.incr();
-                out.push(load(|| RedisHeld::Down, None)((at, leader)));
-                continue;
-            }
-            rkeys.push(self.shared.state.data_key(g, &leader.key()[4..]));
-            reads.push((at, leader));
-        }
-        let values = match options.get_sliding() {
-            None => l2.get_many(&rkeys).await,
-            Some(_) => {
-                let ttl = millis_ceil(options.get_ttl() + options.keep_after_expiry());
-                self.counters().l2_extends.add(rkeys.len() as u64);
-                l2.get_and_touch_many(&rkeys, ttl).await
-            }
-        };
-        let n = reads.len();
-        let values = if values.len() == n {
-            values
-        } else {
-            let e = Error::new(ErrorKind::Internal, "a batch read answered too few keys");
-            vec![Err(e); n]
-        };
-        // A key the store could not read (its command failed: on a cluster, its node did not
-        // answer) is that key's failure alone; the others are served. The failure is counted and
-        // logged once per batch, and the error policy decides for every such key.
-        let mut policy: Option<Result<(), Error>> = None;
-        for (((at, leader), rkey), read) in reads.into_iter().zip(rkeys).zip(values) {
-            let after = match read {
-                Ok(Some(bytes)) => {
-                    let found = self
-                        .found_in_redis(
-                            &leader,
-                            &options,
-                            Mode::Caller,
-                            epoch,
-                            bytes,
-                            &rkey,
-                            &mut fallbacks[at],
-                        )
-                        .await;
-                    match found {
-                        Ok(value) => After::Served(value),
-                        Err(held) => After::Load(held, rkey, Some(g)),
-                    }
-                }
-                Ok(None) => After::Load(RedisHeld::Nothing, rkey, Some(g)),
-                Err(e) => {
-                    let verdict =
-                        policy.get_or_insert_with(|| self.l2_failed("get_many", e.clone()));
-                    match verdict {
-                        Err(_) => After::Failed(e),
-                        Ok(()) => After::Load(RedisHeld::Down, String::new(), Some(g)),
-                    }
-                }
-            };
-            out.push((at, leader, after));
-        }
-        Ok(out)
     }
 }
 
