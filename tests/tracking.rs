@@ -291,14 +291,20 @@ async fn tracking_is_refused_where_it_cannot_work() {
         .unwrap_err();
     assert_eq!(pooled.kind(), ErrorKind::Config);
     assert!(pooled.to_string().contains("l2_pool_size"), "{pooled}");
+    // A cluster is tracked too (`on_a_cluster_every_primary_is_tracked_through_a_failover`),
+    // with one connection per node as everywhere.
     let clustered = LayerCache::builder("c")
         .redis_url("redis-cluster://127.0.0.1:1")
+        .l2_pool_size(2)
         .server_assisted_tracking(true)
         .build()
         .await
         .unwrap_err();
     assert_eq!(clustered.kind(), ErrorKind::Config);
-    assert!(clustered.to_string().contains("Cluster"), "{clustered}");
+    assert!(
+        clustered.to_string().contains("l2_pool_size"),
+        "{clustered}"
+    );
     let memory = LayerCache::builder("c")
         .memory_server(&layercache::memory::MemoryServer::new())
         .server_assisted_tracking(true)
@@ -600,4 +606,201 @@ async fn tracking_works_with_the_listener_on_the_callers_runtime() {
     for c in [&a, &b] {
         assert_eq!(c.bus_status().unwrap().tracking, Some(true));
     }
+}
+
+/// The primary (node index) of a cluster holding `key` (the others answer `MOVED`).
+fn holder(cluster: &layercache_testkit::RedisCluster, key: &str) -> usize {
+    cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| {
+            cluster
+                .command(p, &["EXISTS", key])
+                .is_ok_and(|n| n.trim() == "1")
+        })
+        .unwrap_or_else(|| panic!("no primary holds {key}"))
+}
+
+/// `PUBLISH` and `SPUBLISH` calls served by every primary of a cluster.
+fn publishes(cluster: &layercache_testkit::RedisCluster) -> u64 {
+    cluster
+        .primaries()
+        .into_iter()
+        .map(|p| {
+            let stats = cluster
+                .command(p, &["INFO", "commandstats"])
+                .unwrap_or_default();
+            stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_publish:") || l.starts_with("cmdstat_spublish:"))
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The number of connections with tracking on, on every primary of a cluster, by primary.
+fn tracked_on_primaries(cluster: &layercache_testkit::RedisCluster) -> Vec<(usize, usize)> {
+    cluster
+        .primaries()
+        .into_iter()
+        .map(|p| {
+            let list = cluster.command(p, &["CLIENT", "LIST"]).unwrap_or_default();
+            let tracked = list
+                .lines()
+                .filter(|l| {
+                    l.split(' ')
+                        .find_map(|f| f.strip_prefix("flags="))
+                        .is_some_and(|f| f.contains('t'))
+                })
+                .count();
+            (p, tracked)
+        })
+        .collect()
+}
+
+/// On a Redis Cluster each primary tracks the store's connection to it, reported to the
+/// subscriber's connection on the same primary: writes of keys on every primary reach the
+/// other instance, another program's too; `FLUSHALL` flushes; and after a primary fails over,
+/// the promoted replica is tracked too (found off by the heartbeat's check, turned on, L1
+/// flushed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
+    let mut cluster = layercache_testkit::RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let tracked = |name: &'static str| {
+        fast_bus(support::cluster_builder(&cluster, name))
+            .server_assisted_tracking(true)
+            .build()
+    };
+    let (a, b) = (tracked("ctr").await.unwrap(), tracked("ctr").await.unwrap());
+    let (ra, rb) = (region(&a).await, region(&b).await);
+    for c in [&a, &b] {
+        wait_until("tracking on", WAIT, || {
+            let c = c.clone();
+            async move { c.bus_status().unwrap().tracking == Some(true) }
+        })
+        .await;
+    }
+    let keys: Vec<&'static str> = (0..24)
+        .map(|i| &*Box::leak(format!("k{i}").into_boxed_str()))
+        .collect();
+    let written = ra.insert_many(keys.iter().map(|k| (*k, 1))).await;
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    let holders: Vec<usize> = keys
+        .iter()
+        .map(|k| holder(&cluster, &ra.redis_key(*k).unwrap()))
+        .collect();
+    for p in cluster.primaries() {
+        assert!(holders.contains(&p), "no key on primary {p}: {holders:?}");
+    }
+    for (p, n) in tracked_on_primaries(&cluster) {
+        assert_eq!(n, 2, "tracked connections on primary {p}");
+    }
+    for k in &keys {
+        in_l1(&b, &rb, k, 1).await;
+    }
+    // A's writes, on every primary, one by one: B drops every copy; Redis reports them, and
+    // what is published is the heartbeats (every 100 ms), not a message per write.
+    let before = publishes(&cluster);
+    for round in 0..10 {
+        for k in &keys {
+            ra.insert(k, if round == 9 { 2 } else { 100 + round })
+                .await
+                .unwrap();
+        }
+    }
+    let published = publishes(&cluster) - before;
+    assert!(published < 120, "{published} PUBLISH calls for 240 writes");
+    for k in &keys {
+        serves(&rb, k, Some(2), "B to hear of A's write").await;
+    }
+    // Another program's writes (a DEL on the primary holding the key), one per primary.
+    for k in &keys {
+        in_l1(&b, &rb, k, 2).await;
+    }
+    let mut deleted = Vec::new();
+    for p in cluster.primaries() {
+        let at = holders.iter().position(|&h| h == p).unwrap();
+        let rk = rb.redis_key(keys[at]).unwrap();
+        assert_eq!(cluster.command(p, &["DEL", &rk]).unwrap().trim(), "1");
+        deleted.push(keys[at]);
+    }
+    for k in &deleted {
+        serves(&rb, k, None, "B to drop a key another program deleted").await;
+    }
+    assert_eq!(b.flushes(FlushReason::TrackingLost), 0);
+
+    // The primary holding the first key dies; its replica takes over.
+    let moved = keys[0];
+    ra.insert(moved, 3).await.unwrap();
+    in_l1(&b, &rb, moved, 3).await;
+    let victim = holder(&cluster, &ra.redis_key(moved).unwrap());
+    cluster.kill(victim);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_ok(Duration::from_secs(30)).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_until("tracking on the promoted replica", WAIT * 3, || {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            a.bus_status().unwrap().tracking == Some(true)
+                && b.bus_status().unwrap().tracking == Some(true)
+                && a.flushes(FlushReason::TrackingLost) > 0
+                && b.flushes(FlushReason::TrackingLost) > 0
+        }
+    })
+    .await;
+    for (p, n) in tracked_on_primaries(&cluster) {
+        assert_eq!(
+            n, 2,
+            "tracked connections on primary {p} after the failover"
+        );
+    }
+    // Told of writes on the new primary.
+    serves(&rb, moved, Some(3), "B to read the moved key").await;
+    wait_until("A's write on the promoted replica to reach B", WAIT, || {
+        let (ra, b, rb) = (ra.clone(), b.clone(), rb.clone());
+        async move {
+            // Put 4 in B's L1, then write 5: B must drop 4.
+            if ra.insert(moved, 4).await.is_err() {
+                return false;
+            }
+            let _ = rb.get(moved).await;
+            let hits = b.stats().l1_hits;
+            if rb.get(moved).await.ok().flatten().as_deref() != Some(&4)
+                || b.stats().l1_hits != hits + 1
+            {
+                return false;
+            }
+            ra.insert(moved, 5).await.is_ok()
+        }
+    })
+    .await;
+    serves(
+        &rb,
+        moved,
+        Some(5),
+        "B to hear of a write on the promoted replica",
+    )
+    .await;
+
+    // `FLUSHALL` on every primary: every instance flushes.
+    for p in cluster.primaries() {
+        cluster.command(p, &["FLUSHALL"]).unwrap();
+    }
+    for c in [&a, &b] {
+        flushed(c, FlushReason::ServerFlush).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(cluster);
 }

@@ -345,12 +345,18 @@ pub(crate) fn data_space_prefix(cache: &str) -> String {
 }
 
 /// The region and the user key's bytes of a data key
-/// (`{cache}:f{format}:{region}:s{schema}:g{generation}:{escaped key}`): what an invalidation
-/// Redis reports for a data key (server-assisted tracking) is applied as. `None` for any other
-/// key, or an escaped key that is not one [`escape_into`] writes.
+/// (`{cache}:f{format}:{region}:s{schema}:g{generation}:{escaped key}`, on a Redis Cluster with
+/// its bucket's hash tag before the escaped key: `…:g{generation}:{{tag}}{escaped key}`): what an
+/// invalidation Redis reports for a data key (server-assisted tracking) is applied as. `None`
+/// for any other key, or an escaped key that is not one [`escape_into`] writes (escaping never
+/// leaves a `{`, so a hash tag is never part of a key).
 pub(crate) fn parse_data_key_entry<'a>(cache: &str, key: &'a str) -> Option<(&'a str, Vec<u8>)> {
     let (region, _, _) = parse_data_key(cache, key)?;
     let escaped = key.splitn(6, ':').nth(5)?;
+    let escaped = match escaped.strip_prefix('{') {
+        Some(tagged) => tagged.split_once('}')?.1,
+        None => escaped,
+    };
     Some((region, unescape(escaped)?))
 }
 
@@ -538,8 +544,17 @@ mod tests {
                 Some(("user", user.to_vec())),
                 "{key}"
             );
+            // On a cluster, with the bucket's hash tag before the escaped key.
+            let (head, escaped) = key.rsplit_once(":g1700000000000:").unwrap();
+            let placed = format!("{head}:g1700000000000:{{1bz}}{escaped}");
+            assert_eq!(
+                parse_data_key_entry("shop", &placed),
+                Some(("user", user.to_vec())),
+                "{placed}"
+            );
         }
         for other in [
+            "shop:f2:user:s3:g12:{1bz",
             "shop:f2:user:s3:g12",
             "shop:m2:user:s3:gen",
             "shop:f2:user:s3:g12:%4",

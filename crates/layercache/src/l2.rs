@@ -45,7 +45,7 @@ mod subscriber;
 mod tracking;
 
 use connect::end_task;
-pub(crate) use connect::{connect_store, is_cluster_url, redact_url, L2Settings};
+pub(crate) use connect::{connect_store, redact_url, L2Settings};
 use pipeline::pipeline_outcome;
 use pool::{Conn, Lane};
 use scripts::{evalsha, fill_batch_command, fill_command, filled, is_noscript, Script, SCRIPTS};

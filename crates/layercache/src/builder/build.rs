@@ -184,21 +184,13 @@ impl LayerCacheBuilder {
         Ok(())
     }
 
-    /// Where server-assisted tracking works: one server or Sentinel, one connection.
+    /// Where server-assisted tracking works: Redis (one server, Sentinel or a cluster), one
+    /// connection (per node).
     fn validate_tracking(&self) -> Result<()> {
         #[cfg(feature = "memory")]
         if self.memory_server.is_some() {
             return Err(Error::config(
                 "server_assisted_tracking needs Redis (redis_url), not a memory server",
-            ));
-        }
-        if self
-            .redis_url
-            .as_deref()
-            .is_some_and(crate::l2::is_cluster_url)
-        {
-            return Err(Error::config(
-                "server_assisted_tracking is not supported on a Redis Cluster yet",
             ));
         }
         if self.l2_pool_size != 1 {
@@ -433,7 +425,7 @@ impl LayerCacheBuilder {
                     subscriber.close(self.l2_command_timeout).await;
                     store.quit().await;
                     return Err(Error::config(
-                        "server_assisted_tracking is not supported on a Redis Cluster yet",
+                        "server_assisted_tracking needs the store's writes on one connection",
                     ));
                 };
                 subscriber.track_writes_of(client, crate::key::data_space_prefix(&self.name));

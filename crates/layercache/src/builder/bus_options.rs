@@ -121,7 +121,10 @@ impl LayerCacheBuilder {
     /// still announces its writes on the bus (instances with tracking apply them too), but
     /// does not hear of writes made by instances with tracking.
     ///
-    /// Needs one Redis server or Sentinel (not a Redis Cluster yet) and
+    /// Works on one Redis server, Sentinel and a Redis Cluster (there each primary tracks the
+    /// store's connection to it, reported to the subscriber's connection on the same primary;
+    /// a primary that appears — a failover, a new node — is found untracked at the next
+    /// heartbeat tick and tracked, then L1 is flushed). Needs
     /// [`l2_pool_size`](Self::l2_pool_size) 1 (with a pool, the writes of the other
     /// connections would be reported back to the writer); `build()` says so otherwise.
     ///

@@ -76,14 +76,39 @@ impl RedisSubscriber {
         self.tracker = Some(Tracker::new(client, prefix));
     }
 
-    /// This subscription's current connection id (fred reads it at every connection).
-    fn connection_id(&self) -> Result<i64> {
-        self.client
-            .connection_ids()
-            .values()
-            .next()
-            .copied()
-            .ok_or_else(|| Error::new(ErrorKind::Closed, "the bus subscriber is not connected"))
+    /// This subscription's current connection ids, by server (fred reads them at every
+    /// connection): one, or one per primary of a cluster.
+    fn connection_ids(
+        &self,
+    ) -> Result<std::collections::HashMap<fred::types::config::Server, i64>> {
+        let ids = self.client.connection_ids();
+        if ids.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the bus subscriber is not connected",
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// On a cluster, subscribes to the tracking channel on the connection to every primary
+    /// (a primary reports tracked keys to a connection on itself; fred sends a plain
+    /// `SUBSCRIBE` to one node). Does nothing on one server.
+    async fn subscribe_tracking_everywhere(&self, within: Duration) -> Result<()> {
+        if !self.client.is_clustered() {
+            return Ok(());
+        }
+        for node in self.connection_ids()?.into_keys() {
+            let on_node = self.client.with_options(&fred::types::config::Options {
+                timeout: Some(within),
+                cluster_node: Some(node),
+                ..Default::default()
+            });
+            on_node.subscribe(TRACKING_CHANNEL).await.map_err(|e| {
+                Error::new(ErrorKind::Redis, "subscribing to the tracking channel").with_source(e)
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -179,7 +204,10 @@ impl Subscriber for RedisSubscriber {
     fn track(&self, within: Duration) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             match &self.tracker {
-                Some(tracker) => tracker.track(self.connection_id()?, within).await,
+                Some(tracker) => {
+                    self.subscribe_tracking_everywhere(within).await?;
+                    tracker.track(&self.connection_ids()?, within).await
+                }
                 None => Ok(()),
             }
         })
@@ -188,7 +216,7 @@ impl Subscriber for RedisSubscriber {
     fn tracking_intact(&self, within: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             match &self.tracker {
-                Some(tracker) => tracker.intact(self.connection_id()?, within).await,
+                Some(tracker) => tracker.intact(&self.connection_ids()?, within).await,
                 None => Ok(true),
             }
         })

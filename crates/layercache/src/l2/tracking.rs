@@ -1,10 +1,18 @@
 //! Server-assisted tracking of the store's main connection, reported to the bus subscriber
 //! ([`LayerCacheBuilder::server_assisted_tracking`](crate::LayerCacheBuilder::server_assisted_tracking)):
 //! turning it on, checking it is still on, and reading what Redis reports.
+//!
+//! On a Redis Cluster tracking is a node's: each primary reports the writes it runs, to a
+//! connection of its own. So the store's connection to every primary is tracked, each
+//! redirected to the subscriber's connection to the same primary (which subscribes to the
+//! tracking channel there); a primary the store knows and the subscriber has no connection
+//! to (yet) leaves tracking off (not intact: checked again every heartbeat tick).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
-use fred::prelude::{ClientLike, EventInterface};
+use fred::types::config::Server;
+
+use fred::prelude::{ClientLike, ClusterInterface, EventInterface};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use crate::{
@@ -42,10 +50,66 @@ impl Tracker {
         }
     }
 
-    /// Turns tracking on, reported to connection `redirect`, waiting at most `within` per
-    /// command.
-    pub(super) async fn track(&self, redirect: i64, within: Duration) -> Result<()> {
-        let patient = self.within(within);
+    /// Turns tracking on, reported to `redirects` (the subscriber's connection id on each
+    /// server), waiting at most `within` per command: on one server or Sentinel, the one
+    /// connection; on a cluster, every primary's.
+    pub(super) async fn track(
+        &self,
+        redirects: &HashMap<Server, i64>,
+        within: Duration,
+    ) -> Result<()> {
+        for (node, redirect) in self.nodes(redirects)? {
+            self.track_on(node, redirect, within).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether tracking is on and reported to `redirects` on every node (`CLIENT
+    /// TRACKINGINFO`).
+    pub(super) async fn intact(
+        &self,
+        redirects: &HashMap<Server, i64>,
+        within: Duration,
+    ) -> Result<bool> {
+        let Ok(nodes) = self.nodes(redirects) else {
+            return Ok(false);
+        };
+        for (node, redirect) in nodes {
+            if !self.intact_on(node, redirect, within).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The tracked connections (a primary on a cluster, `None`: the one connection) and the
+    /// subscriber connection each is to report to.
+    fn nodes(&self, redirects: &HashMap<Server, i64>) -> Result<Vec<(Option<Server>, i64)>> {
+        let missing = || Error::new(ErrorKind::Closed, "the bus subscriber is not connected");
+        if !self.client.is_clustered() {
+            let id = redirects.values().next().copied().ok_or_else(missing)?;
+            return Ok(vec![(None, id)]);
+        }
+        let primaries = self
+            .client
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default();
+        if primaries.is_empty() {
+            return Err(missing());
+        }
+        primaries
+            .into_iter()
+            .map(|node| {
+                let id = redirects.get(&node).copied().ok_or_else(missing)?;
+                Ok((Some(node), id))
+            })
+            .collect()
+    }
+
+    /// Turns tracking on on one tracked connection (`node` on a cluster).
+    async fn track_on(&self, node: Option<Server>, redirect: i64, within: Duration) -> Result<()> {
+        let patient = self.within(node, within);
         let failed = |e: fred::error::Error| {
             Error::new(ErrorKind::Redis, "turning on server-assisted tracking").with_source(e)
         };
@@ -73,18 +137,29 @@ impl Tracker {
         Ok(())
     }
 
-    /// The tracked connection, its commands bounded by `within` (not by the command timeout).
-    fn within(&self, within: Duration) -> fred::clients::WithOptions<fred::prelude::Client> {
+    /// The tracked connection (to `node` on a cluster), its commands bounded by `within` (not
+    /// by the command timeout).
+    fn within(
+        &self,
+        node: Option<Server>,
+        within: Duration,
+    ) -> fred::clients::WithOptions<fred::prelude::Client> {
         self.client.with_options(&fred::types::config::Options {
             timeout: Some(within),
+            cluster_node: node,
             ..Default::default()
         })
     }
 
-    /// Whether tracking is on and reported to connection `redirect` (`CLIENT TRACKINGINFO`).
-    pub(super) async fn intact(&self, redirect: i64, within: Duration) -> Result<bool> {
+    /// Whether tracking is on and reported to connection `redirect` on one tracked connection.
+    async fn intact_on(
+        &self,
+        node: Option<Server>,
+        redirect: i64,
+        within: Duration,
+    ) -> Result<bool> {
         let info: fred::types::Value = self
-            .within(within)
+            .within(node, within)
             .custom(client_command(), vec!["TRACKINGINFO"])
             .await
             .map_err(|e| {

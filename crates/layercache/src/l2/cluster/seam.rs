@@ -190,6 +190,11 @@ impl RemoteStore for ClusterStore {
         Box::pin(async move { self.inner.try_lock(&place(key).1, token, ttl_ms).await })
     }
 
+    fn tracking_client(&self) -> Option<fred::prelude::Client> {
+        // The clustered client: one connection per primary, each tracked (see `l2/tracking.rs`).
+        RemoteStore::tracking_client(&self.inner)
+    }
+
     fn try_lock_many<'a>(
         &'a self,
         keys: &'a [String],
