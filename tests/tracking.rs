@@ -737,6 +737,33 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
     }
     assert_eq!(b.flushes(FlushReason::TrackingLost), 0);
 
+    // The subscribers' connections to one primary are killed: tracking there points at
+    // connections that are gone, until each subscriber reconnects and points it anew.
+    let target = keys[1];
+    let node = holder(&cluster, &ra.redis_key(target).unwrap());
+    ra.insert(target, 7).await.unwrap();
+    in_l1(&b, &rb, target, 7).await;
+    let reconnects = b.flushes(FlushReason::Reconnect);
+    cluster
+        .command(node, &["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    ra.insert(target, 8).await.unwrap();
+    wait_until("B's subscriber to reconnect", WAIT, || {
+        let b = b.clone();
+        async move { b.flushes(FlushReason::Reconnect) > reconnects }
+    })
+    .await;
+    serves(&rb, target, Some(8), "B to read the key again").await;
+    in_l1(&b, &rb, target, 8).await;
+    ra.insert(target, 9).await.unwrap();
+    serves(
+        &rb,
+        target,
+        Some(9),
+        "B to hear of a write after its reconnect",
+    )
+    .await;
+
     // The primary holding the first key dies; its replica takes over.
     let moved = keys[0];
     ra.insert(moved, 3).await.unwrap();
