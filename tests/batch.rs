@@ -6,6 +6,17 @@
     reason = "helpers shared by all test binaries; this one uses some"
 )]
 mod support;
+#[macro_use]
+mod topologies;
+
+// Each scenario below runs on a redis-server (`on_redis::…`) and on a Redis Cluster
+// (`on_cluster::…`).
+on_redis_and_cluster!(
+    a_sliding_batch_read_extends_every_key_it_reads,
+    a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked,
+    batches_share_flights_with_single_callers_and_each_other,
+    batch_loads_under_the_load_lock_load_each_key_once,
+);
 
 use std::{
     collections::HashMap,
@@ -176,17 +187,7 @@ async fn a_batch_is_one_mget_per_thousand_keys() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked() {
-    failing_batch_loaders(&Shared::Redis(redis())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked_on_a_cluster() {
-    failing_batch_loaders(&Shared::Cluster(support::cluster())).await;
-}
-
-async fn failing_batch_loaders(shared: &Shared) {
+async fn a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked(shared: &Shared) {
     let c = shared.builder("f").build().await.unwrap();
     let r = users(&c).await;
     r.insert(&1, "one".into()).await.unwrap();
@@ -239,17 +240,7 @@ async fn failing_batch_loaders(shared: &Shared) {
 
 /// A key another call is loading is waited for, not loaded again; overlapping batches load
 /// each key once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_share_flights_with_single_callers_and_each_other() {
-    shared_flights(&Shared::Redis(redis())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_share_flights_with_single_callers_and_each_other_on_a_cluster() {
-    shared_flights(&Shared::Cluster(support::cluster())).await;
-}
-
-async fn shared_flights(shared: &Shared) {
+async fn batches_share_flights_with_single_callers_and_each_other(shared: &Shared) {
     let c = shared.builder("o").build().await.unwrap();
     let r = users(&c).await;
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -522,7 +513,7 @@ async fn batch_writes_in_memory() {
 /// found in one round trip — one `MGET` and a `PEXPIRE` per key, no `GETEX` (which has no batch
 /// form) — answers in order, counts each extension, and creates nothing for a key it did not
 /// find.
-async fn sliding_batch_read(shared: &Shared) {
+async fn a_sliding_batch_read_extends_every_key_it_reads(shared: &Shared) {
     let raw = shared.raw().await;
     let calls = |command: &'static str| shared.command_calls(command);
     let c = quiet_cache(shared, "slide").await;
@@ -586,16 +577,6 @@ async fn sliding_batch_read(shared: &Shared) {
         .unwrap();
     assert_eq!(exists, 0, "the key the batch did not find was created");
     c.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sliding_batch_read_extends_every_key_it_reads() {
-    sliding_batch_read(&Shared::Redis(redis())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sliding_batch_read_extends_every_key_it_reads_on_a_cluster() {
-    sliding_batch_read(&Shared::Cluster(support::cluster())).await;
 }
 
 /// On a cluster, a batch read that one primary does not answer fails only the keys that
@@ -845,11 +826,34 @@ async fn a_batch_load_past_its_soft_timeout_answers_stale_values_in_memory() {
     batch_soft_timeout(&Shared::Memory(MemoryServer::new())).await;
 }
 
+/// `r.get_or_load_many(keys)` with a [`recording`] loader, started in a task once its loader
+/// has been called (the batch loaded the keys it could load at once).
+async fn loading(
+    r: &Region<u64, String>,
+    keys: Vec<u64>,
+    calls: &Calls,
+) -> tokio::task::JoinHandle<Vec<layercache::Result<Option<Arc<String>>>>> {
+    let task = {
+        let (r, calls) = (r.clone(), calls.clone());
+        tokio::spawn(async move { r.get_or_load_many(&keys, recording(&calls)).await })
+    };
+    support::wait_until(
+        "the batch to load its own keys",
+        Duration::from_secs(10),
+        || {
+            let calls = calls.clone();
+            async move { !calls.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    task
+}
+
 /// Under the load lock, two instances' batch loads of the same keys load each key once: the
 /// second takes the locks of the keys only it asked for (loading those), waits for the first to
 /// fill the others and serves the first's values; a lock its holder lets go without a fill is
 /// taken and the key loaded.
-async fn batch_load_lock(shared: &Shared) {
+async fn batch_loads_under_the_load_lock_load_each_key_once(shared: &Shared) {
     let options = layercache::EntryOptions::new().distributed_lock(true);
     let region = |c: LayerCache| async move {
         c.region::<u64, String>("user")
@@ -891,22 +895,7 @@ async fn batch_load_lock(shared: &Shared) {
     };
     started.notified().await;
     let waits = b.stats().lock_waits;
-    let second = {
-        let (rb, b_calls) = (rb.clone(), b_calls.clone());
-        tokio::spawn(async move {
-            rb.get_or_load_many(&[1, 2, 3, 4], recording(&b_calls))
-                .await
-        })
-    };
-    support::wait_until(
-        "the second batch to load its own key",
-        Duration::from_secs(10),
-        || {
-            let b_calls = b_calls.clone();
-            async move { !b_calls.lock().unwrap().is_empty() }
-        },
-    )
-    .await;
+    let second = loading(&rb, vec![1, 2, 3, 4], &b_calls).await;
     assert_eq!(
         *b_calls.lock().unwrap(),
         [vec![4]],
@@ -945,22 +934,7 @@ async fn batch_load_lock(shared: &Shared) {
     };
     started.notified().await;
     let b_calls = Calls::default();
-    let second = {
-        let (rb, b_calls) = (rb.clone(), b_calls.clone());
-        tokio::spawn(async move {
-            rb.get_or_load_many(&[10, 11, 12], recording(&b_calls))
-                .await
-        })
-    };
-    support::wait_until(
-        "the second batch to load its own key",
-        Duration::from_secs(10),
-        || {
-            let b_calls = b_calls.clone();
-            async move { !b_calls.lock().unwrap().is_empty() }
-        },
-    )
-    .await;
+    let second = loading(&rb, vec![10, 11, 12], &b_calls).await;
     release.notify_one();
     assert!(failing.await.unwrap().iter().all(Result::is_err));
     let got: Vec<Option<String>> = second.await.unwrap().iter().map(value).collect();
@@ -983,18 +957,8 @@ async fn batch_load_lock(shared: &Shared) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_loads_under_the_load_lock_load_each_key_once() {
-    batch_load_lock(&Shared::Redis(redis())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_loads_under_the_load_lock_load_each_key_once_on_a_cluster() {
-    batch_load_lock(&Shared::Cluster(support::cluster())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_loads_under_the_load_lock_load_each_key_once_in_memory() {
-    batch_load_lock(&Shared::Memory(MemoryServer::new())).await;
+    batch_loads_under_the_load_lock_load_each_key_once(&Shared::Memory(MemoryServer::new())).await;
 }
 
 /// A batch of plain writes runs no script: a `SET` per entry, then one `GET` of the region's

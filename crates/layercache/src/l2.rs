@@ -230,13 +230,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<crate::remote::Read>> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get_many",
-            db.system = "redis",
-            db.operation.name = "MGET",
-            otel.kind = "client",
-            keys = keys.len()
-        );
+        let span = spans::get_many_span(keys.len(), false);
         Box::pin(
             async move {
                 crate::remote::read_chunks(keys, |chunk| self.mget("redis MGET", chunk.to_vec()))

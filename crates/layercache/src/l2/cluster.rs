@@ -173,20 +173,7 @@ impl ClusterStore {
     ) -> Result<Vec<Result<Value, fred::error::Error>>> {
         let n = commands.len();
         if each {
-            return self
-                .inner
-                .bounded_judged(
-                    super::Lane::Commands,
-                    what,
-                    |c| {
-                        let sent = super::pipeline::send_each(c, commands.to_vec());
-                        async move {
-                            Ok::<_, fred::error::Error>(super::pipeline::replies(sent).await)
-                        }
-                    },
-                    |replies| replies.iter().any(|r| r.as_ref().is_err_and(super::is_outage)),
-                )
-                .await;
+            return self.inner.send_each_judged(what, commands.to_vec()).await;
         }
         // Each a command of its own, not a fred `Pipeline` (see `send_each`): a timed-out
         // pipeline's commands would be sent again after a reconnect.

@@ -248,21 +248,7 @@ impl RedisStore {
                 first: false,
             })
             .collect();
-        let replies = self
-            .bounded_judged(
-                super::Lane::Commands,
-                what,
-                |c| {
-                    let sent = super::pipeline::send_each(c, commands);
-                    async move { Ok::<_, fred::error::Error>(super::pipeline::replies(sent).await) }
-                },
-                |replies| {
-                    replies
-                        .iter()
-                        .any(|r| r.as_ref().is_err_and(super::is_outage))
-                },
-            )
-            .await;
+        let replies = self.send_each_judged(what, commands).await;
         match replies {
             Ok(replies) if replies.len() == n => replies
                 .into_iter()

@@ -81,6 +81,28 @@ where
         .collect()
 }
 
+impl RedisStore {
+    /// [`send_each`] of `commands`, bounded as one call, each command with its own outcome: an
+    /// outage among them (on a cluster, a node that did not answer) counts against the breaker,
+    /// and the other commands' replies stand.
+    pub(super) async fn send_each_judged(
+        &self,
+        what: &'static str,
+        commands: fenced_set::Commands,
+    ) -> Result<Vec<Result<Value, fred::error::Error>>> {
+        self.bounded_judged(
+            Lane::Commands,
+            what,
+            |c| {
+                let sent = send_each(c, commands);
+                async move { Ok::<_, fred::error::Error>(replies(sent).await) }
+            },
+            |replies| replies.iter().any(|r| r.as_ref().is_err_and(is_outage)),
+        )
+        .await
+    }
+}
+
 /// The replies of [`send_each`]'s commands, in order.
 pub(super) async fn replies<F>(sent: Vec<Primed<F>>) -> Vec<Result<Value, fred::error::Error>>
 where

@@ -65,14 +65,7 @@ impl RedisStore {
         keys: &[String],
         ttl_ms: u64,
     ) -> Vec<crate::remote::Read> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get_many",
-            db.system = "redis",
-            db.operation.name = "MGET",
-            otel.kind = "client",
-            keys = keys.len(),
-            sliding = true
-        );
+        let span = super::spans::get_many_span(keys.len(), true);
         async { crate::remote::read_chunks(keys, |chunk| self.mget_and_touch(chunk, ttl_ms)).await }
             .instrument(span)
             .await

@@ -1,4 +1,5 @@
-//! The tracing spans of Redis writes (OpenTelemetry's database-client conventions).
+//! The tracing spans of Redis writes and batch reads (OpenTelemetry's database-client
+//! conventions).
 
 use crate::remote::WriteCondition;
 
@@ -28,6 +29,18 @@ pub(super) fn fill_span(condition: &WriteCondition<'_>, announced: bool) -> trac
 /// [`write_span`] of a plain write sent without a script.
 pub(super) fn set_span(condition: &WriteCondition<'_>, announced: bool) -> tracing::Span {
     write_span("SET", condition, announced)
+}
+
+/// The span of a batch read (`MGET`s; with `sliding`, a `PEXPIRE` per key with each).
+pub(crate) fn get_many_span(keys: usize, sliding: bool) -> tracing::Span {
+    tracing::debug_span!(
+        "layercache.l2.get_many",
+        db.system = "redis",
+        db.operation.name = "MGET",
+        otel.kind = "client",
+        keys,
+        sliding
+    )
 }
 
 /// The span of a batch write: `operation` is `EVALSHA` (the batch script) or `SET` (a plain

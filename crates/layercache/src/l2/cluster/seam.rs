@@ -45,13 +45,7 @@ impl RemoteStore for ClusterStore {
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<crate::remote::Read>> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get_many",
-            db.system = "redis",
-            db.operation.name = "MGET",
-            otel.kind = "client",
-            keys = keys.len()
-        );
+        let span = crate::l2::spans::get_many_span(keys.len(), false);
         Box::pin(ClusterStore::get_many(self, keys).instrument(span))
     }
 
@@ -60,14 +54,7 @@ impl RemoteStore for ClusterStore {
         keys: &'a [String],
         ttl_ms: u64,
     ) -> BoxFuture<'a, Vec<crate::remote::Read>> {
-        let span = tracing::debug_span!(
-            "layercache.l2.get_many",
-            db.system = "redis",
-            db.operation.name = "MGET",
-            otel.kind = "client",
-            keys = keys.len(),
-            sliding = true
-        );
+        let span = crate::l2::spans::get_many_span(keys.len(), true);
         Box::pin(ClusterStore::get_and_touch_many(self, keys, ttl_ms).instrument(span))
     }
 
