@@ -764,6 +764,50 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
     )
     .await;
 
+    // The tracked connections to one primary are killed: Redis forgets their tracking. Each
+    // instance reconnects, tracks anew, then flushes; a write made meanwhile is not missed.
+    let lost = (
+        a.flushes(FlushReason::TrackingLost),
+        b.flushes(FlushReason::TrackingLost),
+    );
+    let list = cluster.command(node, &["CLIENT", "LIST"]).unwrap();
+    let tracked_ids: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('t'))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(tracked_ids.len(), 2, "{list}");
+    for id in &tracked_ids {
+        cluster
+            .command(node, &["CLIENT", "KILL", "ID", id])
+            .unwrap();
+    }
+    ra.insert(target, 10).await.unwrap();
+    wait_until("both instances to track anew and flush", WAIT, || {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            a.flushes(FlushReason::TrackingLost) > lost.0
+                && b.flushes(FlushReason::TrackingLost) > lost.1
+                && a.bus_status().unwrap().tracking == Some(true)
+                && b.bus_status().unwrap().tracking == Some(true)
+        }
+    })
+    .await;
+    serves(
+        &rb,
+        target,
+        Some(10),
+        "B to read the key written during the kill",
+    )
+    .await;
+    in_l1(&b, &rb, target, 10).await;
+    ra.insert(target, 11).await.unwrap();
+    serves(&rb, target, Some(11), "B to hear of a write after the kill").await;
+
     // The primary holding the first key dies; its replica takes over.
     let moved = keys[0];
     ra.insert(moved, 3).await.unwrap();
