@@ -283,13 +283,8 @@ where
             }
         };
         let hard = options.get_loader_hard_timeout();
-        let loaded = run_batch_loader(loader(asked), soft, hard, answer_stale).await;
-        if loaded
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains(HARD_TIMEOUT))
-        {
-            self.counters().hard_timeouts.incr();
-        }
+        let loaded =
+            run_batch_loader(loader(asked), soft, hard, answer_stale, self.counters()).await;
         let took = started.elapsed();
         let mut found = match loaded {
             Ok((found, unasked)) => {
@@ -385,36 +380,24 @@ where
     }
 }
 
-/// What a batch loader that passed its hard timeout fails with.
-const HARD_TIMEOUT: &str = "the batch loader passed its hard timeout";
-
-/// Runs a batch loader as its own task (so a panic is caught): past `soft` (if given), calls
-/// `past_soft` and goes on waiting; past `hard` (counted from the start), aborts it.
+/// Runs a batch loader as its own task (so a panic is caught), within its timeouts (see
+/// [`await_load`](super::steps::await_load)); a hard timeout is counted.
 async fn run_batch_loader<T: Send + 'static>(
     load: BoxFuture<'static, Result<T, BoxError>>,
     soft: Option<Duration>,
     hard: Option<Duration>,
     past_soft: impl FnOnce(),
+    counters: &crate::stats::Counters,
 ) -> Result<T, Error> {
-    let started = tokio::time::Instant::now();
+    let deadline = hard.map(|h| tokio::time::Instant::now() + h);
     let mut handle = tokio::spawn(load);
-    let mut joined = None;
-    if let Some(soft) = soft {
-        match tokio::time::timeout(soft, &mut handle).await {
-            Ok(r) => joined = Some(r),
-            Err(_) => past_soft(),
-        }
-    }
-    let joined = match (joined, hard) {
-        (Some(r), _) => r,
-        (None, Some(h)) => match tokio::time::timeout_at(started + h, &mut handle).await {
-            Ok(r) => r,
-            Err(_) => {
-                handle.abort();
-                return Err(Error::new(ErrorKind::Loader, HARD_TIMEOUT));
-            }
-        },
-        (None, None) => handle.await,
+    let Some(joined) = super::steps::await_load(&mut handle, soft, deadline, past_soft).await
+    else {
+        counters.hard_timeouts.incr();
+        return Err(Error::new(
+            ErrorKind::Loader,
+            "the batch loader passed its hard timeout",
+        ));
     };
     match joined {
         Ok(Ok(v)) => Ok(v),

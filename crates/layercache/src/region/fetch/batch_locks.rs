@@ -69,13 +69,13 @@ impl Drop for BatchLocks {
         // background rather than left for other instances to wait out.
         if !self.keys.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             let keys = std::mem::take(&mut self.keys);
-            drop(release_all(&self.l2, keys, &self.token).detach_all_on_drop());
+            release_all(&self.l2, keys, &self.token).detach_all();
         }
     }
 }
 
 /// A task per lock releasing it (fred sends the commands back to back).
-fn release_all(l2: &Remote, keys: Vec<String>, token: &str) -> Releases {
+fn release_all(l2: &Remote, keys: Vec<String>, token: &str) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     for key in keys {
         let (l2, token) = (l2.clone(), token.to_owned());
@@ -83,22 +83,7 @@ fn release_all(l2: &Remote, keys: Vec<String>, token: &str) -> Releases {
             let _ = l2.release_lock(&key, &token).await;
         });
     }
-    Releases(set)
-}
-
-/// The releases of [`release_all`].
-struct Releases(tokio::task::JoinSet<()>);
-
-impl Releases {
-    async fn join_next(&mut self) -> Option<()> {
-        self.0.join_next().await.map(|_| ())
-    }
-
-    /// Lets the releases run on after this is dropped.
-    fn detach_all_on_drop(mut self) -> Self {
-        self.0.detach_all();
-        self
-    }
+    set
 }
 
 impl<K, V, C> Region<K, V, C>

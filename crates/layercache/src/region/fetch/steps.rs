@@ -157,34 +157,21 @@ where
                 .map_err(|_| LoadAborted::Panicked)
         } else {
             let mut handle = tokio::spawn(run().instrument(span));
-            let mut joined = None;
-            if let Some((soft, stale)) = soft {
-                match tokio::time::timeout(soft, &mut handle).await {
-                    Ok(r) => joined = Some(r),
-                    Err(_) => {
-                        self.counters().soft_timeouts.incr();
-                        self.counters().fail_safe_serves.incr();
-                        leader.answer_early(Ok(Some(stale)));
-                    }
+            let (soft, stale) = soft.unzip();
+            let past_soft = || {
+                self.counters().soft_timeouts.incr();
+                self.counters().fail_safe_serves.incr();
+                if let Some(stale) = stale {
+                    leader.answer_early(Ok(Some(stale)));
                 }
-            }
-            let joined = match joined {
-                Some(r) => r,
-                None => match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, &mut handle).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            handle.abort();
-                            self.counters().hard_timeouts.incr();
-                            self.counters().load_errors.incr();
-                            return Err(Error::new(
-                                ErrorKind::Loader,
-                                "the loader passed its hard timeout",
-                            ));
-                        }
-                    },
-                    None => (&mut handle).await,
-                },
+            };
+            let Some(joined) = await_load(&mut handle, soft, deadline, past_soft).await else {
+                self.counters().hard_timeouts.incr();
+                self.counters().load_errors.incr();
+                return Err(Error::new(
+                    ErrorKind::Loader,
+                    "the loader passed its hard timeout",
+                ));
             };
             joined.map_err(|e| {
                 if e.is_panic() {
@@ -458,4 +445,31 @@ pub(super) struct Prepared<V> {
     /// The encoded entry and the mode to write it with, when it goes to Redis.
     pub(super) write: Option<(crate::envelope::Encoded, crate::remote::WriteMode)>,
     raw_len: usize,
+}
+
+/// Awaits a load spawned as `handle` (a single load's or a batch's): past `soft` (when given)
+/// calls `past_soft` and goes on waiting; past `deadline` (when given) aborts it and returns
+/// `None`.
+pub(super) async fn await_load<T>(
+    handle: &mut tokio::task::JoinHandle<T>,
+    soft: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+    past_soft: impl FnOnce(),
+) -> Option<std::result::Result<T, tokio::task::JoinError>> {
+    if let Some(soft) = soft {
+        match tokio::time::timeout(soft, &mut *handle).await {
+            Ok(joined) => return Some(joined),
+            Err(_) => past_soft(),
+        }
+    }
+    match deadline {
+        Some(d) => match tokio::time::timeout_at(d, &mut *handle).await {
+            Ok(joined) => Some(joined),
+            Err(_) => {
+                handle.abort();
+                None
+            }
+        },
+        None => Some((&mut *handle).await),
+    }
 }
