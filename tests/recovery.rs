@@ -981,3 +981,117 @@ async fn readers_joined_to_a_cancelled_read_read_again() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A load waiting for another instance's load lock stops waiting once Redis stops answering,
+/// and loads without the lock: the holder's value could not be seen even if it came. With
+/// `lock_wait` an hour, A's single and batch loads wait for B's locks; cut off, each answers
+/// from its own loader (before, both waited out the hour: a Redis outage made the callers'
+/// outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_waiting_for_the_lock_loads_without_it_once_redis_is_cut_off() {
+    use layercache::EntryOptions;
+    use tokio::sync::Notify;
+
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = LayerCache::builder("lockcut")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .lock_wait(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let b = instance(&server, "lockcut").await;
+    let options = EntryOptions::new().distributed_lock(true);
+    let ra = a
+        .region::<str, u64>("r")
+        .entry_options(options)
+        .build()
+        .await
+        .unwrap();
+    let rb = b
+        .region::<str, u64>("r")
+        .entry_options(options)
+        .build()
+        .await
+        .unwrap();
+
+    // B holds the locks of "k" and "m", its load held back until the end.
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let holder = {
+        let (rb, started, release) = (rb.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            rb.get_or_load_many(["k", "m"], move |keys: Vec<String>| {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, 100)).collect::<Vec<_>>())
+                }
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    assert_eq!(b.stats().locks_acquired, 2, "{:?}", b.stats());
+
+    // A waits for them: one single load, one batch ("n" is A's to load, "m" B's).
+    let single = {
+        let ra = ra.clone();
+        tokio::spawn(async move {
+            ra.get_or_load("k", |_| async { Ok::<_, std::io::Error>(1) })
+                .await
+        })
+    };
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let batch = {
+        let (ra, asked) = (ra.clone(), asked.clone());
+        tokio::spawn(async move {
+            ra.get_or_load_many(["m", "n"], move |keys: Vec<String>| {
+                asked.lock().unwrap().push(keys.clone());
+                async move {
+                    Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, 2)).collect::<Vec<_>>())
+                }
+            })
+            .await
+        })
+    };
+    wait_until("A to wait for both locks", WAIT, || {
+        let a = a.clone();
+        async move { a.stats().lock_waits >= 2 }
+    })
+    .await;
+    assert_eq!(a.stats().lock_takeovers, 0, "{:?}", a.stats());
+
+    proxy.cut();
+    // (A bound on a hang, not a timing: before, each call waited out `lock_wait`.)
+    let single = tokio::time::timeout(WAIT, single)
+        .await
+        .expect("the single load still waits for the lock")
+        .unwrap();
+    assert_eq!(*single.unwrap(), 1);
+    let batch = tokio::time::timeout(WAIT, batch)
+        .await
+        .expect("the batch load still waits for the lock")
+        .unwrap();
+    let values: Vec<_> = batch.into_iter().map(|r| r.unwrap().map(|v| *v)).collect();
+    assert_eq!(values, [Some(2), Some(2)]);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [vec!["n".to_owned()], vec!["m".to_owned()]],
+        "the batch loaded its own key, then the one whose wait Redis ended"
+    );
+    assert!(a.stats().lock_takeovers >= 2, "{:?}", a.stats());
+    assert!(a.stats().l2_errors >= 1, "{:?}", a.stats());
+
+    release.notify_one();
+    let held: Vec<_> = holder
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().map(|v| *v))
+        .collect();
+    assert_eq!(held, [Some(100), Some(100)]);
+    proxy.pass();
+}

@@ -410,7 +410,9 @@ impl LayerCacheBuilder {
     }
 
     /// How long an instance waits for another instance's locked load (re-reading Redis with
-    /// back-off from 1 ms to 100 ms, and retrying the lock) before it loads itself.
+    /// back-off from 1 ms to 100 ms, and retrying the lock) before it loads itself. A wait
+    /// that Redis stops answering (a re-read or a lock retry fails) ends at once: the waiter
+    /// loads without the lock.
     ///
     /// At most [`MAX_WAIT`](crate::MAX_WAIT) (1 day).
     ///

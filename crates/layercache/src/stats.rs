@@ -209,7 +209,8 @@ pub struct Stats {
     pub locks_acquired: u64,
     /// Loads that found another instance holding the lock and waited for its value.
     pub lock_waits: u64,
-    /// Waits that ran out (the holder may have died): the waiter loaded itself.
+    /// Lock waits that ran out (the holder may have died) or that Redis stopped answering: the
+    /// waiter loaded itself (for a batch, one per key).
     pub lock_takeovers: u64,
     /// Sliding-expiration extensions sent to Redis (`PEXPIRE` or `GETEX`).
     pub l2_extends: u64,

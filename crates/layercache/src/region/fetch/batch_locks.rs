@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     codec::Codec,
+    error::Error,
     flight::Outcome,
     freshness::{token, unix_millis},
     key::CacheKey,
@@ -162,12 +163,17 @@ where
         let mut waiting = theirs;
         let mut taken = Vec::new();
         let mut taken_keys = Vec::new();
+        // Keys whose read or lock Redis did not answer: they stop waiting and load without the
+        // lock (the holder's value could not be seen even if it came), as a single load does.
+        let mut without = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(left)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
             // What the holders filled meanwhile.
-            waiting = self.serve_filled(l2, waiting, outcomes, ctx).await;
+            let (still, failed) = self.serve_filled(l2, waiting, outcomes, ctx).await;
+            waiting = still;
+            self.stop_waiting(failed, &mut without);
             if waiting.is_empty() {
                 break;
             }
@@ -184,16 +190,20 @@ where
             let now_taken = l2.try_lock_many(&lock_keys, &token, millis_ceil(ttl)).await;
             if now_taken.len() == waiting.len() {
                 let mut still = Vec::with_capacity(waiting.len());
+                let mut failed = Vec::new();
                 for ((entry, key), t) in waiting.into_iter().zip(lock_keys).zip(now_taken) {
-                    if matches!(t, Ok(true)) {
-                        self.counters().locks_acquired.incr();
-                        taken_keys.push(key);
-                        taken.push(entry);
-                    } else {
-                        still.push(entry);
+                    match t {
+                        Ok(true) => {
+                            self.counters().locks_acquired.incr();
+                            taken_keys.push(key);
+                            taken.push(entry);
+                        }
+                        Ok(false) => still.push(entry),
+                        Err(e) => failed.push((entry, e)),
                     }
                 }
                 waiting = still;
+                self.stop_waiting(failed, &mut without);
             }
             if waiting.is_empty() {
                 break;
@@ -201,23 +211,39 @@ where
         }
         // A holder may have filled and let go between the last read and the lock: look once
         // more at the keys whose lock was taken before loading them.
-        let mut taken = self.serve_filled(l2, taken, outcomes, ctx).await;
+        let (mut taken, failed) = self.serve_filled(l2, taken, outcomes, ctx).await;
+        taken.extend(failed.into_iter().map(|(entry, _)| entry));
         taken.extend(waiting);
+        taken.extend(without);
         let locks = (!taken_keys.is_empty()).then(|| BatchLocks::new(l2, taken_keys, token, ttl));
         (taken, locks)
     }
 
+    /// Keys whose read or lock Redis did not answer during the wait: out of the wait, into
+    /// `without` (loaded without the lock); counted as takeovers and as Redis failures.
+    fn stop_waiting(&self, failed: Vec<(ToLoad<V>, Error)>, without: &mut Vec<ToLoad<V>>) {
+        let mut first = true;
+        for (entry, e) in failed {
+            self.counters().lock_takeovers.incr();
+            if std::mem::take(&mut first) {
+                let _ = self.l2_failed("lock", e);
+            }
+            without.push(entry);
+        }
+    }
+
     /// Serves every key of `waiting` whose value is in Redis now (a holder filled it); returns
-    /// the others.
+    /// the others, apart from those whose read failed (with their error).
     async fn serve_filled(
         &self,
         l2: &Remote,
         waiting: Vec<ToLoad<V>>,
         outcomes: &mut [Option<Outcome<V>>],
         ctx: &LoadContext,
-    ) -> Vec<ToLoad<V>> {
+    ) -> (Vec<ToLoad<V>>, Vec<(ToLoad<V>, Error)>) {
+        let mut failed = Vec::new();
         if waiting.is_empty() {
-            return waiting;
+            return (waiting, failed);
         }
         let rkeys: Vec<String> = waiting
             .iter()
@@ -225,17 +251,22 @@ where
             .collect();
         let reads = l2.get_many(&rkeys).await;
         if reads.len() != waiting.len() {
-            return waiting;
+            return (waiting, failed);
         }
         let now_ms = unix_millis();
         let mut still = Vec::with_capacity(waiting.len());
         for (entry, read) in waiting.into_iter().zip(reads) {
-            let usable = match &read {
+            let usable = match read {
                 Ok(Some(bytes)) => self
-                    .decode(bytes, &entry.2 .1)
+                    .decode(&bytes, &entry.2 .1)
                     .ok()
                     .filter(|d| !d.meta.tombstone && !d.left(now_ms).is_zero()),
-                _ => None,
+                Ok(None) => None,
+                Err(e) if e.is_wrong_type() => None,
+                Err(e) => {
+                    failed.push((entry, e));
+                    continue;
+                }
             };
             match usable {
                 Some(d) => {
@@ -255,6 +286,6 @@ where
                 None => still.push(entry),
             }
         }
-        still
+        (still, failed)
     }
 }

@@ -70,53 +70,77 @@ where
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(left)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
-            if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
-                let now_ms = unix_millis();
-                let value = self
-                    .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
-                    .await;
-                return Lock::Found(value);
-            }
-            if Instant::now() >= deadline {
-                self.counters().lock_takeovers.incr();
-                tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, "gave up waiting for the load lock; loading without it");
-                return Lock::Without;
-            }
-            if let Ok(true) = l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
-                let guard = LockGuard::new(l2, lock_key, token, ttl);
-                // The holder may have filled and released between the read above and this:
-                // look again before loading a second time.
-                if let Some(d) = self.filled_meanwhile(l2, rkey, mode).await {
-                    guard.release().await;
+            match self.filled_meanwhile(l2, rkey, mode).await {
+                Ok(Some(d)) => {
                     let now_ms = unix_millis();
                     let value = self
                         .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
                         .await;
                     return Lock::Found(value);
                 }
-                self.counters().locks_acquired.incr();
-                return Lock::Held(Box::new(guard));
+                Ok(None) => {}
+                // Redis stopped answering: the holder's value could not be seen even if it
+                // came, so waiting on would only turn the outage into this caller's stall.
+                Err(e) => return self.lock_wait_failed(e),
+            }
+            if Instant::now() >= deadline {
+                self.counters().lock_takeovers.incr();
+                tracing::warn!(cache.name = %cache.name, region = %self.shared.state.name, "gave up waiting for the load lock; loading without it");
+                return Lock::Without;
+            }
+            match l2.try_lock(&lock_key, &token, millis_ceil(ttl)).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return self.lock_wait_failed(e),
             }
         }
+        let guard = LockGuard::new(l2, lock_key, token, ttl);
+        // The holder may have filled and released between the read above and this: look
+        // again before loading a second time.
+        if let Ok(Some(d)) = self.filled_meanwhile(l2, rkey, mode).await {
+            guard.release().await;
+            let now_ms = unix_millis();
+            let value = self
+                .serve_decoded(leader, options, d, generation, tag_epoch, now_ms)
+                .await;
+            return Lock::Found(value);
+        }
+        self.counters().locks_acquired.incr();
+        Lock::Held(Box::new(guard))
     }
 
     /// A usable value that another instance's load put in Redis while this one waited (for a
-    /// refresh: one newer than the value it replaces).
+    /// refresh: one newer than the value it replaces); an error when Redis did not answer.
     pub(super) async fn filled_meanwhile(
         &self,
         l2: &Remote,
         rkey: &str,
         mode: Mode,
-    ) -> Option<crate::region::store::Decoded<V>> {
-        let Ok(Some(bytes)) = l2.get(rkey).await else {
-            return None;
+    ) -> crate::error::Result<Option<crate::region::store::Decoded<V>>> {
+        let bytes = match l2.get(rkey).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            // Our key, another Redis type: not the holder's value, and not an outage.
+            Err(e) if e.is_wrong_type() => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let d = self.decode(&bytes, rkey).ok()?;
+        let Ok(d) = self.decode(&bytes, rkey) else {
+            return Ok(None);
+        };
         let newer = match mode {
             Mode::Refresh { created_ms } => d.meta.created_at_ms > created_ms,
             Mode::Caller => true,
         };
-        (newer && !d.meta.tombstone && !d.left(unix_millis()).is_zero()).then_some(d)
+        Ok((newer && !d.meta.tombstone && !d.left(unix_millis()).is_zero()).then_some(d))
+    }
+
+    /// A lock wait ended by Redis failing (a read of the value or a retry of the lock): counted
+    /// and logged as a Redis failure and as a takeover, and the load goes on without the lock,
+    /// as when the lock could not be asked for at all.
+    fn lock_wait_failed(&self, e: crate::error::Error) -> Lock<V> {
+        self.counters().lock_takeovers.incr();
+        let _ = self.l2_failed("lock", e);
+        Lock::Without
     }
 
     /// Runs the loader as its own task (so a panic is caught), within its timeouts. Past the
