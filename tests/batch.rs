@@ -16,6 +16,7 @@ on_redis_and_cluster!(
     a_failing_or_panicking_batch_loader_fails_only_the_keys_it_was_asked,
     batches_share_flights_with_single_callers_and_each_other,
     batch_loads_under_the_load_lock_load_each_key_once,
+    batch_calls_take_options_for_the_call,
 );
 
 use std::{
@@ -1693,5 +1694,116 @@ async fn a_foreign_type_seen_by_a_coalesced_read_is_replaced_by_the_next_load() 
     assert_eq!(key_type(raw.clone(), foreign.clone()).await, "string");
     c.clear_l1();
     assert_eq!(value(&r.get(&2).await), Some("loaded 2".to_owned()));
+    c.shutdown().await;
+}
+
+/// The milliseconds Redis gives each of `keys` of `r` to live.
+async fn pttls(raw: &fred::prelude::Client, r: &Region<u64, String>, keys: &[u64]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for k in keys {
+        let rkey = r.redis_key(k).unwrap();
+        out.push(
+            fred::prelude::KeysInterface::pttl(raw, rkey.as_str())
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Batch calls take options for the call, as one key's `entry(…).options(…)` does: the values'
+/// lifetimes in Redis are the call's, a "not found" is cached by the call's `negative_ttl`, and
+/// options a call cannot use fail every key without a read, a load or a write.
+async fn batch_calls_take_options_for_the_call(shared: &Shared) {
+    use layercache::EntryOptions;
+    let raw = shared.raw().await;
+    let c = quiet_cache(shared, "callopts").await;
+    let r = c
+        .region::<u64, String>("user")
+        .entry_options(EntryOptions::new().ttl(Duration::from_secs(3600)))
+        .build()
+        .await
+        .unwrap();
+    let short = EntryOptions::new().ttl(Duration::from_secs(5));
+
+    // Writes: the region's hour, or the call's 5 s.
+    let done = r
+        .insert_many([(&1, "a".to_owned()), (&2, "b".to_owned())])
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let done = r
+        .insert_many_with([(&3, "c".to_owned()), (&4, "d".to_owned())], &short)
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let region_ttls = pttls(&raw, &r, &[1, 2]).await;
+    assert!(
+        region_ttls.iter().all(|t| *t > 3_000_000),
+        "{region_ttls:?}"
+    );
+    let call_ttls = pttls(&raw, &r, &[3, 4]).await;
+    assert!(
+        call_ttls.iter().all(|t| (1..=5_000).contains(t)),
+        "{call_ttls:?}"
+    );
+
+    // Loads: the call's TTL for what the loader found, and its negative TTL for what it did
+    // not (101 is never found: a second call does not ask the loader again).
+    let calls = Calls::default();
+    let with_negative = short.negative_ttl(Duration::from_secs(60));
+    let got = r
+        .get_or_load_many_with(&[10, 11, 101], &with_negative, recording(&calls))
+        .await;
+    let got: Vec<Option<String>> = got.iter().map(value).collect();
+    assert_eq!(got, [Some("u10".into()), Some("u11".into()), None]);
+    let loaded_ttls = pttls(&raw, &r, &[10, 11]).await;
+    assert!(
+        loaded_ttls.iter().all(|t| (1..=5_000).contains(t)),
+        "{loaded_ttls:?}"
+    );
+    c.clear_l1();
+    let again = r
+        .get_or_load_many_with(&[10, 101], &with_negative, recording(&calls))
+        .await;
+    assert_eq!(
+        again.iter().map(value).collect::<Vec<_>>(),
+        [Some("u10".into()), None]
+    );
+    assert_eq!(*calls.lock().unwrap(), [vec![10, 11, 101]], "loaded once");
+    // Without the call's negative TTL (the region has none), 101 is asked again.
+    let plain = r.get_or_load_many(&[102], recording(&calls)).await;
+    assert_eq!(value(&plain[0]), None);
+    let plain = r.get_or_load_many(&[102], recording(&calls)).await;
+    assert_eq!(value(&plain[0]), None);
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        3,
+        "{:?}",
+        calls.lock().unwrap()
+    );
+
+    // Options a call cannot use: every key fails, nothing is read, loaded or written.
+    let bad = EntryOptions::new().ttl(Duration::ZERO);
+    let failed = r
+        .get_or_load_many_with(&[20, 21], &bad, recording(&calls))
+        .await;
+    assert!(
+        failed
+            .iter()
+            .all(|a| a.as_ref().is_err_and(|e| e.kind() == ErrorKind::Config)),
+        "{failed:?}"
+    );
+    let failed = r.insert_many_with([(&22, "x".to_owned())], &bad).await;
+    assert!(
+        failed
+            .iter()
+            .all(|a| a.as_ref().is_err_and(|e| e.kind() == ErrorKind::Config)),
+        "{failed:?}"
+    );
+    assert_eq!(calls.lock().unwrap().len(), 3, "the loader was asked");
+    assert_eq!(
+        pttls(&raw, &r, &[20, 21, 22]).await,
+        [-2, -2, -2],
+        "written"
+    );
     c.shutdown().await;
 }

@@ -76,6 +76,7 @@ where
         keys: Vec<Vec<u8>>,
         fallbacks: Vec<Option<Stale<V>>>,
         load: Option<BatchLoadFn<V>>,
+        options: crate::options::EntryOptions,
     ) -> Vec<Outcome<V>> {
         let region = self.clone();
         let span = tracing::debug_span!(
@@ -88,7 +89,7 @@ where
         let (early_tx, early_rx) = tokio::sync::oneshot::channel();
         let mut task = tokio::spawn(
             region
-                .batch(keys, fallbacks, load, early_tx)
+                .batch(keys, fallbacks, load, options, early_tx)
                 .instrument(span),
         );
         // Past the loader's soft timeout, with a stale value for every key still loading, the
@@ -116,6 +117,7 @@ where
         keys: Vec<Vec<u8>>,
         mut fallbacks: Vec<Option<Stale<V>>>,
         mut load: Option<BatchLoadFn<V>>,
+        options: crate::options::EntryOptions,
         early: Early<V>,
     ) -> Vec<Outcome<V>> {
         fallbacks.resize_with(keys.len(), || None);
@@ -130,8 +132,15 @@ where
         }
         // An early answer needs every key answered: not while others' flights have some.
         let mut early = waiting.is_empty().then_some(early);
-        self.lead(led, &mut load, &mut outcomes, &mut fallbacks, &mut early)
-            .await;
+        self.lead(
+            led,
+            options,
+            &mut load,
+            &mut outcomes,
+            &mut fallbacks,
+            &mut early,
+        )
+        .await;
         // Only now (this batch's flights have finished): the keys others were fetching.
         let mut again = Vec::new();
         for (at, rx) in waiting {
@@ -150,8 +159,15 @@ where
                     Join::Wait(rx) => outcomes[at] = Some(flight::wait(rx).await),
                 }
             }
-            self.lead(led, &mut load, &mut outcomes, &mut fallbacks, &mut None)
-                .await;
+            self.lead(
+                led,
+                options,
+                &mut load,
+                &mut outcomes,
+                &mut fallbacks,
+                &mut None,
+            )
+            .await;
         }
         outcomes
             .into_iter()
@@ -166,6 +182,7 @@ where
     async fn lead(
         &self,
         led: Vec<(usize, Leader<V>)>,
+        options: crate::options::EntryOptions,
         load: &mut Option<BatchLoadFn<V>>,
         outcomes: &mut [Option<Outcome<V>>],
         fallbacks: &mut [Option<Stale<V>>],
@@ -174,12 +191,11 @@ where
         if led.is_empty() {
             return;
         }
-        let options = self.shared.entry_options;
         let generation = self.shared.state.generation_raw();
         let tag_epoch = self.cache.l1.tag_epoch();
         let read_at = Instant::now();
         let read = match self
-            .read_many(led, (generation, tag_epoch), fallbacks)
+            .read_many(led, &options, (generation, tag_epoch), fallbacks)
             .await
         {
             Ok(read) => read,

@@ -12,6 +12,7 @@ use crate::{
     flight::Leader,
     key::CacheKey,
     options::millis_ceil,
+    options::EntryOptions,
     region::{Region, Stale},
 };
 
@@ -27,11 +28,11 @@ where
     pub(super) async fn read_many(
         &self,
         led: Vec<(usize, Leader<V>)>,
+        options: &EntryOptions,
         epoch: (u64, u64),
         fallbacks: &mut [Option<Stale<V>>],
     ) -> Result<Vec<Led<V>>, (Vec<(usize, Leader<V>)>, Error)> {
         let cache = &self.cache;
-        let options = self.shared.entry_options;
         let load = |held: fn() -> RedisHeld, fence| {
             move |(at, leader): (usize, Leader<V>)| {
                 (at, leader, After::Load(held(), String::new(), fence))
@@ -90,7 +91,7 @@ where
                     let found = self
                         .found_in_redis(
                             &leader,
-                            &options,
+                            options,
                             Mode::Caller,
                             epoch,
                             bytes,

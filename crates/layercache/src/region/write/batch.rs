@@ -13,6 +13,7 @@ use crate::{
     envelope::Encoded,
     error::{Error, ErrorKind, Result},
     key::CacheKey,
+    options::EntryOptions,
     region::{read::KeyBuf, Region, WritePlan},
     remote::{Announcement, BatchEntry, BatchWrite, Filled, WriteMode, MAX_BATCH_WRITE},
 };
@@ -57,10 +58,32 @@ where
         K: Borrow<Q>,
         Q: CacheKey + ?Sized + 'k,
     {
+        let options = self.shared.entry_options;
+        self.insert_many_with(items, &options).await
+    }
+
+    /// [`insert_many`](Self::insert_many) with `options` for this call instead of the region's
+    /// entry options (as [`EntryRequest::options`](crate::EntryRequest::options) does for one
+    /// key): the values' TTLs in both tiers, jitter, fail-safe retention. Options a call cannot
+    /// use fail every item with [`ErrorKind::Config`](crate::ErrorKind::Config), and nothing is
+    /// written.
+    pub async fn insert_many_with<'k, Q, I>(
+        &self,
+        items: I,
+        options: &EntryOptions,
+    ) -> Vec<Result<()>>
+    where
+        I: IntoIterator<Item = (&'k Q, V)>,
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized + 'k,
+    {
+        let items: Vec<(&Q, V)> = items.into_iter().collect();
+        if let Err(e) = options.validate() {
+            return vec![Err(e); items.len()];
+        }
+        let options = *options;
         let mut answers: Vec<Option<Result<()>>> = Vec::new();
         let mut inserts = Vec::new();
-        let options = self.shared.entry_options;
-        let items: Vec<(&Q, V)> = items.into_iter().collect();
         // Every key's stripe, held until the batch settled (see `Journal::writing`).
         let _writing = match &self.cache.l2 {
             Some(_) => {
