@@ -17,6 +17,7 @@ on_redis_and_cluster!(
     batches_share_flights_with_single_callers_and_each_other,
     batch_loads_under_the_load_lock_load_each_key_once,
     batch_calls_take_options_for_the_call,
+    tagged_batches_are_removed_by_their_tag,
 );
 
 use std::{
@@ -27,7 +28,7 @@ use std::{
 };
 
 use layercache::{memory::MemoryServer, ErrorKind, LayerCache, Region};
-use support::{cmd, command_calls, raw_client, redis, Shared};
+use support::{caught_up, cmd, command_calls, raw_client, redis, Shared};
 use tokio::sync::Notify;
 
 type Calls = Arc<Mutex<Vec<Vec<u64>>>>;
@@ -52,6 +53,33 @@ fn recording(calls: &Calls) -> impl FnMut(Vec<u64>) -> Rows + Send + 'static {
             .map(|id| (id, format!("u{id}")))
             .collect();
         std::future::ready(Ok(rows))
+    }
+}
+
+/// What [`held_loader`] returns.
+type HeldRows =
+    std::pin::Pin<Box<dyn Future<Output = Result<Vec<(u64, String)>, std::io::Error>> + Send>>;
+
+/// A batch loader that records each call's keys, signals `started`, waits for `release`, then
+/// finds every key as `{prefix}{key}`.
+fn held_loader(
+    prefix: &'static str,
+    calls: &Calls,
+    started: &Arc<Notify>,
+    release: &Arc<Notify>,
+) -> impl FnMut(Vec<u64>) -> HeldRows + Send + 'static {
+    let (calls, started, release) = (calls.clone(), started.clone(), release.clone());
+    move |ids: Vec<u64>| {
+        calls.lock().unwrap().push(ids.clone());
+        let (started, release) = (started.clone(), release.clone());
+        Box::pin(async move {
+            started.notify_one();
+            release.notified().await;
+            Ok(ids
+                .into_iter()
+                .map(|i| (i, format!("{prefix}{i}")))
+                .collect())
+        })
     }
 }
 
@@ -878,20 +906,8 @@ async fn batch_loads_under_the_load_lock_load_each_key_once(shared: &Shared) {
             release.clone(),
         );
         tokio::spawn(async move {
-            ra.get_or_load_many(&[1, 2, 3], move |ids: Vec<u64>| {
-                a_calls.lock().unwrap().push(ids.clone());
-                let (started, release) = (started.clone(), release.clone());
-                async move {
-                    started.notify_one();
-                    release.notified().await;
-                    Ok::<_, std::io::Error>(
-                        ids.into_iter()
-                            .map(|i| (i, format!("a{i}")))
-                            .collect::<Vec<_>>(),
-                    )
-                }
-            })
-            .await
+            ra.get_or_load_many(&[1, 2, 3], held_loader("a", &a_calls, &started, &release))
+                .await
         })
     };
     started.notified().await;
@@ -1711,9 +1727,10 @@ async fn pttls(raw: &fred::prelude::Client, r: &Region<u64, String>, keys: &[u64
     out
 }
 
-/// Batch calls take options for the call, as one key's `entry(…).options(…)` does: the values'
-/// lifetimes in Redis are the call's, a "not found" is cached by the call's `negative_ttl`, and
-/// options a call cannot use fail every key without a read, a load or a write.
+/// `many()` gives batch calls options for the call, as one key's `entry(…).options(…)` does: the
+/// values' lifetimes in Redis are the call's, a "not found" is cached by the call's
+/// `negative_ttl`, and options a call cannot use fail every key without a read, a load or a
+/// write.
 async fn batch_calls_take_options_for_the_call(shared: &Shared) {
     use layercache::EntryOptions;
     let raw = shared.raw().await;
@@ -1732,7 +1749,9 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
         .await;
     assert!(done.iter().all(Result::is_ok), "{done:?}");
     let done = r
-        .insert_many_with([(&3, "c".to_owned()), (&4, "d".to_owned())], &short)
+        .many()
+        .options(&short)
+        .insert([(&3, "c".to_owned()), (&4, "d".to_owned())])
         .await;
     assert!(done.iter().all(Result::is_ok), "{done:?}");
     let region_ttls = pttls(&raw, &r, &[1, 2]).await;
@@ -1751,7 +1770,9 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
     let calls = Calls::default();
     let with_negative = short.negative_ttl(Duration::from_secs(60));
     let got = r
-        .get_or_load_many_with(&[10, 11, 101], &with_negative, recording(&calls))
+        .many()
+        .options(&with_negative)
+        .get_or_load(&[10, 11, 101], recording(&calls))
         .await;
     let got: Vec<Option<String>> = got.iter().map(value).collect();
     assert_eq!(got, [Some("u10".into()), Some("u11".into()), None]);
@@ -1762,7 +1783,9 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
     );
     c.clear_l1();
     let again = r
-        .get_or_load_many_with(&[10, 101], &with_negative, recording(&calls))
+        .many()
+        .options(&with_negative)
+        .get_or_load(&[10, 101], recording(&calls))
         .await;
     assert_eq!(
         again.iter().map(value).collect::<Vec<_>>(),
@@ -1784,7 +1807,9 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
     // Options a call cannot use: every key fails, nothing is read, loaded or written.
     let bad = EntryOptions::new().ttl(Duration::ZERO);
     let failed = r
-        .get_or_load_many_with(&[20, 21], &bad, recording(&calls))
+        .many()
+        .options(&bad)
+        .get_or_load(&[20, 21], recording(&calls))
         .await;
     assert!(
         failed
@@ -1792,7 +1817,7 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
             .all(|a| a.as_ref().is_err_and(|e| e.kind() == ErrorKind::Config)),
         "{failed:?}"
     );
-    let failed = r.insert_many_with([(&22, "x".to_owned())], &bad).await;
+    let failed = r.many().options(&bad).insert([(&22, "x".to_owned())]).await;
     assert!(
         failed
             .iter()
@@ -1806,4 +1831,129 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
         "written"
     );
     c.shutdown().await;
+}
+
+/// Tagged batches (`many().tags(…)`): what a batch writes or loads is in its tags' sets in
+/// Redis, and `invalidate_tag` removes it from Redis and from every instance's L1 — untagged
+/// keys stay. A tagged batch load whose tag is invalidated while its loader runs answers with
+/// what it loaded but stores none of it (its fills compare the tags' marks read before the
+/// loader ran), so nothing the invalidation was meant to remove comes back.
+async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
+    let raw = shared.raw().await;
+    let (a, b) = (
+        shared.instance("tagged").await,
+        shared.instance("tagged").await,
+    );
+    let (ra, rb) = (users(&a).await, users(&b).await);
+    let calls = Calls::default();
+    let done = ra
+        .many()
+        .tags(&["team:1"])
+        .insert([(&1, "u1".to_owned()), (&2, "u2".to_owned())])
+        .await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let loaded = ra
+        .many()
+        .tags(&["team:1"])
+        .get_or_load(&[3, 4], recording(&calls))
+        .await;
+    assert_eq!(
+        loaded.iter().map(value).collect::<Vec<_>>(),
+        [Some("u3".into()), Some("u4".into())]
+    );
+    let done = ra.insert_many([(&5, "u5".to_owned())]).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(shared.tag_members("tagged", "team:1").await.0, 4);
+    let everyone = [1, 2, 3, 4, 5];
+    let all: Vec<Option<String>> = everyone.iter().map(|k| Some(format!("u{k}"))).collect();
+    for r in [&ra, &rb] {
+        assert_eq!(
+            r.get_many(&everyone)
+                .await
+                .iter()
+                .map(value)
+                .collect::<Vec<_>>(),
+            all
+        );
+    }
+
+    a.invalidate_tag("team:1").await.unwrap();
+    caught_up(&b, &a).await;
+    let left: Vec<Option<String>> = [None, None, None, None, Some("u5".into())].into();
+    for r in [&ra, &rb] {
+        assert_eq!(
+            r.get_many(&everyone)
+                .await
+                .iter()
+                .map(value)
+                .collect::<Vec<_>>(),
+            left
+        );
+    }
+    let fresh = shared.instance("tagged").await;
+    let rf = users(&fresh).await;
+    assert_eq!(
+        rf.get_many(&everyone)
+            .await
+            .iter()
+            .map(value)
+            .collect::<Vec<_>>(),
+        left
+    );
+
+    // A tag invalidated while the batch's loader runs: its values are answered, not stored.
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let load = {
+        let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
+        tokio::spawn(async move {
+            let loader = held_loader("old", &Calls::default(), &started, &release);
+            ra.many()
+                .tags(&["team2"])
+                .get_or_load(&[6, 7], loader)
+                .await
+        })
+    };
+    started.notified().await;
+    let lost_before = a.stats().l2_fills_lost;
+    match shared {
+        // Another instance's invalidation whose message has not reached this one: only the
+        // tag's mark in Redis says so, and the fills' comparison of it refuses them.
+        Shared::Redis(_) => {
+            let _: () = fred::prelude::KeysInterface::set(
+                &raw,
+                "tagged:v2:team2",
+                "replaced",
+                None,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        }
+        // (On a cluster the marks have a copy per bucket: invalidated the usual way, heard of
+        // before the fills, which the flights' poison then keeps out.)
+        _ => {
+            b.invalidate_tag("team2").await.unwrap();
+            caught_up(&a, &b).await;
+        }
+    }
+    release.notify_one();
+    let answered: Vec<Option<String>> = load.await.unwrap().iter().map(value).collect();
+    assert_eq!(answered, [Some("old6".into()), Some("old7".into())]);
+    for k in [6, 7] {
+        let rkey = ra.redis_key(&k).unwrap();
+        let exists: i64 = fred::prelude::KeysInterface::exists(&raw, rkey.as_str())
+            .await
+            .unwrap();
+        assert_eq!(
+            exists, 0,
+            "{k}: the load filled Redis past its tag's invalidation"
+        );
+    }
+    if let Shared::Redis(_) = shared {
+        assert_eq!(a.stats().l2_fills_lost - lost_before, 2, "{:?}", a.stats());
+    }
+    for c in [a, b, fresh] {
+        c.shutdown().await;
+    }
 }

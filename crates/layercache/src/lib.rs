@@ -171,6 +171,7 @@ mod remote;
 mod sequencer;
 mod stats;
 pub mod telemetry;
+mod together;
 mod walks;
 
 /// Entry points for the fuzz targets (feature `fuzzing`); not a public API.
@@ -243,6 +244,7 @@ pub use options::{
     MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
 pub use region::{
-    EntryRequest, EntryState, Explanation, Held, LoadContext, NextGet, Region, RegionBuilder,
+    EntryRequest, EntryState, Explanation, Held, LoadContext, ManyRequest, NextGet, Region,
+    RegionBuilder,
 };
 pub use stats::Stats;

@@ -11,6 +11,7 @@ mod builder;
 mod entry;
 mod explain;
 mod fetch;
+mod many;
 mod offload;
 mod read;
 mod store;
@@ -26,6 +27,7 @@ pub(crate) use crate::plan::WritePlan;
 pub use builder::RegionBuilder;
 pub use entry::{EntryRequest, LoadContext};
 pub use explain::{EntryState, Explanation, Held, NextGet};
+pub use many::ManyRequest;
 
 use crate::{
     codec::{Bincode, Codec},

@@ -15,7 +15,7 @@ use crate::{
     codec::Codec,
     error::{BoxError, Result},
     hashing::KeyMap,
-    key::CacheKey,
+    key::{validate_tags, CacheKey},
     options::EntryOptions,
 };
 
@@ -73,7 +73,7 @@ where
         }
         let options = self.shared.entry_options;
         let outcomes = self
-            .fetch_many(misses.keys, misses.fallbacks, None, options)
+            .fetch_many(misses.keys, misses.fallbacks, None, options, None)
             .await;
         for (outcome, positions) in outcomes.into_iter().zip(misses.positions) {
             for at in positions {
@@ -88,8 +88,8 @@ where
     /// `(key, value)` pairs (a `HashMap`, a `Vec` …). A key it does not return is "not
     /// found" (cached for [`EntryOptions::negative_ttl`](crate::EntryOptions::negative_ttl)
     /// when set); keys it returns that were not asked are ignored (and logged). Loaded values
-    /// are written to both tiers with the region's entry options (the call's with
-    /// [`get_or_load_many_with`](Self::get_or_load_many_with)), each with the same
+    /// are written to both tiers with the region's entry options (the call's and its tags
+    /// with [`many`](Self::many)), each with the same
     /// conditional fill as [`get_or_load`](Self::get_or_load) (a concurrent write or
     /// invalidation wins).
     ///
@@ -112,7 +112,7 @@ where
     /// takes the load locks of the keys it is about to load in one round trip, loads those, waits
     /// for the instances holding the others to fill them, and loads in a second call what they
     /// did not (a lock let go without a fill is taken; past `lock_wait` the keys load without
-    /// it). Not (yet) for batches: tags.
+    /// it). Tags, and options for one call: [`many`](Self::many).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -148,37 +148,17 @@ where
         E: Into<BoxError> + Send + 'static,
     {
         let options = self.shared.entry_options;
-        self.get_or_load_many_with(keys, &options, batch_loader)
+        self.get_or_load_many_as(keys, &options, &[], batch_loader)
             .await
     }
 
-    /// [`get_or_load_many`](Self::get_or_load_many) with `options` for this call instead of
-    /// the region's entry options (as [`EntryRequest::options`](crate::EntryRequest::options)
-    /// does for one key): the loaded values' TTLs, fail-safe, negative caching, the loader's
-    /// timeouts and the load lock. Options a call cannot use (a `ttl` under 1 ms, a `jitter`
-    /// over the `ttl`, a lifetime over a day …) fail every key with
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config), and nothing is read or loaded.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> layercache::Result<()> {
-    /// # let cache = layercache::LayerCache::builder("app").build().await?;
-    /// use std::time::Duration;
-    /// let users = cache.region::<u64, String>("users").build().await?;
-    /// let short = layercache::EntryOptions::new().ttl(Duration::from_secs(5));
-    /// let found = users
-    ///     .get_or_load_many_with(&[1, 2], &short, |ids: Vec<u64>| async move {
-    ///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, format!("user {id}"))).collect::<Vec<_>>())
-    ///     })
-    ///     .await;
-    /// assert!(found.iter().all(|r| r.as_ref().is_ok_and(Option::is_some)));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn get_or_load_many_with<'k, Q, I, F, Fut, R, E>(
+    /// [`get_or_load_many`](Self::get_or_load_many) with these options and tags (see
+    /// [`ManyRequest::get_or_load`](crate::ManyRequest::get_or_load)).
+    pub(in crate::region) async fn get_or_load_many_as<'k, Q, I, F, Fut, R, E>(
         &self,
         keys: I,
         options: &EntryOptions,
+        tags: &[&str],
         batch_loader: F,
     ) -> Vec<Result<Option<Arc<V>>>>
     where
@@ -191,10 +171,10 @@ where
         R: IntoIterator<Item = (Q::Owned, V)>,
         E: Into<BoxError> + Send + 'static,
     {
-        if let Err(e) = options.validate() {
-            let n = keys.into_iter().count();
-            return vec![Err(e); n];
-        }
+        let tags = match options.validate().and_then(|()| validate_tags(tags)) {
+            Ok(tags) => tags,
+            Err(e) => return vec![Err(e); keys.into_iter().count()],
+        };
         let options = *options;
         let (mut answers, misses) = self.answer_from_l1(keys, |q: &Q| q.to_owned());
         if misses.keys.is_empty() {
@@ -246,7 +226,9 @@ where
                 Ok((found, unasked))
             })
         });
-        let outcomes = self.fetch_many(keys, fallbacks, Some(load), options).await;
+        let outcomes = self
+            .fetch_many(keys, fallbacks, Some(load), options, tags)
+            .await;
         for (outcome, positions) in outcomes.into_iter().zip(positions) {
             for at in positions {
                 answers[at] = Some(outcome.clone());

@@ -5,6 +5,7 @@
 mod batch;
 mod batch_locks;
 mod batch_read;
+mod batch_tags;
 mod lock_guard;
 mod panics;
 mod redis_read;

@@ -14,7 +14,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use super::{FillContext, RedisHeld};
+use super::{batch_tags::TaggedFill, FillContext, RedisHeld};
 use crate::{
     codec::Codec,
     error::{BoxError, Error, ErrorKind},
@@ -51,9 +51,11 @@ pub(super) type ToLoad<V> = (usize, Leader<V>, (RedisHeld, String, Option<u64>))
 
 /// What a batch's loads and fills are made under: the region's options, the generation and tag
 /// epoch of its read, and when the read began.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct LoadContext {
     pub(super) options: crate::options::EntryOptions,
+    /// The call's tags (written with every value it loads).
+    pub(super) tags: crate::region::Tags,
     pub(super) generation: u64,
     pub(super) tag_epoch: u64,
     pub(super) read_at: Instant,
@@ -77,6 +79,7 @@ where
         fallbacks: Vec<Option<Stale<V>>>,
         load: Option<BatchLoadFn<V>>,
         options: crate::options::EntryOptions,
+        tags: crate::region::Tags,
     ) -> Vec<Outcome<V>> {
         let region = self.clone();
         let span = tracing::debug_span!(
@@ -89,7 +92,7 @@ where
         let (early_tx, early_rx) = tokio::sync::oneshot::channel();
         let mut task = tokio::spawn(
             region
-                .batch(keys, fallbacks, load, options, early_tx)
+                .batch(keys, fallbacks, load, (options, tags), early_tx)
                 .instrument(span),
         );
         // Past the loader's soft timeout, with a stale value for every key still loading, the
@@ -117,7 +120,7 @@ where
         keys: Vec<Vec<u8>>,
         mut fallbacks: Vec<Option<Stale<V>>>,
         mut load: Option<BatchLoadFn<V>>,
-        options: crate::options::EntryOptions,
+        options: (crate::options::EntryOptions, crate::region::Tags),
         early: Early<V>,
     ) -> Vec<Outcome<V>> {
         fallbacks.resize_with(keys.len(), || None);
@@ -134,7 +137,7 @@ where
         let mut early = waiting.is_empty().then_some(early);
         self.lead(
             led,
-            options,
+            &options,
             &mut load,
             &mut outcomes,
             &mut fallbacks,
@@ -161,7 +164,7 @@ where
             }
             self.lead(
                 led,
-                options,
+                &options,
                 &mut load,
                 &mut outcomes,
                 &mut fallbacks,
@@ -182,7 +185,7 @@ where
     async fn lead(
         &self,
         led: Vec<(usize, Leader<V>)>,
-        options: crate::options::EntryOptions,
+        (options, tags): &(crate::options::EntryOptions, crate::region::Tags),
         load: &mut Option<BatchLoadFn<V>>,
         outcomes: &mut [Option<Outcome<V>>],
         fallbacks: &mut [Option<Stale<V>>],
@@ -195,7 +198,7 @@ where
         let tag_epoch = self.cache.l1.tag_epoch();
         let read_at = Instant::now();
         let read = match self
-            .read_many(led, &options, (generation, tag_epoch), fallbacks)
+            .read_many(led, options, (generation, tag_epoch), fallbacks)
             .await
         {
             Ok(read) => read,
@@ -227,7 +230,8 @@ where
             return;
         }
         let ctx = LoadContext {
-            options,
+            options: *options,
+            tags: tags.clone(),
             generation,
             tag_epoch,
             read_at,
@@ -260,7 +264,7 @@ where
     /// timeout and `early`).
     async fn load_and_settle(
         &self,
-        to_load: Vec<ToLoad<V>>,
+        mut to_load: Vec<ToLoad<V>>,
         loader: &mut BatchLoadFn<V>,
         outcomes: &mut [Option<Outcome<V>>],
         fallbacks: &mut [Option<Stale<V>>],
@@ -272,10 +276,20 @@ where
         }
         let LoadContext {
             options,
+            ref tags,
             generation,
             tag_epoch,
             read_at,
         } = *ctx;
+        // Tagged: before the loader runs, the marks each key's fill must still find.
+        let tags: &[String] = tags.as_deref().unwrap_or_default();
+        let marks = match tags.is_empty() {
+            true => Vec::new(),
+            false => self.read_marks(&mut to_load, tags, outcomes).await,
+        };
+        if to_load.is_empty() {
+            return;
+        }
         self.counters().loads.incr();
         let started = Instant::now();
         let asked: Vec<usize> = to_load.iter().map(|(at, _, _)| *at).collect();
@@ -331,23 +345,39 @@ where
                 *slot = Some(value);
             }
         }
-        // Every write in one batch command: one round trip, one script run per 200 keys.
+        // Every write in one batch command: one round trip, one script run per 200 keys (when
+        // tagged, each key's fill as a single tagged load's, sent together).
         let mut prepared = Vec::with_capacity(to_load.len());
         let mut entries = Vec::new();
         let mut slots = Vec::new();
+        let mut tagged = Vec::new();
         let mut batch_fence = None;
-        for (at, leader, (held, rkey, fence)) in to_load {
+        let tags_of = (!tags.is_empty()).then_some(tags);
+        for (i, (at, leader, (held, rkey, fence))) in to_load.into_iter().enumerate() {
             let value = by_at.get_mut(at).and_then(Option::take);
             let redis = FillContext {
                 found: held,
-                marks: &[],
+                marks: marks.get(i).map_or(&[][..], Vec::as_slice),
                 read_at,
                 fence,
             };
             let mut ready = self
-                .prepare_loaded(&leader, &rkey, &redis, value, None, &options, took)
+                .prepare_loaded(&leader, &rkey, &redis, value, tags_of, &options, took)
                 .await;
             if let Some((enc, mode)) = ready.as_mut().and_then(|p| p.write.take()) {
+                if tags_of.is_some() {
+                    tagged.push(TaggedFill {
+                        slot: prepared.len(),
+                        rkey,
+                        enc,
+                        ttl_ms: ready.as_ref().map_or(0, |p| p.plan.physical_ms()),
+                        mode,
+                        fence,
+                        marks: i,
+                    });
+                    prepared.push((at, leader, ready));
+                    continue;
+                }
                 self.count_write(&enc);
                 batch_fence = batch_fence.or(fence);
                 slots.push(prepared.len());
@@ -363,6 +393,9 @@ where
         }
         let mut written: Vec<Option<crate::error::Result<Filled>>> =
             prepared.iter().map(|_| None).collect();
+        for (slot, result) in self.fill_tagged(tagged, tags, &marks).await {
+            written[slot] = Some(result);
+        }
         if let (Some(l2), false) = (&self.cache.l2, entries.is_empty()) {
             let batch = BatchWrite {
                 entries,
@@ -386,7 +419,8 @@ where
             let outcome = match ready {
                 Some(ready) => {
                     let epoch = (generation, tag_epoch);
-                    self.settle_loaded(&leader, ready, written, took, None, &options, epoch)
+                    let tags = ctx.tags.clone();
+                    self.settle_loaded(&leader, ready, written, took, tags, &options, epoch)
                         .await
                 }
                 None => Ok(None),

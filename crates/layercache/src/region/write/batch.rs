@@ -12,10 +12,11 @@ use crate::{
     codec::Codec,
     envelope::Encoded,
     error::{Error, ErrorKind, Result},
-    key::CacheKey,
+    key::{validate_tags, CacheKey},
     options::EntryOptions,
     region::{read::KeyBuf, Region, WritePlan},
     remote::{Announcement, BatchEntry, BatchWrite, Filled, WriteMode, MAX_BATCH_WRITE},
+    together::together,
 };
 
 /// At most this many bytes of values go into one batch command.
@@ -59,18 +60,16 @@ where
         Q: CacheKey + ?Sized + 'k,
     {
         let options = self.shared.entry_options;
-        self.insert_many_with(items, &options).await
+        self.insert_many_as(items, &options, &[]).await
     }
 
-    /// [`insert_many`](Self::insert_many) with `options` for this call instead of the region's
-    /// entry options (as [`EntryRequest::options`](crate::EntryRequest::options) does for one
-    /// key): the values' TTLs in both tiers, jitter, fail-safe retention. Options a call cannot
-    /// use fail every item with [`ErrorKind::Config`](crate::ErrorKind::Config), and nothing is
-    /// written.
-    pub async fn insert_many_with<'k, Q, I>(
+    /// [`insert_many`](Self::insert_many) with these options and tags (see
+    /// [`ManyRequest::insert`](crate::ManyRequest::insert)).
+    pub(in crate::region) async fn insert_many_as<'k, Q, I>(
         &self,
         items: I,
         options: &EntryOptions,
+        tags: &[&str],
     ) -> Vec<Result<()>>
     where
         I: IntoIterator<Item = (&'k Q, V)>,
@@ -78,7 +77,7 @@ where
         Q: CacheKey + ?Sized + 'k,
     {
         let items: Vec<(&Q, V)> = items.into_iter().collect();
-        if let Err(e) = options.validate() {
+        if let Err(e) = options.validate().and_then(|()| validate_tags(tags)) {
             return vec![Err(e); items.len()];
         }
         let options = *options;
@@ -97,7 +96,7 @@ where
         };
         for (at, (key, value)) in items.into_iter().enumerate() {
             answers.push(None);
-            match Insert::begin(self, key, value, &options, &[], None, false).await {
+            match Insert::begin(self, key, value, &options, tags, None, false).await {
                 Ok(insert) => inserts.push((at, insert)),
                 Err(e) => answers[at] = Some(Err(e)),
             }
@@ -108,7 +107,8 @@ where
         let mut items = Vec::new();
         let mut single = Vec::new();
         for (at, mut insert) in inserts {
-            let ready = self.cache.l2.is_some() && insert.known == generation;
+            // Tagged writes go key by key (their tag sets are written with each), together.
+            let ready = self.cache.l2.is_some() && insert.known == generation && tags.is_empty();
             match (ready, insert.rk.take(), insert.encoded.take()) {
                 (true, Some(rk), Some(enc)) => {
                     items.push(Item {
@@ -175,8 +175,8 @@ where
                 answers[at] = Some(insert.end(written).await.map(|_| ()));
             }
         }
-        for (at, mut insert) in single {
-            let written = insert.write().await;
+        let written = together(single.iter_mut().map(|(_, i)| i.write()).collect()).await;
+        for ((at, insert), written) in single.into_iter().zip(written) {
             answers[at] = Some(insert.end(written).await.map(|_| ()));
         }
         finish(answers)
