@@ -302,6 +302,9 @@ pub(crate) struct BatchWrite<'a> {
     pub(crate) fence: Option<u64>,
     /// The region's generation key.
     pub(crate) generation_key: &'a str,
+    /// The keys of the sets of the tags every entry carries (a tagged `insert_many`), which
+    /// record each entry written; none for most batches.
+    pub(crate) tags: Vec<String>,
 }
 
 /// One entry of a [`BatchWrite`].

@@ -340,10 +340,13 @@ impl ClusterStore {
             entries,
             fence,
             generation_key,
+            tags,
         } = batch;
         let n = entries.len();
         // Plain entries under a fence go without a script (see `fenced_set`).
-        let plain = fence.is_some() && entries.iter().all(super::fenced_set::plain_entry);
+        let plain = fence.is_some()
+            && tags.is_empty()
+            && entries.iter().all(super::fenced_set::plain_entry);
         let span = super::set_many_span(if plain { "SET" } else { "EVALSHA" }, n);
         async {
             // Per bucket, the entries' positions and the entries (keys placed).
@@ -377,10 +380,12 @@ impl ClusterStore {
                 .into_iter()
                 .map(|(b, at, entries)| {
                     let copy = b.generation_copy(generation_key);
+                    // The tags' sets of this bucket (see `placement`).
                     let mut chunk = BatchWrite {
                         entries,
                         fence,
                         generation_key: &copy,
+                        tags: tags.iter().map(|t| b.tag_set(t)).collect(),
                     };
                     let (keys, args) = fill_batch_command(&mut chunk);
                     (

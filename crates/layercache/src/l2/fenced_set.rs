@@ -75,7 +75,7 @@ fn generation_get(key: &str) -> Cmd {
 /// Whether every entry of `batch` is plain: "set" or "set if absent", no source version (a
 /// batch carries no tags or marks).
 pub(super) fn plain_batch(batch: &BatchWrite<'_>) -> bool {
-    batch.entries.iter().all(plain_entry)
+    batch.tags.is_empty() && batch.entries.iter().all(plain_entry)
 }
 
 /// Whether one entry of a batch is plain (see [`plain_batch`]).
@@ -228,6 +228,7 @@ mod tests {
                 .collect(),
             fence,
             generation_key: "lc:r:gen",
+            tags: Vec::new(),
         }
     }
 

@@ -175,9 +175,10 @@ impl RedisStore {
             mut entries,
             fence,
             generation_key,
+            tags,
         } = batch;
         let mut results = Vec::with_capacity(entries.len());
-        let operation = if entries.iter().all(super::fenced_set::plain_entry) {
+        let operation = if tags.is_empty() && entries.iter().all(super::fenced_set::plain_entry) {
             "SET"
         } else {
             "EVALSHA"
@@ -190,6 +191,7 @@ impl RedisStore {
                     entries,
                     fence,
                     generation_key,
+                    tags: tags.clone(),
                 };
                 if super::fenced_set::plain_batch(&chunk) {
                     // No script (see `fenced_set`): a `SET` per entry, then the fence's `GET`.

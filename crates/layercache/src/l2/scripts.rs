@@ -42,7 +42,7 @@ pub(crate) struct Scripts {
     pub(crate) renew_lock: Script,
     /// Deletes a page of a tag's members and takes them out of its set, atomically.
     pub(crate) drop_tag_page: Script,
-    /// Several writes of one region without tags (see `fill_batch.lua`).
+    /// Several writes of one region, with the tags they share (see `fill_batch.lua`).
     pub(crate) fill_batch: Script,
     /// A read that takes the load lock when it finds nothing.
     pub(crate) get_or_lock: Script,
@@ -122,10 +122,10 @@ pub(crate) fn filled(reply: i64) -> Filled {
 }
 
 /// The keys and arguments of a batch fill (see `fill_batch.lua` for their order): writes of
-/// one region, without tags or marks, under one fence.
+/// one region, without marks, under one fence, recorded in the batch's tag sets.
 pub(crate) fn fill_batch_command(batch: &mut BatchWrite<'_>) -> (Vec<String>, Vec<Value>) {
-    let mut keys = Vec::with_capacity(1 + batch.entries.len());
-    let mut args = Vec::with_capacity(1 + 6 * batch.entries.len());
+    let mut keys = Vec::with_capacity(1 + batch.entries.len() + batch.tags.len());
+    let mut args = Vec::with_capacity(2 + 6 * batch.entries.len());
     keys.push(batch.generation_key.to_owned());
     args.push(Value::from(
         batch.fence.map_or_else(String::new, |g| g.to_string()),
@@ -150,6 +150,8 @@ pub(crate) fn fill_batch_command(batch: &mut BatchWrite<'_>) -> (Vec<String>, Ve
             ),
         ]);
     }
+    keys.extend(batch.tags.iter().cloned());
+    args.push(Value::from(batch.tags.len().to_string()));
     (keys, args)
 }
 

@@ -211,7 +211,7 @@ impl Keyspace {
                     key: &entry.key,
                     value: entry.value,
                     ttl_ms: entry.ttl_ms,
-                    tags: Vec::new(),
+                    tags: batch.tags.clone(),
                     condition: WriteCondition {
                         mode: &entry.mode,
                         marks: &[],

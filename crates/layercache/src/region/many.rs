@@ -20,12 +20,13 @@ use super::Region;
 /// [`Region::insert_many`] and [`Region::get_or_load_many`].
 ///
 /// Tagged batches follow the single-key rules for tags (see
-/// [`EntryRequest::tags`](crate::EntryRequest::tags)): every key is written with its tags'
-/// bookkeeping, and a load's fills are refused when one of its tags is invalidated while it
-/// runs. They cost more than untagged ones: each key is written as a single tagged call writes
-/// it (the fill script, and for `insert` its own bus message), the keys' commands sent together
-/// in one round trip; a tagged load also reads its tags' marks for each key before the loader
-/// runs (one more round trip).
+/// [`EntryRequest::tags`](crate::EntryRequest::tags)): every key is recorded in its tags' sets,
+/// and a load's fills are refused when one of its tags is invalidated while it runs. A tagged
+/// `insert` is still one script run and one bus message per chunk of keys (the batch script
+/// records each key it writes). A tagged `get_or_load` costs more than an untagged one: it
+/// reads its tags' marks for each key before the loader runs (one more round trip), and fills
+/// each key as a single tagged load does (the fill script, which compares them), the keys'
+/// commands sent together.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

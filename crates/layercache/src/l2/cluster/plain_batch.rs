@@ -36,6 +36,7 @@ impl ClusterStore {
                 entries,
                 fence: Some(fence),
                 generation_key: &copy,
+                tags: Vec::new(),
             }));
             layout.push((b, at));
         }

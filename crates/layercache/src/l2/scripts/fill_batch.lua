@@ -1,27 +1,32 @@
 -- Writes several entries of one region at once, each by the rules of fill.lua for a write
--- without tags or marks: `nx` only if absent, `cas` only if the key still holds what was seen
+-- without marks: `nx` only if absent, `cas` only if the key still holds what was seen
 -- (same length and first bytes) or nothing, `set` unconditionally; refused when the key holds
 -- a higher source version; all of them fenced on the region's generation when a fence is
--- given. (fill.lua is the reference; a change to one is a change to both.)
+-- given; every entry written is recorded in the `n` tag sets (each set's TTL raised to its
+-- longest member's, never lowered). (fill.lua is the reference; a change to one is a change to
+-- both.)
 --
--- KEYS: the generation key, then the data keys.
+-- KEYS: the generation key, then the data keys, then the `n` tag sets.
 -- ARGV: the fence's generation (empty for none), then six per data key: the value, the TTL in
 -- ms, the mode, the expected prefix, the expected length, the source version (8 bytes, or
--- empty for none).
+-- empty for none); last, `n`.
 -- Returns, per data key: 1 (written), 0 (refused), -1 (fenced), -2 (older) or -3 (behind: fenced
 -- because the generation key is missing or lower than the fence, see fill.lua).
 local out = {}
+local n = tonumber(ARGV[#ARGV])
+local last = #KEYS - n
 if ARGV[1] ~= '' then
   local g = redis.call('GET', KEYS[1])
   if g ~= ARGV[1] then
     local cur = tonumber(g or '')
     local code = -1
     if cur == nil or cur < tonumber(ARGV[1]) then code = -3 end
-    for i = 2, #KEYS do out[i - 1] = code end
+    for i = 2, last do out[i - 1] = code end
     return out
   end
 end
-for i = 2, #KEYS do
+local longest = 0
+for i = 2, last do
   local a = 2 + (i - 2) * 6
   local key, value, ttl, mode = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local prefix, len, version = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
@@ -56,6 +61,16 @@ for i = 2, #KEYS do
     end
     if ok then result = 1 else result = 0 end
   end
+  if result == 1 then
+    for t = last + 1, #KEYS do redis.call('SADD', KEYS[t], key) end
+    local ms = tonumber(ttl)
+    if ms > longest then longest = ms end
+  end
   out[i - 1] = result
+end
+if longest > 0 then
+  for t = last + 1, #KEYS do
+    if redis.call('PTTL', KEYS[t]) < longest then redis.call('PEXPIRE', KEYS[t], longest) end
+  end
 end
 return out

@@ -401,6 +401,7 @@ where
                 entries,
                 fence: batch_fence,
                 generation_key: &self.shared.state.generation_key,
+                tags: Vec::new(),
             };
             match l2.fill_many(batch).await {
                 Ok(results) => {

@@ -12,11 +12,10 @@ use crate::{
     codec::Codec,
     envelope::Encoded,
     error::{Error, ErrorKind, Result},
-    key::{validate_tags, CacheKey},
+    key::{tag_key, validate_tags, CacheKey},
     options::EntryOptions,
     region::{read::KeyBuf, Region, WritePlan},
     remote::{Announcement, BatchEntry, BatchWrite, Filled, WriteMode, MAX_BATCH_WRITE},
-    together::together,
 };
 
 /// At most this many bytes of values go into one batch command.
@@ -77,9 +76,15 @@ where
         Q: CacheKey + ?Sized + 'k,
     {
         let items: Vec<(&Q, V)> = items.into_iter().collect();
-        if let Err(e) = options.validate().and_then(|()| validate_tags(tags)) {
-            return vec![Err(e); items.len()];
-        }
+        // The tags' sets in Redis, which the batch commands record every key written in.
+        let tag_sets: Vec<String> = match options.validate().and_then(|()| validate_tags(tags)) {
+            Ok(tags) => tags
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|t| tag_key(&self.cache.name, t))
+                .collect(),
+            Err(e) => return vec![Err(e); items.len()],
+        };
         let options = *options;
         let mut answers: Vec<Option<Result<()>>> = Vec::new();
         let mut inserts = Vec::new();
@@ -107,8 +112,7 @@ where
         let mut items = Vec::new();
         let mut single = Vec::new();
         for (at, mut insert) in inserts {
-            // Tagged writes go key by key (their tag sets are written with each), together.
-            let ready = self.cache.l2.is_some() && insert.known == generation && tags.is_empty();
+            let ready = self.cache.l2.is_some() && insert.known == generation;
             match (ready, insert.rk.take(), insert.encoded.take()) {
                 (true, Some(rk), Some(enc)) => {
                     items.push(Item {
@@ -126,7 +130,7 @@ where
                 }
             }
         }
-        let written = self.write_batch(items, generation).await;
+        let written = self.write_batch(items, generation, &tag_sets).await;
         let mut fenced = Vec::new();
         for ((at, insert), written) in batched.into_iter().zip(written) {
             match written {
@@ -166,7 +170,7 @@ where
                     }
                 }
             }
-            let written = self.write_batch(items, g).await;
+            let written = self.write_batch(items, g, &tag_sets).await;
             for ((at, mut insert), written) in again.into_iter().zip(written) {
                 let written = match written {
                     Ok((_, Filled::Fenced, _)) => self.rewrite(&mut insert).await,
@@ -175,8 +179,8 @@ where
                 answers[at] = Some(insert.end(written).await.map(|_| ()));
             }
         }
-        let written = together(single.iter_mut().map(|(_, i)| i.write()).collect()).await;
-        for ((at, insert), written) in single.into_iter().zip(written) {
+        for (at, mut insert) in single {
+            let written = insert.write().await;
             answers[at] = Some(insert.end(written).await.map(|_| ()));
         }
         finish(answers)
@@ -246,7 +250,7 @@ where
                             Err(e) => written[slot] = Some(Err(e)),
                         }
                     }
-                    let results = self.write_batch(items, Some(g)).await;
+                    let results = self.write_batch(items, Some(g), &[]).await;
                     let mut fenced = Vec::new();
                     for (slot, result) in slots.into_iter().zip(results) {
                         match result {
@@ -290,9 +294,14 @@ where
     }
 
     /// The store writes of a batch (every item under `generation`, set unconditionally, with
-    /// its source version), chunked, each chunk with one announcement naming its keys. One
-    /// result per item, in order.
-    async fn write_batch(&self, items: Vec<Item>, generation: Option<u64>) -> Vec<Written> {
+    /// its source version, recorded in the sets `tag_sets`), chunked, each chunk with one
+    /// announcement naming its keys. One result per item, in order.
+    async fn write_batch(
+        &self,
+        items: Vec<Item>,
+        generation: Option<u64>,
+        tag_sets: &[String],
+    ) -> Vec<Written> {
         let (Some(l2), Some(g)) = (&self.cache.l2, generation) else {
             return items
                 .iter()
@@ -344,6 +353,7 @@ where
                 entries,
                 fence: Some(g),
                 generation_key: &self.shared.state.generation_key,
+                tags: tag_sets.to_vec(),
             };
             let outcome = match bus {
                 Some(bus) => {
@@ -417,7 +427,7 @@ where
                 Err(e) => written[slot] = Some(Err(e)),
             }
         }
-        let results = self.write_batch(items, Some(g)).await;
+        let results = self.write_batch(items, Some(g), &[]).await;
         for (slot, result) in again.into_iter().zip(results) {
             written[slot] = Some(match result {
                 Ok((_, Filled::Fenced, _)) => self.tombstone_alone(&removing[slot].1, plan).await,
