@@ -37,14 +37,18 @@
 //!   Target: ≤ 1/5 of the time.
 //! - `batch_write`: `Region::insert_many` of 100 values, against 100 concurrent
 //!   `Region::insert` (each its own script run and bus message).
+//! - `batch_write_tagged`, `batch_load_tagged`: the same batch write, and a batch load of 100
+//!   new keys, tagged (`Region::many().tags(…)`) against untagged (informational: what tags
+//!   cost a batch).
 //!
 //! Run: `cargo bench --bench compare` (a redis-server is started by the testkit). Set
-//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_tracked`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_get_sliding`, `batch_load`, `batch_write`) for one, and `COMPARE_SIDE=ours`
+//! `COMPARE_ROUNDS` for more rounds (default 41), `COMPARE_ONLY=l1_hit` (or `l1_hit_sync`, `l1_hit_deadline`, `l2_hit`, `load`, `write`, `write_tracked`, `write_announced`, `batch_get`, `batch_get_raw`, `batch_get_sliding`, `batch_load`, `batch_write`, `batch_write_tagged`, `batch_load_tagged`) for one, and `COMPARE_SIDE=ours`
 //! (or `base`) to run one side only — for `perf stat`/`perf record` of that side (its ratios are
 //! then meaningless).
 
 #![expect(clippy::print_stdout, reason = "a bench binary reports on stdout")]
 
+mod compare_tagged;
 mod support;
 mod support_write;
 
@@ -690,6 +694,12 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "batch_load") {
         batch_load(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_write_tagged") {
+        compare_tagged::batch_write_tagged(rounds);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch_load_tagged") {
+        compare_tagged::batch_load_tagged(rounds);
     }
     if only.as_deref().is_none_or(|o| o == "load") {
         load(rounds);

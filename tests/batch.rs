@@ -1873,6 +1873,10 @@ async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
         let after = counts().await;
         assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
     }
+    let before = (
+        shared.command_calls("evalsha").await,
+        shared.command_calls("mget").await,
+    );
     let loaded = ra
         .many()
         .tags(&["team:1"])
@@ -1882,6 +1886,14 @@ async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
         loaded.iter().map(value).collect::<Vec<_>>(),
         [Some("u3".into()), Some("u4".into())]
     );
+    if let Shared::Redis(_) = shared {
+        // The batch's read, its tags' marks (one `MGET` for every key), one script run.
+        let after = (
+            shared.command_calls("evalsha").await,
+            shared.command_calls("mget").await,
+        );
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 2));
+    }
     assert_eq!(shared.tag_members("tagged", "team:1").await.0, 4);
     let everyone = [1, 2, 3, 4, 5];
     let all: Vec<Option<String>> = everyone.iter().map(|k| Some(format!("u{k}"))).collect();

@@ -32,6 +32,10 @@ pub(crate) fn each_filled(filled: Vec<Filled>) -> BatchFilled {
     filled.into_iter().map(Ok).collect()
 }
 
+/// The values of a load's tag marks as its fill will compare them (`None`: no mark), or why
+/// they could not be read.
+pub(crate) type MarkValues = Result<Vec<Option<Vec<u8>>>>;
+
 /// What a batch read found at one key: its bytes, nothing, or why it could not be read.
 pub(crate) type Read = Result<Option<Vec<u8>>>;
 
@@ -165,6 +169,13 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         data_key: &'a str,
         keys: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
+    /// [`marks`](Self::marks) for the fills of many data keys (a tagged batch load), in as few
+    /// round trips as the store allows: for each data key, the marks its fill will compare.
+    fn marks_many<'a>(
+        &'a self,
+        data_keys: &'a [String],
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Vec<crate::remote::MarkValues>>;
     /// Sets a tag's mark to `token` for `ttl_ms`.
     fn set_mark<'a>(
         &'a self,
@@ -302,9 +313,12 @@ pub(crate) struct BatchWrite<'a> {
     pub(crate) fence: Option<u64>,
     /// The region's generation key.
     pub(crate) generation_key: &'a str,
-    /// The keys of the sets of the tags every entry carries (a tagged `insert_many`), which
-    /// record each entry written; none for most batches.
+    /// The keys of the sets of the tags every entry carries (a tagged batch), which record
+    /// each entry written; none for most batches.
     pub(crate) tags: Vec<String>,
+    /// The keys of those tags' marks, for a tagged batch load: each entry lands only if every
+    /// mark still holds the value in its [`BatchEntry::marks`] (none for writes).
+    pub(crate) marks: Vec<String>,
 }
 
 /// One entry of a [`BatchWrite`].
@@ -320,6 +334,9 @@ pub(crate) struct BatchEntry {
     pub(crate) mode: WriteMode,
     /// Its source version, if any.
     pub(crate) version: Option<u64>,
+    /// The values of the batch's marks its load read before it ran (`None`: no mark), one per
+    /// [`BatchWrite::marks`].
+    pub(crate) marks: Vec<Option<Vec<u8>>>,
 }
 
 /// A bus message to publish: numbered by `sequencer` when it is sent, built by `message` from

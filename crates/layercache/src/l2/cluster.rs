@@ -341,11 +341,13 @@ impl ClusterStore {
             fence,
             generation_key,
             tags,
+            marks,
         } = batch;
         let n = entries.len();
         // Plain entries under a fence go without a script (see `fenced_set`).
         let plain = fence.is_some()
             && tags.is_empty()
+            && marks.is_empty()
             && entries.iter().all(super::fenced_set::plain_entry);
         let span = super::set_many_span(if plain { "SET" } else { "EVALSHA" }, n);
         async {
@@ -386,6 +388,7 @@ impl ClusterStore {
                         fence,
                         generation_key: &copy,
                         tags: tags.iter().map(|t| b.tag_set(t)).collect(),
+                        marks: marks.iter().map(|m| b.mark(m)).collect(),
                     };
                     let (keys, args) = fill_batch_command(&mut chunk);
                     (

@@ -75,7 +75,7 @@ fn generation_get(key: &str) -> Cmd {
 /// Whether every entry of `batch` is plain: "set" or "set if absent", no source version (a
 /// batch carries no tags or marks).
 pub(super) fn plain_batch(batch: &BatchWrite<'_>) -> bool {
-    batch.tags.is_empty() && batch.entries.iter().all(plain_entry)
+    batch.tags.is_empty() && batch.marks.is_empty() && batch.entries.iter().all(plain_entry)
 }
 
 /// Whether one entry of a batch is plain (see [`plain_batch`]).
@@ -224,11 +224,13 @@ mod tests {
                     ttl_ms: 500,
                     mode,
                     version: None,
+                    marks: Vec::new(),
                 })
                 .collect(),
             fence,
             generation_key: "lc:r:gen",
             tags: Vec::new(),
+            marks: Vec::new(),
         }
     }
 

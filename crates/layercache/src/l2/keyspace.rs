@@ -176,9 +176,13 @@ impl RedisStore {
             fence,
             generation_key,
             tags,
+            marks,
         } = batch;
         let mut results = Vec::with_capacity(entries.len());
-        let operation = if tags.is_empty() && entries.iter().all(super::fenced_set::plain_entry) {
+        let operation = if tags.is_empty()
+            && marks.is_empty()
+            && entries.iter().all(super::fenced_set::plain_entry)
+        {
             "SET"
         } else {
             "EVALSHA"
@@ -192,6 +196,7 @@ impl RedisStore {
                     fence,
                     generation_key,
                     tags: tags.clone(),
+                    marks: marks.clone(),
                 };
                 if super::fenced_set::plain_batch(&chunk) {
                     // No script (see `fenced_set`): a `SET` per entry, then the fence's `GET`.

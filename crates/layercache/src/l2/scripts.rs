@@ -122,10 +122,12 @@ pub(crate) fn filled(reply: i64) -> Filled {
 }
 
 /// The keys and arguments of a batch fill (see `fill_batch.lua` for their order): writes of
-/// one region, without marks, under one fence, recorded in the batch's tag sets.
+/// one region under one fence, recorded in the batch's tag sets, each compared with the
+/// batch's marks.
 pub(crate) fn fill_batch_command(batch: &mut BatchWrite<'_>) -> (Vec<String>, Vec<Value>) {
-    let mut keys = Vec::with_capacity(1 + batch.entries.len() + batch.tags.len());
-    let mut args = Vec::with_capacity(2 + 6 * batch.entries.len());
+    let m = batch.marks.len();
+    let mut keys = Vec::with_capacity(1 + batch.entries.len() + batch.tags.len() + m);
+    let mut args = Vec::with_capacity(3 + (6 + m) * batch.entries.len());
     keys.push(batch.generation_key.to_owned());
     args.push(Value::from(
         batch.fence.map_or_else(String::new, |g| g.to_string()),
@@ -149,9 +151,16 @@ pub(crate) fn fill_batch_command(batch: &mut BatchWrite<'_>) -> (Vec<String>, Ve
                     .into(),
             ),
         ]);
+        // The marks' values this entry's load read (empty for none, as for a missing one).
+        let mut expected = std::mem::take(&mut entry.marks).into_iter();
+        args.extend(
+            (0..m).map(|_| Value::Bytes(expected.next().flatten().unwrap_or_default().into())),
+        );
     }
     keys.extend(batch.tags.iter().cloned());
+    keys.extend(batch.marks.iter().cloned());
     args.push(Value::from(batch.tags.len().to_string()));
+    args.push(Value::from(m.to_string()));
     (keys, args)
 }
 

@@ -207,6 +207,12 @@ impl Keyspace {
             .entries
             .into_iter()
             .map(|entry| {
+                let mut expected = entry.marks.into_iter();
+                let marks: Vec<(String, Option<Vec<u8>>)> = batch
+                    .marks
+                    .iter()
+                    .map(|k| (k.clone(), expected.next().flatten()))
+                    .collect();
                 self.fill(Write {
                     key: &entry.key,
                     value: entry.value,
@@ -214,7 +220,7 @@ impl Keyspace {
                     tags: batch.tags.clone(),
                     condition: WriteCondition {
                         mode: &entry.mode,
-                        marks: &[],
+                        marks: &marks,
                         fence: batch.fence,
                         version: entry.version,
                     },

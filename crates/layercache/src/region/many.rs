@@ -22,11 +22,10 @@ use super::Region;
 /// Tagged batches follow the single-key rules for tags (see
 /// [`EntryRequest::tags`](crate::EntryRequest::tags)): every key is recorded in its tags' sets,
 /// and a load's fills are refused when one of its tags is invalidated while it runs. A tagged
-/// `insert` is still one script run and one bus message per chunk of keys (the batch script
-/// records each key it writes). A tagged `get_or_load` costs more than an untagged one: it
-/// reads its tags' marks for each key before the loader runs (one more round trip), and fills
-/// each key as a single tagged load does (the fill script, which compares them), the keys'
-/// commands sent together.
+/// batch is still one script run per chunk of keys (the batch script records each key it
+/// writes in the tags' sets and, for a load, compares the marks), and a tagged `insert` one bus
+/// message per chunk; a tagged `get_or_load` reads its tags' marks before the loader runs (one
+/// `MGET`, on a cluster one per bucket: one more round trip).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

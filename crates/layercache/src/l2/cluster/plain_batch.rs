@@ -37,6 +37,7 @@ impl ClusterStore {
                 fence: Some(fence),
                 generation_key: &copy,
                 tags: Vec::new(),
+                marks: Vec::new(),
             }));
             layout.push((b, at));
         }

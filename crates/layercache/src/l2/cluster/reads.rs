@@ -1,17 +1,54 @@
 //! Batch reads on a cluster: an `MGET` per bucket, and with sliding expiration a `PEXPIRE` per
 //! key after it, all sent at once; a node that does not answer fails only the keys it holds.
+//! Also a tagged batch load's marks: one `MGET` of the marks' copies per bucket.
 
 use std::collections::BTreeMap;
 
 use fred::types::Value;
 
 use super::{
-    placement::{place, Bucket},
+    placement::{bucket_of, place, Bucket},
     unexpected, ClusterStore, Command,
 };
-use crate::remote::{each_read, Read};
+use crate::{
+    remote::{each_read, MarkValues, Read},
+    together::together,
+};
 
 impl ClusterStore {
+    /// The marks `keys` as the fill of each of `data_keys` will compare them: the copies in its
+    /// bucket, one `MGET` per bucket the data keys fall in, sent together.
+    pub(super) async fn marks_by_bucket(
+        &self,
+        data_keys: &[String],
+        keys: Vec<String>,
+    ) -> Vec<MarkValues> {
+        let buckets: Vec<Bucket> = data_keys.iter().map(|k| bucket_of(k)).collect();
+        let mut distinct = buckets.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let reads = together(
+            distinct
+                .iter()
+                .map(|b| {
+                    let copies = keys.iter().map(|k| b.mark(k)).collect();
+                    self.inner.mget("redis MGET (tag marks)", copies)
+                })
+                .collect(),
+        )
+        .await;
+        let by_bucket: BTreeMap<Bucket, MarkValues> = distinct.into_iter().zip(reads).collect();
+        buckets
+            .iter()
+            .map(|b| {
+                by_bucket
+                    .get(b)
+                    .cloned()
+                    .unwrap_or_else(|| Err(unexpected("tag marks")))
+            })
+            .collect()
+    }
+
     /// `MGET` per bucket (and per [`MAX_BATCH`] keys), pipelined; values in the keys' order.
     /// A bucket whose `MGET` failed (its node did not answer) fails its own keys only.
     ///

@@ -119,6 +119,14 @@ impl RemoteStore for ClusterStore {
         Box::pin(self.inner.mget("redis MGET (tag marks)", copies))
     }
 
+    fn marks_many<'a>(
+        &'a self,
+        data_keys: &'a [String],
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Vec<crate::remote::MarkValues>> {
+        Box::pin(self.marks_by_bucket(data_keys, keys))
+    }
+
     fn set_mark<'a>(
         &'a self,
         key: &'a str,

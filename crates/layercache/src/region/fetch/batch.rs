@@ -14,7 +14,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use super::{batch_tags::TaggedFill, FillContext, RedisHeld};
+use super::{FillContext, RedisHeld};
 use crate::{
     codec::Codec,
     error::{BoxError, Error, ErrorKind},
@@ -283,10 +283,7 @@ where
         } = *ctx;
         // Tagged: before the loader runs, the marks each key's fill must still find.
         let tags: &[String] = tags.as_deref().unwrap_or_default();
-        let marks = match tags.is_empty() {
-            true => Vec::new(),
-            false => self.read_marks(&mut to_load, tags, outcomes).await,
-        };
+        let marks = self.read_marks(&mut to_load, tags, outcomes).await;
         if to_load.is_empty() {
             return;
         }
@@ -345,39 +342,27 @@ where
                 *slot = Some(value);
             }
         }
-        // Every write in one batch command: one round trip, one script run per 200 keys (when
-        // tagged, each key's fill as a single tagged load's, sent together).
+        // Every write in one batch command: one round trip, one script run per 200 keys.
         let mut prepared = Vec::with_capacity(to_load.len());
         let mut entries = Vec::new();
         let mut slots = Vec::new();
-        let mut tagged = Vec::new();
         let mut batch_fence = None;
+        let mut expected = marks.expected.into_iter();
         let tags_of = (!tags.is_empty()).then_some(tags);
-        for (i, (at, leader, (held, rkey, fence))) in to_load.into_iter().enumerate() {
+        for (at, leader, (held, rkey, fence)) in to_load {
             let value = by_at.get_mut(at).and_then(Option::take);
+            // (The marks go with the batch entry; the fill context's are a single load's.)
             let redis = FillContext {
                 found: held,
-                marks: marks.get(i).map_or(&[][..], Vec::as_slice),
+                marks: &[],
                 read_at,
                 fence,
             };
+            let expected = expected.next().unwrap_or_default();
             let mut ready = self
                 .prepare_loaded(&leader, &rkey, &redis, value, tags_of, &options, took)
                 .await;
             if let Some((enc, mode)) = ready.as_mut().and_then(|p| p.write.take()) {
-                if tags_of.is_some() {
-                    tagged.push(TaggedFill {
-                        slot: prepared.len(),
-                        rkey,
-                        enc,
-                        ttl_ms: ready.as_ref().map_or(0, |p| p.plan.physical_ms()),
-                        mode,
-                        fence,
-                        marks: i,
-                    });
-                    prepared.push((at, leader, ready));
-                    continue;
-                }
                 self.count_write(&enc);
                 batch_fence = batch_fence.or(fence);
                 slots.push(prepared.len());
@@ -387,21 +372,20 @@ where
                     value: enc.bytes,
                     mode,
                     version: None,
+                    marks: expected,
                 });
             }
             prepared.push((at, leader, ready));
         }
         let mut written: Vec<Option<crate::error::Result<Filled>>> =
             prepared.iter().map(|_| None).collect();
-        for (slot, result) in self.fill_tagged(tagged, tags, &marks).await {
-            written[slot] = Some(result);
-        }
         if let (Some(l2), false) = (&self.cache.l2, entries.is_empty()) {
             let batch = BatchWrite {
                 entries,
                 fence: batch_fence,
                 generation_key: &self.shared.state.generation_key,
-                tags: Vec::new(),
+                tags: marks.tag_sets,
+                marks: marks.keys,
             };
             match l2.fill_many(batch).await {
                 Ok(results) => {

@@ -346,6 +346,7 @@ where
                         value: i.enc.bytes,
                         mode: WriteMode::Set,
                         version: i.plan.version,
+                        marks: Vec::new(),
                     }
                 })
                 .collect();
@@ -354,6 +355,7 @@ where
                 fence: Some(g),
                 generation_key: &self.shared.state.generation_key,
                 tags: tag_sets.to_vec(),
+                marks: Vec::new(),
             };
             let outcome = match bus {
                 Some(bus) => {
