@@ -1833,6 +1833,11 @@ async fn batch_calls_take_options_for_the_call(shared: &Shared) {
     c.shutdown().await;
 }
 
+/// What `get_many` of `keys` answers, as values.
+async fn read_all(r: &Region<u64, String>, keys: &[u64]) -> Vec<Option<String>> {
+    r.get_many(keys).await.iter().map(value).collect()
+}
+
 /// Tagged batches (`many().tags(…)`): what a batch writes or loads is in its tags' sets in
 /// Redis, and `invalidate_tag` removes it from Redis and from every instance's L1 — untagged
 /// keys stay. A tagged batch load whose tag is invalidated while its loader runs answers with
@@ -1898,39 +1903,18 @@ async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
     let everyone = [1, 2, 3, 4, 5];
     let all: Vec<Option<String>> = everyone.iter().map(|k| Some(format!("u{k}"))).collect();
     for r in [&ra, &rb] {
-        assert_eq!(
-            r.get_many(&everyone)
-                .await
-                .iter()
-                .map(value)
-                .collect::<Vec<_>>(),
-            all
-        );
+        assert_eq!(read_all(r, &everyone).await, all);
     }
 
     a.invalidate_tag("team:1").await.unwrap();
     caught_up(&b, &a).await;
     let left: Vec<Option<String>> = [None, None, None, None, Some("u5".into())].into();
     for r in [&ra, &rb] {
-        assert_eq!(
-            r.get_many(&everyone)
-                .await
-                .iter()
-                .map(value)
-                .collect::<Vec<_>>(),
-            left
-        );
+        assert_eq!(read_all(r, &everyone).await, left);
     }
     let fresh = quiet_cache(shared, "tagged").await;
     let rf = users(&fresh).await;
-    assert_eq!(
-        rf.get_many(&everyone)
-            .await
-            .iter()
-            .map(value)
-            .collect::<Vec<_>>(),
-        left
-    );
+    assert_eq!(read_all(&rf, &everyone).await, left);
 
     // A tag invalidated while the batch's loader runs: its values are answered, not stored.
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
