@@ -18,6 +18,7 @@ on_redis_and_cluster!(
     batch_loads_under_the_load_lock_load_each_key_once,
     batch_calls_take_options_for_the_call,
     tagged_batches_are_removed_by_their_tag,
+    versioned_batches_never_overwrite_a_newer_version,
 );
 
 use std::{
@@ -1963,6 +1964,60 @@ async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
         );
     }
     assert_eq!(a.stats().l2_fills_lost - lost_before, 2, "{:?}", a.stats());
+    for c in [a, b, fresh] {
+        c.shutdown().await;
+    }
+}
+
+/// Versioned batch writes (`many().insert_versioned`): a value is refused where Redis holds a
+/// higher source version of its key — decided in Redis, by the batch script, so an instance
+/// that never saw the newer write is refused too — and the batch is still one script run and
+/// one bus message.
+async fn versioned_batches_never_overwrite_a_newer_version(shared: &Shared) {
+    let (a, b) = (
+        quiet_cache(shared, "versioned").await,
+        quiet_cache(shared, "versioned").await,
+    );
+    let (ra, rb) = (users(&a).await, users(&b).await);
+    let first = ra
+        .many()
+        .insert_versioned([(&1, "v10".to_owned(), 10), (&2, "v10".to_owned(), 10)])
+        .await;
+    assert_eq!(
+        first.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [true, true]
+    );
+    let before = (
+        shared.command_calls("evalsha").await,
+        shared.command_calls("publish").await,
+    );
+    let refused_before = b.stats().l2_versions_refused;
+    let second = rb
+        .many()
+        .insert_versioned([(&1, "v9".to_owned(), 9), (&2, "v11".to_owned(), 11)])
+        .await;
+    assert_eq!(
+        second.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [false, true]
+    );
+    if let Shared::Redis(_) = shared {
+        let after = (
+            shared.command_calls("evalsha").await,
+            shared.command_calls("publish").await,
+        );
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
+    }
+    assert_eq!(
+        b.stats().l2_versions_refused - refused_before,
+        1,
+        "{:?}",
+        b.stats()
+    );
+    let fresh = quiet_cache(shared, "versioned").await;
+    let want = [Some("v10".to_owned()), Some("v11".to_owned())];
+    for r in [&rb, &users(&fresh).await] {
+        assert_eq!(read_all(r, &[1, 2]).await, want);
+    }
     for c in [a, b, fresh] {
         c.shutdown().await;
     }

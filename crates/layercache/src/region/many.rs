@@ -16,7 +16,8 @@ use super::Region;
 
 /// One batch call on a [`Region`], from [`Region::many`]: set this call's
 /// [`options`](Self::options) and [`tags`](Self::tags) (both optional), then end it with
-/// [`insert`](Self::insert) or [`get_or_load`](Self::get_or_load). Without either, these are
+/// [`insert`](Self::insert), [`insert_versioned`](Self::insert_versioned) or
+/// [`get_or_load`](Self::get_or_load). Without either, these are
 /// [`Region::insert_many`] and [`Region::get_or_load_many`].
 ///
 /// Tagged batches follow the single-key rules for tags (see
@@ -51,7 +52,7 @@ use super::Region;
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "a batch request does nothing until it ends in insert or get_or_load"]
+#[must_use = "a batch request does nothing until it ends in insert, insert_versioned or get_or_load"]
 pub struct ManyRequest<'r, K: ?Sized, V, C> {
     region: &'r Region<K, V, C>,
     options: Option<&'r EntryOptions>,
@@ -124,6 +125,41 @@ where
         Q: CacheKey + ?Sized + 'k,
     {
         let options = self.entry_options();
+        let items = items.into_iter().map(|(k, v)| (k, v, None));
+        let done = self.region.insert_many_as(items, &options, self.tags).await;
+        done.into_iter().map(|r| r.map(|_| ())).collect()
+    }
+
+    /// Stores many values, each with its source version, as
+    /// [`Region::insert_versioned`] stores one: a value is refused where Redis holds a higher
+    /// version of its key (its answer `Ok(false)`), so concurrent writers converge on the
+    /// newest whatever order their batches arrive in. One answer per item, in order: whether it
+    /// was written. Still one script run and one bus message per chunk of keys.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
+    /// # let cache = layercache::LayerCache::builder("app").build().await?;
+    /// let stock = cache.region::<str, u32>("stock").build().await?;
+    /// let done = stock.many().insert_versioned([("a", 5, 10), ("b", 7, 10)]).await;
+    /// assert!(done.iter().all(|r| matches!(r, Ok(true))));
+    /// // An older version of "a" (9 < 10) loses; a newer one of "b" wins.
+    /// let done = stock.many().insert_versioned([("a", 4, 9), ("b", 6, 11)]).await;
+    /// assert!(matches!(done[..], [Ok(false), Ok(true)]));
+    /// assert_eq!(stock.get("a").await?.as_deref(), Some(&5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn insert_versioned<'k, Q, I>(self, items: I) -> Vec<Result<bool>>
+    where
+        I: IntoIterator<Item = (&'k Q, V, u64)>,
+        K: Borrow<Q>,
+        Q: CacheKey + ?Sized + 'k,
+    {
+        let options = self.entry_options();
+        let items = items
+            .into_iter()
+            .map(|(k, v, version)| (k, v, Some(version)));
         self.region.insert_many_as(items, &options, self.tags).await
     }
 

@@ -59,23 +59,26 @@ where
         Q: CacheKey + ?Sized + 'k,
     {
         let options = self.shared.entry_options;
-        self.insert_many_as(items, &options, &[]).await
+        let items = items.into_iter().map(|(k, v)| (k, v, None));
+        let done = self.insert_many_as(items, &options, &[]).await;
+        done.into_iter().map(|r| r.map(|_| ())).collect()
     }
 
-    /// [`insert_many`](Self::insert_many) with these options and tags (see
-    /// [`ManyRequest::insert`](crate::ManyRequest::insert)).
+    /// [`insert_many`](Self::insert_many) with these options and tags, each item with its
+    /// source version if any (see [`ManyRequest`](crate::ManyRequest)): whether each was
+    /// written (`false`: Redis holds a higher source version).
     pub(in crate::region) async fn insert_many_as<'k, Q, I>(
         &self,
         items: I,
         options: &EntryOptions,
         tags: &[&str],
-    ) -> Vec<Result<()>>
+    ) -> Vec<Result<bool>>
     where
-        I: IntoIterator<Item = (&'k Q, V)>,
+        I: IntoIterator<Item = (&'k Q, V, Option<u64>)>,
         K: Borrow<Q>,
         Q: CacheKey + ?Sized + 'k,
     {
-        let items: Vec<(&Q, V)> = items.into_iter().collect();
+        let items: Vec<(&Q, V, Option<u64>)> = items.into_iter().collect();
         // The tags' sets in Redis, which the batch commands record every key written in.
         let tag_sets: Vec<String> = match options.validate().and_then(|()| validate_tags(tags)) {
             Ok(tags) => tags
@@ -86,12 +89,12 @@ where
             Err(e) => return vec![Err(e); items.len()],
         };
         let options = *options;
-        let mut answers: Vec<Option<Result<()>>> = Vec::new();
+        let mut answers: Vec<Option<Result<bool>>> = Vec::new();
         let mut inserts = Vec::new();
         // Every key's stripe, held until the batch settled (see `Journal::writing`).
         let _writing = match &self.cache.l2 {
             Some(_) => {
-                let keys: Vec<KeyBuf> = items.iter().map(|(k, _)| self.l1_key(*k)).collect();
+                let keys: Vec<KeyBuf> = items.iter().map(|(k, ..)| self.l1_key(*k)).collect();
                 self.cache
                     .journal
                     .writing_all(keys.iter().map(|k| &k[..]))
@@ -99,9 +102,9 @@ where
             }
             None => Vec::new(),
         };
-        for (at, (key, value)) in items.into_iter().enumerate() {
+        for (at, (key, value, version)) in items.into_iter().enumerate() {
             answers.push(None);
-            match Insert::begin(self, key, value, &options, tags, None, false).await {
+            match Insert::begin(self, key, value, &options, tags, version, false).await {
                 Ok(insert) => inserts.push((at, insert)),
                 Err(e) => answers[at] = Some(Err(e)),
             }
@@ -136,7 +139,7 @@ where
             match written {
                 // The region moved on under the batch: written again below.
                 Ok((_, Filled::Fenced, _)) => fenced.push((at, insert)),
-                other => answers[at] = Some(insert.end(Some(other)).await.map(|_| ())),
+                other => answers[at] = Some(insert.end(Some(other)).await),
             }
         }
         if !fenced.is_empty() {
@@ -149,7 +152,7 @@ where
             let mut again = Vec::new();
             for (at, mut insert) in fenced {
                 if let Err(e) = self.rekey(&mut insert, g) {
-                    answers[at] = Some(insert.end(Some(Err(e))).await.map(|_| ()));
+                    answers[at] = Some(insert.end(Some(Err(e))).await);
                     continue;
                 }
                 match (insert.rk.take(), insert.encoded.take()) {
@@ -176,12 +179,12 @@ where
                     Ok((_, Filled::Fenced, _)) => self.rewrite(&mut insert).await,
                     other => Some(other),
                 };
-                answers[at] = Some(insert.end(written).await.map(|_| ()));
+                answers[at] = Some(insert.end(written).await);
             }
         }
         for (at, mut insert) in single {
             let written = insert.write().await;
-            answers[at] = Some(insert.end(written).await.map(|_| ()));
+            answers[at] = Some(insert.end(written).await);
         }
         finish(answers)
     }
@@ -470,7 +473,7 @@ where
     }
 }
 
-fn finish(answers: Vec<Option<Result<()>>>) -> Vec<Result<()>> {
+fn finish<T>(answers: Vec<Option<Result<T>>>) -> Vec<Result<T>> {
     answers
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "no answer"))))
