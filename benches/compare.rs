@@ -372,6 +372,14 @@ fn batch_keys(setup: &L2Setup, i: usize) -> Vec<&str> {
         .collect()
 }
 
+/// [`batch_keys`], owned (for a task that outlives the borrow).
+fn owned_batch_keys(setup: &L2Setup, i: usize) -> Vec<String> {
+    batch_keys(setup, i)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The layercache side of `batch_get` and `batch_get_raw`: `get_many` of batch `i`, every key
 /// found.
 async fn batch_read(setup: &L2Setup, i: usize) {
@@ -560,11 +568,7 @@ fn batch_load(rounds: usize) {
 fn batch_write(rounds: usize) {
     let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let batch = |i: usize| -> Vec<String> {
-            (0..BATCH)
-                .map(|j| setup.keys[(i * BATCH + j) % L2_KEYS].clone())
-                .collect()
-        };
+        let batch = |i: usize| owned_batch_keys(&setup, i);
         let r = interleave(
             rounds,
             20,

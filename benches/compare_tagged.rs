@@ -1,18 +1,14 @@
 //! `compare`'s tagged batches (informational): what tags cost a batch call made through
 //! `Region::many().tags(…)`, against the same call untagged, in the same run.
 
-use crate::{interleave, l2_bench, support, BATCH};
+use crate::{interleave, l2_bench, owned_batch_keys, support, BATCH};
 use layercache::Region;
 
 /// `many().tags(&["t"]).insert(100 values)` against `insert_many` of the same keys.
 pub(crate) fn batch_write_tagged(rounds: usize) {
     let (server, rt, setup) = l2_bench();
     rt.block_on(async {
-        let batch = |i: usize| -> Vec<String> {
-            (0..BATCH)
-                .map(|j| setup.keys[(i * BATCH + j) % support::L2_KEYS].clone())
-                .collect()
-        };
+        let batch = |i: usize| owned_batch_keys(&setup, i);
         let r = interleave(
             rounds,
             20,
