@@ -1923,6 +1923,14 @@ async fn tagged_batches_are_removed_by_their_tag(shared: &Shared) {
     // both, so that its marks exist in Redis — on a cluster, a copy in every bucket.)
     b.invalidate_tag("team2").await.unwrap();
     caught_up(&a, &b).await;
+    // Undisturbed, a tagged load after it fills: the marks it read are the ones in Redis.
+    let filled = ra
+        .many()
+        .tags(&["team2"])
+        .get_or_load(&[8], recording(&calls))
+        .await;
+    assert_eq!(value(&filled[0]).as_deref(), Some("u8"));
+    assert_eq!(shared.tag_members("tagged", "team2").await.0, 1);
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let load = {
         let (ra, started, release) = (ra.clone(), started.clone(), release.clone());
