@@ -312,18 +312,6 @@ impl RemoteStore for RedisStore {
         Box::pin(self.mget("redis MGET (tag marks)", keys))
     }
 
-    fn marks_many<'a>(
-        &'a self,
-        data_keys: &'a [String],
-        keys: Vec<String>,
-    ) -> BoxFuture<'a, Vec<crate::remote::MarkValues>> {
-        // One server: the same marks for every data key, read once.
-        Box::pin(async move {
-            let read = self.mget("redis MGET (tag marks)", keys).await;
-            vec![read; data_keys.len()]
-        })
-    }
-
     fn set_mark<'a>(
         &'a self,
         key: &'a str,

@@ -171,7 +171,6 @@ mod remote;
 mod sequencer;
 mod stats;
 pub mod telemetry;
-mod together;
 mod walks;
 
 /// Entry points for the fuzz targets (feature `fuzzing`); not a public API.

@@ -170,12 +170,22 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         keys: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>>>;
     /// [`marks`](Self::marks) for the fills of many data keys (a tagged batch load), in as few
-    /// round trips as the store allows: for each data key, the marks its fill will compare.
+    /// round trips as the store allows: for each data key, the marks its fill will compare. By
+    /// default read once for all of them (one server, memory: a mark is one key whatever the
+    /// data key); a cluster reads each bucket's copies.
     fn marks_many<'a>(
         &'a self,
         data_keys: &'a [String],
         keys: Vec<String>,
-    ) -> BoxFuture<'a, Vec<crate::remote::MarkValues>>;
+    ) -> BoxFuture<'a, Vec<MarkValues>> {
+        Box::pin(async move {
+            let Some(first) = data_keys.first() else {
+                return Vec::new();
+            };
+            let read = self.marks(first, keys).await;
+            vec![read; data_keys.len()]
+        })
+    }
     /// Sets a tag's mark to `token` for `ttl_ms`.
     fn set_mark<'a>(
         &'a self,

@@ -188,17 +188,6 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
-    fn marks_many<'a>(
-        &'a self,
-        data_keys: &'a [String],
-        keys: Vec<String>,
-    ) -> BoxFuture<'a, Vec<crate::remote::MarkValues>> {
-        let read: crate::remote::MarkValues = self.server.run("marks", |k| {
-            Ok(keys.iter().map(|key| k.get_lenient(key)).collect())
-        });
-        ready(vec![read; data_keys.len()])
-    }
-
     fn set_mark<'a>(
         &'a self,
         key: &'a str,

@@ -10,14 +10,12 @@ use super::{
     placement::{bucket_of, place, Bucket},
     unexpected, ClusterStore, Command,
 };
-use crate::{
-    remote::{each_read, MarkValues, Read},
-    together::together,
-};
+use crate::remote::{each_read, MarkValues, Read};
 
 impl ClusterStore {
     /// The marks `keys` as the fill of each of `data_keys` will compare them: the copies in its
-    /// bucket, one `MGET` per bucket the data keys fall in, sent together.
+    /// bucket, read as a batch read is (an `MGET` per bucket the data keys fall in, all sent
+    /// at once); a bucket whose read failed fails its data keys only.
     pub(super) async fn marks_by_bucket(
         &self,
         data_keys: &[String],
@@ -27,17 +25,17 @@ impl ClusterStore {
         let mut distinct = buckets.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        let reads = together(
-            distinct
-                .iter()
-                .map(|b| {
-                    let copies = keys.iter().map(|k| b.mark(k)).collect();
-                    self.inner.mget("redis MGET (tag marks)", copies)
-                })
-                .collect(),
-        )
-        .await;
-        let by_bucket: BTreeMap<Bucket, MarkValues> = distinct.into_iter().zip(reads).collect();
+        // Every bucket's copies, bucket after bucket (already placed: read where they are).
+        let copies: Vec<String> = distinct
+            .iter()
+            .flat_map(|b| keys.iter().map(move |k| b.mark(k)))
+            .collect();
+        let mut reads = self.read_many(&copies, None).await.into_iter();
+        let mut by_bucket: BTreeMap<Bucket, MarkValues> = BTreeMap::new();
+        for b in distinct {
+            let values: MarkValues = reads.by_ref().take(keys.len()).collect();
+            by_bucket.insert(b, values);
+        }
         buckets
             .iter()
             .map(|b| {
