@@ -288,20 +288,8 @@ async fn batches_share_flights_with_single_callers_and_each_other(shared: &Share
     };
     started.notified().await;
     let calls = Calls::default();
-    let batch = {
-        let (r, calls) = (r.clone(), calls.clone());
-        tokio::spawn(async move { r.get_or_load_many(&[7, 8], recording(&calls)).await })
-    };
     // The batch loads 8 at once, then waits for the single caller's 7.
-    support::wait_until(
-        "the batch to load its own key",
-        Duration::from_secs(10),
-        || {
-            let calls = calls.clone();
-            async move { !calls.lock().unwrap().is_empty() }
-        },
-    )
-    .await;
+    let batch = loading(&r, vec![7, 8], &calls).await;
     assert_eq!(*calls.lock().unwrap(), [vec![8]]);
     release.notify_one();
     let got = batch.await.unwrap();
