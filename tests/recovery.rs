@@ -1095,3 +1095,55 @@ async fn a_load_waiting_for_the_lock_loads_without_it_once_redis_is_cut_off() {
     assert_eq!(held, [Some(100), Some(100)]);
     proxy.pass();
 }
+
+/// Tagged and versioned batch writes (`many()`) keep the batch write's promise: cut off, A's
+/// batch returns `Ok` (journaled) and A serves the new values; once the link heals the repairs
+/// run, and neither B nor a new instance ever reads the old value back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_versioned_batch_made_while_cut_off_is_repaired_not_undone() {
+    let CutOff {
+        server,
+        proxy,
+        a,
+        b,
+        ra,
+        rb,
+    } = cut_off("cutv").await;
+    let keys = ["k0", "k1", "k2"];
+    let source = Arc::new(AtomicU64::new(1));
+    let write = |v: u64| {
+        let ra = ra.clone();
+        async move {
+            ra.many()
+                .tags(&["team"])
+                .insert_versioned(keys.iter().map(|k| (*k, v, v)))
+                .await
+        }
+    };
+    let done = write(1).await;
+    assert!(done.iter().all(|r| matches!(r, Ok(true))), "{done:?}");
+    caught_up(&b, &a).await;
+    for k in keys {
+        assert_eq!(read(&rb, k, &source).await, 1);
+    }
+
+    proxy.cut();
+    source.store(2, Ordering::SeqCst);
+    let done = write(2).await;
+    assert!(done.iter().all(Result::is_ok), "journaled: {done:?}");
+    assert_eq!(a.pending_repairs(), keys.len());
+    for k in keys {
+        assert_eq!(read(&ra, k, &source).await, 2);
+    }
+
+    proxy.pass();
+    repaired(&a).await;
+    caught_up(&b, &a).await;
+    let c = instance(&server, "cutv").await;
+    let rc = region(&c).await;
+    for k in keys {
+        for (who, r) in [("A", &ra), ("B", &rb), ("a new instance", &rc)] {
+            assert_eq!(read(r, k, &source).await, 2, "{who} read the old {k} back");
+        }
+    }
+}
