@@ -81,6 +81,37 @@ async fn in_l1(c: &LayerCache, r: &Region<str, u64>, key: &'static str, expected
     .await;
 }
 
+/// Inserts `value` right after a fault that may reach A's connection before or after the
+/// write; true when Redis did not confirm it (the write was journaled for repair).
+async fn insert_noting(a: &LayerCache, ra: &Region<str, u64>, key: &str, value: u64) -> bool {
+    let recorded = a.stats().l2_repairs_recorded;
+    ra.insert(key, value).await.unwrap();
+    a.stats().l2_repairs_recorded > recorded
+}
+
+/// For a write [`insert_noting`] found journaled: its repair is a tombstone (an invalidation,
+/// never a replay), so once A has made it B misses the key, neither the old value nor the
+/// new; then the value is written again, now that A reaches Redis.
+async fn repaired_if_journaled(
+    a: &LayerCache,
+    ra: &Region<str, u64>,
+    rb: &Region<str, u64>,
+    key: &'static str,
+    value: u64,
+    journaled: bool,
+) {
+    if !journaled {
+        return;
+    }
+    wait_until("A to repair the write Redis did not confirm", WAIT, || {
+        let a = a.clone();
+        async move { a.pending_repairs() == 0 }
+    })
+    .await;
+    serves(rb, key, None, "B to miss the key whose write was repaired").await;
+    ra.insert(key, value).await.unwrap();
+}
+
 /// The ids of the connections with tracking on (`CLIENT LIST` flag `t`).
 async fn tracking_connections(raw: &Client) -> Vec<String> {
     let list = cmd(raw, "CLIENT", &["LIST"]).await.as_string().unwrap();
@@ -231,7 +262,7 @@ async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
     for id in &before {
         cmd(&raw, "CLIENT", &["KILL", "ID", id]).await;
     }
-    ra.insert("k", 2).await.unwrap();
+    let journaled = insert_noting(&a, &ra, "k", 2).await;
     for c in [&a, &b] {
         flushed(c, FlushReason::TrackingLost).await;
     }
@@ -247,6 +278,7 @@ async fn a_killed_writing_connection_is_tracked_again_after_a_flush() {
         },
     )
     .await;
+    repaired_if_journaled(&a, &ra, &rb, "k", 2, journaled).await;
     serves(
         &rb,
         "k",
@@ -786,7 +818,7 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
             .command(node, &["CLIENT", "KILL", "ID", id])
             .unwrap();
     }
-    ra.insert(target, 10).await.unwrap();
+    let journaled = insert_noting(&a, &ra, target, 10).await;
     wait_until("both instances to track anew and flush", WAIT, || {
         let (a, b) = (a.clone(), b.clone());
         async move {
@@ -797,6 +829,7 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
         }
     })
     .await;
+    repaired_if_journaled(&a, &ra, &rb, target, 10, journaled).await;
     serves(
         &rb,
         target,
@@ -839,10 +872,11 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
     // Told of writes on the new primary.
     serves(&rb, moved, Some(3), "B to read the moved key").await;
     wait_until("A's write on the promoted replica to reach B", WAIT, || {
-        let (ra, b, rb) = (ra.clone(), b.clone(), rb.clone());
+        let (a, ra, b, rb) = (a.clone(), ra.clone(), b.clone(), rb.clone());
         async move {
-            // Put 4 in B's L1, then write 5: B must drop 4.
-            if ra.insert(moved, 4).await.is_err() {
+            // Put 4 in B's L1, then write 5: B must drop 4. A write Redis did not confirm
+            // (journaled, `Ok` under the default policy) is tried again.
+            if insert_noting(&a, &ra, moved, 4).await {
                 return false;
             }
             let _ = rb.get(moved).await;
@@ -852,7 +886,7 @@ async fn on_a_cluster_every_primary_is_tracked_through_a_failover() {
             {
                 return false;
             }
-            ra.insert(moved, 5).await.is_ok()
+            !insert_noting(&a, &ra, moved, 5).await
         }
     })
     .await;
