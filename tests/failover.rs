@@ -255,7 +255,6 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
 
     // Kill the primary that every bus message goes through.
     let victim = owner(&cluster, "failover:m2:bus");
-    let killed_at = Instant::now();
     cluster.kill(victim);
     let c = std::thread::spawn(move || {
         cluster.wait_ok(Duration::from_secs(30)).unwrap();
@@ -264,9 +263,8 @@ async fn a_primary_killed_under_load_fails_over_and_coherence_holds_after() {
     let cluster = tokio::task::spawn_blocking(move || c.join().unwrap())
         .await
         .unwrap();
-    let promoted_at = Instant::now();
-    // The replica took over in about two seconds (`cluster-node-timeout 1000`).
-    assert!(promoted_at - killed_at < Duration::from_secs(10));
+    // The replica took over (in about two seconds here, `cluster-node-timeout 1000`; how long
+    // is Redis's business, bounded only by `wait_ok`).
     // Once the clients have followed (a reconnect back-off, a slot map refresh), the errors
     // stop.
     after_failover(load, [&a, &b]).await;
