@@ -210,6 +210,9 @@ pub(crate) mod space {
     pub(crate) const TAG_SET: char = 't';
     /// Tag marks (a token replaced by every invalidation of the tag).
     pub(crate) const TAG_MARK: char = 'v';
+    /// Users' locks and their fencing counters: `{cache}:l{format}:{<escaped name>}[:fence]`
+    /// (see [`crate::lock`]).
+    pub(crate) const USER_LOCK: char = 'l';
 }
 
 /// Where an instance's presence record lives: `{cache}:m{format}:i:{instance id}` (a meta key:

@@ -9,6 +9,7 @@
 //! [`pipeline`] (a write and its bus announcement in one round trip) and [`keyspace`] (tags,
 //! locks, generations, scans).
 
+use crate::remote::FencedLock;
 use std::time::Duration;
 
 use fred::{
@@ -365,8 +366,23 @@ impl RemoteStore for RedisStore {
         Box::pin(RedisStore::renew_lock(self, key, token, ttl_ms))
     }
 
-    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(RedisStore::release_lock(self, key, token))
+    }
+
+    fn acquire_fenced<'a>(
+        &'a self,
+        lock: FencedLock<'a>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        Box::pin(RedisStore::acquire_fenced(
+            self,
+            lock.key,
+            lock.fence_key,
+            lock.token,
+            ttl_ms,
+            lock.fence_ttl_ms,
+        ))
     }
 
     fn load_generation<'a>(

@@ -160,6 +160,7 @@ mod l1;
 mod l2;
 #[cfg(test)]
 mod layering;
+pub mod lock;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod metrics;
@@ -237,6 +238,7 @@ pub use envelope::Corruption;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use inventory::{InstanceInRedis, RegionInRedis};
 pub use key::CacheKey;
+pub use lock::{Lock, LockRequest, MAX_LOCK_NAME_BYTES};
 pub use options::{
     EntryOptions, L2ErrorPolicy, L2Startup, DEFAULT_BUS_BUFFER, DEFAULT_L1_WRITE_COOLDOWN,
     DEFAULT_L2_READ_COALESCING, DEFAULT_LOADER_HARD_TIMEOUT, DEFAULT_OFFLOAD_THRESHOLD,

@@ -259,8 +259,15 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         token: &'a str,
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<bool>>;
-    /// Releases a lock if it still holds `token`.
-    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Releases a lock if it still holds `token`; returns whether it did.
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Takes a user's lock for `ttl_ms` if nobody holds it, with the next fencing token of its
+    /// name: `Ok(Some(fence))`, or `Ok(None)` when it is held.
+    fn acquire_fenced<'a>(
+        &'a self,
+        lock: FencedLock<'a>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>>>;
     /// Reads a region's generation, creating it as `initial` when missing, and gives it `ttl`
     /// more to live.
     fn load_generation<'a>(
@@ -295,6 +302,16 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
     fn tracking_client(&self) -> Option<fred::prelude::Client> {
         None
     }
+}
+
+/// A user's lock as [`RemoteStore::acquire_fenced`] takes it: its key, the counter of its
+/// fencing tokens (in the same hash slot) and how long that lives, and the holder's token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FencedLock<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) fence_key: &'a str,
+    pub(crate) fence_ttl_ms: u64,
+    pub(crate) token: &'a str,
 }
 
 /// One conditional write of an entry ([`RemoteStore::fill`]).

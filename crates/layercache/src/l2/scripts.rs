@@ -36,8 +36,10 @@ pub(crate) struct Scripts {
     pub(crate) load_generation: Script,
     /// Moves a region's generation forward.
     pub(crate) bump_generation: Script,
-    /// Releases a load lock if it still holds our token.
+    /// Releases a lock if it still holds our token.
     pub(crate) release_lock: Script,
+    /// Takes a lock with the next fencing token of its name ([`crate::Lock`]).
+    pub(crate) acquire_lock: Script,
     /// Extends a load lock if it still holds our token.
     pub(crate) renew_lock: Script,
     /// Deletes a page of a tag's members and takes them out of its set, atomically.
@@ -54,8 +56,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     /// Every script (to load them all on a cluster's primaries).
-    pub(crate) fn all(&self) -> [&Script; 11] {
+    pub(crate) fn all(&self) -> [&Script; 12] {
         [
+            &self.acquire_lock,
             &self.fill,
             &self.load_generation,
             &self.bump_generation,
@@ -77,6 +80,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     load_generation: Script::new(include_str!("scripts/load_generation.lua")),
     bump_generation: Script::new(include_str!("scripts/bump_generation.lua")),
     release_lock: Script::new(include_str!("scripts/release_lock.lua")),
+    acquire_lock: Script::new(include_str!("scripts/acquire_lock.lua")),
     renew_lock: Script::new(include_str!("scripts/renew_lock.lua")),
     drop_tag_page: Script::new(include_str!("scripts/drop_tag_page.lua")),
     fill_batch: Script::new(include_str!("scripts/fill_batch.lua")),

@@ -1,5 +1,6 @@
 //! The in-memory server as the engine's remote store.
 
+use crate::remote::FencedLock;
 use std::time::Duration;
 
 use super::MemoryServer;
@@ -264,12 +265,40 @@ impl RemoteStore for MemoryStore {
         }))
     }
 
-    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         ready(self.server.run("release lock", |k| {
-            if k.get(key)?.is_some_and(|t| t == token.as_bytes()) {
+            let ours = k.get(key)?.is_some_and(|t| t == token.as_bytes());
+            if ours {
                 k.delete(key);
             }
-            Ok(())
+            Ok(ours)
+        }))
+    }
+
+    fn acquire_fenced<'a>(
+        &'a self,
+        lock: FencedLock<'a>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        ready(self.server.run("acquire lock", |k| {
+            if !k.set_nx(lock.key, lock.token.as_bytes().to_vec(), ttl_ms) {
+                return Ok(None);
+            }
+            // As `acquire_lock.lua`: above the last token, and at least the clock in µs.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            let last = k
+                .get(lock.fence_key)?
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let fence = last.saturating_add(1).max(now);
+            k.set(
+                lock.fence_key,
+                fence.to_string().into_bytes(),
+                Some(lock.fence_ttl_ms),
+            );
+            Ok(Some(fence))
         }))
     }
 

@@ -1,6 +1,7 @@
 //! The cluster store as the engine's remote store: each method maps its keys to their buckets
 //! and calls the cluster's own operations or the one-server ones on the placed keys.
 
+use crate::remote::FencedLock;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -211,8 +212,17 @@ impl RemoteStore for ClusterStore {
         Box::pin(async move { self.inner.renew_lock(&place(key).1, token, ttl_ms).await })
     }
 
-    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn release_lock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move { self.inner.release_lock(&place(key).1, token).await })
+    }
+
+    fn acquire_fenced<'a>(
+        &'a self,
+        lock: FencedLock<'a>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        // A user lock's keys carry their own hash tag (see `crate::lock`): placed as they are.
+        RemoteStore::acquire_fenced(&self.inner, lock, ttl_ms)
     }
 
     fn load_generation<'a>(

@@ -1,0 +1,259 @@
+//! Distributed locks with fencing tokens (`LayerCache::lock`) against a real redis-server, a
+//! real Redis Cluster and the in-memory server: one holder at a time, rising fences, renewal,
+//! loss, release, and Redis faults (an error, never a lock).
+
+#[expect(
+    dead_code,
+    reason = "helpers shared by all test binaries; this one uses some"
+)]
+mod support;
+#[macro_use]
+mod topologies;
+
+on_redis_and_cluster!(
+    one_holder_at_a_time_with_rising_fences,
+    a_held_lock_is_renewed_and_a_lost_one_says_so,
+    a_dropped_lock_is_released_and_fences_outlive_their_counter,
+);
+
+use std::time::Duration;
+
+use fred::types::Value;
+use layercache::{memory::MemoryServer, ErrorKind, LayerCache, Lock};
+use layercache_testkit::Proxy;
+use support::{cmd, redis, wait_until, Shared};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Fences are at least the store's clock in microseconds: after 2020-01-01.
+const CLOCK_2020_US: u64 = 1_577_836_800_000_000;
+
+async fn take(c: &LayerCache, name: &str) -> Option<Lock> {
+    c.lock(name).acquire().await.unwrap()
+}
+
+/// A key's `PTTL` in Redis (-2: no such key).
+async fn pttl(shared: &Shared, key: &str) -> i64 {
+    cmd(&shared.raw().await, "PTTL", &[key])
+        .await
+        .as_i64()
+        .unwrap()
+}
+
+async fn get(shared: &Shared, key: &str) -> Option<String> {
+    match cmd(&shared.raw().await, "GET", &[key]).await {
+        Value::Null => None,
+        v => Some(v.as_string().unwrap()),
+    }
+}
+
+async fn del(shared: &Shared, key: &str) {
+    cmd(&shared.raw().await, "DEL", &[key]).await;
+}
+
+/// Two instances; one holder at a time; every acquisition's fence above the one before; a
+/// waiter gets the lock once it is released; names are independent and any characters work
+/// (on a cluster too: the lock and its fence share a slot whatever the name).
+async fn one_holder_at_a_time_with_rising_fences(shared: &Shared) {
+    let (a, b) = (shared.instance("lk1").await, shared.instance("lk1").await);
+    let la = take(&a, "job").await.expect("free lock");
+    assert!(la.is_held());
+    assert_eq!(la.name(), "job");
+    assert!(la.fence() > CLOCK_2020_US, "{}", la.fence());
+    assert!(take(&b, "job").await.is_none(), "B took a held lock");
+    assert!(
+        take(&a, "job").await.is_none(),
+        "A took its own held lock again"
+    );
+    let key = "lk1:l2:{job}";
+    let left = pttl(shared, key).await;
+    assert!(left > 0 && left <= 10_000, "PTTL {left}");
+    assert_eq!(
+        get(shared, "lk1:l2:{job}:fence").await,
+        Some(la.fence().to_string())
+    );
+
+    // Another name, with every awkward character, is a lock of its own.
+    let odd = take(&b, "a{b}:c d*").await.expect("another name is free");
+    assert!(pttl(shared, "lk1:l2:{a%7Bb%7D:c%20d%2A}").await > 0);
+    assert!(odd.release().await.unwrap());
+
+    // B waits for the lock; A releases it; B gets it with a larger fence.
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("job").wait(WAIT).acquire().await })
+    };
+    let fa = la.fence();
+    assert!(la.release().await.unwrap(), "A still held it");
+    let lb = waiter.await.unwrap().unwrap().expect("B got it after A");
+    assert!(lb.fence() > fa, "{} after {fa}", lb.fence());
+    assert!(take(&a, "job").await.is_none());
+    assert!(lb.release().await.unwrap());
+    assert_eq!(pttl(shared, key).await, -2, "released: the key is gone");
+    let again = take(&a, "job").await.expect("free again");
+    assert!(again.fence() > fa + 1);
+    assert!(again.release().await.unwrap());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A lock held past its TTL stays held (renewed), and others stay out; once its key is gone
+/// and someone else takes it, the renewal finds out: `lost()` resolves, `is_held` is false,
+/// and `release` says it was not held and leaves the new holder's lock alone.
+async fn a_held_lock_is_renewed_and_a_lost_one_says_so(shared: &Shared) {
+    let (a, b) = (shared.instance("lk2").await, shared.instance("lk2").await);
+    let ttl = Duration::from_millis(900);
+    let la = a.lock("renewed").ttl(ttl).acquire().await.unwrap().unwrap();
+    // Three lifetimes: only renewals keep it.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(la.is_held());
+    let left = pttl(shared, "lk2:l2:{renewed}").await;
+    assert!(left > 0 && left <= 900, "PTTL {left}");
+    assert!(take(&b, "renewed").await.is_none());
+
+    // Its key vanishes (as after an expiry) and B takes the lock.
+    del(shared, "lk2:l2:{renewed}").await;
+    let lb = take(&b, "renewed")
+        .await
+        .expect("B takes the vanished lock");
+    assert!(lb.fence() > la.fence());
+    tokio::time::timeout(WAIT, la.lost())
+        .await
+        .expect("A's renewal finds the lock taken over");
+    assert!(!la.is_held());
+    assert!(!la.release().await.unwrap(), "A's release says it was lost");
+    assert!(lb.is_held());
+    assert!(pttl(shared, "lk2:l2:{renewed}").await > 0, "B's lock kept");
+    assert!(lb.release().await.unwrap());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A lock dropped without release is released in the background; fences keep rising when
+/// their counter is lost (deleted, as by `FLUSHALL` or a restart).
+async fn a_dropped_lock_is_released_and_fences_outlive_their_counter(shared: &Shared) {
+    let (a, b) = (shared.instance("lk3").await, shared.instance("lk3").await);
+    let la = take(&a, "dropped").await.unwrap();
+    let first = la.fence();
+    drop(la);
+    wait_until("the dropped lock to be released", WAIT, || {
+        let b = b.clone();
+        async move {
+            match b.lock("dropped").acquire().await.unwrap() {
+                Some(l) => l.release().await.unwrap(),
+                None => false,
+            }
+        }
+    })
+    .await;
+    del(shared, "lk3:l2:{dropped}:fence").await;
+    assert_eq!(get(shared, "lk3:l2:{dropped}:fence").await, None);
+    let lc = take(&a, "dropped").await.unwrap();
+    assert!(
+        lc.fence() > first,
+        "fence {} after the counter's loss, {first} before",
+        lc.fence()
+    );
+    assert!(lc.release().await.unwrap());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The same rules on the in-memory server, including a flush of everything and an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_on_the_in_memory_server() {
+    let server = MemoryServer::new();
+    let shared = Shared::Memory(server.clone());
+    let (a, b) = (shared.instance("lkm").await, shared.instance("lkm").await);
+    let la = take(&a, "m").await.unwrap();
+    assert!(take(&b, "m").await.is_none());
+    assert!(server.get("lkm:l2:{m}").is_some());
+    server.flush_all();
+    let lb = take(&b, "m").await.expect("taken after the flush");
+    assert!(lb.fence() > la.fence(), "fences rise past a flush");
+    tokio::time::timeout(WAIT, la.lost()).await.unwrap();
+    assert!(!la.release().await.unwrap());
+    server.set_available(false);
+    let e = b.lock("other").acquire().await.unwrap_err();
+    assert!(e.is_redis(), "{e}");
+    server.set_available(true);
+    assert!(lb.release().await.unwrap());
+}
+
+/// Redis cut off: acquiring is an error, never a lock; a held lock whose renewals fail is lost
+/// once its lifetime runs out; once Redis answers again its key has expired and another
+/// instance takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_grants_no_lock() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = LayerCache::builder("lkcut")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let b = support::instance(&server, "lkcut").await;
+    let la = a
+        .lock("cut")
+        .ttl(Duration::from_millis(600))
+        .acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.cut();
+    let e = a
+        .lock("other")
+        .wait(Duration::from_millis(100))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(e.is_redis(), "{e}");
+    tokio::time::timeout(WAIT, la.lost())
+        .await
+        .expect("the held lock is lost once its lifetime runs out");
+    assert!(!la.is_held());
+    let lb = b
+        .lock("cut")
+        .wait(WAIT)
+        .acquire()
+        .await
+        .unwrap()
+        .expect("the cut-off holder's lock expired");
+    assert!(lb.fence() > la.fence());
+    proxy.pass();
+    assert!(lb.release().await.unwrap());
+    drop(la);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Bad input: a clear error before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lock_input_is_a_config_error() {
+    let shared = Shared::Memory(MemoryServer::new());
+    let c = shared.instance("lkbad").await;
+    for name in [
+        String::new(),
+        "x".repeat(layercache::MAX_LOCK_NAME_BYTES + 1),
+    ] {
+        let e = c.lock(name).acquire().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    }
+    let longest = "x".repeat(layercache::MAX_LOCK_NAME_BYTES);
+    let held = c.lock(longest).acquire().await.unwrap().unwrap();
+    assert!(held.release().await.unwrap());
+    let e = c
+        .lock("t")
+        .ttl(Duration::from_millis(9))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let l1_only = LayerCache::builder("lkbad").build().await.unwrap();
+    let e = l1_only.lock("t").acquire().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("Redis tier"), "{e}");
+}
