@@ -40,7 +40,9 @@
 //! 1. **Facade**: [`LayerCache`] (`cache.rs`), [`Region`] (`region.rs`; `region/read.rs`:
 //!    `get`, `get_or_load`, keys and L1 hit classification; `region/write.rs`: `insert*`,
 //!    `invalidate*`; `region/entry.rs`: [`EntryRequest`], one call with its own options and
-//!    tags), the builders (`builder.rs`, `builder/`, `region/builder.rs`), options and errors.
+//!    tags), the builders (`builder.rs`, `builder/`, `region/builder.rs`), options and errors;
+//!    [`Lock`] (`lock.rs`: users' distributed locks with fencing tokens, through the store's
+//!    lock operations).
 //! 2. **Engine** (`engine.rs`, one per cache, shared by its regions): the tiers, the regions and
 //!    their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
 //!    write journal (`journal.rs`, repaired by `engine/repair.rs`), and the coherence rules
