@@ -213,6 +213,9 @@ pub(crate) mod space {
     /// Users' locks and their fencing counters: `{cache}:l{format}:{<escaped name>}[:fence]`
     /// (see [`crate::lock`]).
     pub(crate) const USER_LOCK: char = 'l';
+    /// Rate limiters' state: `{cache}:r{format}:{<limiter>:<escaped key>}[:1]` (see
+    /// [`crate::ratelimit`]).
+    pub(crate) const RATE_LIMIT: char = 'r';
 }
 
 /// Where an instance's presence record lives: `{cache}:m{format}:i:{instance id}` (a meta key:

@@ -9,6 +9,7 @@
 //! [`pipeline`] (a write and its bus announcement in one round trip) and [`keyspace`] (tags,
 //! locks, generations, scans).
 
+use crate::rate::{RateCall, RateReply};
 use crate::remote::FencedLock;
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ mod fenced_set;
 mod keyspace;
 mod pipeline;
 mod pool;
+mod primitives;
 mod scripts;
 mod sliding;
 mod spans;
@@ -383,6 +385,10 @@ impl RemoteStore for RedisStore {
             ttl_ms,
             lock.fence_ttl_ms,
         ))
+    }
+
+    fn rate_limit<'a>(&'a self, call: RateCall<'a>) -> BoxFuture<'a, Result<RateReply>> {
+        Box::pin(RedisStore::rate_limit(self, call))
     }
 
     fn load_generation<'a>(

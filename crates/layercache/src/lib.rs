@@ -41,8 +41,9 @@
 //!    `get`, `get_or_load`, keys and L1 hit classification; `region/write.rs`: `insert*`,
 //!    `invalidate*`; `region/entry.rs`: [`EntryRequest`], one call with its own options and
 //!    tags), the builders (`builder.rs`, `builder/`, `region/builder.rs`), options and errors;
-//!    [`Lock`] (`lock.rs`: users' distributed locks with fencing tokens, through the store's
-//!    lock operations).
+//!    [`Lock`] (`lock.rs`: users' distributed locks with fencing tokens) and [`RateLimiter`]
+//!    (`ratelimit.rs`; the algorithms' arithmetic in the leaf `rate.rs`), through the store's
+//!    lock and rate-limit operations.
 //! 2. **Engine** (`engine.rs`, one per cache, shared by its regions): the tiers, the regions and
 //!    their generations (`regions.rs`), running fetches (`flight.rs`), the bus handle, the
 //!    write journal (`journal.rs`, repaired by `engine/repair.rs`), and the coherence rules
@@ -168,6 +169,8 @@ pub mod memory;
 pub mod metrics;
 mod options;
 mod plan;
+mod rate;
+pub mod ratelimit;
 mod region;
 mod regions;
 mod remote;
@@ -246,6 +249,7 @@ pub use options::{
     DEFAULT_L2_READ_COALESCING, DEFAULT_LOADER_HARD_TIMEOUT, DEFAULT_OFFLOAD_THRESHOLD,
     MAX_LIFETIME, MAX_QUEUE, MAX_WAIT,
 };
+pub use ratelimit::{Decision, RateLimit, RateLimiter, WhenRedisFails};
 pub use region::{
     EntryRequest, EntryState, Explanation, Held, LoadContext, ManyRequest, NextGet, Region,
     RegionBuilder,

@@ -17,7 +17,11 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use crate::{error::Result, sequencer::Sequencer};
+use crate::{
+    error::Result,
+    rate::{RateCall, RateReply},
+    sequencer::Sequencer,
+};
 
 /// A boxed future, as the seam's methods return them (the seam is used as a trait object).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -268,6 +272,8 @@ pub(crate) trait RemoteStore: Send + Sync + std::fmt::Debug + 'static {
         lock: FencedLock<'a>,
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<Option<u64>>>;
+    /// One check of a rate limit (`rate.rs`'s arithmetic, on the store's clock, atomic).
+    fn rate_limit<'a>(&'a self, call: RateCall<'a>) -> BoxFuture<'a, Result<RateReply>>;
     /// Reads a region's generation, creating it as `initial` when missing, and gives it `ttl`
     /// more to live.
     fn load_generation<'a>(

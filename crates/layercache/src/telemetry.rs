@@ -38,6 +38,7 @@
 //! | `gave up waiting for the load locks of a batch; loading without them` | event | warn | `cache.name`, `region`, `keys` | a batch load's lock wait ran out |
 //! | `lock lost: its key expired or was taken over` | event | warn | `cache.name` | a held [`Lock`](crate::Lock)'s renewal found it gone |
 //! | `lock lost: redis did not confirm a renewal within its ttl` | event | warn | `cache.name`, `error` | a held [`Lock`](crate::Lock)'s renewals failed until its lifetime ran out |
+//! | `rate limit not checked: redis failed` | event | debug | `cache.name`, `error`, `allowed` | a [`RateLimiter`](crate::RateLimiter) check answered by [`WhenRedisFails`](crate::WhenRedisFails) |
 //! | `layercache started` | event | info | `cache.name`, `l2`, `instance.id` | `build()` succeeded |
 //! | `write journal full; the region's generation will be moved when redis answers` | event | warn | `cache.name`, `region`, `suppressed` | an unconfirmed write did not fit in the journal (`l2_repair_capacity`) |
 //! | `region generation in redis is below one already used; moving it forward` | event | warn | `cache.name`, `region`, `found`, `highest` | a generation lost and created again by an instance whose clock is behind |

@@ -333,31 +333,6 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    /// `acquire_lock.lua`: the lock `key` and its next fencing token, where nobody holds it.
-    pub(crate) async fn acquire_fenced(
-        &self,
-        key: &str,
-        fence_key: &str,
-        token: &str,
-        ttl_ms: u64,
-        fence_ttl_ms: u64,
-    ) -> Result<Option<u64>> {
-        let args = vec![
-            Value::from(token),
-            Value::from(ttl_ms.to_string()),
-            Value::from(fence_ttl_ms.to_string()),
-        ];
-        let fence: i64 = self
-            .script(
-                "redis EVALSHA (acquire lock)",
-                &SCRIPTS.acquire_lock,
-                vec![key.to_owned(), fence_key.to_owned()],
-                args,
-            )
-            .await?;
-        Ok(u64::try_from(fence).ok().filter(|&f| f > 0))
-    }
-
     async fn eval_u64(
         &self,
         what: &'static str,

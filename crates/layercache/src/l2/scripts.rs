@@ -40,6 +40,8 @@ pub(crate) struct Scripts {
     pub(crate) release_lock: Script,
     /// Takes a lock with the next fencing token of its name ([`crate::Lock`]).
     pub(crate) acquire_lock: Script,
+    /// One check of a rate limit ([`crate::ratelimit`]).
+    pub(crate) rate_limit: Script,
     /// Extends a load lock if it still holds our token.
     pub(crate) renew_lock: Script,
     /// Deletes a page of a tag's members and takes them out of its set, atomically.
@@ -56,9 +58,10 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     /// Every script (to load them all on a cluster's primaries).
-    pub(crate) fn all(&self) -> [&Script; 12] {
+    pub(crate) fn all(&self) -> [&Script; 13] {
         [
             &self.acquire_lock,
+            &self.rate_limit,
             &self.fill,
             &self.load_generation,
             &self.bump_generation,
@@ -81,6 +84,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     bump_generation: Script::new(include_str!("scripts/bump_generation.lua")),
     release_lock: Script::new(include_str!("scripts/release_lock.lua")),
     acquire_lock: Script::new(include_str!("scripts/acquire_lock.lua")),
+    rate_limit: Script::new(include_str!("scripts/rate_limit.lua")),
     renew_lock: Script::new(include_str!("scripts/renew_lock.lua")),
     drop_tag_page: Script::new(include_str!("scripts/drop_tag_page.lua")),
     fill_batch: Script::new(include_str!("scripts/fill_batch.lua")),

@@ -1,5 +1,6 @@
 //! The in-memory server as the engine's remote store.
 
+use crate::rate::{decide, RateCall, RateReply};
 use crate::remote::FencedLock;
 use std::time::Duration;
 
@@ -41,6 +42,13 @@ impl MemoryStore {
         sequencer.sent(seq);
         (seq, done, sent)
     }
+}
+
+/// The clock in µs since the Unix epoch (what Redis's `TIME` gives the scripts).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A future that is ready at once (the in-memory store never waits).
@@ -285,9 +293,7 @@ impl RemoteStore for MemoryStore {
                 return Ok(None);
             }
             // As `acquire_lock.lua`: above the last token, and at least the clock in µs.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            let now = now_micros();
             let last = k
                 .get(lock.fence_key)?
                 .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
@@ -299,6 +305,21 @@ impl RemoteStore for MemoryStore {
                 Some(lock.fence_ttl_ms),
             );
             Ok(Some(fence))
+        }))
+    }
+
+    fn rate_limit<'a>(&'a self, call: RateCall<'a>) -> BoxFuture<'a, Result<RateReply>> {
+        ready(self.server.run("rate limit", |k| {
+            let now = now_micros();
+            let stored = |key: &str| {
+                let bytes = k.get(key).ok().flatten()?;
+                String::from_utf8(bytes).ok()
+            };
+            let (reply, store) = decide(&call, now, stored);
+            if let Some((key, value, ttl_ms)) = store {
+                k.set(&key, value.into_bytes(), Some(ttl_ms));
+            }
+            Ok(reply)
         }))
     }
 

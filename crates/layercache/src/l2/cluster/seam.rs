@@ -1,6 +1,7 @@
 //! The cluster store as the engine's remote store: each method maps its keys to their buckets
 //! and calls the cluster's own operations or the one-server ones on the placed keys.
 
+use crate::rate::{RateCall, RateReply};
 use crate::remote::FencedLock;
 use std::time::Duration;
 
@@ -223,6 +224,11 @@ impl RemoteStore for ClusterStore {
     ) -> BoxFuture<'a, Result<Option<u64>>> {
         // A user lock's keys carry their own hash tag (see `crate::lock`): placed as they are.
         RemoteStore::acquire_fenced(&self.inner, lock, ttl_ms)
+    }
+
+    fn rate_limit<'a>(&'a self, call: RateCall<'a>) -> BoxFuture<'a, Result<RateReply>> {
+        // A limiter's keys carry their own hash tag (see `crate::ratelimit`).
+        RemoteStore::rate_limit(&self.inner, call)
     }
 
     fn load_generation<'a>(

@@ -1,6 +1,8 @@
-//! Distributed locks with fencing tokens (`LayerCache::lock`) against a real redis-server, a
-//! real Redis Cluster and the in-memory server: one holder at a time, rising fences, renewal,
-//! loss, release, and Redis faults (an error, never a lock).
+//! The primitives beside the cache, against a real redis-server, a real Redis Cluster and the
+//! in-memory server: distributed locks with fencing tokens (`LayerCache::lock`: one holder at
+//! a time, rising fences, renewal, loss, release, and Redis faults — an error, never a lock) and
+//! rate limiters (`LayerCache::rate_limiter`: the three algorithms shared by instances, their
+//! refill and retry times, and what a check answers when Redis fails).
 
 #[expect(
     dead_code,
@@ -14,12 +16,17 @@ on_redis_and_cluster!(
     one_holder_at_a_time_with_rising_fences,
     a_held_lock_is_renewed_and_a_lost_one_says_so,
     a_dropped_lock_is_released_and_fences_outlive_their_counter,
+    a_token_bucket_is_shared_by_instances_and_refills,
+    windows_count_and_reopen,
 );
 
 use std::time::Duration;
 
 use fred::types::Value;
-use layercache::{memory::MemoryServer, ErrorKind, LayerCache, Lock};
+use layercache::{
+    memory::MemoryServer, Decision, ErrorKind, LayerCache, Lock, RateLimit, RateLimiter,
+    WhenRedisFails,
+};
 use layercache_testkit::Proxy;
 use support::{cmd, redis, wait_until, Shared};
 
@@ -256,4 +263,222 @@ async fn bad_lock_input_is_a_config_error() {
     let e = l1_only.lock("t").acquire().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("Redis tier"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiters.
+
+async fn allowed(l: &RateLimiter, key: &str) -> Decision {
+    let d = l.check(key).await.unwrap();
+    assert!(d.allowed && !d.degraded, "{key}: {d:?}");
+    d
+}
+
+async fn refused(l: &RateLimiter, key: &str) -> Duration {
+    let d = l.check(key).await.unwrap();
+    assert!(!d.allowed && !d.degraded, "{key}: {d:?}");
+    d.retry_after.expect("a refusal says when to retry")
+}
+
+/// A token bucket's budget is one for every instance; keys count apart; a burst passes at once,
+/// then one request per interval; `check_n` takes all or nothing.
+async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
+    let (a, b) = (shared.instance("rl1").await, shared.instance("rl1").await);
+    // Five at once, then one every 12 s: nothing refills during the test.
+    let slow = RateLimit::token_bucket(5, Duration::from_secs(60));
+    let (la, lb) = (
+        a.rate_limiter("api", slow).unwrap(),
+        b.rate_limiter("api", slow).unwrap(),
+    );
+    let mut left = Vec::new();
+    for l in [&la, &lb, &la, &lb, &la] {
+        left.push(allowed(l, "u").await.remaining);
+    }
+    assert_eq!(left, [4, 3, 2, 1, 0]);
+    let retry = refused(&lb, "u").await;
+    assert!(
+        retry > Duration::from_secs(11) && retry <= Duration::from_secs(12),
+        "{retry:?}"
+    );
+    // A refusal is not counted: the next one is told to wait no longer.
+    let again = refused(&la, "u").await;
+    assert!(again <= retry, "{again:?} after {retry:?}");
+    assert_eq!(allowed(&la, "v").await.remaining, 4, "another key");
+    let d = la.check_n("v", 5).await.unwrap();
+    assert!(!d.allowed, "5 more than the 4 left: {d:?}");
+    assert_eq!(la.check_n("v", 4).await.unwrap().remaining, 0);
+    let e = la.check_n("v", 6).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    if !matches!(shared, Shared::Memory(_)) {
+        let left = pttl(shared, "rl1:r2:{api:u}").await;
+        assert!(left > 50_000 && left <= 60_000, "PTTL {left}");
+    }
+
+    // One every 50 ms, bursts of one: refused, then allowed once the retry time has passed.
+    let fast = a
+        .rate_limiter(
+            "fast",
+            RateLimit::token_bucket(20, Duration::from_secs(1)).burst(1),
+        )
+        .unwrap();
+    allowed(&fast, "k").await;
+    let retry = refused(&fast, "k").await;
+    assert!(retry <= Duration::from_millis(50), "{retry:?}");
+    tokio::time::sleep(retry + Duration::from_millis(1)).await;
+    allowed(&fast, "k").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Fixed and sliding windows: `limit` per window across instances, refusals not counted, and
+/// the window reopens once the retry time has passed.
+async fn windows_count_and_reopen(shared: &Shared) {
+    let (a, b) = (shared.instance("rl2").await, shared.instance("rl2").await);
+    for (name, limit) in [
+        ("fixed", RateLimit::fixed_window(3, Duration::from_secs(60))),
+        (
+            "sliding",
+            RateLimit::sliding_window(3, Duration::from_secs(60)),
+        ),
+    ] {
+        let (la, lb) = (
+            a.rate_limiter(name, limit).unwrap(),
+            b.rate_limiter(name, limit).unwrap(),
+        );
+        assert_eq!(allowed(&la, "u").await.remaining, 2, "{name}");
+        assert_eq!(allowed(&lb, "u").await.remaining, 1, "{name}");
+        assert_eq!(allowed(&la, "u").await.remaining, 0, "{name}");
+        // Refusals are not counted: each is told to wait no longer than the one before.
+        let mut last = Duration::from_secs(120);
+        for _ in 0..3 {
+            let retry = refused(&lb, "u").await;
+            assert!(
+                retry > Duration::ZERO && retry <= last,
+                "{name}: {retry:?} after {last:?}"
+            );
+            last = retry;
+        }
+        if name == "fixed" && !matches!(shared, Shared::Memory(_)) {
+            let held = get(shared, "rl2:r2:{fixed:u}").await.unwrap();
+            assert!(held.ends_with(":3"), "{held}");
+        }
+        assert_eq!(allowed(&la, "other").await.remaining, 2, "{name}");
+    }
+    // Short windows: refused, then allowed again after the retry time (the sliding window
+    // waits for enough of the full window to slide out).
+    for (name, limit) in [
+        (
+            "fixed-short",
+            RateLimit::fixed_window(2, Duration::from_millis(200)),
+        ),
+        (
+            "sliding-short",
+            RateLimit::sliding_window(2, Duration::from_millis(200)),
+        ),
+    ] {
+        let l = a.rate_limiter(name, limit).unwrap();
+        let d = l.check_n("k", 2).await.unwrap();
+        assert!(d.allowed, "{name}: {d:?}");
+        let retry = refused(&l, "k").await;
+        assert!(retry <= Duration::from_millis(400), "{name}: {retry:?}");
+        tokio::time::sleep(retry + Duration::from_millis(1)).await;
+        allowed(&l, "k").await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_on_the_in_memory_server() {
+    let shared = Shared::Memory(MemoryServer::new());
+    a_token_bucket_is_shared_by_instances_and_refills(&shared).await;
+    windows_count_and_reopen(&shared).await;
+}
+
+/// Redis cut off: each limiter answers as its `when_redis_fails` says, marked degraded; once
+/// Redis answers again, the limit applies (and counted what it had counted before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limiter_answers_by_its_policy_when_redis_fails() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = LayerCache::builder("rlcut")
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let limit = RateLimit::fixed_window(1, Duration::from_secs(60));
+    let open = a.rate_limiter("l", limit).unwrap();
+    assert_eq!(open.limit(), limit);
+    let closed = a
+        .rate_limiter("l", limit)
+        .unwrap()
+        .when_redis_fails(WhenRedisFails::Deny);
+    let strict = a
+        .rate_limiter("l", limit)
+        .unwrap()
+        .when_redis_fails(WhenRedisFails::Error);
+    allowed(&open, "k").await;
+    refused(&closed, "k").await;
+    proxy.cut();
+    let d = open.check("k").await.unwrap();
+    assert!(d.allowed && d.degraded, "{d:?}");
+    let d = closed.check("k").await.unwrap();
+    assert!(!d.allowed && d.degraded && d.retry_after.is_none(), "{d:?}");
+    let e = strict.check("k").await.unwrap_err();
+    assert!(e.is_redis(), "{e}");
+    proxy.pass();
+    wait_until("the limiter to reach redis again", WAIT, || {
+        let strict = strict.clone();
+        async move {
+            strict
+                .check("k")
+                .await
+                .is_ok_and(|d| !d.allowed && !d.degraded)
+        }
+    })
+    .await;
+    a.shutdown().await;
+}
+
+/// Bad input: a clear error before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rate_limit_input_is_an_error() {
+    let shared = Shared::Memory(MemoryServer::new());
+    let c = shared.instance("rlbad").await;
+    let ok = RateLimit::token_bucket(10, Duration::from_secs(1));
+    let bad = [
+        ("", ok),
+        ("a:b", ok),
+        ("l", RateLimit::token_bucket(0, Duration::from_secs(1))),
+        ("l", RateLimit::sliding_window(10, Duration::ZERO)),
+        (
+            "l",
+            RateLimit::fixed_window(10, Duration::from_secs(400 * 86_400)),
+        ),
+        ("l", ok.burst(0)),
+        (
+            "l",
+            RateLimit::fixed_window(10, Duration::from_secs(1)).burst(5),
+        ),
+    ];
+    for (name, limit) in bad {
+        let e = c.rate_limiter(name, limit).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{name} {limit:?}: {e}");
+    }
+    let l = c.rate_limiter("l", ok).unwrap();
+    assert_eq!(
+        l.check_n("k", 0).await.unwrap_err().kind(),
+        ErrorKind::Config
+    );
+    let long = "k".repeat(2000);
+    assert_eq!(
+        l.check(long.as_str()).await.unwrap_err().kind(),
+        ErrorKind::KeyTooLarge
+    );
+    let l1_only = LayerCache::builder("rlbad").build().await.unwrap();
+    let e = l1_only.rate_limiter("l", ok).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
 }
