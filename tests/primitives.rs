@@ -100,6 +100,17 @@ async fn one_holder_at_a_time_with_rising_fences(shared: &Shared) {
     let again = take(&a, "job").await.expect("free again");
     assert!(again.fence() > fa + 1);
     assert!(again.release().await.unwrap());
+    // A: granted "job" twice; refused it twice (once as B's waiter held it). B: granted "job"
+    // and the odd name, refused once, nothing lost.
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        (sa.lock_grants, sa.lock_refusals, sa.lock_losses),
+        (2, 2, 0)
+    );
+    assert_eq!(
+        (sb.lock_grants, sb.lock_refusals, sb.lock_losses),
+        (2, 1, 0)
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -129,6 +140,7 @@ async fn a_held_lock_is_renewed_and_a_lost_one_says_so(shared: &Shared) {
         .expect("A's renewal finds the lock taken over");
     assert!(!la.is_held());
     assert!(!la.release().await.unwrap(), "A's release says it was lost");
+    assert_eq!(a.stats().lock_losses, 1);
     assert!(lb.is_held());
     assert!(pttl(shared, "lk2:l2:{renewed}").await > 0, "B's lock kept");
     assert!(lb.release().await.unwrap());
@@ -326,6 +338,13 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
     assert!(retry <= Duration::from_millis(50), "{retry:?}");
     tokio::time::sleep(retry + Duration::from_millis(1)).await;
     allowed(&fast, "k").await;
+    // A: 3 + 1 + 1 ("v" for 4) + 1 allowed, "u" and "v" (for 5) and "fast" refused. B: 2 and 1.
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        (sa.rate_allowed, sa.rate_refused, sa.rate_degraded),
+        (7, 3, 0)
+    );
+    assert_eq!((sb.rate_allowed, sb.rate_refused), (2, 1));
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -429,6 +448,7 @@ async fn a_rate_limiter_answers_by_its_policy_when_redis_fails() {
     assert!(!d.allowed && d.degraded && d.retry_after.is_none(), "{d:?}");
     let e = strict.check("k").await.unwrap_err();
     assert!(e.is_redis(), "{e}");
+    assert_eq!(a.stats().rate_degraded, 3);
     proxy.pass();
     wait_until("the limiter to reach redis again", WAIT, || {
         let strict = strict.clone();

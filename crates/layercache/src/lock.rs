@@ -26,7 +26,7 @@
 //! lock acquired just before a failover can be lost with it; the fencing token is the guard).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -34,6 +34,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     cache::LayerCache,
+    engine::Engine,
     error::{Error, Result},
     freshness::token,
     key::{escape_into, shortened, space},
@@ -154,6 +155,7 @@ impl LockRequest<'_> {
                 token: &token,
             };
             if let Some(fence) = l2.acquire_fenced(lock, millis_ceil(ttl)).await? {
+                cache.inner.counters.lock_grants.incr();
                 let held = Arc::new(Held {
                     l2,
                     key,
@@ -162,6 +164,7 @@ impl LockRequest<'_> {
                     valid_until: Mutex::new(valid_until(sent, ttl)),
                     lost: watch::Sender::new(false),
                     cache: cache.inner.name.clone(),
+                    engine: Arc::downgrade(&cache.inner),
                 });
                 let renewal = tokio::spawn(renew(held.clone()));
                 return Ok(Some(Lock {
@@ -174,6 +177,7 @@ impl LockRequest<'_> {
             }
             let now = Instant::now();
             if now >= deadline {
+                cache.inner.counters.lock_refusals.incr();
                 return Ok(None);
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
@@ -209,6 +213,8 @@ struct Held {
     /// Set once the lock is known lost (or released).
     lost: watch::Sender<bool>,
     cache: String,
+    /// For the counters (the lock does not keep the cache alive).
+    engine: Weak<Engine>,
 }
 
 impl Held {
@@ -224,6 +230,14 @@ impl Held {
             .valid_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = valid_until(sent, self.ttl);
+    }
+
+    /// Marks the lock lost (found by the renewal task) and counts it.
+    fn lose(&self) {
+        self.lost.send_replace(true);
+        if let Some(engine) = self.engine.upgrade() {
+            engine.counters.lock_losses.incr();
+        }
     }
 
     fn is_held(&self) -> bool {
@@ -262,13 +276,13 @@ async fn renew(held: Arc<Held>) {
             Ok(true) => held.confirmed(sent),
             Ok(false) => {
                 tracing::warn!(cache.name = %held.cache, "lock lost: its key expired or was taken over");
-                held.lost.send_replace(true);
+                held.lose();
                 return;
             }
             Err(e) => {
                 if Instant::now() >= held.valid_until() {
                     tracing::warn!(cache.name = %held.cache, error = %e, "lock lost: redis did not confirm a renewal within its ttl");
-                    held.lost.send_replace(true);
+                    held.lose();
                     return;
                 }
             }

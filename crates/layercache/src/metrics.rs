@@ -45,6 +45,8 @@
 //! | `layercache_decode_errors_total` | counter | `cache`, `region`, `reason` (a [`Corruption`](crate::Corruption) name) | entries in Redis rejected as corrupt or foreign |
 //! | `layercache_generation_repairs_total` | counter | `cache`, `region` | region generations found below one already used, moved forward |
 //! | `layercache_breaker_opens_total` | counter | `cache`, `region` | times the Redis circuit breaker opened |
+//! | `layercache_locks_total` | counter | `cache`, `region`, `outcome` (`granted`, `busy`, `lost`) | [`LayerCache::lock`](crate::LayerCache::lock) acquisitions granted, found held for their whole wait, and held locks lost before their release |
+//! | `layercache_rate_checks_total` | counter | `cache`, `region`, `outcome` (`allowed`, `refused`, `degraded`) | [`RateLimiter`](crate::RateLimiter) checks allowed, refused, and answered by `WhenRedisFails` because Redis could not be asked |
 //! | `layercache_write_repairs_total` | counter | `cache`, `region`, `event` (`recorded`, `done`, `overflow`, `read_bypass`) | unconfirmed writes journaled, repaired, not fitting the journal, and reads that skipped Redis meanwhile |
 //! | `layercache_bus_messages_total` | counter | `cache`, `region`, `direction` (`sent`, `received`, `dropped`) | invalidation bus messages (heartbeats included) |
 //! | `layercache_bus_publish_errors_total` | counter | `cache`, `region` | bus publishes that failed |

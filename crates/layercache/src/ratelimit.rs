@@ -27,10 +27,14 @@
 //! sliding window's second key, `…:1`, shares the slot on a Redis Cluster), each living no
 //! longer than its state matters (at most two windows).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use crate::{
     cache::LayerCache,
+    engine::Engine,
     error::{Error, ErrorKind, Result},
     key::{escape_into, space, validate_name, CacheKey},
     rate::{Algorithm, RateCall},
@@ -150,6 +154,8 @@ pub struct RateLimiter {
     when_redis_fails: WhenRedisFails,
     max_key_bytes: usize,
     cache_name: String,
+    /// For the counters (a limiter does not keep the cache alive).
+    engine: Weak<Engine>,
 }
 
 impl LayerCache {
@@ -195,6 +201,7 @@ impl LayerCache {
             when_redis_fails: WhenRedisFails::default(),
             max_key_bytes: self.inner.settings.max_key_bytes,
             cache_name: self.inner.name.clone(),
+            engine: Arc::downgrade(&self.inner),
         })
     }
 }
@@ -261,7 +268,16 @@ impl RateLimiter {
             burst: self.limit.capacity(),
             n,
         };
-        match self.l2.rate_limit(call).await {
+        let answer = self.l2.rate_limit(call).await;
+        if let Some(engine) = self.engine.upgrade() {
+            let counters = &engine.counters;
+            match &answer {
+                Ok(reply) if reply.allowed => counters.rate_allowed.incr(),
+                Ok(_) => counters.rate_refused.incr(),
+                Err(_) => counters.rate_degraded.incr(),
+            }
+        }
+        match answer {
             Ok(reply) => Ok(Decision {
                 allowed: reply.allowed,
                 remaining: reply.remaining,

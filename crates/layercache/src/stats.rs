@@ -85,6 +85,12 @@ pub(crate) struct Counters {
     pub(crate) l1_door_skips: Counter,
     pub(crate) l1_fills_overtaken: Counter,
     pub(crate) generation_repairs: Counter,
+    pub(crate) lock_grants: Counter,
+    pub(crate) lock_refusals: Counter,
+    pub(crate) lock_losses: Counter,
+    pub(crate) rate_allowed: Counter,
+    pub(crate) rate_refused: Counter,
+    pub(crate) rate_degraded: Counter,
     pub(crate) flushes: [Counter; FlushReason::ALL.len()],
 }
 
@@ -138,6 +144,12 @@ impl Counters {
             l1_fills_overtaken: self.l1_fills_overtaken.get(),
             l1_door_skips: self.l1_door_skips.get(),
             generation_repairs: self.generation_repairs.get(),
+            lock_grants: self.lock_grants.get(),
+            lock_refusals: self.lock_refusals.get(),
+            lock_losses: self.lock_losses.get(),
+            rate_allowed: self.rate_allowed.get(),
+            rate_refused: self.rate_refused.get(),
+            rate_degraded: self.rate_degraded.get(),
             l1_flushes: self.flushes.iter().map(Counter::get).sum(),
             decode_by_reason: ByReason(decode),
         }
@@ -255,6 +267,18 @@ pub struct Stats {
     /// Region generations found in Redis below one already used here (lost and created again
     /// by an instance whose clock is behind), moved forward and announced.
     pub generation_repairs: u64,
+    /// [`LayerCache::lock`](crate::LayerCache::lock) acquisitions granted.
+    pub lock_grants: u64,
+    /// Lock acquisitions that found the lock held for their whole wait (`Ok(None)`).
+    pub lock_refusals: u64,
+    /// Held locks found lost before their release (taken over, or not renewed within their TTL).
+    pub lock_losses: u64,
+    /// [`RateLimiter`](crate::RateLimiter) checks allowed by the limit.
+    pub rate_allowed: u64,
+    /// Rate-limiter checks refused by the limit.
+    pub rate_refused: u64,
+    /// Rate-limiter checks Redis could not answer, answered by [`WhenRedisFails`](crate::WhenRedisFails).
+    pub rate_degraded: u64,
     /// L1 flushes for any reason (see [`LayerCache::flushes`](crate::LayerCache::flushes)).
     pub l1_flushes: u64,
     decode_by_reason: ByReason,
@@ -306,6 +330,12 @@ impl Stats {
         self.l1_fills_overtaken += other.l1_fills_overtaken;
         self.l1_door_skips += other.l1_door_skips;
         self.generation_repairs += other.generation_repairs;
+        self.lock_grants += other.lock_grants;
+        self.lock_refusals += other.lock_refusals;
+        self.lock_losses += other.lock_losses;
+        self.rate_allowed += other.rate_allowed;
+        self.rate_refused += other.rate_refused;
+        self.rate_degraded += other.rate_degraded;
         self.l1_flushes += other.l1_flushes;
         for (mine, theirs) in self
             .decode_by_reason
@@ -346,7 +376,7 @@ impl serde::Serialize for ByReason {
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let groups: [(&str, &[(&str, u64)]); 5] = [
+        let groups: [(&str, &[(&str, u64)]); 6] = [
             (
                 "reads",
                 &[
@@ -403,6 +433,17 @@ impl std::fmt::Display for Stats {
                     ("done", self.l2_repairs_done),
                     ("overflows", self.l2_repair_overflows),
                     ("reads bypassing redis", self.l2_repair_bypasses),
+                ],
+            ),
+            (
+                "locks and rate limits",
+                &[
+                    ("locks granted", self.lock_grants),
+                    ("locks busy", self.lock_refusals),
+                    ("locks lost", self.lock_losses),
+                    ("rate checks allowed", self.rate_allowed),
+                    ("rate checks refused", self.rate_refused),
+                    ("rate checks degraded", self.rate_degraded),
                 ],
             ),
             (

@@ -114,6 +114,30 @@ pub(super) const COUNTERS: &[CounterSpec] = &[
         s.generation_repairs
     }),
     spec("layercache_breaker_opens_total", &[], |s| s.breaker_opens),
+    spec("layercache_locks_total", &[("outcome", "granted")], |s| {
+        s.lock_grants
+    }),
+    spec("layercache_locks_total", &[("outcome", "busy")], |s| {
+        s.lock_refusals
+    }),
+    spec("layercache_locks_total", &[("outcome", "lost")], |s| {
+        s.lock_losses
+    }),
+    spec(
+        "layercache_rate_checks_total",
+        &[("outcome", "allowed")],
+        |s| s.rate_allowed,
+    ),
+    spec(
+        "layercache_rate_checks_total",
+        &[("outcome", "refused")],
+        |s| s.rate_refused,
+    ),
+    spec(
+        "layercache_rate_checks_total",
+        &[("outcome", "degraded")],
+        |s| s.rate_degraded,
+    ),
     spec(
         "layercache_write_repairs_total",
         &[("event", "recorded")],
