@@ -521,6 +521,45 @@ async fn sliding_expiration_extends_redis_at_most_once_per_interval(shared: &Sha
     assert_eq!(calls("GETEX").await, getex + 1);
 }
 
+/// An entry kept alive by reads on one instance is alive for the others too, past the
+/// lifetime it was written with (its envelope's expiry is that first lifetime; Redis's TTL is
+/// what the reads extend); unread, it ends everywhere.
+async fn a_slid_entry_outlives_its_first_ttl_on_every_instance(shared: &Shared) {
+    let a = instance(shared, "slid").await;
+    let b = instance(shared, "slid").await;
+    let sliding = EntryOptions::new()
+        .ttl(Duration::from_secs(1))
+        .sliding(Duration::from_millis(100));
+    let build = |c: &LayerCache| c.region::<str, u64>("r").entry_options(sliding).build();
+    let (ra, rb) = (build(&a).await.unwrap(), build(&b).await.unwrap());
+    ra.insert("k", 1).await.unwrap();
+    // Read on A for two and a half lifetimes.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            ra.get("k").await.unwrap().as_deref(),
+            Some(&1),
+            "ended while read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rb.get("k").await.unwrap().as_deref(),
+        Some(&1),
+        "B found it expired although A's reads kept it alive"
+    );
+    // Unread (a read would extend it), it ends in Redis, then in both L1s.
+    let key = ra.redis_key("k").unwrap();
+    let raw = shared.raw().await;
+    wait_until("the unread entry to end in redis", WAIT, || {
+        let (raw, key) = (raw.clone(), key.clone());
+        async move { raw.exists::<u64, _>(key.as_str()).await.unwrap() == 0 }
+    })
+    .await;
+    assert_eq!(ra.get("k").await.unwrap(), None);
+    assert_eq!(rb.get("k").await.unwrap(), None);
+}
+
 async fn a_panicking_loader_fails_every_waiter_and_the_next_call_retries(shared: &Shared) {
     let c = instance(shared, "panic").await;
     let r = region(&c).await;
@@ -635,6 +674,7 @@ on_redis_and_cluster!(
     a_dead_lock_holder_is_taken_over_after_the_lock_ttl,
     ttl_jitter_spreads_expiries,
     sliding_expiration_extends_redis_at_most_once_per_interval,
+    a_slid_entry_outlives_its_first_ttl_on_every_instance,
     an_uncontended_load_takes_the_lock_with_its_read,
     with_the_lock_one_load_serves_four_instances,
     without_the_lock_at_most_one_load_per_instance,

@@ -191,7 +191,7 @@ where
         let cache = &self.cache;
         let (decoded, bytes) = self.decode_read(bytes, rkey).await;
         let bytes = &bytes[..];
-        let d = match decoded {
+        let mut d = match decoded {
             Ok(d) => d,
             Err(reason) => {
                 self.counters().decode_errors[reason.index()].incr();
@@ -213,6 +213,13 @@ where
             return Err(RedisHeld::SeenEntry(SeenEntry::of(bytes)));
         }
         let now_ms = unix_millis();
+        if options.get_sliding().is_some() {
+            // A sliding read extends the key as it reads it (`GETEX … PX`, a batch's
+            // `PEXPIRE`): the entry lives `ttl` from now. Its envelope says when it was first to
+            // expire, which reads on any instance may have pushed back since.
+            let ttl_ms = millis_ceil(options.get_ttl() + options.keep_after_expiry());
+            d.meta.expires_at_ms = d.meta.expires_at_ms.max(now_ms.saturating_add(ttl_ms));
+        }
         let left = d.left(now_ms);
         let due = match mode {
             Mode::Refresh { created_ms } => d.meta.created_at_ms <= created_ms,
