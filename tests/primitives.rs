@@ -2,7 +2,9 @@
 //! in-memory server: distributed locks with fencing tokens (`LayerCache::lock`: one holder at
 //! a time, rising fences, renewal, loss, release, and Redis faults — an error, never a lock) and
 //! rate limiters (`LayerCache::rate_limiter`: the three algorithms shared by instances, their
-//! refill and retry times, and what a check answers when Redis fails).
+//! refill and retry times, and what a check answers when Redis fails) and sessions
+//! (`LayerCache::sessions`: shared, updated, destroyed for good, revoked per owner, and their
+//! idle and absolute timeouts).
 
 #[expect(
     dead_code,
@@ -18,6 +20,8 @@ on_redis_and_cluster!(
     a_dropped_lock_is_released_and_fences_outlive_their_counter,
     a_token_bucket_is_shared_by_instances_and_refills,
     windows_count_and_reopen,
+    sessions_are_shared_updated_and_destroyed,
+    signing_out_everywhere_ends_an_owners_sessions_only,
 );
 
 use std::time::Duration;
@@ -25,7 +29,7 @@ use std::time::Duration;
 use fred::types::Value;
 use layercache::{
     memory::MemoryServer, Decision, ErrorKind, LayerCache, Lock, RateLimit, RateLimiter,
-    WhenRedisFails,
+    SessionStore, WhenRedisFails,
 };
 use layercache_testkit::Proxy;
 use support::{cmd, redis, wait_until, Shared};
@@ -501,4 +505,187 @@ async fn bad_rate_limit_input_is_an_error() {
     let l1_only = LayerCache::builder("rlbad").build().await.unwrap();
     let e = l1_only.rate_limiter("l", ok).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions.
+
+async fn store(c: &LayerCache) -> SessionStore<String> {
+    c.sessions::<String>("web").build().await.unwrap()
+}
+
+/// Waits until `store` answers `expected` for session `id` (another instance's change arrives
+/// through the bus).
+async fn session_is(store: &SessionStore<String>, id: &str, expected: Option<&str>) {
+    wait_until(&format!("session data {expected:?}"), WAIT, || {
+        let (store, id) = (store.clone(), id.to_owned());
+        async move {
+            let found = store.get(&id).await.unwrap();
+            found.as_ref().map(|s| s.data().as_str()) == expected
+        }
+    })
+    .await;
+}
+
+/// A session made on one instance is read on another; updates reach both; a destroyed one is
+/// gone on both and cannot be updated back.
+async fn sessions_are_shared_updated_and_destroyed(shared: &Shared) {
+    let (a, b) = (shared.instance("ss1").await, shared.instance("ss1").await);
+    let (sa, sb) = (store(&a).await, store(&b).await);
+    let id = sa.create("cart: 1".to_owned()).await.unwrap();
+    let other = sa.create("other".to_owned()).await.unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert_ne!(id, other);
+    let s = sb.get(&id).await.unwrap().expect("B reads A's session");
+    assert_eq!(
+        (s.id(), s.data().as_str(), s.owner()),
+        (id.as_str(), "cart: 1", None)
+    );
+    let created = s.created_at().elapsed().unwrap();
+    assert!(created < Duration::from_secs(60), "{created:?}");
+    let absolute = s.expires_at().duration_since(s.created_at()).unwrap();
+    assert!(
+        absolute > Duration::from_secs(86_399) && absolute <= Duration::from_secs(86_400),
+        "{absolute:?}"
+    );
+    assert!(
+        !format!("{s:?}").contains(&id),
+        "the id is kept out of Debug"
+    );
+    assert!(sb
+        .get("0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap()
+        .is_none());
+
+    assert!(sb.update(&id, "cart: 2".to_owned()).await.unwrap());
+    session_is(&sa, &id, Some("cart: 2")).await;
+    sa.destroy(&id).await.unwrap();
+    session_is(&sb, &id, None).await;
+    assert!(sa.get(&id).await.unwrap().is_none());
+    assert!(
+        !sb.update(&id, "cart: 3".to_owned()).await.unwrap(),
+        "updated back"
+    );
+    assert!(sa.get(&id).await.unwrap().is_none());
+    assert!(!sa.update("no-such-session", "x".to_owned()).await.unwrap());
+    sa.destroy("no-such-session").await.unwrap();
+    session_is(&sb, &other, Some("other")).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `destroy_all_of(owner)` ends every session of the owner made before it, on every instance,
+/// and no one else's; the owner's later sessions live.
+async fn signing_out_everywhere_ends_an_owners_sessions_only(shared: &Shared) {
+    let (a, b) = (shared.instance("ss2").await, shared.instance("ss2").await);
+    let (sa, sb) = (store(&a).await, store(&b).await);
+    let on_a = sa.create_for("u1", "a".to_owned()).await.unwrap();
+    let on_b = sb.create_for("u1", "b".to_owned()).await.unwrap();
+    let theirs = sb.create_for("u2", "c".to_owned()).await.unwrap();
+    for (store, id, data) in [(&sa, &on_b, "b"), (&sb, &on_a, "a"), (&sa, &theirs, "c")] {
+        session_is(store, id, Some(data)).await;
+    }
+    assert_eq!(sa.get(&on_a).await.unwrap().unwrap().owner(), Some("u1"));
+    sa.destroy_all_of("u1").await.unwrap();
+    for store in [&sa, &sb] {
+        session_is(store, &on_a, None).await;
+        session_is(store, &on_b, None).await;
+        session_is(store, &theirs, Some("c")).await;
+    }
+    assert!(!sa.update(&on_b, "back".to_owned()).await.unwrap());
+    let later = sb.create_for("u1", "d".to_owned()).await.unwrap();
+    session_is(&sa, &later, Some("d")).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_the_in_memory_server() {
+    let shared = Shared::Memory(MemoryServer::new());
+    sessions_are_shared_updated_and_destroyed(&shared).await;
+    signing_out_everywhere_ends_an_owners_sessions_only(&shared).await;
+}
+
+/// Reads keep a session past its idle timeout, never past its absolute one; unread, it ends
+/// after its idle timeout (in Redis too: another instance does not find it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_at_their_idle_and_absolute_timeouts() {
+    let server = redis();
+    let (a, b) = (
+        support::instance(&server, "ss3").await,
+        support::instance(&server, "ss3").await,
+    );
+    let idle = Duration::from_secs(2);
+    async fn build(c: &LayerCache, idle: Duration, absolute: Duration) -> SessionStore<String> {
+        c.sessions::<String>("t")
+            .idle_timeout(idle)
+            .absolute_timeout(absolute)
+            .build()
+            .await
+            .unwrap()
+    }
+    let sa = build(&a, idle, Duration::from_secs(3600)).await;
+    let sb = build(&b, idle, Duration::from_secs(3600)).await;
+    let id = sa.create("x".to_owned()).await.unwrap();
+    // Read on A for twice the idle timeout: still there, on B too (Redis was extended).
+    let until = tokio::time::Instant::now() + idle * 2;
+    while tokio::time::Instant::now() < until {
+        assert!(sa.get(&id).await.unwrap().is_some(), "ended while read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sb.get(&id).await.unwrap().is_some(),
+        "ended in Redis while read on A"
+    );
+    // Unread (a read would extend it), it ends in Redis, then on both instances.
+    let raw = support::raw_client(&server).await;
+    wait_until("the unread session to end in redis", WAIT, || {
+        let raw = raw.clone();
+        async move { support::data_keys(&raw).await.is_empty() }
+    })
+    .await;
+    assert!(sa.get(&id).await.unwrap().is_none());
+    assert!(sb.get(&id).await.unwrap().is_none());
+
+    // Absolute timeout: read all the time, still ends.
+    let short = build(&a, idle, Duration::from_millis(500)).await;
+    let id = short.create("y".to_owned()).await.unwrap();
+    let made = tokio::time::Instant::now();
+    wait_until("the session to reach its absolute timeout", WAIT, || {
+        let (short, id) = (short.clone(), id.clone());
+        async move { short.get(&id).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(
+        made.elapsed() >= Duration::from_millis(490),
+        "{:?}",
+        made.elapsed()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_session_store_input_is_a_config_error() {
+    let c = LayerCache::builder("ssbad").build().await.unwrap();
+    let e = c.sessions::<u8>("x".repeat(58)).build().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let e = c.sessions::<u8>("bad name").build().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    for (idle, absolute) in [(9, 10_000), (10_000, 9)] {
+        let e = c
+            .sessions::<u8>("s")
+            .idle_timeout(Duration::from_millis(idle))
+            .absolute_timeout(Duration::from_millis(absolute))
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    }
+    // Without Redis, sessions live in this instance.
+    let s = c.sessions::<u8>("s").build().await.unwrap();
+    let id = s.create(7).await.unwrap();
+    assert_eq!(s.get(&id).await.unwrap().map(|s| *s.data()), Some(7));
 }

@@ -175,6 +175,7 @@ mod region;
 mod regions;
 mod remote;
 mod sequencer;
+pub mod session;
 mod stats;
 pub mod telemetry;
 mod walks;
@@ -254,4 +255,5 @@ pub use region::{
     EntryRequest, EntryState, Explanation, Held, LoadContext, ManyRequest, NextGet, Region,
     RegionBuilder,
 };
+pub use session::{Session, SessionStore, SessionStoreBuilder};
 pub use stats::Stats;

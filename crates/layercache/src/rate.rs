@@ -56,18 +56,22 @@ pub(crate) struct RateReply {
 }
 
 /// A value to store: key, value, lifetime in ms.
+#[cfg(any(test, feature = "memory"))]
 pub(crate) type Store = (String, String, u64);
 
+#[cfg(any(test, feature = "memory"))]
 fn ms(us: f64) -> u64 {
     (us / 1000.0).ceil().max(1.0) as u64
 }
 
+#[cfg(any(test, feature = "memory"))]
 fn floor0(x: f64) -> u64 {
     x.floor().max(0.0) as u64
 }
 
 /// Decides `call` at `now` (µs) given `read` (a key's stored value): the reply and the value
 /// to store, if any. The same arithmetic as `rate_limit.lua`.
+#[cfg(any(test, feature = "memory"))]
 pub(crate) fn decide(
     call: &RateCall<'_>,
     now: u64,
