@@ -203,6 +203,18 @@ async fn locks_on_the_in_memory_server() {
     assert!(lb.release().await.unwrap());
 }
 
+/// An instance linked to Redis through `proxy` (which the test cuts), quick to notice.
+async fn through(proxy: &Proxy, name: &str) -> LayerCache {
+    LayerCache::builder(name)
+        .redis_url(proxy.url())
+        .l2_command_timeout(Duration::from_millis(300))
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// Redis cut off: acquiring is an error, never a lock; a held lock whose renewals fail is lost
 /// once its lifetime runs out; once Redis answers again its key has expired and another
 /// instance takes it.
@@ -210,14 +222,7 @@ async fn locks_on_the_in_memory_server() {
 async fn a_redis_that_does_not_answer_grants_no_lock() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
-    let a = LayerCache::builder("lkcut")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_millis(300))
-        .l2_breaker_cooldown(Duration::from_millis(200))
-        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let a = through(&proxy, "lkcut").await;
     let b = support::instance(&server, "lkcut").await;
     let la = a
         .lock("cut")
@@ -411,27 +416,13 @@ async fn windows_count_and_reopen(shared: &Shared) {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_on_the_in_memory_server() {
-    let shared = Shared::Memory(MemoryServer::new());
-    a_token_bucket_is_shared_by_instances_and_refills(&shared).await;
-    windows_count_and_reopen(&shared).await;
-}
-
 /// Redis cut off: each limiter answers as its `when_redis_fails` says, marked degraded; once
 /// Redis answers again, the limit applies (and counted what it had counted before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limiter_answers_by_its_policy_when_redis_fails() {
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
-    let a = LayerCache::builder("rlcut")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_millis(300))
-        .l2_breaker_cooldown(Duration::from_millis(200))
-        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let a = through(&proxy, "rlcut").await;
     let limit = RateLimit::fixed_window(1, Duration::from_secs(60));
     let open = a.rate_limiter("l", limit).unwrap();
     assert_eq!(open.limit(), limit);
@@ -601,9 +592,12 @@ async fn signing_out_everywhere_ends_an_owners_sessions_only(shared: &Shared) {
     b.shutdown().await;
 }
 
+/// The rate-limit and session scenarios on the in-memory server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_on_the_in_memory_server() {
+async fn rate_limits_and_sessions_on_the_in_memory_server() {
     let shared = Shared::Memory(MemoryServer::new());
+    a_token_bucket_is_shared_by_instances_and_refills(&shared).await;
+    windows_count_and_reopen(&shared).await;
     sessions_are_shared_updated_and_destroyed(&shared).await;
     signing_out_everywhere_ends_an_owners_sessions_only(&shared).await;
 }
