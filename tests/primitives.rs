@@ -124,13 +124,13 @@ async fn one_holder_at_a_time_with_rising_fences(shared: &Shared) {
 /// and `release` says it was not held and leaves the new holder's lock alone.
 async fn a_held_lock_is_renewed_and_a_lost_one_says_so(shared: &Shared) {
     let (a, b) = (shared.instance("lk2").await, shared.instance("lk2").await);
-    let ttl = Duration::from_millis(900);
+    let ttl = Duration::from_millis(1200);
     let la = a.lock("renewed").ttl(ttl).acquire().await.unwrap().unwrap();
     // Three lifetimes: only renewals keep it.
     tokio::time::sleep(ttl * 3).await;
     assert!(la.is_held());
     let left = pttl(shared, "lk2:l2:{renewed}").await;
-    assert!(left > 0 && left <= 900, "PTTL {left}");
+    assert!(left > 0 && left <= 1200, "PTTL {left}");
     assert!(take(&b, "renewed").await.is_none());
 
     // Its key vanishes (as after an expiry) and B takes the lock.
@@ -317,8 +317,9 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
     }
     assert_eq!(left, [4, 3, 2, 1, 0]);
     let retry = refused(&lb, "u").await;
+    // 12 s after the first of the five (less the time the test took since).
     assert!(
-        retry > Duration::from_secs(11) && retry <= Duration::from_secs(12),
+        retry > Duration::from_secs(6) && retry <= Duration::from_secs(12),
         "{retry:?}"
     );
     // A refusal is not counted: the next one is told to wait no longer.
@@ -335,16 +336,16 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
         assert!(left > 50_000 && left <= 60_000, "PTTL {left}");
     }
 
-    // One every 50 ms, bursts of one: refused, then allowed once the retry time has passed.
+    // One every 500 ms, bursts of one: refused, then allowed once the retry time has passed.
     let fast = a
         .rate_limiter(
             "fast",
-            RateLimit::token_bucket(20, Duration::from_secs(1)).burst(1),
+            RateLimit::token_bucket(2, Duration::from_secs(1)).burst(1),
         )
         .unwrap();
     allowed(&fast, "k").await;
     let retry = refused(&fast, "k").await;
-    assert!(retry <= Duration::from_millis(50), "{retry:?}");
+    assert!(retry <= Duration::from_millis(500), "{retry:?}");
     tokio::time::sleep(retry + Duration::from_millis(1)).await;
     allowed(&fast, "k").await;
     // A: 3 + 1 + 1 ("v" for 4) + 1 allowed, "u" and "v" (for 5) and "fast" refused. B: 2 and 1.
@@ -397,18 +398,18 @@ async fn windows_count_and_reopen(shared: &Shared) {
     for (name, limit) in [
         (
             "fixed-short",
-            RateLimit::fixed_window(2, Duration::from_millis(200)),
+            RateLimit::fixed_window(2, Duration::from_secs(1)),
         ),
         (
             "sliding-short",
-            RateLimit::sliding_window(2, Duration::from_millis(200)),
+            RateLimit::sliding_window(2, Duration::from_secs(1)),
         ),
     ] {
         let l = a.rate_limiter(name, limit).unwrap();
         let d = l.check_n("k", 2).await.unwrap();
         assert!(d.allowed, "{name}: {d:?}");
         let retry = refused(&l, "k").await;
-        assert!(retry <= Duration::from_millis(400), "{name}: {retry:?}");
+        assert!(retry <= Duration::from_millis(1500), "{name}: {retry:?}");
         tokio::time::sleep(retry + Duration::from_millis(1)).await;
         allowed(&l, "k").await;
     }
