@@ -233,15 +233,29 @@ impl Held {
     }
 
     /// Marks the lock lost (found by the renewal task) and counts it.
+    /// Marks the lock lost, counting it the first time (whoever sees it first: the renewal
+    /// task, a check of its lifetime, or a release that found it gone).
     fn lose(&self) {
-        self.lost.send_replace(true);
-        if let Some(engine) = self.engine.upgrade() {
-            engine.counters.lock_losses.incr();
+        let first = self
+            .lost
+            .send_if_modified(|lost| !std::mem::replace(lost, true));
+        if first {
+            if let Some(engine) = self.engine.upgrade() {
+                engine.counters.lock_losses.incr();
+            }
         }
     }
 
+    /// Whether the lock is still ours for sure; marks it lost once its lifetime has run out.
     fn is_held(&self) -> bool {
-        !*self.lost.borrow() && Instant::now() < self.valid_until()
+        if *self.lost.borrow() {
+            return false;
+        }
+        if Instant::now() < self.valid_until() {
+            return true;
+        }
+        self.lose();
+        false
     }
 }
 
@@ -331,12 +345,19 @@ impl Lock {
     /// asked (the lock then expires after its TTL).
     pub async fn release(mut self) -> Result<bool> {
         self.renewal.abort();
+        let was_held = self.is_held();
         self.released = true;
-        self.held.lost.send_replace(true);
-        self.held
+        let released = self
+            .held
             .l2
             .release_lock(&self.held.key, &self.held.token)
-            .await
+            .await;
+        if was_held && matches!(released, Ok(false)) {
+            // Gone although no renewal had seen it yet: lost all the same.
+            self.held.lose();
+        }
+        self.held.lost.send_replace(true);
+        released
     }
 }
 
