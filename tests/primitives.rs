@@ -550,6 +550,13 @@ async fn sessions_are_shared_updated_and_destroyed(shared: &Shared) {
         .await
         .unwrap()
         .is_none());
+    // Garbage a client may present is no session, and not an error (nor a Redis call: a key
+    // this long would be refused by `max_key_bytes`).
+    for junk in ["", "x", &"a".repeat(5000), &id.to_uppercase()] {
+        assert!(sb.get(junk).await.unwrap().is_none(), "{junk:.40}");
+        assert!(!sb.update(junk, "x".to_owned()).await.unwrap());
+        sb.destroy(junk).await.unwrap();
+    }
 
     assert!(sb.update(&id, "cart: 2".to_owned()).await.unwrap());
     session_is(&sa, &id, Some("cart: 2")).await;

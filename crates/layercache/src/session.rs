@@ -271,6 +271,12 @@ fn new_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Whether `id` could be one this store handed out (32 lowercase hex characters): anything
+/// else a client presents is no session, answered without asking Redis.
+fn well_formed(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl<V> SessionStore<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -327,12 +333,16 @@ where
     }
 
     /// The session `id`, extending its idle timeout: `None` when there is none — never created,
-    /// timed out, destroyed, or revoked with its owner's.
+    /// timed out, destroyed, or revoked with its owner's — and for an id this store could not
+    /// have made (not 32 lowercase hex characters), without asking Redis.
     ///
     /// # Errors
     ///
     /// As [`Region::get`].
     pub async fn get(&self, id: &str) -> Result<Option<Session<V>>> {
+        if !well_formed(id) {
+            return Ok(None);
+        }
         let Some(record) = self.region.get(id).await? else {
             return Ok(None);
         };
@@ -370,6 +380,9 @@ where
     ///
     /// As [`Region::insert_versioned`].
     pub async fn update(&self, id: &str, data: V) -> Result<bool> {
+        if !well_formed(id) {
+            return Ok(false);
+        }
         let Some(current) = self.region.get(id).await? else {
             return Ok(false);
         };
@@ -397,6 +410,9 @@ where
     where
         V: Clone,
     {
+        if !well_formed(id) {
+            return Ok(());
+        }
         let Some(current) = self.region.get(id).await? else {
             // Nothing to revoke (an update needs a live session, so none can bring it back);
             // a copy another instance may still hold is dropped.
