@@ -355,6 +355,12 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
         (7, 3, 0)
     );
     assert_eq!((sb.rate_allowed, sb.rate_refused), (2, 1));
+    // A reset forgets the key's count, for every instance.
+    la.reset("u").await.unwrap();
+    if !matches!(shared, Shared::Memory(_)) {
+        assert_eq!(pttl(shared, "rl1:r2:{api:u}").await, -2);
+    }
+    assert_eq!(allowed(&lb, "u").await.remaining, 4);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -560,6 +566,13 @@ async fn sessions_are_shared_updated_and_destroyed(shared: &Shared) {
 
     assert!(sb.update(&id, "cart: 2".to_owned()).await.unwrap());
     session_is(&sa, &id, Some("cart: 2")).await;
+    // A new id for the same session (after a sign-in): the old one is gone everywhere.
+    let old = id;
+    let id = sa.renew_id(&old).await.unwrap().expect("a live session");
+    assert_ne!(id, old);
+    session_is(&sb, &old, None).await;
+    session_is(&sb, &id, Some("cart: 2")).await;
+    assert_eq!(sa.renew_id(&old).await.unwrap(), None);
     sa.destroy(&id).await.unwrap();
     session_is(&sb, &id, None).await;
     assert!(sa.get(&id).await.unwrap().is_none());

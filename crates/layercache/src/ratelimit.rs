@@ -221,22 +221,20 @@ impl RateLimiter {
         self.limit
     }
 
-    /// Checks one request for `key`: [`check_n`](Self::check_n) with `n = 1`.
-    pub async fn check<Q: CacheKey + ?Sized>(&self, key: &Q) -> Result<Decision> {
-        self.check_n(key, 1).await
+    /// Forgets what was counted for `key` (on every instance): the next check starts afresh —
+    /// a failed-login limit after a successful login, say.
+    ///
+    /// # Errors
+    ///
+    /// A key above the cache's `max_key_bytes` ([`ErrorKind::KeyTooLarge`]); a Redis failure
+    /// (whatever [`WhenRedisFails`] says: nothing was forgotten).
+    pub async fn reset<Q: CacheKey + ?Sized>(&self, key: &Q) -> Result<()> {
+        let (redis_key, odd_key) = self.redis_keys(key)?;
+        self.l2.delete_many(vec![redis_key, odd_key]).await
     }
 
-    /// Checks `n` requests for `key` at once (all or none pass). Errors: `n` of 0 or above the
-    /// limit (the burst for a token bucket) ([`ErrorKind::Config`]: it could never pass), a key
-    /// above the cache's `max_key_bytes` ([`ErrorKind::KeyTooLarge`]), and a Redis failure
-    /// only with [`WhenRedisFails::Error`].
-    pub async fn check_n<Q: CacheKey + ?Sized>(&self, key: &Q, n: u64) -> Result<Decision> {
-        if n == 0 || n > self.limit.capacity() {
-            return Err(Error::config(format!(
-                "rate limit: {n} requests at once can never pass a limit of {}",
-                self.limit.capacity()
-            )));
-        }
+    /// The Redis keys of `key`'s state: `{cache}:r{format}:{<name>:<escaped key>}` and its `:1`.
+    fn redis_keys<Q: CacheKey + ?Sized>(&self, key: &Q) -> Result<(String, String)> {
         let mut bytes = Vec::new();
         let bytes = match key.key_bytes() {
             Some(b) => b,
@@ -259,6 +257,26 @@ impl RateLimiter {
         escape_into(bytes, &mut redis_key);
         redis_key.push('}');
         let odd_key = format!("{redis_key}:1");
+        Ok((redis_key, odd_key))
+    }
+
+    /// Checks one request for `key`: [`check_n`](Self::check_n) with `n = 1`.
+    pub async fn check<Q: CacheKey + ?Sized>(&self, key: &Q) -> Result<Decision> {
+        self.check_n(key, 1).await
+    }
+
+    /// Checks `n` requests for `key` at once (all or none pass). Errors: `n` of 0 or above the
+    /// limit (the burst for a token bucket) ([`ErrorKind::Config`]: it could never pass), a key
+    /// above the cache's `max_key_bytes` ([`ErrorKind::KeyTooLarge`]), and a Redis failure
+    /// only with [`WhenRedisFails::Error`].
+    pub async fn check_n<Q: CacheKey + ?Sized>(&self, key: &Q, n: u64) -> Result<Decision> {
+        if n == 0 || n > self.limit.capacity() {
+            return Err(Error::config(format!(
+                "rate limit: {n} requests at once can never pass a limit of {}",
+                self.limit.capacity()
+            )));
+        }
+        let (redis_key, odd_key) = self.redis_keys(key)?;
         let call = RateCall {
             key: &redis_key,
             odd_key: &odd_key,

@@ -429,6 +429,45 @@ where
         self.write(id, revoked).await.map(|_| ())
     }
 
+    /// Moves the live session `id` to a new id (same data, owner and lifetimes) and ends the
+    /// old one, on every instance; returns the new id, or `None` when there is no live session
+    /// `id`. Call it when a session's privileges change (a sign-in): an id an attacker planted
+    /// before it (session fixation) is worth nothing after.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create); when the old id could not be ended, the error (the new
+    /// session exists, and its id is not returned: it is ended too, best effort).
+    pub async fn renew_id(&self, id: &str) -> Result<Option<String>>
+    where
+        V: Clone,
+    {
+        if !well_formed(id) {
+            return Ok(None);
+        }
+        let Some(current) = self.region.get(id).await? else {
+            return Ok(None);
+        };
+        if !self.live(&current).await? {
+            return Ok(None);
+        }
+        let new_id = new_id()?;
+        let moved = Record {
+            data: current.data.clone(),
+            owner: current.owner.clone(),
+            created_us: current.created_us,
+            expires_ms: current.expires_ms,
+            version: 1,
+            revoked: false,
+        };
+        self.write(&new_id, moved).await?;
+        if let Err(e) = self.destroy(id).await {
+            let _ = self.destroy(&new_id).await;
+            return Err(e);
+        }
+        Ok(Some(new_id))
+    }
+
     /// Ends every session of `owner` created up to now, on every instance (sessions created
     /// afterwards are not affected): "sign out everywhere".
     ///
