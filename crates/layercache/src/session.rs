@@ -66,7 +66,9 @@ pub struct SessionStoreBuilder<'c, V> {
 
 impl LayerCache {
     /// A store of sessions holding a `V` each, named `name` (1 to 57 characters of
-    /// `[A-Za-z0-9_.-]`), shared by every instance of this cache: see [`SessionStore`].
+    /// `[A-Za-z0-9_.-]`), shared by every instance of this cache: see [`SessionStore`]. The
+    /// store is the cache's regions `name` and `{name}.owners`: give no other region those
+    /// names. [`LayerCache::clear`] ends every session, as it drops every region's entries.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
