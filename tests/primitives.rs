@@ -704,3 +704,42 @@ async fn bad_session_store_input_is_a_config_error() {
     let id = s.create(7).await.unwrap();
     assert_eq!(s.get(&id).await.unwrap().map(|s| *s.data()), Some(7));
 }
+
+/// With acknowledged writes, a sign-out is seen on every instance when the call returns: no
+/// request on another replica finds the session afterwards, not even from its L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acknowledged_writes_a_sign_out_is_everywhere_when_it_returns() {
+    let server = redis();
+    let acked = |name: &str| {
+        support::fast_bus(support::builder(&server, name))
+            .ack_writes(WAIT)
+            .build()
+    };
+    let (a, b) = (acked("ss4").await.unwrap(), acked("ss4").await.unwrap());
+    let (sa, sb) = (store(&a).await, store(&b).await);
+    let one = sa.create_for("u1", "one".to_owned()).await.unwrap();
+    let two = sa.create_for("u1", "two".to_owned()).await.unwrap();
+    wait_until("B to see both instances", WAIT, || {
+        let b = b.clone();
+        async move { !b.bus_status().unwrap().peers.is_empty() }
+    })
+    .await;
+    for id in [&one, &two] {
+        // In A's L1, with the owner's "not revoked" too.
+        assert!(sa.get(id).await.unwrap().is_some());
+        assert!(sa.get(id).await.unwrap().is_some());
+    }
+    sb.destroy(&one).await.unwrap();
+    assert!(
+        sa.get(&one).await.unwrap().is_none(),
+        "A served a destroyed session"
+    );
+    assert!(sa.get(&two).await.unwrap().is_some());
+    sb.destroy_all_of("u1").await.unwrap();
+    assert!(
+        sa.get(&two).await.unwrap().is_none(),
+        "A served a signed-out session"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -19,6 +19,11 @@
 //! each owned session (an L1 hit, "not revoked" included: it is cached as a miss and replaced
 //! by the revocation on every instance).
 //!
+//! Other instances apply a `destroy`, `destroy_all_of` or `renew_id` within a bus round trip
+//! (milliseconds); with [`ack_writes`](crate::LayerCacheBuilder::ack_writes) the call returns
+//! only once every live instance has applied it, so a request on any replica right after a
+//! sign-out finds no session.
+//!
 //! Like every write, one that Redis did not confirm (an outage) is journaled and repaired as
 //! an invalidation: a session created during an outage is gone once Redis answers again (its
 //! user signs in again), and a destroyed one stays destroyed.
