@@ -11,15 +11,18 @@
 //! layercache-cli --cache shop invalidate key users 42
 //! layercache-cli --cache shop invalidate tag team:7
 //! layercache-cli --cache shop invalidate region users
+//! layercache-cli --cache shop invalidate sessions web user:42
+//! layercache-cli --cache shop invalidate rate login user:42
+//! layercache-cli --cache shop invalidate lock nightly-report --yes
 //! layercache-cli --cache shop invalidate all --yes
 //! layercache-cli --cache shop watch --no-heartbeats
 //! layercache-cli --cache shop instances
 //! ```
 //!
 //! `--json` prints one JSON object. Exit codes: 0 done; 1 Redis unreachable, refused or
-//! failing; 2 bad usage (including `invalidate all` without `--yes`); 3 no such key or region;
-//! 4 the key holds something that is not a sound layercache entry. Every message names the
-//! URL with its password hidden.
+//! failing; 2 bad usage (including `invalidate all` and `invalidate lock` without `--yes`);
+//! 3 no such key or region; 4 the key holds something that is not a sound layercache entry.
+//! Every message names the URL with its password hidden.
 
 mod inspect;
 mod output;
@@ -110,6 +113,32 @@ enum Target {
         /// The region's schema version.
         #[arg(long, default_value_t = 1)]
         schema: u32,
+    },
+    /// Every session of one owner in a session store ("sign out everywhere").
+    Sessions {
+        /// The session store's name (`LayerCache::sessions`).
+        store: String,
+        /// The owner (as given to `SessionStore::create_for`).
+        owner: String,
+    },
+    /// What a rate limiter counted for one key (its next check starts afresh).
+    Rate {
+        /// The rate limiter's name (`LayerCache::rate_limiter`).
+        limiter: String,
+        /// The limited key, as the service's `CacheKey` writes it.
+        key: String,
+        /// The key is hex (for binary keys).
+        #[arg(long)]
+        hex: bool,
+    },
+    /// A distributed lock, whoever holds it (a holder still alive finds it lost; fences keep
+    /// rising).
+    Lock {
+        /// The lock's name (`LayerCache::lock`).
+        name: String,
+        /// Required: this lets another instance take a lock that may still be in use.
+        #[arg(long)]
+        yes: bool,
     },
     /// Everything in the cache, on every instance.
     All {
@@ -229,6 +258,11 @@ async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failu
             cli.cache
         )));
     }
+    if let Target::Lock { name, yes: false } = what {
+        return Err(Failure::Usage(format!(
+            "invalidate lock {name:?} lets another instance take it while its holder may still run: add --yes to do it"
+        )));
+    }
     let cache = connect(cli).await?;
     let fail = |e: layercache::Error| Failure::from_cache(&cli.url, &e);
     let done = match what {
@@ -260,6 +294,27 @@ async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failu
             r.invalidate_all().await.map_err(fail)?;
             format!("region {name:?}")
         }
+        Target::Sessions { store, owner } => {
+            let sessions = cache
+                .sessions::<Opaque>(store.as_str())
+                .build()
+                .await
+                .map_err(fail)?;
+            sessions.destroy_all_of(owner).await.map_err(fail)?;
+            format!("the sessions of {owner:?} in store {store:?}")
+        }
+        Target::Rate { limiter, key, hex } => {
+            let bytes = key_bytes(key, *hex)?;
+            // The limit is not needed to forget a key's count.
+            let any = layercache::RateLimit::fixed_window(1, Duration::from_secs(1));
+            let l = cache.rate_limiter(limiter, any).map_err(fail)?;
+            l.reset(bytes.as_slice()).await.map_err(fail)?;
+            format!("the count of {key:?} in rate limiter {limiter:?}")
+        }
+        Target::Lock { name, .. } => {
+            cache.break_lock(name).await.map_err(fail)?;
+            format!("lock {name:?}")
+        }
         Target::All { .. } => {
             let mut bar = out.progress("clear: outdated keys deleted");
             cache
@@ -270,7 +325,9 @@ async fn invalidate(cli: &Cli, out: &mut Out, what: &Target) -> Result<(), Failu
             "every entry".to_owned()
         }
     };
-    let status = cache.bus_status();
+    // A rate limiter's count and a lock are not held in any L1: nothing is announced.
+    let announced = !matches!(what, Target::Rate { .. } | Target::Lock { .. });
+    let status = cache.bus_status().filter(|_| announced);
     cache.shutdown().await;
     out.invalidated(&done, status.as_ref());
     Ok(())

@@ -214,11 +214,13 @@ impl Out {
                 "instance": instance,
                 "published_seq": seq,
             }));
+        } else if let (Some(instance), Some(seq)) = (instance, seq) {
+            self.print(&format!(
+                "invalidated {what}; announced on the bus by instance {instance} (message {seq})"
+            ));
         } else {
             self.print(&format!(
-                "invalidated {what}; announced on the bus by instance {} (message {})",
-                instance.unwrap_or_else(|| "-".to_owned()),
-                seq.map_or_else(|| "-".to_owned(), |s| s.to_string())
+                "invalidated {what} (in Redis: no instance holds it in L1)"
             ));
         }
     }

@@ -543,3 +543,71 @@ async fn invalidate_all_with_yes_clears_every_instance_and_shows_its_walk() {
     }
     assert!(r.get("k1").await.unwrap().is_none());
 }
+
+/// The primitives' operator commands: a user signed out of every session, a rate limiter's
+/// count forgotten, a lock broken (only with `--yes`) — each seen by a running instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_rate_counts_and_locks_are_invalidated_for_running_instances() {
+    let server = RedisServer::start().unwrap();
+    let (c, _) = instance(&server, "ops").await;
+    let sessions = c.sessions::<String>("web").build().await.unwrap();
+    let mine = sessions
+        .create_for("user:42", "a".to_owned())
+        .await
+        .unwrap();
+    let theirs = sessions.create_for("user:7", "b".to_owned()).await.unwrap();
+    let out = cli(
+        &server.url(),
+        "ops",
+        &["invalidate", "sessions", "web", "user:42"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("announced on the bus"),
+        "{:?}",
+        text(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sessions.get(&mine).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the sign-out was not applied");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(sessions.get(&theirs).await.unwrap().is_some());
+
+    let limit = layercache::RateLimit::fixed_window(1, Duration::from_secs(3600));
+    let limiter = c.rate_limiter("login", limit).unwrap();
+    assert!(limiter.check("user:42").await.unwrap().allowed);
+    assert!(!limiter.check("user:42").await.unwrap().allowed);
+    let out = cli(
+        &server.url(),
+        "ops",
+        &["--json", "invalidate", "rate", "login", "user:42"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(json(&out)["instance"], Value::Null, "nothing to announce");
+    assert!(limiter.check("user:42").await.unwrap().allowed);
+
+    let held = c.lock("nightly").acquire().await.unwrap().unwrap();
+    let out = cli(&server.url(), "ops", &["invalidate", "lock", "nightly"]).await;
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(text(&out).1.contains("--yes"), "{:?}", text(&out));
+    assert!(
+        c.lock("nightly").acquire().await.unwrap().is_none(),
+        "still held"
+    );
+    let out = cli(
+        &server.url(),
+        "ops",
+        &["invalidate", "lock", "nightly", "--yes"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let next = c.lock("nightly").acquire().await.unwrap().expect("broken");
+    assert!(next.fence() > held.fence());
+    tokio::time::timeout(Duration::from_secs(10), held.lost())
+        .await
+        .expect("the broken lock's holder finds it lost");
+    c.shutdown().await;
+}

@@ -93,6 +93,40 @@ impl LayerCache {
     }
 }
 
+impl LayerCache {
+    /// Deletes the lock `name` whoever holds it: an operator's tool for a lock whose holder is
+    /// known to be gone (its TTL would end it anyway). A holder that is still alive finds the
+    /// lock lost at its next renewal, and the next acquisition's fence is larger than its: the
+    /// resource the lock protects refuses its late writes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid name or a cache without a
+    /// Redis tier; a Redis failure (nothing was deleted).
+    pub async fn break_lock(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let Some(l2) = &self.inner.l2 else {
+            return Err(no_redis());
+        };
+        let (key, _) = lock_keys(&self.inner.name, name);
+        l2.delete_many(vec![key]).await
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES {
+        return Err(Error::config(format!(
+            "lock name {:?} is invalid: use 1 to {MAX_LOCK_NAME_BYTES} bytes",
+            shortened(name)
+        )));
+    }
+    Ok(())
+}
+
+fn no_redis() -> Error {
+    Error::config("locks need a Redis tier: this cache has none (set redis_url)")
+}
+
 impl LockRequest<'_> {
     /// How long the lock lives in Redis without a renewal: the longest a crashed holder keeps
     /// others out. The holder renews it every third of this while it is held. At least 10 ms.
@@ -126,21 +160,14 @@ impl LockRequest<'_> {
             ttl,
             wait,
         } = self;
-        if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES {
-            return Err(Error::config(format!(
-                "lock name {:?} is invalid: use 1 to {MAX_LOCK_NAME_BYTES} bytes",
-                shortened(&name)
-            )));
-        }
+        check_name(&name)?;
         if ttl < Duration::from_millis(10) {
             return Err(Error::config(format!(
                 "lock ttl {ttl:?} is too short: at least 10 ms"
             )));
         }
         let Some(l2) = cache.inner.l2.clone() else {
-            return Err(Error::config(
-                "locks need a Redis tier: this cache has none (set redis_url)",
-            ));
+            return Err(no_redis());
         };
         let (key, fence_key) = lock_keys(&cache.inner.name, &name);
         let token = token();
