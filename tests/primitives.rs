@@ -273,13 +273,14 @@ async fn bad_lock_input_is_a_config_error() {
     let longest = "x".repeat(layercache::MAX_LOCK_NAME_BYTES);
     let held = c.lock(longest).acquire().await.unwrap().unwrap();
     assert!(held.release().await.unwrap());
-    let e = c
-        .lock("t")
-        .ttl(Duration::from_millis(9))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    for (ttl, wait) in [
+        (Duration::from_millis(9), Duration::ZERO),
+        (Duration::MAX, Duration::ZERO),
+        (Duration::from_secs(1), Duration::MAX),
+    ] {
+        let e = c.lock("t").ttl(ttl).wait(wait).acquire().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    }
     let l1_only = LayerCache::builder("lkbad").build().await.unwrap();
     let e = l1_only.lock("t").acquire().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
@@ -689,11 +690,17 @@ async fn bad_session_store_input_is_a_config_error() {
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     let e = c.sessions::<u8>("bad name").build().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    for (idle, absolute) in [(9, 10_000), (10_000, 9)] {
+    let ms = Duration::from_millis;
+    for (idle, absolute) in [
+        (ms(9), ms(10_000)),
+        (ms(10_000), ms(9)),
+        (Duration::MAX, ms(10_000)),
+        (ms(10_000), Duration::MAX),
+    ] {
         let e = c
             .sessions::<u8>("s")
-            .idle_timeout(Duration::from_millis(idle))
-            .absolute_timeout(Duration::from_millis(absolute))
+            .idle_timeout(idle)
+            .absolute_timeout(absolute)
             .build()
             .await
             .unwrap_err();

@@ -38,7 +38,7 @@ use crate::{
     error::{Error, Result},
     freshness::token,
     key::{escape_into, shortened, space},
-    options::millis_ceil,
+    options::{millis_ceil, MAX_LIFETIME, MAX_WAIT},
     remote::{FencedLock, Remote},
 };
 
@@ -129,7 +129,8 @@ fn no_redis() -> Error {
 
 impl LockRequest<'_> {
     /// How long the lock lives in Redis without a renewal: the longest a crashed holder keeps
-    /// others out. The holder renews it every third of this while it is held. At least 10 ms.
+    /// others out. The holder renews it every third of this while it is held. At least 10 ms,
+    /// at most [`MAX_LIFETIME`](crate::MAX_LIFETIME).
     ///
     /// Default: 10 s.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -138,7 +139,7 @@ impl LockRequest<'_> {
     }
 
     /// How long [`acquire`](Self::acquire) keeps trying while someone else holds the lock
-    /// (retrying after 5 ms, doubling up to 100 ms).
+    /// (retrying after 5 ms, doubling up to 100 ms). At most [`MAX_WAIT`](crate::MAX_WAIT).
     ///
     /// Default: zero (one attempt).
     pub fn wait(mut self, wait: Duration) -> Self {
@@ -161,9 +162,14 @@ impl LockRequest<'_> {
             wait,
         } = self;
         check_name(&name)?;
-        if ttl < Duration::from_millis(10) {
+        if ttl < Duration::from_millis(10) || ttl > MAX_LIFETIME {
             return Err(Error::config(format!(
-                "lock ttl {ttl:?} is too short: at least 10 ms"
+                "lock ttl {ttl:?} is out of bounds: at least 10 ms, at most MAX_LIFETIME (10 years)"
+            )));
+        }
+        if wait > MAX_WAIT {
+            return Err(Error::config(format!(
+                "lock wait {wait:?} is out of bounds: at most MAX_WAIT (1 day)"
             )));
         }
         let Some(l2) = cache.inner.l2.clone() else {
