@@ -130,7 +130,7 @@ fn no_redis() -> Error {
 impl LockRequest<'_> {
     /// How long the lock lives in Redis without a renewal: the longest a crashed holder keeps
     /// others out. The holder renews it every third of this while it is held. At least 10 ms,
-    /// at most [`MAX_LIFETIME`](crate::MAX_LIFETIME).
+    /// at most [`MAX_LIFETIME`].
     ///
     /// Default: 10 s.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -139,7 +139,7 @@ impl LockRequest<'_> {
     }
 
     /// How long [`acquire`](Self::acquire) keeps trying while someone else holds the lock
-    /// (retrying after 5 ms, doubling up to 100 ms). At most [`MAX_WAIT`](crate::MAX_WAIT).
+    /// (retrying after 5 ms, doubling up to 100 ms). At most [`MAX_WAIT`].
     ///
     /// Default: zero (one attempt).
     pub fn wait(mut self, wait: Duration) -> Self {
