@@ -476,6 +476,11 @@ async fn bad_rate_limit_input_is_an_error() {
         ("", ok),
         ("a:b", ok),
         ("l", RateLimit::token_bucket(0, Duration::from_secs(1))),
+        (
+            "l",
+            RateLimit::fixed_window(u64::MAX, Duration::from_secs(1)),
+        ),
+        ("l", ok.burst(u64::MAX)),
         ("l", RateLimit::sliding_window(10, Duration::ZERO)),
         (
             "l",

@@ -52,7 +52,8 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// `limit` requests per `window`, one every `window / limit`, with bursts of up to
-    /// [`burst`](Self::burst) (GCRA: a token bucket refilled continuously).
+    /// [`burst`](Self::burst) (GCRA: a token bucket refilled continuously). For every
+    /// algorithm: a limit of 1 to 2^53, a window of 1 ms to a year.
     pub fn token_bucket(limit: u64, window: Duration) -> Self {
         Self {
             algorithm: Algorithm::TokenBucket,
@@ -93,8 +94,10 @@ impl RateLimit {
 
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::config(format!("rate limit: {what}")));
-        if self.limit == 0 {
-            return bad("the limit must be at least 1".to_owned());
+        // Counts are doubles in the script: exact up to 2^53.
+        const MAX_COUNT: u64 = 1 << 53;
+        if self.limit == 0 || self.limit > MAX_COUNT || self.burst.is_some_and(|b| b > MAX_COUNT) {
+            return bad("the limit and the burst must be between 1 and 2^53".to_owned());
         }
         if self.window < Duration::from_millis(1) || self.window > Duration::from_secs(366 * 86_400)
         {
