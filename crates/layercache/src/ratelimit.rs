@@ -25,7 +25,8 @@
 //!
 //! Keys: `{cache}:r{format}:{<limiter name>:<escaped key>}` (literal braces: a hash tag, so a
 //! sliding window's second key, `…:1`, shares the slot on a Redis Cluster), each living no
-//! longer than its state matters (at most two windows).
+//! longer than its state matters (a window, two for the sliding one, or the time a token
+//! bucket takes to fill up again).
 
 use std::{
     sync::{Arc, Weak},
