@@ -24,7 +24,10 @@ on_redis_and_cluster!(
     signing_out_everywhere_ends_an_owners_sessions_only,
 );
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use fred::types::Value;
 use layercache::{
@@ -126,8 +129,27 @@ async fn a_held_lock_is_renewed_and_a_lost_one_says_so(shared: &Shared) {
     let (a, b) = (shared.instance("lk2").await, shared.instance("lk2").await);
     let ttl = Duration::from_millis(1200);
     let la = a.lock("renewed").ttl(ttl).acquire().await.unwrap().unwrap();
-    // Three lifetimes: only renewals keep it.
-    tokio::time::sleep(ttl * 3).await;
+    // Renewed again and again: four renewals seen in Redis (its PTTL rising back), the last a
+    // lifetime and more after it was taken — only renewals keep it.
+    let raw = shared.raw().await;
+    let seen = Arc::new(Mutex::new((i64::MAX, 0u32)));
+    wait_until("four renewals of the held lock", WAIT, || {
+        let (raw, seen) = (raw.clone(), seen.clone());
+        async move {
+            let left = cmd(&raw, "PTTL", &["lk2:l2:{renewed}"])
+                .await
+                .as_i64()
+                .unwrap();
+            assert!(left > 0, "the held lock expired in Redis");
+            let mut seen = seen.lock().unwrap();
+            if left > seen.0 {
+                seen.1 += 1;
+            }
+            seen.0 = left;
+            seen.1 >= 4
+        }
+    })
+    .await;
     assert!(la.is_held());
     let left = pttl(shared, "lk2:l2:{renewed}").await;
     assert!(left > 0 && left <= 1200, "PTTL {left}");
@@ -302,6 +324,41 @@ async fn refused(l: &RateLimiter, key: &str) -> Duration {
     d.retry_after.expect("a refusal says when to retry")
 }
 
+/// Refused now, told to retry after at most `longest`; then polled (refusals are not counted)
+/// until allowed, which must not come before the retry time it was told.
+async fn allowed_again_after_retry(l: &RateLimiter, key: &str, longest: Duration) {
+    let sent = Instant::now();
+    let retry = refused(l, key).await;
+    let answered = Instant::now();
+    assert!(retry <= longest, "{key}: {retry:?}");
+    let allowed_at = Arc::new(Mutex::new(None));
+    wait_until("allowed again after the retry time", WAIT, || {
+        let (l, key, allowed_at) = (l.clone(), key.to_owned(), allowed_at.clone());
+        async move {
+            let asked = Instant::now();
+            let d = l.check(key.as_str()).await.unwrap();
+            if d.allowed {
+                *allowed_at.lock().unwrap() = Some(Instant::now());
+            } else {
+                // Asked once the retry time had passed: it must have been allowed.
+                assert!(
+                    asked < answered + retry,
+                    "{key}: refused {:?} after the refusal, told {retry:?}",
+                    asked - sent
+                );
+            }
+            d.allowed
+        }
+    })
+    .await;
+    let at = allowed_at.lock().unwrap().unwrap();
+    assert!(
+        at >= sent + retry,
+        "{key}: allowed {:?} after the refusal, told {retry:?}",
+        at - sent
+    );
+}
+
 /// A token bucket's budget is one for every instance; keys count apart; a burst passes at once,
 /// then one request per interval; `check_n` takes all or nothing.
 async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
@@ -337,6 +394,14 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
         assert!(left > 50_000 && left <= 60_000, "PTTL {left}");
     }
 
+    // A: 3 + 1 + 1 ("v" for 4) allowed, "u" and "v" (for 5) refused. B: 2 and 1.
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        (sa.rate_allowed, sa.rate_refused, sa.rate_degraded),
+        (5, 2, 0)
+    );
+    assert_eq!((sb.rate_allowed, sb.rate_refused), (2, 1));
+
     // One every 500 ms, bursts of one: refused, then allowed once the retry time has passed.
     let fast = a
         .rate_limiter(
@@ -345,17 +410,7 @@ async fn a_token_bucket_is_shared_by_instances_and_refills(shared: &Shared) {
         )
         .unwrap();
     allowed(&fast, "k").await;
-    let retry = refused(&fast, "k").await;
-    assert!(retry <= Duration::from_millis(500), "{retry:?}");
-    tokio::time::sleep(retry + Duration::from_millis(1)).await;
-    allowed(&fast, "k").await;
-    // A: 3 + 1 + 1 ("v" for 4) + 1 allowed, "u" and "v" (for 5) and "fast" refused. B: 2 and 1.
-    let (sa, sb) = (a.stats(), b.stats());
-    assert_eq!(
-        (sa.rate_allowed, sa.rate_refused, sa.rate_degraded),
-        (7, 3, 0)
-    );
-    assert_eq!((sb.rate_allowed, sb.rate_refused), (2, 1));
+    allowed_again_after_retry(&fast, "k", Duration::from_millis(500)).await;
     // A reset forgets the key's count, for every instance.
     la.reset("u").await.unwrap();
     if !matches!(shared, Shared::Memory(_)) {
@@ -415,10 +470,7 @@ async fn windows_count_and_reopen(shared: &Shared) {
         let l = a.rate_limiter(name, limit).unwrap();
         let d = l.check_n("k", 2).await.unwrap();
         assert!(d.allowed, "{name}: {d:?}");
-        let retry = refused(&l, "k").await;
-        assert!(retry <= Duration::from_millis(1500), "{name}: {retry:?}");
-        tokio::time::sleep(retry + Duration::from_millis(1)).await;
-        allowed(&l, "k").await;
+        allowed_again_after_retry(&l, "k", Duration::from_millis(1500)).await;
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -650,12 +702,17 @@ async fn sessions_end_at_their_idle_and_absolute_timeouts() {
     let sa = build(&a, idle, Duration::from_secs(3600)).await;
     let sb = build(&b, idle, Duration::from_secs(3600)).await;
     let id = sa.create("x".to_owned()).await.unwrap();
-    // Read on A for twice the idle timeout: still there, on B too (Redis was extended).
-    let until = tokio::time::Instant::now() + idle * 2;
-    while tokio::time::Instant::now() < until {
-        assert!(sa.get(&id).await.unwrap().is_some(), "ended while read");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Read on A until it has extended the session in Redis 15 times (at most once per tenth of
+    // the idle timeout: longer than the idle timeout): still there, on B too.
+    let extends = a.stats().l2_extends;
+    wait_until("A's reads to extend the session 15 times", WAIT, || {
+        let (a, sa, id) = (a.clone(), sa.clone(), id.clone());
+        async move {
+            assert!(sa.get(&id).await.unwrap().is_some(), "ended while read");
+            a.stats().l2_extends >= extends + 15
+        }
+    })
+    .await;
     assert!(
         sb.get(&id).await.unwrap().is_some(),
         "ended in Redis while read on A"

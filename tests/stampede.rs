@@ -533,16 +533,21 @@ async fn a_slid_entry_outlives_its_first_ttl_on_every_instance(shared: &Shared) 
     let build = |c: &LayerCache| c.region::<str, u64>("r").entry_options(sliding).build();
     let (ra, rb) = (build(&a).await.unwrap(), build(&b).await.unwrap());
     ra.insert("k", 1).await.unwrap();
-    // Read on A for two and a half lifetimes.
-    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
-    while tokio::time::Instant::now() < until {
-        assert_eq!(
-            ra.get("k").await.unwrap().as_deref(),
-            Some(&1),
-            "ended while read"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Read on A until it has extended the entry in Redis 25 times (at most once per 100 ms:
+    // more than two lifetimes).
+    let extends = a.stats().l2_extends;
+    wait_until("A's reads to extend the entry 25 times", WAIT, || {
+        let (a, ra) = (a.clone(), ra.clone());
+        async move {
+            assert_eq!(
+                ra.get("k").await.unwrap().as_deref(),
+                Some(&1),
+                "ended while read"
+            );
+            a.stats().l2_extends >= extends + 25
+        }
+    })
+    .await;
     assert_eq!(
         rb.get("k").await.unwrap().as_deref(),
         Some(&1),
