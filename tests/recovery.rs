@@ -25,12 +25,8 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// An instance whose link to Redis (commands and bus) goes through `proxy`.
 async fn via(proxy: &Proxy, name: &str, timeout: Duration) -> LayerCache {
-    LayerCache::builder(name)
-        .redis_url(proxy.url())
-        .l2_command_timeout(timeout)
+    support::proxied(proxy, name, timeout)
         .l2_connect_timeout(Duration::from_secs(2))
-        .l2_breaker_cooldown(Duration::from_millis(200))
-        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .bus_heartbeat_interval(Duration::from_millis(100))
         .bus_heartbeat_timeout(Duration::from_millis(1000))
         .build()
@@ -994,10 +990,7 @@ async fn a_load_waiting_for_the_lock_loads_without_it_once_redis_is_cut_off() {
 
     let server = redis();
     let proxy = Proxy::start(server.port()).unwrap();
-    let a = LayerCache::builder("lockcut")
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_millis(300))
-        .l2_breaker_cooldown(Duration::from_millis(200))
+    let a = support::proxied(&proxy, "lockcut", Duration::from_millis(300))
         .lock_wait(Duration::from_secs(3600))
         .build()
         .await

@@ -432,6 +432,20 @@ impl Shared {
     }
 }
 
+/// A builder for an instance linked to Redis through `proxy` (which the test cuts): commands
+/// time out after `timeout`, and the breaker and the reconnection try again quickly.
+pub(crate) fn proxied(
+    proxy: &layercache_testkit::Proxy,
+    name: &str,
+    timeout: Duration,
+) -> LayerCacheBuilder {
+    LayerCache::builder(name)
+        .redis_url(proxy.url())
+        .l2_command_timeout(timeout)
+        .l2_breaker_cooldown(Duration::from_millis(200))
+        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
 /// Heartbeats every 100 ms, presumed broken after 1 s, no L1 cooldown (see [`instance`]).
 pub(crate) fn fast_bus(builder: LayerCacheBuilder) -> LayerCacheBuilder {
     builder
