@@ -227,11 +227,7 @@ async fn locks_on_the_in_memory_server() {
 
 /// An instance linked to Redis through `proxy` (which the test cuts), quick to notice.
 async fn through(proxy: &Proxy, name: &str) -> LayerCache {
-    LayerCache::builder(name)
-        .redis_url(proxy.url())
-        .l2_command_timeout(Duration::from_millis(300))
-        .l2_breaker_cooldown(Duration::from_millis(200))
-        .l2_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+    support::proxied(proxy, name, Duration::from_millis(300))
         .build()
         .await
         .unwrap()
@@ -809,6 +805,53 @@ async fn with_acknowledged_writes_a_sign_out_is_everywhere_when_it_returns() {
         sa.get(&two).await.unwrap().is_none(),
         "A served a signed-out session"
     );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Cut off from Redis, A destroys a session B made and creates one: both calls return `Ok`
+/// (journaled). Once the link heals and A's repairs land, the destroyed session is gone for
+/// every instance and cannot be updated back, and the one made while cut off is gone too (a
+/// repair is an invalidation): neither outlives the outage as the old state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_destroyed_while_cut_off_stays_destroyed() {
+    let server = redis();
+    let proxy = Proxy::start(server.port()).unwrap();
+    let a = support::fast_bus(support::proxied(
+        &proxy,
+        "sscut",
+        Duration::from_millis(300),
+    ))
+    .build()
+    .await
+    .unwrap();
+    let b = support::instance(&server, "sscut").await;
+    let (sa, sb) = (store(&a).await, store(&b).await);
+    let id = sb.create("made on B".to_owned()).await.unwrap();
+    session_is(&sa, &id, Some("made on B")).await;
+
+    proxy.cut();
+    sa.destroy(&id).await.unwrap();
+    assert!(
+        sa.get(&id).await.unwrap().is_none(),
+        "A serves what it destroyed"
+    );
+    let during = sa.create("made while cut off".to_owned()).await.unwrap();
+    assert!(a.pending_repairs() >= 2, "{}", a.pending_repairs());
+
+    proxy.pass();
+    wait_until("A's repairs to land", WAIT, || {
+        let a = a.clone();
+        async move { a.pending_repairs() == 0 && a.l2_connected() }
+    })
+    .await;
+    session_is(&sb, &id, None).await;
+    assert!(
+        !sb.update(&id, "back".to_owned()).await.unwrap(),
+        "updated back"
+    );
+    session_is(&sb, &during, None).await;
+    assert!(sa.get(&id).await.unwrap().is_none());
     a.shutdown().await;
     b.shutdown().await;
 }
